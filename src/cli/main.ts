@@ -1,0 +1,18 @@
+/** The `trellis` command line. Each command family registers itself here. */
+import { Command, CommanderError } from "commander";
+
+export async function runCli(argv: string[]): Promise<number> {
+  const program = new Command("trellis")
+    .description("Trellis: a Kubernetes network plugin")
+    .exitOverride()
+    .configureOutput({ writeErr: (text) => process.stderr.write(text) });
+  // command registrations go here, one line per family
+  try {
+    await program.parseAsync(argv, { from: "user" });
+    return typeof process.exitCode === "number" ? process.exitCode : 0;
+  } catch (error) {
+    if (error instanceof CommanderError) return error.exitCode === 0 ? 0 : 2;
+    process.stderr.write(`trellis: ${error instanceof Error ? error.message : String(error)}\n`);
+    return 1;
+  }
+}

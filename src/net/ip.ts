@@ -1,0 +1,193 @@
+/**
+ * IP addresses and prefixes as bigints: parse strictly, format canonically (RFC 5952 for
+ * IPv6), and do the range arithmetic every other part relies on.
+ */
+import ipaddr from "ipaddr.js";
+
+export type Family = 4 | 6;
+
+export interface IpAddress {
+  readonly family: Family;
+  readonly value: bigint;
+}
+
+/** A prefix in canonical form: host bits of `network` are zero. */
+export interface IpPrefix {
+  readonly family: Family;
+  readonly network: bigint;
+  readonly length: number;
+}
+
+/** An address with the prefix length it was written with, e.g. `10.244.1.5/24` on an interface. */
+export interface IpInterfaceAddress {
+  readonly address: IpAddress;
+  readonly prefix: IpPrefix;
+}
+
+export function familyBits(family: Family): number {
+  return family === 4 ? 32 : 128;
+}
+
+export function familyName(family: Family): "IPv4" | "IPv6" {
+  return family === 4 ? "IPv4" : "IPv6";
+}
+
+/** Parses `10.1.2.3` or `fd00::1`; returns undefined for anything else (zones, short IPv4 forms). */
+export function tryParseIp(text: string): IpAddress | undefined {
+  if (typeof text !== "string" || text.includes("%")) return undefined;
+  if (ipaddr.IPv4.isValidFourPartDecimal(text)) {
+    if (text.split(".").some((octet) => octet.length > 1 && octet.startsWith("0"))) return undefined;
+    return { family: 4, value: bytesToBigint(ipaddr.IPv4.parse(text).toByteArray()) };
+  }
+  if (text.includes(":") && ipaddr.IPv6.isValid(text)) {
+    return { family: 6, value: bytesToBigint(ipaddr.IPv6.parse(text).toByteArray()) };
+  }
+  return undefined;
+}
+
+export function parseIp(text: string): IpAddress {
+  const ip = tryParseIp(text);
+  if (!ip) throw new Error(`invalid IP address ${JSON.stringify(text)}: expected IPv4 (10.0.0.1) or IPv6 (fd00::1)`);
+  return ip;
+}
+
+/** Parses `ADDR/LEN`, keeping the address as written (host bits allowed). */
+export function tryParseInterfaceAddress(text: string): IpInterfaceAddress | undefined {
+  if (typeof text !== "string") return undefined;
+  const slash = text.indexOf("/");
+  if (slash < 0) return undefined;
+  const address = tryParseIp(text.slice(0, slash));
+  const lengthText = text.slice(slash + 1);
+  if (!address || !/^(0|[1-9][0-9]{0,2})$/.test(lengthText)) return undefined;
+  const length = Number(lengthText);
+  if (length > familyBits(address.family)) return undefined;
+  return { address, prefix: prefixOf(address, length) };
+}
+
+export function parseInterfaceAddress(text: string): IpInterfaceAddress {
+  const parsed = tryParseInterfaceAddress(text);
+  if (!parsed) throw new Error(`invalid CIDR ${JSON.stringify(text)}: expected ADDRESS/LENGTH such as 10.244.0.0/24 or fd00::/64`);
+  return parsed;
+}
+
+/** Parses a CIDR and requires it to be canonical (no host bits set), naming the canonical form otherwise. */
+export function parsePrefix(text: string): IpPrefix {
+  const { address, prefix } = parseInterfaceAddress(text);
+  if (address.value !== prefix.network) {
+    throw new Error(`CIDR ${text} has host bits set: did you mean ${formatPrefix(prefix)}?`);
+  }
+  return prefix;
+}
+
+export function prefixOf(address: IpAddress, length: number): IpPrefix {
+  const hostBits = BigInt(familyBits(address.family) - length);
+  return { family: address.family, network: (address.value >> hostBits) << hostBits, length };
+}
+
+export function formatIp(ip: IpAddress): string {
+  return ip.family === 4 ? formatIpv4(ip.value) : formatIpv6(ip.value);
+}
+
+export function formatPrefix(prefix: IpPrefix): string {
+  return `${formatIp({ family: prefix.family, value: prefix.network })}/${prefix.length}`;
+}
+
+export function formatInterfaceAddress(address: IpAddress, length: number): string {
+  return `${formatIp(address)}/${length}`;
+}
+
+/** Number of addresses in the prefix. */
+export function prefixSize(prefix: IpPrefix): bigint {
+  return 1n << BigInt(familyBits(prefix.family) - prefix.length);
+}
+
+export function firstAddress(prefix: IpPrefix): IpAddress {
+  return { family: prefix.family, value: prefix.network };
+}
+
+export function lastAddress(prefix: IpPrefix): IpAddress {
+  return { family: prefix.family, value: prefix.network + prefixSize(prefix) - 1n };
+}
+
+/** The address `n` places after the network address (n may be negative to count from the end + 1). */
+export function nthAddress(prefix: IpPrefix, n: bigint): IpAddress {
+  const size = prefixSize(prefix);
+  const offset = n < 0n ? size + n : n;
+  if (offset < 0n || offset >= size) throw new RangeError(`offset ${n} is outside ${formatPrefix(prefix)}`);
+  return { family: prefix.family, value: prefix.network + offset };
+}
+
+export function prefixContains(prefix: IpPrefix, ip: IpAddress): boolean {
+  return ip.family === prefix.family && ip.value >= prefix.network && ip.value < prefix.network + prefixSize(prefix);
+}
+
+export function prefixContainsPrefix(outer: IpPrefix, inner: IpPrefix): boolean {
+  return outer.family === inner.family && outer.length <= inner.length && prefixContains(outer, firstAddress(inner));
+}
+
+export function prefixesOverlap(a: IpPrefix, b: IpPrefix): boolean {
+  return prefixContainsPrefix(a, b) || prefixContainsPrefix(b, a);
+}
+
+/** The `index`-th sub-prefix of length `length` inside `prefix`. */
+export function subPrefix(prefix: IpPrefix, length: number, index: bigint): IpPrefix {
+  if (length < prefix.length || length > familyBits(prefix.family)) {
+    throw new RangeError(`cannot split ${formatPrefix(prefix)} into /${length} blocks`);
+  }
+  const count = 1n << BigInt(length - prefix.length);
+  if (index < 0n || index >= count) throw new RangeError(`block ${index} is outside ${formatPrefix(prefix)} split into /${length}`);
+  return { family: prefix.family, network: prefix.network + (index << BigInt(familyBits(prefix.family) - length)), length };
+}
+
+export function sameIp(a: IpAddress, b: IpAddress): boolean {
+  return a.family === b.family && a.value === b.value;
+}
+
+export function compareIp(a: IpAddress, b: IpAddress): number {
+  if (a.family !== b.family) return a.family - b.family;
+  return a.value < b.value ? -1 : a.value > b.value ? 1 : 0;
+}
+
+/** The prefix for one address: /32 or /128. */
+export function hostPrefix(ip: IpAddress): IpPrefix {
+  return { family: ip.family, network: ip.value, length: familyBits(ip.family) };
+}
+
+/** The default route's destination for a family. */
+export function defaultPrefix(family: Family): IpPrefix {
+  return { family, network: 0n, length: 0 };
+}
+
+function bytesToBigint(bytes: number[]): bigint {
+  let value = 0n;
+  for (const byte of bytes) value = (value << 8n) | BigInt(byte);
+  return value;
+}
+
+function formatIpv4(value: bigint): string {
+  return [24n, 16n, 8n, 0n].map((shift) => Number((value >> shift) & 0xffn)).join(".");
+}
+
+function formatIpv6(value: bigint): string {
+  const groups: number[] = [];
+  for (let shift = 112n; shift >= 0n; shift -= 16n) groups.push(Number((value >> shift) & 0xffffn));
+  if (value >> 32n === 0xffffn) return `::ffff:${formatIpv4(value & 0xffffffffn)}`;
+  let bestStart = -1;
+  let bestLength = 0;
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLength && j - i >= 2) {
+      bestStart = i;
+      bestLength = j - i;
+    }
+    i = j;
+  }
+  const hex = groups.map((group) => group.toString(16));
+  if (bestStart < 0) return hex.join(":");
+  return `${hex.slice(0, bestStart).join(":")}::${hex.slice(bestStart + bestLength).join(":")}`;
+}
