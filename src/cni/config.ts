@@ -1,0 +1,290 @@
+/**
+ * The network configuration a runtime passes on stdin, validated into what the verbs use.
+ * Every problem is an error that names the field, the bad value and what is allowed.
+ */
+import {
+  familyBits, formatIp, formatPrefix, nthAddress, prefixContains, tryParseInterfaceAddress, tryParseIp, type IpAddress,
+} from "../net/ip.js";
+import { DEFAULT_STATE_DIR } from "../ipam/node-state.js";
+import type { PodIpRange, PodIpRangeSet } from "../ipam/pod-ips.js";
+import { interfaceNameProblem } from "./env.js";
+import { CniCode, CniError } from "./errors.js";
+import { isObject, parseResult, type CniDns, type CniResult, type CniRoute } from "./result.js";
+import { compareVersions, requireSupportedVersion } from "./version.js";
+
+export const DEFAULT_BRIDGE = "trellis0";
+
+export interface BuiltinIpam {
+  readonly kind: "builtin";
+  readonly ranges: readonly PodIpRangeSet[];
+  readonly routes: readonly CniRoute[];
+  readonly dataDir: string;
+}
+
+export interface DelegatedIpam {
+  readonly kind: "delegated";
+  readonly type: string;
+}
+
+export interface AttachmentRef {
+  readonly containerId: string;
+  readonly ifname: string;
+}
+
+export interface NetConf {
+  readonly cniVersion: string;
+  readonly name: string;
+  readonly bridge: string;
+  readonly mtu?: number;
+  readonly hairpinMode: boolean;
+  readonly ipMasq: boolean;
+  readonly isDefaultGateway: boolean;
+  readonly ipam: BuiltinIpam | DelegatedIpam;
+  readonly dns?: CniDns;
+  /** Where the node state database lives. */
+  readonly stateDir: string;
+  readonly requestedIps: readonly IpAddress[];
+  readonly mac?: string;
+  readonly prevResult?: CniResult;
+  /** GC's `cni.dev/valid-attachments` (or `cni.dev/attachments`). */
+  readonly validAttachments?: readonly AttachmentRef[];
+  /** The config as received, forwarded unchanged to a delegated IPAM plugin. */
+  readonly raw: Record<string, unknown>;
+}
+
+const NETWORK_NAME = /^[A-Za-z0-9][A-Za-z0-9_.\-]*$/;
+const MAC = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
+
+/** Parses stdin. `cniArgs` is the parsed CNI_ARGS (for `IP=` and `MAC=`). */
+export function parseNetConf(stdin: string, cniArgs: ReadonlyMap<string, string>): NetConf {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(stdin);
+  } catch (error) {
+    throw new CniError(CniCode.decodeFailure, `network configuration on stdin is not valid JSON: ${(error as Error).message}`);
+  }
+  if (!isObject(raw)) throw new CniError(CniCode.decodeFailure, "network configuration on stdin is not a JSON object");
+  const cniVersion = requireSupportedVersion(raw.cniVersion);
+  const name = raw.name;
+  if (typeof name !== "string" || !NETWORK_NAME.test(name)) {
+    throw invalid(`name ${JSON.stringify(name)} is invalid: it must start with a letter or digit and hold only letters, digits, "_", "." and "-"`);
+  }
+  const bridge = optional(raw, "bridge", "string", DEFAULT_BRIDGE);
+  const bridgeProblem = interfaceNameProblem(bridge);
+  if (bridgeProblem) throw invalid(`bridge ${JSON.stringify(bridge)} is not a usable interface name: ${bridgeProblem}`);
+  const mtu = raw.mtu === undefined ? undefined : raw.mtu;
+  if (mtu !== undefined && (!Number.isInteger(mtu) || (mtu as number) < 68 || (mtu as number) > 65535)) {
+    throw invalid(`mtu ${JSON.stringify(mtu)} is invalid: expected an integer from 68 to 65535`);
+  }
+  const runtimeConfig = objectField(raw, "runtimeConfig");
+  const args = objectField(objectField(raw, "args"), "cni", "args.cni");
+  const ipam = parseIpam(raw, runtimeConfig);
+  const stateDir = ipam.kind === "builtin" ? ipam.dataDir : optional(raw, "dataDir", "string", DEFAULT_STATE_DIR);
+  return {
+    cniVersion,
+    name,
+    bridge,
+    mtu: mtu as number | undefined,
+    hairpinMode: optional(raw, "hairpinMode", "boolean", false),
+    ipMasq: optional(raw, "ipMasq", "boolean", false),
+    isDefaultGateway: optional(raw, "isDefaultGateway", "boolean", true),
+    ipam,
+    dns: parseDns(raw.dns),
+    stateDir,
+    requestedIps: requestedIps(runtimeConfig, args, cniArgs),
+    mac: requestedMac(runtimeConfig, args, cniArgs),
+    prevResult: raw.prevResult === undefined ? undefined : parseResult(raw.prevResult, "prevResult"),
+    validAttachments: parseValidAttachments(raw),
+    raw,
+  };
+}
+
+function parseIpam(raw: Record<string, unknown>, runtimeConfig: Record<string, unknown>): BuiltinIpam | DelegatedIpam {
+  if (raw.ipam === undefined) throw invalid('ipam is missing: give "ipam": {"ranges": [[{"subnet": "10.244.1.0/24"}]]}');
+  if (!isObject(raw.ipam)) throw invalid(`ipam ${JSON.stringify(raw.ipam)} is not an object`);
+  const ipam = raw.ipam;
+  const type = ipam.type ?? "trellis";
+  if (typeof type !== "string" || type === "") throw invalid(`ipam.type ${JSON.stringify(ipam.type)} is not a plugin name`);
+  if (type !== "trellis") {
+    if (!NETWORK_NAME.test(type)) throw invalid(`ipam.type ${JSON.stringify(type)} is not a plugin name`);
+    return { kind: "delegated", type };
+  }
+  const sets: unknown[] = [];
+  if (runtimeConfig.ipRanges !== undefined) {
+    if (!Array.isArray(runtimeConfig.ipRanges)) throw invalid("runtimeConfig.ipRanges is not a list of range sets");
+    sets.push(...runtimeConfig.ipRanges);
+  }
+  if (ipam.subnet !== undefined) sets.push([pickRange(ipam)]);
+  if (ipam.ranges !== undefined) {
+    if (!Array.isArray(ipam.ranges)) throw invalid('ipam.ranges is not a list of range sets, e.g. [[{"subnet": "10.244.1.0/24"}]]');
+    sets.push(...ipam.ranges);
+  }
+  if (sets.length === 0) throw invalid('ipam.ranges is empty: give at least one range set, e.g. [[{"subnet": "10.244.1.0/24"}]]');
+  const ranges = sets.map((set, index) => parseRangeSet(set, `ipam.ranges[${index}]`));
+  const all = ranges.flat();
+  for (let i = 0; i < all.length; i++) {
+    for (let j = i + 1; j < all.length; j++) {
+      if (all[i].subnet.family === all[j].subnet.family && all[i].start.value <= all[j].end.value && all[j].start.value <= all[i].end.value) {
+        throw invalid(`ipam range ${formatIp(all[i].start)}-${formatIp(all[i].end)} overlaps ${formatIp(all[j].start)}-${formatIp(all[j].end)}`);
+      }
+    }
+  }
+  return {
+    kind: "builtin",
+    ranges,
+    routes: parseRoutes(ipam.routes),
+    dataDir: optional(ipam, "dataDir", "string", DEFAULT_STATE_DIR, "ipam.dataDir"),
+  };
+}
+
+function pickRange(source: Record<string, unknown>): Record<string, unknown> {
+  const { subnet, rangeStart, rangeEnd, gateway } = source;
+  return { subnet, rangeStart, rangeEnd, gateway };
+}
+
+function parseRangeSet(set: unknown, where: string): PodIpRangeSet {
+  if (!Array.isArray(set) || set.length === 0) throw invalid(`${where} must be a non-empty list of ranges, e.g. [{"subnet": "10.244.1.0/24"}]`);
+  const ranges = set.map((range, index) => parseRange(range, `${where}[${index}]`));
+  const family = ranges[0].subnet.family;
+  const other = ranges.find((range) => range.subnet.family !== family);
+  if (other) throw invalid(`${where} mixes IPv4 and IPv6 (${formatPrefix(ranges[0].subnet)} and ${formatPrefix(other.subnet)}); use one range set per family`);
+  return ranges;
+}
+
+function parseRange(range: unknown, where: string): PodIpRange {
+  if (!isObject(range)) throw invalid(`${where} is not an object with a subnet`);
+  if (typeof range.subnet !== "string") throw invalid(`${where}.subnet is missing: give a CIDR such as 10.244.1.0/24`);
+  const parsed = tryParseInterfaceAddress(range.subnet);
+  if (!parsed) throw invalid(`${where}.subnet ${JSON.stringify(range.subnet)} is not a CIDR such as 10.244.1.0/24 or fd00:10:244:1::/64`);
+  const subnet = parsed.prefix;
+  const bits = familyBits(subnet.family);
+  if (subnet.length > bits - 2) {
+    throw invalid(`${where}.subnet ${range.subnet} is too small: the prefix length must be at most /${bits - 2} to hold a gateway and a pod`);
+  }
+  const lastUsable = subnet.family === 4 ? nthAddress(subnet, -2n) : nthAddress(subnet, -1n);
+  const firstUsable = nthAddress(subnet, 1n);
+  const address = (key: string, fallback: IpAddress): IpAddress => {
+    const value = range[key];
+    if (value === undefined) return fallback;
+    const ip = typeof value === "string" ? tryParseIp(value) : undefined;
+    if (!ip) throw invalid(`${where}.${key} ${JSON.stringify(value)} is not an IP address`);
+    if (!prefixContains(subnet, ip)) throw invalid(`${where}.${key} ${value} is outside subnet ${formatPrefix(subnet)}`);
+    if (ip.value < firstUsable.value || ip.value > lastUsable.value) {
+      throw invalid(`${where}.${key} ${value} is not a usable address of ${formatPrefix(subnet)}: allowed ${formatIp(firstUsable)}-${formatIp(lastUsable)}`);
+    }
+    return ip;
+  };
+  const start = address("rangeStart", firstUsable);
+  const end = address("rangeEnd", lastUsable);
+  const gateway = address("gateway", firstUsable);
+  if (start.value > end.value) throw invalid(`${where}.rangeStart ${formatIp(start)} is after rangeEnd ${formatIp(end)}`);
+  if (start.value === end.value && start.value === gateway.value) {
+    throw invalid(`${where} holds only its gateway ${formatIp(gateway)}: no address is left for pods`);
+  }
+  return { subnet, start, end, gateway };
+}
+
+function parseRoutes(routes: unknown): CniRoute[] {
+  if (routes === undefined) return [];
+  if (!Array.isArray(routes)) throw invalid('ipam.routes is not a list such as [{"dst": "0.0.0.0/0"}]');
+  return routes.map((route, index) => {
+    if (!isObject(route) || typeof route.dst !== "string" || !tryParseInterfaceAddress(route.dst)) {
+      throw invalid(`ipam.routes[${index}].dst ${JSON.stringify(isObject(route) ? route.dst : route)} is not a CIDR`);
+    }
+    const dst = tryParseInterfaceAddress(route.dst)!;
+    if (route.gw !== undefined) {
+      const gw = typeof route.gw === "string" ? tryParseIp(route.gw) : undefined;
+      if (!gw) throw invalid(`ipam.routes[${index}].gw ${JSON.stringify(route.gw)} is not an IP address`);
+      if (gw.family !== dst.prefix.family) throw invalid(`ipam.routes[${index}].gw ${route.gw} is not of the same family as dst ${route.dst}`);
+      return { dst: formatPrefix(dst.prefix), gw: formatIp(gw) };
+    }
+    return { dst: formatPrefix(dst.prefix) };
+  });
+}
+
+function parseDns(dns: unknown): CniDns | undefined {
+  if (dns === undefined) return undefined;
+  if (!isObject(dns)) throw invalid(`dns ${JSON.stringify(dns)} is not an object`);
+  for (const key of ["nameservers", "search", "options"]) {
+    const value = dns[key];
+    if (value !== undefined && (!Array.isArray(value) || value.some((item) => typeof item !== "string"))) {
+      throw invalid(`dns.${key} ${JSON.stringify(value)} is not a list of strings`);
+    }
+  }
+  if (dns.domain !== undefined && typeof dns.domain !== "string") throw invalid(`dns.domain ${JSON.stringify(dns.domain)} is not a string`);
+  return dns as CniDns;
+}
+
+function requestedIps(runtimeConfig: Record<string, unknown>, args: Record<string, unknown>, cniArgs: ReadonlyMap<string, string>): IpAddress[] {
+  const sources: Array<[string, unknown[]]> = [];
+  const list = (value: unknown, where: string): unknown[] => {
+    if (value === undefined) return [];
+    if (!Array.isArray(value)) throw invalid(`${where} ${JSON.stringify(value)} is not a list of IP addresses`);
+    return value;
+  };
+  sources.push(["runtimeConfig.ips", list(runtimeConfig.ips, "runtimeConfig.ips")]);
+  sources.push(["args.cni.ips", list(args.ips, "args.cni.ips")]);
+  const fromEnv = cniArgs.get("IP");
+  if (fromEnv !== undefined) sources.push(["CNI_ARGS IP", fromEnv.split(",")]);
+  const seen = new Map<string, IpAddress>();
+  for (const [where, values] of sources) {
+    for (const value of values) {
+      const text = typeof value === "string" ? value : "";
+      const ip = tryParseIp(text) ?? tryParseInterfaceAddress(text)?.address;
+      if (!ip) throw invalid(`${where} entry ${JSON.stringify(value)} is not an IP address`);
+      seen.set(formatIp(ip), ip);
+    }
+  }
+  return [...seen.values()];
+}
+
+function requestedMac(runtimeConfig: Record<string, unknown>, args: Record<string, unknown>, cniArgs: ReadonlyMap<string, string>): string | undefined {
+  const candidates: Array<[string, unknown]> = [
+    ["runtimeConfig.mac", runtimeConfig.mac],
+    ["args.cni.mac", args.mac],
+    ["CNI_ARGS MAC", cniArgs.get("MAC")],
+  ];
+  for (const [where, value] of candidates) {
+    if (value === undefined) continue;
+    if (typeof value !== "string" || !MAC.test(value)) throw invalid(`${where} ${JSON.stringify(value)} is not a MAC address such as 0a:58:0a:f4:01:05`);
+    if (parseInt(value.slice(0, 2), 16) & 1) throw invalid(`${where} ${value} is a multicast MAC address; a unicast address is required`);
+    return value.toLowerCase();
+  }
+  return undefined;
+}
+
+function parseValidAttachments(raw: Record<string, unknown>): AttachmentRef[] | undefined {
+  const key = raw["cni.dev/valid-attachments"] !== undefined ? "cni.dev/valid-attachments" : "cni.dev/attachments";
+  const value = raw[key];
+  if (value === undefined) return undefined;
+  if (!Array.isArray(value)) throw invalid(`${key} is not a list of {"containerID", "ifname"} objects`);
+  return value.map((item, index) => {
+    if (!isObject(item) || typeof item.containerID !== "string" || typeof item.ifname !== "string") {
+      throw invalid(`${key}[${index}] ${JSON.stringify(item)} needs string fields containerID and ifname`);
+    }
+    return { containerId: item.containerID, ifname: item.ifname };
+  });
+}
+
+function objectField(source: Record<string, unknown>, key: string, where = key): Record<string, unknown> {
+  const value = source[key];
+  if (value === undefined || value === null) return {};
+  if (!isObject(value)) throw invalid(`${where} ${JSON.stringify(value)} is not an object`);
+  return value;
+}
+
+function optional<T extends string | boolean>(source: Record<string, unknown>, key: string, type: "string" | "boolean", fallback: T, where = key): T {
+  const value = source[key];
+  if (value === undefined) return fallback;
+  if (typeof value !== type) throw invalid(`${where} ${JSON.stringify(value)} is not a ${type}`);
+  return value as T;
+}
+
+function invalid(message: string): CniError {
+  return new CniError(CniCode.invalidConfig, message);
+}
+
+/** True when the version has the CHECK verb (0.4.0 and later). */
+export function versionHasCheck(version: string): boolean {
+  return compareVersions(version, "0.4.0") >= 0;
+}

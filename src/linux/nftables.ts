@@ -1,0 +1,17 @@
+/** nftables: each change is one `nft -f -` transaction (all of it applies or none does). */
+import { run } from "./exec.js";
+
+export async function nftApply(script: string, netns?: string): Promise<void> {
+  await run("nft", ["-f", "-"], { input: script, netns });
+}
+
+/** Lists a table as nft's JSON objects; returns undefined if the table does not exist. */
+export async function nftListTable(family: string, table: string, netns?: string): Promise<unknown[] | undefined> {
+  try {
+    const { stdout } = await run("nft", ["-j", "list", "table", family, table], { netns });
+    return (JSON.parse(stdout) as { nftables: unknown[] }).nftables;
+  } catch (error) {
+    if (error instanceof Error && /No such file or directory/.test(error.message)) return undefined;
+    throw error;
+  }
+}
