@@ -1,0 +1,80 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { formatIp, formatPrefix } from "../net/ip.js";
+import { parseNetConf } from "./config.js";
+import { CniError } from "./errors.js";
+import { formatResult, parseResult } from "./result.js";
+
+const none = new Map<string, string>();
+
+describe("cni/config", () => {
+  it("applies host-local's defaults to a dual-stack config", () => {
+    const conf = parseNetConf(JSON.stringify({
+      cniVersion: "1.1.0", name: "pods", type: "trellis",
+      ipam: { ranges: [[{ subnet: "10.244.1.0/24" }], [{ subnet: "fd00:10:244:1::/64" }]], routes: [{ dst: "10.96.0.0/16" }] },
+    }), none);
+    assert.equal(conf.bridge, "trellis0");
+    assert.equal(conf.isDefaultGateway, true);
+    assert.equal(conf.ipam.kind, "builtin");
+    if (conf.ipam.kind !== "builtin") return;
+    const [v4, v6] = conf.ipam.ranges.map((set) => set[0]);
+    assert.deepEqual([formatIp(v4.start), formatIp(v4.end), formatIp(v4.gateway)], ["10.244.1.1", "10.244.1.254", "10.244.1.1"]);
+    assert.deepEqual([formatIp(v6.start), formatIp(v6.end)], ["fd00:10:244:1::1", "fd00:10:244:1:ffff:ffff:ffff:ffff"]);
+    assert.equal(formatPrefix(v6.subnet), "fd00:10:244:1::/64");
+    assert.deepEqual(conf.ipam.routes, [{ dst: "10.96.0.0/16" }]);
+  });
+
+  it("collects requested addresses and MAC from runtimeConfig, args and CNI_ARGS", () => {
+    const conf = parseNetConf(JSON.stringify({
+      cniVersion: "1.0.0", name: "pods", type: "trellis",
+      runtimeConfig: { ips: ["10.244.1.9/24"], mac: "0A:58:0A:F4:01:09" },
+      args: { cni: { ips: ["fd00:10:244:1::9"] } },
+      ipam: { ranges: [[{ subnet: "10.244.1.0/24" }]] },
+    }), new Map([["IP", "10.244.1.9"]]));
+    assert.deepEqual(conf.requestedIps.map(formatIp), ["10.244.1.9", "fd00:10:244:1::9"]);
+    assert.equal(conf.mac, "0a:58:0a:f4:01:09");
+  });
+
+  it("delegates any other ipam type and keeps the raw config for it", () => {
+    const conf = parseNetConf(JSON.stringify({ cniVersion: "0.4.0", name: "n", type: "trellis", ipam: { type: "host-local", subnet: "10.1.0.0/24" } }), none);
+    assert.deepEqual(conf.ipam, { kind: "delegated", type: "host-local" });
+    assert.equal((conf.raw.ipam as { subnet: string }).subnet, "10.1.0.0/24");
+  });
+
+  it("reads GC's attachment list under either key", () => {
+    for (const key of ["cni.dev/valid-attachments", "cni.dev/attachments"]) {
+      const conf = parseNetConf(JSON.stringify({ cniVersion: "1.1.0", name: "n", type: "trellis", ipam: { ranges: [[{ subnet: "10.1.0.0/24" }]] }, [key]: [{ containerID: "a", ifname: "eth0" }] }), none);
+      assert.deepEqual(conf.validAttachments, [{ containerId: "a", ifname: "eth0" }]);
+    }
+  });
+
+  it("rejects a bad range with code 7 naming the field", () => {
+    assert.throws(
+      () => parseNetConf(JSON.stringify({ cniVersion: "1.1.0", name: "n", ipam: { ranges: [[{ subnet: "10.1.0.0/24", rangeStart: "10.2.0.5" }]] } }), none),
+      (error: unknown) => error instanceof CniError && error.code === 7 && error.message === "ipam.ranges[0][0].rangeStart 10.2.0.5 is outside subnet 10.1.0.0/24",
+    );
+  });
+});
+
+describe("cni/result", () => {
+  const result = {
+    cniVersion: "1.1.0",
+    interfaces: [{ name: "eth0", mac: "02:00:00:00:00:01", sandbox: "/var/run/netns/p" }],
+    ips: [{ address: "10.244.1.2/24", gateway: "10.244.1.1", interface: 0 }, { address: "fd00::2/64", gateway: "fd00::1", interface: 0 }],
+    routes: [{ dst: "0.0.0.0/0", gw: "10.244.1.1" }],
+  };
+
+  it("adds ips[].version for versions before 1.0.0 only", () => {
+    const old = formatResult(result, "0.4.0") as { ips: Array<{ version: string }> };
+    assert.deepEqual(old.ips.map((ip) => ip.version), ["4", "6"]);
+    const current = formatResult(result, "1.1.0") as { ips: Array<Record<string, unknown>> };
+    assert.ok(current.ips.every((ip) => !("version" in ip)));
+    assert.deepEqual(current.dns, {});
+  });
+
+  it("reads results of older versions and rejects broken ones", () => {
+    const parsed = parseResult({ cniVersion: "0.3.1", ips: [{ version: "4", address: "10.1.0.2/24", gateway: "10.1.0.1" }] }, "prevResult");
+    assert.deepEqual(parsed.ips, [{ address: "10.1.0.2/24", gateway: "10.1.0.1" }]);
+    assert.throws(() => parseResult({ cniVersion: "1.0.0", ips: [{ address: "10.1.0.2" }] }, "prevResult"), /prevResult\.ips\[0\]\.address "10\.1\.0\.2" is not ADDRESS\/LENGTH/);
+  });
+});

@@ -1,0 +1,76 @@
+/**
+ * Drives the built `dist/trellis` as a runtime would, inside test namespaces, and probes the
+ * traffic between pods.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { execCniPlugin, type CniCommand, type CniOutcome } from "./cni-exec.js";
+import { inNetns, type TestNetns } from "./netns.js";
+
+export const TRELLIS = resolve(dirname(fileURLToPath(import.meta.url)), "../../dist/trellis");
+
+export interface PodAttachmentResult {
+  interfaces: Array<{ name: string; mac?: string; sandbox?: string }>;
+  ips: Array<{ address: string; gateway?: string; interface?: number }>;
+  routes?: Array<{ dst: string; gw?: string }>;
+}
+
+export function tempDir(label: string): { path: string; remove: () => void } {
+  const path = mkdtempSync(join(tmpdir(), `trellis-${label}-`));
+  return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/** Runs one verb of the trellis plugin inside `node`; `config` is the plugin's whole stdin. */
+export function trellis(command: CniCommand, node: TestNetns, config: object, pod?: { id: string; netns?: string; ifname?: string }): Promise<CniOutcome> {
+  return execCniPlugin({
+    command,
+    plugin: TRELLIS,
+    cniPath: "/usr/lib/cni",
+    config,
+    node,
+    containerId: pod?.id,
+    netns: pod?.netns,
+    ifname: pod ? (pod.ifname ?? "eth0") : undefined,
+    timeoutMs: 60_000,
+  });
+}
+
+/** ADD that must succeed; returns the parsed result. */
+export async function addPod(node: TestNetns, config: object, pod: { id: string; netns: string; ifname?: string }): Promise<PodAttachmentResult> {
+  const outcome = await trellis("ADD", node, config, pod);
+  if (outcome.code !== 0) throw new Error(`ADD ${pod.id} failed: ${outcome.stdout} ${outcome.stderr}`);
+  return JSON.parse(outcome.stdout) as PodAttachmentResult;
+}
+
+export function addressesOf(result: PodAttachmentResult): string[] {
+  return result.ips.map((ip) => ip.address.split("/")[0]);
+}
+
+/** A TCP server in `pod` that answers every connection with the peer address it sees, then closes. */
+export function startPeerEcho(pod: TestNetns, port: number): Promise<ChildProcess> {
+  const script = `const net=require("net");net.createServer(s=>s.end(s.remoteAddress.replace(/^::ffff:/,""))).listen(${port},"::",()=>console.log("ready"))`;
+  const child = spawn("nsenter", [`--net=${pod.path}`, process.execPath, "-e", script], { stdio: ["ignore", "pipe", "inherit"] });
+  return new Promise((resolvePromise, reject) => {
+    child.once("error", reject);
+    child.once("exit", (code) => reject(new Error(`echo server in ${pod.name} exited ${code}`)));
+    child.stdout!.once("data", () => resolvePromise(child));
+  });
+}
+
+/** Connects from `pod` to `address:port` and returns what the server said (the source address it saw). */
+export function tcpPeerSeenBy(pod: TestNetns, address: string, port: number): string {
+  const script = `const net=require("net");const s=net.connect({host:process.argv[1],port:${port},timeout:5000});let d="";s.on("data",c=>d+=c);s.on("end",()=>{process.stdout.write(d)});s.on("timeout",()=>{console.error("timeout");process.exit(2)});s.on("error",e=>{console.error(e.message);process.exit(1)})`;
+  return inNetns(pod, process.execPath, ["-e", script, address]).trim();
+}
+
+export function ping(from: TestNetns, address: string): boolean {
+  try {
+    inNetns(from, "ping", ["-c", "1", "-W", "2", address]);
+    return true;
+  } catch {
+    return false;
+  }
+}
