@@ -1,5 +1,7 @@
 /** The `trellis` command line. Each command family registers itself here. */
 import { Command, CommanderError } from "commander";
+import { registerPlanCommands } from "./plan.js";
+import { registerPodCommands } from "./pods.js";
 
 export async function runCli(argv: string[]): Promise<number> {
   const program = new Command("trellis")
@@ -7,6 +9,8 @@ export async function runCli(argv: string[]): Promise<number> {
     .exitOverride()
     .configureOutput({ writeErr: (text) => process.stderr.write(text) });
   // command registrations go here, one line per family
+  registerPlanCommands(program);
+  registerPodCommands(program);
   try {
     await program.parseAsync(argv, { from: "user" });
     return typeof process.exitCode === "number" ? process.exitCode : 0;

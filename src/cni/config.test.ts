@@ -67,7 +67,7 @@ describe("cni/result", () => {
   it("adds ips[].version for versions before 1.0.0 only", () => {
     const old = formatResult(result, "0.4.0") as { ips: Array<{ version: string }> };
     assert.deepEqual(old.ips.map((ip) => ip.version), ["4", "6"]);
-    const current = formatResult(result, "1.1.0") as { ips: Array<Record<string, unknown>> };
+    const current = formatResult(result, "1.1.0") as { ips: Array<Record<string, unknown>>; dns: unknown };
     assert.ok(current.ips.every((ip) => !("version" in ip)));
     assert.deepEqual(current.dns, {});
   });

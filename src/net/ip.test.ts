@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import {
-  formatIp, formatPrefix, nthAddress, parseIp, parsePrefix, prefixContains, prefixesOverlap, prefixSize, subPrefix, tryParseIp, tryParseInterfaceAddress,
+  formatIp, formatPrefix, nthAddress, parseIp, parsePrefix, prefixContains, prefixesOverlap, prefixSize, specialRangeOf, specialRanges, subPrefix, tryParseIp,
+  tryParseInterfaceAddress,
 } from "./ip.js";
 
 describe("net/ip", () => {
@@ -45,5 +46,23 @@ describe("net/ip", () => {
     assert.ok(!prefixesOverlap(pods, parsePrefix("10.96.0.0/16")));
     const v6 = parsePrefix("fd00:10:244::/56");
     assert.equal(formatPrefix(subPrefix(v6, 64, 255n)), "fd00:10:244:ff::/64");
+  });
+
+  it("classifies special-use addresses", () => {
+    const cases: Array<[string, string | undefined]> = [
+      ["0.0.0.0", "this-network"],
+      ["127.0.0.1", "loopback"],
+      ["169.254.169.254", "link-local"],
+      ["239.255.255.250", "multicast"],
+      ["10.244.0.1", undefined],
+      ["::", "unspecified"],
+      ["::1", "loopback"],
+      ["::ffff:10.0.0.1", "IPv4-mapped"],
+      ["fe80::1", "link-local"],
+      ["ff02::1", "multicast"],
+      ["fd00:10:244::1", undefined],
+    ];
+    for (const [input, use] of cases) assert.equal(specialRangeOf(parseIp(input))?.use, use, input);
+    assert.deepEqual(specialRanges(4).map((range) => formatPrefix(range.prefix)), ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4"]);
   });
 });

@@ -158,6 +158,36 @@ export function defaultPrefix(family: Family): IpPrefix {
   return { family, network: 0n, length: 0 };
 }
 
+/** What a special range's addresses mean; none of them can number a pod, Service or node network. */
+export type SpecialUse = "this-network" | "unspecified" | "loopback" | "IPv4-mapped" | "link-local" | "multicast";
+
+export interface SpecialRange {
+  readonly use: SpecialUse;
+  readonly prefix: IpPrefix;
+}
+
+const specialRangeTable: readonly SpecialRange[] = [
+  { use: "this-network", prefix: parsePrefix("0.0.0.0/8") },
+  { use: "loopback", prefix: parsePrefix("127.0.0.0/8") },
+  { use: "link-local", prefix: parsePrefix("169.254.0.0/16") },
+  { use: "multicast", prefix: parsePrefix("224.0.0.0/4") },
+  { use: "unspecified", prefix: parsePrefix("::/128") },
+  { use: "loopback", prefix: parsePrefix("::1/128") },
+  { use: "IPv4-mapped", prefix: parsePrefix("::ffff:0:0/96") },
+  { use: "link-local", prefix: parsePrefix("fe80::/10") },
+  { use: "multicast", prefix: parsePrefix("ff00::/8") },
+];
+
+/** Ranges of a family whose addresses mean the same on every host (RFC 6890), in address order. */
+export function specialRanges(family: Family): readonly SpecialRange[] {
+  return specialRangeTable.filter((range) => range.prefix.family === family);
+}
+
+/** The special range holding `ip`, or undefined when it is in none of them. */
+export function specialRangeOf(ip: IpAddress): SpecialRange | undefined {
+  return specialRangeTable.find((range) => prefixContains(range.prefix, ip));
+}
+
 function bytesToBigint(bytes: number[]): bigint {
   let value = 0n;
   for (const byte of bytes) value = (value << 8n) | BigInt(byte);

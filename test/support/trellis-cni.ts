@@ -2,7 +2,7 @@
  * Drives the built `dist/trellis` as a runtime would, inside test namespaces, and probes the
  * traffic between pods.
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -73,4 +73,23 @@ export function ping(from: TestNetns, address: string): boolean {
   } catch {
     return false;
   }
+}
+
+export interface PodRecord {
+  containerId: string;
+  ifname: string;
+  hostIfname: string;
+  addresses: string[];
+}
+
+/** What the plugin's node-local state holds, through `trellis pods`. */
+export function recordedPods(dataDir: string, network: string): PodRecord[] {
+  const out = execFileSync(TRELLIS, ["pods", "--network", network, "--data-dir", dataDir, "--json"], { encoding: "utf8" });
+  return JSON.parse(out) as PodRecord[];
+}
+
+/** Trellis host veths present in the node namespace. */
+export function hostVeths(node: TestNetns): string[] {
+  const links = JSON.parse(inNetns(node, "ip", ["-json", "link", "show"])) as Array<{ ifname: string }>;
+  return links.map((link) => link.ifname).filter((name) => /^trv[0-9a-f]{12}$/.test(name)).sort();
 }
