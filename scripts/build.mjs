@@ -2,6 +2,7 @@
 // native addon embedded as a base64 comment at its end (see src/store/sqlite.ts).
 import { build } from "esbuild";
 import { createHash } from "node:crypto";
+import { brotliCompressSync, constants } from "node:zlib";
 import { appendFileSync, chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
@@ -24,8 +25,13 @@ await build({
   banner: { js: "#!/usr/bin/env node" },
   define: { TRELLIS_EMBEDDED_ADDON_SHA: JSON.stringify(addonSha) },
   legalComments: "none",
+  // Node reads and compiles the whole file at every CNI call; identifiers stay readable in stack traces.
+  minifyWhitespace: true,
+  minifySyntax: true,
   logLevel: "warning",
 });
-appendFileSync("dist/trellis", `\n/*TRELLIS-ADDON:${addon.toString("base64")}*/\n`);
+// Brotli keeps the comment small: Node reads and decodes the whole file at every start.
+const packed = brotliCompressSync(addon, { params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_LGWIN]: 24 } });
+appendFileSync("dist/trellis", `\n/*TRELLIS-ADDON:${packed.toString("base64")}*/\n`);
 chmodSync("dist/trellis", 0o755);
 console.log(`built dist/trellis (sqlite addon ${addonSha})`);

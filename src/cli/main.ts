@@ -1,5 +1,6 @@
 /** The `trellis` command line. Each command family registers itself here. */
 import { Command, CommanderError } from "commander";
+import { registerDemoCommand } from "./demo.js";
 import { registerPlanCommands } from "./plan.js";
 import { registerPodCommands } from "./pods.js";
 
@@ -9,6 +10,7 @@ export async function runCli(argv: string[]): Promise<number> {
     .exitOverride()
     .configureOutput({ writeErr: (text) => process.stderr.write(text) });
   // command registrations go here, one line per family
+  registerDemoCommand(program);
   registerPlanCommands(program);
   registerPodCommands(program);
   try {

@@ -6,6 +6,7 @@
 import Database from "better-sqlite3";
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { brotliDecompressSync } from "node:zlib";
 
 export type SqliteDatabase = Database.Database;
 
@@ -40,7 +41,7 @@ function embeddedAddonPath(): string | undefined {
   const start = self.lastIndexOf(ADDON_MARKER);
   const end = self.lastIndexOf("*/");
   if (start < 0 || end < start) throw new Error(`the sqlite addon is missing from ${__filename}: rebuild with npm run build`);
-  const addon = Buffer.from(self.slice(start + ADDON_MARKER.length, end), "base64");
+  const addon = brotliDecompressSync(Buffer.from(self.slice(start + ADDON_MARKER.length, end), "base64"));
   mkdirSync(dir, { recursive: true, mode: 0o755 });
   const temporary = `${target}.${process.pid}.tmp`;
   const fd = openSync(temporary, "w", 0o755);
