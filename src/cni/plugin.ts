@@ -26,11 +26,7 @@ export async function cmdAdd(env: CniEnv, conf: NetConf): Promise<CniResult> {
     const addresses = await reserveAddresses(db, env, conf, key, hostIfname);
     try {
       const spec = planPodAttachment({
-        ...key,
-        netns: env.netns,
-        bridge: conf.bridge,
-        mtu: conf.mtu,
-        hairpin: conf.hairpinMode,
+        ...attachmentInput(env, conf, key),
         mac: conf.mac,
         addresses,
         routes: conf.ipam.kind === "builtin" ? conf.ipam.routes.map(toPodRoute) : [],
@@ -87,11 +83,7 @@ export async function cmdCheck(env: CniEnv, conf: NetConf): Promise<void> {
       return { address: parsed.address, subnet: parsed.prefix, gateway: ip.gateway ? parseIp(ip.gateway) : nthAddress(parsed.prefix, 1n) };
     });
     const spec = planPodAttachment({
-      ...key,
-      netns: env.netns,
-      bridge: conf.bridge,
-      mtu: conf.mtu,
-      hairpin: conf.hairpinMode,
+      ...attachmentInput(env, conf, key),
       addresses,
       routes: (prev.routes ?? []).map((route) => toPodRoute({ dst: route.dst, gw: route.gw })),
       defaultRoutes: false,
@@ -174,6 +166,11 @@ export async function cmdStatus(env: CniEnv, conf: NetConf): Promise<void> {
 
 function attachmentKey(env: CniEnv, conf: NetConf): AttachmentKey {
   return { network: conf.name, containerId: env.containerId, ifname: env.ifname };
+}
+
+/** The parts of an attachment that come from the environment and the network config alone. */
+function attachmentInput(env: CniEnv, conf: NetConf, key: AttachmentKey) {
+  return { ...key, netns: env.netns, bridge: conf.bridge, mtu: conf.mtu, hairpin: conf.hairpinMode };
 }
 
 /** Records the attachment and reserves its addresses (in one transaction when IPAM is built in). */
