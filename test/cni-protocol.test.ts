@@ -55,6 +55,20 @@ describe("trellis protocol details", () => {
     assert.match(JSON.parse(add.stdout).msg, /range set 10\.244\.30\.1-10\.244\.30\.2/);
   });
 
+  it("refuses a second ADD of the same attachment, and an interface name taken in the pod, leaking nothing", async () => {
+    const pod = pool.create("pod");
+    const config = { cniVersion: "1.1.0", name: "twice", type: "trellis", bridge: "tb-twice", ipam: { ranges: [[{ subnet: "10.244.34.0/24" }]], dataDir: state.path } };
+    const first = await addPod(node, config, { id: "twice", netns: pod.path });
+    const again = await trellis("ADD", node, config, { id: "twice", netns: pod.path });
+    assert.equal(JSON.parse(again.stdout).code, 102);
+    assert.match(JSON.parse(again.stdout).msg, /^container twice already has interface eth0 in network twice; DEL it before adding it again$/);
+    const clash = await trellis("ADD", node, config, { id: "other", netns: pod.path });
+    assert.deepEqual(JSON.parse(clash.stdout), { cniVersion: "1.1.0", code: 103, msg: `interface eth0 already exists in ${pod.path}` });
+    assert.deepEqual(recordedPods(state.path, "twice").map((record) => [record.containerId, record.addresses]), [["twice", addressesOf(first)]]);
+    assert.equal(hostVeths(node).filter((name) => name === first.interfaces[1].name).length, 1);
+    assert.equal(JSON.parse(inNetns(node, "ip", ["-json", "link", "show", "master", "tb-twice"])).length, 1, "the failed ADD's veth is gone");
+  });
+
   it("applies mtu, an explicit MAC and hairpin mode", async () => {
     const pod = pool.create("pod");
     const config = { cniVersion: "1.1.0", name: "opts", type: "trellis", bridge: "tb-opts", mtu: 1400, hairpinMode: true, ipam: { ranges: [[{ subnet: "10.244.31.0/24" }]], dataDir: state.path } };
