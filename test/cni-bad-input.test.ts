@@ -53,7 +53,7 @@ const cases: BadCase[] = [
   { name: "requested IP outside every range", stdin: (v) => ({ ...v, args: { cni: { ips: ["10.9.0.5"] } } }), code: 101, msg: /^requested IP 10\.9\.0\.5 is outside every range \(10\.244\.1\.1-10\.244\.1\.254\)$/ },
   { name: "MAC malformed", stdin: (v) => ({ ...v, runtimeConfig: { mac: "02:00:00:00:00" } }), code: 7, msg: /^runtimeConfig\.mac "02:00:00:00:00" is not a MAC address/ },
   { name: "multicast MAC", env: { CNI_ARGS: "MAC=01:00:5e:00:00:01" }, stdin: (v) => v, code: 7, msg: /^CNI_ARGS MAC 01:00:5e:00:00:01 is a multicast MAC address/ },
-  { name: "delegated IPAM plugin missing", stdin: (v) => ({ ...v, ipam: { type: "no-such-ipam" } }), code: 7, msg: /^ipam plugin "no-such-ipam" was not found in CNI_PATH "\/usr\/lib\/cni"$/ },
+  { name: "delegated IPAM plugin missing", stdin: (v) => ({ ...v, dataDir: (v.ipam as { dataDir: string }).dataDir, ipam: { type: "no-such-ipam" } }), code: 7, msg: /^ipam plugin "no-such-ipam" was not found in CNI_PATH "\/usr\/lib\/cni"$/ },
   { name: "GC without the attachment list", env: { CNI_COMMAND: "GC" }, stdin: (v) => v, code: 7, msg: /^cni\.dev\/valid-attachments is required for GC$/ },
   { name: "CHECK without prevResult", env: { CNI_COMMAND: "CHECK" }, stdin: (v) => v, code: 7, msg: /^prevResult is required for CHECK$/ },
   { name: "CHECK on a 0.3.1 network", env: { CNI_COMMAND: "CHECK" }, stdin: (v) => ({ ...v, cniVersion: "0.3.1" }), code: 1, msg: /^CHECK needs cniVersion 0\.4\.0 or later; the config says 0\.3\.1$/ },

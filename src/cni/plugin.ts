@@ -11,7 +11,7 @@ import { allocatePodIps, countLeases, describeRangeSet, leasesOf, listLeases, ra
 import { formatIp, formatPrefix, nthAddress, parseInterfaceAddress, parseIp, tryParseIp, type IpPrefix } from "../net/ip.js";
 import type { SqliteDatabase } from "../store/sqlite.js";
 import { type NetConf, versionHasCheck } from "./config.js";
-import { delegateVersions, execDelegate } from "./delegate.js";
+import { delegateVersions, execDelegate, findPlugin } from "./delegate.js";
 import type { CniEnv } from "./env.js";
 import { CniCode, CniError } from "./errors.js";
 import { parseResult, type CniInterface, type CniIpConfig, type CniResult } from "./result.js";
@@ -19,6 +19,7 @@ import { compareVersions } from "./version.js";
 
 export async function cmdAdd(env: CniEnv, conf: NetConf): Promise<CniResult> {
   if (!existsSync(env.netns)) throw new CniError(CniCode.invalidEnvironment, `CNI_NETNS ${env.netns} does not exist`);
+  if (conf.ipam.kind === "delegated") findPlugin(conf.ipam.type, env.path);
   const db = openNodeState(conf.stateDir);
   try {
     const key = attachmentKey(env, conf);
