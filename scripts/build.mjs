@@ -6,6 +6,7 @@ import { brotliCompressSync, constants } from "node:zlib";
 import { appendFileSync, chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
+import { etcd3ProtoPlugin } from "./esbuild-etcd3-proto.mjs";
 
 const require = createRequire(import.meta.url);
 const addonPath = join(dirname(require.resolve("better-sqlite3/package.json")), "build/Release/better_sqlite3.node");
@@ -29,6 +30,7 @@ await build({
   minifyWhitespace: true,
   minifySyntax: true,
   logLevel: "warning",
+  plugins: [etcd3ProtoPlugin],
 });
 // Brotli keeps the comment small: Node reads and decodes the whole file at every start.
 const packed = brotliCompressSync(addon, { params: { [constants.BROTLI_PARAM_QUALITY]: 11, [constants.BROTLI_PARAM_LGWIN]: 24 } });

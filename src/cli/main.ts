@@ -1,8 +1,10 @@
 /** The `trellis` command line. Each command family registers itself here. */
 import { Command, CommanderError } from "commander";
 import { registerDemoCommand } from "./demo.js";
+import { registerNodeCommands } from "./node.js";
 import { registerPlanCommands } from "./plan.js";
 import { registerPodCommands } from "./pods.js";
+import { registerServiceCommands } from "./service.js";
 
 export async function runCli(argv: string[]): Promise<number> {
   const program = new Command("trellis")
@@ -13,6 +15,8 @@ export async function runCli(argv: string[]): Promise<number> {
   registerDemoCommand(program);
   registerPlanCommands(program);
   registerPodCommands(program);
+  registerNodeCommands(program);
+  registerServiceCommands(program);
   try {
     await program.parseAsync(argv, { from: "user" });
     return typeof process.exitCode === "number" ? process.exitCode : 0;
