@@ -4,6 +4,7 @@ import { registerDemoCommand } from "./demo.js";
 import { registerNodeCommands } from "./node.js";
 import { registerPlanCommands } from "./plan.js";
 import { registerPodCommands } from "./pods.js";
+import { registerProbeCommands } from "./probe.js";
 import { registerServiceCommands } from "./service.js";
 
 export async function runCli(argv: string[]): Promise<number> {
@@ -15,6 +16,7 @@ export async function runCli(argv: string[]): Promise<number> {
   registerDemoCommand(program);
   registerPlanCommands(program);
   registerPodCommands(program);
+  registerProbeCommands(program);
   registerNodeCommands(program);
   registerServiceCommands(program);
   try {

@@ -9,6 +9,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { run } from "../linux/exec.js";
+import { selfInvocation } from "./probe.js";
 
 export interface DemoOptions {
   readonly pods: number;
@@ -92,23 +93,22 @@ export async function runDemo(options: DemoOptions): Promise<boolean> {
 
 /** Runs this executable as the CNI plugin inside the node namespace. */
 async function cni(command: string, nodeNetns: string, config: object, containerId: string, netns: string): Promise<string> {
-  const self = process.argv[1];
-  const env = `CNI_COMMAND=${command} CNI_CONTAINERID=${containerId} CNI_NETNS=${netns} CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin`;
-  const { stdout } = await run("env", [...env.split(" "), process.execPath, self], { netns: nodeNetns, input: JSON.stringify(config) });
+  const env = [`CNI_COMMAND=${command}`, `CNI_CONTAINERID=${containerId}`, `CNI_NETNS=${netns}`, "CNI_IFNAME=eth0", "CNI_PATH=/opt/cni/bin"];
+  const { stdout } = await run("env", [...env, ...selfInvocation()], { netns: nodeNetns, input: JSON.stringify(config) });
   return stdout;
 }
 
 function startEcho(netns: string): Promise<ReturnType<typeof spawn>> {
-  const script = `require("net").createServer(s=>s.end(s.remoteAddress.replace(/^::ffff:/,""))).listen(${ECHO_PORT},"::",()=>console.log("ready"))`;
-  const child = spawn("nsenter", [`--net=${netns}`, process.execPath, "-e", script], { stdio: ["ignore", "pipe", "inherit"] });
+  const child = spawn("nsenter", [`--net=${netns}`, ...selfInvocation(), "probe", "serve", String(ECHO_PORT)], { stdio: ["ignore", "pipe", "inherit"] });
   return new Promise((resolve, reject) => {
     child.once("error", reject);
+    child.once("exit", (code) => reject(new Error(`probe server in ${netns} exited ${code}`)));
     child.stdout!.once("data", () => resolve(child));
   });
 }
 
 async function tcpSourceSeen(netns: string, address: string): Promise<string> {
-  const script = `const s=require("net").connect({host:process.argv[1],port:${ECHO_PORT},timeout:3000});let d="";s.on("data",c=>d+=c);s.on("end",()=>process.stdout.write(d));s.on("timeout",()=>process.exit(2));s.on("error",()=>process.exit(1))`;
-  const { stdout } = await run(process.execPath, ["-e", script, address], { netns });
+  const [command, ...args] = selfInvocation();
+  const { stdout } = await run(command, [...args, "probe", "connect", address, String(ECHO_PORT)], { netns });
   return stdout.trim();
 }
