@@ -37,7 +37,7 @@ import {
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import type { CniConfList } from "./cni-exec.js";
-import type { NetnsPool, TestNetns } from "./netns.js";
+import { processAlive, type NetnsPool, type TestNetns } from "./netns.js";
 
 const DIR_PREFIX = "trellis-ctrd-";
 const CGROUP_ROOT = "/sys/fs/cgroup";
@@ -550,14 +550,6 @@ function killPid(pid: number | undefined): void {
   }
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function safeReaddir(path: string): string[] {
   try {
