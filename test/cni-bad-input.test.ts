@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { after, before, describe, it } from "node:test";
+import { pluginBaseEnv } from "./support/cni-exec.js";
 import { NetnsPool, inNetns, sweepStaleNamespaces, type TestNetns } from "./support/netns.js";
 import { TRELLIS, recordedPods, tempDir } from "./support/trellis-cni.js";
 
@@ -82,7 +83,7 @@ describe("trellis rejects bad input with the right code and a message naming the
   for (const bad of cases) {
     it(bad.name, () => {
       const env: Record<string, string> = {
-        PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin",
+        ...pluginBaseEnv(),
         CNI_COMMAND: "ADD",
         CNI_CONTAINERID: "bad-input",
         CNI_NETNS: pod.path,

@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { after, before, describe, it } from "node:test";
+import { pluginBaseEnv } from "./support/cni-exec.js";
 import { NetnsPool, sweepStaleNamespaces, type TestNetns } from "./support/netns.js";
 import { TRELLIS, addressesOf, hostVeths, recordedPods, tempDir, trellis } from "./support/trellis-cni.js";
 
@@ -20,7 +21,7 @@ interface Attempt {
 function addKilledAfter(node: TestNetns, pod: TestNetns, id: string, config: object, killAfterMs: number): Promise<Attempt> {
   return new Promise((resolve) => {
     const child = spawn("nsenter", [`--net=${node.path}`, TRELLIS], {
-      env: { PATH: process.env.PATH, CNI_COMMAND: "ADD", CNI_CONTAINERID: id, CNI_NETNS: pod.path, CNI_IFNAME: "eth0", CNI_PATH: "/usr/lib/cni" },
+      env: { ...pluginBaseEnv(), CNI_COMMAND: "ADD", CNI_CONTAINERID: id, CNI_NETNS: pod.path, CNI_IFNAME: "eth0", CNI_PATH: "/usr/lib/cni" },
       stdio: ["pipe", "pipe", "ignore"],
     });
     let stdout = "";
