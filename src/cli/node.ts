@@ -1,7 +1,8 @@
 /** `trellis node add|rm|list`: nodes and their pod CIDRs in the cluster store. */
 import type { Command } from "commander";
 import { addNode, checkNodeName, listNodes, removeNode } from "../ipam/node-cidrs.js";
-import { cluster, givenPlan, renderTable, withClusterOptions, withStore, type ClusterOptions } from "./cluster-options.js";
+import { cluster, givenPlan, withClusterOptions, withStore, type ClusterOptions } from "./cluster-options.js";
+import { renderTable } from "./table.js";
 
 export function registerNodeCommands(program: Command): void {
   const node = program.command("node").description("give nodes their pod CIDRs from the cluster plan, and take them back");

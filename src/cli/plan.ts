@@ -3,6 +3,7 @@ import type { Command } from "commander";
 import { familyName, formatPrefix } from "../net/ip.js";
 import { planRanges, type PlanRange } from "../plan/capacity.js";
 import { formatNodePortRange, planNotes, primaryFamily, readPlanText, validatePlanText, type ClusterPlan } from "../plan/plan.js";
+import { renderTable } from "./table.js";
 
 export function registerPlanCommands(program: Command): void {
   const plan = program.command("plan").description("check and show the cluster address plan");
@@ -49,9 +50,7 @@ export function renderPlanTable(plan: ClusterPlan): string {
     formatCount(range.size),
     describeCapacity(range),
   ]);
-  const table = [["KIND", "RANGE", "FAMILY", "SIZE", "CAPACITY"], ...rows];
-  const widths = table[0].map((_, column) => Math.max(...table.map((row) => row[column].length)));
-  const lines = table.map((row) => row.map((cell, column) => cell.padEnd(widths[column])).join("  ").trimEnd());
+  const lines = renderTable([["KIND", "RANGE", "FAMILY", "SIZE", "CAPACITY"], ...rows]).trimEnd().split("\n");
   return [
     ...lines,
     "",

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { listAttachments } from "../ipam/attachments.js";
 import { DEFAULT_STATE_DIR, openNodeState } from "../ipam/node-state.js";
 import { listLeases } from "../ipam/pod-ips.js";
+import { renderTable } from "./table.js";
 
 export interface PodRecord {
   containerId: string;
@@ -27,9 +28,7 @@ export function registerPodCommands(program: Command): void {
         process.stdout.write(JSON.stringify(pods, null, 2) + "\n");
         return;
       }
-      const rows = [["CONTAINER", "IFNAME", "HOST VETH", "ADDRESSES"], ...pods.map((pod) => [pod.containerId, pod.ifname, pod.hostIfname, pod.addresses.join(",")])];
-      const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => row[column].length)));
-      for (const row of rows) process.stdout.write(row.map((cell, column) => cell.padEnd(widths[column])).join("  ").trimEnd() + "\n");
+      process.stdout.write(renderTable([["CONTAINER", "IFNAME", "HOST VETH", "ADDRESSES"], ...pods.map((pod) => [pod.containerId, pod.ifname, pod.hostIfname, pod.addresses.join(",")])]));
     });
 }
 

@@ -2,7 +2,8 @@
 import type { Command } from "commander";
 import { addService, checkServiceRequest, listServices, parseServiceName, removeService, type ServiceRequest } from "../ipam/cluster-services.js";
 import { IP_FAMILY_POLICIES } from "../ipam/service-ips-families.js";
-import { cluster, givenPlan, renderTable, withClusterOptions, withStore, type ClusterOptions } from "./cluster-options.js";
+import { cluster, givenPlan, withClusterOptions, withStore, type ClusterOptions } from "./cluster-options.js";
+import { renderTable } from "./table.js";
 
 interface AddOptions extends ClusterOptions {
   readonly type?: string;
