@@ -5,6 +5,7 @@
 // compiling the bundle at every call, and the binary needs no Node.js on the node.
 import { build } from "esbuild";
 import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import { chmodSync, copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
@@ -13,6 +14,8 @@ import { etcd3ProtoPlugin } from "./esbuild-etcd3-proto.mjs";
 
 const require = createRequire(import.meta.url);
 const addonPath = join(dirname(require.resolve("better-sqlite3/package.json")), "build/Release/better_sqlite3.node");
+// Known at build time so a CNI call finds the extracted addon without hashing 2 MB first.
+const addonSha = createHash("sha256").update(readFileSync(addonPath)).digest("hex").slice(0, 16);
 
 mkdirSync("dist", { recursive: true });
 await build({
@@ -28,6 +31,7 @@ await build({
   minifySyntax: true,
   logLevel: "warning",
   plugins: [etcd3ProtoPlugin],
+  define: { TRELLIS_ADDON_SHA: JSON.stringify(addonSha) },
 });
 
 const seaConfig = {

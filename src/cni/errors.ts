@@ -22,8 +22,6 @@ export const CniCode = {
   internal: 999,
 } as const;
 
-export type CniCodeValue = (typeof CniCode)[keyof typeof CniCode];
-
 export class CniError extends Error {
   constructor(
     readonly code: number,

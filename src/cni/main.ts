@@ -13,11 +13,9 @@ import { CURRENT_VERSION, versionInfo } from "./version.js";
 /** Runs one CNI invocation and returns the exit code. */
 export async function runCniPlugin(): Promise<number> {
   let stdin = "";
-  let replyVersion = CURRENT_VERSION;
   try {
     const env = parseCniEnv(process.env);
     stdin = readStdin();
-    replyVersion = versionOf(stdin) ?? CURRENT_VERSION;
     if (env.command === "VERSION") {
       process.stdout.write(JSON.stringify(versionInfo()) + "\n");
       return 0;
@@ -43,7 +41,7 @@ export async function runCniPlugin(): Promise<number> {
     return 0;
   } catch (error) {
     const cniError = toCniError(error);
-    process.stdout.write(formatCniError(cniError, replyVersion) + "\n");
+    process.stdout.write(formatCniError(cniError, versionOf(stdin) ?? CURRENT_VERSION) + "\n");
     process.stderr.write(`trellis: ${process.env.CNI_COMMAND} ${process.env.CNI_CONTAINERID ?? ""} failed (code ${cniError.code}): ${cniError.message}\n`);
     if (cniError.code === CniCode.internal && error instanceof Error && error.stack) process.stderr.write(`${error.stack}\n`);
     return 1;

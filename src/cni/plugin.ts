@@ -79,10 +79,7 @@ export async function cmdCheck(env: CniEnv, conf: NetConf): Promise<void> {
     } else {
       await execDelegate(conf.ipam.type, "CHECK", conf.raw, env.path);
     }
-    const addresses: PodAddress[] = ours.map((ip) => {
-      const parsed = parseInterfaceAddress(ip.address);
-      return { address: parsed.address, subnet: parsed.prefix, gateway: ip.gateway ? parseIp(ip.gateway) : nthAddress(parsed.prefix, 1n) };
-    });
+    const addresses = ours.map(toPodAddress);
     const spec = planPodAttachment({
       ...attachmentInput(env, conf, key),
       addresses,
@@ -198,11 +195,7 @@ async function reserveAddresses(db: SqliteDatabase, env: CniEnv, conf: NetConf, 
     const { output } = await execDelegate(conf.ipam.type, "ADD", conf.raw, env.path);
     const result = parseResult(output, `ipam plugin ${conf.ipam.type} result`);
     if (!result.ips?.length) throw new CniError(CniCode.delegateFailure, `ipam plugin ${conf.ipam.type} returned no IP addresses`);
-    return result.ips.map((ip) => {
-      const parsed = parseInterfaceAddress(ip.address);
-      const gateway = (ip.gateway && tryParseIp(ip.gateway)) || nthAddress(parsed.prefix, 1n);
-      return { address: parsed.address, subnet: parsed.prefix, gateway };
-    });
+    return result.ips.map(toPodAddress);
   } catch (error) {
     db.transaction(() => deleteAttachment(db, key)).immediate();
     await execDelegate(conf.ipam.type, "DEL", conf.raw, env.path).catch(() => undefined);
@@ -227,6 +220,12 @@ function masqueradeSubnets(conf: NetConf, addresses: readonly PodAddress[]): IpP
   if (!conf.ipMasq) return [];
   if (conf.ipam.kind === "builtin") return conf.ipam.ranges.flat().map((range) => range.subnet);
   return addresses.map((address) => address.subnet);
+}
+
+/** A result's IP as the dataplane sees it; without a gateway, the subnet's first address is the gateway. */
+function toPodAddress(ip: CniIpConfig): PodAddress {
+  const parsed = parseInterfaceAddress(ip.address);
+  return { address: parsed.address, subnet: parsed.prefix, gateway: (ip.gateway && tryParseIp(ip.gateway)) || nthAddress(parsed.prefix, 1n) };
 }
 
 function toPodRoute(route: { dst: string; gw?: string }): PodRoute {

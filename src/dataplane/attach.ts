@@ -21,9 +21,9 @@ export class AttachError extends Error {}
 export async function attachPod(spec: PodAttachmentSpec, masqueradeSubnets: readonly IpPrefix[]): Promise<{ bridgeMac: string }> {
   if (!existsSync(spec.container.netns)) throw new AttachError(`network namespace ${spec.container.netns} does not exist`);
   enableForwarding(spec);
-  await ensureBridge(spec.bridge.name);
-  const stale = localLinkNames().has(spec.hostVeth.name);
-  if (stale) await deleteLink(spec.hostVeth.name);
+  const links = localLinkNames();
+  if (!links.has(spec.bridge.name)) await createBridge(spec.bridge.name);
+  if (links.has(spec.hostVeth.name)) await deleteLink(spec.hostVeth.name);
   try {
     const shown = await ipBatch([...renderHostCommands(spec), `link show dev ${spec.bridge.name}`], undefined, { json: true });
     await ipBatch(renderContainerCommands(spec), spec.container.netns);
@@ -106,8 +106,8 @@ export async function checkPod(spec: PodAttachmentSpec, expectedMac: string | un
   return problems;
 }
 
-async function ensureBridge(name: string): Promise<void> {
-  if (localLinkNames().has(name)) return;
+/** Creates the bridge; another ADD creating it at the same moment is fine. */
+async function createBridge(name: string): Promise<void> {
   try {
     await ipBatch([`link add ${name} address ${randomMac()} type bridge`]);
   } catch (error) {

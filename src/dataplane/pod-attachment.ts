@@ -3,7 +3,7 @@
  * iproute2 / nftables text that makes it so. Nothing here touches the kernel.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { formatIp, formatPrefix, type Family, type IpAddress, type IpPrefix } from "../net/ip.js";
+import { defaultPrefix, formatIp, formatPrefix, type Family, type IpAddress, type IpPrefix } from "../net/ip.js";
 
 export interface PodAddress {
   readonly address: IpAddress;
@@ -83,7 +83,7 @@ export function planPodAttachment(input: PodAttachmentInput): PodAttachmentSpec 
   for (const route of input.routes) addRoute({ dst: route.dst, gateway: route.gateway ?? gatewayOf(route.dst.family) });
   if (input.defaultRoutes) {
     for (const family of [...new Set(input.addresses.map((address) => address.address.family))]) {
-      addRoute({ dst: { family, network: 0n, length: 0 }, gateway: gatewayOf(family) });
+      addRoute({ dst: defaultPrefix(family), gateway: gatewayOf(family) });
     }
   }
   const bridgeAddresses = [...new Set(input.addresses.map((address) => `${formatIp(address.gateway)}/${address.subnet.length}`))];

@@ -23,7 +23,7 @@
  * caller retries from fresh reads.
  */
 import { randomBytes, randomInt } from "node:crypto";
-import type { KvCompare, KvEntry, KvOperation, KvStore } from "../store/kv.js";
+import type { KvCompare, KvEntry, KvOperation, KvStore, KvTxn } from "../store/kv.js";
 
 export interface IndexBand {
   /** Where this band's run keys live; ends in "/". */
@@ -47,11 +47,8 @@ export interface FreeSlot {
   readonly run: FreeRun;
 }
 
-/** Part of a transaction. */
-export interface TxnFragment {
-  readonly compares: readonly KvCompare[];
-  readonly operations: readonly KvOperation[];
-}
+/** Part of a transaction: the same shape as a whole one, merged by the caller. */
+export type TxnFragment = KvTxn;
 
 export interface IndexInterval {
   readonly first: bigint;

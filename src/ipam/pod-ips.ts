@@ -4,7 +4,7 @@
  * these functions inside one transaction with the attachment record.
  */
 import {
-  formatIp, formatPrefix, prefixContains, sameIp, tryParseIp, type Family, type IpAddress, type IpPrefix,
+  formatIp, formatPrefix, prefixContains, sameIp, tryParseIp, type IpAddress, type IpPrefix,
 } from "../net/ip.js";
 import type { SqliteDatabase } from "../store/sqlite.js";
 import type { AttachmentKey } from "./attachments.js";
@@ -35,10 +35,6 @@ export class PodIpError extends Error {
   ) {
     super(message);
   }
-}
-
-export function rangeSetFamily(set: PodIpRangeSet): Family {
-  return set[0].subnet.family;
 }
 
 export function describeRangeSet(set: PodIpRangeSet): string {

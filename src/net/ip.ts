@@ -92,10 +92,6 @@ export function formatPrefix(prefix: IpPrefix): string {
   return `${formatIp({ family: prefix.family, value: prefix.network })}/${prefix.length}`;
 }
 
-export function formatInterfaceAddress(address: IpAddress, length: number): string {
-  return `${formatIp(address)}/${length}`;
-}
-
 /** Number of addresses in the prefix. */
 export function prefixSize(prefix: IpPrefix): bigint {
   return 1n << BigInt(familyBits(prefix.family) - prefix.length);
@@ -103,10 +99,6 @@ export function prefixSize(prefix: IpPrefix): bigint {
 
 export function firstAddress(prefix: IpPrefix): IpAddress {
   return { family: prefix.family, value: prefix.network };
-}
-
-export function lastAddress(prefix: IpPrefix): IpAddress {
-  return { family: prefix.family, value: prefix.network + prefixSize(prefix) - 1n };
 }
 
 /** The address `n` places after the network address (n may be negative to count from the end + 1). */
@@ -141,16 +133,6 @@ export function subPrefix(prefix: IpPrefix, length: number, index: bigint): IpPr
 
 export function sameIp(a: IpAddress, b: IpAddress): boolean {
   return a.family === b.family && a.value === b.value;
-}
-
-export function compareIp(a: IpAddress, b: IpAddress): number {
-  if (a.family !== b.family) return a.family - b.family;
-  return a.value < b.value ? -1 : a.value > b.value ? 1 : 0;
-}
-
-/** The prefix for one address: /32 or /128. */
-export function hostPrefix(ip: IpAddress): IpPrefix {
-  return { family: ip.family, network: ip.value, length: familyBits(ip.family) };
 }
 
 /** The default route's destination for a family. */

@@ -4,7 +4,6 @@
  * content-addressed file and loaded from there.
  */
 import Database from "better-sqlite3";
-import { createHash } from "node:crypto";
 import { closeSync, existsSync, mkdirSync, openSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as sea from "node:sea";
@@ -29,16 +28,18 @@ export function openSqlite(path: string, options: OpenSqliteOptions = {}): Sqlit
   return db;
 }
 
+declare const TRELLIS_ADDON_SHA: string;
+
 let loadedAddon: object | undefined;
 
 /** The addon carried by the executable, or undefined when running from source (node_modules has it). */
 function embeddedAddon(): object | undefined {
   if (!sea.isSea()) return undefined;
   if (loadedAddon) return loadedAddon;
-  const addon = Buffer.from(sea.getAsset("better_sqlite3.node"));
   const dir = process.env.TRELLIS_NATIVE_DIR ?? "/var/lib/trellis/native";
-  const target = join(dir, `better_sqlite3-${createHash("sha256").update(addon).digest("hex").slice(0, 16)}.node`);
+  const target = join(dir, `better_sqlite3-${TRELLIS_ADDON_SHA}.node`);
   if (!existsSync(target)) {
+    const addon = Buffer.from(sea.getAsset("better_sqlite3.node"));
     mkdirSync(dir, { recursive: true, mode: 0o755 });
     const temporary = `${target}.${process.pid}.tmp`;
     const fd = openSync(temporary, "w", 0o755);
