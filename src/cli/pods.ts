@@ -2,9 +2,9 @@
 import type { Command } from "commander";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { listAttachments } from "../ipam/attachments.js";
-import { DEFAULT_STATE_DIR, openNodeState } from "../ipam/node-state.js";
-import { listLeases } from "../ipam/pod-ips.js";
+import { listAttachments } from "../podipam/attachments.js";
+import { DEFAULT_STATE_DIR, openNodeState } from "../podipam/node-state.js";
+import { listLeases } from "../podipam/pod-ips.js";
 import { renderTable } from "./table.js";
 
 export interface PodRecord {

@@ -5,8 +5,8 @@
 import {
   familyBits, formatIp, formatPrefix, nthAddress, prefixContains, tryParseInterfaceAddress, tryParseIp, type IpAddress,
 } from "../net/ip.js";
-import { DEFAULT_STATE_DIR } from "../ipam/node-state.js";
-import type { PodIpRange, PodIpRangeSet } from "../ipam/pod-ips.js";
+import { DEFAULT_STATE_DIR } from "../podipam/node-state.js";
+import type { PodIpRange, PodIpRangeSet } from "../podipam/pod-ips.js";
 import { interfaceNameProblem } from "./env.js";
 import { CniCode, CniError } from "./errors.js";
 import { isObject, parseResult, type CniDns, type CniResult, type CniRoute } from "./result.js";

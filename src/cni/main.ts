@@ -1,7 +1,7 @@
 /** Entry point when the executable runs as a CNI plugin: stdin config, CNI_* env, result or error JSON on stdout. */
 import { readFileSync } from "node:fs";
 import { AttachError } from "../dataplane/attach.js";
-import { PodIpError } from "../ipam/pod-ips.js";
+import { PodIpError } from "../podipam/pod-ips.js";
 import { CommandError } from "../linux/exec.js";
 import { parseNetConf } from "./config.js";
 import { parseCniEnv } from "./env.js";

@@ -5,9 +5,9 @@
 import { existsSync } from "node:fs";
 import { attachPod, checkPod, detachPod, sweepHostVeths } from "../dataplane/attach.js";
 import { hostVethName, planPodAttachment, type PodAddress, type PodAttachmentSpec, type PodRoute } from "../dataplane/pod-attachment.js";
-import { deleteAttachment, findAttachment, insertAttachment, listAttachments, type AttachmentKey } from "../ipam/attachments.js";
-import { openNodeState } from "../ipam/node-state.js";
-import { allocatePodIps, countLeases, describeRangeSet, leasesOf, listLeases, rangeSetCapacity, releasePodIps } from "../ipam/pod-ips.js";
+import { deleteAttachment, findAttachment, insertAttachment, listAttachments, type AttachmentKey } from "../podipam/attachments.js";
+import { openNodeState } from "../podipam/node-state.js";
+import { allocatePodIps, countLeases, describeRangeSet, leasesOf, listLeases, rangeSetCapacity, releasePodIps } from "../podipam/pod-ips.js";
 import { formatIp, formatPrefix, nthAddress, parseInterfaceAddress, parseIp, tryParseIp, type IpPrefix } from "../net/ip.js";
 import type { SqliteDatabase } from "../store/sqlite.js";
 import { type NetConf, versionHasCheck } from "./config.js";
