@@ -6,7 +6,7 @@
 import { Option, type Command } from "commander";
 import { existsSync } from "node:fs";
 import { resolve } from "node:path";
-import { openCluster, type Cluster } from "../ipam/cluster-state.js";
+import { openCluster, type Cluster } from "../cluster/state.js";
 import { loadPlan, type ClusterPlan } from "../plan/plan.js";
 import type { KvStore } from "../store/kv.js";
 import { DEFAULT_STORE_SPEC, openStore, parseStoreSpec } from "../store/open.js";

@@ -2,8 +2,8 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
-import { freeLoopbackPort } from "../store/testing/etcd.js";
-import { cliFixture, runTrellis, type CliBackend, type CliFixture } from "./cluster-testing.js";
+import { cliFixture, runTrellis, type CliBackend, type CliFixture } from "../../test/support/cli-cluster.js";
+import { freeLoopbackPort } from "../../test/support/etcd.js";
 
 const DUAL = ["podCidrs: [10.244.0.0/16, fd00:10:244::/56]", "serviceCidrs: [10.96.0.0/16, fd00:10:96::/112]"];
 
@@ -91,11 +91,12 @@ describe("trellis node: store specs", () => {
     assert.match(run.stderr, /^trellis: invalid store "mysql:\/\/db": unknown kind of store; expected sqlite:PATH \(such as sqlite:\/var\/lib\/trellis\/cluster\.db\) or etcd:\/\/HOST:PORT/);
   });
 
-  test("an unreachable etcd is reported quickly", async () => {
+  // A client that kept retrying instead of giving up would be killed by runTrellis's timeout
+  // and fail the exit-code check.
+  test("an unreachable etcd is reported, naming the endpoint", async () => {
     const port = await freeLoopbackPort();
     const run = await runTrellis(["node", "add", "n1", "--store", `etcd://127.0.0.1:${port}`]);
     assert.equal(run.code, 1);
     assert.match(run.stderr, new RegExp(`^trellis: etcd at 127\\.0\\.0\\.1:${port} is unreachable: `));
-    assert.ok(run.ms < 8_000, `took ${run.ms} ms`);
   });
 });

@@ -1,6 +1,6 @@
 /** `trellis node add|rm|list`: nodes and their pod CIDRs in the cluster store. */
 import type { Command } from "commander";
-import { addNode, checkNodeName, listNodes, removeNode } from "../ipam/node-cidrs.js";
+import { addNode, checkNodeName, listNodes, removeNode } from "../cluster/node-cidrs.js";
 import { cluster, givenPlan, withClusterOptions, withStore, type ClusterOptions } from "./cluster-options.js";
 import { renderTable } from "./table.js";
 

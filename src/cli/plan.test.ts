@@ -1,28 +1,10 @@
 // Runs the built dist/trellis, as `npm test` builds it first.
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { fileURLToPath } from "node:url";
-
-const trellis = resolve(dirname(fileURLToPath(import.meta.url)), "../../dist/trellis");
-
-interface Run {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-function runTrellis(args: readonly string[]): Promise<Run> {
-  return new Promise((done) => {
-    execFile(trellis, args, { env: { ...process.env, CNI_COMMAND: undefined } }, (error, stdout, stderr) => {
-      const code = error ? (typeof error.code === "number" ? error.code : -1) : 0;
-      done({ code, stdout, stderr });
-    });
-  });
-}
+import { runTrellis } from "../../test/support/cli-cluster.js";
 
 describe("trellis plan", () => {
   let dir = "";

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
-import { cliFixture, runTrellis, type CliBackend, type CliFixture } from "./cluster-testing.js";
+import { cliFixture, runTrellis, type CliBackend, type CliFixture } from "../../test/support/cli-cluster.js";
 
 const DUAL = ["podCidrs: [10.244.0.0/16, fd00:10:244::/56]", "serviceCidrs: [10.96.0.0/16, fd00:10:96::/112]"];
 const SINGLE = ["podCidrs: [10.244.0.0/16]", "serviceCidrs: [10.96.0.0/24]", "nodePortRange: 30000-30099"];

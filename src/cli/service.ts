@@ -1,7 +1,7 @@
 /** `trellis service add|rm|list`: Services, their ClusterIPs and NodePorts in the cluster store. */
 import type { Command } from "commander";
-import { addService, checkServiceRequest, listServices, parseServiceName, removeService, type ServiceRequest } from "../ipam/cluster-services.js";
-import { IP_FAMILY_POLICIES } from "../ipam/service-ips-families.js";
+import { addService, checkServiceRequest, listServices, parseServiceName, removeService, type ServiceRequest } from "../cluster/services.js";
+import { IP_FAMILY_POLICIES } from "../cluster/service-ips-families.js";
 import { cluster, givenPlan, withClusterOptions, withStore, type ClusterOptions } from "./cluster-options.js";
 import { renderTable } from "./table.js";
 

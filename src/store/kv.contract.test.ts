@@ -2,18 +2,15 @@
  * The KvStore contract, run against both backends: what allocators and watchers may rely on.
  */
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { promisify } from "node:util";
+import { freeLoopbackPort, startTestEtcd } from "../../test/support/etcd.js";
+import { startTestBackend, type BackendName, type TestBackend } from "../../test/support/store-backends.js";
+import { runWorker } from "../../test/support/workers.js";
 import { KvCompactedError, MAX_TXN_OPERATIONS, type KvEvent, type KvStore, type KvWatch } from "./kv.js";
 import { openStore } from "./open.js";
-import { startTestBackend, type BackendName, type TestBackend } from "./testing/backends.js";
-import { freeLoopbackPort, startTestEtcd } from "./testing/etcd.js";
-
-const run = promisify(execFile);
 
 async function put(store: KvStore, key: string, value: string): Promise<number> {
   const result = await store.txn({ compares: [], operations: [{ type: "put", key, value }] });
@@ -202,8 +199,7 @@ for (const name of ["sqlite", "etcd"] as BackendName[]) {
       const { store, spec, namespace } = await backend.fresh();
       const listed = await store.list("/x/");
       const watch = store.watch("/x/", listed.revision + 1);
-      const worker = join(import.meta.dirname, "testing", "put-worker.ts");
-      const { stdout } = await run(process.execPath, ["--import", "tsx", worker, spec, namespace ?? "-", "/x/from-child", "hello"]);
+      const { stdout } = await runWorker("store-put.worker.ts", [spec, namespace ?? "-", "/x/from-child", "hello"]);
       const [event] = await take(watch, 1);
       assert.deepEqual(event, { type: "put", key: "/x/from-child", value: "hello", revision: Number(stdout.trim()) });
     });

@@ -11,7 +11,7 @@
  *   /ranges/nodecidrs/BLOCK                         owner of a node pod CIDR block
  *   /ranges/serviceips/IP                           owner of a ClusterIP (KEP-1880's IPAddress)
  *   /ranges/servicenodeports/PORT                   owner of a NodePort
- *   /ranges/{nodecidrs,serviceips,servicenodeports}-free/…/BAND/END       free runs (cluster-free-runs.ts)
+ *   /ranges/{nodecidrs,serviceips,servicenodeports}-free/…/BAND/END       free runs (free-runs.ts)
  *   /ranges/{nodecidrs,serviceips,servicenodeports}-free/…/BAND-long/END  the runs of 256 or more
  *   /ranges/nodecidrs-next/CLUSTER-CIDR             next candidate block, as kube-controller-manager keeps it
  */
@@ -19,7 +19,7 @@ import { parsePlan, planToFile, samePlan, formatPlanFile, type ClusterPlan, type
 import type { KvStore } from "../store/kv.js";
 import { nodeCidrInitOperations } from "./node-cidrs.js";
 import { nodePortInitOperations } from "./node-ports.js";
-import { kubernetesServiceOperations } from "./cluster-services.js";
+import { kubernetesServiceOperations } from "./services.js";
 import { serviceIpInitOperations } from "./service-ips.js";
 
 export const PLAN_KEY = "/plan";

@@ -17,9 +17,9 @@ import {
   type IndexBand,
   type IndexInterval,
   type TxnFragment,
-} from "./cluster-free-runs.js";
-import type { Cluster } from "./cluster-state.js";
-import { commitWithRetry, joinFragments, type Committed } from "./cluster-txn.js";
+} from "./free-runs.js";
+import type { Cluster } from "./state.js";
+import { commitWithRetry, joinFragments, type Committed } from "./txn.js";
 
 export interface NodeRecord {
   readonly name: string;

@@ -6,9 +6,9 @@
 import { familyName, formatIp, formatPrefix, parseIp, prefixContains, type IpAddress } from "../net/ip.js";
 import type { ClusterPlan } from "../plan/plan.js";
 import type { KvOperation, KvStore } from "../store/kv.js";
-import type { TxnFragment } from "./cluster-free-runs.js";
-import type { Cluster } from "./cluster-state.js";
-import { commitWithRetry, joinFragments, type Committed } from "./cluster-txn.js";
+import type { TxnFragment } from "./free-runs.js";
+import type { Cluster } from "./state.js";
+import { commitWithRetry, joinFragments, type Committed } from "./txn.js";
 import { checkNodePortInRange, claimNodePort, releaseNodePort, type ClaimedPort } from "./node-ports.js";
 import { claimServiceIp, kubernetesServiceIp, KUBERNETES_SERVICE, releaseServiceIp, serviceIpRangeFor } from "./service-ips.js";
 import { resolveServiceFamilies, type IpFamilyName, type IpFamilyPolicy, type ServiceFamilies } from "./service-ips-families.js";

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
-import { addService, removeService } from "./cluster-services.js";
-import { openCluster, type Cluster } from "./cluster-state.js";
-import { assertBandConsistent, temporaryStores, testPlan } from "./cluster-testing.js";
+import { assertBandConsistent, temporaryStores, testPlan } from "../../test/support/cluster.js";
+import { addService, removeService } from "./services.js";
+import { openCluster, type Cluster } from "./state.js";
 import { nodePortBands, nodePortOffset } from "./node-ports.js";
 
 const stores = temporaryStores();

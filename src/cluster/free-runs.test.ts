@@ -11,8 +11,8 @@ import {
   randomBelow,
   releaseIndex,
   type IndexBand,
-} from "./cluster-free-runs.js";
-import { assertBandConsistent, temporaryStores } from "./cluster-testing.js";
+} from "./free-runs.js";
+import { assertBandConsistent, temporaryStores } from "../../test/support/cluster.js";
 
 const stores = temporaryStores();
 after(() => stores.cleanup());

@@ -6,8 +6,8 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { KvStore } from "../kv.js";
-import { openStore } from "../open.js";
+import type { KvStore } from "../../src/store/kv.js";
+import { openStore } from "../../src/store/open.js";
 import { startTestEtcd, type TestEtcd } from "./etcd.js";
 
 export type BackendName = "sqlite" | "etcd";

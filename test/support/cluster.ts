@@ -7,11 +7,11 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { parsePrefix } from "../net/ip.js";
-import type { ClusterPlan } from "../plan/plan.js";
-import type { KvStore } from "../store/kv.js";
-import { openSqliteStore } from "../store/sqlite-kv.js";
-import { freeIntervals, listLongRuns, listRuns, WINDOW, type IndexBand, type IndexInterval } from "./cluster-free-runs.js";
+import { parsePrefix } from "../../src/net/ip.js";
+import type { ClusterPlan } from "../../src/plan/plan.js";
+import type { KvStore } from "../../src/store/kv.js";
+import { openSqliteStore } from "../../src/store/sqlite-kv.js";
+import { freeIntervals, listLongRuns, listRuns, WINDOW, type IndexBand, type IndexInterval } from "../../src/cluster/free-runs.js";
 
 export interface PlanText {
   readonly podCidrs: readonly string[];
@@ -34,7 +34,7 @@ export function testPlan(text: PlanText): ClusterPlan {
 
 /** SQLite stores in one temp dir; `cleanup` closes them and removes the dir. */
 export function temporaryStores(): { open(): KvStore; cleanup(): Promise<void> } {
-  const dir = mkdtempSync(join(tmpdir(), "trellis-ipam-"));
+  const dir = mkdtempSync(join(tmpdir(), "trellis-cluster-"));
   const stores: KvStore[] = [];
   let counter = 0;
   return {

@@ -3,7 +3,7 @@
  * read; when another process got there first, read again. A failed attempt writes nothing.
  */
 import type { KvCompare, KvOperation, KvStore } from "../store/kv.js";
-import type { TxnFragment } from "./cluster-free-runs.js";
+import type { TxnFragment } from "./free-runs.js";
 
 export interface Attempt<T> {
   readonly compares: readonly KvCompare[];

@@ -5,21 +5,17 @@
  * and after everything is released the ranges are whole again.
  */
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
-import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { promisify } from "node:util";
-import type { BackendName, TestBackend } from "../store/testing/backends.js";
-import { startTestBackend } from "../store/testing/backends.js";
-import { listServices } from "./cluster-services.js";
-import { openCluster } from "./cluster-state.js";
-import type { Holding } from "./cluster-contention.worker.js";
-import { assertBandConsistent, testPlan } from "./cluster-testing.js";
+import type { Holding } from "../../test/support/cluster-contention.worker.js";
+import { assertBandConsistent, testPlan } from "../../test/support/cluster.js";
+import { startTestBackend, type BackendName, type TestBackend } from "../../test/support/store-backends.js";
+import { runWorker } from "../../test/support/workers.js";
 import { listNodes, nodeCidrRanges } from "./node-cidrs.js";
 import { nodePortBands } from "./node-ports.js";
 import { serviceIpRanges } from "./service-ips.js";
+import { listServices } from "./services.js";
+import { openCluster } from "./state.js";
 
-const run = promisify(execFile);
 const WORKERS = 4;
 const CYCLES = 500;
 
@@ -40,17 +36,14 @@ for (const name of ["sqlite", "etcd"] as BackendName[]) {
       await backend?.cleanup();
     });
 
-    test(`${WORKERS} processes × ${CYCLES} allocate+release cycles never share an address, port or block, and lose none`, async () => {
+    // About 6 s on SQLite and 40 s on etcd on an idle 2-core machine. The timeout only stops a
+    // hung run: how fast it goes is a benchmark's question, not this test's.
+    test(`${WORKERS} processes × ${CYCLES} allocate+release cycles never share an address, port or block, and lose none`, { timeout: 600_000 }, async () => {
       const { store, spec, namespace } = await backend.fresh();
       const cluster = await openCluster(store, plan);
-      const worker = join(import.meta.dirname, "cluster-contention.worker.ts");
-      const started = Date.now();
       const outputs = await Promise.all(
-        Array.from({ length: WORKERS }, (_, i) =>
-          run(process.execPath, ["--import", "tsx", worker, spec, namespace ?? "-", String(i), String(CYCLES)], { maxBuffer: 64 * 1024 * 1024 }),
-        ),
+        Array.from({ length: WORKERS }, (_, i) => runWorker("cluster-contention.worker.ts", [spec, namespace ?? "-", String(i), String(CYCLES)])),
       );
-      const seconds = (Date.now() - started) / 1000;
       const holdings = outputs.flatMap(({ stdout }) => stdout.trim().split("\n").map((line) => JSON.parse(line) as Holding));
 
       for (const kind of ["clusterIP", "nodePort", "podCidr"] as const) {
@@ -82,10 +75,6 @@ for (const name of ["sqlite", "etcd"] as BackendName[]) {
       await assertBandConsistent(store, ports.staticBand);
       await assertBandConsistent(store, ports.dynamicBand);
       await assertBandConsistent(store, nodeCidrRanges(plan)[0].band);
-      console.log(`# ${name}: ${WORKERS} workers × ${CYCLES} cycles (service + node, add + remove) in ${seconds.toFixed(1)} s`);
-      // About 6 s on SQLite and 40 s on etcd on an idle 2-core machine; the bound only catches a
-      // pathological slowdown, since other work on a shared machine stretches the time.
-      assert.ok(seconds < 180, `took ${seconds} s`);
     });
   });
 }

@@ -1,15 +1,15 @@
 /**
- * Runs the built dist/trellis (as `npm test` builds it first) for the cluster command tests,
- * with a plan file in a temp dir and a store on either backend.
+ * Runs the built dist/trellis (as `npm test` builds it first) for the command tests; for the
+ * cluster commands, with plan files in a temp dir and a store on either backend.
  */
 import { execFile } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import type { KvStore } from "../store/kv.js";
-import { openStore } from "../store/open.js";
-import { startTestEtcd, type TestEtcd } from "../store/testing/etcd.js";
+import type { KvStore } from "../../src/store/kv.js";
+import { openStore } from "../../src/store/open.js";
+import { startTestEtcd, type TestEtcd } from "./etcd.js";
 
 export const TRELLIS = resolve(dirname(fileURLToPath(import.meta.url)), "../../dist/trellis");
 
@@ -17,18 +17,16 @@ export interface Run {
   readonly code: number;
   readonly stdout: string;
   readonly stderr: string;
-  readonly ms: number;
 }
 
 /** Runs trellis with only the environment given (no TRELLIS_STORE/TRELLIS_PLAN from the caller's shell). */
 export function runTrellis(args: readonly string[], env: Record<string, string> = {}): Promise<Run> {
   if (!existsSync(TRELLIS)) throw new Error(`${TRELLIS} is missing: build it first with node scripts/build.mjs`);
   const { TRELLIS_STORE: _store, TRELLIS_PLAN: _plan, CNI_COMMAND: _cni, ...inherited } = process.env;
-  const started = Date.now();
   return new Promise((done) => {
     execFile(TRELLIS, args, { env: { ...inherited, ...env }, timeout: 60_000 }, (error, stdout, stderr) => {
       const code = error ? (typeof error.code === "number" ? error.code : -1) : 0;
-      done({ code, stdout, stderr, ms: Date.now() - started });
+      done({ code, stdout, stderr });
     });
   });
 }

@@ -1,5 +1,5 @@
-/** A separate process that writes one key: `put-worker.ts SPEC NAMESPACE KEY VALUE` (NAMESPACE "-" for none). */
-import { openStore } from "../open.js";
+/** A separate process that writes one key: `store-put.worker.ts SPEC NAMESPACE KEY VALUE` (NAMESPACE "-" for none). */
+import { openStore } from "../../src/store/open.js";
 
 const [spec, namespace, key, value] = process.argv.slice(2);
 const store = await openStore(spec, namespace === "-" ? {} : { etcd: { namespace } });

@@ -21,7 +21,7 @@ import {
   releaseIndex,
   type IndexBand,
   type TxnFragment,
-} from "./cluster-free-runs.js";
+} from "./free-runs.js";
 
 export const KUBERNETES_SERVICE = "default/kubernetes";
 const ITEM_PREFIX = "/ranges/serviceips/";

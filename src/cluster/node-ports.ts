@@ -19,7 +19,7 @@ import {
   releaseIndex,
   type IndexBand,
   type TxnFragment,
-} from "./cluster-free-runs.js";
+} from "./free-runs.js";
 
 const ITEM_PREFIX = "/ranges/servicenodeports/";
 

@@ -5,10 +5,10 @@
  * as a JSON line with the store revisions it began and ended at; revisions are one global
  * order, so the parent can check that no two holdings of one address, port or block overlap.
  */
-import { addService, removeService } from "./cluster-services.js";
-import { openCluster } from "./cluster-state.js";
-import { addNode, removeNode } from "./node-cidrs.js";
-import { openStore } from "../store/open.js";
+import { addService, removeService } from "../../src/cluster/services.js";
+import { openCluster } from "../../src/cluster/state.js";
+import { addNode, removeNode } from "../../src/cluster/node-cidrs.js";
+import { openStore } from "../../src/store/open.js";
 
 export interface Holding {
   readonly kind: "clusterIP" | "nodePort" | "podCidr";

@@ -8,7 +8,7 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { EtcdEndpoint } from "../etcd-kv.js";
+import type { EtcdEndpoint } from "../../src/store/etcd-kv.js";
 
 export interface TestEtcd {
   readonly endpoint: EtcdEndpoint;

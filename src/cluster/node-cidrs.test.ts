@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import { parsePrefix } from "../net/ip.js";
-import { openCluster, type Cluster } from "./cluster-state.js";
-import { assertBandConsistent, temporaryStores, testPlan, type PlanText } from "./cluster-testing.js";
+import { assertBandConsistent, temporaryStores, testPlan, type PlanText } from "../../test/support/cluster.js";
+import { openCluster, type Cluster } from "./state.js";
 import { addNode, listNodes, nodeCidrRanges, removeNode, serviceOverlaps } from "./node-cidrs.js";
 
 const stores = temporaryStores();

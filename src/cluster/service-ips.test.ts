@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import { parseIp, parsePrefix } from "../net/ip.js";
-import { addService, listServices, removeService } from "./cluster-services.js";
-import { openCluster, type Cluster } from "./cluster-state.js";
-import { assertBandConsistent, temporaryStores, testPlan, type PlanText } from "./cluster-testing.js";
+import { assertBandConsistent, temporaryStores, testPlan, type PlanText } from "../../test/support/cluster.js";
+import { addService, listServices, removeService } from "./services.js";
+import { openCluster, type Cluster } from "./state.js";
 import { serviceIpRanges, serviceRangeOffset } from "./service-ips.js";
 import { resolveServiceFamilies, type ServiceFamilyRequest } from "./service-ips-families.js";
 
