@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 import { inNetns, NetnsPool, sweepStaleNamespaces, type TestNetns } from "./support/netns.js";
-import { addPod, addressesOf, ping, startPeerEcho, tcpPeerSeenBy, tempDir, trellis, type PodAttachmentResult } from "./support/trellis-cni.js";
+import { addPod, addressesOf, ping, recordedPods, startPeerEcho, tcpPeerSeenBy, tempDir, trellis, type PodAttachmentResult } from "./support/trellis-cni.js";
 
 const modes = {
   "IPv4-only": [[{ subnet: "10.244.1.0/24" }]],
@@ -99,12 +99,13 @@ for (const [mode, ranges] of Object.entries(modes)) {
       assert.match((JSON.parse(noRoute.stdout) as { msg: string }).msg, /route default via \S+ is missing from eth0/);
     });
 
-    it("DEL succeeds twice, and after the netns is gone it still frees the address", async () => {
+    it("DEL removes the pod's interface and releases its addresses, and succeeds again when repeated", async () => {
       const first = await trellis("DEL", node, config, { id: "pod-0", netns: pods[0].path });
       assert.equal(first.code, 0, first.stdout);
+      assert.throws(() => inNetns(pods[0], "ip", ["link", "show", "dev", "eth0"]), "eth0 is gone from the pod");
+      assert.ok(!recordedPods(state.path, "pods").some((pod) => pod.containerId === "pod-0"), "pod-0's record and leases are gone");
       const again = await trellis("DEL", node, config, { id: "pod-0", netns: pods[0].path });
       assert.equal(again.code, 0, again.stdout);
-      assert.throws(() => inNetns(pods[0], "ip", ["link", "show", "dev", "eth0"]), "eth0 is gone from the pod");
     });
 
     it("DEL after the netns is deleted frees the address for a new pod", async () => {
@@ -112,6 +113,7 @@ for (const [mode, ranges] of Object.entries(modes)) {
       pool.remove(pods[1]);
       const del = await trellis("DEL", node, config, { id: "pod-1", netns: pods[1].path });
       assert.equal(del.code, 0, del.stdout + del.stderr);
+      assert.deepEqual(recordedPods(state.path, "pods").map((pod) => pod.containerId), ["pod-2"], "pod-1's addresses are free again");
       const hostLinks = inNetns(node, "ip", ["-o", "link", "show", "master", "trellis0"]);
       assert.equal(hostLinks.trim().split("\n").filter(Boolean).length, 1, "only pod-2's veth is left on the bridge");
       const reuse = pool.create("pod");

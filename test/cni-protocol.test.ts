@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { inNetns, NetnsPool, sweepStaleNamespaces, type TestNetns } from "./support/netns.js";
@@ -42,17 +42,27 @@ describe("trellis protocol details", () => {
     }
   });
 
-  it("STATUS succeeds while a range has room and says 50 once it is full", async () => {
+  it("STATUS stays ready when a range is full (a failing STATUS would mark the node NotReady); ADD says 100", async () => {
     const config = { cniVersion: "1.1.0", name: "tiny", type: "trellis", bridge: "tb-tiny", ipam: { ranges: [[{ subnet: "10.244.30.0/30" }]], dataDir: state.path } };
     const ok = await trellis("STATUS", node, config);
     assert.equal(ok.code, 0, ok.stdout);
     await addPod(node, config, { id: "tiny-0", netns: pool.create("pod").path });
     const full = await trellis("STATUS", node, config);
-    assert.equal(full.code, 1);
-    assert.deepEqual(JSON.parse(full.stdout), { cniVersion: "1.1.0", code: 50, msg: "no IP addresses available in range set 10.244.30.1-10.244.30.2 of network tiny" });
+    assert.equal(full.code, 0, full.stdout);
     const add = await trellis("ADD", node, config, { id: "tiny-1", netns: pool.create("pod").path });
-    assert.equal(JSON.parse(add.stdout).code, 100, "ADD into a full range is code 100 and names the range");
-    assert.match(JSON.parse(add.stdout).msg, /range set 10\.244\.30\.1-10\.244\.30\.2/);
+    assert.deepEqual(JSON.parse(add.stdout), { cniVersion: "1.1.0", code: 100, msg: "no IP addresses available in range set 10.244.30.1-10.244.30.2 of network tiny" });
+    assert.deepEqual(recordedPods(state.path, "tiny").map((pod) => pod.containerId), ["tiny-0"], "the refused ADD left no record");
+  });
+
+  it("STATUS says 50, naming the directory, when the state cannot be written", async () => {
+    const blocker = join(state.path, "not-a-directory");
+    writeFileSync(blocker, "");
+    const config = { cniVersion: "1.1.0", name: "nostate", type: "trellis", ipam: { ranges: [[{ subnet: "10.244.35.0/24" }]], dataDir: join(blocker, "state") } };
+    const status = await trellis("STATUS", node, config);
+    assert.equal(JSON.parse(status.stdout).code, 50);
+    assert.match(JSON.parse(status.stdout).msg, /^ipam\.dataDir \S+\/not-a-directory\/state cannot hold the node state: \S+\/not-a-directory is not a directory$/);
+    const add = await trellis("ADD", node, config, { id: "nostate", netns: pool.create("pod").path });
+    assert.equal(JSON.parse(add.stdout).code, 104);
   });
 
   it("refuses a second ADD of the same attachment, and an interface name taken in the pod, leaking nothing", async () => {
@@ -120,5 +130,19 @@ describe("trellis protocol details", () => {
       assert.deepEqual(recordedPods(state.path, name), []);
     }
     assert.ok(!hostVeths(node).some((name) => name.startsWith("tb-hl")));
+  });
+
+  it("answers 106 when the delegated IPAM plugin fails, quoting its own code, and keeps nothing", async () => {
+    const pod = pool.create("pod");
+    const config = {
+      cniVersion: "1.0.0", name: "hlbad", type: "trellis", bridge: "tb-hlbad", dataDir: state.path,
+      ipam: { type: "host-local", dataDir: join(state.path, "host-local"), ranges: [[{ subnet: "10.244.41.0/24", rangeStart: "10.244.42.1" }]] },
+    };
+    const add = await trellis("ADD", node, config, { id: "hlbad", netns: pod.path });
+    assert.deepEqual(JSON.parse(add.stdout), {
+      cniVersion: "1.0.0", code: 106, msg: "ipam plugin host-local ADD failed with code 999: invalid range set 0: RangeStart 10.244.42.1 not in network 10.244.41.0/24",
+    });
+    assert.deepEqual(recordedPods(state.path, "hlbad"), []);
+    assert.doesNotMatch(inNetns(pod, "ip", ["-o", "link"]), /eth0/);
   });
 });

@@ -3,13 +3,15 @@ import type { Command } from "commander";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { listAttachments } from "../podipam/attachments.js";
-import { DEFAULT_STATE_DIR, openNodeState } from "../podipam/node-state.js";
+import { DEFAULT_STATE_DIR, openPodState } from "../podipam/state.js";
 import { listLeases } from "../podipam/pod-ips.js";
 import { renderTable } from "./table.js";
 
 export interface PodRecord {
   containerId: string;
   ifname: string;
+  /** `ready`, `adding` (an ADD running or killed half-way), or `orphan` (leases without a record). */
+  state: string;
   hostIfname: string;
   netns: string;
   addresses: string[];
@@ -28,22 +30,31 @@ export function registerPodCommands(program: Command): void {
         process.stdout.write(JSON.stringify(pods, null, 2) + "\n");
         return;
       }
-      process.stdout.write(renderTable([["CONTAINER", "IFNAME", "HOST VETH", "ADDRESSES"], ...pods.map((pod) => [pod.containerId, pod.ifname, pod.hostIfname, pod.addresses.join(",")])]));
+      process.stdout.write(
+        renderTable([["CONTAINER", "IFNAME", "STATE", "HOST VETH", "ADDRESSES"], ...pods.map((pod) => [pod.containerId, pod.ifname, pod.state, pod.hostIfname, pod.addresses.join(",")])]),
+      );
     });
 }
 
 /** Attachments with their leases; a lease without an attachment is listed with an empty host veth. */
 export function readPods(dataDir: string, network: string): PodRecord[] {
   if (!existsSync(join(dataDir, "state.db"))) return [];
-  const db = openNodeState(dataDir);
+  const db = openPodState(dataDir, "--data-dir");
   try {
     const pods = new Map<string, PodRecord>();
     for (const attachment of listAttachments(db, network)) {
-      pods.set(`${attachment.containerId}\0${attachment.ifname}`, { containerId: attachment.containerId, ifname: attachment.ifname, hostIfname: attachment.hostIfname, netns: attachment.netns, addresses: [] });
+      pods.set(`${attachment.containerId}\0${attachment.ifname}`, {
+        containerId: attachment.containerId,
+        ifname: attachment.ifname,
+        state: attachment.state,
+        hostIfname: attachment.hostIfname,
+        netns: attachment.netns,
+        addresses: [],
+      });
     }
     for (const lease of listLeases(db, network)) {
       const key = `${lease.containerId}\0${lease.ifname}`;
-      if (!pods.has(key)) pods.set(key, { containerId: lease.containerId, ifname: lease.ifname, hostIfname: "", netns: "", addresses: [] });
+      if (!pods.has(key)) pods.set(key, { containerId: lease.containerId, ifname: lease.ifname, state: "orphan", hostIfname: "", netns: "", addresses: [] });
       pods.get(key)!.addresses.push(lease.address);
     }
     return [...pods.values()];

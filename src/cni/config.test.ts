@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { formatIp, formatPrefix } from "../net/ip.js";
 import { parseNetConf } from "./config.js";
-import { CniError } from "./errors.js";
+import { CniError } from "../podnet/errors.js";
 import { formatResult, parseResult } from "./result.js";
 
 const none = new Map<string, string>();

@@ -2,14 +2,15 @@
  * The network configuration a runtime passes on stdin, validated into what the verbs use.
  * Every problem is an error that names the field, the bad value and what is allowed.
  */
+import type { PodRoute } from "../dataplane/pod-attachment.js";
 import {
-  familyBits, formatIp, formatPrefix, nthAddress, prefixContains, tryParseInterfaceAddress, tryParseIp, type IpAddress,
+  familyBits, formatIp, formatPrefix, nthAddress, prefixContains, tryParseInterfaceAddress, tryParseIp, type IpAddress, type IpPrefix,
 } from "../net/ip.js";
-import { DEFAULT_STATE_DIR } from "../podipam/node-state.js";
 import type { PodIpRange, PodIpRangeSet } from "../podipam/pod-ips.js";
+import { DEFAULT_STATE_DIR } from "../podipam/state.js";
 import { interfaceNameProblem } from "./env.js";
-import { CniCode, CniError } from "./errors.js";
-import { isObject, parseResult, type CniDns, type CniResult, type CniRoute } from "./result.js";
+import { CniCode, CniError } from "../podnet/errors.js";
+import { isObject, parseResult, type CniDns, type CniResult } from "./result.js";
 import { compareVersions, requireSupportedVersion } from "./version.js";
 
 export const DEFAULT_BRIDGE = "trellis0";
@@ -17,7 +18,7 @@ export const DEFAULT_BRIDGE = "trellis0";
 export interface BuiltinIpam {
   readonly kind: "builtin";
   readonly ranges: readonly PodIpRangeSet[];
-  readonly routes: readonly CniRoute[];
+  readonly routes: readonly PodRoute[];
   readonly dataDir: string;
 }
 
@@ -38,11 +39,14 @@ export interface NetConf {
   readonly mtu?: number;
   readonly hairpinMode: boolean;
   readonly ipMasq: boolean;
+  /** Destinations that keep a pod's own address under ipMasq (the cluster's pod and Service CIDRs). */
+  readonly nonMasqueradeCidrs: readonly IpPrefix[];
   readonly isDefaultGateway: boolean;
   readonly ipam: BuiltinIpam | DelegatedIpam;
   readonly dns?: CniDns;
-  /** Where the node state database lives. */
+  /** Where the node state database lives, and the key that said so. */
   readonly stateDir: string;
+  readonly stateField: "ipam.dataDir" | "dataDir";
   readonly requestedIps: readonly IpAddress[];
   readonly mac?: string;
   readonly prevResult?: CniResult;
@@ -53,6 +57,8 @@ export interface NetConf {
 }
 
 const NETWORK_NAME = /^[A-Za-z0-9][A-Za-z0-9_.\-]*$/;
+/** Network names become nftables chain names and interface aliases, both limited to 255 bytes. */
+const MAX_NETWORK_NAME = 200;
 const MAC = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
 
 /** Parses stdin. `cniArgs` is the parsed CNI_ARGS (for `IP=` and `MAC=`). */
@@ -69,9 +75,11 @@ export function parseNetConf(stdin: string, cniArgs: ReadonlyMap<string, string>
   if (typeof name !== "string" || !NETWORK_NAME.test(name)) {
     throw invalid(`name ${JSON.stringify(name)} is invalid: it must start with a letter or digit and hold only letters, digits, "_", "." and "-"`);
   }
+  if (name.length > MAX_NETWORK_NAME) throw invalid(`name is ${name.length} characters long; at most ${MAX_NETWORK_NAME} are allowed`);
   const bridge = optional(raw, "bridge", "string", DEFAULT_BRIDGE);
   const bridgeProblem = interfaceNameProblem(bridge);
   if (bridgeProblem) throw invalid(`bridge ${JSON.stringify(bridge)} is not a usable interface name: ${bridgeProblem}`);
+  if (/^trv[0-9a-f]{12}$/.test(bridge)) throw invalid(`bridge ${JSON.stringify(bridge)} has the form of a pod's host veth name (trv + 12 hex digits); choose another name`);
   const mtu = raw.mtu === undefined ? undefined : raw.mtu;
   if (mtu !== undefined && (!Number.isInteger(mtu) || (mtu as number) < 68 || (mtu as number) > 65535)) {
     throw invalid(`mtu ${JSON.stringify(mtu)} is invalid: expected an integer from 68 to 65535`);
@@ -79,6 +87,9 @@ export function parseNetConf(stdin: string, cniArgs: ReadonlyMap<string, string>
   const runtimeConfig = objectField(raw, "runtimeConfig");
   const args = objectField(objectField(raw, "args"), "cni", "args.cni");
   const ipam = parseIpam(raw, runtimeConfig);
+  if (mtu !== undefined && (mtu as number) < 1280 && ipam.kind === "builtin" && ipam.ranges.some((set) => set[0].subnet.family === 6)) {
+    throw invalid(`mtu ${mtu} is too small for the IPv6 range ${formatPrefix(ipam.ranges.find((set) => set[0].subnet.family === 6)![0].subnet)}: a network with IPv6 needs an mtu of at least 1280`);
+  }
   const stateDir = ipam.kind === "builtin" ? ipam.dataDir : optional(raw, "dataDir", "string", DEFAULT_STATE_DIR);
   return {
     cniVersion,
@@ -87,10 +98,12 @@ export function parseNetConf(stdin: string, cniArgs: ReadonlyMap<string, string>
     mtu: mtu as number | undefined,
     hairpinMode: optional(raw, "hairpinMode", "boolean", false),
     ipMasq: optional(raw, "ipMasq", "boolean", false),
+    nonMasqueradeCidrs: parseCidrList(raw.nonMasqueradeCidrs, "nonMasqueradeCidrs"),
     isDefaultGateway: optional(raw, "isDefaultGateway", "boolean", true),
     ipam,
     dns: parseDns(raw.dns),
     stateDir,
+    stateField: ipam.kind === "builtin" ? "ipam.dataDir" : "dataDir",
     requestedIps: requestedIps(runtimeConfig, args, cniArgs),
     mac: requestedMac(runtimeConfig, args, cniArgs),
     prevResult: raw.prevResult === undefined ? undefined : parseResult(raw.prevResult, "prevResult"),
@@ -157,6 +170,9 @@ function parseRange(range: unknown, where: string): PodIpRange {
   const parsed = tryParseInterfaceAddress(range.subnet);
   if (!parsed) throw invalid(`${where}.subnet ${JSON.stringify(range.subnet)} is not a CIDR such as 10.244.1.0/24 or fd00:10:244:1::/64`);
   const subnet = parsed.prefix;
+  if (parsed.address.value !== subnet.network) {
+    throw invalid(`${where}.subnet ${range.subnet} has host bits set: did you mean ${formatPrefix(subnet)}?`);
+  }
   const bits = familyBits(subnet.family);
   if (subnet.length > bits - 2) {
     throw invalid(`${where}.subnet ${range.subnet} is too small: the prefix length must be at most /${bits - 2} to hold a gateway and a pod`);
@@ -184,7 +200,7 @@ function parseRange(range: unknown, where: string): PodIpRange {
   return { subnet, start, end, gateway };
 }
 
-function parseRoutes(routes: unknown): CniRoute[] {
+function parseRoutes(routes: unknown): PodRoute[] {
   if (routes === undefined) return [];
   if (!Array.isArray(routes)) throw invalid('ipam.routes is not a list such as [{"dst": "0.0.0.0/0"}]');
   return routes.map((route, index) => {
@@ -196,9 +212,21 @@ function parseRoutes(routes: unknown): CniRoute[] {
       const gw = typeof route.gw === "string" ? tryParseIp(route.gw) : undefined;
       if (!gw) throw invalid(`ipam.routes[${index}].gw ${JSON.stringify(route.gw)} is not an IP address`);
       if (gw.family !== dst.prefix.family) throw invalid(`ipam.routes[${index}].gw ${route.gw} is not of the same family as dst ${route.dst}`);
-      return { dst: formatPrefix(dst.prefix), gw: formatIp(gw) };
+      return { dst: dst.prefix, gateway: gw };
     }
-    return { dst: formatPrefix(dst.prefix) };
+    return { dst: dst.prefix };
+  });
+}
+
+/** A list of canonical CIDRs such as ["10.244.0.0/16", "10.96.0.0/16"]. */
+function parseCidrList(value: unknown, where: string): IpPrefix[] {
+  if (value === undefined) return [];
+  if (!Array.isArray(value)) throw invalid(`${where} ${JSON.stringify(value)} is not a list of CIDRs such as ["10.244.0.0/16", "10.96.0.0/16"]`);
+  return value.map((item, index) => {
+    const parsed = typeof item === "string" ? tryParseInterfaceAddress(item) : undefined;
+    if (!parsed) throw invalid(`${where}[${index}] ${JSON.stringify(item)} is not a CIDR such as 10.244.0.0/16`);
+    if (parsed.address.value !== parsed.prefix.network) throw invalid(`${where}[${index}] ${item} has host bits set: did you mean ${formatPrefix(parsed.prefix)}?`);
+    return parsed.prefix;
   });
 }
 

@@ -1,15 +1,20 @@
-/** Runs a delegated plugin (an IPAM plugin such as host-local) the way the spec says: found on CNI_PATH, same environment, same config. */
+/**
+ * Runs a delegated IPAM plugin (such as host-local) the way the spec says: found on CNI_PATH,
+ * given the same CNI_* environment as the request (not this process's) and the same config.
+ * Whatever the delegate fails with, Trellis answers 106 and quotes the delegate's own code.
+ */
 import { spawn } from "node:child_process";
 import { accessSync, constants } from "node:fs";
 import { join } from "node:path";
-import { CniCode, CniError } from "./errors.js";
-import { isObject } from "./result.js";
+import type { PodAddress, PodRoute } from "../dataplane/pod-attachment.js";
+import { nthAddress, parseInterfaceAddress, tryParseIp } from "../net/ip.js";
+import { CniCode, CniError } from "../podnet/errors.js";
+import type { DelegatedIpam } from "../podnet/network.js";
+import { isObject, parseResult, type CniIpConfig, type CniRoute } from "./result.js";
 import { compareVersions, isSupportedVersion } from "./version.js";
 
-export interface DelegateOutput {
-  /** Parsed stdout, or undefined when the plugin printed nothing. */
-  readonly output: unknown;
-}
+/** The request's environment as a delegate sees it. */
+export type DelegateEnv = Readonly<Record<string, string | undefined>>;
 
 export function findPlugin(type: string, cniPath: readonly string[]): string {
   for (const dir of cniPath) {
@@ -24,61 +29,103 @@ export function findPlugin(type: string, cniPath: readonly string[]): string {
   throw new CniError(CniCode.invalidConfig, `ipam plugin ${JSON.stringify(type)} was not found in CNI_PATH ${JSON.stringify(cniPath.join(":"))}`);
 }
 
+/** The delegate bound to one request: its type, the config to pass, and the request's environment. */
+export function delegatedIpam(type: string, config: Record<string, unknown>, env: DelegateEnv, cniPath: readonly string[]): DelegatedIpam {
+  const plugin = findPlugin(type, cniPath);
+  const call = (command: string) => execDelegate(plugin, type, command, config, env);
+  const speaks11 = async () => (await delegateVersions(plugin, type, env)).some((version) => compareVersions(version, "1.1.0") >= 0);
+  return {
+    type,
+    async add() {
+      const result = parseResult(await call("ADD"), `ipam plugin ${type} result`);
+      return { addresses: (result.ips ?? []).map(toPodAddress), routes: (result.routes ?? []).map(toPodRoute) };
+    },
+    del: async () => void (await call("DEL")),
+    check: async () => void (await call("CHECK")),
+    gc: async () => void ((await speaks11()) && (await call("GC"))),
+    status: async () => void ((await speaks11()) && (await call("STATUS"))),
+  };
+}
+
+/** A result's IP as the dataplane sees it; without a gateway, the subnet's first address is the gateway. */
+export function toPodAddress(ip: CniIpConfig): PodAddress {
+  const parsed = parseInterfaceAddress(ip.address);
+  return { address: parsed.address, subnet: parsed.prefix, gateway: (ip.gateway && tryParseIp(ip.gateway)) || nthAddress(parsed.prefix, 1n) };
+}
+
+export function toPodRoute(route: CniRoute): PodRoute {
+  return { dst: parseInterfaceAddress(route.dst).prefix, gateway: route.gw ? tryParseIp(route.gw) : undefined };
+}
+
+/** A delegate's own failure, before it becomes Trellis's 106. */
+interface DelegateFailure {
+  /** Undefined when the delegate printed no error JSON. */
+  readonly code?: number;
+  readonly msg: string;
+  readonly details: string;
+}
+
 /**
  * Execs the delegate with `command`. If it rejects the config's version (code 1), asks its
  * VERSION and retries once with the highest version both sides speak.
  */
-export async function execDelegate(
-  type: string,
-  command: string,
-  config: Record<string, unknown>,
-  cniPath: readonly string[],
-): Promise<DelegateOutput> {
-  const plugin = findPlugin(type, cniPath);
-  try {
-    return await execPlugin(plugin, type, command, config);
-  } catch (error) {
-    if (!(error instanceof CniError) || error.code !== CniCode.incompatibleVersion) throw error;
-    const versions = await delegateVersions(type, cniPath);
+async function execDelegate(plugin: string, type: string, command: string, config: Record<string, unknown>, env: DelegateEnv): Promise<unknown> {
+  let outcome = await execPlugin(plugin, command, config, env);
+  if ("failure" in outcome && outcome.failure.code === CniCode.incompatibleVersion) {
+    const versions = await delegateVersions(plugin, type, env);
     const common = versions.filter(isSupportedVersion).sort(compareVersions).filter((version) => compareVersions(version, String(config.cniVersion)) < 0).pop();
-    if (!common) throw error;
-    return execPlugin(plugin, type, command, { ...config, cniVersion: common });
+    if (common) outcome = await execPlugin(plugin, command, { ...config, cniVersion: common }, env);
   }
+  if ("failure" in outcome) {
+    throw new CniError(CniCode.delegateFailure, `ipam plugin ${type} ${command} ${describeFailure(outcome.failure)}`, outcome.failure.details);
+  }
+  return outcome.output;
 }
 
 /** The versions a delegate speaks, from its VERSION verb. */
-export async function delegateVersions(type: string, cniPath: readonly string[]): Promise<string[]> {
-  const plugin = findPlugin(type, cniPath);
-  const { output } = await execPlugin(plugin, type, "VERSION", { cniVersion: "0.3.0" });
+async function delegateVersions(plugin: string, type: string, env: DelegateEnv): Promise<string[]> {
+  const outcome = await execPlugin(plugin, "VERSION", { cniVersion: "0.3.0" }, env);
+  if ("failure" in outcome) throw new CniError(CniCode.delegateFailure, `ipam plugin ${type} VERSION ${describeFailure(outcome.failure)}`);
+  const output = outcome.output;
   if (!isObject(output) || !Array.isArray(output.supportedVersions)) return [];
   return output.supportedVersions.filter((version): version is string => typeof version === "string");
 }
 
-function execPlugin(plugin: string, type: string, command: string, config: Record<string, unknown>): Promise<DelegateOutput> {
+function describeFailure(failure: DelegateFailure): string {
+  return `failed${failure.code === undefined ? "" : ` with code ${failure.code}`}: ${failure.msg}`;
+}
+
+function execPlugin(plugin: string, command: string, config: Record<string, unknown>, env: DelegateEnv): Promise<{ output: unknown } | { failure: DelegateFailure }> {
+  const childEnv: Record<string, string> = { PATH: env.PATH ?? process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin" };
+  for (const [name, value] of Object.entries(env)) if (name.startsWith("CNI_") && value !== undefined) childEnv[name] = value;
+  childEnv.CNI_COMMAND = command;
   return new Promise((resolve, reject) => {
-    const child = spawn(plugin, [], { env: { ...process.env, CNI_COMMAND: command }, stdio: ["pipe", "pipe", "pipe"], timeout: 60_000 });
+    const child = spawn(plugin, [], { env: childEnv, stdio: ["pipe", "pipe", "pipe"], timeout: 60_000 });
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];
     child.stdout.on("data", (chunk: Buffer) => stdout.push(chunk));
     child.stderr.on("data", (chunk: Buffer) => stderr.push(chunk));
-    child.on("error", (error) => reject(new CniError(CniCode.delegateFailure, `ipam plugin ${type} could not be run: ${error.message}`)));
+    child.on("error", (error) => reject(new CniError(CniCode.delegateFailure, `ipam plugin ${plugin} could not be run: ${error.message}`)));
     child.on("close", (code) => {
       const text = Buffer.concat(stdout).toString("utf8").trim();
       let output: unknown;
       try {
         output = text ? JSON.parse(text) : undefined;
       } catch {
-        reject(new CniError(CniCode.delegateFailure, `ipam plugin ${type} ${command} printed something that is not JSON: ${text.slice(0, 200)}`));
+        reject(new CniError(CniCode.delegateFailure, `ipam plugin ${plugin} ${command} printed something that is not JSON: ${text.slice(0, 200)}`));
         return;
       }
       if (code === 0) {
         resolve({ output });
         return;
       }
-      const errorCode = isObject(output) && typeof output.code === "number" ? output.code : CniCode.delegateFailure;
-      const msg = isObject(output) && typeof output.msg === "string" ? output.msg : Buffer.concat(stderr).toString("utf8").trim() || `exit ${code}`;
-      const details = isObject(output) && typeof output.details === "string" ? output.details : "";
-      reject(new CniError(errorCode, `ipam plugin ${type} ${command} failed: ${msg}`, details));
+      resolve({
+        failure: {
+          code: isObject(output) && typeof output.code === "number" ? output.code : undefined,
+          msg: isObject(output) && typeof output.msg === "string" ? output.msg : Buffer.concat(stderr).toString("utf8").trim() || `exit ${code}`,
+          details: isObject(output) && typeof output.details === "string" ? output.details : "",
+        },
+      });
     });
     child.stdin.on("error", () => undefined);
     child.stdin.end(JSON.stringify(config));

@@ -1,5 +1,5 @@
 /** The CNI_* environment a runtime passes, validated per verb. */
-import { CniCode, CniError } from "./errors.js";
+import { CniCode, CniError } from "../podnet/errors.js";
 
 export type CniCommand = "ADD" | "DEL" | "CHECK" | "VERSION" | "GC" | "STATUS";
 
@@ -15,6 +15,8 @@ export interface CniEnv {
 
 const COMMANDS: readonly CniCommand[] = ["ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS"];
 const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.\-]*$/;
+/** Runtimes use 64 hex digits; anything past this is not a container ID. */
+const MAX_CONTAINER_ID = 256;
 
 /** Reads and validates the environment; every problem is a code-4 error naming the variable. */
 export function parseCniEnv(env: NodeJS.ProcessEnv): CniEnv {
@@ -31,6 +33,9 @@ export function parseCniEnv(env: NodeJS.ProcessEnv): CniEnv {
     if (!CONTAINER_ID.test(containerId)) {
       throw new CniError(CniCode.invalidEnvironment, `CNI_CONTAINERID ${JSON.stringify(containerId)} is invalid: it must start with a letter or digit and hold only letters, digits, "_", "." and "-"`);
     }
+    if (containerId.length > MAX_CONTAINER_ID) {
+      throw new CniError(CniCode.invalidEnvironment, `CNI_CONTAINERID is ${containerId.length} characters long; at most ${MAX_CONTAINER_ID} are allowed`);
+    }
     if (command !== "DEL" && !netns) throw missing("CNI_NETNS", command);
     if (!ifname) throw missing("CNI_IFNAME", command);
     const problem = interfaceNameProblem(ifname);
@@ -46,12 +51,16 @@ export function parseCniEnv(env: NodeJS.ProcessEnv): CniEnv {
   };
 }
 
-/** Why a Linux interface name is unusable, or undefined if it is fine. */
+/**
+ * Why a name is unusable for an interface Trellis creates, or undefined if it is fine. Stricter
+ * than Linux: `%` would make the kernel pick a numbered name of its own.
+ */
 export function interfaceNameProblem(name: string): string | undefined {
   if (name.length === 0) return "it is empty";
   if (name.length > 15) return `it is ${name.length} characters long; Linux allows at most 15`;
   if (name === "." || name === "..") return `"${name}" is not allowed`;
-  if (/[/:\s]/.test(name)) return 'it must not contain "/", ":" or whitespace';
+  if (name.includes("%")) return 'it must not contain "%": the kernel would replace %d with a number of its own';
+  if (!/^[A-Za-z0-9_.\-]+$/.test(name)) return 'it may hold only letters, digits, "_", "." and "-"';
   return undefined;
 }
 

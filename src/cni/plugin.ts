@@ -1,257 +1,186 @@
 /**
- * The trellis CNI plugin's verbs, side by side. Each reads like the spec: what ADD, DEL,
- * CHECK, GC and STATUS must do, in order.
+ * The CNI protocol in front of the attach engine: one request (the CNI_* environment and the
+ * config on stdin) in, one reply (result or error JSON, exit code) out. The plugin process
+ * serves one request this way; a long-lived server can serve many over the same engine handles.
  */
-import { existsSync } from "node:fs";
-import { attachPod, checkPod, detachPod, sweepHostVeths } from "../dataplane/attach.js";
-import { hostVethName, planPodAttachment, type PodAddress, type PodAttachmentSpec, type PodRoute } from "../dataplane/pod-attachment.js";
-import { deleteAttachment, findAttachment, insertAttachment, listAttachments, type AttachmentKey } from "../podipam/attachments.js";
-import { openNodeState } from "../podipam/node-state.js";
-import { allocatePodIps, countLeases, describeRangeSet, leasesOf, listLeases, rangeSetCapacity, releasePodIps } from "../podipam/pod-ips.js";
-import { formatIp, formatPrefix, nthAddress, parseInterfaceAddress, parseIp, tryParseIp, type IpPrefix } from "../net/ip.js";
-import type { SqliteDatabase } from "../store/sqlite.js";
-import { type NetConf, versionHasCheck } from "./config.js";
-import { delegateVersions, execDelegate, findPlugin } from "./delegate.js";
-import type { CniEnv } from "./env.js";
-import { CniCode, CniError } from "./errors.js";
-import { parseResult, type CniInterface, type CniIpConfig, type CniResult } from "./result.js";
-import { compareVersions } from "./version.js";
+import { CommandError } from "../linux/exec.js";
+import { formatIp, formatPrefix } from "../net/ip.js";
+import { addPod, checkPod, delPod, gcPods, podStatus } from "../podnet/attach.js";
+import { CniCode, CniError, formatCniError } from "../podnet/errors.js";
+import type { PodNet } from "../podnet/handle.js";
+import type { PodNetwork } from "../podnet/network.js";
+import { versionHasCheck, type NetConf, parseNetConf } from "./config.js";
+import { delegatedIpam, toPodAddress, toPodRoute } from "./delegate.js";
+import { parseCniEnv, type CniEnv } from "./env.js";
+import { formatResult, isObject, type CniInterface, type CniResult } from "./result.js";
+import { CURRENT_VERSION, versionInfo } from "./version.js";
 
-export async function cmdAdd(env: CniEnv, conf: NetConf): Promise<CniResult> {
-  if (!existsSync(env.netns)) throw new CniError(CniCode.invalidEnvironment, `CNI_NETNS ${env.netns} does not exist`);
-  if (conf.ipam.kind === "delegated") findPlugin(conf.ipam.type, env.path);
-  const db = openNodeState(conf.stateDir);
+export interface CniRequest {
+  readonly env: Readonly<Record<string, string | undefined>>;
+  readonly stdin: string;
+  /** Aborts an ADD in progress; what it did is rolled back. */
+  readonly signal?: AbortSignal;
+}
+
+export interface CniReply {
+  readonly exitCode: number;
+  readonly stdout: string;
+  /** One line for a log when the request failed. */
+  readonly stderr: string;
+}
+
+/** Where engine handles come from: opened per request in the plugin, kept open by a server. */
+export interface PodNetSource {
+  acquire(stateDir: string, field: string): PodNet;
+  release(net: PodNet): void;
+}
+
+export async function handleCniRequest(request: CniRequest, source: PodNetSource): Promise<CniReply> {
   try {
-    const key = attachmentKey(env, conf);
-    const hostIfname = hostVethName(key.network, key.containerId, key.ifname);
-    const addresses = await reserveAddresses(db, env, conf, key, hostIfname);
-    try {
-      const spec = planPodAttachment({
-        ...attachmentInput(env, conf, key),
-        mac: conf.mac,
-        addresses,
-        routes: conf.ipam.kind === "builtin" ? conf.ipam.routes.map(toPodRoute) : [],
-        defaultRoutes: conf.isDefaultGateway,
-      });
-      const { bridgeMac } = await attachPod(spec, masqueradeSubnets(conf, addresses));
-      return buildResult(conf, spec, bridgeMac);
-    } catch (error) {
-      await releaseAddresses(db, env, conf, key).catch((cleanup) => log(`rollback of ${key.containerId}/${key.ifname} failed: ${String(cleanup)}`));
-      throw error;
+    const env = parseCniEnv(request.env);
+    if (env.command === "VERSION") return ok(JSON.stringify(versionInfo()));
+    const conf = parseNetConf(request.stdin, env.args);
+    if (env.command === "STATUS") {
+      await withPodNet(source, conf, (net) => cmdStatus(net, env, conf, request), CniCode.notAvailable);
+      return ok("");
     }
-  } finally {
-    db.close();
+    const stdout = await withPodNet(source, conf, async (net) => {
+      switch (env.command) {
+        case "ADD":
+          return JSON.stringify(formatResult(await cmdAdd(net, env, conf, request), conf.cniVersion));
+        case "DEL":
+          await delPod(net, { ...attachment(env), network: podNetwork(env, conf, request) });
+          return "";
+        case "CHECK":
+          await cmdCheck(net, env, conf, request);
+          return "";
+        case "GC":
+          await cmdGc(net, env, conf, request);
+          return "";
+        default:
+          throw new CniError(CniCode.internal, `no handler for ${env.command}`);
+      }
+    });
+    return ok(stdout);
+  } catch (error) {
+    const cniError = toCniError(error);
+    const stderr = `trellis: ${request.env.CNI_COMMAND} ${request.env.CNI_CONTAINERID ?? ""} failed (code ${cniError.code}): ${cniError.message}\n`;
+    const trace = cniError.code === CniCode.internal && error instanceof Error && error.stack ? `${error.stack}\n` : "";
+    return { exitCode: 1, stdout: formatCniError(cniError, versionOf(request.stdin) ?? CURRENT_VERSION) + "\n", stderr: stderr + trace };
   }
 }
 
-export async function cmdDel(env: CniEnv, conf: NetConf): Promise<void> {
-  const db = openNodeState(conf.stateDir);
-  try {
-    const key = attachmentKey(env, conf);
-    const attachment = findAttachment(db, key);
-    await detachPod(attachment?.hostIfname ?? hostVethName(key.network, key.containerId, key.ifname));
-    await releaseAddresses(db, env, conf, key);
-  } finally {
-    db.close();
-  }
+async function cmdAdd(net: PodNet, env: CniEnv, conf: NetConf, request: CniRequest): Promise<CniResult> {
+  const network = podNetwork(env, conf, request);
+  const result = await addPod(net, {
+    ...attachment(env),
+    network,
+    netns: env.netns,
+    requestedIps: conf.requestedIps,
+    mac: conf.mac,
+    signal: request.signal,
+  });
+  const interfaces: CniInterface[] = [
+    { name: result.bridge.name, mac: result.bridge.mac },
+    { name: result.hostVeth.name, mac: result.hostVeth.mac },
+    { name: result.container.ifname, mac: result.container.mac, sandbox: result.container.netns },
+  ];
+  if (result.container.mtu !== undefined) interfaces.forEach((iface) => (iface.mtu = result.container.mtu));
+  return {
+    cniVersion: conf.cniVersion,
+    interfaces,
+    ips: result.addresses.map((address) => ({ address: `${formatIp(address.address)}/${address.subnet.length}`, gateway: formatIp(address.gateway), interface: 2 })),
+    routes: result.routes.map((route) => ({ dst: formatPrefix(route.dst), ...(route.gateway ? { gw: formatIp(route.gateway) } : {}) })),
+    dns: conf.dns ?? {},
+  };
 }
 
-export async function cmdCheck(env: CniEnv, conf: NetConf): Promise<void> {
+async function cmdCheck(net: PodNet, env: CniEnv, conf: NetConf, request: CniRequest): Promise<void> {
   if (!versionHasCheck(conf.cniVersion)) {
     throw new CniError(CniCode.incompatibleVersion, `CHECK needs cniVersion 0.4.0 or later; the config says ${conf.cniVersion}`);
   }
-  if (!conf.prevResult) throw new CniError(CniCode.invalidConfig, "prevResult is required for CHECK");
   const prev = conf.prevResult;
-  const db = openNodeState(conf.stateDir);
-  try {
-    const key = attachmentKey(env, conf);
-    const problems: string[] = [];
-    const attachment = findAttachment(db, key);
-    if (!attachment) problems.push(`no attachment is recorded for container ${key.containerId} interface ${key.ifname} in network ${key.network}`);
-    const containerIndex = (prev.interfaces ?? []).findIndex((iface) => iface.name === env.ifname && iface.sandbox);
-    const ours = (prev.ips ?? []).filter((ip) => ip.interface === undefined || ip.interface === containerIndex);
-    if (conf.ipam.kind === "builtin") {
-      const leased = new Set(leasesOf(db, key));
-      for (const ip of ours) {
-        const address = formatIp(parseInterfaceAddress(ip.address).address);
-        if (!leased.has(address)) problems.push(`address ${address} is not reserved for container ${key.containerId} interface ${key.ifname}`);
-      }
-    } else {
-      await execDelegate(conf.ipam.type, "CHECK", conf.raw, env.path);
-    }
-    const addresses = ours.map(toPodAddress);
-    const spec = planPodAttachment({
-      ...attachmentInput(env, conf, key),
-      addresses,
-      routes: (prev.routes ?? []).map((route) => toPodRoute({ dst: route.dst, gw: route.gw })),
-      defaultRoutes: false,
-    });
-    const expectedMac = containerIndex >= 0 ? prev.interfaces![containerIndex].mac : undefined;
-    problems.push(...(await checkPod(spec, expectedMac, masqueradeSubnets(conf, addresses))));
-    if (problems.length) throw new CniError(CniCode.checkFailed, `CHECK of container ${key.containerId} interface ${key.ifname} failed: ${problems.join("; ")}`);
-  } finally {
-    db.close();
-  }
+  if (!prev) throw new CniError(CniCode.invalidConfig, "prevResult is required for CHECK");
+  const containerIndex = (prev.interfaces ?? []).findIndex((iface) => iface.name === env.ifname && iface.sandbox);
+  const ours = (prev.ips ?? []).filter((ip) => ip.interface === undefined || ip.interface === containerIndex);
+  await checkPod(net, {
+    ...attachment(env),
+    network: podNetwork(env, conf, request),
+    netns: env.netns,
+    expected: {
+      addresses: ours.map(toPodAddress),
+      routes: (prev.routes ?? []).map(toPodRoute),
+      mac: containerIndex >= 0 ? prev.interfaces![containerIndex].mac : undefined,
+    },
+  });
 }
 
-/** Releases everything held by attachments not in the valid list; continues past errors and reports them all. */
-export async function cmdGc(env: CniEnv, conf: NetConf): Promise<void> {
+async function cmdGc(net: PodNet, env: CniEnv, conf: NetConf, request: CniRequest): Promise<void> {
   if (!conf.validAttachments) throw new CniError(CniCode.invalidConfig, "cni.dev/valid-attachments is required for GC");
-  const valid = new Set(conf.validAttachments.map((ref) => `${ref.containerId}\0${ref.ifname}`));
-  const db = openNodeState(conf.stateDir);
-  const failures: string[] = [];
-  try {
-    for (const attachment of listAttachments(db, conf.name)) {
-      if (valid.has(`${attachment.containerId}\0${attachment.ifname}`)) continue;
-      try {
-        await detachPod(attachment.hostIfname);
-        db.transaction(() => {
-          releasePodIps(db, attachment);
-          deleteAttachment(db, attachment);
-        }).immediate();
-      } catch (error) {
-        failures.push(`${attachment.containerId}/${attachment.ifname}: ${errorMessage(error)}`);
-      }
-    }
-    if (conf.ipam.kind === "builtin") {
-      for (const lease of listLeases(db, conf.name)) {
-        if (valid.has(`${lease.containerId}\0${lease.ifname}`)) continue;
-        releasePodIps(db, { network: conf.name, containerId: lease.containerId, ifname: lease.ifname });
-      }
-    }
-    const keep = new Set(conf.validAttachments.map((ref) => hostVethName(conf.name, ref.containerId, ref.ifname)));
-    try {
-      await sweepHostVeths(conf.bridge, keep);
-    } catch (error) {
-      failures.push(`sweeping bridge ${conf.bridge}: ${errorMessage(error)}`);
-    }
-    if (conf.ipam.kind === "delegated" && (await delegateSpeaks(conf.ipam.type, env, "1.1.0"))) {
-      await execDelegate(conf.ipam.type, "GC", conf.raw, env.path).catch((error) => failures.push(errorMessage(error)));
-    }
-  } finally {
-    db.close();
-  }
-  if (failures.length) throw new CniError(CniCode.stateFailure, `GC of network ${conf.name} left ${failures.length} problem(s): ${failures.join("; ")}`);
+  await gcPods(net, { network: podNetwork(env, conf, request), valid: conf.validAttachments });
 }
 
-/** Succeeds when an ADD could be served now: the state is writable and every range set has a free address. */
-export async function cmdStatus(env: CniEnv, conf: NetConf): Promise<void> {
-  let db: SqliteDatabase;
-  try {
-    db = openNodeState(conf.stateDir);
-  } catch (error) {
-    throw new CniError(CniCode.notAvailable, `node state in ${conf.stateDir} cannot be opened: ${errorMessage(error)}`);
-  }
-  try {
-    try {
-      db.transaction(() => undefined).immediate();
-    } catch (error) {
-      throw new CniError(CniCode.notAvailable, `node state in ${conf.stateDir} is not writable: ${errorMessage(error)}`);
-    }
-    if (conf.ipam.kind === "builtin") {
-      conf.ipam.ranges.forEach((set, index) => {
-        if (BigInt(countLeases(db, conf.name, index)) >= rangeSetCapacity(set)) {
-          throw new CniError(CniCode.notAvailable, `no IP addresses available in range set ${describeRangeSet(set)} of network ${conf.name}`);
-        }
-      });
-    } else if (await delegateSpeaks(conf.ipam.type, env, "1.1.0")) {
-      await execDelegate(conf.ipam.type, "STATUS", conf.raw, env.path);
-    }
-  } finally {
-    db.close();
-  }
+async function cmdStatus(net: PodNet, env: CniEnv, conf: NetConf, request: CniRequest): Promise<void> {
+  await podStatus(net, podNetwork(env, conf, request));
 }
 
-function attachmentKey(env: CniEnv, conf: NetConf): AttachmentKey {
-  return { network: conf.name, containerId: env.containerId, ifname: env.ifname };
-}
-
-/** The parts of an attachment that come from the environment and the network config alone. */
-function attachmentInput(env: CniEnv, conf: NetConf, key: AttachmentKey) {
-  return { ...key, netns: env.netns, bridge: conf.bridge, mtu: conf.mtu, hairpin: conf.hairpinMode };
-}
-
-/** Records the attachment and reserves its addresses (in one transaction when IPAM is built in). */
-async function reserveAddresses(db: SqliteDatabase, env: CniEnv, conf: NetConf, key: AttachmentKey, hostIfname: string): Promise<PodAddress[]> {
-  const record = () => {
-    if (findAttachment(db, key)) {
-      throw new CniError(
-        CniCode.duplicateAttachment,
-        `container ${key.containerId} already has interface ${key.ifname} in network ${key.network}; DEL it before adding it again`,
-      );
-    }
-    insertAttachment(db, { ...key, hostIfname, netns: env.netns, createdAt: Date.now() });
+/** The engine's view of the config; a delegated IPAM plugin is bound to this request's environment. */
+function podNetwork(env: CniEnv, conf: NetConf, request: CniRequest): PodNetwork {
+  return {
+    name: conf.name,
+    bridge: conf.bridge,
+    mtu: conf.mtu,
+    hairpin: conf.hairpinMode,
+    ipMasq: conf.ipMasq,
+    nonMasqueradeCidrs: conf.nonMasqueradeCidrs,
+    isDefaultGateway: conf.isDefaultGateway,
+    ipam:
+      conf.ipam.kind === "builtin"
+        ? { kind: "builtin", ranges: conf.ipam.ranges, routes: conf.ipam.routes }
+        : { kind: "delegated", plugin: delegatedIpam(conf.ipam.type, conf.raw, request.env, env.path) },
   };
-  if (conf.ipam.kind === "builtin") {
-    const ranges = conf.ipam.ranges;
-    const leases = db.transaction(() => {
-      record();
-      return allocatePodIps(db, key, ranges, conf.requestedIps);
-    }).immediate();
-    return leases.map((lease) => ({ address: lease.address, subnet: lease.subnet, gateway: lease.gateway }));
-  }
-  db.transaction(record).immediate();
+}
+
+/** Runs `task` on the state directory's handle; a directory that cannot be opened answers `openCode`. */
+async function withPodNet<T>(source: PodNetSource, conf: NetConf, task: (net: PodNet) => Promise<T>, openCode: number = CniCode.stateFailure): Promise<T> {
+  let net: PodNet;
   try {
-    const { output } = await execDelegate(conf.ipam.type, "ADD", conf.raw, env.path);
-    const result = parseResult(output, `ipam plugin ${conf.ipam.type} result`);
-    if (!result.ips?.length) throw new CniError(CniCode.delegateFailure, `ipam plugin ${conf.ipam.type} returned no IP addresses`);
-    return result.ips.map(toPodAddress);
+    net = source.acquire(conf.stateDir, conf.stateField);
   } catch (error) {
-    db.transaction(() => deleteAttachment(db, key)).immediate();
-    await execDelegate(conf.ipam.type, "DEL", conf.raw, env.path).catch(() => undefined);
-    throw error;
+    const cniError = toCniError(error);
+    throw new CniError(openCode, cniError.message);
+  }
+  try {
+    return await task(net);
+  } finally {
+    source.release(net);
   }
 }
 
-async function releaseAddresses(db: SqliteDatabase, env: CniEnv, conf: NetConf, key: AttachmentKey): Promise<void> {
-  if (conf.ipam.kind === "delegated") await execDelegate(conf.ipam.type, "DEL", conf.raw, env.path);
-  db.transaction(() => {
-    releasePodIps(db, key);
-    deleteAttachment(db, key);
-  }).immediate();
+function attachment(env: CniEnv): { containerId: string; ifname: string } {
+  return { containerId: env.containerId, ifname: env.ifname };
 }
 
-async function delegateSpeaks(type: string, env: CniEnv, version: string): Promise<boolean> {
-  const versions = await delegateVersions(type, env.path);
-  return versions.some((candidate) => compareVersions(candidate, version) >= 0);
+function ok(stdout: string): CniReply {
+  return { exitCode: 0, stdout: stdout ? `${stdout}\n` : "", stderr: "" };
 }
 
-function masqueradeSubnets(conf: NetConf, addresses: readonly PodAddress[]): IpPrefix[] {
-  if (!conf.ipMasq) return [];
-  if (conf.ipam.kind === "builtin") return conf.ipam.ranges.flat().map((range) => range.subnet);
-  return addresses.map((address) => address.subnet);
+function versionOf(stdin: string): string | undefined {
+  try {
+    const parsed: unknown = JSON.parse(stdin);
+    return isObject(parsed) && typeof parsed.cniVersion === "string" ? parsed.cniVersion : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
-/** A result's IP as the dataplane sees it; without a gateway, the subnet's first address is the gateway. */
-function toPodAddress(ip: CniIpConfig): PodAddress {
-  const parsed = parseInterfaceAddress(ip.address);
-  return { address: parsed.address, subnet: parsed.prefix, gateway: (ip.gateway && tryParseIp(ip.gateway)) || nthAddress(parsed.prefix, 1n) };
-}
-
-function toPodRoute(route: { dst: string; gw?: string }): PodRoute {
-  return { dst: parseInterfaceAddress(route.dst).prefix, gateway: route.gw ? parseIp(route.gw) : undefined };
-}
-
-function buildResult(conf: NetConf, spec: PodAttachmentSpec, bridgeMac: string): CniResult {
-  const interfaces: CniInterface[] = [
-    { name: spec.bridge.name, mac: bridgeMac },
-    { name: spec.hostVeth.name, mac: spec.hostVeth.mac },
-    { name: spec.container.ifname, mac: spec.container.mac, sandbox: spec.container.netns },
-  ];
-  if (spec.container.mtu !== undefined) interfaces.forEach((iface) => (iface.mtu = spec.container.mtu));
-  const ips: CniIpConfig[] = spec.container.addresses.map((address) => ({
-    address: `${formatIp(address.address)}/${address.subnet.length}`,
-    gateway: formatIp(address.gateway),
-    interface: 2,
-  }));
-  const routes = spec.container.routes.map((route) => ({ dst: formatPrefix(route.dst), ...(route.gateway ? { gw: formatIp(route.gateway) } : {}) }));
-  return { cniVersion: conf.cniVersion, interfaces, ips, routes, dns: conf.dns ?? {} };
-}
-
-function errorMessage(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
-
-function log(message: string): void {
-  process.stderr.write(`trellis: ${message}\n`);
+/** Errors that escaped with no CNI code of their own. */
+function toCniError(error: unknown): CniError {
+  if (error instanceof CniError) return error;
+  if (error instanceof CommandError) return new CniError(CniCode.dataplaneFailure, error.message);
+  if (error instanceof Error && "code" in error && typeof error.code === "string" && error.code.startsWith("SQLITE_")) {
+    const busy = error.code === "SQLITE_BUSY" || error.code === "SQLITE_LOCKED";
+    return new CniError(busy ? CniCode.tryAgainLater : CniCode.stateFailure, `node state database: ${error.message}`);
+  }
+  return new CniError(CniCode.internal, error instanceof Error ? error.message : String(error));
 }

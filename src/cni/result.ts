@@ -1,6 +1,6 @@
 /** CNI results: one internal shape (1.1.0), converted to the version a runtime asked for. */
 import { tryParseInterfaceAddress, tryParseIp } from "../net/ip.js";
-import { CniCode, CniError } from "./errors.js";
+import { CniCode, CniError } from "../podnet/errors.js";
 import { compareVersions } from "./version.js";
 
 export interface CniInterface {

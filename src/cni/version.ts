@@ -1,5 +1,5 @@
 /** CNI specification versions this plugin speaks. */
-import { CniCode, CniError } from "./errors.js";
+import { CniCode, CniError } from "../podnet/errors.js";
 
 export const SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] as const;
 export const CURRENT_VERSION = "1.1.0";

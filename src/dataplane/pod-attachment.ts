@@ -1,6 +1,6 @@
 /**
  * What the kernel should hold for one pod on the node bridge, as plain data, and the
- * iproute2 / nftables text that makes it so. Nothing here touches the kernel.
+ * iproute2 commands that make it so. Nothing here touches the kernel.
  */
 import { createHash, randomBytes } from "node:crypto";
 import { defaultPrefix, formatIp, formatPrefix, type Family, type IpAddress, type IpPrefix } from "../net/ip.js";
@@ -19,16 +19,27 @@ export interface PodRoute {
 
 export interface BridgeSpec {
   readonly name: string;
-  readonly mtu?: number;
-  /** Gateway addresses, `GW/LEN`, one per pod subnet. */
-  readonly addresses: readonly string[];
+  /** Gateway addresses, one per pod subnet, with the subnet's prefix length. */
+  readonly gateways: readonly PodGateway[];
+}
+
+export interface PodGateway {
+  readonly address: IpAddress;
+  readonly length: number;
+}
+
+export interface HostVethSpec {
+  readonly name: string;
+  readonly mac: string;
+  readonly hairpin: boolean;
+  /** Names the network that owns the veth, so GC can tell its own strays from others'. */
+  readonly alias: string;
 }
 
 export interface PodAttachmentSpec {
   readonly bridge: BridgeSpec;
-  readonly hostVeth: { readonly name: string; readonly mac: string; readonly hairpin: boolean };
+  readonly hostVeth: HostVethSpec;
   readonly container: {
-    readonly netns: string;
     readonly ifname: string;
     readonly mac: string;
     readonly mtu?: number;
@@ -41,7 +52,6 @@ export interface PodAttachmentInput {
   readonly network: string;
   readonly containerId: string;
   readonly ifname: string;
-  readonly netns: string;
   readonly bridge: string;
   readonly mtu?: number;
   readonly hairpin: boolean;
@@ -53,6 +63,7 @@ export interface PodAttachmentInput {
 }
 
 const HOST_VETH_PREFIX = "trv";
+const ALIAS_PREFIX = "trellis:";
 
 /** The host end's name: fixed by the attachment, so DEL and GC find it without the netns. */
 export function hostVethName(network: string, containerId: string, ifname: string): string {
@@ -60,7 +71,12 @@ export function hostVethName(network: string, containerId: string, ifname: strin
 }
 
 export function isHostVethName(name: string): boolean {
-  return name.length === 15 && name.startsWith(HOST_VETH_PREFIX);
+  return /^trv[0-9a-f]{12}$/.test(name);
+}
+
+/** The alias a network's host veths carry. */
+export function hostVethAlias(network: string): string {
+  return ALIAS_PREFIX + network;
 }
 
 /** A random locally administered unicast MAC. */
@@ -86,71 +102,78 @@ export function planPodAttachment(input: PodAttachmentInput): PodAttachmentSpec 
       addRoute({ dst: defaultPrefix(family), gateway: gatewayOf(family) });
     }
   }
-  const bridgeAddresses = [...new Set(input.addresses.map((address) => `${formatIp(address.gateway)}/${address.subnet.length}`))];
   return {
-    bridge: { name: input.bridge, mtu: input.mtu, addresses: bridgeAddresses },
-    hostVeth: { name: hostVethName(input.network, input.containerId, input.ifname), mac: randomMac(), hairpin: input.hairpin },
-    container: {
-      netns: input.netns,
-      ifname: input.ifname,
-      mac: input.mac ?? randomMac(),
-      mtu: input.mtu,
-      addresses: input.addresses,
-      routes,
+    bridge: { name: input.bridge, gateways: bridgeGateways(input.addresses) },
+    hostVeth: {
+      name: hostVethName(input.network, input.containerId, input.ifname),
+      mac: randomMac(),
+      hairpin: input.hairpin,
+      alias: hostVethAlias(input.network),
     },
+    container: { ifname: input.ifname, mac: input.mac ?? randomMac(), mtu: input.mtu, addresses: input.addresses, routes },
   };
 }
 
-/** Host-side commands once the bridge exists: bridge settings, gateway addresses, the veth pair. */
-export function renderHostCommands(spec: PodAttachmentSpec): string[] {
-  const { bridge, hostVeth, container } = spec;
-  const mtu = container.mtu === undefined ? "" : ` mtu ${container.mtu}`;
+/** The gateway addresses the bridge carries for these pod addresses, each once. */
+export function bridgeGateways(addresses: readonly PodAddress[]): PodGateway[] {
+  const gateways = new Map<string, PodGateway>();
+  for (const address of addresses) gateways.set(`${formatIp(address.gateway)}/${address.subnet.length}`, { address: address.gateway, length: address.subnet.length });
+  return [...gateways.values()];
+}
+
+/** Creates the bridge (its MTU is set only here: an existing bridge is shared and never changed). */
+export function renderBridgeCreate(name: string, mtu: number | undefined): string[][] {
+  return [["link", "add", name, ...(mtu === undefined ? [] : ["mtu", String(mtu)]), "address", randomMac(), "type", "bridge"]];
+}
+
+/** The bridge up with its gateway addresses (idempotent). */
+export function renderBridgeAddresses(bridge: BridgeSpec): string[][] {
   return [
-    `link set dev ${bridge.name}${bridge.mtu === undefined ? "" : ` mtu ${bridge.mtu}`} up`,
-    ...bridge.addresses.map((address) => `address replace ${address} dev ${bridge.name}${address.includes(":") ? " nodad" : ""}`),
-    `link add ${hostVeth.name}${mtu} address ${hostVeth.mac} type veth peer name ${container.ifname}${mtu} address ${container.mac} netns ${container.netns}`,
-    `link set dev ${hostVeth.name} master ${bridge.name}`,
-    ...(hostVeth.hairpin ? [`link set dev ${hostVeth.name} type bridge_slave hairpin on`] : []),
-    `link set dev ${hostVeth.name} up`,
+    ["link", "set", "dev", bridge.name, "up"],
+    ...bridge.gateways.map((gateway) => ["address", "replace", `${formatIp(gateway.address)}/${gateway.length}`, "dev", bridge.name, ...(gateway.address.family === 6 ? ["nodad"] : [])]),
+  ];
+}
+
+/** A host veth on its bridge, with hairpin as recorded: for a new pod and for a recreated bridge alike. */
+export function renderBridgePort(bridge: string, veth: { readonly name: string; readonly hairpin: boolean }): string[][] {
+  return [
+    ["link", "set", "dev", veth.name, "master", bridge],
+    ...(veth.hairpin ? [["link", "set", "dev", veth.name, "type", "bridge_slave", "hairpin", "on"]] : []),
+    ["link", "set", "dev", veth.name, "up"],
+  ];
+}
+
+/**
+ * Host-side commands once the bridge exists: gateway addresses, the veth pair with its pod end
+ * moved into the namespace `podNetns` refers to, the host end on the bridge. Ends by showing
+ * the bridge, whose MAC goes into the result.
+ */
+export function renderHostCommands(spec: PodAttachmentSpec, podNetns: string): string[][] {
+  const { bridge, hostVeth, container } = spec;
+  const mtu = container.mtu === undefined ? [] : ["mtu", String(container.mtu)];
+  return [
+    ...renderBridgeAddresses(bridge),
+    ["link", "add", hostVeth.name, ...mtu, "address", hostVeth.mac, "type", "veth", "peer", "name", container.ifname, ...mtu, "address", container.mac, "netns", podNetns],
+    ["link", "set", "dev", hostVeth.name, "alias", hostVeth.alias],
+    ...renderBridgePort(bridge.name, hostVeth),
+    ["link", "show", "dev", bridge.name],
   ];
 }
 
 /** Commands run inside the pod's network namespace. */
-export function renderContainerCommands(spec: PodAttachmentSpec): string[] {
+export function renderContainerCommands(spec: PodAttachmentSpec): string[][] {
   const { container } = spec;
   return [
-    "link set dev lo up",
-    ...container.addresses.map(
-      (address) => `address add ${formatIp(address.address)}/${address.subnet.length} dev ${container.ifname}${address.address.family === 6 ? " nodad" : ""}`,
-    ),
-    `link set dev ${container.ifname} up`,
-    ...container.routes.map(
-      (route) => `route add ${formatPrefix(route.dst)}${route.gateway ? ` via ${formatIp(route.gateway)}` : ""} dev ${container.ifname}`,
-    ),
+    ["link", "set", "dev", "lo", "up"],
+    ...container.addresses.map((address) => [
+      "address", "add", `${formatIp(address.address)}/${address.subnet.length}`, "dev", container.ifname, ...(address.address.family === 6 ? ["nodad"] : []),
+    ]),
+    ["link", "set", "dev", container.ifname, "up"],
+    ...container.routes.map((route) => ["route", "add", formatPrefix(route.dst), ...(route.gateway ? ["via", formatIp(route.gateway)] : []), "dev", container.ifname]),
   ];
 }
 
-export const MASQUERADE_TABLE = "trellis-cni";
-
-/**
- * The masquerade table: traffic from a pod subnet to anywhere outside the pod subnets (and
- * not multicast) leaves with the node's address; pod-to-pod traffic keeps its source.
- * The script is idempotent and applies as one transaction.
- */
-export function renderMasquerade(podSubnets: readonly IpPrefix[]): string {
-  const t = `inet ${MASQUERADE_TABLE}`;
-  const lines = [
-    `add table ${t}`,
-    `add set ${t} pod-subnets-v4 { type ipv4_addr; flags interval; auto-merge; }`,
-    `add set ${t} pod-subnets-v6 { type ipv6_addr; flags interval; auto-merge; }`,
-    `add chain ${t} postrouting { type nat hook postrouting priority srcnat; policy accept; }`,
-    `flush chain ${t} postrouting`,
-    `add rule ${t} postrouting ip saddr @pod-subnets-v4 ip daddr != @pod-subnets-v4 ip daddr != 224.0.0.0/4 masquerade`,
-    `add rule ${t} postrouting ip6 saddr @pod-subnets-v6 ip6 daddr != @pod-subnets-v6 ip6 daddr != ff00::/8 masquerade`,
-  ];
-  for (const family of [4, 6] as const) {
-    const subnets = podSubnets.filter((subnet) => subnet.family === family).map(formatPrefix);
-    if (subnets.length) lines.push(`add element ${t} pod-subnets-v${family} { ${subnets.join(", ")} }`);
-  }
-  return lines.join("\n") + "\n";
+/** Whether the pod side needs IPv6 switched on (a namespace may start with it disabled). */
+export function needsIpv6(spec: PodAttachmentSpec): boolean {
+  return spec.container.addresses.some((address) => address.address.family === 6);
 }

@@ -1,11 +1,17 @@
 /** Runs the kernel's own tools. Every failure names the command and carries its stderr. */
-import { spawn } from "node:child_process";
+import { spawn, type StdioOptions } from "node:child_process";
+import type { NetnsHandle } from "./netns.js";
 
 export interface RunOptions {
   /** Written to the command's stdin. */
   input?: string;
-  /** Run inside this network namespace (a path such as /var/run/netns/x or /proc/PID/ns/net). */
-  netns?: string;
+  /**
+   * Run inside this network namespace: an open handle (passed to nsenter as a file
+   * descriptor, so its path never reaches a command line) or a path such as /var/run/netns/x.
+   */
+  netns?: NetnsHandle | string;
+  /** Open file descriptors the command gets as fd 3, 4, …; see `passedFdPath`. */
+  fds?: readonly number[];
   timeoutMs?: number;
 }
 
@@ -24,23 +30,40 @@ export class CommandError extends Error {
   }
 }
 
+/** The path under which a command started by `run` opens the `index`-th of `options.fds`. */
+export function passedFdPath(index: number): string {
+  return `/proc/self/fd/${3 + index}`;
+}
+
 /** Runs `command args` (in `options.netns` through nsenter) and resolves with its output. */
 export function run(command: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
-  const [file, argv] = options.netns ? ["nsenter", [`--net=${options.netns}`, "--", command, ...args]] : [command, [...args]];
-  const display = [command, ...args].join(" ") + (options.netns ? ` (in ${options.netns})` : "");
+  const fds = [...(options.fds ?? [])];
+  let file = command;
+  let argv = [...args];
+  let where = "";
+  if (typeof options.netns === "string") {
+    [file, argv] = ["nsenter", [`--net=${options.netns}`, "--", command, ...args]];
+    where = ` (in ${options.netns})`;
+  } else if (options.netns) {
+    fds.push(options.netns.fd);
+    [file, argv] = ["nsenter", [`--net=${passedFdPath(fds.length - 1)}`, "--", command, ...args]];
+    where = ` (in ${options.netns.path})`;
+  }
+  const display = [command, ...args].join(" ") + where;
+  const stdio: StdioOptions = ["pipe", "pipe", "pipe", ...fds];
   return new Promise((resolve, reject) => {
-    const child = spawn(file, argv, { stdio: ["pipe", "pipe", "pipe"], timeout: options.timeoutMs ?? 30_000 });
+    const child = spawn(file, argv, { stdio, timeout: options.timeoutMs ?? 30_000 });
     const stdout: Buffer[] = [];
     const stderr: Buffer[] = [];
-    child.stdout.on("data", (chunk: Buffer) => stdout.push(chunk));
-    child.stderr.on("data", (chunk: Buffer) => stderr.push(chunk));
+    child.stdout!.on("data", (chunk: Buffer) => stdout.push(chunk));
+    child.stderr!.on("data", (chunk: Buffer) => stderr.push(chunk));
     child.on("error", (error) => reject(new CommandError(display, null, error.message)));
     child.on("close", (code, signal) => {
       const result = { stdout: Buffer.concat(stdout).toString("utf8"), stderr: Buffer.concat(stderr).toString("utf8") };
       if (code === 0) resolve(result);
       else reject(new CommandError(display, code, result.stderr || (signal ? `killed by ${signal}` : "")));
     });
-    child.stdin.on("error", () => undefined);
-    child.stdin.end(options.input ?? "");
+    child.stdin!.on("error", () => undefined);
+    child.stdin!.end(options.input ?? "");
   });
 }

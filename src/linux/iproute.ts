@@ -1,15 +1,35 @@
 /** iproute2: changes as one `ip -batch -` run, state read back with `ip -json`. */
 import { readFileSync } from "node:fs";
 import { CommandError, run } from "./exec.js";
+import type { NetnsHandle } from "./netns.js";
+
+/** One `ip` command as its words, without the leading `ip`. */
+export type IpCommand = readonly string[];
+
+export interface IpBatchOptions {
+  /** Run inside this namespace. */
+  netns?: NetnsHandle;
+  /** `show` commands in the batch print JSON lines, returned in order. */
+  json?: boolean;
+  /** Open descriptors the batch refers to as `passedFdPath(i)`, e.g. a namespace to move a link into. */
+  fds?: readonly number[];
+  /** Interfaces (already in the namespace) whose IPv6 is switched on before the batch runs. */
+  enableIpv6On?: readonly string[];
+}
 
 /**
- * Applies iproute2 commands (one per line, without the leading `ip`) in order and stops at the
- * first failure. With `json`, `show` commands in the batch print JSON lines, returned in order.
+ * Applies iproute2 commands in order and stops at the first failure. Every word is checked
+ * to be one plain token, so no value can split into two words or start a new command.
  */
-export async function ipBatch(commands: readonly string[], netns?: string, options: { json?: boolean } = {}): Promise<string[]> {
+export async function ipBatch(commands: readonly IpCommand[], options: IpBatchOptions = {}): Promise<string[]> {
   if (commands.length === 0) return [];
+  const script = commands.map((words) => words.map(batchWord).join(" ")).join("\n") + "\n";
+  const ipArgs = [...(options.json ? ["-json"] : []), "-batch", "-"];
+  const enable = (options.enableIpv6On ?? []).map(batchWord);
+  // Writing a sysctl inside a namespace needs a process there: sh sets it, then becomes ip.
+  const [command, args] = enable.length ? ["sh", ["-c", ENABLE_IPV6_THEN_IP, "sh", ...enable, "--", ...ipArgs]] : ["ip", ipArgs];
   try {
-    const { stdout } = await run("ip", [...(options.json ? ["-json"] : []), "-batch", "-"], { input: commands.join("\n") + "\n", netns });
+    const { stdout } = await run(command, args, { input: script, netns: options.netns, fds: options.fds });
     return stdout.split("\n").filter((line) => line.trim());
   } catch (error) {
     throw describeBatchFailure(error, commands);
@@ -17,7 +37,7 @@ export async function ipBatch(commands: readonly string[], netns?: string, optio
 }
 
 /** Runs `ip -json ARGS` and parses its output. */
-export async function ipJson<T>(args: readonly string[], netns?: string): Promise<T> {
+export async function ipJson<T>(args: readonly string[], netns?: NetnsHandle): Promise<T> {
   const { stdout } = await run("ip", ["-json", ...args], { netns });
   return (stdout.trim() ? JSON.parse(stdout) : []) as T;
 }
@@ -36,12 +56,31 @@ export function isAlreadyExists(error: unknown): boolean {
   return error instanceof CommandError && /File exists/.test(error.stderr);
 }
 
+/** Deletes a link; a link that is already gone is fine. */
+export async function deleteLink(name: string): Promise<void> {
+  try {
+    await ipBatch([["link", "delete", "dev", name]]);
+  } catch (error) {
+    if (!isNoSuchDevice(error)) throw error;
+  }
+}
+
+/** Words a batch line may hold: no blanks, quotes, backslashes or comment marks, nothing empty. */
+function batchWord(word: string): string {
+  if (!/^[A-Za-z0-9_.:/@+,-]+$/.test(word)) throw new Error(`refusing to pass ${JSON.stringify(word)} to ip: not a plain word`);
+  return word;
+}
+
+/** Arguments: interfaces, `--`, then ip's own arguments. */
+const ENABLE_IPV6_THEN_IP =
+  'while [ "$1" != -- ]; do echo 0 > "/proc/sys/net/ipv6/conf/$1/disable_ipv6" || exit 1; shift; done; shift; exec ip "$@"';
+
 /** Points at the batch line that failed: `ip -batch` reports "Command failed -:N". */
-function describeBatchFailure(error: unknown, commands: readonly string[]): unknown {
+function describeBatchFailure(error: unknown, commands: readonly IpCommand[]): unknown {
   if (!(error instanceof CommandError)) return error;
   const line = /Command failed -:(\d+)/.exec(error.stderr);
   if (!line) return error;
   const failed = commands[Number(line[1]) - 1];
   const reason = error.stderr.split("\n").filter((text) => text && !text.startsWith("Command failed")).join("; ");
-  return new CommandError(`ip ${failed}`, error.exitCode, reason || error.stderr);
+  return new CommandError(`ip ${failed.join(" ")}`, error.exitCode, reason || error.stderr);
 }

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import {
-  formatIp, formatPrefix, nthAddress, parseIp, parsePrefix, prefixContains, prefixesOverlap, prefixSize, specialRangeOf, specialRanges, subPrefix, tryParseIp,
+  mergePrefixes, intervalPrefixes, formatIp, formatPrefix, nthAddress, parseIp, parsePrefix, prefixContains, prefixesOverlap, prefixSize, specialRangeOf, specialRanges, subPrefix, tryParseIp,
   tryParseInterfaceAddress,
 } from "./ip.js";
 
@@ -64,5 +64,22 @@ describe("net/ip", () => {
     ];
     for (const [input, use] of cases) assert.equal(specialRangeOf(parseIp(input))?.use, use, input);
     assert.deepEqual(specialRanges(4).map((range) => formatPrefix(range.prefix)), ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4"]);
+  });
+
+  it("merges prefixes into the fewest that cover their union", () => {
+    const merged = (texts: string[]) => mergePrefixes(texts.map(parsePrefix)).map(formatPrefix);
+    assert.deepEqual(merged(["10.244.1.128/25", "10.244.1.0/25"]), ["10.244.1.0/24"]);
+    assert.deepEqual(merged(["10.244.0.0/16", "10.244.1.0/24", "224.0.0.0/4"]), ["10.244.0.0/16", "224.0.0.0/4"]);
+    assert.deepEqual(merged(["10.0.0.0/24", "10.0.2.0/24"]), ["10.0.0.0/24", "10.0.2.0/24"]);
+    assert.deepEqual(merged(["fd00::/64", "10.0.0.0/8", "fd00:0:0:1::/64"]), ["10.0.0.0/8", "fd00::/63"]);
+    assert.deepEqual(merged(["0.0.0.0/0", "10.0.0.0/8"]), ["0.0.0.0/0"]);
+  });
+
+  it("splits an interval into aligned prefixes", () => {
+    const split = (family: 4 | 6, first: string, last: string) =>
+      intervalPrefixes({ family, first: parseIp(first).value, last: parseIp(last).value }).map(formatPrefix);
+    assert.deepEqual(split(4, "10.0.0.1", "10.0.0.6"), ["10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/31", "10.0.0.6/32"]);
+    assert.deepEqual(split(4, "0.0.0.0", "255.255.255.255"), ["0.0.0.0/0"]);
+    assert.deepEqual(split(6, "::", "::ffff"), ["::/112"]);
   });
 });

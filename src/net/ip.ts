@@ -140,6 +140,51 @@ export function defaultPrefix(family: Family): IpPrefix {
   return { family, network: 0n, length: 0 };
 }
 
+/** A closed range of addresses of one family, `first` to `last` inclusive. */
+export interface IpInterval {
+  readonly family: Family;
+  readonly first: bigint;
+  readonly last: bigint;
+}
+
+export function prefixInterval(prefix: IpPrefix): IpInterval {
+  return { family: prefix.family, first: prefix.network, last: prefix.network + prefixSize(prefix) - 1n };
+}
+
+/** The union of intervals as sorted, disjoint, non-adjacent intervals (IPv4 before IPv6). */
+export function mergeIntervals(intervals: readonly IpInterval[]): IpInterval[] {
+  const sorted = [...intervals].sort((a, b) => a.family - b.family || (a.first < b.first ? -1 : a.first > b.first ? 1 : 0));
+  const merged: IpInterval[] = [];
+  for (const interval of sorted) {
+    const last = merged[merged.length - 1];
+    if (last && last.family === interval.family && interval.first <= last.last + 1n) {
+      if (interval.last > last.last) merged[merged.length - 1] = { ...last, last: interval.last };
+    } else {
+      merged.push(interval);
+    }
+  }
+  return merged;
+}
+
+/** The fewest prefixes that cover exactly the union of `prefixes` (adjacent and nested ones merged). */
+export function mergePrefixes(prefixes: readonly IpPrefix[]): IpPrefix[] {
+  return mergeIntervals(prefixes.map(prefixInterval)).flatMap(intervalPrefixes);
+}
+
+/** The fewest prefixes that cover exactly the interval. */
+export function intervalPrefixes(interval: IpInterval): IpPrefix[] {
+  const bits = familyBits(interval.family);
+  const prefixes: IpPrefix[] = [];
+  let first = interval.first;
+  while (first <= interval.last) {
+    let hostBits = 0;
+    while (hostBits < bits && (first & ((1n << BigInt(hostBits + 1)) - 1n)) === 0n && first + (1n << BigInt(hostBits + 1)) - 1n <= interval.last) hostBits++;
+    prefixes.push({ family: interval.family, network: first, length: bits - hostBits });
+    first += 1n << BigInt(hostBits);
+  }
+  return prefixes;
+}
+
 /** What a special range's addresses mean; none of them can number a pod, Service or node network. */
 export type SpecialUse = "this-network" | "unspecified" | "loopback" | "IPv4-mapped" | "link-local" | "multicast";
 

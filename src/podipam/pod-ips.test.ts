@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { formatIp, nthAddress, parseIp, parsePrefix } from "../net/ip.js";
 import type { SqliteDatabase } from "../store/sqlite.js";
-import { openNodeState } from "./node-state.js";
+import { openPodState } from "./state.js";
 import { allocatePodIps, listLeases, PodIpError, releasePodIps, type PodIpRangeSet } from "./pod-ips.js";
 
 function rangeSet(subnet: string, start?: string, end?: string): PodIpRangeSet {
@@ -26,7 +26,7 @@ describe("ipam/pod-ips", () => {
   let db: SqliteDatabase;
   before(() => {
     dir = mkdtempSync(join(tmpdir(), "trellis-podips-"));
-    db = openNodeState(dir);
+    db = openPodState(dir);
   });
   after(() => {
     db.close();

@@ -1,7 +1,8 @@
 /**
  * Pod IP allocation inside a node's pod ranges, in host-local's configuration shape: a list
- * of range sets, one address from each. Leases live in the node state database; callers run
- * these functions inside one transaction with the attachment record.
+ * of range sets, one address from each. Leases live in the node state database, keyed by the
+ * range set itself (not its position, which moves when ranges are reordered or prepended);
+ * callers run these functions inside one transaction with the attachment record.
  */
 import {
   formatIp, formatPrefix, prefixContains, sameIp, tryParseIp, type IpAddress, type IpPrefix,
@@ -23,7 +24,8 @@ export interface PodIpLease {
   readonly address: IpAddress;
   readonly subnet: IpPrefix;
   readonly gateway: IpAddress;
-  readonly rangeSet: number;
+  /** `rangeSetKey` of the set the address came from. */
+  readonly rangeSet: string;
 }
 
 export type PodIpErrorKind = "exhausted" | "unavailable" | "duplicate";
@@ -41,14 +43,15 @@ export function describeRangeSet(set: PodIpRangeSet): string {
   return set.map((range) => `${formatIp(range.start)}-${formatIp(range.end)}`).join(", ");
 }
 
-/** Number of addresses the set can hand out. */
-export function rangeSetCapacity(set: PodIpRangeSet): bigint {
-  return set.reduce((total, range) => total + range.end.value - range.start.value + 1n - (inRange(range, range.gateway) ? 1n : 0n), 0n);
+/** How a range set is known in the state: its ranges, so reordering the config changes nothing. */
+export function rangeSetKey(set: PodIpRangeSet): string {
+  return describeRangeSet(set);
 }
 
 /**
  * Leases one address per range set to the attachment: the requested address where one falls
  * in the set, otherwise the next free one after the set's last lease (round robin, wrapping).
+ * No range's gateway is ever leased, whichever range or set it falls in.
  */
 export function allocatePodIps(
   db: SqliteDatabase,
@@ -65,21 +68,22 @@ export function allocatePodIps(
   }
   const held = db
     .prepare("SELECT address, range_set FROM leases WHERE network = ? AND container_id = ? AND ifname = ?")
-    .all(owner.network, owner.containerId, owner.ifname) as Array<{ address: string; range_set: number }>;
+    .all(owner.network, owner.containerId, owner.ifname) as Array<{ address: string; range_set: string }>;
   if (held.length > 0) {
     throw new PodIpError(
       "duplicate",
       `container ${owner.containerId} interface ${owner.ifname} already holds ${held.map((row) => row.address).join(", ")} in network ${owner.network}: duplicate allocation is not allowed`,
     );
   }
-  return sets.map((set, index) => {
+  const gateways = new Map(sets.flat().map((range) => [formatIp(range.gateway), range.subnet]));
+  return sets.map((set) => {
     const wanted = requested.filter((ip) => findRange(set, ip));
     if (wanted.length > 1) {
       throw new PodIpError("unavailable", `requested IPs ${wanted.map(formatIp).join(" and ")} both fall in range set ${describeRangeSet(set)}; one address per set is allowed`);
     }
-    const address = wanted.length === 1 ? claimRequested(db, owner, set, index, wanted[0]) : claimNext(db, owner, set, index);
+    const address = wanted.length === 1 ? claimRequested(db, owner, set, gateways, wanted[0]) : claimNext(db, owner, set, gateways);
     const range = findRange(set, address)!;
-    return { address, subnet: range.subnet, gateway: range.gateway, rangeSet: index };
+    return { address, subnet: range.subnet, gateway: range.gateway, rangeSet: rangeSetKey(set) };
   });
 }
 
@@ -93,14 +97,14 @@ export function releasePodIps(db: SqliteDatabase, owner: AttachmentKey): string[
 
 export function leasesOf(db: SqliteDatabase, owner: AttachmentKey): string[] {
   const rows = db
-    .prepare("SELECT address FROM leases WHERE network = ? AND container_id = ? AND ifname = ? ORDER BY range_set")
+    .prepare("SELECT address FROM leases WHERE network = ? AND container_id = ? AND ifname = ? ORDER BY rowid")
     .all(owner.network, owner.containerId, owner.ifname) as Array<{ address: string }>;
   return rows.map((row) => row.address);
 }
 
 export interface LeaseRow {
   readonly address: string;
-  readonly rangeSet: number;
+  readonly rangeSet: string;
   readonly containerId: string;
   readonly ifname: string;
 }
@@ -108,55 +112,64 @@ export interface LeaseRow {
 export function listLeases(db: SqliteDatabase, network: string): LeaseRow[] {
   const rows = db
     .prepare("SELECT address, range_set, container_id, ifname FROM leases WHERE network = ? ORDER BY range_set, address")
-    .all(network) as Array<{ address: string; range_set: number; container_id: string; ifname: string }>;
+    .all(network) as Array<{ address: string; range_set: string; container_id: string; ifname: string }>;
   return rows.map((row) => ({ address: row.address, rangeSet: row.range_set, containerId: row.container_id, ifname: row.ifname }));
 }
 
-export function countLeases(db: SqliteDatabase, network: string, rangeSet: number): number {
-  return (db.prepare("SELECT COUNT(*) AS n FROM leases WHERE network = ? AND range_set = ?").get(network, rangeSet) as { n: number }).n;
+/** Removes leases whose attachment record is gone (left by hand edits or an older schema); returns their addresses. */
+export function releaseOrphanLeases(db: SqliteDatabase, network: string): string[] {
+  const rows = db
+    .prepare(
+      "DELETE FROM leases WHERE network = ? AND NOT EXISTS (SELECT 1 FROM attachments a WHERE a.network = leases.network AND a.container_id = leases.container_id AND a.ifname = leases.ifname) RETURNING address",
+    )
+    .all(network) as Array<{ address: string }>;
+  return rows.map((row) => row.address);
 }
 
-function claimRequested(db: SqliteDatabase, owner: AttachmentKey, set: PodIpRangeSet, index: number, ip: IpAddress): IpAddress {
-  const range = findRange(set, ip)!;
-  if (sameIp(range.gateway, ip)) {
-    throw new PodIpError("unavailable", `requested IP ${formatIp(ip)} is the gateway of ${formatPrefix(range.subnet)}`);
-  }
+/** Every range's gateway, by address, with the subnet it serves. */
+type Gateways = ReadonlyMap<string, IpPrefix>;
+
+function claimRequested(db: SqliteDatabase, owner: AttachmentKey, set: PodIpRangeSet, gateways: Gateways, ip: IpAddress): IpAddress {
+  const gatewayOf = gateways.get(formatIp(ip));
+  if (gatewayOf) throw new PodIpError("unavailable", `requested IP ${formatIp(ip)} is the gateway of ${formatPrefix(gatewayOf)}`);
   const holder = db.prepare("SELECT container_id, ifname FROM leases WHERE network = ? AND address = ?").get(owner.network, formatIp(ip)) as
     | { container_id: string; ifname: string }
     | undefined;
   if (holder) {
     throw new PodIpError("unavailable", `requested IP ${formatIp(ip)} is already leased to container ${holder.container_id} interface ${holder.ifname}`);
   }
-  insertLease(db, owner, index, ip);
+  insertLease(db, owner, set, ip);
   return ip;
 }
 
-function claimNext(db: SqliteDatabase, owner: AttachmentKey, set: PodIpRangeSet, index: number): IpAddress {
-  const cursor = db.prepare("SELECT last_address FROM cursors WHERE network = ? AND range_set = ?").get(owner.network, index) as
+function claimNext(db: SqliteDatabase, owner: AttachmentKey, set: PodIpRangeSet, gateways: Gateways): IpAddress {
+  const cursor = db.prepare("SELECT last_address FROM cursors WHERE network = ? AND range_set = ?").get(owner.network, rangeSetKey(set)) as
     | { last_address: string }
     | undefined;
   const taken = db.prepare("SELECT 1 FROM leases WHERE network = ? AND address = ?");
   const last = cursor ? tryParseIp(cursor.last_address) : undefined;
   for (const candidate of candidatesAfter(set, last)) {
-    if (taken.get(owner.network, formatIp(candidate))) continue;
-    insertLease(db, owner, index, candidate);
+    const text = formatIp(candidate);
+    if (gateways.has(text) || taken.get(owner.network, text)) continue;
+    insertLease(db, owner, set, candidate);
     return candidate;
   }
   throw new PodIpError("exhausted", `no IP addresses available in range set ${describeRangeSet(set)} of network ${owner.network}`);
 }
 
-function insertLease(db: SqliteDatabase, owner: AttachmentKey, index: number, ip: IpAddress): void {
+function insertLease(db: SqliteDatabase, owner: AttachmentKey, set: PodIpRangeSet, ip: IpAddress): void {
   const address = formatIp(ip);
+  const key = rangeSetKey(set);
   db.prepare("INSERT INTO leases (network, address, range_set, container_id, ifname) VALUES (?, ?, ?, ?, ?)").run(
     owner.network,
     address,
-    index,
+    key,
     owner.containerId,
     owner.ifname,
   );
   db.prepare("INSERT INTO cursors (network, range_set, last_address) VALUES (?, ?, ?) ON CONFLICT (network, range_set) DO UPDATE SET last_address = excluded.last_address").run(
     owner.network,
-    index,
+    key,
     address,
   );
 }
@@ -177,7 +190,7 @@ function* candidatesAfter(set: PodIpRangeSet, last: IpAddress | undefined): Gene
     }
     const candidate = { family, value: next };
     next++;
-    if (!sameIp(candidate, range.gateway)) yield candidate;
+    yield candidate;
   }
 }
 

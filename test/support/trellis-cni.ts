@@ -7,7 +7,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { execCniPlugin, type CniCommand, type CniOutcome } from "./cni-exec.js";
+import type { FaultPoint } from "../../src/podnet/handle.js";
+import { execCniPlugin, pluginBaseEnv, type CniCommand, type CniOutcome } from "./cni-exec.js";
 import { inNetns, type TestNetns } from "./netns.js";
 
 export const TRELLIS = resolve(dirname(fileURLToPath(import.meta.url)), "../../dist/trellis");
@@ -78,6 +79,8 @@ export function ping(from: TestNetns, address: string): boolean {
 export interface PodRecord {
   containerId: string;
   ifname: string;
+  /** `ready`, `adding` (an ADD running or killed half-way), or `orphan` (leases without a record). */
+  state: string;
   hostIfname: string;
   addresses: string[];
 }
@@ -92,4 +95,39 @@ export function recordedPods(dataDir: string, network: string): PodRecord[] {
 export function hostVeths(node: TestNetns): string[] {
   const links = JSON.parse(inNetns(node, "ip", ["-json", "link", "show"])) as Array<{ ifname: string }>;
   return links.map((link) => link.ifname).filter((name) => /^trv[0-9a-f]{12}$/.test(name)).sort();
+}
+
+export interface FaultOutcome {
+  /** The signal that ended the plugin (`SIGKILL` when it reached the fault point), or null. */
+  signal: NodeJS.Signals | null;
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs one verb like `trellis`, with TRELLIS_FAULT_POINT set so the plugin kills itself with
+ * SIGKILL on reaching that step. `execCniPlugin` passes no extra environment, hence its own spawn.
+ */
+export function trellisAtFaultPoint(
+  point: FaultPoint, command: CniCommand, node: TestNetns, config: object, pod?: { id: string; netns?: string; ifname?: string },
+): Promise<FaultOutcome> {
+  const env: Record<string, string> = { ...pluginBaseEnv(), CNI_COMMAND: command, CNI_PATH: "/usr/lib/cni", TRELLIS_FAULT_POINT: point };
+  if (pod) {
+    env.CNI_CONTAINERID = pod.id;
+    if (pod.netns !== undefined) env.CNI_NETNS = pod.netns;
+    env.CNI_IFNAME = pod.ifname ?? "eth0";
+  }
+  // nsenter execs the plugin in place, so the signal that ends the plugin is the one seen here.
+  const child = spawn("nsenter", [`--net=${node.path}`, TRELLIS], { env, stdio: ["pipe", "pipe", "pipe"], timeout: 60_000 });
+  let stdout = "";
+  let stderr = "";
+  child.stdout!.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr!.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+  child.stdin!.on("error", () => undefined);
+  child.stdin!.end(JSON.stringify(config));
+  return new Promise((resolvePromise, reject) => {
+    child.once("error", reject);
+    child.once("close", (code, signal) => resolvePromise({ signal, code, stdout, stderr }));
+  });
 }

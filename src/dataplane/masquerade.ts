@@ -1,0 +1,221 @@
+/**
+ * Masquerade of pod traffic that leaves the cluster, as data: one nftables chain per network,
+ * jumped to from one postrouting chain. A chain holds a rule per family: traffic from the
+ * network's pod subnets to anywhere but its exclusions (pod subnets, cluster CIDRs, multicast)
+ * leaves with the node's address. What the kernel holds is parsed into the same shape and
+ * compared as address intervals, so nftables merging adjacent prefixes changes nothing.
+ */
+import {
+  formatPrefix, intervalPrefixes, mergeIntervals, parsePrefix, prefixInterval, tryParseIp, type Family, type IpInterval, type IpPrefix,
+} from "../net/ip.js";
+
+/** What one attachment asks for; a network's chain is the union of its attachments'. */
+export interface MasqueradeContribution {
+  readonly network: string;
+  readonly sources: readonly IpPrefix[];
+  readonly exclusions: readonly IpPrefix[];
+}
+
+export interface MasqueradeRule {
+  readonly family: Family;
+  readonly sources: readonly IpInterval[];
+  readonly exclusions: readonly IpInterval[];
+}
+
+/** A rule nftables holds that is not one Trellis writes. */
+export interface ForeignRule {
+  readonly family: "unknown";
+}
+
+export interface MasqueradeTable {
+  /** Network chains by name, each with its rules in order. */
+  readonly chains: ReadonlyMap<string, ReadonlyArray<MasqueradeRule | ForeignRule>>;
+  /** Targets of the postrouting chain's jumps, in order ("" for a rule that is not a jump). */
+  readonly jumps: readonly string[];
+  /** Whether the postrouting chain exists with the nat hook Trellis gives it. */
+  readonly hooked: boolean;
+}
+
+export const BASE_CHAIN = "postrouting";
+const MULTICAST: Record<Family, IpPrefix> = { 4: parsePrefix("224.0.0.0/4"), 6: parsePrefix("ff00::/8") };
+const PAYLOAD_FAMILY: Record<Family, string> = { 4: "ip", 6: "ip6" };
+
+export function masqueradeChainName(network: string): string {
+  return `masq-${network}`;
+}
+
+/** The desired table for these attachments (empty chains map: the table should not exist). */
+export function desiredMasquerade(contributions: readonly MasqueradeContribution[]): MasqueradeTable {
+  const byNetwork = new Map<string, { sources: IpPrefix[]; exclusions: IpPrefix[] }>();
+  for (const contribution of contributions) {
+    const entry = byNetwork.get(contribution.network) ?? { sources: [], exclusions: [] };
+    entry.sources.push(...contribution.sources);
+    entry.exclusions.push(...contribution.exclusions);
+    byNetwork.set(contribution.network, entry);
+  }
+  const chains = new Map<string, MasqueradeRule[]>();
+  for (const network of [...byNetwork.keys()].sort()) {
+    const { sources, exclusions } = byNetwork.get(network)!;
+    const rules: MasqueradeRule[] = [];
+    for (const family of [4, 6] as const) {
+      const from = sources.filter((prefix) => prefix.family === family);
+      if (!from.length) continue;
+      const to = [...exclusions.filter((prefix) => prefix.family === family), MULTICAST[family]];
+      rules.push({ family, sources: mergeIntervals(from.map(prefixInterval)), exclusions: mergeIntervals(to.map(prefixInterval)) });
+    }
+    chains.set(masqueradeChainName(network), rules);
+  }
+  return { chains, jumps: [...chains.keys()], hooked: true };
+}
+
+/** Parses `nft -j list table inet TABLE` (its `nftables` array); undefined when the table is absent. */
+export function parseMasqueradeTable(nftables: readonly unknown[] | undefined): MasqueradeTable | undefined {
+  if (!nftables) return undefined;
+  const chains = new Map<string, Array<MasqueradeRule | ForeignRule>>();
+  const jumps: string[] = [];
+  let hooked = false;
+  for (const item of nftables) {
+    const chain = field(item, "chain");
+    if (chain && typeof chain.name === "string") {
+      if (chain.name === BASE_CHAIN) hooked = chain.type === "nat" && chain.hook === "postrouting" && chain.prio === 100 && chain.policy === "accept";
+      else chains.set(chain.name, chains.get(chain.name) ?? []);
+    }
+  }
+  for (const item of nftables) {
+    const rule = field(item, "rule");
+    if (!rule || typeof rule.chain !== "string" || !Array.isArray(rule.expr)) continue;
+    if (rule.chain === BASE_CHAIN) {
+      const jump = rule.expr.length === 1 ? field(rule.expr[0], "jump") : undefined;
+      jumps.push(jump && typeof jump.target === "string" ? jump.target : "");
+    } else {
+      chains.get(rule.chain)?.push(parseMasqueradeRule(rule.expr));
+    }
+  }
+  return { chains, jumps, hooked };
+}
+
+/** The nft script that turns `observed` into `desired`, touching only what differs; undefined when nothing does. */
+export function renderMasqueradeChange(table: string, desired: MasqueradeTable, observed: MasqueradeTable | undefined): string | undefined {
+  const t = `inet ${table}`;
+  if (desired.chains.size === 0) return observed ? `delete table ${t}\n` : undefined;
+  const lines: string[] = [];
+  let have = observed;
+  if (have && !have.hooked) {
+    lines.push(`delete table ${t}`);
+    have = undefined;
+  }
+  if (!have) {
+    lines.push(`add table ${t}`, `add chain ${t} ${BASE_CHAIN} { type nat hook postrouting priority srcnat; policy accept; }`);
+  }
+  for (const [name, rules] of desired.chains) {
+    const current = have?.chains.get(name);
+    if (current && sameRules(current, rules)) continue;
+    lines.push(current ? `flush chain ${t} ${name}` : `add chain ${t} ${name}`);
+    for (const rule of rules as MasqueradeRule[]) lines.push(`add rule ${t} ${name} ${renderRule(rule)}`);
+  }
+  if (!have || !sameList(have.jumps, desired.jumps)) {
+    if (have) lines.push(`flush chain ${t} ${BASE_CHAIN}`);
+    for (const target of desired.jumps) lines.push(`add rule ${t} ${BASE_CHAIN} jump ${target}`);
+  }
+  for (const name of have?.chains.keys() ?? []) if (!desired.chains.has(name)) lines.push(`delete chain ${t} ${name}`);
+  return lines.length ? lines.join("\n") + "\n" : undefined;
+}
+
+/** What differs for one network's chain; empty when the kernel holds exactly the desired chain and its jump. */
+export function masqueradeProblems(table: string, network: string, desired: MasqueradeTable, observed: MasqueradeTable | undefined): string[] {
+  const name = masqueradeChainName(network);
+  const want = desired.chains.get(name);
+  if (!want) return [];
+  if (!observed) return [`nftables table inet ${table} is missing`];
+  const problems: string[] = [];
+  if (!observed.hooked) problems.push(`chain ${BASE_CHAIN} of inet ${table} is missing or not a nat postrouting hook`);
+  const have = observed.chains.get(name);
+  if (!have) return [...problems, `masquerade chain ${name} of inet ${table} is missing`];
+  if (!observed.jumps.includes(name)) problems.push(`chain ${BASE_CHAIN} of inet ${table} does not jump to ${name}`);
+  if (!sameRules(have, want)) problems.push(`masquerade chain ${name} of inet ${table} holds ${describeRules(have)}; expected ${describeRules(want)}`);
+  return problems;
+}
+
+function renderRule(rule: MasqueradeRule): string {
+  const family = PAYLOAD_FAMILY[rule.family];
+  return `${family} saddr { ${renderIntervals(rule.sources)} } ${family} daddr != { ${renderIntervals(rule.exclusions)} } masquerade`;
+}
+
+function renderIntervals(intervals: readonly IpInterval[]): string {
+  return intervals.flatMap(intervalPrefixes).map(formatPrefix).join(", ");
+}
+
+function describeRules(rules: ReadonlyArray<MasqueradeRule | ForeignRule>): string {
+  if (!rules.length) return "no rules";
+  return rules.map((rule) => (rule.family === "unknown" ? "a rule Trellis did not write" : renderRule(rule))).join("; ");
+}
+
+function parseMasqueradeRule(expr: unknown[]): MasqueradeRule | ForeignRule {
+  const foreign: ForeignRule = { family: "unknown" };
+  if (expr.length !== 3 || !expr[2] || !("masquerade" in (expr[2] as object))) return foreign;
+  const source = parseMatch(expr[0], "saddr", "==");
+  const destination = parseMatch(expr[1], "daddr", "!=");
+  if (!source || !destination || source.family !== destination.family) return foreign;
+  return { family: source.family, sources: source.intervals, exclusions: destination.intervals };
+}
+
+function parseMatch(item: unknown, fieldName: string, op: string): { family: Family; intervals: IpInterval[] } | undefined {
+  const match = field(item, "match");
+  const payload = match && field(match.left, "payload");
+  if (!match || match.op !== op || !payload || payload.field !== fieldName) return undefined;
+  const family: Family | undefined = payload.protocol === "ip" ? 4 : payload.protocol === "ip6" ? 6 : undefined;
+  if (!family) return undefined;
+  const set = field(match.right, "set");
+  const elements = Array.isArray(set) ? set : [match.right];
+  const intervals: IpInterval[] = [];
+  for (const element of elements) {
+    const interval = parseElement(element, family);
+    if (!interval) return undefined;
+    intervals.push(interval);
+  }
+  return { family, intervals: mergeIntervals(intervals) };
+}
+
+/** A set element: an address, `{prefix: {addr, len}}` or `{range: [a, b]}`. */
+function parseElement(element: unknown, family: Family): IpInterval | undefined {
+  if (typeof element === "string") {
+    const ip = tryParseIp(element);
+    return ip && ip.family === family ? { family, first: ip.value, last: ip.value } : undefined;
+  }
+  const prefix = field(element, "prefix");
+  if (prefix && typeof prefix.addr === "string" && typeof prefix.len === "number") {
+    const ip = tryParseIp(prefix.addr);
+    if (!ip || ip.family !== family) return undefined;
+    return prefixInterval({ family, network: ip.value, length: prefix.len });
+  }
+  const range = field(element, "range");
+  if (Array.isArray(range) && range.length === 2 && typeof range[0] === "string" && typeof range[1] === "string") {
+    const [first, last] = [tryParseIp(range[0]), tryParseIp(range[1])];
+    if (!first || !last || first.family !== family || last.family !== family) return undefined;
+    return { family, first: first.value, last: last.value };
+  }
+  return undefined;
+}
+
+function sameRules(a: ReadonlyArray<MasqueradeRule | ForeignRule>, b: ReadonlyArray<MasqueradeRule | ForeignRule>): boolean {
+  return a.length === b.length && a.every((rule, i) => {
+    const other = b[i];
+    if (rule.family === "unknown" || other.family === "unknown") return false;
+    return rule.family === other.family && sameIntervals(rule.sources, other.sources) && sameIntervals(rule.exclusions, other.exclusions);
+  });
+}
+
+function sameIntervals(a: readonly IpInterval[], b: readonly IpInterval[]): boolean {
+  const [x, y] = [mergeIntervals(a), mergeIntervals(b)];
+  return x.length === y.length && x.every((interval, i) => interval.family === y[i].family && interval.first === y[i].first && interval.last === y[i].last);
+}
+
+function sameList(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((item, i) => item === b[i]);
+}
+
+function field(value: unknown, key: string): Record<string, any> | undefined {
+  if (typeof value !== "object" || value === null) return undefined;
+  const inner = (value as Record<string, unknown>)[key];
+  return typeof inner === "object" && inner !== null ? (inner as Record<string, any>) : undefined;
+}

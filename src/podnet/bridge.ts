@@ -1,0 +1,91 @@
+/**
+ * The node bridge: created on first use and never reconfigured after (other networks' pods
+ * may hang on it), checked to really be a bridge, and given back its ports and gateway
+ * addresses when it was deleted and comes back.
+ */
+import { readFileSync, writeFileSync } from "node:fs";
+import { bridgeGateways, renderBridgeAddresses, renderBridgeCreate, renderBridgePort } from "../dataplane/pod-attachment.js";
+import { parseIpLinks } from "../dataplane/pod-check.js";
+import { CommandError } from "../linux/exec.js";
+import { ipBatch, ipJson, isAlreadyExists, localLinkNames } from "../linux/iproute.js";
+import { attachmentsOnBridge } from "../podipam/attachments.js";
+import { CniCode, CniError } from "./errors.js";
+import type { PodNet } from "./handle.js";
+import { recordedAddresses } from "./records.js";
+
+/**
+ * Makes sure the bridge exists, with IPv6 usable when `ipv6` is set (callers check an existing
+ * link with `assertBridge` first). A bridge this call creates gets back the ports and gateways
+ * the state records for it.
+ */
+export async function ensureBridge(net: PodNet, name: string, options: { mtu?: number; ipv6: boolean }): Promise<void> {
+  if (localLinkNames().has(name)) {
+    if (options.ipv6) enableIpv6(name);
+    return;
+  }
+  try {
+    await ipBatch(renderBridgeCreate(name, options.mtu));
+  } catch (error) {
+    if (!isAlreadyExists(error)) throw kernelError(`creating bridge ${name}`, error);
+    return ensureBridge(net, name, options);
+  }
+  if (options.ipv6) enableIpv6(name);
+  await repairBridge(net, name);
+}
+
+/**
+ * Whether the bridge exists. A link of that name of another kind is a configuration error
+ * (code 7), and so is a pod MTU below the bridge's: the kernel would lower the bridge to the
+ * smallest port's MTU under every other pod on it (and below 1280 strip its IPv6 gateways).
+ */
+export async function assertBridge(name: string, podMtu?: number): Promise<boolean> {
+  if (!localLinkNames().has(name)) return false;
+  const [link] = parseIpLinks(await ipJson(["-details", "link", "show", "dev", name]));
+  if (!link) return false;
+  if (link.kind !== "bridge") {
+    throw new CniError(CniCode.invalidConfig, `bridge ${JSON.stringify(name)} names an existing ${link.kind ? `${link.kind} ` : ""}interface that is not a bridge; choose another bridge name`);
+  }
+  if (podMtu !== undefined && link.mtu !== undefined && podMtu < link.mtu) {
+    throw new CniError(
+      CniCode.invalidConfig,
+      `mtu ${podMtu} is below the MTU ${link.mtu} of bridge ${name}, which other pods share: a smaller port would lower the bridge's MTU under them; use mtu ${link.mtu} or another bridge`,
+    );
+  }
+  return true;
+}
+
+/**
+ * Puts every recorded pod of `bridge` whose host veth still exists back on it, with the
+ * gateways their addresses route through. The agent's resync calls the same repair.
+ */
+export async function repairBridge(net: PodNet, bridge: string): Promise<void> {
+  const links = localLinkNames();
+  if (!links.has(bridge)) {
+    await ensureBridge(net, bridge, { ipv6: false });
+    return;
+  }
+  const pods = attachmentsOnBridge(net.db, bridge).filter((pod) => pod.state === "ready" && links.has(pod.hostIfname));
+  if (!pods.length) return;
+  const gateways = bridgeGateways(pods.flatMap(recordedAddresses));
+  if (gateways.some((gateway) => gateway.address.family === 6)) enableIpv6(bridge);
+  try {
+    await ipBatch([...renderBridgeAddresses({ name: bridge, gateways }), ...pods.flatMap((pod) => renderBridgePort(bridge, { name: pod.hostIfname, hairpin: pod.spec.hairpin }))]);
+  } catch (error) {
+    throw kernelError(`restoring the ports of bridge ${bridge}`, error);
+  }
+}
+
+/** Switches IPv6 on for a node interface (a node may disable it for new interfaces by default). */
+export function enableIpv6(ifname: string): void {
+  const path = `/proc/sys/net/ipv6/conf/${ifname}/disable_ipv6`;
+  try {
+    if (readFileSync(path, "utf8").trim() !== "0") writeFileSync(path, "0");
+  } catch (error) {
+    throw new CniError(CniCode.dataplaneFailure, `cannot enable IPv6 on ${ifname}: ${(error as Error).message}`);
+  }
+}
+
+export function kernelError(context: string, error: unknown): unknown {
+  if (error instanceof CommandError) return new CniError(CniCode.dataplaneFailure, `${context}: ${error.message}`);
+  return error;
+}
