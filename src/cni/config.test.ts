@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { formatIp, formatPrefix } from "../net/ip.js";
+import { formatIp, formatPrefix, parsePrefix } from "../net/ip.js";
 import { parseNetConf } from "./config.js";
 import { CniError } from "../podnet/errors.js";
 import { formatResult, parseResult } from "./result.js";
@@ -21,7 +21,7 @@ describe("cni/config", () => {
     assert.deepEqual([formatIp(v4.start), formatIp(v4.end), formatIp(v4.gateway)], ["10.244.1.1", "10.244.1.254", "10.244.1.1"]);
     assert.deepEqual([formatIp(v6.start), formatIp(v6.end)], ["fd00:10:244:1::1", "fd00:10:244:1:ffff:ffff:ffff:ffff"]);
     assert.equal(formatPrefix(v6.subnet), "fd00:10:244:1::/64");
-    assert.deepEqual(conf.ipam.routes, [{ dst: "10.96.0.0/16" }]);
+    assert.deepEqual(conf.ipam.routes, [{ dst: parsePrefix("10.96.0.0/16") }]);
   });
 
   it("collects requested addresses and MAC from runtimeConfig, args and CNI_ARGS", () => {
@@ -53,6 +53,17 @@ describe("cni/config", () => {
       () => parseNetConf(JSON.stringify({ cniVersion: "1.1.0", name: "n", ipam: { ranges: [[{ subnet: "10.1.0.0/24", rangeStart: "10.2.0.5" }]] } }), none),
       (error: unknown) => error instanceof CniError && error.code === 7 && error.message === "ipam.ranges[0][0].rangeStart 10.2.0.5 is outside subnet 10.1.0.0/24",
     );
+  });
+
+  it("reads nonMasqueradeCidrs and refuses host bits in a subnet or an MTU too small for IPv6", () => {
+    const base = { cniVersion: "1.1.0", name: "n", type: "trellis", ipam: { ranges: [[{ subnet: "10.1.0.0/24" }], [{ subnet: "fd00:1::/64" }]] } };
+    const conf = parseNetConf(JSON.stringify({ ...base, nonMasqueradeCidrs: ["10.244.0.0/16", "fd00:10:244::/56"] }), none);
+    assert.deepEqual(conf.nonMasqueradeCidrs.map(formatPrefix), ["10.244.0.0/16", "fd00:10:244::/56"]);
+    const refused = (config: object, message: string) =>
+      assert.throws(() => parseNetConf(JSON.stringify(config), none), (error: unknown) => error instanceof CniError && error.code === 7 && error.message === message);
+    refused({ ...base, mtu: 1279 }, "mtu 1279 is too small for the IPv6 range fd00:1::/64: a network with IPv6 needs an mtu of at least 1280");
+    refused({ ...base, ipam: { ranges: [[{ subnet: "10.1.0.9/24" }]] } }, "ipam.ranges[0][0].subnet 10.1.0.9/24 has host bits set: did you mean 10.1.0.0/24?");
+    assert.equal(parseNetConf(JSON.stringify({ ...base, mtu: 576, ipam: { ranges: [[{ subnet: "10.1.0.0/24" }]] } }), none).mtu, 576, "576 is fine without IPv6");
   });
 });
 
