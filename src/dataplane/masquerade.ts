@@ -132,6 +132,7 @@ export function masqueradeProblems(table: string, network: string, desired: Masq
   const have = observed.chains.get(name);
   if (!have) return [...problems, `masquerade chain ${name} of inet ${table} is missing`];
   if (!observed.jumps.includes(name)) problems.push(`chain ${BASE_CHAIN} of inet ${table} does not jump to ${name}`);
+  if (observed.jumps.includes("")) problems.push(`chain ${BASE_CHAIN} of inet ${table} holds a rule Trellis did not write`);
   if (!sameRules(have, want)) problems.push(`masquerade chain ${name} of inet ${table} holds ${describeRules(have)}; expected ${describeRules(want)}`);
   return problems;
 }

@@ -1,56 +1,222 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { parseIp, parsePrefix } from "../net/ip.js";
-import { hostVethName, isHostVethName, planPodAttachment, renderContainerCommands, renderHostCommands, renderMasquerade } from "./pod-attachment.js";
+import {
+  bridgeGateways, hostVethAlias, hostVethName, isHostVethName, needsIpv6, planPodAttachment, randomMac, renderBridgeCreate, renderBridgePort,
+  renderContainerCommands, renderHostCommands, type PodAddress, type PodAttachmentInput,
+} from "./pod-attachment.js";
+
+const v4: PodAddress = { address: parseIp("10.244.1.2"), subnet: parsePrefix("10.244.1.0/24"), gateway: parseIp("10.244.1.1") };
+const v6: PodAddress = { address: parseIp("fd00:10:244:1::2"), subnet: parsePrefix("fd00:10:244:1::/64"), gateway: parseIp("fd00:10:244:1::1") };
+
+const DUAL_STACK: PodAttachmentInput = {
+  network: "pods",
+  containerId: "abc",
+  ifname: "eth0",
+  bridge: "trellis0",
+  mtu: 1400,
+  hairpin: true,
+  mac: "0a:58:0a:f4:01:02",
+  addresses: [v4, v6],
+  routes: [{ dst: parsePrefix("10.96.0.0/16") }],
+  defaultRoutes: true,
+};
+
+/** A locally administered unicast MAC: bit 1 of the first octet set, bit 0 clear. */
+function assertLocalUnicastMac(mac: string): void {
+  assert.match(mac, /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/);
+  const first = parseInt(mac.slice(0, 2), 16);
+  assert.equal(first & 0x03, 0x02, `${mac} is not a locally administered unicast MAC`);
+}
 
 describe("dataplane/pod-attachment", () => {
-  const spec = planPodAttachment({
-    network: "pods", containerId: "abc", ifname: "eth0", netns: "/var/run/netns/p", bridge: "trellis0", mtu: 1400, hairpin: true,
-    mac: "0a:58:0a:f4:01:02",
-    addresses: [
-      { address: parseIp("10.244.1.2"), subnet: parsePrefix("10.244.1.0/24"), gateway: parseIp("10.244.1.1") },
-      { address: parseIp("fd00:10:244:1::2"), subnet: parsePrefix("fd00:10:244:1::/64"), gateway: parseIp("fd00:10:244:1::1") },
-    ],
-    routes: [{ dst: parsePrefix("10.96.0.0/16") }],
-    defaultRoutes: true,
+  describe("planPodAttachment", () => {
+    it("plans bridge, host veth and pod side; a route without gateway takes its family's, defaults follow the address order", () => {
+      // Catches: extra routes sent through no gateway (or the other family's), a missing default
+      // route for the second family, the bridge given the pod's address instead of the gateway.
+      const spec = planPodAttachment(DUAL_STACK);
+      assertLocalUnicastMac(spec.hostVeth.mac);
+      assert.deepEqual(spec, {
+        bridge: { name: "trellis0", gateways: [{ address: parseIp("10.244.1.1"), length: 24 }, { address: parseIp("fd00:10:244:1::1"), length: 64 }] },
+        hostVeth: { name: hostVethName("pods", "abc", "eth0"), mac: spec.hostVeth.mac, hairpin: true, alias: "trellis:pods" },
+        container: {
+          ifname: "eth0",
+          mac: "0a:58:0a:f4:01:02",
+          mtu: 1400,
+          addresses: [v4, v6],
+          routes: [
+            { dst: parsePrefix("10.96.0.0/16"), gateway: parseIp("10.244.1.1") },
+            { dst: parsePrefix("0.0.0.0/0"), gateway: parseIp("10.244.1.1") },
+            { dst: parsePrefix("::/0"), gateway: parseIp("fd00:10:244:1::1") },
+          ],
+        },
+      });
+    });
+
+    it("keeps a configured route's own gateway and does not add a second default route over it", () => {
+      // Catches: two `route add 0.0.0.0/0` (the second fails with "File exists" and the ADD with it),
+      // or the configured gateway replaced by the pod subnet's.
+      const spec = planPodAttachment({
+        ...DUAL_STACK,
+        addresses: [v4],
+        routes: [{ dst: parsePrefix("0.0.0.0/0"), gateway: parseIp("10.244.1.254") }, { dst: parsePrefix("10.96.0.0/16") }, { dst: parsePrefix("10.96.0.0/16") }],
+      });
+      assert.deepEqual(spec.container.routes, [
+        { dst: parsePrefix("0.0.0.0/0"), gateway: parseIp("10.244.1.254") },
+        { dst: parsePrefix("10.96.0.0/16"), gateway: parseIp("10.244.1.1") },
+      ]);
+    });
+
+    it("adds no default route when not asked to", () => {
+      // Catches: defaultRoutes ignored (CHECK plans with defaultRoutes false and the prevResult's routes).
+      assert.deepEqual(planPodAttachment({ ...DUAL_STACK, defaultRoutes: false }).container.routes, [
+        { dst: parsePrefix("10.96.0.0/16"), gateway: parseIp("10.244.1.1") },
+      ]);
+    });
+
+    it("gives the pod a random locally administered MAC when none is asked for, and a fresh one per plan", () => {
+      // Catches: a fixed MAC (two pods on one bridge would collide) or a multicast/global MAC.
+      const [a, b] = [planPodAttachment({ ...DUAL_STACK, mac: undefined }), planPodAttachment({ ...DUAL_STACK, mac: undefined })];
+      assertLocalUnicastMac(a.container.mac);
+      assert.notEqual(a.container.mac, b.container.mac);
+      assert.notEqual(a.hostVeth.mac, b.hostVeth.mac);
+      for (let i = 0; i < 64; i++) assertLocalUnicastMac(randomMac());
+    });
   });
 
-  it("names the host veth from the attachment, so DEL finds it without the netns", () => {
-    assert.equal(spec.hostVeth.name, hostVethName("pods", "abc", "eth0"));
-    assert.ok(isHostVethName(spec.hostVeth.name));
-    assert.notEqual(hostVethName("pods", "abc", "eth1"), spec.hostVeth.name);
+  describe("bridgeGateways", () => {
+    it("lists each gateway once, with its subnet's length", () => {
+      // Catches: `address replace` of one gateway twice (harmless) or, worse, with the pod's /32.
+      const second: PodAddress = { ...v4, address: parseIp("10.244.1.3") };
+      const wider: PodAddress = { address: parseIp("10.245.0.9"), subnet: parsePrefix("10.245.0.0/16"), gateway: parseIp("10.245.0.1") };
+      assert.deepEqual(bridgeGateways([v4, second, v6, wider]), [
+        { address: parseIp("10.244.1.1"), length: 24 },
+        { address: parseIp("fd00:10:244:1::1"), length: 64 },
+        { address: parseIp("10.245.0.1"), length: 16 },
+      ]);
+      assert.deepEqual(bridgeGateways([]), []);
+    });
   });
 
-  it("renders the host side: bridge, gateway addresses, veth pair with hairpin", () => {
-    const veth = spec.hostVeth;
-    assert.deepEqual(renderHostCommands(spec), [
-      "link set dev trellis0 mtu 1400 up",
-      "address replace 10.244.1.1/24 dev trellis0",
-      "address replace fd00:10:244:1::1/64 dev trellis0 nodad",
-      `link add ${veth.name} mtu 1400 address ${veth.mac} type veth peer name eth0 mtu 1400 address 0a:58:0a:f4:01:02 netns /var/run/netns/p`,
-      `link set dev ${veth.name} master trellis0`,
-      `link set dev ${veth.name} type bridge_slave hairpin on`,
-      `link set dev ${veth.name} up`,
-    ]);
+  describe("host veth names", () => {
+    it("derives the name from network, container and interface, and keeps it stable across versions", () => {
+      // Catches: a changed derivation (DEL and GC of pods added by the previous version would no
+      // longer find their veths), a name over 15 bytes (IFNAMSIZ), two attachments sharing a name.
+      assert.equal(hostVethName("pods", "abc", "eth0"), "trv0c7483136469");
+      assert.ok(hostVethName("pods", "abc", "eth0").length <= 15);
+      const names = new Set([
+        hostVethName("pods", "abc", "eth0"),
+        hostVethName("pods", "abc", "eth1"),
+        hostVethName("pods", "abd", "eth0"),
+        hostVethName("other", "abc", "eth0"),
+        hostVethName("pods", "abceth", "0"),
+      ]);
+      assert.equal(names.size, 5);
+    });
+
+    it("tells Trellis's host veths from other links", () => {
+      // Catches: GC deleting a link it did not create, such as the bridge or a foreign veth.
+      assert.equal(isHostVethName(hostVethName("pods", "abc", "eth0")), true);
+      for (const name of ["trellis0", "eth0", "veth0c748313", "trv0c748313646", "trv0c74831364699", "trv0C7483136469", "xtrv0c7483136469"]) {
+        assert.equal(isHostVethName(name), false, name);
+      }
+    });
+
+    it("names the owning network in the alias", () => {
+      assert.equal(hostVethAlias("pods"), "trellis:pods");
+    });
   });
 
-  it("renders the pod side: lo, addresses, routes with the family's gateway", () => {
-    assert.deepEqual(renderContainerCommands(spec), [
-      "link set dev lo up",
-      "address add 10.244.1.2/24 dev eth0",
-      "address add fd00:10:244:1::2/64 dev eth0 nodad",
-      "link set dev eth0 up",
-      "route add 10.96.0.0/16 via 10.244.1.1 dev eth0",
-      "route add 0.0.0.0/0 via 10.244.1.1 dev eth0",
-      "route add ::/0 via fd00:10:244:1::1 dev eth0",
-    ]);
-  });
+  describe("iproute2 commands", () => {
+    const spec = planPodAttachment(DUAL_STACK);
+    const veth = spec.hostVeth.name;
 
-  it("masquerades only traffic that leaves the pod subnets", () => {
-    const script = renderMasquerade([parsePrefix("10.244.1.0/24"), parsePrefix("fd00:10:244:1::/64")]);
-    assert.match(script, /ip saddr @pod-subnets-v4 ip daddr != @pod-subnets-v4 ip daddr != 224\.0\.0\.0\/4 masquerade/);
-    assert.match(script, /add element inet trellis-cni pod-subnets-v4 \{ 10\.244\.1\.0\/24 \}/);
-    assert.match(script, /add element inet trellis-cni pod-subnets-v6 \{ fd00:10:244:1::\/64 \}/);
-    assert.match(script, /flush chain inet trellis-cni postrouting/);
+    it("renders the bridge with its MTU and a random MAC", () => {
+      // Catches: the kernel's derived bridge MAC (it changes as ports come and go), the MTU dropped.
+      const commands = renderBridgeCreate("trellis0", 1400);
+      const mac = commands[0][6];
+      assertLocalUnicastMac(mac);
+      assert.deepEqual(commands, [["link", "add", "trellis0", "mtu", "1400", "address", mac, "type", "bridge"]]);
+      const plain = renderBridgeCreate("trellis0", undefined);
+      assertLocalUnicastMac(plain[0][4]);
+      assert.deepEqual(plain, [["link", "add", "trellis0", "address", plain[0][4], "type", "bridge"]]);
+    });
+
+    it("renders a bridge port with hairpin only when asked", () => {
+      // Catches: hairpin always on (or never), or the port left down.
+      assert.deepEqual(renderBridgePort("trellis0", { name: veth, hairpin: true }), [
+        ["link", "set", "dev", veth, "master", "trellis0"],
+        ["link", "set", "dev", veth, "type", "bridge_slave", "hairpin", "on"],
+        ["link", "set", "dev", veth, "up"],
+      ]);
+      assert.deepEqual(renderBridgePort("trellis0", { name: veth, hairpin: false }), [
+        ["link", "set", "dev", veth, "master", "trellis0"],
+        ["link", "set", "dev", veth, "up"],
+      ]);
+    });
+
+    it("renders the host side: gateways, the veth pair into the namespace path given, alias, port, then shows the bridge", () => {
+      // Catches: the pod end not moved into the netns passed (e.g. the CNI_NETNS path instead of the
+      // descriptor path), IPv6 gateways without nodad (DAD delays them), the alias GC relies on
+      // missing, the bridge not shown last (its MAC goes into the result).
+      assert.deepEqual(renderHostCommands(spec, "/proc/self/fd/3"), [
+        ["link", "set", "dev", "trellis0", "up"],
+        ["address", "replace", "10.244.1.1/24", "dev", "trellis0"],
+        ["address", "replace", "fd00:10:244:1::1/64", "dev", "trellis0", "nodad"],
+        [
+          "link", "add", veth, "mtu", "1400", "address", spec.hostVeth.mac, "type", "veth",
+          "peer", "name", "eth0", "mtu", "1400", "address", "0a:58:0a:f4:01:02", "netns", "/proc/self/fd/3",
+        ],
+        ["link", "set", "dev", veth, "alias", "trellis:pods"],
+        ["link", "set", "dev", veth, "master", "trellis0"],
+        ["link", "set", "dev", veth, "type", "bridge_slave", "hairpin", "on"],
+        ["link", "set", "dev", veth, "up"],
+        ["link", "show", "dev", "trellis0"],
+      ]);
+    });
+
+    it("leaves the MTU to the kernel when none is configured", () => {
+      // Catches: `mtu undefined` rendered as a word.
+      const plain = planPodAttachment({ ...DUAL_STACK, mtu: undefined, hairpin: false, addresses: [v4] });
+      const name = plain.hostVeth.name;
+      assert.deepEqual(renderHostCommands(plain, "/proc/self/fd/4"), [
+        ["link", "set", "dev", "trellis0", "up"],
+        ["address", "replace", "10.244.1.1/24", "dev", "trellis0"],
+        ["link", "add", name, "address", plain.hostVeth.mac, "type", "veth", "peer", "name", "eth0", "address", "0a:58:0a:f4:01:02", "netns", "/proc/self/fd/4"],
+        ["link", "set", "dev", name, "alias", "trellis:pods"],
+        ["link", "set", "dev", name, "master", "trellis0"],
+        ["link", "set", "dev", name, "up"],
+        ["link", "show", "dev", "trellis0"],
+      ]);
+    });
+
+    it("renders the pod side: lo up, addresses (IPv6 without DAD), link up, then routes", () => {
+      // Catches: routes added before the link is up (the kernel refuses them), lo left down,
+      // an address with the subnet's length lost.
+      assert.deepEqual(renderContainerCommands(spec), [
+        ["link", "set", "dev", "lo", "up"],
+        ["address", "add", "10.244.1.2/24", "dev", "eth0"],
+        ["address", "add", "fd00:10:244:1::2/64", "dev", "eth0", "nodad"],
+        ["link", "set", "dev", "eth0", "up"],
+        ["route", "add", "10.96.0.0/16", "via", "10.244.1.1", "dev", "eth0"],
+        ["route", "add", "0.0.0.0/0", "via", "10.244.1.1", "dev", "eth0"],
+        ["route", "add", "::/0", "via", "fd00:10:244:1::1", "dev", "eth0"],
+      ]);
+    });
+
+    it("renders an on-link route without via", () => {
+      const onLink = { ...spec, container: { ...spec.container, addresses: [v4], routes: [{ dst: parsePrefix("10.97.0.0/16") }] } };
+      assert.deepEqual(renderContainerCommands(onLink), [
+        ["link", "set", "dev", "lo", "up"],
+        ["address", "add", "10.244.1.2/24", "dev", "eth0"],
+        ["link", "set", "dev", "eth0", "up"],
+        ["route", "add", "10.97.0.0/16", "dev", "eth0"],
+      ]);
+    });
+
+    it("asks for IPv6 in the pod only when it has an IPv6 address", () => {
+      assert.equal(needsIpv6(spec), true);
+      assert.equal(needsIpv6(planPodAttachment({ ...DUAL_STACK, addresses: [v4] })), false);
+    });
   });
 });

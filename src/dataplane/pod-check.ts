@@ -13,7 +13,7 @@ export interface ObservedLink {
   readonly alias?: string;
   readonly kind?: string;
   readonly mtu?: number;
-  /** Global addresses with their prefix lengths. */
+  /** Addresses other than link-local ones, with their prefix lengths. */
   readonly addresses: ReadonlyArray<{ readonly address: IpAddress; readonly length: number }>;
 }
 

@@ -43,9 +43,9 @@ export function describeRangeSet(set: PodIpRangeSet): string {
   return set.map((range) => `${formatIp(range.start)}-${formatIp(range.end)}`).join(", ");
 }
 
-/** How a range set is known in the state: its ranges, so reordering the config changes nothing. */
+/** How a range set is known in the state: its ranges in address order, so reordering the config changes nothing. */
 export function rangeSetKey(set: PodIpRangeSet): string {
-  return describeRangeSet(set);
+  return describeRangeSet([...set].sort((a, b) => (a.start.value < b.start.value ? -1 : a.start.value > b.start.value ? 1 : 0)));
 }
 
 /**

@@ -1,0 +1,362 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { parseIp, parsePrefix, prefixInterval, type Family, type IpInterval } from "../net/ip.js";
+import {
+  desiredMasquerade, masqueradeProblems, parseMasqueradeTable, renderMasqueradeChange, type MasqueradeContribution, type MasqueradeRule, type MasqueradeTable,
+} from "./masquerade.js";
+
+/*
+ * Fixtures are the `nftables` array of `nft -j list table inet t` (nftables 1.0.6), taken in a
+ * throw-away network namespace after `nft -f` of the script noted above each. Every script
+ * these tests expect renderMasqueradeChange to write was also applied once, there, on top of
+ * the fixture it changes: nft accepted each, and the table read back then rendered to nothing.
+ */
+
+/**
+ * The table Trellis writes for BLUE and RED (renderMasqueradeChange from nothing):
+ *   add table inet t
+ *   add chain inet t postrouting { type nat hook postrouting priority srcnat; policy accept; }
+ *   add chain inet t masq-blue
+ *   add rule inet t masq-blue ip saddr { 10.244.1.0/24 } ip daddr != { 10.244.0.0/16, 224.0.0.0/4 } masquerade
+ *   add rule inet t masq-blue ip6 saddr { fd00:10:244:1::/64 } ip6 daddr != { fd00:10:244::/56, ff00::/8 } masquerade
+ *   add chain inet t masq-red
+ *   add rule inet t masq-red ip saddr { 10.245.0.0/24 } ip daddr != { 10.96.0.10/32, 10.245.0.0/23, 10.245.2.0/25, 224.0.0.0/4 } masquerade
+ *   add rule inet t postrouting jump masq-blue
+ *   add rule inet t postrouting jump masq-red
+ * nft prints each one-element set as a bare prefix, the /32 as a bare address, and
+ * 10.245.0.0/23 + 10.245.2.0/25 as one range, 10.245.0.0-10.245.2.127.
+ */
+const TWO_NETWORKS: readonly unknown[] = [
+  {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
+  {"table": {"family": "inet", "name": "t", "handle": 1}},
+  {"chain": {"family": "inet", "table": "t", "name": "postrouting", "handle": 1, "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}},
+  {"chain": {"family": "inet", "table": "t", "name": "masq-blue", "handle": 2}},
+  {"chain": {"family": "inet", "table": "t", "name": "masq-red", "handle": 7}},
+  {"rule": {"family": "inet", "table": "t", "chain": "postrouting", "handle": 10, "expr": [{"jump": {"target": "masq-blue"}}]}},
+  {"rule": {"family": "inet", "table": "t", "chain": "postrouting", "handle": 11, "expr": [{"jump": {"target": "masq-red"}}]}},
+  {"rule": {"family": "inet", "table": "t", "chain": "masq-blue", "handle": 4, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.1.0", "len": 24}}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"set": [{"prefix": {"addr": "10.244.0.0", "len": 16}}, {"prefix": {"addr": "224.0.0.0", "len": 4}}]}}}, {"masquerade": null}]}},
+  {"rule": {"family": "inet", "table": "t", "chain": "masq-blue", "handle": 6, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": {"prefix": {"addr": "fd00:10:244:1::", "len": 64}}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": {"set": [{"prefix": {"addr": "fd00:10:244::", "len": 56}}, {"prefix": {"addr": "ff00::", "len": 8}}]}}}, {"masquerade": null}]}},
+  {"rule": {"family": "inet", "table": "t", "chain": "masq-red", "handle": 9, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.245.0.0", "len": 24}}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"set": ["10.96.0.10", {"range": ["10.245.0.0", "10.245.2.127"]}, {"prefix": {"addr": "224.0.0.0", "len": 4}}]}}}, {"masquerade": null}]}},
+];
+
+/**
+ * Adjacent halves written as two elements, as another writer (or an older Trellis) might:
+ *   add rule inet t masq-blue ip saddr { 10.244.1.0/25, 10.244.1.128/25 } ip daddr != { 10.244.1.0/25, 10.244.1.128/25, 224.0.0.0/4 } masquerade
+ *   add rule inet t postrouting jump masq-blue
+ * nft merges them: one set element 10.244.1.0/24 (a set still, `{ 10.244.1.0/24 }`).
+ */
+const MERGED_HALVES: readonly unknown[] = [
+  {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
+  {"table": {"family": "inet", "name": "t", "handle": 1}},
+  {"chain": {"family": "inet", "table": "t", "name": "postrouting", "handle": 1, "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}},
+  {"chain": {"family": "inet", "table": "t", "name": "masq-blue", "handle": 2}},
+  {"rule": {"family": "inet", "table": "t", "chain": "postrouting", "handle": 6, "expr": [{"jump": {"target": "masq-blue"}}]}},
+  {"rule": {"family": "inet", "table": "t", "chain": "masq-blue", "handle": 5, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"set": [{"prefix": {"addr": "10.244.1.0", "len": 24}}]}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"set": [{"prefix": {"addr": "10.244.1.0", "len": 24}}, {"prefix": {"addr": "224.0.0.0", "len": 4}}]}}}, {"masquerade": null}]}},
+];
+
+/**
+ * masq-blue as Trellis writes it for BLUE_V4, plus a rule someone else added to the chain:
+ *   add rule inet t masq-blue ip saddr 10.244.1.0/24 tcp dport 22 accept
+ */
+const FOREIGN_RULE: readonly unknown[] = [
+  {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
+  {"table": {"family": "inet", "name": "t", "handle": 1}},
+  {"chain": {"family": "inet", "table": "t", "name": "postrouting", "handle": 1, "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}},
+  {"chain": {"family": "inet", "table": "t", "name": "masq-blue", "handle": 2}},
+  {"rule": {"family": "inet", "table": "t", "chain": "postrouting", "handle": 6, "expr": [{"jump": {"target": "masq-blue"}}]}},
+  {"rule": {"family": "inet", "table": "t", "chain": "masq-blue", "handle": 4, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.1.0", "len": 24}}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"set": [{"prefix": {"addr": "10.244.0.0", "len": 16}}, {"prefix": {"addr": "224.0.0.0", "len": 4}}]}}}, {"masquerade": null}]}},
+  {"rule": {"family": "inet", "table": "t", "chain": "masq-blue", "handle": 5, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.1.0", "len": 24}}}}, {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 22}}, {"accept": null}]}},
+];
+
+/**
+ * masq-blue with Trellis's one rule replaced by a near copy that also counts:
+ *   add rule inet t masq-blue ip saddr { 10.244.1.0/24 } ip daddr != { 10.244.0.0/16, 224.0.0.0/4 } counter masquerade
+ */
+const COUNTING_RULE: readonly unknown[] = [
+  {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
+  {"table": {"family": "inet", "name": "t", "handle": 1}},
+  {"chain": {"family": "inet", "table": "t", "name": "postrouting", "handle": 1, "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}},
+  {"chain": {"family": "inet", "table": "t", "name": "masq-blue", "handle": 2}},
+  {"rule": {"family": "inet", "table": "t", "chain": "postrouting", "handle": 5, "expr": [{"jump": {"target": "masq-blue"}}]}},
+  {"rule": {"family": "inet", "table": "t", "chain": "masq-blue", "handle": 4, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.1.0", "len": 24}}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"set": [{"prefix": {"addr": "10.244.0.0", "len": 16}}, {"prefix": {"addr": "224.0.0.0", "len": 4}}]}}}, {"counter": {"packets": 0, "bytes": 0}}, {"masquerade": null}]}},
+];
+
+/** The base chain at another priority: `type nat hook postrouting priority srcnat + 10`. */
+const WRONG_PRIORITY: readonly unknown[] = [
+  {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
+  {"table": {"family": "inet", "name": "t", "handle": 1}},
+  {"chain": {"family": "inet", "table": "t", "name": "postrouting", "handle": 1, "type": "nat", "hook": "postrouting", "prio": 110, "policy": "accept"}},
+  {"chain": {"family": "inet", "table": "t", "name": "masq-blue", "handle": 2}},
+  {"rule": {"family": "inet", "table": "t", "chain": "postrouting", "handle": 5, "expr": [{"jump": {"target": "masq-blue"}}]}},
+  {"rule": {"family": "inet", "table": "t", "chain": "masq-blue", "handle": 4, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.1.0", "len": 24}}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"set": [{"prefix": {"addr": "10.244.0.0", "len": 16}}, {"prefix": {"addr": "224.0.0.0", "len": 4}}]}}}, {"masquerade": null}]}},
+];
+
+/** The table of BLUE_V4 with its postrouting chain deleted by hand. */
+const NO_BASE_CHAIN: readonly unknown[] = [
+  {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
+  {"table": {"family": "inet", "name": "t", "handle": 1}},
+  {"chain": {"family": "inet", "table": "t", "name": "masq-blue", "handle": 1}},
+  {"rule": {"family": "inet", "table": "t", "chain": "masq-blue", "handle": 3, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.1.0", "len": 24}}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"set": [{"prefix": {"addr": "10.244.0.0", "len": 16}}, {"prefix": {"addr": "224.0.0.0", "len": 4}}]}}}, {"masquerade": null}]}},
+];
+
+/** TWO_NETWORKS without `add rule inet t postrouting jump masq-red`. */
+const RED_NOT_JUMPED: readonly unknown[] = [
+  {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
+  {"table": {"family": "inet", "name": "t", "handle": 1}},
+  {"chain": {"family": "inet", "table": "t", "name": "postrouting", "handle": 1, "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}},
+  {"chain": {"family": "inet", "table": "t", "name": "masq-blue", "handle": 2}},
+  {"chain": {"family": "inet", "table": "t", "name": "masq-red", "handle": 7}},
+  {"rule": {"family": "inet", "table": "t", "chain": "postrouting", "handle": 10, "expr": [{"jump": {"target": "masq-blue"}}]}},
+  {"rule": {"family": "inet", "table": "t", "chain": "masq-blue", "handle": 4, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.1.0", "len": 24}}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"set": [{"prefix": {"addr": "10.244.0.0", "len": 16}}, {"prefix": {"addr": "224.0.0.0", "len": 4}}]}}}, {"masquerade": null}]}},
+  {"rule": {"family": "inet", "table": "t", "chain": "masq-blue", "handle": 6, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": {"prefix": {"addr": "fd00:10:244:1::", "len": 64}}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": {"set": [{"prefix": {"addr": "fd00:10:244::", "len": 56}}, {"prefix": {"addr": "ff00::", "len": 8}}]}}}, {"masquerade": null}]}},
+  {"rule": {"family": "inet", "table": "t", "chain": "masq-red", "handle": 9, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.245.0.0", "len": 24}}}}, {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"set": ["10.96.0.10", {"range": ["10.245.0.0", "10.245.2.127"]}, {"prefix": {"addr": "224.0.0.0", "len": 4}}]}}}, {"masquerade": null}]}},
+];
+
+const contribution = (network: string, sources: string[], exclusions: string[]): MasqueradeContribution => ({
+  network,
+  sources: sources.map(parsePrefix),
+  exclusions: exclusions.map(parsePrefix),
+});
+
+/** Two pods of network blue, each in one half of 10.244.1.0/24; the second is dual-stack. */
+const BLUE = [
+  contribution("blue", ["10.244.1.0/25"], ["10.244.1.0/25", "10.244.0.0/16"]),
+  contribution("blue", ["10.244.1.128/25", "fd00:10:244:1::/64"], ["10.244.1.128/25", "fd00:10:244:1::/64", "10.244.0.0/16", "fd00:10:244::/56"]),
+];
+const BLUE_V4 = [contribution("blue", ["10.244.1.0/24"], ["10.244.0.0/16"])];
+const RED = [contribution("red", ["10.245.0.0/24"], ["10.245.0.0/24", "10.245.1.0/24", "10.245.2.0/25", "10.96.0.10/32"])];
+
+const net = (cidr: string): IpInterval => prefixInterval(parsePrefix(cidr));
+const span = (first: string, last: string): IpInterval => ({ family: parseIp(first).family, first: parseIp(first).value, last: parseIp(last).value });
+const rule = (family: Family, sources: IpInterval[], exclusions: IpInterval[]): MasqueradeRule => ({ family, sources, exclusions });
+
+const BLUE_RULES = [
+  rule(4, [net("10.244.1.0/24")], [net("10.244.0.0/16"), net("224.0.0.0/4")]),
+  rule(6, [net("fd00:10:244:1::/64")], [net("fd00:10:244::/56"), net("ff00::/8")]),
+];
+const RED_RULES = [rule(4, [net("10.245.0.0/24")], [net("10.96.0.10/32"), span("10.245.0.0", "10.245.2.127"), net("224.0.0.0/4")])];
+
+const parse = (nftables: readonly unknown[]): MasqueradeTable => {
+  const table = parseMasqueradeTable(nftables);
+  assert.ok(table, "the fixture holds a table");
+  return table;
+};
+
+const FULL_BLUE_AND_RED = [
+  "add chain inet t postrouting { type nat hook postrouting priority srcnat; policy accept; }",
+  "add chain inet t masq-blue",
+  "add rule inet t masq-blue ip saddr { 10.244.1.0/24 } ip daddr != { 10.244.0.0/16, 224.0.0.0/4 } masquerade",
+  "add rule inet t masq-blue ip6 saddr { fd00:10:244:1::/64 } ip6 daddr != { fd00:10:244::/56, ff00::/8 } masquerade",
+  "add chain inet t masq-red",
+  "add rule inet t masq-red ip saddr { 10.245.0.0/24 } ip daddr != { 10.96.0.10/32, 10.245.0.0/23, 10.245.2.0/25, 224.0.0.0/4 } masquerade",
+  "add rule inet t postrouting jump masq-blue",
+  "add rule inet t postrouting jump masq-red",
+];
+const script = (...lines: string[]) => lines.join("\n") + "\n";
+
+describe("dataplane/masquerade", () => {
+  describe("desiredMasquerade", () => {
+    it("unions a network's attachments into one rule per family, multicast excluded, chains and jumps sorted by network", () => {
+      // Catches: a chain per attachment instead of per network, a family rule with no sources,
+      // multicast (224.0.0.0/4, ff00::/8) masqueraded, jumps out of step with the chains.
+      const desired = desiredMasquerade([...RED, ...BLUE]);
+      assert.deepEqual(desired, { chains: new Map([["masq-blue", BLUE_RULES], ["masq-red", RED_RULES]]), jumps: ["masq-blue", "masq-red"], hooked: true });
+    });
+
+    it("wants no chains at all when no attachment asks for masquerade", () => {
+      // Catches: an empty table (or a lone base chain) left behind after the last pod.
+      assert.deepEqual(desiredMasquerade([]), { chains: new Map(), jumps: [], hooked: true });
+    });
+  });
+
+  describe("parseMasqueradeTable", () => {
+    it("reads bare prefixes, bare addresses and ranges as the intervals Trellis wrote", () => {
+      // Catches: a parser that only knows `{"set": [...]}` (nft drops the set of one element),
+      // or that drops `"10.96.0.10"` strings or `{"range": [...]}` elements.
+      assert.deepEqual(parse(TWO_NETWORKS), {
+        chains: new Map([["masq-blue", BLUE_RULES], ["masq-red", RED_RULES]]),
+        jumps: ["masq-blue", "masq-red"],
+        hooked: true,
+      });
+    });
+
+    it("is undefined when the table does not exist", () => {
+      // Catches: a missing table read as an empty one, so the full table is never created.
+      assert.equal(parseMasqueradeTable(undefined), undefined);
+    });
+
+    it("marks a rule Trellis did not write as foreign", () => {
+      // Catches: a foreign rule skipped, so a chain with an extra `accept` looks right, or a rule
+      // with an extra statement read as Trellis's because its matches are.
+      assert.deepEqual(parse(FOREIGN_RULE).chains.get("masq-blue"), [BLUE_RULES[0], { family: "unknown" }]);
+      assert.deepEqual(parse(COUNTING_RULE).chains.get("masq-blue"), [{ family: "unknown" }]);
+    });
+
+    it("marks the table unhooked when the base chain has another priority or is gone", () => {
+      // Catches: only the chain's name checked, so masquerade silently runs at the wrong priority.
+      assert.equal(parse(WRONG_PRIORITY).hooked, false);
+      assert.equal(parse(NO_BASE_CHAIN).hooked, false);
+      assert.equal(parse(TWO_NETWORKS).hooked, true);
+    });
+  });
+
+  describe("renderMasqueradeChange", () => {
+    it("writes nothing when the kernel already holds the desired table", () => {
+      // Catches: a rewrite on every sync (each one a transaction and a window of churn).
+      assert.equal(renderMasqueradeChange("t", desiredMasquerade([...BLUE, ...RED]), parse(TWO_NETWORKS)), undefined);
+    });
+
+    it("writes nothing when nft merged adjacent prefixes into one", () => {
+      // Catches: comparing prefixes as written, which would rewrite 10.244.1.0/25 + 10.244.1.128/25
+      // forever because nft always shows them as 10.244.1.0/24.
+      const desired = desiredMasquerade([
+        contribution("blue", ["10.244.1.0/25"], ["10.244.1.0/25"]),
+        contribution("blue", ["10.244.1.128/25"], ["10.244.1.128/25"]),
+      ]);
+      assert.deepEqual(parse(MERGED_HALVES).chains.get("masq-blue"), [rule(4, [net("10.244.1.0/24")], [net("10.244.1.0/24"), net("224.0.0.0/4")])]);
+      assert.equal(renderMasqueradeChange("t", desired, parse(MERGED_HALVES)), undefined);
+    });
+
+    it("creates the whole table when there is none", () => {
+      // Catches: chains added to a table that does not exist, or no base chain.
+      assert.equal(renderMasqueradeChange("t", desiredMasquerade([...BLUE, ...RED]), undefined), script("add table inet t", ...FULL_BLUE_AND_RED));
+    });
+
+    it("rewrites only the changed network's chain, not the other chain nor the jumps", () => {
+      // Catches: every chain flushed on any change, or the jumps rewritten needlessly.
+      const desired = desiredMasquerade([...BLUE, ...RED, contribution("red", ["10.245.3.0/24"], ["10.245.3.0/24"])]);
+      assert.equal(
+        renderMasqueradeChange("t", desired, parse(TWO_NETWORKS)),
+        script(
+          "flush chain inet t masq-red",
+          "add rule inet t masq-red ip saddr { 10.245.0.0/24, 10.245.3.0/24 } ip daddr != { 10.96.0.10/32, 10.245.0.0/23, 10.245.2.0/25, 10.245.3.0/24, 224.0.0.0/4 } masquerade",
+        ),
+      );
+    });
+
+    it("adds a new network's chain and rewrites the jumps in order", () => {
+      // Catches: a chain added but never jumped to.
+      const desired = desiredMasquerade([...BLUE, ...RED, contribution("green", ["10.246.0.0/24"], ["10.246.0.0/24"])]);
+      assert.equal(
+        renderMasqueradeChange("t", desired, parse(TWO_NETWORKS)),
+        script(
+          "add chain inet t masq-green",
+          "add rule inet t masq-green ip saddr { 10.246.0.0/24 } ip daddr != { 10.246.0.0/24, 224.0.0.0/4 } masquerade",
+          "flush chain inet t postrouting",
+          "add rule inet t postrouting jump masq-blue",
+          "add rule inet t postrouting jump masq-green",
+          "add rule inet t postrouting jump masq-red",
+        ),
+      );
+    });
+
+    it("for a removed network, rewrites the jumps first and then deletes its chain", () => {
+      // Catches: the chain left behind, or deleted while still jumped to (nft refuses the whole
+      // transaction with "Device or resource busy").
+      assert.equal(
+        renderMasqueradeChange("t", desiredMasquerade(BLUE), parse(TWO_NETWORKS)),
+        script("flush chain inet t postrouting", "add rule inet t postrouting jump masq-blue", "delete chain inet t masq-red"),
+      );
+    });
+
+    it("deletes the table when no network is left, and writes nothing when there is no table", () => {
+      // Catches: an empty table left behind, or `delete table` of a missing table (an nft error).
+      assert.equal(renderMasqueradeChange("t", desiredMasquerade([]), parse(TWO_NETWORKS)), "delete table inet t\n");
+      assert.equal(renderMasqueradeChange("t", desiredMasquerade([]), undefined), undefined);
+    });
+
+    it("rewrites a chain that holds a rule Trellis did not write", () => {
+      // Catches: extra rules ignored, so an `accept` placed before masquerade stays forever; or a
+      // foreign rule counted as equal to any rule when the chain holds as many rules as desired.
+      const rewrite = script("flush chain inet t masq-blue", "add rule inet t masq-blue ip saddr { 10.244.1.0/24 } ip daddr != { 10.244.0.0/16, 224.0.0.0/4 } masquerade");
+      assert.equal(renderMasqueradeChange("t", desiredMasquerade(BLUE_V4), parse(FOREIGN_RULE)), rewrite);
+      assert.equal(renderMasqueradeChange("t", desiredMasquerade(BLUE_V4), parse(COUNTING_RULE)), rewrite);
+    });
+
+    it("rebuilds the table when the base chain has the wrong priority or is missing", () => {
+      // Catches: rules added under a base chain that runs at the wrong priority (a chain's hook
+      // cannot be changed in place), or jumps added to a base chain that does not exist.
+      const rebuild = script(
+        "delete table inet t",
+        "add table inet t",
+        "add chain inet t postrouting { type nat hook postrouting priority srcnat; policy accept; }",
+        "add chain inet t masq-blue",
+        "add rule inet t masq-blue ip saddr { 10.244.1.0/24 } ip daddr != { 10.244.0.0/16, 224.0.0.0/4 } masquerade",
+        "add rule inet t postrouting jump masq-blue",
+      );
+      assert.equal(renderMasqueradeChange("t", desiredMasquerade(BLUE_V4), parse(WRONG_PRIORITY)), rebuild);
+      assert.equal(renderMasqueradeChange("t", desiredMasquerade(BLUE_V4), parse(NO_BASE_CHAIN)), rebuild);
+    });
+
+    it("adds the missing jump without touching the chains", () => {
+      // Catches: a chain that exists but is never reached counted as in place.
+      assert.equal(
+        renderMasqueradeChange("t", desiredMasquerade([...BLUE, ...RED]), parse(RED_NOT_JUMPED)),
+        script("flush chain inet t postrouting", "add rule inet t postrouting jump masq-blue", "add rule inet t postrouting jump masq-red"),
+      );
+    });
+  });
+
+  describe("masqueradeProblems", () => {
+    const desired = desiredMasquerade([...BLUE, ...RED]);
+
+    it("finds nothing when the network's chain and jump are in place", () => {
+      // Catches: CHECK failing a healthy pod (e.g. over nft's merged or bare-prefix forms).
+      assert.deepEqual(masqueradeProblems("t", "blue", desired, parse(TWO_NETWORKS)), []);
+      assert.deepEqual(masqueradeProblems("t", "red", desired, parse(TWO_NETWORKS)), []);
+    });
+
+    it("asks nothing of a network without masquerade", () => {
+      // Catches: CHECK of a network without ipMasq failing on a chain it never wanted.
+      assert.deepEqual(masqueradeProblems("t", "green", desired, undefined), []);
+    });
+
+    it("names the missing table", () => {
+      assert.deepEqual(masqueradeProblems("t", "blue", desired, undefined), ["nftables table inet t is missing"]);
+    });
+
+    it("names a missing chain", () => {
+      // Catches: a missing chain reported as matching (no rules compared to no rules).
+      assert.deepEqual(masqueradeProblems("t", "red", desired, parse(MERGED_HALVES)), ["masquerade chain masq-red of inet t is missing"]);
+    });
+
+    it("names a missing jump", () => {
+      // Catches: a chain that exists but is never jumped to passing CHECK.
+      assert.deepEqual(masqueradeProblems("t", "red", desired, parse(RED_NOT_JUMPED)), ["chain postrouting of inet t does not jump to masq-red"]);
+      assert.deepEqual(masqueradeProblems("t", "blue", desired, parse(RED_NOT_JUMPED)), []);
+    });
+
+    it("names a rule in postrouting that Trellis did not write", () => {
+      // Catches: an `accept` placed before the jumps bypassing masquerade while CHECK says healthy.
+      const foreign = { chain: { family: "inet", table: "t", name: "postrouting", handle: 1, type: "nat", hook: "postrouting", prio: 100, policy: "accept" } };
+      const accept = { rule: { family: "inet", table: "t", chain: "postrouting", handle: 20, expr: [{ accept: null }] } };
+      const withoutBase = TWO_NETWORKS.filter((item) => (item as { chain?: { name: string } }).chain?.name !== "postrouting");
+      const table = parse([...withoutBase, foreign, accept]);
+      assert.deepEqual(masqueradeProblems("t", "blue", desired, table), ["chain postrouting of inet t holds a rule Trellis did not write"]);
+    });
+
+    it("names differing rules with what the chain holds and what was expected", () => {
+      // Catches: a difference reported without either side, or a foreign rule not reported.
+      const wider = desiredMasquerade([...BLUE, ...RED, contribution("red", ["10.245.3.0/24"], ["10.245.3.0/24"])]);
+      assert.deepEqual(masqueradeProblems("t", "red", wider, parse(TWO_NETWORKS)), [
+        "masquerade chain masq-red of inet t holds ip saddr { 10.245.0.0/24 } ip daddr != { 10.96.0.10/32, 10.245.0.0/23, 10.245.2.0/25, 224.0.0.0/4 } masquerade; " +
+          "expected ip saddr { 10.245.0.0/24, 10.245.3.0/24 } ip daddr != { 10.96.0.10/32, 10.245.0.0/23, 10.245.2.0/25, 10.245.3.0/24, 224.0.0.0/4 } masquerade",
+      ]);
+      assert.deepEqual(masqueradeProblems("t", "blue", desiredMasquerade(BLUE_V4), parse(FOREIGN_RULE)), [
+        "masquerade chain masq-blue of inet t holds ip saddr { 10.244.1.0/24 } ip daddr != { 10.244.0.0/16, 224.0.0.0/4 } masquerade; a rule Trellis did not write; " +
+          "expected ip saddr { 10.244.1.0/24 } ip daddr != { 10.244.0.0/16, 224.0.0.0/4 } masquerade",
+      ]);
+    });
+
+    it("names a base chain that is not the nat postrouting hook", () => {
+      // Catches: CHECK passing while masquerade runs at the wrong priority, or not at all.
+      assert.deepEqual(masqueradeProblems("t", "blue", desiredMasquerade(BLUE_V4), parse(WRONG_PRIORITY)), [
+        "chain postrouting of inet t is missing or not a nat postrouting hook",
+      ]);
+      assert.deepEqual(masqueradeProblems("t", "blue", desiredMasquerade(BLUE_V4), parse(NO_BASE_CHAIN)), [
+        "chain postrouting of inet t is missing or not a nat postrouting hook",
+        "chain postrouting of inet t does not jump to masq-blue",
+      ]);
+    });
+  });
+});
