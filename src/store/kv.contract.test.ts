@@ -242,26 +242,23 @@ for (const name of ["sqlite", "etcd"] as BackendName[]) {
 }
 
 describe("unreachable stores", () => {
-  test("etcd that is not there fails fast, naming the endpoint", async () => {
+  // A client that keeps retrying would hang the test past its timeout.
+  test("etcd that is not there fails, naming the endpoint", { timeout: 6_000 }, async () => {
     const port = await freeLoopbackPort();
-    const started = Date.now();
     await assert.rejects(openStore(`etcd://127.0.0.1:${port}`), new RegExp(`^Error: etcd at 127\\.0\\.0\\.1:${port} is unreachable: `));
-    assert.ok(Date.now() - started < 6_000, `took ${Date.now() - started} ms`);
   });
 
-  test("etcd that goes away fails the next call fast, naming the endpoint", async () => {
+  test("etcd that goes away fails the next call, naming the endpoint", { timeout: 20_000 }, async () => {
     const etcd = await startTestEtcd();
     let store: KvStore | undefined;
     try {
       store = await openStore(etcd.spec, { etcd: { timeoutMs: 2_000 } });
       await put(store, "/before", "1");
       await etcd.stop();
-      const started = Date.now();
       await assert.rejects(
         store.txn({ compares: [], operations: [{ type: "put", key: "/after", value: "1" }] }),
         new RegExp(`^Error: etcd at 127\\.0\\.0\\.1:${etcd.endpoint.port} is unreachable: `),
       );
-      assert.ok(Date.now() - started < 10_000, `took ${Date.now() - started} ms`);
     } finally {
       await store?.close();
       await etcd.stop();
