@@ -4,12 +4,10 @@
  * against the stored one after; and a plain table printer.
  */
 import { Option, type Command } from "commander";
-import { existsSync } from "node:fs";
-import { resolve } from "node:path";
 import { openCluster, type Cluster } from "../cluster/state.js";
 import { loadPlan, type ClusterPlan } from "../plan/plan.js";
 import type { KvStore } from "../store/kv.js";
-import { DEFAULT_STORE_SPEC, openStore, parseStoreSpec } from "../store/open.js";
+import { DEFAULT_STORE_SPEC, openStore, requireExistingStore } from "../store/open.js";
 
 export interface ClusterOptions {
   readonly store: string;
@@ -36,10 +34,7 @@ export async function givenPlan(options: ClusterOptions): Promise<ClusterPlan | 
  * nothing behind.
  */
 export async function withStore<T>(options: ClusterOptions, plan: ClusterPlan | undefined, use: (store: KvStore) => Promise<T>): Promise<T> {
-  const spec = parseStoreSpec(options.store);
-  if (spec.kind === "sqlite" && !plan && !existsSync(resolve(spec.path))) {
-    throw new Error(`the store ${options.store} does not exist yet: give a cluster plan with --plan FILE or the TRELLIS_PLAN environment variable to create it`);
-  }
+  requireExistingStore(options.store, plan !== undefined);
   const store = await openStore(options.store);
   try {
     return await use(store);

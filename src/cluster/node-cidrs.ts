@@ -25,6 +25,30 @@ export interface NodeRecord {
   readonly name: string;
   /** One per family, in plan order (`spec.podCIDRs`). */
   readonly podCidrs: readonly string[];
+  /** What the node's agent publishes for its peers (see node-agents.ts); absent until an agent ran. */
+  readonly network?: NodeNetworkRecord;
+}
+
+export interface NodeNetworkRecord {
+  /** Underlay (node) addresses, at most one per family. */
+  readonly addresses: readonly string[];
+  /** VTEP MACs per underlay family the node runs VXLAN on. */
+  readonly vteps: ReadonlyArray<{ readonly family: 4 | 6; readonly mac: string }>;
+  /** The underlay MTU. */
+  readonly mtu: number;
+  readonly agent: AgentClaim;
+}
+
+/** Which agent process serves the node, so a second one can be told apart and refused. */
+export interface AgentClaim {
+  /** Random, new for every agent start. */
+  readonly id: string;
+  readonly host: string;
+  /** /proc/sys/kernel/random/boot_id: equal only on the same machine since the same boot. */
+  readonly bootId: string;
+  readonly pid: number;
+  /** Field 22 of /proc/PID/stat, which tells a reused pid apart. */
+  readonly startTime: string;
 }
 
 /** One cluster pod CIDR split into node blocks. */
@@ -48,6 +72,13 @@ const ITEM_PREFIX = "/ranges/nodecidrs/";
 
 export function nodeKey(name: string): string {
   return NODES_PREFIX + name;
+}
+
+/** Where the node's agent beats its heartbeat (node-agents.ts); removed with the node. */
+export const HEARTBEATS_PREFIX = "/heartbeats/";
+
+export function heartbeatKey(name: string): string {
+  return HEARTBEATS_PREFIX + name;
 }
 
 export function nodeCidrRanges(plan: ClusterPlan): NodeCidrRange[] {
@@ -134,7 +165,13 @@ export async function removeNode(cluster: Cluster, name: string): Promise<Commit
       }),
     );
     const fragments: TxnFragment[] = [
-      { compares: [{ key: entry.key, modRevision: entry.modRevision }], operations: [{ type: "delete", key: entry.key }] },
+      {
+        compares: [{ key: entry.key, modRevision: entry.modRevision }],
+        operations: [
+          { type: "delete", key: entry.key },
+          { type: "delete", key: heartbeatKey(name) },
+        ],
+      },
       ...releases.filter((fragment) => fragment !== undefined),
     ];
     return { ...joinFragments(fragments), result: record };
@@ -165,6 +202,6 @@ function exhaustionMessage(range: NodeCidrRange, node: string): string {
   );
 }
 
-function parseNode(value: string): NodeRecord {
+export function parseNode(value: string): NodeRecord {
   return JSON.parse(value) as NodeRecord;
 }

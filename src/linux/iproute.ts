@@ -15,6 +15,8 @@ export interface IpBatchOptions {
   fds?: readonly number[];
   /** Interfaces (already in the namespace) whose IPv6 is switched on before the batch runs. */
   enableIpv6On?: readonly string[];
+  /** Carry on past failing commands (`-force`); the error then names the first that failed. */
+  force?: boolean;
 }
 
 /**
@@ -24,7 +26,7 @@ export interface IpBatchOptions {
 export async function ipBatch(commands: readonly IpCommand[], options: IpBatchOptions = {}): Promise<string[]> {
   if (commands.length === 0) return [];
   const script = commands.map((words) => words.map(batchWord).join(" ")).join("\n") + "\n";
-  const ipArgs = [...(options.json ? ["-json"] : []), "-batch", "-"];
+  const ipArgs = [...(options.json ? ["-json"] : []), ...(options.force ? ["-force"] : []), "-batch", "-"];
   const enable = (options.enableIpv6On ?? []).map(batchWord);
   // Writing a sysctl inside a namespace needs a process there: sh sets it, then becomes ip.
   const [command, args] = enable.length ? ["sh", ["-c", ENABLE_IPV6_THEN_IP, "sh", ...enable, "--", ...ipArgs]] : ["ip", ipArgs];
@@ -34,6 +36,23 @@ export async function ipBatch(commands: readonly IpCommand[], options: IpBatchOp
   } catch (error) {
     throw describeBatchFailure(error, commands);
   }
+}
+
+/** Applies `bridge` commands (FDB entries) in one `bridge -batch -` run. */
+export async function bridgeBatch(commands: readonly IpCommand[], options: { force?: boolean } = {}): Promise<void> {
+  if (commands.length === 0) return;
+  const script = commands.map((words) => words.map(batchWord).join(" ")).join("\n") + "\n";
+  try {
+    await run("bridge", [...(options.force ? ["-force"] : []), "-batch", "-"], { input: script });
+  } catch (error) {
+    throw describeBatchFailure(error, commands, "bridge");
+  }
+}
+
+/** Runs `bridge -json ARGS` and parses its output. */
+export async function bridgeJson<T>(args: readonly string[]): Promise<T> {
+  const { stdout } = await run("bridge", ["-json", ...args]);
+  return (stdout.trim() ? JSON.parse(stdout) : []) as T;
 }
 
 /** Runs `ip -json ARGS` and parses its output. */
@@ -76,11 +95,11 @@ const ENABLE_IPV6_THEN_IP =
   'while [ "$1" != -- ]; do echo 0 > "/proc/sys/net/ipv6/conf/$1/disable_ipv6" || exit 1; shift; done; shift; exec ip "$@"';
 
 /** Points at the batch line that failed: `ip -batch` reports "Command failed -:N". */
-function describeBatchFailure(error: unknown, commands: readonly IpCommand[]): unknown {
+function describeBatchFailure(error: unknown, commands: readonly IpCommand[], tool = "ip"): unknown {
   if (!(error instanceof CommandError)) return error;
   const line = /Command failed -:(\d+)/.exec(error.stderr);
   if (!line) return error;
   const failed = commands[Number(line[1]) - 1];
   const reason = error.stderr.split("\n").filter((text) => text && !text.startsWith("Command failed")).join("; ");
-  return new CommandError(`ip ${failed.join(" ")}`, error.exitCode, reason || error.stderr);
+  return new CommandError(`${tool} ${failed.join(" ")}`, error.exitCode, reason || error.stderr);
 }

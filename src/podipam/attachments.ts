@@ -6,7 +6,7 @@
  * finished in the kernel, then `ready`. An `adding` record whose owner process is gone is the
  * trace of an ADD killed half-way: GC and the next ADD of the same attachment clean it up.
  */
-import { readFileSync } from "node:fs";
+import { ownProcess, processRunning } from "../linux/process.js";
 import type { SqliteDatabase } from "../store/sqlite.js";
 
 export interface AttachmentKey {
@@ -124,32 +124,17 @@ let selfIdentity: string | undefined;
 
 /** This process as `PID:STARTTIME`: the start time tells a reused pid apart. */
 export function processIdentity(): string {
-  selfIdentity ??= `${process.pid}:${processStartTime(process.pid)}`;
+  if (selfIdentity === undefined) {
+    const self = ownProcess();
+    selfIdentity = `${self.pid}:${self.startTime}`;
+  }
   return selfIdentity;
 }
 
-/** Whether the process named by a `processIdentity` string still runs (a zombie does not). */
+/** Whether the process named by a `processIdentity` string still runs. */
 export function processAlive(identity: string): boolean {
   const match = /^(\d+):(\d+)$/.exec(identity);
-  if (!match) return false;
-  const stat = readProcStat(Number(match[1]));
-  return stat !== undefined && stat.startTime === match[2] && stat.state !== "Z" && stat.state !== "X";
-}
-
-function processStartTime(pid: number): string {
-  return readProcStat(pid)?.startTime ?? "0";
-}
-
-/** Fields 3 (state) and 22 (start time) of /proc/PID/stat; the command name may hold spaces and parentheses. */
-function readProcStat(pid: number): { state: string; startTime: string } | undefined {
-  let text: string;
-  try {
-    text = readFileSync(`/proc/${pid}/stat`, "utf8");
-  } catch {
-    return undefined;
-  }
-  const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
-  return { state: fields[0], startTime: fields[19] };
+  return match !== null && processRunning({ pid: Number(match[1]), startTime: match[2] });
 }
 
 function toAttachment(row: AttachmentRow): Attachment {

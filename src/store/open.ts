@@ -3,7 +3,9 @@
  * `etcd://HOST:PORT` (many hosts). The etcd client is imported only when asked for, so the
  * SQLite path never loads gRPC.
  */
+import { existsSync } from "node:fs";
 import { isIP } from "node:net";
+import { resolve } from "node:path";
 import type { EtcdEndpoint, EtcdStoreOptions } from "./etcd-kv.js";
 import type { KvStore } from "./kv.js";
 import { openSqliteStore, type SqliteStoreOptions } from "./sqlite-kv.js";
@@ -39,6 +41,17 @@ export function parseStoreSpec(text: string): StoreSpec {
     return { kind: "etcd", endpoint: { host, port } };
   }
   throw invalid("unknown kind of store");
+}
+
+/**
+ * Refuses a SQLite store that does not exist yet when there is no plan to put in it, before
+ * anything is opened, so a command refused for a missing plan leaves no empty file behind.
+ */
+export function requireExistingStore(spec: string, havePlan: boolean): void {
+  const parsed = parseStoreSpec(spec);
+  if (parsed.kind === "sqlite" && !havePlan && !existsSync(resolve(parsed.path))) {
+    throw new Error(`the store ${spec} does not exist yet: give a cluster plan with --plan FILE or the TRELLIS_PLAN environment variable to create it`);
+  }
 }
 
 export interface OpenStoreOptions {

@@ -1,0 +1,312 @@
+/**
+ * `trellis agent`: one per node. It claims its node in the store, then keeps three things true:
+ * the kernel routes to every live peer's pods (`syncNodeNetwork`, one transaction-like batch per
+ * change, only what differs), the store knows it is alive (`beat`), and the runtime finds the
+ * node's CNI config. Watches only mark what changed; the sync does the work, on every change
+ * and every resync interval, so a route deleted by hand comes back and a restart changes
+ * nothing that was already right.
+ */
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { claimNode, writeHeartbeat, type Heartbeat } from "../cluster/node-agents.js";
+import { HEARTBEATS_PREFIX, NODES_PREFIX, parseNode, type AgentClaim, type NodeRecord } from "../cluster/node-cidrs.js";
+import { openCluster, type Cluster } from "../cluster/state.js";
+import { desiredMasquerade, parseMasqueradeTable, renderMasqueradeChange } from "../dataplane/masquerade.js";
+import {
+  desiredNodeNetwork, diffNodeNetwork, podMtu, vtepMac, vxlanFamilies, type NodeEndpoint, type Underlay,
+} from "../dataplane/node-network.js";
+import { nftApply, nftListTable } from "../linux/nftables.js";
+import { bootId, processRunning } from "../linux/process.js";
+import { formatIp, formatPrefix, parsePrefix, tryParseIp, type Family, type IpPrefix } from "../net/ip.js";
+import { loadPlan } from "../plan/plan.js";
+import { repairBridge } from "../podnet/bridge.js";
+import { openPodNet } from "../podnet/handle.js";
+import type { KvStore, KvWatch } from "../store/kv.js";
+import { openStore, requireExistingStore } from "../store/open.js";
+import { BRIDGE_NAME, CONFLIST_NAME, renderConflist, writeConflist } from "./conflist.js";
+import { agentClaim, defaultRouteAddresses, findUnderlay } from "./host.js";
+import { applyNodeNetwork, ensureForwarding, observeNodeNetwork } from "./kernel.js";
+import type { Logger } from "./log.js";
+import type { AgentOptions } from "./options.js";
+
+/** The agent's own nftables table: masquerade of pod traffic leaving the cluster. */
+export const AGENT_MASQUERADE_TABLE = "trellis-agent";
+
+interface Peer {
+  record: NodeRecord;
+  /** Local time its heartbeat last changed (or the store came back): peers are judged by change, not by clock. */
+  lastBeat: number;
+  heartbeat?: string;
+}
+
+export interface RunningAgent {
+  /** Resolves when the agent has stopped (after `stop` or a fatal error, which it rejects with). */
+  readonly done: Promise<void>;
+  stop(): void;
+  /** How long the last sync of the node network took, in ms. */
+  lastSyncMs(): number;
+}
+
+/** Checks the node, claims it and starts the loops; rejects, having written nothing, on bad input. */
+export async function startAgent(options: AgentOptions, log: Logger): Promise<RunningAgent> {
+  const plan = options.plan === undefined ? undefined : await loadPlan(options.plan);
+  const nodeIps = options.nodeIps.length ? options.nodeIps : await defaultRouteAddresses();
+  if (!nodeIps.length) throw new Error("this node has no default route to take its addresses from: give them with --node-ip");
+  const detected = await findUnderlay(nodeIps);
+  const underlay: Underlay = { ...detected, mtu: options.mtu ?? detected.mtu };
+  requireExistingStore(options.store, plan !== undefined);
+  const store = await openStore(options.store);
+  let cluster: Cluster;
+  const claim = agentClaim();
+  let self: NodeRecord;
+  try {
+    cluster = await openCluster(store, plan, options.plan);
+    self = await claimNode(
+      cluster,
+      options.nodeName,
+      {
+        addresses: nodeIps.map(formatIp),
+        vteps: vxlanFamilies(options.mode, nodeIps).map((family) => ({ family, mac: vtepMac(options.nodeName, family) })),
+        mtu: underlay.mtu,
+        agent: claim,
+      },
+      (other, heartbeat) => claimLive(other, heartbeat, options),
+    );
+  } catch (error) {
+    await store.close();
+    throw error;
+  }
+  log("info", "node claimed", {
+    node: self.name,
+    podCidrs: self.podCidrs,
+    addresses: nodeIps.map(formatIp),
+    underlay: underlay.device,
+    mtu: underlay.mtu,
+    podMtu: podMtu(options.mode, underlay),
+    mode: options.mode,
+  });
+  return runLoops(options, log, { store, cluster, claim, self, underlay });
+}
+
+interface AgentContext {
+  readonly store: KvStore;
+  readonly cluster: Cluster;
+  readonly claim: AgentClaim;
+  readonly self: NodeRecord;
+  readonly underlay: Underlay;
+}
+
+function runLoops(options: AgentOptions, log: Logger, context: AgentContext): RunningAgent {
+  const { store, cluster, claim, self, underlay } = context;
+  const peers = new Map<string, Peer>();
+  const timers: NodeJS.Timeout[] = [];
+  const watches: KvWatch[] = [];
+  let stopped = false;
+  let storeUp = true;
+  let syncing: Promise<void> | undefined;
+  let again = false;
+  let lastUnroutable = "";
+  let lastSyncMs = 0;
+  let finish!: (error?: unknown) => void;
+  const done = new Promise<void>((resolve, reject) => (finish = (error) => (error ? reject(error) : resolve())));
+
+  const selfEndpoint = endpointOf(self);
+
+  /** Recomputes and applies; calls made while one runs coalesce into one more run. */
+  const requestSync = () => {
+    if (stopped) return;
+    if (syncing) {
+      again = true;
+      return;
+    }
+    syncing = syncNodeNetwork()
+      .catch((error: unknown) => log("error", "sync failed; the next resync retries", { error: String(error) }))
+      .finally(() => {
+        syncing = undefined;
+        if (again) {
+          again = false;
+          requestSync();
+        }
+      });
+  };
+
+  const syncNodeNetwork = async () => {
+    const started = performance.now();
+    const now = Date.now();
+    const graceMs = options.peerGraceSeconds * 1000;
+    const live = [...peers.values()].filter((peer) => !storeUp || now - peer.lastBeat <= graceMs).map((peer) => endpointOf(peer.record));
+    const desired = desiredNodeNetwork(selfEndpoint, underlay, live, options.mode);
+    const change = diffNodeNetwork(desired, await observeNodeNetwork());
+    if (change.ip.length || change.bridge.length) {
+      await applyNodeNetwork(change).catch((error: unknown) => log("error", "some changes failed", { error: String(error) }));
+      log("info", "routes updated", { changes: change.summary });
+    }
+    const unroutable = desired.unroutable.map((entry) => `${entry.peer} ${formatPrefix(entry.podCidr)}: ${entry.reason}`);
+    if (unroutable.join("\n") !== lastUnroutable) {
+      lastUnroutable = unroutable.join("\n");
+      for (const entry of desired.unroutable) log("warn", "peer unreachable", { peer: entry.peer, podCidr: formatPrefix(entry.podCidr), reason: entry.reason });
+    }
+    const families = new Set(self.podCidrs.map((cidr) => parsePrefix(cidr).family));
+    const forwarding = ensureForwarding(underlay.device, [BRIDGE_NAME, ...desired.vxlan.map((device) => device.name)], families);
+    if (forwarding.length) log("info", "forwarding enabled", { sysctls: forwarding });
+    if (options.masquerade) await syncAgentMasquerade(live, log);
+    await repairPodBridge();
+    // Written once the routes are in place, so a runtime sees the network ready only then.
+    const text = renderConflist({ podCidrs: self.podCidrs.map(parsePrefix), mtu: podMtu(options.mode, underlay), dataDir: options.cniDataDir });
+    if (writeConflist(options.cniConfDir, text)) log("info", "CNI config written", { path: join(options.cniConfDir, CONFLIST_NAME) });
+    lastSyncMs = performance.now() - started;
+  };
+
+  const syncAgentMasquerade = async (live: readonly NodeEndpoint[], logger: Logger) => {
+    const exclusions: IpPrefix[] = [
+      ...cluster.plan.podCidrs,
+      ...cluster.plan.serviceCidrs,
+      ...[selfEndpoint, ...live].flatMap((node) => node.addresses.map((address) => ({ family: address.family, network: address.value, length: address.family === 4 ? 32 : 128 }))),
+    ];
+    const desired = desiredMasquerade([{ network: "pods", sources: selfEndpoint.podCidrs, exclusions }]);
+    const script = renderMasqueradeChange(AGENT_MASQUERADE_TABLE, desired, parseMasqueradeTable(await nftListTable("inet", AGENT_MASQUERADE_TABLE)));
+    if (script) {
+      await nftApply(script);
+      logger("info", "masquerade updated", { table: `inet ${AGENT_MASQUERADE_TABLE}` });
+    }
+  };
+
+  /** A pod bridge deleted by hand comes back with the recorded pods on it. */
+  const repairPodBridge = async () => {
+    if (!existsSync(join(options.cniDataDir, "state.db"))) return;
+    const net = openPodNet(options.cniDataDir, { field: "--cni-data-dir" });
+    try {
+      await repairBridge(net, BRIDGE_NAME);
+    } finally {
+      net.close();
+    }
+  };
+
+  const beat = async () => {
+    try {
+      await writeHeartbeat(store, self.name, claim.id);
+    } catch (error) {
+      log("warn", "heartbeat not written; the store is unreachable", { error: String(error) });
+    }
+  };
+
+  /** Lists nodes and heartbeats, then follows both; on any failure waits (backing off) and starts over. */
+  const follow = async () => {
+    let backoff = 500;
+    while (!stopped) {
+      try {
+        const [nodes, beats] = await Promise.all([store.list(NODES_PREFIX), store.list(HEARTBEATS_PREFIX)]);
+        const now = Date.now();
+        peers.clear();
+        for (const entry of nodes.entries) {
+          const record = parseNode(entry.value);
+          if (record.name !== self.name) peers.set(record.name, { record, lastBeat: now });
+        }
+        if (!nodes.entries.some((entry) => parseNode(entry.value).name === self.name)) throw new SelfRemoved();
+        for (const entry of beats.entries) {
+          const peer = peers.get(entry.key.slice(HEARTBEATS_PREFIX.length));
+          if (peer) peer.heartbeat = entry.value;
+        }
+        if (!storeUp) log("info", "store reachable again", { store: store.spec });
+        storeUp = true;
+        backoff = 500;
+        requestSync();
+        await Promise.all([followNodes(nodes.revision + 1), followHeartbeats(beats.revision + 1)]);
+      } catch (error) {
+        if (stopped) return;
+        if (error instanceof SelfRemoved) {
+          log("error", "this node was removed from the store; the agent stops serving it", { node: self.name });
+          stop();
+          finish(new Error(`node ${self.name} was removed from the store ${store.spec}`));
+          return;
+        }
+        for (const watch of watches.splice(0)) watch.stop();
+        if (storeUp) log("warn", "store unreachable; keeping the routes as they are and retrying", { store: store.spec, error: String(error) });
+        storeUp = false;
+        await sleep(backoff);
+        backoff = Math.min(backoff * 2, 30_000);
+      }
+    }
+  };
+
+  const followNodes = async (from: number) => {
+    const watch = store.watch(NODES_PREFIX, from);
+    watches.push(watch);
+    for await (const event of watch) {
+      const name = event.key.slice(NODES_PREFIX.length);
+      if (name === self.name) {
+        if (event.type === "delete") throw new SelfRemoved();
+        continue;
+      }
+      if (event.type === "delete") {
+        peers.delete(name);
+        log("info", "peer removed", { peer: name });
+      } else {
+        const record = parseNode(event.value);
+        const known = peers.get(name);
+        peers.set(name, { record, lastBeat: known?.lastBeat ?? Date.now(), heartbeat: known?.heartbeat });
+      }
+      requestSync();
+    }
+    throw new Error("the node watch ended");
+  };
+
+  const followHeartbeats = async (from: number) => {
+    const watch = store.watch(HEARTBEATS_PREFIX, from);
+    watches.push(watch);
+    for await (const event of watch) {
+      const peer = peers.get(event.key.slice(HEARTBEATS_PREFIX.length));
+      if (!peer || event.type === "delete" || event.value === peer.heartbeat) continue;
+      const revived = Date.now() - peer.lastBeat > options.peerGraceSeconds * 1000;
+      peer.heartbeat = event.value;
+      peer.lastBeat = Date.now();
+      if (revived) requestSync();
+    }
+    throw new Error("the heartbeat watch ended");
+  };
+
+  const stop = () => {
+    if (stopped) return;
+    stopped = true;
+    for (const timer of timers) clearInterval(timer);
+    for (const watch of watches.splice(0)) watch.stop();
+  };
+
+  timers.push(setInterval(requestSync, options.resyncSeconds * 1000));
+  timers.push(setInterval(() => void beat(), options.heartbeatSeconds * 1000));
+  requestSync();
+  void follow();
+  void done.catch(() => undefined);
+  const stopAndClose = () => {
+    stop();
+    void (syncing ?? Promise.resolve())
+      .then(() => store.close())
+      .then(() => finish(), (error: unknown) => finish(error));
+  };
+  return { done, stop: stopAndClose, lastSyncMs: () => lastSyncMs };
+}
+
+class SelfRemoved extends Error {}
+
+/** What a peer record says about routing to its pods. */
+function endpointOf(record: NodeRecord): NodeEndpoint {
+  return {
+    name: record.name,
+    addresses: (record.network?.addresses ?? []).map((text) => tryParseIp(text)).filter((ip) => ip !== undefined),
+    podCidrs: record.podCidrs.map(parsePrefix),
+    vteps: (record.network?.vteps ?? []).map((vtep) => ({ family: vtep.family as Family, mac: vtep.mac })),
+  };
+}
+
+/**
+ * Whether another agent's claim on the node is still served: on this machine and boot, whether
+ * its process runs; elsewhere, whether its heartbeat is younger than the grace period.
+ */
+function claimLive(claim: AgentClaim, heartbeat: Heartbeat | undefined, options: AgentOptions): boolean {
+  if (claim.bootId === bootId()) return processRunning(claim);
+  return heartbeat !== undefined && heartbeat.agent === claim.id && Date.now() - heartbeat.at < options.peerGraceSeconds * 1000;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,108 @@
+/**
+ * The agent's settings: flags, each also an environment variable, checked before anything is
+ * opened or written so that bad input changes nothing.
+ */
+import { hostname } from "node:os";
+import { isAbsolute } from "node:path";
+import { checkNodeName } from "../cluster/node-cidrs.js";
+import { ROUTING_MODES, type RoutingMode } from "../dataplane/node-network.js";
+import { formatIp, tryParseIp, type IpAddress } from "../net/ip.js";
+import { parseStoreSpec } from "../store/open.js";
+import { DEFAULT_STATE_DIR } from "../podipam/state.js";
+
+export interface AgentOptions {
+  readonly nodeName: string;
+  /** Empty: the addresses of the default route's interface. */
+  readonly nodeIps: readonly IpAddress[];
+  readonly store: string;
+  readonly plan?: string;
+  readonly mode: RoutingMode;
+  /** The underlay MTU; undefined: the underlay interface's. */
+  readonly mtu?: number;
+  readonly cniConfDir: string;
+  /** The CNI plugin's state directory, written into the conflist. */
+  readonly cniDataDir: string;
+  readonly masquerade: boolean;
+  readonly resyncSeconds: number;
+  readonly heartbeatSeconds: number;
+  /** A peer whose heartbeat has not changed for this long loses its routes. */
+  readonly peerGraceSeconds: number;
+}
+
+/** Raw values as commander hands them over (flag, else environment variable, else default). */
+export interface AgentFlags {
+  nodeName?: string;
+  nodeIp?: string;
+  store: string;
+  plan?: string;
+  mode: string;
+  mtu?: string;
+  cniConfDir: string;
+  cniDataDir: string;
+  masquerade: boolean | string;
+  resyncInterval: string;
+  heartbeatInterval: string;
+  peerGrace: string;
+}
+
+export const AGENT_DEFAULTS = {
+  cniConfDir: "/etc/cni/net.d",
+  cniDataDir: DEFAULT_STATE_DIR,
+  mode: "auto",
+  resyncInterval: "10",
+  heartbeatInterval: "5",
+  peerGrace: "60",
+} as const;
+
+export function parseAgentOptions(flags: AgentFlags): AgentOptions {
+  const nodeName = flags.nodeName ?? hostname();
+  checkNodeName(nodeName);
+  const nodeIps = flags.nodeIp === undefined || flags.nodeIp === "" ? [] : flags.nodeIp.split(",").map((text) => {
+    const ip = tryParseIp(text.trim());
+    if (!ip) throw new Error(`--node-ip ${JSON.stringify(text)} is not an IP address: give one address per family, e.g. 198.18.0.10,fd00:198:18::10`);
+    return ip;
+  });
+  if (nodeIps.length > 2 || new Set(nodeIps.map((ip) => ip.family)).size !== nodeIps.length) {
+    throw new Error(`--node-ip ${nodeIps.map(formatIp).join(",")} must hold at most one address per family`);
+  }
+  parseStoreSpec(flags.store);
+  if (!(ROUTING_MODES as readonly string[]).includes(flags.mode)) {
+    throw new Error(`--mode ${JSON.stringify(flags.mode)} is not a routing mode: expected one of ${ROUTING_MODES.join(", ")}`);
+  }
+  const mtu = flags.mtu === undefined ? undefined : integer("--mtu", flags.mtu, 1280, 65535);
+  for (const [flag, dir] of [["--cni-conf-dir", flags.cniConfDir], ["--cni-data-dir", flags.cniDataDir]] as const) {
+    if (!isAbsolute(dir) || /[\0\n]/.test(dir)) throw new Error(`${flag} ${JSON.stringify(dir)} is not an absolute path`);
+  }
+  const masquerade = typeof flags.masquerade === "boolean" ? flags.masquerade : parseBoolean("TRELLIS_MASQUERADE", flags.masquerade);
+  const resyncSeconds = integer("--resync-interval", flags.resyncInterval, 1, 3600);
+  const heartbeatSeconds = integer("--heartbeat-interval", flags.heartbeatInterval, 1, 3600);
+  const peerGraceSeconds = integer("--peer-grace", flags.peerGrace, 1, 86400);
+  if (peerGraceSeconds <= heartbeatSeconds) {
+    throw new Error(`--peer-grace ${peerGraceSeconds} must be longer than --heartbeat-interval ${heartbeatSeconds}, or live peers would lose their routes`);
+  }
+  return {
+    nodeName,
+    nodeIps,
+    store: flags.store,
+    plan: flags.plan,
+    mode: flags.mode as RoutingMode,
+    mtu,
+    cniConfDir: flags.cniConfDir,
+    cniDataDir: flags.cniDataDir,
+    masquerade,
+    resyncSeconds,
+    heartbeatSeconds,
+    peerGraceSeconds,
+  };
+}
+
+function integer(flag: string, text: string, min: number, max: number): number {
+  if (!/^[0-9]+$/.test(text) || Number(text) < min || Number(text) > max) throw new Error(`${flag} ${JSON.stringify(text)} is not a whole number from ${min} to ${max}`);
+  return Number(text);
+}
+
+function parseBoolean(name: string, text: string): boolean {
+  if (text === "true" || text === "1") return true;
+  if (text === "false" || text === "0") return false;
+  throw new Error(`${name} ${JSON.stringify(text)} is not a boolean: expected true or false`);
+}

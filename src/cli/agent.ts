@@ -1,0 +1,38 @@
+/** `trellis agent`: the per-node daemon, in the foreground, logging JSON lines to stderr. */
+import { Option, type Command } from "commander";
+import { startAgent } from "../agent/agent.js";
+import { jsonLogger } from "../agent/log.js";
+import { AGENT_DEFAULTS, parseAgentOptions, type AgentFlags } from "../agent/options.js";
+import { DEFAULT_STORE_SPEC } from "../store/open.js";
+
+export function registerAgentCommand(program: Command): void {
+  program
+    .command("agent")
+    .description("run the node agent: claim this node, route to every other node's pods, write the CNI config")
+    .addOption(new Option("--node-name <name>", "this node's name (default: the host name)").env("TRELLIS_NODE_NAME"))
+    .addOption(new Option("--node-ip <ip[,ip]>", "node addresses, one per family (default: those of the default route's interface)").env("TRELLIS_NODE_IP"))
+    .addOption(new Option("--store <spec>", "cluster store: sqlite:PATH or etcd://HOST:PORT").env("TRELLIS_STORE").default(DEFAULT_STORE_SPEC))
+    .addOption(new Option("--plan <file>", "cluster address plan; needed when the store has none yet").env("TRELLIS_PLAN"))
+    .addOption(new Option("--mode <mode>", "direct, vxlan, or auto (direct to peers on a connected subnet, VXLAN to the others)").env("TRELLIS_MODE").default(AGENT_DEFAULTS.mode))
+    .addOption(new Option("--mtu <bytes>", "the underlay MTU (default: the underlay interface's); pods get it less VXLAN's overhead").env("TRELLIS_MTU"))
+    .addOption(new Option("--cni-conf-dir <dir>", "where the CNI config is written").env("TRELLIS_CNI_CONF_DIR").default(AGENT_DEFAULTS.cniConfDir))
+    .addOption(new Option("--cni-data-dir <dir>", "the CNI plugin's state directory, named in the CNI config").env("TRELLIS_CNI_DATA_DIR").default(AGENT_DEFAULTS.cniDataDir))
+    .addOption(new Option("--masquerade", "masquerade pod traffic leaving the cluster (default)").env("TRELLIS_MASQUERADE").default(true))
+    .addOption(new Option("--no-masquerade", "leave pod traffic leaving the cluster with the pod's address"))
+    .addOption(new Option("--resync-interval <seconds>", "full resync period").env("TRELLIS_RESYNC_INTERVAL").default(AGENT_DEFAULTS.resyncInterval))
+    .addOption(new Option("--heartbeat-interval <seconds>", "how often the agent tells the store it is alive").env("TRELLIS_HEARTBEAT_INTERVAL").default(AGENT_DEFAULTS.heartbeatInterval))
+    .addOption(new Option("--peer-grace <seconds>", "a peer whose heartbeat stops for this long loses its routes").env("TRELLIS_PEER_GRACE").default(AGENT_DEFAULTS.peerGrace))
+    .action(async (flags: AgentFlags) => {
+      const log = jsonLogger();
+      const options = parseAgentOptions(flags);
+      const agent = await startAgent(options, log);
+      const stop = (signal: string) => {
+        log("info", "stopping", { signal });
+        agent.stop();
+      };
+      process.once("SIGTERM", () => stop("SIGTERM"));
+      process.once("SIGINT", () => stop("SIGINT"));
+      await agent.done;
+      log("info", "stopped");
+    });
+}
