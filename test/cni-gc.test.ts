@@ -116,7 +116,7 @@ describe("GC racing bursts of ADD", () => {
     const gate = join(state.path, "gate");
     const plugins = join(state.path, "plugins");
     mkdirSync(plugins);
-    writeFileSync(join(plugins, "gated-host-local"), `#!/bin/sh\nif [ "$CNI_COMMAND" = ADD ]; then while [ ! -e ${gate} ]; do sleep 0.05; done; fi\nexec /usr/lib/cni/host-local "$@"\n`, { mode: 0o755 });
+    writeFileSync(join(plugins, "gated-host-local"), `#!/bin/sh\nif [ "$CNI_COMMAND" = ADD ]; then i=0; while [ ! -e ${gate} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; fi\nexec /usr/lib/cni/host-local "$@"\n`, { mode: 0o755 });
     const gated = { cniVersion: "1.0.0", name: "gated", type: "trellis", dataDir: state.path, ipam: { type: "gated-host-local", dataDir: join(state.path, "leases"), ranges: [[{ subnet: "10.244.56.0/24" }]] } };
     const pod = pool.create("pod");
     const add = execCniPlugin({ command: "ADD", plugin: TRELLIS, cniPath: `${plugins}:/usr/lib/cni`, config: gated, node, containerId: "slow", netns: pod.path, ifname: "eth0", timeoutMs: 60_000 });

@@ -60,7 +60,7 @@ describe("the attach engine behind one long-lived handle", () => {
     const pluginDir = join(state.path, "plugins");
     const gate = join(state.path, "gate");
     mkdirSync(pluginDir);
-    writeFileSync(join(pluginDir, "gated-host-local"), `#!/bin/sh\nif [ "$CNI_COMMAND" = ADD ]; then while [ ! -e ${gate} ]; do sleep 0.05; done; fi\nexec /usr/lib/cni/host-local "$@"\n`, { mode: 0o755 });
+    writeFileSync(join(pluginDir, "gated-host-local"), `#!/bin/sh\nif [ "$CNI_COMMAND" = ADD ]; then i=0; while [ ! -e ${gate} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; fi\nexec /usr/lib/cni/host-local "$@"\n`, { mode: 0o755 });
     const before = hostVeths(node);
     const pod = pool.create("pod");
     const outcome = await runScenario(node, { kind: "abort", stateDir: state.path, id: "aborted-0", netns: pod.path, pluginDir, gate, leaseDir: join(state.path, "leases") });

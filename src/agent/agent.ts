@@ -155,6 +155,7 @@ function runLoops(options: AgentOptions, log: Logger, context: AgentContext): Ru
     const text = renderConflist({ podCidrs: self.podCidrs.map(parsePrefix), mtu: podMtu(options.mode, underlay), dataDir: options.cniDataDir });
     if (writeConflist(options.cniConfDir, text)) log("info", "CNI config written", { path: join(options.cniConfDir, CONFLIST_NAME) });
     lastSyncMs = performance.now() - started;
+    log("debug", "synced", { durationMs: Math.round(lastSyncMs * 10) / 10, peers: live.length, routes: desired.routes.length, changes: change.summary.length });
   };
 
   const syncAgentMasquerade = async (live: readonly NodeEndpoint[], logger: Logger) => {
@@ -182,11 +183,26 @@ function runLoops(options: AgentOptions, log: Logger, context: AgentContext): Ru
     }
   };
 
+  /**
+   * Our own heartbeat is also how we learn the store is gone (an etcd watch just waits through an
+   * outage): while it fails, no peer is judged by its heartbeat, and when it works again every
+   * peer's grace starts over.
+   */
+  let beatFailing = false;
   const beat = async () => {
     try {
       await writeHeartbeat(store, self.name, claim.id);
+      if (beatFailing) {
+        beatFailing = false;
+        storeUp = true;
+        const now = Date.now();
+        for (const peer of peers.values()) peer.lastBeat = now;
+        log("info", "heartbeat written again", { store: store.spec });
+      }
     } catch (error) {
-      log("warn", "heartbeat not written; the store is unreachable", { error: String(error) });
+      if (!beatFailing) log("warn", "heartbeat not written; the store is unreachable; keeping every peer's routes meanwhile", { store: store.spec, error: String(error) });
+      beatFailing = true;
+      storeUp = false;
     }
   };
 

@@ -1,5 +1,5 @@
 /** The node's CNI network configuration, written where the container runtime reads it. */
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { formatPrefix, type IpPrefix } from "../net/ip.js";
 
@@ -44,7 +44,13 @@ export function writeConflist(dir: string, text: string): boolean {
   }
   mkdirSync(dir, { recursive: true, mode: 0o755 });
   const temporary = join(dir, `.${CONFLIST_NAME}.${process.pid}.tmp`);
-  writeFileSync(temporary, text, { mode: 0o644 });
+  const fd = openSync(temporary, "w", 0o644);
+  try {
+    writeFileSync(fd, text);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
   renameSync(temporary, path);
   return true;
 }

@@ -9,6 +9,7 @@ import { ROUTING_MODES, type RoutingMode } from "../dataplane/node-network.js";
 import { formatIp, tryParseIp, type IpAddress } from "../net/ip.js";
 import { parseStoreSpec } from "../store/open.js";
 import { DEFAULT_STATE_DIR } from "../podipam/state.js";
+import { LOG_LEVELS, type LogLevel } from "./log.js";
 
 export interface AgentOptions {
   readonly nodeName: string;
@@ -27,6 +28,8 @@ export interface AgentOptions {
   readonly heartbeatSeconds: number;
   /** A peer whose heartbeat has not changed for this long loses its routes. */
   readonly peerGraceSeconds: number;
+  /** `debug` also logs every sync with its duration. */
+  readonly logLevel: LogLevel;
 }
 
 /** Raw values as commander hands them over (flag, else environment variable, else default). */
@@ -43,6 +46,7 @@ export interface AgentFlags {
   resyncInterval: string;
   heartbeatInterval: string;
   peerGrace: string;
+  logLevel: string;
 }
 
 export const AGENT_DEFAULTS = {
@@ -52,11 +56,12 @@ export const AGENT_DEFAULTS = {
   resyncInterval: "10",
   heartbeatInterval: "5",
   peerGrace: "60",
+  logLevel: "info",
 } as const;
 
 export function parseAgentOptions(flags: AgentFlags): AgentOptions {
   const nodeName = flags.nodeName ?? hostname();
-  checkNodeName(nodeName);
+  named("--node-name", () => checkNodeName(nodeName));
   const nodeIps = flags.nodeIp === undefined || flags.nodeIp === "" ? [] : flags.nodeIp.split(",").map((text) => {
     const ip = tryParseIp(text.trim());
     if (!ip) throw new Error(`--node-ip ${JSON.stringify(text)} is not an IP address: give one address per family, e.g. 198.18.0.10,fd00:198:18::10`);
@@ -65,7 +70,7 @@ export function parseAgentOptions(flags: AgentFlags): AgentOptions {
   if (nodeIps.length > 2 || new Set(nodeIps.map((ip) => ip.family)).size !== nodeIps.length) {
     throw new Error(`--node-ip ${nodeIps.map(formatIp).join(",")} must hold at most one address per family`);
   }
-  parseStoreSpec(flags.store);
+  named("--store", () => parseStoreSpec(flags.store));
   if (!(ROUTING_MODES as readonly string[]).includes(flags.mode)) {
     throw new Error(`--mode ${JSON.stringify(flags.mode)} is not a routing mode: expected one of ${ROUTING_MODES.join(", ")}`);
   }
@@ -80,7 +85,11 @@ export function parseAgentOptions(flags: AgentFlags): AgentOptions {
   if (peerGraceSeconds <= heartbeatSeconds) {
     throw new Error(`--peer-grace ${peerGraceSeconds} must be longer than --heartbeat-interval ${heartbeatSeconds}, or live peers would lose their routes`);
   }
+  if (!(LOG_LEVELS as readonly string[]).includes(flags.logLevel)) {
+    throw new Error(`--log-level ${JSON.stringify(flags.logLevel)} is not a log level: expected one of ${LOG_LEVELS.join(", ")}`);
+  }
   return {
+    logLevel: flags.logLevel as LogLevel,
     nodeName,
     nodeIps,
     store: flags.store,
@@ -94,6 +103,15 @@ export function parseAgentOptions(flags: AgentFlags): AgentOptions {
     heartbeatSeconds,
     peerGraceSeconds,
   };
+}
+
+/** Runs a shared check, its message prefixed with the flag that held the value. */
+function named(flag: string, check: () => unknown): void {
+  try {
+    check();
+  } catch (error) {
+    throw new Error(`${flag}: ${(error as Error).message}`);
+  }
 }
 
 function integer(flag: string, text: string, min: number, max: number): number {

@@ -236,13 +236,22 @@ export interface NodeNetworkChange {
  * is right is never replaced (established traffic sees no gap), a changed one is replaced in
  * place, and only the agent's own objects are removed.
  */
-export function diffNodeNetwork(desired: NodeNetwork, observed: ObservedNodeNetwork): NodeNetworkChange {
+export function diffNodeNetwork(desired: NodeNetwork, observedState: ObservedNodeNetwork): NodeNetworkChange {
   const ip: string[][] = [];
   const bridge: string[][] = [];
   const summary: string[] = [];
   const removals: string[][] = [];
+  let observed = observedState;
   const observedDevices = new Map(observed.vxlan.map((device) => [device.name, device]));
   const desiredDevices = new Set(desired.vxlan.map((device) => device.name));
+  // Deleting a device takes its routes, neighbours and FDB entries with it: count them as gone.
+  const recreated = new Set(desired.vxlan.filter((device) => observedDevices.has(device.name) && !sameDevice(observedDevices.get(device.name)!, device)).map((device) => device.name));
+  observed = {
+    ...observed,
+    routes: observed.routes.filter((route) => !recreated.has(route.dev)),
+    neighbors: observed.neighbors.filter((entry) => !recreated.has(entry.dev)),
+    fdb: observed.fdb.filter((entry) => !recreated.has(entry.dev)),
+  };
   for (const device of desired.vxlan) {
     const have = observedDevices.get(device.name);
     if (have && !sameDevice(have, device)) {
@@ -260,6 +269,7 @@ export function diffNodeNetwork(desired: NodeNetwork, observed: ObservedNodeNetw
       summary.push(`set ${device.name} mtu ${device.mtu}`);
     }
     if (!have || !sameDevice(have, device) || !have.up) ip.push(["link", "set", "dev", device.name, "up"]);
+    if (have && sameDevice(have, device) && !have.up) summary.push(`set ${device.name} up`);
   }
   for (const device of observed.vxlan) {
     if (!desiredDevices.has(device.name)) {
@@ -293,6 +303,8 @@ export function diffNodeNetwork(desired: NodeNetwork, observed: ObservedNodeNetw
   for (const route of desired.routes) {
     const have = observedRoutes.get(formatPrefix(route.dst));
     if (have && sameRoute(have, route)) continue;
+    // Linux refuses to replace an IPv6 route in place with one through another device.
+    if (have && have.dev !== route.dev && route.dst.family === 6) ip.push(["route", "del", formatPrefix(route.dst), "proto", String(ROUTE_PROTOCOL)]);
     ip.push(["route", "replace", formatPrefix(route.dst), "via", formatIp(route.via), "dev", route.dev, ...(route.onlink ? ["onlink"] : []), "proto", String(ROUTE_PROTOCOL)]);
     summary.push(`route ${formatPrefix(route.dst)} via ${formatIp(route.via)} dev ${route.dev}${have ? " (replaced)" : ""}`);
   }

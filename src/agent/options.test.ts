@@ -1,0 +1,143 @@
+import assert from "node:assert/strict";
+import { hostname } from "node:os";
+import { describe, test } from "node:test";
+import { checkNodeName } from "../cluster/node-cidrs.js";
+import { parseIp } from "../net/ip.js";
+import { DEFAULT_STORE_SPEC } from "../store/open.js";
+import { AGENT_DEFAULTS, parseAgentOptions, type AgentFlags, type AgentOptions } from "./options.js";
+
+/** The flags as commander hands them over when none is given (cli/agent.ts), with a node name. */
+function flags(overrides: Partial<AgentFlags> = {}): AgentFlags {
+  return { ...AGENT_DEFAULTS, nodeName: "node-1", store: DEFAULT_STORE_SPEC, masquerade: true, ...overrides };
+}
+
+function isNodeName(name: string): boolean {
+  try {
+    checkNodeName(name);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe("parseAgentOptions", () => {
+  // Bug caught: a default changed by accident (say the mode, or a grace shorter than the heartbeat).
+  test("defaults", () => {
+    assert.deepEqual(parseAgentOptions(flags()), {
+      logLevel: "info",
+      nodeName: "node-1",
+      nodeIps: [],
+      store: "sqlite:/var/lib/trellis/cluster.db",
+      plan: undefined,
+      mode: "auto",
+      mtu: undefined,
+      cniConfDir: "/etc/cni/net.d",
+      cniDataDir: "/var/lib/cni/trellis",
+      masquerade: true,
+      resyncSeconds: 10,
+      heartbeatSeconds: 5,
+      peerGraceSeconds: 60,
+    } satisfies AgentOptions);
+  });
+
+  // Bug caught: the host name not used when --node-name is absent.
+  test("the node name defaults to the host name", { skip: isNodeName(hostname()) ? false : `host name ${hostname()} is no valid node name` }, () => {
+    assert.equal(parseAgentOptions(flags({ nodeName: undefined })).nodeName, hostname());
+  });
+
+  // Bug caught: values given as flags or environment variables not carried over (strings to numbers, IPs parsed, blanks trimmed).
+  test("every value given", () => {
+    const parsed = parseAgentOptions(
+      flags({
+        nodeName: "worker-2.example",
+        nodeIp: "fd00:198:18::10, 198.18.0.10",
+        store: "etcd://127.0.0.1:2379",
+        plan: "/etc/trellis/plan.yaml",
+        mode: "vxlan",
+        mtu: "9000",
+        cniConfDir: "/run/cni/net.d",
+        cniDataDir: "/run/cni/trellis",
+        masquerade: "false",
+        resyncInterval: "30",
+        heartbeatInterval: "2",
+        peerGrace: "3",
+        logLevel: "debug",
+      }),
+    );
+    assert.deepEqual(parsed, {
+      logLevel: "debug",
+      nodeName: "worker-2.example",
+      nodeIps: [parseIp("fd00:198:18::10"), parseIp("198.18.0.10")],
+      store: "etcd://127.0.0.1:2379",
+      plan: "/etc/trellis/plan.yaml",
+      mode: "vxlan",
+      mtu: 9000,
+      cniConfDir: "/run/cni/net.d",
+      cniDataDir: "/run/cni/trellis",
+      masquerade: false,
+      resyncSeconds: 30,
+      heartbeatSeconds: 2,
+      peerGraceSeconds: 3,
+    } satisfies AgentOptions);
+    assert.deepEqual(
+      ["1", "true", "0"].map((value) => parseAgentOptions(flags({ masquerade: value })).masquerade),
+      [true, true, false],
+      "TRELLIS_MASQUERADE as 1/true/0",
+    );
+    assert.deepEqual(
+      ["1280", "65535"].map((mtu) => parseAgentOptions(flags({ mtu })).mtu),
+      [1280, 65535],
+      "the MTU bounds themselves are allowed",
+    );
+  });
+
+  /*
+   * Bug caught: a bad value accepted (an agent that routes nothing, or partly), or refused with a
+   * message that does not say which flag, which value, and what would do. Each message is matched
+   * in full from the flag on.
+   */
+  const refusals: ReadonlyArray<readonly [string, Partial<AgentFlags>, RegExp]> = [
+    ["unknown --mode", { mode: "bgp" }, /^--mode "bgp" is not a routing mode: expected one of direct, vxlan, auto$/],
+    ["--node-ip not an IP", { nodeIp: "198.18.0.300" }, /^--node-ip "198\.18\.0\.300" is not an IP address: give one address per family, e\.g\. 198\.18\.0\.10,fd00:198:18::10$/],
+    ["--node-ip a host name", { nodeIp: "node-1" }, /^--node-ip "node-1" is not an IP address: give one address per family/],
+    ["two IPv4 node IPs", { nodeIp: "198.18.0.10,198.18.0.11" }, /^--node-ip 198\.18\.0\.10,198\.18\.0\.11 must hold at most one address per family$/],
+    ["two IPv6 node IPs", { nodeIp: "fd00:198:18::10,fd00:198:18::11" }, /^--node-ip fd00:198:18::10,fd00:198:18::11 must hold at most one address per family$/],
+    ["three node IPs", { nodeIp: "198.18.0.10,fd00:198:18::10,198.18.0.11" }, /^--node-ip 198\.18\.0\.10,fd00:198:18::10,198\.18\.0\.11 must hold at most one address per family$/],
+    ["--mtu below IPv6's minimum", { mtu: "1279" }, /^--mtu "1279" is not a whole number from 1280 to 65535$/],
+    ["--mtu above the maximum", { mtu: "65536" }, /^--mtu "65536" is not a whole number from 1280 to 65535$/],
+    ["--mtu not a number", { mtu: "abc" }, /^--mtu "abc" is not a whole number from 1280 to 65535$/],
+    ["--mtu with a unit", { mtu: "1500b" }, /^--mtu "1500b" is not a whole number from 1280 to 65535$/],
+    ["relative --cni-conf-dir", { cniConfDir: "etc/cni/net.d" }, /^--cni-conf-dir "etc\/cni\/net\.d" is not an absolute path$/],
+    ["relative --cni-data-dir", { cniDataDir: "./cni" }, /^--cni-data-dir "\.\/cni" is not an absolute path$/],
+    ["--peer-grace equal to --heartbeat-interval", { heartbeatInterval: "5", peerGrace: "5" }, /^--peer-grace 5 must be longer than --heartbeat-interval 5, or live peers would lose their routes$/],
+    ["--peer-grace shorter than --heartbeat-interval", { heartbeatInterval: "30", peerGrace: "10" }, /^--peer-grace 10 must be longer than --heartbeat-interval 30, or live peers would lose their routes$/],
+    ["--resync-interval 0", { resyncInterval: "0" }, /^--resync-interval "0" is not a whole number from 1 to 3600$/],
+    ["--heartbeat-interval negative", { heartbeatInterval: "-1" }, /^--heartbeat-interval "-1" is not a whole number from 1 to 3600$/],
+    ["--peer-grace fractional", { peerGrace: "1.5" }, /^--peer-grace "1\.5" is not a whole number from 1 to 86400$/],
+    ["unknown --log-level", { logLevel: "trace" }, /^--log-level "trace" is not a log level: expected one of debug, info, warn, error$/],
+    ["TRELLIS_MASQUERADE not a boolean", { masquerade: "yes" }, /^TRELLIS_MASQUERADE "yes" is not a boolean: expected true or false$/],
+    ["a store of unknown kind", { store: "mysql://db:3306" }, /invalid store "mysql:\/\/db:3306": unknown kind of store; expected sqlite:PATH \(such as sqlite:\/var\/lib\/trellis\/cluster\.db\) or etcd:\/\/HOST:PORT \(such as etcd:\/\/127\.0\.0\.1:2379\)$/],
+    ["an etcd store without a port", { store: "etcd://127.0.0.1" }, /invalid store "etcd:\/\/127\.0\.0\.1": etcd stores are written etcd:\/\/HOST:PORT with nothing after the port; expected sqlite:PATH/],
+    ["an invalid node name", { nodeName: "Node_1" }, /invalid node name "Node_1": expected a DNS subdomain of at most 253 characters: lowercase letters, digits, '-' and '\.', starting and ending with a letter or digit \(such as node-1\)$/],
+  ];
+
+  for (const [what, bad, message] of refusals) {
+    test(`refuses ${what}`, () => {
+      assert.throws(() => parseAgentOptions(flags(bad)), (error: Error) => {
+        assert.match(error.message, message);
+        return true;
+      });
+    });
+  }
+
+  // Bug caught: the store and node-name refusals come from shared helpers and do
+  // not say which flag (or TRELLIS_STORE / TRELLIS_NODE_NAME) held the value.
+  for (const [flag, bad] of [
+    ["--store", { store: "mysql://db:3306" }],
+    ["--node-name", { nodeName: "Node_1" }],
+  ] as const) {
+    test(`the refusal of a bad ${flag} names the flag`, () => {
+      assert.throws(() => parseAgentOptions(flags(bad)), (error: Error) => error.message.includes(flag));
+    });
+  }
+});
