@@ -22,9 +22,10 @@ export function registerAgentCommand(program: Command): void {
     .addOption(new Option("--resync-interval <seconds>", "full resync period").env("TRELLIS_RESYNC_INTERVAL").default(AGENT_DEFAULTS.resyncInterval))
     .addOption(new Option("--heartbeat-interval <seconds>", "how often the agent tells the store it is alive").env("TRELLIS_HEARTBEAT_INTERVAL").default(AGENT_DEFAULTS.heartbeatInterval))
     .addOption(new Option("--peer-grace <seconds>", "a peer whose heartbeat stops for this long loses its routes").env("TRELLIS_PEER_GRACE").default(AGENT_DEFAULTS.peerGrace))
+    .addOption(new Option("--log-level <level>", "debug also logs every sync with its duration").env("TRELLIS_LOG_LEVEL").default(AGENT_DEFAULTS.logLevel))
     .action(async (flags: AgentFlags) => {
-      const log = jsonLogger();
       const options = parseAgentOptions(flags);
+      const log = jsonLogger(options.logLevel);
       const agent = await startAgent(options, log);
       const stop = (signal: string) => {
         log("info", "stopping", { signal });

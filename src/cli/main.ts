@@ -1,6 +1,7 @@
 /** The `trellis` command line. Each command family registers itself here. */
 import { Command, CommanderError } from "commander";
-import { registerDemoCommand } from "./demo.js";
+import { registerAgentCommand } from "./agent.js";
+import { registerLabCommands } from "./lab.js";
 import { registerNodeCommands } from "./node.js";
 import { registerPlanCommands } from "./plan.js";
 import { registerPodCommands } from "./pods.js";
@@ -11,9 +12,11 @@ export async function runCli(argv: string[]): Promise<number> {
   const program = new Command("trellis")
     .description("Trellis: a Kubernetes network plugin")
     .exitOverride()
+    .enablePositionalOptions()
     .configureOutput({ writeErr: (text) => process.stderr.write(text) });
   // command registrations go here, one line per family
-  registerDemoCommand(program);
+  registerAgentCommand(program);
+  registerLabCommands(program);
   registerPlanCommands(program);
   registerPodCommands(program);
   registerProbeCommands(program);

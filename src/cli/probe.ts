@@ -1,23 +1,62 @@
 /** `trellis probe`: the lab's traffic probes (see lab/probe.ts); run inside namespaces. */
 import type { Command } from "commander";
-import { probeSourceSeen, serveSourceEcho } from "../lab/probe.js";
+import { hostname } from "node:os";
+import { probeTcp, probeUdp, runProbes, serveProbes, type ProbeRequest } from "../lab/probe.js";
 
 export function registerProbeCommands(program: Command): void {
-  const probe = program.command("probe").description("traffic probes used by the demo and the lab");
+  const probe = program.command("probe").description("traffic probes the lab runs in its namespaces");
   probe
     .command("serve <port>")
-    .description("answer every TCP connection with the source address it came from")
-    .action((port: string) => serveSourceEcho(parsePort(port)));
+    .description("answer every TCP connection and UDP datagram on PORT with the source address it came from and this server's name")
+    .option("--name <name>", "the name the server answers with", hostname())
+    .action((port: string, options: { name: string }) => serveProbes(parseWholeNumber("port", port, 1, 65535), options.name));
   probe
     .command("connect <address> <port>")
-    .description("connect over TCP and print the source address the server saw")
-    .action(async (address: string, port: string) => {
-      process.stdout.write((await probeSourceSeen(address, parsePort(port))) + "\n");
+    .description("send to a probe server over TCP (or UDP) and print the source address it saw")
+    .option("--udp", "one UDP datagram instead of a TCP connection")
+    .option("--bytes <n>", "TCP: bytes to send; UDP: the datagram's size", "0")
+    .option("--timeout <ms>", "give up after this many milliseconds", "3000")
+    .option("--json", "print the answer as JSON: {source, server, bytes, ms}")
+    .action(async (address: string, port: string, options: { udp?: boolean; bytes: string; timeout: string; json?: boolean }) => {
+      const request = { bytes: parseWholeNumber("--bytes", options.bytes, 0, 1 << 30), timeoutMs: parseWholeNumber("--timeout", options.timeout, 1, 600_000) };
+      const answer = await (options.udp ? probeUdp : probeTcp)(address, parseWholeNumber("port", port, 1, 65535), request);
+      process.stdout.write(options.json ? `${JSON.stringify(answer)}\n` : `${answer.server} saw source ${answer.source} (received ${answer.bytes} bytes in ${answer.ms} ms)\n`);
+    });
+  probe
+    .command("batch")
+    .description("run the probes given on stdin as a JSON list of {kind: icmp|tcp|udp, address, port?, bytes?, timeoutMs?}; print their outcomes as a JSON list")
+    .option("--concurrency <n>", "probes at a time", "32")
+    .action(async (options: { concurrency: string }) => {
+      const requests = parseRequests(await readStdin());
+      const outcomes = await runProbes(requests, parseWholeNumber("--concurrency", options.concurrency, 1, 1000));
+      process.stdout.write(`${JSON.stringify(outcomes)}\n`);
     });
 }
 
-function parsePort(text: string): number {
-  const port = Number(text);
-  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`port ${JSON.stringify(text)} is invalid: expected a whole number from 1 to 65535`);
-  return port;
+function parseWholeNumber(what: string, text: string, min: number, max: number): number {
+  const value = Number(text);
+  if (!/^[0-9]+$/.test(text) || value < min || value > max) throw new Error(`${what} ${JSON.stringify(text)} is invalid: expected a whole number from ${min} to ${max}`);
+  return value;
+}
+
+function parseRequests(text: string): ProbeRequest[] {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (error) {
+    throw new Error(`probe batch: stdin is not JSON: ${(error as Error).message}`);
+  }
+  if (!Array.isArray(parsed)) throw new Error("probe batch: stdin must be a JSON list of probes");
+  return parsed.map((request: Partial<ProbeRequest>, index) => {
+    if (!request || !["icmp", "tcp", "udp"].includes(request.kind ?? "") || typeof request.address !== "string") {
+      throw new Error(`probe batch: probe ${index} needs "kind" (icmp, tcp or udp) and "address"`);
+    }
+    return request as ProbeRequest;
+  });
+}
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString("utf8");
 }

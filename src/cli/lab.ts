@@ -1,0 +1,102 @@
+/** `trellis lab up|check|status|exec|down`: a virtual cluster of network namespaces and agents on this machine. */
+import { Option, type Command } from "commander";
+import { checkLab } from "../lab/check.js";
+import { labDown } from "../lab/down.js";
+import { execInNetns } from "../lab/exec.js";
+import { labMemberNetns, requireLabState } from "../lab/state.js";
+import { labStatus } from "../lab/status.js";
+import { checkLabName, DEFAULT_LAB_NAME, LAB_FAMILIES, LAB_MODES, MAX_NODES, MAX_PODS_PER_NODE, parseLabOptions, type LabOptionsText } from "../lab/topology.js";
+import { LabInterrupted, labUp } from "../lab/up.js";
+import { renderCheckReport, renderLabStatus } from "./lab-report.js";
+
+const out = (line: string) => process.stdout.write(`${line}\n`);
+
+function nameOption(): Option {
+  return new Option("--name <name>", "the lab's name: its namespaces are NAME-node1, NAME-node1-pod0, …").default(DEFAULT_LAB_NAME);
+}
+
+export function registerLabCommands(program: Command): void {
+  const lab = program
+    .command("lab")
+    .description("a virtual cluster on this machine: nodes, pods and an external host in network namespaces, one trellis agent per node")
+    .enablePositionalOptions();
+  lab
+    .command("up")
+    .description("build a lab, attach its pods through CNI, then run the connectivity check")
+    .addOption(nameOption())
+    .option("--nodes <n>", `nodes, 1 to ${MAX_NODES}`, "3")
+    .option("--pods-per-node <k>", `pods on each node, 1 to ${MAX_PODS_PER_NODE}`, "2")
+    .option("--family <family>", `pod and node address families: ${LAB_FAMILIES.join(", ")}`, "dual")
+    .option("--mode <mode>", `how agents route between nodes: ${LAB_MODES.join(", ")}`, "auto")
+    .option("--subnets <n>", "underlay subnets joined by a router, 1 or 2 (nodes alternate between them)", "1")
+    .option("--store <spec>", "cluster store for the agents (default: sqlite: in the lab's directory), or etcd://HOST:PORT")
+    .action(async (text: LabOptionsText) => {
+      const options = parseLabOptions(text);
+      try {
+        const state = await labUp(options, { out });
+        out("checking connectivity:");
+        const report = await checkLab(state);
+        process.stdout.write(renderCheckReport(report));
+        out(`next: trellis lab status${nameFlag(state.name)} | trellis lab exec${nameFlag(state.name)} node1-pod0 -- ip address | trellis lab down${nameFlag(state.name)}`);
+        if (!report.ok) process.exitCode = 1;
+      } catch (error) {
+        if (error instanceof LabInterrupted) {
+          process.stderr.write(`trellis: lab up ${error.message}; what it had made is removed\n`);
+          process.exitCode = 130;
+          return;
+        }
+        throw error;
+      }
+    });
+  lab
+    .command("check")
+    .description("the connectivity matrix: every pod to every pod (ICMP, TCP with the source address seen), every node to every pod, every pod to external")
+    .addOption(nameOption())
+    .option("--json", "print every probe's result as JSON")
+    .action(async (options: { name: string; json?: boolean }) => {
+      const state = requireLabState(checkLabName(options.name));
+      if (state.phase !== "up") {
+        throw new Error(`lab ${JSON.stringify(state.name)} is not up yet: its \`lab up\` is still running, or ended without finishing (then \`trellis lab down --name ${state.name}\` removes it)`);
+      }
+      const report = await checkLab(state);
+      process.stdout.write(options.json ? `${JSON.stringify(report, null, 2)}\n` : renderCheckReport(report));
+      if (!report.ok) process.exitCode = 1;
+    });
+  lab
+    .command("status")
+    .description("the lab's nodes, pods, addresses and processes")
+    .addOption(nameOption())
+    .option("--json", "print JSON (a stable shape for scripts)")
+    .action((options: { name: string; json?: boolean }) => {
+      const status = labStatus(requireLabState(checkLabName(options.name)));
+      process.stdout.write(options.json ? `${JSON.stringify(status, null, 2)}\n` : renderLabStatus(status));
+    });
+  lab
+    .command("exec")
+    .description("run a command in a lab namespace: a node (node1), a pod (node1-pod0), external or underlay")
+    .addOption(nameOption())
+    .argument("<member>", "node1, node1-pod0, external or underlay")
+    .argument("<command...>", "the command and its arguments, after --")
+    .passThroughOptions()
+    .action(async (member: string, command: string[], options: { name: string }) => {
+      // With pass-through options the `--` that ends trellis's own options stays in the command.
+      if (command[0] !== "--" && command[0].startsWith("-")) {
+        throw new Error(`lab exec: ${command[0]} after the member name is taken as the command; options go first: trellis lab exec --name NAME ${member} -- COMMAND…`);
+      }
+      const netns = labMemberNetns(requireLabState(checkLabName(options.name)), member);
+      const argv = command[0] === "--" ? command.slice(1) : command;
+      if (argv.length === 0) throw new Error("lab exec: give the command after --, such as `trellis lab exec node1-pod0 -- ip address`");
+      process.exitCode = await execInNetns(netns, argv);
+    });
+  lab
+    .command("down")
+    .description("remove everything the lab made: processes, pods (CNI DEL), namespaces, files; safe to repeat")
+    .addOption(nameOption())
+    .action(async (options: { name: string }) => {
+      await labDown(checkLabName(options.name), { out });
+    });
+}
+
+function nameFlag(name: string): string {
+  return name === DEFAULT_LAB_NAME ? "" : ` --name ${name}`;
+}

@@ -1,0 +1,58 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { planProbes } from "./check.js";
+import type { LabState } from "./state.js";
+import { labLayout, parseLabOptions } from "./topology.js";
+
+/** A lab's state as `lab up` leaves it, with pod IPs assigned by hand. */
+function labState(options: Record<string, string>): LabState {
+  const layout = labLayout(parseLabOptions(options));
+  return {
+    name: layout.name,
+    phase: "up",
+    createdAt: "",
+    dir: "/run/trellis/lab/t",
+    store: "sqlite:/run/trellis/lab/t/cluster.db",
+    planFile: "/run/trellis/lab/t/plan.json",
+    family: parseLabOptions(options).family,
+    families: layout.families,
+    mode: parseLabOptions(options).mode,
+    probePort: 7777,
+    underlay: { netnsName: layout.underlayNetns, netnsPath: `/var/run/netns/${layout.underlayNetns}`, subnets: layout.subnets },
+    nodes: layout.nodes.map((node) => ({ ...node, netnsPath: `/var/run/netns/${node.netnsName}`, cniConfDir: "", cniDataDir: "" })),
+    pods: layout.pods.map((pod, i) => ({
+      ...pod,
+      netnsPath: `/var/run/netns/${pod.netnsName}`,
+      addresses: layout.families.map((family) => (family === 4 ? `10.244.${pod.node.slice(4)}.${2 + (i % 2)}` : `fd00:10:244:${pod.node.slice(4)}::${2 + (i % 2)}`)),
+    })),
+    external: { ...layout.external, netnsPath: `/var/run/netns/${layout.external.netnsName}` },
+  };
+}
+
+describe("lab/check", () => {
+  it("plans pod to pod ICMP and TCP per family, node to pod ICMP, pod to external TCP expecting the node address", () => {
+    const plans = planProbes(labState({ name: "t", nodes: "2", podsPerNode: "2", mode: "direct" }));
+    // 4 pods x 3 peers x 2 families x 2 kinds, 4 pods x 2 families to external, 2 nodes x 4 pods x 2 families
+    assert.equal(plans.length, 48 + 8 + 16);
+    const tcp = plans.find((plan) => plan.from === "node1-pod0" && plan.to === "node2-pod1" && plan.kind === "tcp" && plan.family === "IPv6");
+    assert.deepEqual(tcp, {
+      from: "node1-pod0", to: "node2-pod1", fromNode: "node1", toNode: "node2", kind: "tcp", family: "IPv6", address: "fd00:10:244:2::3",
+      expectedSource: "fd00:10:244:1::2", expectedServer: "node2-pod1", note: undefined,
+    });
+    const external = plans.filter((plan) => plan.from === "node2-pod0" && plan.to === "external");
+    assert.deepEqual(external.map((plan) => [plan.address, plan.expectedSource, plan.expectedServer]), [
+      ["198.18.0.200", "198.18.0.12", "external"],
+      ["fd00:198:18::200", "fd00:198:18::12", "external"],
+    ]);
+    assert.ok(plans.filter((plan) => plan.from === "node1").every((plan) => plan.kind === "icmp"));
+    assert.ok(!plans.some((plan) => plan.from === plan.to));
+  });
+
+  it("notes in direct mode that a pod on another underlay subnet is out of reach of direct routing", () => {
+    const direct = planProbes(labState({ name: "t", nodes: "2", podsPerNode: "1", subnets: "2", mode: "direct", family: "ipv4" }));
+    const across = direct.find((plan) => plan.from === "node1-pod0" && plan.to === "node2-pod0");
+    assert.equal(across?.note, "unreachable by direct routing: node1 and node2 are on different underlay subnets");
+    const auto = planProbes(labState({ name: "t", nodes: "2", podsPerNode: "1", subnets: "2", mode: "auto", family: "ipv4" }));
+    assert.ok(auto.every((plan) => plan.note === undefined));
+  });
+});

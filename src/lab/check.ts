@@ -1,0 +1,150 @@
+/**
+ * `lab check`: the connectivity matrix of the Kubernetes network model. Every pod reaches every
+ * other pod on every family over ICMP and TCP, and the receiver sees the sender's own pod IP;
+ * every node reaches every pod; every pod reaches `external`, which sees the pod's node address
+ * (masqueraded). The probes of one source run in one `trellis probe batch` inside its namespace.
+ */
+import { isIP } from "node:net";
+import { run } from "../linux/exec.js";
+import { isLabProcess } from "./processes.js";
+import { mapConcurrently } from "./concurrently.js";
+import { selfInvocation, type ProbeKind, type ProbeOutcome, type ProbeRequest } from "./probe.js";
+import type { LabState } from "./state.js";
+
+export interface CheckProbe {
+  /** The source's name: `node1-pod0`, `node1`. */
+  readonly from: string;
+  /** The destination's name: `node2-pod1`, `external`. */
+  readonly to: string;
+  /** The node the source is or runs on. */
+  readonly fromNode: string;
+  /** The node the destination pod runs on; absent for `external`. */
+  readonly toNode?: string;
+  readonly kind: ProbeKind;
+  readonly family: "IPv4" | "IPv6";
+  readonly address: string;
+  /** The source address the receiver must see (TCP). */
+  readonly expectedSource?: string;
+  /** The name the receiver must answer with (TCP). */
+  readonly expectedServer?: string;
+  readonly ok: boolean;
+  readonly seenSource?: string;
+  readonly answeredBy?: string;
+  /** Why it failed, for a person. */
+  readonly error?: string;
+  readonly ms: number;
+}
+
+export interface CheckReport {
+  readonly lab: string;
+  readonly ok: boolean;
+  readonly total: number;
+  readonly failed: number;
+  readonly seconds: number;
+  readonly agents: ReadonlyArray<{ readonly node: string; readonly pid: number | null; readonly running: boolean }>;
+  /** Sources and destinations in table order. */
+  readonly sources: readonly string[];
+  readonly destinations: readonly string[];
+  readonly probes: readonly CheckProbe[];
+}
+
+type PlannedProbe = Omit<CheckProbe, "ok" | "seenSource" | "answeredBy" | "error" | "ms"> & { readonly note?: string };
+
+const SOURCE_CONCURRENCY = 6;
+const PROBES_PER_SOURCE = 32;
+const PROBE_TIMEOUT_MS = 3000;
+
+export async function checkLab(state: LabState): Promise<CheckReport> {
+  const started = Date.now();
+  const plans = planProbes(state);
+  const sources = [...state.pods.map((pod) => ({ name: pod.name, netns: pod.netnsPath })), ...state.nodes.map((node) => ({ name: node.name, netns: node.netnsPath }))];
+  const perSource = await mapConcurrently(sources, SOURCE_CONCURRENCY, async (source) => {
+    const planned = plans.filter((plan) => plan.from === source.name);
+    const outcomes = await runBatch(source.netns, planned.map((plan) => request(plan, state.probePort)));
+    return planned.map((plan, i) => judge(plan, outcomes[i]));
+  });
+  const probes = perSource.flat();
+  const failed = probes.filter((probe) => !probe.ok).length;
+  return {
+    lab: state.name,
+    ok: failed === 0,
+    total: probes.length,
+    failed,
+    seconds: (Date.now() - started) / 1000,
+    agents: state.nodes.map((node) => ({ node: node.name, pid: node.agent?.pid ?? null, running: node.agent !== undefined && isLabProcess(node.agent, node.netnsPath) })),
+    sources: sources.map((source) => source.name),
+    destinations: [...state.pods.map((pod) => pod.name), "external"],
+    probes,
+  };
+}
+
+/** Every probe of the matrix, as data. */
+export function planProbes(state: LabState): PlannedProbe[] {
+  const familyOf = (address: string): "IPv4" | "IPv6" => (isIP(address) === 6 ? "IPv6" : "IPv4");
+  const sameFamily = (addresses: readonly string[], address: string) => addresses.find((candidate) => familyOf(candidate) === familyOf(address));
+  const nodeOf = (name: string) => state.nodes.find((node) => node.name === name)!;
+  // Direct routing reaches only peers on a connected subnet: say so instead of a bare timeout.
+  const crossSubnetNote = (fromNode: string, toNode: string): string | undefined => {
+    const [a, b] = [nodeOf(fromNode), nodeOf(toNode)];
+    return state.mode === "direct" && a.subnet !== b.subnet ? `unreachable by direct routing: ${a.name} and ${b.name} are on different underlay subnets` : undefined;
+  };
+  const plans: PlannedProbe[] = [];
+  for (const from of state.pods) {
+    for (const to of state.pods) {
+      if (to === from) continue;
+      const note = crossSubnetNote(from.node, to.node);
+      for (const address of to.addresses) {
+        const family = familyOf(address);
+        const ends = { from: from.name, to: to.name, fromNode: from.node, toNode: to.node };
+        plans.push({ ...ends, kind: "icmp", family, address, note });
+        plans.push({ ...ends, kind: "tcp", family, address, expectedSource: sameFamily(from.addresses, address), expectedServer: to.name, note });
+      }
+    }
+    for (const address of state.external.addresses) {
+      const masqueraded = sameFamily(nodeOf(from.node).addresses, address);
+      if (!sameFamily(from.addresses, address)) continue;
+      plans.push({ from: from.name, to: "external", fromNode: from.node, kind: "tcp", family: familyOf(address), address, expectedSource: masqueraded, expectedServer: "external" });
+    }
+  }
+  for (const from of state.nodes) {
+    for (const to of state.pods) {
+      const note = crossSubnetNote(from.name, to.node);
+      for (const address of to.addresses) plans.push({ from: from.name, to: to.name, fromNode: from.name, toNode: to.node, kind: "icmp", family: familyOf(address), address, note });
+    }
+  }
+  return plans;
+}
+
+function request(plan: PlannedProbe, port: number): ProbeRequest {
+  return plan.kind === "icmp" ? { kind: "icmp", address: plan.address, timeoutMs: PROBE_TIMEOUT_MS } : { kind: plan.kind, address: plan.address, port, timeoutMs: PROBE_TIMEOUT_MS };
+}
+
+/** Runs one source's probes inside its namespace; a batch that cannot run fails each of its probes with the reason. */
+async function runBatch(netnsPath: string, requests: readonly ProbeRequest[]): Promise<ProbeOutcome[]> {
+  if (requests.length === 0) return [];
+  const [command, ...args] = selfInvocation();
+  try {
+    const { stdout } = await run(command, [...args, "probe", "batch", "--concurrency", String(PROBES_PER_SOURCE)], {
+      netns: netnsPath,
+      input: JSON.stringify(requests),
+      timeoutMs: 60_000,
+    });
+    return JSON.parse(stdout) as ProbeOutcome[];
+  } catch (error) {
+    const reason = `probe batch in ${netnsPath} failed: ${(error as Error).message.split("\n")[0]}`;
+    return requests.map(() => ({ ok: false, error: reason, ms: 0 }));
+  }
+}
+
+function judge(plan: PlannedProbe, outcome: ProbeOutcome): CheckProbe {
+  const { note, ...probe } = plan;
+  if (!outcome.ok) return { ...probe, ok: false, error: note ? `${outcome.error} (${note})` : outcome.error, ms: outcome.ms };
+  const seen = { seenSource: outcome.source, answeredBy: outcome.server, ms: outcome.ms };
+  if (plan.expectedServer && outcome.server !== plan.expectedServer) {
+    return { ...probe, ...seen, ok: false, error: `answered by ${outcome.server}, not ${plan.expectedServer}` };
+  }
+  if (plan.expectedSource && outcome.source !== plan.expectedSource) {
+    return { ...probe, ...seen, ok: false, error: `wrong source address ${outcome.source} (expected ${plan.expectedSource})` };
+  }
+  return { ...probe, ...seen, ok: true };
+}

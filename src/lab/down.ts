@@ -1,0 +1,90 @@
+/**
+ * `lab down`: takes a lab apart in the order that leaves nothing behind, from whatever exists.
+ * It works from state.json when there is one and from the lab's naming conventions when there
+ * is not, so a half-built or half-removed lab goes too; running it twice is harmless.
+ */
+import { existsSync, rmSync } from "node:fs";
+import { deleteNamedNetns, listNamedNetns, namedNetnsPath, namedNetnsPids } from "../linux/named-netns.js";
+import { delNetworkList, readNetworkList } from "./cni-runtime.js";
+import { isLabProcess, stopProcesses } from "./processes.js";
+import { mapConcurrently } from "./concurrently.js";
+import { labDir, nodeCniConfDir, readLabState, type LabProcess, type LabState } from "./state.js";
+import { isLabNetnsName, labNetnsName } from "./topology.js";
+
+export interface LabDownSettings {
+  readonly out: (line: string) => void;
+}
+
+const DEL_CONCURRENCY = 4;
+
+export async function labDown(name: string, settings: LabDownSettings): Promise<void> {
+  const { out } = settings;
+  let state: LabState | undefined;
+  try {
+    state = readLabState(name);
+  } catch (error) {
+    out(`${(error as Error).message.split(";")[0]}; removing the lab by its namespace names`);
+  }
+  const namespaces = new Set(listNamedNetns().filter((netns) => isLabNetnsName(name, netns)));
+  const pods = [...namespaces].filter((netns) => /-node[0-9]+-pod[0-9]+$/.test(netns)).sort();
+  const nodes = [...namespaces].filter((netns) => /-node[0-9]+$/.test(netns)).sort();
+  const others = [labNetnsName(name, "external"), labNetnsName(name, "underlay")].filter((netns) => namespaces.has(netns));
+  if (!state && namespaces.size === 0 && !existsSync(labDir(name))) {
+    out(`no lab named ${JSON.stringify(name)}: nothing to remove`);
+    return;
+  }
+
+  // Pods first, then CNI DEL while the agents and nodes are still there, then the rest.
+  const podStopped = await stopLabProcesses(pods, (state?.pods ?? []).map((pod) => recorded(pod.probe, pod.netnsPath)));
+  const released = await releasePods(name, state, pods, out);
+  const hostRecords = [
+    ...(state?.nodes ?? []).map((node) => recorded(node.agent, node.netnsPath)),
+    recorded(state?.external.probe, state?.external.netnsPath),
+    recorded(state?.etcd, state?.external.netnsPath),
+  ];
+  const agentsStopped = await stopLabProcesses([...nodes, ...others], hostRecords);
+  // Anything still living in a lab namespace (a `lab exec` left running, say) keeps it alive.
+  const straysStopped = await stopLabProcesses([...namespaces], []);
+  for (const netns of [...pods, ...nodes, ...others]) await deleteNamedNetns(netns);
+  rmSync(labDir(name), { recursive: true, force: true });
+  out(
+    `lab ${name} removed: ${namespaces.size} namespaces, ${podStopped + agentsStopped + straysStopped} processes` +
+      `${released > 0 ? `, ${released} pods released through CNI DEL` : ""}, ${labDir(name)}`,
+  );
+}
+
+/** A process the state recorded, if it still runs as the lab started it. */
+function recorded(proc: LabProcess | undefined, netnsPath: string | undefined): number | undefined {
+  return proc && isLabProcess(proc, netnsPath) ? proc.pid : undefined;
+}
+
+/**
+ * Stops the recorded processes that are still the lab's and every other process inside those
+ * namespaces; returns how many there were.
+ */
+async function stopLabProcesses(netnsNames: readonly string[], recordedPids: ReadonlyArray<number | undefined>): Promise<number> {
+  const inside = (await Promise.all(netnsNames.map(namedNetnsPids))).flat();
+  const known = recordedPids.filter((pid): pid is number => pid !== undefined);
+  const pids = [...new Set([...known, ...inside])].filter((pid) => pid !== process.pid);
+  await stopProcesses(pids);
+  return pids.length;
+}
+
+/** CNI DEL of every pod whose node still has its conflist, so the node's CNI state ends clean; best effort. */
+async function releasePods(name: string, state: LabState | undefined, podNetnsNames: readonly string[], out: (line: string) => void): Promise<number> {
+  const results = await mapConcurrently(podNetnsNames, DEL_CONCURRENCY, async (netnsName) => {
+    const node = /-(node[0-9]+)-pod[0-9]+$/.exec(netnsName)![1];
+    const nodeNetns = namedNetnsPath(labNetnsName(name, node));
+    try {
+      const list = existsSync(nodeNetns) ? readNetworkList(nodeCniConfDir(name, node)) : undefined;
+      if (!list) return false;
+      const cached = state?.pods.find((pod) => pod.netnsName === netnsName)?.cniResult;
+      await delNetworkList(list, { nodeNetns, containerId: netnsName, podNetns: namedNetnsPath(netnsName), ifname: "eth0" }, cached);
+      return true;
+    } catch (error) {
+      out(`CNI DEL of ${netnsName} failed (the namespace goes anyway): ${(error as Error).message}`);
+      return false;
+    }
+  });
+  return results.filter(Boolean).length;
+}

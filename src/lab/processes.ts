@@ -1,0 +1,98 @@
+/**
+ * The lab's long-lived processes (agents, probe servers): started detached inside a namespace
+ * so they outlive `lab up`, and stopped only after checking that the pid is still the process
+ * the lab started, never one that took over its pid.
+ */
+import { spawn } from "node:child_process";
+import { closeSync, openSync, readFileSync, statSync } from "node:fs";
+import type { LabProcess } from "./state.js";
+
+export interface StartedProcess extends LabProcess {
+  /** How it ended (`exit 1`, `killed by SIGKILL`) if it has, as seen while `lab up` still runs. */
+  ended(): string | undefined;
+}
+
+/**
+ * Starts `argv` inside the namespace at `netnsPath`, in its own session, with stdout and stderr
+ * appended to `log`. nsenter execs the command in place, so the pid is the command's own.
+ */
+export function startDetached(netnsPath: string, argv: readonly string[], log: string): StartedProcess {
+  const fd = openSync(log, "a");
+  try {
+    const child = spawn("nsenter", [`--net=${netnsPath}`, "--", ...argv], { detached: true, stdio: ["ignore", fd, fd] });
+    if (child.pid === undefined) throw new Error(`cannot start ${argv.join(" ")} in ${netnsPath}`);
+    let ended: string | undefined;
+    child.on("error", () => undefined);
+    child.once("exit", (code, signal) => (ended = signal ? `killed by ${signal}` : `exit ${code}`));
+    child.unref();
+    return { pid: child.pid, argv: [...argv], log, ended: () => ended };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Whether `proc` still runs as the lab started it: same command line and, while the namespace
+ * exists, living in it. A zombie has no command line, so it does not count.
+ */
+export function isLabProcess(proc: LabProcess, netnsPath?: string): boolean {
+  let cmdline: string;
+  try {
+    cmdline = readFileSync(`/proc/${proc.pid}/cmdline`, "utf8");
+  } catch {
+    return false;
+  }
+  if (cmdline !== proc.argv.map((word) => `${word}\0`).join("")) return false;
+  if (netnsPath === undefined) return true;
+  try {
+    return statSync(`/proc/${proc.pid}/ns/net`).ino === statSync(netnsPath).ino;
+  } catch {
+    // The namespace file is gone; the command line alone identifies the process.
+    return true;
+  }
+}
+
+/** SIGTERM, then SIGKILL for whatever is still there after `graceMs`. Resolves once all are gone. */
+export async function stopProcesses(pids: readonly number[], graceMs = 3000): Promise<void> {
+  const alive = (pid: number): boolean => {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      return !/^[ZX]$/.test(stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3));
+    } catch {
+      return false;
+    }
+  };
+  const signal = (pid: number, name: NodeJS.Signals): void => {
+    try {
+      process.kill(pid, name);
+    } catch {
+      // already gone
+    }
+  };
+  let remaining = [...new Set(pids)].filter(alive);
+  for (const pid of remaining) signal(pid, "SIGTERM");
+  const deadline = Date.now() + graceMs;
+  while (remaining.length > 0 && Date.now() < deadline) {
+    await sleep(50);
+    remaining = remaining.filter(alive);
+  }
+  for (const pid of remaining) signal(pid, "SIGKILL");
+  const killDeadline = Date.now() + 2000;
+  while (remaining.length > 0 && Date.now() < killDeadline) {
+    await sleep(20);
+    remaining = remaining.filter(alive);
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** The last `lines` lines of a log file, for a message about the process that wrote it. */
+export function logTail(path: string, lines = 20): string {
+  try {
+    return readFileSync(path, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
+  } catch {
+    return `(no log at ${path})`;
+  }
+}

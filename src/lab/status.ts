@@ -1,0 +1,104 @@
+/**
+ * `lab status`: what a lab holds and whether its processes run. The JSON form is a contract for
+ * scripts: `{name, store, nodes: [{name, netns, addresses, podCidrs, agentPid, agentRunning}],
+ * pods: [{name, node, netns, addresses}], external: {netns, addresses}}`, netns as paths; other
+ * fields may be added, none of these removed.
+ */
+import { networkListSubnets, readNetworkList } from "./cni-runtime.js";
+import { isLabProcess } from "./processes.js";
+import type { LabState } from "./state.js";
+import type { LabFamily, LabMode } from "./topology.js";
+
+export interface LabStatus {
+  readonly name: string;
+  readonly phase: LabState["phase"];
+  readonly store: string;
+  readonly family: LabFamily;
+  readonly mode: LabMode;
+  readonly dir: string;
+  readonly planFile: string;
+  readonly probePort: number;
+  readonly nodes: ReadonlyArray<{
+    readonly name: string;
+    readonly netns: string;
+    readonly addresses: readonly string[];
+    readonly podCidrs: readonly string[];
+    readonly subnet: number;
+    readonly agentPid: number | null;
+    readonly agentRunning: boolean;
+    readonly agentLog: string;
+    /** The agent's command line, to start it again the same way inside `netns`. */
+    readonly agentArgv: readonly string[];
+    readonly cniConfDir: string;
+  }>;
+  readonly pods: ReadonlyArray<{
+    readonly name: string;
+    readonly node: string;
+    readonly netns: string;
+    readonly addresses: readonly string[];
+    readonly containerId: string;
+    readonly probePid: number | null;
+    readonly probeRunning: boolean;
+  }>;
+  readonly external: { readonly netns: string; readonly addresses: readonly string[]; readonly probePid: number | null; readonly probeRunning: boolean };
+  /** Present when the lab runs its own etcd (`--store etcd`): stop it with SIGSTOP or SIGKILL to take the store away. */
+  readonly etcd?: { readonly pid: number; readonly running: boolean; readonly argv: readonly string[]; readonly log: string; readonly dataDir: string; readonly netns: string };
+  readonly underlay: { readonly netns: string; readonly subnets: ReadonlyArray<{ readonly bridge: string; readonly prefixes: readonly string[]; readonly router: readonly string[] }> };
+}
+
+export function labStatus(state: LabState): LabStatus {
+  return {
+    name: state.name,
+    phase: state.phase,
+    store: state.store,
+    family: state.family,
+    mode: state.mode,
+    dir: state.dir,
+    planFile: state.planFile,
+    probePort: state.probePort,
+    nodes: state.nodes.map((node) => ({
+      name: node.name,
+      netns: node.netnsPath,
+      addresses: node.addresses,
+      podCidrs: podCidrsOf(node.cniConfDir),
+      subnet: node.subnet,
+      agentPid: node.agent?.pid ?? null,
+      agentRunning: node.agent !== undefined && isLabProcess(node.agent, node.netnsPath),
+      agentLog: node.agent?.log ?? "",
+      agentArgv: node.agent?.argv ?? [],
+      cniConfDir: node.cniConfDir,
+    })),
+    pods: state.pods.map((pod) => ({
+      name: pod.name,
+      node: pod.node,
+      netns: pod.netnsPath,
+      addresses: pod.addresses,
+      containerId: pod.containerId,
+      probePid: pod.probe?.pid ?? null,
+      probeRunning: pod.probe !== undefined && isLabProcess(pod.probe, pod.netnsPath),
+    })),
+    external: {
+      netns: state.external.netnsPath,
+      addresses: state.external.addresses,
+      probePid: state.external.probe?.pid ?? null,
+      probeRunning: state.external.probe !== undefined && isLabProcess(state.external.probe, state.external.netnsPath),
+    },
+    ...(state.etcd
+      ? { etcd: { pid: state.etcd.pid, running: isLabProcess(state.etcd, state.external.netnsPath), argv: state.etcd.argv, log: state.etcd.log, dataDir: state.etcd.dataDir, netns: state.external.netnsPath } }
+      : {}),
+    underlay: {
+      netns: state.underlay.netnsPath,
+      subnets: state.underlay.subnets.map(({ bridge, prefixes, router }) => ({ bridge, prefixes, router })),
+    },
+  };
+}
+
+/** The pod CIDRs the node's agent put in its conflist; none while it has written none. */
+function podCidrsOf(confDir: string): string[] {
+  try {
+    const list = readNetworkList(confDir);
+    return list ? networkListSubnets(list) : [];
+  } catch {
+    return [];
+  }
+}

@@ -1,0 +1,107 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { validatePlanText } from "../plan/plan.js";
+import { isLabNetnsName, labLayout, parseLabOptions } from "./topology.js";
+
+describe("lab/topology", () => {
+  it("defaults to 3 dual-stack nodes with 2 pods each, mode auto, one subnet, named lab", () => {
+    assert.deepEqual(parseLabOptions({}), { name: "lab", nodes: 3, podsPerNode: 2, family: "dual", mode: "auto", subnets: 1, store: undefined });
+  });
+
+  it("names every bad value and what is allowed, all at once", () => {
+    assert.throws(
+      () => parseLabOptions({ name: "a/b", nodes: "0", podsPerNode: "21", family: "ipv5", mode: "bgp", subnets: "3" }),
+      (error: Error) => {
+        const lines = error.message.split("\n");
+        assert.equal(lines.length, 6, error.message);
+        assert.match(lines[0], /^--name "a\/b" is invalid: a lab name starts with a lowercase letter, holds only lowercase letters, digits and "-"/);
+        assert.equal(lines[1], '--nodes "0" is invalid: expected a whole number from 1 to 20');
+        assert.equal(lines[2], '--pods-per-node "21" is invalid: expected a whole number from 1 to 20');
+        assert.equal(lines[3], '--family "ipv5" is invalid: expected one of ipv4, ipv6, dual');
+        assert.equal(lines[4], '--mode "bgp" is invalid: expected one of direct, vxlan, auto');
+        assert.equal(lines[5], '--subnets "3" is invalid: expected one of 1, 2');
+        return true;
+      },
+    );
+  });
+
+  it("refuses names that are too long, upper case, or end with a dash, and numbers that are not whole", () => {
+    assert.throws(() => parseLabOptions({ name: "a".repeat(33) }), /--name "a{33}" is 33 characters long; at most 32 are allowed/);
+    assert.throws(() => parseLabOptions({ name: "Lab" }), /--name "Lab" is invalid/);
+    assert.throws(() => parseLabOptions({ name: "lab-" }), /--name "lab-" is invalid/);
+    assert.throws(() => parseLabOptions({ nodes: "2.5" }), /--nodes "2.5" is invalid/);
+    assert.throws(() => parseLabOptions({ nodes: "1e1" }), /--nodes "1e1" is invalid/);
+  });
+
+  it("takes etcd stores the nodes can reach, and refuses loopback ones with the way out", () => {
+    assert.equal(parseLabOptions({ store: "etcd" }).store, "etcd");
+    assert.equal(parseLabOptions({ store: "etcd://198.18.0.200:2379" }).store, "etcd://198.18.0.200:2379");
+    assert.throws(() => parseLabOptions({ store: "etcd://127.0.0.1:2379" }), /127\.0\.0\.1 is each node's own loopback.*--store etcd/);
+    assert.throws(() => parseLabOptions({ store: "mysql://x" }), /--store: invalid store "mysql:\/\/x": unknown kind of store; .*or --store etcd for an etcd the lab runs itself/);
+  });
+
+  it("lays out a dual-stack lab: one bridge, nodes .11 .12 .13 and ::11 ::12 ::13, external .200, pods per node", () => {
+    const layout = labLayout(parseLabOptions({ name: "t", mode: "direct" }));
+    assert.deepEqual(layout.families, [4, 6]);
+    assert.equal(layout.underlayNetns, "t-underlay");
+    assert.deepEqual(layout.subnets, [{ index: 0, bridge: "br0", prefixes: ["198.18.0.0/24", "fd00:198:18::/64"], router: ["198.18.0.1", "fd00:198:18::1"] }]);
+    assert.deepEqual(layout.nodes.map((node) => [node.name, node.netnsName, node.subnet, node.bridgePort, ...node.interfaceAddresses]), [
+      ["node1", "t-node1", 0, "node1", "198.18.0.11/24", "fd00:198:18::11/64"],
+      ["node2", "t-node2", 0, "node2", "198.18.0.12/24", "fd00:198:18::12/64"],
+      ["node3", "t-node3", 0, "node3", "198.18.0.13/24", "fd00:198:18::13/64"],
+    ]);
+    assert.deepEqual(layout.external.addresses, ["198.18.0.200", "fd00:198:18::200"]);
+    assert.deepEqual(layout.pods.map((pod) => [pod.name, pod.node, pod.netnsName, pod.containerId]).slice(0, 3), [
+      ["node1-pod0", "node1", "t-node1-pod0", "t-node1-pod0"],
+      ["node1-pod1", "node1", "t-node1-pod1", "t-node1-pod1"],
+      ["node2-pod0", "node2", "t-node2-pod0", "t-node2-pod0"],
+    ]);
+    assert.equal(layout.pods.length, 6);
+  });
+
+  it("alternates nodes over two subnets, each with its own bridge and router address", () => {
+    const layout = labLayout(parseLabOptions({ subnets: "2", nodes: "4" }));
+    assert.deepEqual(layout.subnets.map((subnet) => [subnet.bridge, ...subnet.prefixes, ...subnet.router]), [
+      ["br0", "198.18.0.0/24", "fd00:198:18::/64", "198.18.0.1", "fd00:198:18::1"],
+      ["br1", "198.18.1.0/24", "fd00:198:18:1::/64", "198.18.1.1", "fd00:198:18:1::1"],
+    ]);
+    assert.deepEqual(layout.nodes.map((node) => node.addresses), [
+      ["198.18.0.11", "fd00:198:18::11"],
+      ["198.18.1.12", "fd00:198:18:1::12"],
+      ["198.18.0.13", "fd00:198:18::13"],
+      ["198.18.1.14", "fd00:198:18:1::14"],
+    ]);
+    assert.equal(layout.external.subnet, 0);
+  });
+
+  it("gives a single-stack lab only that family's addresses and plan ranges", () => {
+    const v6 = labLayout(parseLabOptions({ family: "ipv6" }));
+    assert.deepEqual(v6.nodes[0].interfaceAddresses, ["fd00:198:18::11/64"]);
+    assert.deepEqual(v6.subnets[0].router, ["fd00:198:18::1"]);
+    assert.deepEqual(JSON.parse(v6.planText).podCidrs, ["fd00:10:244::/56"]);
+    const v4 = labLayout(parseLabOptions({ family: "ipv4" }));
+    assert.deepEqual(v4.external.interfaceAddresses, ["198.18.0.200/24"]);
+    assert.deepEqual(JSON.parse(v4.planText).serviceCidrs, ["10.96.0.0/16"]);
+  });
+
+  it("writes a plan that `trellis plan check` accepts: pods /24 and /64 per node, Services, IPv4 first", () => {
+    const { planText } = labLayout(parseLabOptions({}));
+    const { plan, problems } = validatePlanText(planText);
+    assert.deepEqual(problems, []);
+    assert.ok(plan);
+    assert.deepEqual(JSON.parse(planText), {
+      podCidrs: ["10.244.0.0/16", "fd00:10:244::/56"],
+      serviceCidrs: ["10.96.0.0/16", "fd00:10:96::/112"],
+      nodeCidrs: [],
+      nodeMaskSize: { ipv4: 24, ipv6: 64 },
+      nodePortRange: "30000-32767",
+    });
+  });
+
+  it("recognizes its own namespaces and never another lab's", () => {
+    for (const name of ["lab-underlay", "lab-external", "lab-node1", "lab-node12-pod3"]) assert.ok(isLabNetnsName("lab", name), name);
+    for (const name of ["lab-x-node1", "lab-node1-underlay", "labnode1", "lab-node1-pod", "other-node1", "lab-"]) assert.ok(!isLabNetnsName("lab", name), name);
+    assert.ok(isLabNetnsName("lab-node1", "lab-node1-node2"));
+    assert.ok(!isLabNetnsName("lab-node1", "lab-node1-pod0"));
+  });
+});

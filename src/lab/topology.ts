@@ -1,0 +1,239 @@
+/**
+ * The lab's shape as data: the namespaces, links and addresses `trellis lab up` builds and the
+ * cluster plan it writes, computed from the user's options before anything is created.
+ */
+import { formatIp, formatPrefix, nthAddress, parsePrefix, subPrefix, type Family, type IpPrefix } from "../net/ip.js";
+import { formatPlanFile, validatePlan } from "../plan/plan.js";
+import { parseStoreSpec } from "../store/open.js";
+
+export type LabFamily = "ipv4" | "ipv6" | "dual";
+export type LabMode = "direct" | "vxlan" | "auto";
+
+export const LAB_FAMILIES: readonly LabFamily[] = ["ipv4", "ipv6", "dual"];
+export const LAB_MODES: readonly LabMode[] = ["direct", "vxlan", "auto"];
+export const MAX_NODES = 20;
+export const MAX_PODS_PER_NODE = 20;
+/**
+ * Namespace names are `<name>-nodeNN-podNN`; interface names inside them never carry the lab's
+ * name. The cap keeps names short enough to read in `ip netns list` and to leave room for the
+ * 13 characters the longest suffix adds.
+ */
+export const MAX_NAME_LENGTH = 32;
+export const DEFAULT_LAB_NAME = "lab";
+/** TCP and UDP port of the probe servers in pods and in `external`. */
+export const PROBE_PORT = 7777;
+
+export interface LabOptions {
+  readonly name: string;
+  readonly nodes: number;
+  readonly podsPerNode: number;
+  readonly family: LabFamily;
+  readonly mode: LabMode;
+  readonly subnets: 1 | 2;
+  /**
+   * A store spec the user gave, or `etcd` for an etcd the lab runs on its external host;
+   * undefined means the lab's own SQLite file.
+   */
+  readonly store?: string;
+}
+
+/** Options as the command line gives them: text, unchecked. */
+export interface LabOptionsText {
+  readonly name?: string;
+  readonly nodes?: string;
+  readonly podsPerNode?: string;
+  readonly family?: string;
+  readonly mode?: string;
+  readonly subnets?: string;
+  readonly store?: string;
+}
+
+const NAME = /^[a-z]([a-z0-9-]*[a-z0-9])?$/;
+
+/** Checks a lab name (every lab command takes one); throws naming the value and what is allowed. */
+export function checkLabName(name: string): string {
+  if (!NAME.test(name)) {
+    throw new Error(`--name ${JSON.stringify(name)} is invalid: a lab name starts with a lowercase letter, holds only lowercase letters, digits and "-", and does not end with "-"`);
+  }
+  if (name.length > MAX_NAME_LENGTH) {
+    throw new Error(`--name ${JSON.stringify(name)} is ${name.length} characters long; at most ${MAX_NAME_LENGTH} are allowed, so that every namespace name (${name}-node${MAX_NODES}-pod${MAX_PODS_PER_NODE - 1}) stays short`);
+  }
+  return name;
+}
+
+/** Validates every option and reports every problem at once, one a line. */
+export function parseLabOptions(text: LabOptionsText): LabOptions {
+  const problems: string[] = [];
+  const attempt = <T>(check: () => T): T | undefined => {
+    try {
+      return check();
+    } catch (error) {
+      problems.push((error as Error).message);
+      return undefined;
+    }
+  };
+  const name = attempt(() => checkLabName(text.name ?? DEFAULT_LAB_NAME));
+  const nodes = attempt(() => wholeNumber("--nodes", text.nodes ?? "3", 1, MAX_NODES));
+  const podsPerNode = attempt(() => wholeNumber("--pods-per-node", text.podsPerNode ?? "2", 1, MAX_PODS_PER_NODE));
+  const family = attempt(() => oneOf("--family", text.family ?? "dual", LAB_FAMILIES));
+  const mode = attempt(() => oneOf("--mode", text.mode ?? "auto", LAB_MODES));
+  const subnets = attempt(() => oneOf("--subnets", text.subnets ?? "1", ["1", "2"] as const));
+  const store = text.store === undefined ? undefined : attempt(() => checkStore(text.store!));
+  if (problems.length > 0) throw new Error(problems.join("\n"));
+  return { name: name!, nodes: nodes!, podsPerNode: podsPerNode!, family: family!, mode: mode!, subnets: Number(subnets) as 1 | 2, store };
+}
+
+function wholeNumber(option: string, text: string, min: number, max: number): number {
+  const value = Number(text);
+  if (!/^[0-9]+$/.test(text) || value < min || value > max) {
+    throw new Error(`${option} ${JSON.stringify(text)} is invalid: expected a whole number from ${min} to ${max}`);
+  }
+  return value;
+}
+
+function oneOf<T extends string>(option: string, text: string, allowed: readonly T[]): T {
+  if (!(allowed as readonly string[]).includes(text)) {
+    throw new Error(`${option} ${JSON.stringify(text)} is invalid: expected one of ${allowed.join(", ")}`);
+  }
+  return text as T;
+}
+
+/** `--store etcd`: the lab starts etcd in its external namespace, where every node reaches it. */
+export const LAB_ETCD = "etcd";
+
+function checkStore(text: string): string {
+  if (text === LAB_ETCD) return text;
+  let spec;
+  try {
+    spec = parseStoreSpec(text);
+  } catch (error) {
+    throw new Error(`--store: ${(error as Error).message}; or --store ${LAB_ETCD} for an etcd the lab runs itself`);
+  }
+  if (spec.kind === "etcd" && (spec.endpoint.host === "localhost" || /^127\.|^::1$/.test(spec.endpoint.host))) {
+    throw new Error(
+      `--store ${text}: the agents run inside the node namespaces, where ${spec.endpoint.host} is each node's own loopback and no etcd listens; ` +
+        `give --store ${LAB_ETCD} to have the lab run etcd on its external host, reachable from every node`,
+    );
+  }
+  return text;
+}
+
+export function labFamilies(family: LabFamily): Family[] {
+  return family === "ipv4" ? [4] : family === "ipv6" ? [6] : [4, 6];
+}
+
+/** The lab's namespaces' names are `<lab>-<member>`; the path is what nsenter and CNI_NETNS take. */
+export function labNetnsName(lab: string, member: string): string {
+  return `${lab}-${member}`;
+}
+
+/** Whether a namespace name is one a lab of this name makes (and no other lab's). */
+export function isLabNetnsName(lab: string, netnsName: string): boolean {
+  if (!netnsName.startsWith(`${lab}-`)) return false;
+  return /^(underlay|external|node[0-9]+|node[0-9]+-pod[0-9]+)$/.test(netnsName.slice(lab.length + 1));
+}
+
+export interface UnderlaySubnet {
+  readonly index: number;
+  /** The bridge in the underlay namespace that is this subnet's L2 segment. */
+  readonly bridge: string;
+  /** Per family in use: the subnet and the router's address on it. */
+  readonly prefixes: readonly string[];
+  readonly router: readonly string[];
+}
+
+/** A host on the underlay: a namespace with eth0 on one subnet's bridge. */
+export interface UnderlayHost {
+  readonly name: string;
+  /** The namespace's name (`ip netns`). */
+  readonly netnsName: string;
+  readonly subnet: number;
+  /** The veth end in the underlay namespace, a port of the subnet's bridge. */
+  readonly bridgePort: string;
+  readonly addresses: readonly string[];
+  /** The same addresses with the subnet's prefix length, as eth0 holds them. */
+  readonly interfaceAddresses: readonly string[];
+}
+
+export interface LabPodSpec {
+  /** `node1-pod0`: what `lab exec` and `lab status` call it. */
+  readonly name: string;
+  readonly node: string;
+  readonly netnsName: string;
+  readonly containerId: string;
+}
+
+export interface LabLayout {
+  readonly name: string;
+  readonly families: readonly Family[];
+  readonly underlayNetns: string;
+  readonly subnets: readonly UnderlaySubnet[];
+  readonly nodes: readonly UnderlayHost[];
+  readonly external: UnderlayHost;
+  readonly pods: readonly LabPodSpec[];
+  /** The cluster plan file's text (canonical JSON). */
+  readonly planText: string;
+}
+
+const UNDERLAY: Readonly<Record<Family, IpPrefix>> = { 4: parsePrefix("198.18.0.0/16"), 6: parsePrefix("fd00:198:18::/48") };
+const UNDERLAY_SUBNET_LENGTH: Readonly<Record<Family, number>> = { 4: 24, 6: 64 };
+const POD_CIDRS: Readonly<Record<Family, string>> = { 4: "10.244.0.0/16", 6: "fd00:10:244::/56" };
+const SERVICE_CIDRS: Readonly<Record<Family, string>> = { 4: "10.96.0.0/16", 6: "fd00:10:96::/112" };
+const NODE_MASK_SIZE = { ipv4: 24, ipv6: 64 };
+const ROUTER_HOST = 1;
+const EXTERNAL_HOST = 200;
+const FIRST_NODE_HOST = 10;
+
+/** Every name and address of a lab. The IPv6 host part reads like the IPv4 one: .11 and ::11. */
+export function labLayout(options: LabOptions): LabLayout {
+  const families = labFamilies(options.family);
+  const subnetPrefix = (index: number, family: Family): IpPrefix => subPrefix(UNDERLAY[family], UNDERLAY_SUBNET_LENGTH[family], BigInt(index));
+  const hostAddress = (index: number, family: Family, host: number): string =>
+    formatIp(nthAddress(subnetPrefix(index, family), family === 4 ? BigInt(host) : BigInt(`0x${host}`)));
+  const subnets = Array.from({ length: options.subnets }, (_, index) => ({
+    index,
+    bridge: `br${index}`,
+    prefixes: families.map((family) => formatPrefix(subnetPrefix(index, family))),
+    router: families.map((family) => hostAddress(index, family, ROUTER_HOST)),
+  }));
+  const host = (name: string, subnet: number, number: number): UnderlayHost => {
+    const addresses = families.map((family) => hostAddress(subnet, family, number));
+    return {
+      name,
+      netnsName: labNetnsName(options.name, name),
+      subnet,
+      bridgePort: name,
+      addresses,
+      interfaceAddresses: addresses.map((address, i) => `${address}/${UNDERLAY_SUBNET_LENGTH[families[i]]}`),
+    };
+  };
+  const nodes = Array.from({ length: options.nodes }, (_, i) => host(`node${i + 1}`, i % options.subnets, FIRST_NODE_HOST + i + 1));
+  const pods = nodes.flatMap((node) =>
+    Array.from({ length: options.podsPerNode }, (_, j) => {
+      const name = `${node.name}-pod${j}`;
+      const netnsName = labNetnsName(options.name, name);
+      return { name, node: node.name, netnsName, containerId: netnsName };
+    }),
+  );
+  return {
+    name: options.name,
+    families,
+    underlayNetns: labNetnsName(options.name, "underlay"),
+    subnets,
+    nodes,
+    external: host("external", 0, EXTERNAL_HOST),
+    pods,
+    planText: labPlanText(families),
+  };
+}
+
+/** The plan: pod and Service CIDRs of the families in use, primary family first. */
+function labPlanText(families: readonly Family[]): string {
+  const { plan, problems } = validatePlan({
+    podCidrs: families.map((family) => POD_CIDRS[family]),
+    serviceCidrs: families.map((family) => SERVICE_CIDRS[family]),
+    nodeMaskSize: Object.fromEntries(families.map((family) => (family === 4 ? ["ipv4", NODE_MASK_SIZE.ipv4] : ["ipv6", NODE_MASK_SIZE.ipv6]))),
+  });
+  if (!plan) throw new Error(`the lab's own cluster plan is invalid: ${problems.join("; ")}`);
+  return formatPlanFile(plan);
+}
