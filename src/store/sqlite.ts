@@ -22,10 +22,34 @@ export function openSqlite(path: string, options: OpenSqliteOptions = {}): Sqlit
   const databaseOptions = { nativeBinding: embeddedAddon(), readonly: options.readonly ?? false, timeout: options.busyTimeoutMs ?? 60_000 } as unknown as Database.Options;
   const db = new Database(path, databaseOptions);
   if (!options.readonly) {
-    db.pragma("journal_mode = WAL");
+    try {
+      untilNotBusy(() => db.pragma("journal_mode = WAL"), options.busyTimeoutMs ?? 60_000);
+    } catch (error) {
+      db.close();
+      throw error;
+    }
     db.pragma("synchronous = NORMAL");
   }
   return db;
+}
+
+/**
+ * Retries `step` while SQLite answers "database is locked". Switching a new file to WAL while
+ * other processes do the same gets that answer at once, without waiting in the busy handler
+ * (SQLite refuses to wait where waiting could deadlock), so several processes opening one new
+ * file together need to try again.
+ */
+function untilNotBusy<T>(step: () => T, timeoutMs: number): T {
+  const deadline = Date.now() + timeoutMs;
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  for (let wait = 1; ; wait = Math.min(wait * 2, 50)) {
+    try {
+      return step();
+    } catch (error) {
+      if ((error as { code?: string }).code !== "SQLITE_BUSY" || Date.now() > deadline) throw error;
+      Atomics.wait(pause, 0, 0, wait + Math.random() * wait);
+    }
+  }
 }
 
 declare const TRELLIS_ADDON_SHA: string;
