@@ -112,9 +112,10 @@ function runLoops(options: AgentOptions, log: Logger, context: AgentContext): Ru
 
   const selfEndpoint = endpointOf(self);
 
+  let listed = false;
   /** Recomputes and applies; calls made while one runs coalesce into one more run. */
   const requestSync = () => {
-    if (stopped) return;
+    if (stopped || !listed) return;
     if (syncing) {
       again = true;
       return;
@@ -225,6 +226,7 @@ function runLoops(options: AgentOptions, log: Logger, context: AgentContext): Ru
         }
         if (!storeUp) log("info", "store reachable again", { store: store.spec });
         storeUp = true;
+        listed = true;
         backoff = 500;
         requestSync();
         await Promise.all([followNodes(nodes.revision + 1), followHeartbeats(beats.revision + 1)]);
@@ -290,7 +292,7 @@ function runLoops(options: AgentOptions, log: Logger, context: AgentContext): Ru
 
   timers.push(setInterval(requestSync, options.resyncSeconds * 1000));
   timers.push(setInterval(() => void beat(), options.heartbeatSeconds * 1000));
-  requestSync();
+  // The first sync waits for the first list of peers: syncing with none would withdraw every route.
   void follow();
   void done.catch(() => undefined);
   const stopAndClose = () => {

@@ -1,0 +1,146 @@
+/**
+ * A running cluster under faults: an agent killed and restarted, its state deleted by hand, a
+ * node removed, a peer gone silent, the store going away; and large packets over VXLAN. The
+ * lab is VXLAN across two underlay subnets, dual-stack, with a 2 s resync.
+ */
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { after, before, describe, it } from "node:test";
+import { startDetached } from "../src/lab/processes.js";
+import { agentLogEntries, agentRoutes, downAll, labCheck, labExec, labName, labStatus, runTrellis, waitFor, type LabStatus } from "./support/lab.js";
+import { TRELLIS } from "./support/trellis-cni.js";
+
+after(downAll);
+
+function killAgent(status: LabStatus, node: string, signal: NodeJS.Signals = "SIGKILL"): void {
+  process.kill(status.nodes.find((entry) => entry.name === node)!.agentPid, signal);
+}
+
+/** Starts the node's agent again, with its own flags plus `extra`; returns its pid. */
+function restartAgent(status: LabStatus, node: string, extra: string[] = []): number {
+  const entry = status.nodes.find((candidate) => candidate.name === node)!;
+  return startDetached(entry.netns, [...entry.agentArgv, ...extra], entry.agentLog).pid;
+}
+
+function fdb(name: string, node: string, dev: string): string[] {
+  return (JSON.parse(labExec(name, node, ["bridge", "-json", "fdb", "show", "dev", dev])) as Array<{ mac: string; dst?: string }>)
+    .filter((entry) => entry.dst)
+    .map((entry) => `${entry.mac} dst ${entry.dst}`)
+    .sort();
+}
+
+describe("a VXLAN lab under faults", { timeout: 600_000 }, () => {
+  const name = labName("fx");
+  let status: LabStatus;
+
+  before(() => {
+    const up = runTrellis(["lab", "up", "--name", name, "--mode", "vxlan", "--subnets", "2"]);
+    assert.equal(up.status, 0, up.stdout + up.stderr);
+    status = labStatus(name);
+  });
+
+  // Bug caught: a pod MTU that ignores VXLAN's overhead black-holes full-size packets across nodes.
+  it("carries a 1 MB TCP transfer and 2,000-byte UDP datagrams across nodes on both families", () => {
+    const to = status.pods.find((pod) => pod.node === "node2")!;
+    for (const address of to.addresses) {
+      const tcp = JSON.parse(labExec(name, "node1-pod0", [TRELLIS, "probe", "connect", address, "7777", "--bytes", "1048576", "--json", "--timeout", "10000"]));
+      assert.equal(tcp.bytes, 1048576, `TCP to ${address}`);
+      const udp = JSON.parse(labExec(name, "node1-pod0", [TRELLIS, "probe", "connect", address, "7777", "--udp", "--bytes", "2000", "--json"]));
+      assert.equal(udp.bytes, 2000, `UDP to ${address}`);
+    }
+  });
+
+  // Bug caught: the dataplane depending on the agent process (routes or devices removed when it dies).
+  it("keeps pods reaching each other across nodes after kill -9 of an agent", () => {
+    const before = agentRoutes(name, "node1");
+    killAgent(status, "node1");
+    const check = labCheck(name);
+    assert.equal(check.ok, true, JSON.stringify(check.probes.filter((probe) => !probe.ok)));
+    assert.deepEqual(agentRoutes(name, "node1"), before);
+  });
+
+  // Bug caught: a restarted agent that removes and re-adds its routes (a gap for established traffic).
+  it("a restarted agent changes nothing that was already right", async () => {
+    const monitor = spawn("nsenter", [`--net=${status.nodes[0].netns}`, "ip", "monitor", "route", "neigh"], { stdio: ["ignore", "pipe", "ignore"] });
+    let events = "";
+    monitor.stdout.on("data", (chunk: Buffer) => (events += chunk.toString()));
+    try {
+      const claimedBefore = agentLogEntries(status.nodes[0].agentLog, "node claimed").length;
+      const pid = restartAgent(status, "node1");
+      await waitFor("the restarted agent claims its node", () => agentLogEntries(status.nodes[0].agentLog, "node claimed").length > claimedBefore, 10_000);
+      await new Promise((resolve) => setTimeout(resolve, 3000));
+      assert.equal(events.split("\n").filter((line) => / proto 153|lladdr .* PERMANENT/.test(line)).join("\n"), "", "no route or neighbour of the agent's changed");
+      status.nodes[0].agentPid = pid;
+    } finally {
+      monitor.kill();
+    }
+    const check = labCheck(name);
+    assert.equal(check.ok, true, JSON.stringify(check.probes.filter((probe) => !probe.ok)));
+  });
+
+  // Bug caught: state deleted by hand staying deleted (no resync) until the next peer change.
+  it("puts back a route and a VXLAN FDB entry deleted by hand within one resync", async () => {
+    const routes = agentRoutes(name, "node1");
+    const entries = fdb(name, "node1", "trellis-vx4");
+    const victim = routes.find((route) => route.includes("trellis-vx4"))!;
+    labExec(name, "node1", ["ip", "route", "del", victim.split(" ")[0], "proto", "153"]);
+    const [mac, , dst] = entries[0].split(" ");
+    labExec(name, "node1", ["bridge", "fdb", "del", mac, "dev", "trellis-vx4", "dst", dst, "self"]);
+    assert.notDeepEqual(agentRoutes(name, "node1"), routes);
+    const took = await waitFor("route and FDB restored", () => agentRoutes(name, "node1").join() === routes.join() && fdb(name, "node1", "trellis-vx4").join() === entries.join(), 4000);
+    assert.ok(took <= 4000, `restored after ${took} ms`);
+  });
+
+  // Bug caught: a peer that died keeps attracting traffic forever (routes never withdrawn on a lapsed heartbeat).
+  it("withdraws the routes of a peer whose heartbeat lapsed, and restores them when it beats again", async () => {
+    killAgent(status, "node1", "SIGTERM");
+    await waitFor("node1's agent stopped", () => !labStatus(name).nodes[0].agentRunning, 5000);
+    status.nodes[0].agentPid = restartAgent(status, "node1", ["--heartbeat-interval", "1", "--peer-grace", "3"]);
+    const node3 = status.nodes[2];
+    await waitFor("node1 routes to node3", () => agentRoutes(name, "node1").some((route) => route.startsWith(node3.podCidrs[0])), 10_000);
+    killAgent(status, "node3");
+    await waitFor("node1 withdraws node3's routes after the grace period", () => !agentRoutes(name, "node1").some((route) => route.startsWith(node3.podCidrs[0])), 10_000);
+    status.nodes[2].agentPid = restartAgent(status, "node3");
+    await waitFor("node1 routes to node3 again", () => agentRoutes(name, "node1").some((route) => route.startsWith(node3.podCidrs[0])), 10_000);
+  });
+
+  // Bug caught: a removed node's pod CIDRs keep routes on its peers, attracting traffic for addresses that may be reused.
+  it("drops the routes of a stopped node within 2 s of `trellis node rm`", async () => {
+    const node3 = status.nodes[2];
+    killAgent(status, "node3");
+    const rm = runTrellis(["node", "rm", "node3", "--store", status.store]);
+    assert.equal(rm.status, 0, rm.stderr);
+    const gone = (node: string) => () => !agentRoutes(name, node).some((route) => node3.podCidrs.some((cidr) => route.startsWith(cidr)));
+    const [took1, took2] = await Promise.all([waitFor("node1 drops node3", gone("node1"), 2000), waitFor("node2 drops node3", gone("node2"), 2000)]);
+    assert.ok(took1 <= 2000 && took2 <= 2000);
+  });
+});
+
+describe("a lab on etcd while etcd is down", { timeout: 600_000 }, () => {
+  const name = labName("ed");
+
+  // Bug caught: an agent that exits, withdraws routes or stops following the store after an outage.
+  it("keeps traffic flowing while etcd is stopped, and the agents follow the store again when it returns", async () => {
+    const up = runTrellis(["lab", "up", "--name", name, "--mode", "auto", "--subnets", "2", "--store", "etcd"]);
+    assert.equal(up.status, 0, up.stdout + up.stderr);
+    const status = labStatus(name);
+    assert.ok(status.etcd, "the lab runs its etcd");
+    process.kill(status.etcd!.pid, "SIGKILL");
+    await new Promise((resolve) => setTimeout(resolve, 7000));
+    const during = labCheck(name);
+    assert.equal(during.ok, true, JSON.stringify(during.probes.filter((probe) => !probe.ok)));
+    for (const node of status.nodes) {
+      assert.ok(labStatus(name).nodes.find((entry) => entry.name === node.name)!.agentRunning, `${node.name}'s agent runs on`);
+      assert.ok(agentLogEntries(node.agentLog, "heartbeat not written; the store is unreachable; keeping every peer's routes meanwhile").length > 0, `${node.name} says the store is gone`);
+    }
+    startDetached(status.external.netns, status.etcd!.argv, status.etcd!.log);
+    for (const node of status.nodes) {
+      await waitFor(`${node.name} writes its heartbeat again`, () => agentLogEntries(node.agentLog, "heartbeat written again").length > 0, 30_000);
+    }
+    const node3 = status.nodes[2];
+    process.kill(node3.agentPid, "SIGKILL");
+    // The lab's etcd is reachable only inside the lab: ask it from the external host's namespace.
+    labExec(name, "external", [TRELLIS, "node", "rm", "node3", "--store", status.store]);
+    await waitFor("node1 follows the store again and drops node3", () => !agentRoutes(name, "node1").some((route) => route.startsWith(node3.podCidrs[0])), 10_000);
+  });
+});
