@@ -6,7 +6,7 @@
 import { build } from "esbuild";
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { inject } from "postject";
@@ -44,18 +44,21 @@ const seaConfig = {
 writeFileSync("dist/sea-config.json", JSON.stringify(seaConfig, null, 2));
 execFileSync(process.execPath, ["--experimental-sea-config", "dist/sea-config.json"], { stdio: "pipe" });
 
-rmSync("dist/trellis", { force: true });
-copyFileSync(process.execPath, "dist/trellis");
-chmodSync("dist/trellis", 0o755);
+// Built beside and renamed into place, so a running lab or test never execs half a binary.
+const building = `dist/trellis.building-${process.pid}`;
+rmSync(building, { force: true });
+copyFileSync(process.execPath, building);
+chmodSync(building, 0o755);
 // postject warns once per ELF note section it does not rewrite; those notes are irrelevant here.
 const warn = console.warn;
 console.warn = (...args) => String(args[0]).includes("Can't find string offset for section name") || warn(...args);
 try {
-  await inject("dist/trellis", "NODE_SEA_BLOB", readFileSync("dist/trellis.blob"), {
+  await inject(building, "NODE_SEA_BLOB", readFileSync("dist/trellis.blob"), {
     sentinelFuse: "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2",
   });
 } finally {
   console.warn = warn;
 }
 rmSync("dist/trellis.blob");
+renameSync(building, "dist/trellis");
 console.log(`built dist/trellis (${process.version} single executable with the sqlite addon)`);
