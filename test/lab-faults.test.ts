@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 import { startDetached } from "../src/lab/processes.js";
+import { openStore } from "../src/store/open.js";
 import { agentLogEntries, agentRoutes, downAll, labCheck, labExec, labName, labStatus, runTrellis, waitFor, type LabStatus } from "./support/lab.js";
 import { TRELLIS } from "./support/trellis-cni.js";
 
@@ -113,6 +114,31 @@ describe("a VXLAN lab under faults", { timeout: 600_000 }, () => {
     const gone = (node: string) => () => !agentRoutes(name, node).some((route) => node3.podCidrs.some((cidr) => route.startsWith(cidr)));
     const [took1, took2] = await Promise.all([waitFor("node1 drops node3", gone("node1"), 2000), waitFor("node2 drops node3", gone("node2"), 2000)]);
     assert.ok(took1 <= 2000 && took2 <= 2000);
+  });
+});
+
+describe("a lab whose store holds bad node records", { timeout: 300_000 }, () => {
+  const name = labName("bd");
+
+  // Bug caught: one corrupt or hostile record in the store (a MAC with shell text, not JSON at all) breaking every agent's sync.
+  it("ignores what does not parse and keeps routing to every good peer", async () => {
+    const up = runTrellis(["lab", "up", "--name", name, "--mode", "vxlan", "--subnets", "2"]);
+    assert.equal(up.status, 0, up.stdout + up.stderr);
+    const status = labStatus(name);
+    const before = agentRoutes(name, "node1");
+    const store = await openStore(status.store);
+    try {
+      const evil = { name: "evil", podCidrs: ["10.244.99.0/24", "not a cidr"], network: { addresses: ["198.18.0.99"], vteps: [{ family: 4, mac: "02:00:00:00:00:01 dst 1.2.3.4; reboot" }], mtu: 1500 } };
+      await store.txn({ compares: [], operations: [{ type: "put", key: "/nodes/evil", value: JSON.stringify(evil) }, { type: "put", key: "/nodes/garbage", value: "not json" }] });
+    } finally {
+      await store.close();
+    }
+    await waitFor("node1 warns about the record that is not JSON", () => agentLogEntries(status.nodes[0].agentLog, "a node record in the store is not valid JSON of a node; it is ignored").length > 0, 5000);
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    assert.deepEqual(agentRoutes(name, "node1"), before, "the good peers' routes are untouched, and the VXLAN peer without a usable VTEP gets none");
+    assert.ok(labStatus(name).nodes.every((node) => node.agentRunning));
+    const check = labCheck(name);
+    assert.equal(check.ok, true, JSON.stringify(check.probes.filter((probe) => !probe.ok)));
   });
 });
 

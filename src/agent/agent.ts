@@ -17,7 +17,7 @@ import {
 } from "../dataplane/node-network.js";
 import { nftApply, nftListTable } from "../linux/nftables.js";
 import { bootId, processRunning } from "../linux/process.js";
-import { formatIp, formatPrefix, parsePrefix, tryParseIp, type Family, type IpPrefix } from "../net/ip.js";
+import { formatIp, formatPrefix, parsePrefix, tryParseInterfaceAddress, tryParseIp, type Family, type IpPrefix } from "../net/ip.js";
 import { loadPlan } from "../plan/plan.js";
 import { repairBridge } from "../podnet/bridge.js";
 import { openPodNet } from "../podnet/handle.js";
@@ -216,10 +216,10 @@ function runLoops(options: AgentOptions, log: Logger, context: AgentContext): Ru
         const now = Date.now();
         peers.clear();
         for (const entry of nodes.entries) {
-          const record = parseNode(entry.value);
-          if (record.name !== self.name) peers.set(record.name, { record, lastBeat: now });
+          const record = readNode(entry.value, log);
+          if (record && record.name !== self.name) peers.set(record.name, { record, lastBeat: now });
         }
-        if (!nodes.entries.some((entry) => parseNode(entry.value).name === self.name)) throw new SelfRemoved();
+        if (!nodes.entries.some((entry) => entry.key === `${NODES_PREFIX}${self.name}`)) throw new SelfRemoved();
         for (const entry of beats.entries) {
           const peer = peers.get(entry.key.slice(HEARTBEATS_PREFIX.length));
           if (peer) peer.heartbeat = entry.value;
@@ -260,7 +260,8 @@ function runLoops(options: AgentOptions, log: Logger, context: AgentContext): Ru
         peers.delete(name);
         log("info", "peer removed", { peer: name });
       } else {
-        const record = parseNode(event.value);
+        const record = readNode(event.value, log);
+        if (!record) continue;
         const known = peers.get(name);
         peers.set(name, { record, lastBeat: known?.lastBeat ?? Date.now(), heartbeat: known?.heartbeat });
       }
@@ -306,15 +307,40 @@ function runLoops(options: AgentOptions, log: Logger, context: AgentContext): Ru
 
 class SelfRemoved extends Error {}
 
+/** A node record from the store, or undefined (and a warning) when it is not one. */
+function readNode(value: string, log: Logger): NodeRecord | undefined {
+  try {
+    const record = parseNode(value);
+    if (typeof record?.name === "string") return record;
+  } catch {
+    // reported below
+  }
+  log("warn", "a node record in the store is not valid JSON of a node; it is ignored", { value: value.slice(0, 200) });
+  return undefined;
+}
+
 /** What a peer record says about routing to its pods. */
+/**
+ * What a node record says about routing to its pods. Records come from other processes and
+ * hosts: anything that does not parse (a pod CIDR, an address, a MAC) is left out, so one bad
+ * record can cost its own routes but never break the sync for every peer.
+ */
 function endpointOf(record: NodeRecord): NodeEndpoint {
+  const list = <T>(value: unknown): T[] => (Array.isArray(value) ? (value as T[]) : []);
   return {
-    name: record.name,
-    addresses: (record.network?.addresses ?? []).map((text) => tryParseIp(text)).filter((ip) => ip !== undefined),
-    podCidrs: record.podCidrs.map(parsePrefix),
-    vteps: (record.network?.vteps ?? []).map((vtep) => ({ family: vtep.family as Family, mac: vtep.mac })),
+    name: String(record.name),
+    addresses: list<string>(record.network?.addresses).map((text) => tryParseIp(String(text))).filter((ip) => ip !== undefined),
+    podCidrs: list<string>(record.podCidrs).flatMap((text) => {
+      const parsed = tryParseInterfaceAddress(String(text));
+      return parsed && parsed.address.value === parsed.prefix.network ? [parsed.prefix] : [];
+    }),
+    vteps: list<{ family: unknown; mac: unknown }>(record.network?.vteps).flatMap((vtep) =>
+      (vtep.family === 4 || vtep.family === 6) && typeof vtep.mac === "string" && UNICAST_MAC.test(vtep.mac) ? [{ family: vtep.family as Family, mac: vtep.mac.toLowerCase() }] : [],
+    ),
   };
 }
+
+const UNICAST_MAC = /^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$/;
 
 /**
  * Whether another agent's claim on the node is still served: on this machine and boot, whether
