@@ -60,12 +60,14 @@ export async function assertBridge(name: string, podMtu?: number): Promise<boole
  */
 export async function repairBridge(net: PodNet, bridge: string): Promise<void> {
   const links = localLinkNames();
-  if (!links.has(bridge)) {
-    await ensureBridge(net, bridge, { ipv6: false });
-    return;
-  }
   const pods = attachmentsOnBridge(net.db, bridge).filter((pod) => pod.state === "ready" && links.has(pod.hostIfname));
   if (!pods.length) return;
+  if (!links.has(bridge)) {
+    // Recreated with its pods' MTU, as the ADD that first made it did.
+    const [veth] = parseIpLinks(await ipJson(["link", "show", "dev", pods[0].hostIfname]));
+    await ensureBridge(net, bridge, { mtu: veth?.mtu, ipv6: false });
+    return;
+  }
   const gateways = bridgeGateways(pods.flatMap(recordedAddresses));
   if (gateways.some((gateway) => gateway.address.family === 6)) enableIpv6(bridge);
   try {
