@@ -62,3 +62,16 @@ try {
 rmSync("dist/trellis.blob");
 renameSync(building, "dist/trellis");
 console.log(`built dist/trellis (${process.version} single executable with the sqlite addon)`);
+
+// The native CNI plugin: a static Go binary that forwards each call to the node's agent (cni-forward/).
+try {
+  execFileSync("go", ["build", "-trimpath", "-ldflags", "-s -w", "-o", "../dist/trellis-cni.building", "."], {
+    cwd: "cni-forward",
+    env: { ...process.env, CGO_ENABLED: "0" },
+    stdio: ["ignore", "inherit", "inherit"],
+  });
+} catch (error) {
+  throw new Error(`building the native CNI plugin (cni-forward/) needs Go 1.22 or later on PATH: ${error.message}`);
+}
+renameSync("dist/trellis-cni.building", "dist/trellis-cni");
+console.log("built dist/trellis-cni (static native CNI plugin)");

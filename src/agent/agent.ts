@@ -24,6 +24,7 @@ import { openPodNet } from "../podnet/handle.js";
 import type { KvStore, KvWatch } from "../store/kv.js";
 import { openStore, requireExistingStore } from "../store/open.js";
 import { BRIDGE_NAME, CONFLIST_NAME, renderConflist, writeConflist } from "./conflist.js";
+import { cachedPodNets, startCniServer } from "./cni-server.js";
 import { agentClaim, defaultRouteAddresses, findUnderlay } from "./host.js";
 import { applyNodeNetwork, ensureForwarding, observeNodeNetwork } from "./kernel.js";
 import type { Logger } from "./log.js";
@@ -96,7 +97,7 @@ interface AgentContext {
   readonly underlay: Underlay;
 }
 
-function runLoops(options: AgentOptions, log: Logger, context: AgentContext): RunningAgent {
+async function runLoops(options: AgentOptions, log: Logger, context: AgentContext): Promise<RunningAgent> {
   const { store, cluster, claim, self, underlay } = context;
   const peers = new Map<string, Peer>();
   const timers: NodeJS.Timeout[] = [];
@@ -113,6 +114,9 @@ function runLoops(options: AgentOptions, log: Logger, context: AgentContext): Ru
   const selfEndpoint = endpointOf(self);
 
   let listed = false;
+  let routesProgrammed = false;
+  const podNets = cachedPodNets();
+  const cniServer = await startCniServer(options.cniSocket, podNets, () => (routesProgrammed ? undefined : "its routes to the other nodes are not programmed yet"), log);
   /** Recomputes and applies; calls made while one runs coalesce into one more run. */
   const requestSync = () => {
     if (stopped || !listed) return;
@@ -153,9 +157,10 @@ function runLoops(options: AgentOptions, log: Logger, context: AgentContext): Ru
     if (options.masquerade) await syncAgentMasquerade(live, log);
     await repairPodBridge();
     // Written once the routes are in place, so a runtime sees the network ready only then.
-    const text = renderConflist({ podCidrs: self.podCidrs.map(parsePrefix), mtu: podMtu(options.mode, underlay), dataDir: options.cniDataDir });
+    const text = renderConflist({ podCidrs: self.podCidrs.map(parsePrefix), mtu: podMtu(options.mode, underlay), dataDir: options.cniDataDir, agentSocket: options.cniSocket });
     if (writeConflist(options.cniConfDir, text)) log("info", "CNI config written", { path: join(options.cniConfDir, CONFLIST_NAME) });
     lastSyncMs = performance.now() - started;
+    routesProgrammed = true;
     log("debug", "synced", { durationMs: Math.round(lastSyncMs * 10) / 10, peers: live.length, routes: desired.routes.length, changes: change.summary.length });
   };
 
@@ -299,6 +304,8 @@ function runLoops(options: AgentOptions, log: Logger, context: AgentContext): Ru
   const stopAndClose = () => {
     stop();
     void (syncing ?? Promise.resolve())
+      .then(() => cniServer.close())
+      .then(() => podNets.closeAll())
       .then(() => store.close())
       .then(() => finish(), (error: unknown) => finish(error));
   };

@@ -18,7 +18,7 @@ function temporaryDir(): string {
   return dir;
 }
 
-const DUAL_STACK = { podCidrs: [parsePrefix("fd00:10:244:1::/64"), parsePrefix("10.244.1.0/24")], mtu: 1430, dataDir: "/var/lib/cni/trellis" };
+const DUAL_STACK = { podCidrs: [parsePrefix("fd00:10:244:1::/64"), parsePrefix("10.244.1.0/24")], mtu: 1430, dataDir: "/var/lib/cni/trellis", agentSocket: "/run/trellis/cni.sock" };
 
 describe("renderConflist", () => {
   // Bugs caught: a pod CIDR dropped or two families merged into one range set (pods get one
@@ -34,6 +34,7 @@ describe("renderConflist", () => {
       plugins: [
         {
           type: "trellis",
+          agentSocket: "/run/trellis/cni.sock",
           bridge: "trellis0",
           mtu: 1430,
           ipam: { ranges: [[{ subnet: "fd00:10:244:1::/64" }], [{ subnet: "10.244.1.0/24" }]], dataDir: "/var/lib/cni/trellis" },
@@ -53,9 +54,10 @@ describe("renderConflist", () => {
         bridge: conf.bridge,
         mtu: conf.mtu,
         stateDir: conf.stateDir,
+        agentSocket: conf.agentSocket,
         subnets: conf.ipam.kind === "builtin" ? conf.ipam.ranges.map((set) => set.map((range) => formatPrefix(range.subnet))) : conf.ipam.kind,
       },
-      { name: "trellis", cniVersion: "1.0.0", bridge: "trellis0", mtu: 1430, stateDir: "/var/lib/cni/trellis", subnets: [["fd00:10:244:1::/64"], ["10.244.1.0/24"]] },
+      { name: "trellis", cniVersion: "1.0.0", bridge: "trellis0", mtu: 1430, stateDir: "/var/lib/cni/trellis", agentSocket: "/run/trellis/cni.sock", subnets: [["fd00:10:244:1::/64"], ["10.244.1.0/24"]] },
     );
   });
 

@@ -11,6 +11,8 @@ export interface NodeConflist {
   readonly podCidrs: readonly IpPrefix[];
   readonly mtu: number;
   readonly dataDir: string;
+  /** The agent's CNI socket, which the native plugin forwards calls to. */
+  readonly agentSocket: string;
 }
 
 /** The conflist as text: type trellis, the node's pod CIDRs as one range set per family, the pod MTU. */
@@ -22,6 +24,7 @@ export function renderConflist(conf: NodeConflist): string {
     plugins: [
       {
         type: "trellis",
+        agentSocket: conf.agentSocket,
         bridge: BRIDGE_NAME,
         mtu: conf.mtu,
         ipam: { ranges: conf.podCidrs.map((cidr) => [{ subnet: formatPrefix(cidr) }]), dataDir: conf.dataDir },

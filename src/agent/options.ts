@@ -23,6 +23,8 @@ export interface AgentOptions {
   readonly cniConfDir: string;
   /** The CNI plugin's state directory, written into the conflist. */
   readonly cniDataDir: string;
+  /** Where the agent serves CNI calls for the native plugin; named in the conflist. */
+  readonly cniSocket: string;
   readonly masquerade: boolean;
   readonly resyncSeconds: number;
   readonly heartbeatSeconds: number;
@@ -42,6 +44,7 @@ export interface AgentFlags {
   mtu?: string;
   cniConfDir: string;
   cniDataDir: string;
+  cniSocket: string;
   masquerade: boolean | string;
   resyncInterval: string;
   heartbeatInterval: string;
@@ -52,6 +55,7 @@ export interface AgentFlags {
 export const AGENT_DEFAULTS = {
   cniConfDir: "/etc/cni/net.d",
   cniDataDir: DEFAULT_STATE_DIR,
+  cniSocket: "/run/trellis/cni.sock",
   mode: "auto",
   resyncInterval: "10",
   heartbeatInterval: "5",
@@ -75,7 +79,7 @@ export function parseAgentOptions(flags: AgentFlags): AgentOptions {
     throw new Error(`--mode ${JSON.stringify(flags.mode)} is not a routing mode: expected one of ${ROUTING_MODES.join(", ")}`);
   }
   const mtu = flags.mtu === undefined ? undefined : integer("--mtu", flags.mtu, 1280, 65535);
-  for (const [flag, dir] of [["--cni-conf-dir", flags.cniConfDir], ["--cni-data-dir", flags.cniDataDir]] as const) {
+  for (const [flag, dir] of [["--cni-conf-dir", flags.cniConfDir], ["--cni-data-dir", flags.cniDataDir], ["--cni-socket", flags.cniSocket]] as const) {
     if (!isAbsolute(dir) || /[\0\n]/.test(dir)) throw new Error(`${flag} ${JSON.stringify(dir)} is not an absolute path`);
   }
   const masquerade = typeof flags.masquerade === "boolean" ? flags.masquerade : parseBoolean("TRELLIS_MASQUERADE", flags.masquerade);
@@ -98,6 +102,7 @@ export function parseAgentOptions(flags: AgentFlags): AgentOptions {
     mtu,
     cniConfDir: flags.cniConfDir,
     cniDataDir: flags.cniDataDir,
+    cniSocket: flags.cniSocket,
     masquerade,
     resyncSeconds,
     heartbeatSeconds,

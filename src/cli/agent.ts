@@ -17,6 +17,7 @@ export function registerAgentCommand(program: Command): void {
     .addOption(new Option("--mtu <bytes>", "the underlay MTU (default: the underlay interface's); pods get it less VXLAN's overhead").env("TRELLIS_MTU"))
     .addOption(new Option("--cni-conf-dir <dir>", "where the CNI config is written").env("TRELLIS_CNI_CONF_DIR").default(AGENT_DEFAULTS.cniConfDir))
     .addOption(new Option("--cni-data-dir <dir>", "the CNI plugin's state directory, named in the CNI config").env("TRELLIS_CNI_DATA_DIR").default(AGENT_DEFAULTS.cniDataDir))
+    .addOption(new Option("--cni-socket <path>", "where the agent serves CNI calls for the native plugin (root only)").env("TRELLIS_CNI_SOCKET").default(AGENT_DEFAULTS.cniSocket))
     .addOption(new Option("--masquerade", "masquerade pod traffic leaving the cluster (default)").env("TRELLIS_MASQUERADE").default(true))
     .addOption(new Option("--no-masquerade", "leave pod traffic leaving the cluster with the pod's address"))
     .addOption(new Option("--resync-interval <seconds>", "full resync period").env("TRELLIS_RESYNC_INTERVAL").default(AGENT_DEFAULTS.resyncInterval))

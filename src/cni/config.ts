@@ -52,6 +52,8 @@ export interface NetConf {
   readonly prevResult?: CniResult;
   /** GC's `cni.dev/valid-attachments` (or `cni.dev/attachments`). */
   readonly validAttachments?: readonly AttachmentRef[];
+  /** The agent socket a native plugin forwards to: set in configs the agent writes. */
+  readonly agentSocket?: string;
   /** The config as received, forwarded unchanged to a delegated IPAM plugin. */
   readonly raw: Record<string, unknown>;
 }
@@ -108,6 +110,7 @@ export function parseNetConf(stdin: string, cniArgs: ReadonlyMap<string, string>
     mac: requestedMac(runtimeConfig, args, cniArgs),
     prevResult: raw.prevResult === undefined ? undefined : parseResult(raw.prevResult, "prevResult"),
     validAttachments: parseValidAttachments(raw),
+    agentSocket: parseAgentSocket(raw.agentSocket),
     raw,
   };
 }
@@ -292,6 +295,12 @@ function parseValidAttachments(raw: Record<string, unknown>): AttachmentRef[] | 
     }
     return { containerId: item.containerID, ifname: item.ifname };
   });
+}
+
+function parseAgentSocket(value: unknown): string | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== "string" || !value.startsWith("/") || /[\0\n]/.test(value)) throw invalid(`agentSocket ${JSON.stringify(value)} is not an absolute path`);
+  return value;
 }
 
 function objectField(source: Record<string, unknown>, key: string, where = key): Record<string, unknown> {

@@ -20,6 +20,11 @@ export interface CniRequest {
   readonly stdin: string;
   /** Aborts an ADD in progress; what it did is rolled back. */
   readonly signal?: AbortSignal;
+  /**
+   * Set by the agent serving the request: why it cannot serve pods yet (not registered, routes
+   * not programmed), or undefined when it can. Absent in the standalone plugin.
+   */
+  readonly agentNotReady?: () => string | undefined;
 }
 
 export interface CniReply {
@@ -120,7 +125,15 @@ async function cmdGc(net: PodNet, env: CniEnv, conf: NetConf, request: CniReques
   await gcPods(net, { network: podNetwork(env, conf, request), valid: conf.validAttachments });
 }
 
+/**
+ * A network the agent configured is available only while its agent is ready: served by the
+ * agent, STATUS asks it; run standalone (the native plugin found no agent), the agent is down.
+ */
 async function cmdStatus(net: PodNet, env: CniEnv, conf: NetConf, request: CniRequest): Promise<void> {
+  if (conf.agentSocket !== undefined) {
+    const reason = request.agentNotReady ? request.agentNotReady() : `the trellis agent at ${conf.agentSocket} is not running`;
+    if (reason !== undefined) throw new CniError(CniCode.notAvailable, `network ${conf.name} is not ready: ${reason}`);
+  }
   await podStatus(net, podNetwork(env, conf, request));
 }
 

@@ -4,9 +4,11 @@
  * other with the previous result chained in (ADD) or in reverse order (DEL).
  */
 import { spawn } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { selfInvocation } from "./probe.js";
+import { LAB_ROOT } from "./state.js";
 
 /** The file the agent writes into a node's CNI configuration directory. */
 export const CONFLIST_FILE = "10-trellis.conflist";
@@ -75,13 +77,41 @@ export function labCniPath(): string[] {
   return [dirname(self[self.length - 1]), ...BUILTIN_CNI_PATH];
 }
 
-/** The command that runs a plugin type: `trellis` is this very executable, anything else is found on the CNI path. */
+/**
+ * The command that runs a plugin type. `trellis` is the native plugin (`trellis-cni` beside this
+ * executable, which forwards to the node's agent and falls back to `trellis-standalone`) when it
+ * was built, this very executable otherwise; anything else is found on the CNI path.
+ */
 function pluginCommand(type: string): string[] {
-  if (type === "trellis") return selfInvocation();
+  if (type === "trellis") return trellisPlugin();
   if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(type)) throw new Error(`CNI plugin type ${JSON.stringify(type)} is not a plain executable name`);
   const found = labCniPath().map((dir) => join(dir, type)).find((path) => existsSync(path));
   if (!found) throw new Error(`CNI plugin ${JSON.stringify(type)} is not in ${labCniPath().join(":")}`);
   return [found];
+}
+
+/**
+ * The native plugin as a runtime installs it: `trellis` and `trellis-standalone` side by side,
+ * here as links in the lab's bin directory next to the state (made once per process).
+ */
+function trellisPlugin(): string[] {
+  const self = selfInvocation();
+  const executable = self[self.length - 1];
+  const native = join(dirname(executable), "trellis-cni");
+  if (self.length !== 1 || !existsSync(native)) return self;
+  const bin = join(LAB_ROOT, ".bin", createHash("sha256").update(executable).digest("hex").slice(0, 12));
+  if (!existsSync(join(bin, "trellis"))) {
+    const building = `${bin}.${process.pid}`;
+    mkdirSync(building, { recursive: true });
+    symlinkSync(native, join(building, "trellis"));
+    symlinkSync(executable, join(building, "trellis-standalone"));
+    try {
+      renameSync(building, bin);
+    } catch {
+      rmSync(building, { recursive: true, force: true });
+    }
+  }
+  return [join(bin, "trellis")];
 }
 
 function execPlugin(

@@ -10,9 +10,14 @@ import { createServer, connect, isIP } from "node:net";
 import * as sea from "node:sea";
 import { mapConcurrently } from "./concurrently.js";
 
-/** argv that runs this executable again, whether it is the built binary or `node dist/trellis.cjs`. */
+/**
+ * argv that runs this executable again, whether it is the built binary or `node dist/trellis.cjs`.
+ * A binary replaced while it runs (a rebuild renames a new one into place) shows as
+ * "PATH (deleted)"; the file now at PATH is the one to run.
+ */
 export function selfInvocation(): string[] {
-  return sea.isSea() ? [process.execPath] : [process.execPath, process.argv[1]];
+  const self = process.execPath.replace(/ \(deleted\)$/, "");
+  return sea.isSea() ? [self] : [self, process.argv[1]];
 }
 
 /** What a probe server said. */

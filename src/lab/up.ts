@@ -210,6 +210,7 @@ function startAgents(state: LabState): Map<LabNodeState, StartedProcess> {
       "--mode", state.mode,
       "--cni-conf-dir", node.cniConfDir,
       "--cni-data-dir", node.cniDataDir,
+      "--cni-socket", join(labDir(state.name), node.name, "cni.sock"),
       "--resync-interval", "2",
     ];
     const agent = startDetached(node.netnsPath, argv, join(state.dir, node.name, "agent.log"));

@@ -1,0 +1,3 @@
+module trellis/cni-forward
+
+go 1.22

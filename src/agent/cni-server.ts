@@ -1,0 +1,170 @@
+/**
+ * The agent's CNI socket: the native `trellis` plugin forwards each call here (the CNI_*
+ * environment and stdin), and the agent answers it with the same engine, results and error
+ * codes as the standalone plugin, keeping each state directory's handle open between calls.
+ *
+ * The socket is root-only (mode 0600 in a root-owned directory). Every message is a 4-byte
+ * big-endian length and that many bytes of JSON; a request over 1 MiB, truncated or malformed
+ * gets a CNI error and the connection is closed; a client that goes away mid-ADD has the ADD
+ * rolled back. Nothing a client sends can stop the server.
+ */
+import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
+import { createConnection, createServer, type Server, type Socket } from "node:net";
+import { dirname } from "node:path";
+import { handleCniRequest, type CniReply, type PodNetSource } from "../cni/plugin.js";
+import { CniCode, CniError, formatCniError } from "../podnet/errors.js";
+import { openPodNet, type PodNet } from "../podnet/handle.js";
+import type { Logger } from "./log.js";
+
+export const MAX_REQUEST_BYTES = 1 << 20;
+/** A client must send its whole request within this time. */
+const REQUEST_TIMEOUT_MS = 30_000;
+
+export interface CniServer {
+  readonly path: string;
+  close(): Promise<void>;
+}
+
+/** Handles kept open per state directory, so a call does not reopen SQLite or relearn the node. */
+export function cachedPodNets(): PodNetSource & { closeAll(): void } {
+  const handles = new Map<string, PodNet>();
+  return {
+    acquire(stateDir, field) {
+      let net = handles.get(stateDir);
+      if (!net) {
+        net = openPodNet(stateDir, { field });
+        handles.set(stateDir, net);
+      }
+      return net;
+    },
+    release() {
+      // kept open for the next call
+    },
+    closeAll() {
+      for (const net of handles.values()) net.close();
+      handles.clear();
+    },
+  };
+}
+
+/** Listens on `path`; a stale socket file (no one answering) is replaced, a live one refused. */
+export async function startCniServer(path: string, source: PodNetSource, notReady: () => string | undefined, log: Logger): Promise<CniServer> {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  if (existsSync(path)) {
+    if (!lstatSync(path).isSocket()) throw new Error(`--cni-socket ${path} exists and is not a socket`);
+    if (await answers(path)) throw new Error(`--cni-socket ${path} is served by another process; stop it, or give this agent another socket`);
+    unlinkSync(path);
+  }
+  const server = createServer((socket) => serve(socket, source, notReady, log));
+  server.on("error", (error) => log("error", "CNI socket error", { path, error: String(error) }));
+  // The socket is created with mode 0600: no moment where another user could connect.
+  const umask = process.umask(0o177);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(path, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+  } finally {
+    process.umask(umask);
+  }
+  chmodSync(path, 0o600);
+  log("info", "serving CNI", { socket: path });
+  return { path, close: () => closeServer(server, path) };
+}
+
+function serve(socket: Socket, source: PodNetSource, notReady: () => string | undefined, log: Logger): void {
+  const chunks: Buffer[] = [];
+  let received = 0;
+  let expected: number | undefined;
+  let answered = false;
+  const controller = new AbortController();
+  socket.setTimeout(REQUEST_TIMEOUT_MS, () => {
+    if (!answered) refuse(new CniError(CniCode.ioFailure, `the request did not arrive within ${REQUEST_TIMEOUT_MS / 1000} s`));
+  });
+  socket.on("error", () => undefined);
+  // A client gone before its answer: the work in progress is rolled back.
+  socket.on("close", () => {
+    if (!answered) controller.abort();
+  });
+  const send = (reply: CniReply) => {
+    if (socket.destroyed) return;
+    const body = Buffer.from(JSON.stringify(reply));
+    const size = Buffer.alloc(4);
+    size.writeUInt32BE(body.length);
+    socket.end(Buffer.concat([size, body]));
+  };
+  const refuse = (error: CniError) => {
+    answered = true;
+    send({ exitCode: 1, stdout: `${formatCniError(error, "1.1.0")}\n`, stderr: `trellis: refused a CNI request: ${error.message}\n` });
+    log("warn", "CNI request refused", { reason: error.message });
+  };
+  socket.on("data", (chunk: Buffer) => {
+    if (answered) return;
+    received += chunk.length;
+    chunks.push(chunk);
+    if (expected === undefined && received >= 4) {
+      expected = Buffer.concat(chunks).readUInt32BE(0);
+      if (expected > MAX_REQUEST_BYTES) return refuse(new CniError(CniCode.invalidConfig, `the request is ${expected} bytes; at most ${MAX_REQUEST_BYTES} are allowed`));
+    }
+    if (expected === undefined || received < expected + 4) return;
+    if (received > expected + 4) return refuse(new CniError(CniCode.decodeFailure, "the request holds more bytes than its length says"));
+    answered = true;
+    socket.setTimeout(0);
+    const request = parseRequest(Buffer.concat(chunks).subarray(4));
+    if (request instanceof CniError) {
+      answered = false;
+      return refuse(request);
+    }
+    handleCniRequest({ ...request, signal: controller.signal, agentNotReady: notReady }, source)
+      .then(send, (error: unknown) => send({ exitCode: 1, stdout: `${formatCniError(new CniError(CniCode.internal, String(error)), "1.1.0")}\n`, stderr: "" }))
+      .catch(() => undefined);
+  });
+  socket.on("end", () => {
+    if (!answered) refuse(new CniError(CniCode.decodeFailure, `the request ended after ${Math.max(0, received - 4)} of ${expected ?? "?"} bytes`));
+  });
+}
+
+function parseRequest(body: Buffer): { env: Record<string, string>; stdin: string } | CniError {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body.toString("utf8"));
+  } catch (error) {
+    return new CniError(CniCode.decodeFailure, `the request is not JSON: ${(error as Error).message}`);
+  }
+  const request = parsed as { env?: unknown; stdin?: unknown };
+  if (typeof request !== "object" || request === null || typeof request.stdin !== "string" || typeof request.env !== "object" || request.env === null) {
+    return new CniError(CniCode.decodeFailure, 'the request must be {"env": {NAME: VALUE}, "stdin": TEXT}');
+  }
+  const env: Record<string, string> = {};
+  for (const [name, value] of Object.entries(request.env as Record<string, unknown>)) {
+    if (typeof value !== "string") return new CniError(CniCode.decodeFailure, `the request's env.${name} is not a string`);
+    if (name.startsWith("CNI_") || name === "PATH") env[name] = value;
+  }
+  return { env, stdin: request.stdin };
+}
+
+/** Whether something accepts connections on the socket now. */
+function answers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = createConnection(path);
+    probe.once("connect", () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once("error", () => resolve(false));
+  });
+}
+
+function closeServer(server: Server, path: string): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    try {
+      unlinkSync(path);
+    } catch {
+      // already gone
+    }
+  });
+}
