@@ -17,7 +17,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { claimNode } from "../src/cluster/node-agents.js";
 import { addNode, type NodeNetworkRecord } from "../src/cluster/node-cidrs.js";
-import { openCluster, type Cluster } from "../src/cluster/state.js";
+import { openCluster } from "../src/cluster/state.js";
 import { ROUTE_PROTOCOL, vtepMac } from "../src/dataplane/node-network.js";
 import { logTail, startDetached, stopProcesses, type StartedProcess } from "../src/lab/processes.js";
 import { run } from "../src/linux/exec.js";
@@ -82,12 +82,16 @@ export async function measureScale(settings: { peers: number; changes: number },
   made.stores.add(store);
   const cluster = await openCluster(store, plan);
   const registerStarted = Date.now();
-  for (let index = 1; index <= settings.peers; index++) await publishPeer(cluster, index);
+  for (let index = 1; index <= settings.peers; index++) await claimNode(cluster, peerName(index), peerNetwork(index), () => false);
   const registerSeconds = (Date.now() - registerStarted) / 1000;
   say(`  ${settings.peers} peers written through the store in ${registerSeconds.toFixed(1)} s`);
 
   const log = join(dir, "agent.log");
+  // An agent may serve CNI calls on a socket, by default the machine's /run/trellis/cni.sock:
+  // this one gets its own in the temporary directory (an agent without that socket ignores the
+  // variable). env execs the agent in place, so the pid stays the agent's.
   const argv = [
+    "env", `TRELLIS_CNI_SOCKET=${join(dir, "cni.sock")}`,
     TRELLIS, "agent",
     "--node-name", NODE_NAME,
     "--node-ip", NODE_ADDRESSES.map((address) => address.split("/")[0]).join(","),
@@ -178,10 +182,6 @@ function peerNetwork(index: number): NodeNetworkRecord {
     // Another machine's agent: a boot id that is not this machine's, so no process here is taken for it.
     agent: { id: randomUUID(), host: `bench-${name}`, bootId: randomUUID(), pid: index, startTime: "0" },
   };
-}
-
-async function publishPeer(cluster: Cluster, index: number): Promise<void> {
-  await claimNode(cluster, peerName(index), peerNetwork(index), () => false);
 }
 
 interface SyncEntry {

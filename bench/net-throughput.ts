@@ -1,13 +1,14 @@
 /**
- * TCP throughput with iperf3, IPv4: each path under test beside its baseline in the same run,
- * the two alternating run by run (baseline first on even runs, subject first on odd ones) so
- * that machine noise lands on both. Every server and client runs inside a namespace the lab
- * or the bench made; nothing leaves them.
+ * TCP throughput with iperf3, IPv4: each path under test beside its baseline in the same run.
+ * Every path is measured once per round, in an order that rotates round by round so that
+ * machine noise lands on all of them alike; a path that serves as subject or baseline of more
+ * than one pair is measured once. Every server and client runs inside a namespace the lab or
+ * the bench made; nothing leaves them.
  */
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { promisify } from "node:util";
 import { sleep } from "../src/lab/processes.js";
-import { inNetns } from "../test/support/netns.js";
+import { inNetns, type TestNetns } from "../test/support/netns.js";
 import { summarize, type Made, type Summary } from "./net-support.js";
 
 const IPERF_PORT = "5201";
@@ -43,19 +44,20 @@ export interface PairFigures {
   readonly baseline: PathFigures;
   /** Median over median. */
   readonly ratio: number;
+  /** Subject over baseline within each round: how much the ratio itself moves with the machine's noise. */
+  readonly roundRatios: readonly number[];
   readonly goal?: number;
 }
 
 export async function measureThroughput(pairs: readonly ThroughputPair[], settings: { seconds: number; repeats: number }, made: Made, say: (line: string) => void): Promise<PairFigures[]> {
-  const runs = new Map<IperfPath, IperfRun[]>(pairs.flatMap((pair) => [[pair.subject, []], [pair.baseline, []]]));
-  for (let repeat = 0; repeat < settings.repeats; repeat++) {
-    for (const pair of pairs) {
-      const order = repeat % 2 === 0 ? [pair.baseline, pair.subject] : [pair.subject, pair.baseline];
-      for (const path of order) {
-        const result = await runIperf(path, settings.seconds, made);
-        runs.get(path)!.push(result);
-        say(`  ${pair.name} run ${repeat + 1}/${settings.repeats}: ${path.label} ${(result.bitsPerSecond / 1e9).toFixed(2)} Gbit/s`);
-      }
+  const paths = [...new Set(pairs.flatMap((pair) => [pair.baseline, pair.subject]))];
+  const runs = new Map<IperfPath, IperfRun[]>(paths.map((path) => [path, []]));
+  for (let round = 0; round < settings.repeats; round++) {
+    const order = [...paths.slice(round % paths.length), ...paths.slice(0, round % paths.length)];
+    for (const path of order) {
+      const result = await runIperf(path, settings.seconds, made);
+      runs.get(path)!.push(result);
+      say(`  round ${round + 1}/${settings.repeats}: ${path.label} ${(result.bitsPerSecond / 1e9).toFixed(2)} Gbit/s`);
     }
   }
   const figures = (path: IperfPath): PathFigures => ({
@@ -67,7 +69,9 @@ export async function measureThroughput(pairs: readonly ThroughputPair[], settin
   return pairs.map((pair) => {
     const subject = figures(pair.subject);
     const baseline = figures(pair.baseline);
-    return { name: pair.name, subject, baseline, ratio: Math.round((subject.gbps.median / baseline.gbps.median) * 1000) / 1000, goal: pair.goal };
+    const ratio = (a: number, b: number) => Math.round((a / b) * 1000) / 1000;
+    const roundRatios = runs.get(pair.subject)!.map((run, round) => ratio(run.bitsPerSecond, runs.get(pair.baseline)![round].bitsPerSecond));
+    return { name: pair.name, subject, baseline, ratio: ratio(subject.gbps.median, baseline.gbps.median), roundRatios, goal: pair.goal };
   });
 }
 
@@ -128,10 +132,32 @@ async function ended(child: ChildProcess, graceMs: number): Promise<void> {
 export function rawVethPath(made: Made): IperfPath {
   const client = made.pool.create("bveth");
   const server = made.pool.create("bveth");
-  inNetns(client, "ip", ["link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", server.path]);
-  inNetns(client, "ip", ["address", "add", "192.0.2.1/30", "dev", "veth0"]);
-  inNetns(client, "ip", ["link", "set", "veth0", "up"]);
-  inNetns(server, "ip", ["address", "add", "192.0.2.2/30", "dev", "veth1"]);
-  inNetns(server, "ip", ["link", "set", "veth1", "up"]);
+  inNetns(client, "ip", ["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", server.path]);
+  addressAndUp(client, "192.0.2.1/30");
+  addressAndUp(server, "192.0.2.2/30");
   return { label: "raw veth", serverNetns: server.path, clientNetns: client.path, address: "192.0.2.2" };
+}
+
+/**
+ * Two bare namespaces, each with a veth into a plain bridge in a third one, with the kernel's
+ * defaults (br_netfilter included) and no rules: the same topology as two pods on one node,
+ * without Trellis. It tells what the topology costs from what Trellis adds to it.
+ */
+export function bareBridgePath(made: Made): IperfPath {
+  const bridge = made.pool.create("bbridge");
+  inNetns(bridge, "ip", ["link", "add", "br0", "type", "bridge"]);
+  inNetns(bridge, "ip", ["link", "set", "br0", "up"]);
+  const [client, server] = [1, 2].map((host) => {
+    const ns = made.pool.create("bbridge");
+    inNetns(ns, "ip", ["link", "add", "eth0", "type", "veth", "peer", "name", `port${host}`, "netns", bridge.path]);
+    inNetns(bridge, "ip", ["link", "set", `port${host}`, "master", "br0", "up"]);
+    addressAndUp(ns, `192.0.2.${host}/24`);
+    return ns;
+  });
+  return { label: "bare bridge", serverNetns: server.path, clientNetns: client.path, address: "192.0.2.2" };
+}
+
+function addressAndUp(ns: TestNetns, address: string): void {
+  inNetns(ns, "ip", ["address", "add", address, "dev", "eth0"]);
+  inNetns(ns, "ip", ["link", "set", "eth0", "up"]);
 }
