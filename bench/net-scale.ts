@@ -63,6 +63,9 @@ export interface ScaleFigures {
   readonly quietResyncMs: Summary;
   readonly rssMiB: number;
   readonly peakRssMiB: number;
+  /** Of rssMiB: the agent's own memory (heap, malloc), and the executable's file pages shared with every trellis process. */
+  readonly anonMiB: number;
+  readonly fileMiB: number;
 }
 
 export async function measureScale(settings: { peers: number; changes: number }, made: Made, say: (line: string) => void): Promise<ScaleFigures> {
@@ -221,8 +224,9 @@ async function kernelObjects(node: TestNetns): Promise<ScaleFigures["kernel"]> {
   return { routes: routes.length, neighbors: neighbors.length, fdb: fdb.length };
 }
 
-function residentMemory(agent: StartedProcess): { rssMiB: number; peakRssMiB: number } {
+function residentMemory(agent: StartedProcess): { rssMiB: number; peakRssMiB: number; anonMiB: number; fileMiB: number } {
   const status = readFileSync(`/proc/${agent.pid}/status`, "utf8");
   const kib = (field: string): number => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN);
-  return { rssMiB: Math.round(kib("VmRSS") / 102.4) / 10, peakRssMiB: Math.round(kib("VmHWM") / 102.4) / 10 };
+  const mib = (field: string) => Math.round(kib(field) / 102.4) / 10;
+  return { rssMiB: mib("VmRSS"), peakRssMiB: mib("VmHWM"), anonMiB: mib("RssAnon"), fileMiB: mib("RssFile") };
 }

@@ -273,6 +273,7 @@ function tableRows(report: NetBenchReport): Row[] {
     rows.push({ figure: `${peers} peers: one change applied, median / p95 of ${s.changeMs.n}`, value: `${s.changeMs.median.toFixed(1)} / ${s.changeMs.p95.toFixed(1)} ms`, goal: `< ${GOALS.changeMs} ms`, result: verdict(s.changeMs.p95 < GOALS.changeMs) });
     rows.push({ figure: `${peers} peers: full resync, nothing to change, median / max of ${s.quietResyncMs.n}`, value: `${s.quietResyncMs.median.toFixed(1)} / ${s.quietResyncMs.max.toFixed(1)} ms`, goal: `< ${GOALS.quietResyncMs} ms`, result: verdict(s.quietResyncMs.max < GOALS.quietResyncMs) });
     rows.push({ figure: `${peers} peers: agent RSS (peak)`, value: `${s.rssMiB} MiB (${s.peakRssMiB})`, goal: `< ${GOALS.rssMiB} MB`, result: verdict(s.rssMiB * 1.048576 < GOALS.rssMiB) });
+    rows.push({ figure: `${peers} peers: of it anonymous / executable's file pages`, value: `${s.anonMiB} / ${s.fileMiB} MiB`, goal: "", result: "reported" });
   }
   for (const error of report.errors) rows.push({ figure: `${error.part}: not measured`, value: error.message.split("\n")[0].slice(0, 60), goal: "", result: "ERROR" });
   return rows;

@@ -13,7 +13,8 @@ import { HEARTBEATS_PREFIX, NODES_PREFIX, parseNode, type AgentClaim, type NodeR
 import { openCluster, type Cluster } from "../cluster/state.js";
 import { desiredMasquerade, parseMasqueradeTable, renderMasqueradeChange } from "../dataplane/masquerade.js";
 import {
-  desiredNodeNetwork, diffNodeNetwork, podMtu, vtepMac, vxlanFamilies, type NodeEndpoint, type Underlay,
+  desiredPeerNetwork, desiredVxlanDevices, diffNodeNetwork, joinPeerNetworks, podMtu, vtepMac, vxlanFamilies,
+  type NodeEndpoint, type NodeNetwork, type NodeNetworkChange, type ObservedNodeNetwork, type Underlay,
 } from "../dataplane/node-network.js";
 import { nftApply, nftListTable } from "../linux/nftables.js";
 import { bootId, processRunning } from "../linux/process.js";
@@ -35,6 +36,8 @@ export const AGENT_MASQUERADE_TABLE = "trellis-agent";
 
 interface Peer {
   record: NodeRecord;
+  /** The record parsed once, when it changed. */
+  endpoint: NodeEndpoint;
   /** Local time its heartbeat last changed (or the store came back): peers are judged by change, not by clock. */
   lastBeat: number;
   heartbeat?: string;
@@ -117,60 +120,115 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
   let routesProgrammed = false;
   const podNets = cachedPodNets();
   const cniServer = await startCniServer(options.cniSocket, podNets, () => (routesProgrammed ? undefined : "its routes to the other nodes are not programmed yet"), log);
-  /** Recomputes and applies; calls made while one runs coalesce into one more run. */
-  const requestSync = () => {
+  /**
+   * Recomputes and applies. A full sync computes every peer's part, reads what the kernel holds
+   * and repairs any drift. A partial one (peers changed in the store) recomputes only their
+   * parts and diffs them against what the last sync applied for them, so one change costs one
+   * change. Requests made while a sync runs coalesce into one more run, full if any asked for it.
+   */
+  let wantFull = false;
+  const changed = new Set<string>();
+  /** Each peer's part of the desired state as last applied; undefined until a full sync applied it all. */
+  let applied: Map<string, NodeNetwork> | undefined;
+  const devices = desiredVxlanDevices(selfEndpoint, underlay, options.mode);
+  const requestSync = (full: boolean, peer?: string) => {
     if (stopped || !listed) return;
-    if (syncing) {
-      again = true;
-      return;
-    }
-    syncing = syncNodeNetwork()
-      .catch((error: unknown) => log("error", "sync failed; the next resync retries", { error: String(error) }))
+    if (full) wantFull = true;
+    if (peer !== undefined) changed.add(peer);
+    if (syncing || (!wantFull && changed.size === 0)) return;
+    const runFull = wantFull || applied === undefined;
+    const names = [...changed];
+    wantFull = false;
+    changed.clear();
+    syncing = syncNodeNetwork(runFull, names)
+      .catch((error: unknown) => {
+        applied = undefined;
+        log("error", "sync failed; the next resync retries", { error: String(error) });
+      })
       .finally(() => {
         syncing = undefined;
-        if (again) {
-          again = false;
-          requestSync();
-        }
+        if (wantFull || changed.size) requestSync(wantFull);
       });
   };
 
-  const syncNodeNetwork = async () => {
+  const isLive = (peer: Peer | undefined, now: number) => peer !== undefined && (!storeUp || now - peer.lastBeat <= options.peerGraceSeconds * 1000);
+  const partOf = (peer: Peer) => desiredPeerNetwork(underlay, devices, peer.endpoint, options.mode);
+
+  const syncNodeNetwork = async (full: boolean, names: readonly string[]) => {
     const started = performance.now();
     const now = Date.now();
-    const graceMs = options.peerGraceSeconds * 1000;
-    const live = [...peers.values()].filter((peer) => !storeUp || now - peer.lastBeat <= graceMs).map((peer) => endpointOf(peer.record));
-    const desired = desiredNodeNetwork(selfEndpoint, underlay, live, options.mode);
-    const change = diffNodeNetwork(desired, await observeNodeNetwork());
+    const live = [...peers.values()].filter((peer) => isLive(peer, now));
+    let change: NodeNetworkChange;
+    if (full || !applied) {
+      const parts = new Map(live.map((peer) => [peer.record.name, partOf(peer)]));
+      change = diffNodeNetwork(joinPeerNetworks(devices, [...parts.values()]), await observeNodeNetwork());
+      applied = parts;
+    } else {
+      const before = names.map((name) => applied!.get(name)).filter((part) => part !== undefined);
+      const after = names.flatMap((name) => {
+        const peer = peers.get(name);
+        return peer && isLive(peer, now) ? [partOf(peer)] : [];
+      });
+      change = diffNodeNetwork(joinPeerNetworks(devices, after), asObserved(joinPeerNetworks(devices, before)));
+      for (const name of names) {
+        const peer = peers.get(name);
+        if (peer && isLive(peer, now)) applied.set(name, partOf(peer));
+        else applied.delete(name);
+      }
+    }
     if (change.ip.length || change.bridge.length) {
-      await applyNodeNetwork(change).catch((error: unknown) => log("error", "some changes failed", { error: String(error) }));
+      await applyNodeNetwork(change).catch((error: unknown) => {
+        log("error", "some changes failed; the next full sync retries them", { error: String(error) });
+        wantFull = true;
+      });
       log("info", "routes updated", { changes: change.summary });
     }
+    const desired = joinPeerNetworks(devices, [...applied.values()]);
     const unroutable = desired.unroutable.map((entry) => `${entry.peer} ${formatPrefix(entry.podCidr)}: ${entry.reason}`);
     if (unroutable.join("\n") !== lastUnroutable) {
       lastUnroutable = unroutable.join("\n");
       for (const entry of desired.unroutable) log("warn", "peer unreachable", { peer: entry.peer, podCidr: formatPrefix(entry.podCidr), reason: entry.reason });
     }
-    const families = new Set(self.podCidrs.map((cidr) => parsePrefix(cidr).family));
-    const forwarding = ensureForwarding(underlay.device, [BRIDGE_NAME, ...desired.vxlan.map((device) => device.name)], families);
-    if (forwarding.length) log("info", "forwarding enabled", { sysctls: forwarding });
-    if (options.masquerade) await syncAgentMasquerade(live, log);
-    await repairPodBridge();
-    // Written once the routes are in place, so a runtime sees the network ready only then.
-    const text = renderConflist({ podCidrs: self.podCidrs.map(parsePrefix), mtu: podMtu(options.mode, underlay), dataDir: options.cniDataDir, agentSocket: options.cniSocket });
-    if (writeConflist(options.cniConfDir, text)) log("info", "CNI config written", { path: join(options.cniConfDir, CONFLIST_NAME) });
+    if (options.masquerade) await syncAgentMasquerade(live.map((peer) => peer.endpoint), log);
+    if (full) {
+      const families = new Set(self.podCidrs.map((cidr) => parsePrefix(cidr).family));
+      const forwarding = ensureForwarding(underlay.device, [BRIDGE_NAME, ...desired.vxlan.map((device) => device.name)], families);
+      if (forwarding.length) log("info", "forwarding enabled", { sysctls: forwarding });
+      await repairPodBridge();
+      // Written once the routes are in place, so a runtime sees the network ready only then.
+      const text = renderConflist({ podCidrs: self.podCidrs.map(parsePrefix), mtu: podMtu(options.mode, underlay), dataDir: options.cniDataDir, agentSocket: options.cniSocket });
+      if (writeConflist(options.cniConfDir, text)) log("info", "CNI config written", { path: join(options.cniConfDir, CONFLIST_NAME) });
+      routesProgrammed = true;
+    }
     lastSyncMs = performance.now() - started;
-    routesProgrammed = true;
-    log("debug", "synced", { durationMs: Math.round(lastSyncMs * 10) / 10, peers: live.length, routes: desired.routes.length, changes: change.summary.length });
+    const memory = process.memoryUsage();
+    log("debug", "synced", {
+      full,
+      durationMs: Math.round(lastSyncMs * 10) / 10,
+      peers: live.length,
+      changedPeers: full ? undefined : names.length,
+      routes: desired.routes.length,
+      changes: change.summary.length,
+      rssMiB: Math.round(memory.rss / 2 ** 20),
+      heapUsedMiB: Math.round(memory.heapUsed / 2 ** 20),
+    });
   };
 
+  /** Masquerade exclusions change only with the set of node addresses: no nft call otherwise. */
+  let masqueradeFor = "";
+  /** The periodic full sync also checks the table against the kernel. */
+  let wantFullMasquerade = true;
   const syncAgentMasquerade = async (live: readonly NodeEndpoint[], logger: Logger) => {
     const exclusions: IpPrefix[] = [
       ...cluster.plan.podCidrs,
       ...cluster.plan.serviceCidrs,
       ...[selfEndpoint, ...live].flatMap((node) => node.addresses.map((address) => ({ family: address.family, network: address.value, length: address.family === 4 ? 32 : 128 }))),
     ];
+    const key = exclusions.map(formatPrefix).join(",");
+    if (key === masqueradeFor && !wantFullMasquerade) return;
+    wantFullMasquerade = false;
     const desired = desiredMasquerade([{ network: "pods", sources: selfEndpoint.podCidrs, exclusions }]);
+    masqueradeFor = key;
     const script = renderMasqueradeChange(AGENT_MASQUERADE_TABLE, desired, parseMasqueradeTable(await nftListTable("inet", AGENT_MASQUERADE_TABLE)));
     if (script) {
       await nftApply(script);
@@ -222,7 +280,7 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
         peers.clear();
         for (const entry of nodes.entries) {
           const record = readNode(entry.value, log);
-          if (record && record.name !== self.name) peers.set(record.name, { record, lastBeat: now });
+          if (record && record.name !== self.name) peers.set(record.name, { record, endpoint: endpointOf(record), lastBeat: now });
         }
         if (!nodes.entries.some((entry) => entry.key === `${NODES_PREFIX}${self.name}`)) throw new SelfRemoved();
         for (const entry of beats.entries) {
@@ -233,7 +291,7 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
         storeUp = true;
         listed = true;
         backoff = 500;
-        requestSync();
+        requestSync(true);
         await Promise.all([followNodes(nodes.revision + 1), followHeartbeats(beats.revision + 1)]);
       } catch (error) {
         if (stopped) return;
@@ -268,9 +326,9 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
         const record = readNode(event.value, log);
         if (!record) continue;
         const known = peers.get(name);
-        peers.set(name, { record, lastBeat: known?.lastBeat ?? Date.now(), heartbeat: known?.heartbeat });
+        peers.set(name, { record, endpoint: endpointOf(record), lastBeat: known?.lastBeat ?? Date.now(), heartbeat: known?.heartbeat });
       }
-      requestSync();
+      requestSync(false, name);
     }
     throw new Error("the node watch ended");
   };
@@ -284,7 +342,7 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
       const revived = Date.now() - peer.lastBeat > options.peerGraceSeconds * 1000;
       peer.heartbeat = event.value;
       peer.lastBeat = Date.now();
-      if (revived) requestSync();
+      if (revived) requestSync(false, event.key.slice(HEARTBEATS_PREFIX.length));
     }
     throw new Error("the heartbeat watch ended");
   };
@@ -296,7 +354,10 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
     for (const watch of watches.splice(0)) watch.stop();
   };
 
-  timers.push(setInterval(requestSync, options.resyncSeconds * 1000));
+  timers.push(setInterval(() => {
+    wantFullMasquerade = true;
+    requestSync(true);
+  }, options.resyncSeconds * 1000));
   timers.push(setInterval(() => void beat(), options.heartbeatSeconds * 1000));
   // The first sync waits for the first list of peers: syncing with none would withdraw every route.
   void follow();
@@ -313,6 +374,11 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
 }
 
 class SelfRemoved extends Error {}
+
+/** What the last sync applied, as if read back from the kernel. */
+function asObserved(network: NodeNetwork): ObservedNodeNetwork {
+  return { vxlan: network.vxlan.map((device) => ({ ...device, up: true })), routes: network.routes, neighbors: network.neighbors, fdb: network.fdb };
+}
 
 /** A node record from the store, or undefined (and a warning) when it is not one. */
 function readNode(value: string, log: Logger): NodeRecord | undefined {

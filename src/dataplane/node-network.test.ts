@@ -2,6 +2,9 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { parseInterfaceAddress, parseIp, parsePrefix, type Family } from "../net/ip.js";
 import {
+  desiredPeerNetwork,
+  desiredVxlanDevices,
+  joinPeerNetworks,
   desiredNodeNetwork,
   diffNodeNetwork,
   parseFdb,
@@ -605,4 +608,24 @@ describe("diffNodeNetwork", () => {
       ],
     );
   });
+});
+
+describe("partial sync", () => {
+  // Bug caught: the per-peer parts a partial sync works on disagreeing with the full desired
+  // state, so a change applied partially leaves what the next full sync must redo.
+  for (const mode of ["direct", "vxlan", "auto"] as const) {
+    test(`${mode}: the union of every peer's part is the full desired state, and a peer's change diffs to exactly its own entries`, () => {
+      const self = endpoint(A, mode, "dual");
+      const underlay = underlayOf("dual");
+      const peers = [endpoint(B, mode, "dual"), endpoint(C, mode, "dual")];
+      const devices = desiredVxlanDevices(self, underlay, mode);
+      const full = desiredNodeNetwork(self, underlay, peers, mode);
+      assert.deepEqual(joinPeerNetworks(devices, peers.map((peer) => desiredPeerNetwork(underlay, devices, peer, mode))), full);
+      const withoutC = desiredNodeNetwork(self, underlay, [peers[0]], mode);
+      const observed = { vxlan: devices.map((device) => ({ ...device, up: true })), routes: withoutC.routes, neighbors: withoutC.neighbors, fdb: withoutC.fdb };
+      const cPart = desiredPeerNetwork(underlay, devices, peers[1], mode);
+      const partial = diffNodeNetwork(joinPeerNetworks(devices, [cPart]), { ...observed, routes: [], neighbors: [], fdb: [] });
+      assert.deepEqual(partial, diffNodeNetwork(full, observed), "adding C alone is what the full diff does");
+    });
+  }
 });

@@ -110,9 +110,9 @@ export function podMtu(mode: RoutingMode, underlay: Underlay): number {
   return underlay.mtu - Math.max(...families.map((family) => VXLAN_OVERHEAD[family]));
 }
 
-/** The desired state: one route per peer pod CIDR, plus VXLAN devices, neighbours and FDB entries where VXLAN carries them. */
-export function desiredNodeNetwork(self: NodeEndpoint, underlay: Underlay, peers: readonly NodeEndpoint[], mode: RoutingMode): NodeNetwork {
-  const vxlan: VxlanDevice[] = vxlanFamilies(mode, self.addresses).map((family) => ({
+/** The VXLAN devices a node runs in its mode. */
+export function desiredVxlanDevices(self: NodeEndpoint, underlay: Underlay, mode: RoutingMode): VxlanDevice[] {
+  return vxlanFamilies(mode, self.addresses).map((family) => ({
     name: vxlanDeviceName(family),
     family,
     id: VXLAN_ID,
@@ -122,46 +122,65 @@ export function desiredNodeNetwork(self: NodeEndpoint, underlay: Underlay, peers
     mtu: underlay.mtu - VXLAN_OVERHEAD[family],
     link: underlay.device,
   }));
+}
+
+/** The desired state: one route per peer pod CIDR, plus VXLAN devices, neighbours and FDB entries where VXLAN carries them. */
+export function desiredNodeNetwork(self: NodeEndpoint, underlay: Underlay, peers: readonly NodeEndpoint[], mode: RoutingMode): NodeNetwork {
+  const vxlan = desiredVxlanDevices(self, underlay, mode);
+  const parts = [...peers].sort((a, b) => (a.name < b.name ? -1 : 1)).filter((peer) => peer.name !== self.name).map((peer) => desiredPeerNetwork(underlay, vxlan, peer, mode));
+  return joinPeerNetworks(vxlan, parts);
+}
+
+/** What one peer needs: a node's desired state is the union of its peers' (see `joinPeerNetworks`). */
+export function desiredPeerNetwork(underlay: Underlay, vxlan: readonly VxlanDevice[], peer: NodeEndpoint, mode: RoutingMode): NodeNetwork {
   const routes: PeerRoute[] = [];
-  const neighbors = new Map<string, NeighborEntry>();
-  const fdb = new Map<string, FdbEntry>();
+  const neighbors: NeighborEntry[] = [];
+  const fdb: FdbEntry[] = [];
   const unroutable: Unroutable[] = [];
-  for (const peer of [...peers].sort((a, b) => (a.name < b.name ? -1 : 1))) {
-    if (peer.name === self.name) continue;
-    for (const podCidr of peer.podCidrs) {
-      const family = podCidr.family;
-      const peerAddress = peer.addresses.find((address) => address.family === family);
-      const connected = peerAddress !== undefined && underlay.addresses.some((entry) => entry.address.family === family && prefixContains(entry.prefix, peerAddress));
-      if (mode === "direct" || (mode === "auto" && connected)) {
-        if (connected) {
-          routes.push({ dst: podCidr, via: peerAddress!, dev: underlay.device, onlink: false });
-          continue;
-        }
-        if (mode === "direct") {
-          const reason = peerAddress
-            ? `its node address ${formatIp(peerAddress)} is not on a subnet connected to this node (${describeConnected(underlay, family)}); direct routing needs the peers on one link: use --mode vxlan or auto`
-            : `it has no ${familyName(family)} node address, which direct routing needs; use --mode vxlan or auto`;
-          unroutable.push({ peer: peer.name, podCidr, reason });
-          continue;
-        }
-      }
-      const carrier = [family, family === 4 ? 6 : 4].find(
-        (candidate) => vxlan.some((device) => device.family === candidate) && peer.vteps.some((vtep) => vtep.family === candidate) && peer.addresses.some((address) => address.family === candidate),
-      ) as Family | undefined;
-      if (carrier === undefined) {
-        unroutable.push({ peer: peer.name, podCidr, reason: "it shares no underlay family with this node on which both run VXLAN" });
+  for (const podCidr of peer.podCidrs) {
+    const family = podCidr.family;
+    const peerAddress = peer.addresses.find((address) => address.family === family);
+    const connected = peerAddress !== undefined && underlay.addresses.some((entry) => entry.address.family === family && prefixContains(entry.prefix, peerAddress));
+    if (mode === "direct" || (mode === "auto" && connected)) {
+      if (connected) {
+        routes.push({ dst: podCidr, via: peerAddress!, dev: underlay.device, onlink: false });
         continue;
       }
-      const dev = vxlanDeviceName(carrier);
-      const mac = peer.vteps.find((vtep) => vtep.family === carrier)!.mac;
-      const gateway = { family, value: podCidr.network };
-      routes.push({ dst: podCidr, via: gateway, dev, onlink: true });
-      neighbors.set(`${dev} ${formatIp(gateway)}`, { dev, address: gateway, mac });
-      const dst = peer.addresses.find((address) => address.family === carrier)!;
-      fdb.set(`${dev} ${mac}`, { dev, mac, dst });
+      if (mode === "direct") {
+        const reason = peerAddress
+          ? `its node address ${formatIp(peerAddress)} is not on a subnet connected to this node (${describeConnected(underlay, family)}); direct routing needs the peers on one link: use --mode vxlan or auto`
+          : `it has no ${familyName(family)} node address, which direct routing needs; use --mode vxlan or auto`;
+        unroutable.push({ peer: peer.name, podCidr, reason });
+        continue;
+      }
     }
+    const carrier = [family, family === 4 ? 6 : 4].find(
+      (candidate) => vxlan.some((device) => device.family === candidate) && peer.vteps.some((vtep) => vtep.family === candidate) && peer.addresses.some((address) => address.family === candidate),
+    ) as Family | undefined;
+    if (carrier === undefined) {
+      unroutable.push({ peer: peer.name, podCidr, reason: "it shares no underlay family with this node on which both run VXLAN" });
+      continue;
+    }
+    const dev = vxlanDeviceName(carrier);
+    const mac = peer.vteps.find((vtep) => vtep.family === carrier)!.mac;
+    const gateway = { family, value: podCidr.network };
+    routes.push({ dst: podCidr, via: gateway, dev, onlink: true });
+    neighbors.push({ dev, address: gateway, mac });
+    const dst = peer.addresses.find((address) => address.family === carrier)!;
+    if (!fdb.some((entry) => entry.dev === dev && entry.mac === mac)) fdb.push({ dev, mac, dst });
   }
-  return { vxlan, routes, neighbors: [...neighbors.values()], fdb: [...fdb.values()], unroutable };
+  return { vxlan, routes, neighbors, fdb, unroutable };
+}
+
+/** The union of peers' parts on these devices. */
+export function joinPeerNetworks(vxlan: readonly VxlanDevice[], parts: readonly NodeNetwork[]): NodeNetwork {
+  return {
+    vxlan,
+    routes: parts.flatMap((part) => part.routes),
+    neighbors: parts.flatMap((part) => part.neighbors),
+    fdb: parts.flatMap((part) => part.fdb),
+    unroutable: parts.flatMap((part) => part.unroutable),
+  };
 }
 
 /** What the kernel holds of the agent's objects. */

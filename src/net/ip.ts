@@ -35,14 +35,28 @@ export function familyName(family: Family): "IPv4" | "IPv6" {
 /** Parses `10.1.2.3` or `fd00::1`; returns undefined for anything else (zones, short IPv4 forms). */
 export function tryParseIp(text: string): IpAddress | undefined {
   if (typeof text !== "string" || text.includes("%")) return undefined;
-  if (ipaddr.IPv4.isValidFourPartDecimal(text)) {
-    if (text.split(".").some((octet) => octet.length > 1 && octet.startsWith("0"))) return undefined;
-    return { family: 4, value: bytesToBigint(ipaddr.IPv4.parse(text).toByteArray()) };
-  }
-  if (text.includes(":") && ipaddr.IPv6.isValid(text)) {
+  if (!text.includes(":")) return parseIpv4(text);
+  // Parsed once; ipaddr.js throws on what is not an address (and the agent parses thousands a sync).
+  try {
     return { family: 6, value: bytesToBigint(ipaddr.IPv6.parse(text).toByteArray()) };
+  } catch {
+    return undefined;
   }
-  return undefined;
+}
+
+const IPV4 = /^(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})$/;
+
+/** Four decimal octets, no leading zeros (which some parsers read as octal). */
+function parseIpv4(text: string): IpAddress | undefined {
+  const match = IPV4.exec(text);
+  if (!match) return undefined;
+  let value = 0n;
+  for (let i = 1; i <= 4; i++) {
+    const octet = Number(match[i]);
+    if (octet > 255) return undefined;
+    value = (value << 8n) | BigInt(octet);
+  }
+  return { family: 4, value };
 }
 
 export function parseIp(text: string): IpAddress {
@@ -222,13 +236,16 @@ function bytesToBigint(bytes: number[]): bigint {
 }
 
 function formatIpv4(value: bigint): string {
-  return [24n, 16n, 8n, 0n].map((shift) => Number((value >> shift) & 0xffn)).join(".");
+  const number = Number(value);
+  return `${number >>> 24}.${(number >>> 16) & 0xff}.${(number >>> 8) & 0xff}.${number & 0xff}`;
 }
 
 function formatIpv6(value: bigint): string {
-  const groups: number[] = [];
-  for (let shift = 112n; shift >= 0n; shift -= 16n) groups.push(Number((value >> shift) & 0xffffn));
   if (value >> 32n === 0xffffn) return `::ffff:${formatIpv4(value & 0xffffffffn)}`;
+  // One conversion to hex, then string work: BigInt shifts per group cost tens of microseconds.
+  const digits = value.toString(16).padStart(32, "0");
+  const groups: number[] = [];
+  for (let i = 0; i < 32; i += 4) groups.push(parseInt(digits.slice(i, i + 4), 16));
   let bestStart = -1;
   let bestLength = 0;
   for (let i = 0; i < 8; ) {
