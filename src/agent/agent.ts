@@ -109,7 +109,7 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
   let storeUp = true;
   let syncing: Promise<void> | undefined;
   let again = false;
-  let lastUnroutable = "";
+  let reportedUnroutable = new Set<string>();
   let lastSyncMs = 0;
   let finish!: (error?: unknown) => void;
   const done = new Promise<void>((resolve, reject) => (finish = (error) => (error ? reject(error) : resolve())));
@@ -184,11 +184,12 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
       log("info", "routes updated", { changes: change.summary });
     }
     const desired = joinPeerNetworks(devices, [...applied.values()]);
-    const unroutable = desired.unroutable.map((entry) => `${entry.peer} ${formatPrefix(entry.podCidr)}: ${entry.reason}`);
-    if (unroutable.join("\n") !== lastUnroutable) {
-      lastUnroutable = unroutable.join("\n");
-      for (const entry of desired.unroutable) log("warn", "peer unreachable", { peer: entry.peer, podCidr: formatPrefix(entry.podCidr), reason: entry.reason });
+    // Each unroutable pod CIDR is said once, when it becomes so (again).
+    const unroutable = new Map(desired.unroutable.map((entry) => [`${entry.peer} ${formatPrefix(entry.podCidr)}: ${entry.reason}`, entry]));
+    for (const [key, entry] of unroutable) {
+      if (!reportedUnroutable.has(key)) log("warn", "peer unreachable", { peer: entry.peer, podCidr: formatPrefix(entry.podCidr), reason: entry.reason });
     }
+    reportedUnroutable = new Set(unroutable.keys());
     if (options.masquerade) await syncAgentMasquerade(live.map((peer) => peer.endpoint), log);
     if (full) {
       const families = new Set(self.podCidrs.map((cidr) => parsePrefix(cidr).family));
