@@ -83,13 +83,17 @@ describe("a VXLAN lab under faults", { timeout: 600_000 }, () => {
   it("puts back a route and a VXLAN FDB entry deleted by hand within one resync", async () => {
     const routes = agentRoutes(name, "node1");
     const entries = fdb(name, "node1", "trellis-vx4");
-    const victim = routes.find((route) => route.includes("trellis-vx4"))!;
-    labExec(name, "node1", ["ip", "route", "del", victim.split(" ")[0], "proto", "153"]);
+    const victim = routes.find((route) => route.includes("trellis-vx4"))!.split(" ")[0];
+    const updatesBefore = agentLogEntries(status.nodes[0].agentLog, "routes updated").length;
+    labExec(name, "node1", ["ip", "route", "del", victim, "proto", "153"]);
     const [mac, , dst] = entries[0].split(" ");
     labExec(name, "node1", ["bridge", "fdb", "del", mac, "dev", "trellis-vx4", "dst", dst, "self"]);
-    assert.notDeepEqual(agentRoutes(name, "node1"), routes);
     const took = await waitFor("route and FDB restored", () => agentRoutes(name, "node1").join() === routes.join() && fdb(name, "node1", "trellis-vx4").join() === entries.join(), 4000);
     assert.ok(took <= 4000, `restored after ${took} ms`);
+    // The agent put them back (the resync may even beat the first look at the table).
+    const changes = agentLogEntries(status.nodes[0].agentLog, "routes updated").slice(updatesBefore).flatMap((entry) => entry.changes as string[]);
+    assert.ok(changes.some((change) => change.startsWith(`route ${victim} `)), `the agent restored ${victim}: ${changes.join("; ")}`);
+    assert.ok(changes.some((change) => change.startsWith(`fdb ${mac} -> ${dst}`)), `the agent restored the FDB entry: ${changes.join("; ")}`);
   });
 
   // Bug caught: a peer that died keeps attracting traffic forever (routes never withdrawn on a lapsed heartbeat).
