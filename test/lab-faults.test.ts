@@ -171,6 +171,6 @@ describe("a lab on etcd while etcd is down", { timeout: 600_000 }, () => {
     process.kill(node3.agentPid, "SIGKILL");
     // The lab's etcd is reachable only inside the lab: ask it from the external host's namespace.
     labExec(name, "external", [TRELLIS, "node", "rm", "node3", "--store", status.store]);
-    await waitFor("node1 follows the store again and drops node3", () => !agentRoutes(name, "node1").some((route) => route.startsWith(node3.podCidrs[0])), 10_000);
+    await waitFor("node1 follows the store again and drops node3", () => !agentRoutes(name, "node1").some((route) => route.startsWith(node3.podCidrs[0])), 4_000);
   });
 });

@@ -263,12 +263,25 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
         const now = Date.now();
         for (const peer of peers.values()) peer.lastBeat = now;
         log("info", "heartbeat written again", { store: store.spec });
+        relist();
       }
     } catch (error) {
       if (!beatFailing) log("warn", "heartbeat not written; the store is unreachable; keeping every peer's routes meanwhile", { store: store.spec, error: String(error) });
       beatFailing = true;
       storeUp = false;
     }
+  };
+
+  /**
+   * A watch stream may sit in its client's reconnect backoff for long after the store is back
+   * (etcd's client waits up to 30 s); once a heartbeat goes through again, list and watch anew.
+   */
+  let relisting = false;
+  let wakeFollow: (() => void) | undefined;
+  const relist = () => {
+    relisting = true;
+    for (const watch of watches.splice(0)) watch.stop();
+    wakeFollow?.();
   };
 
   /** Lists nodes and heartbeats, then follows both; on any failure waits (backing off) and starts over. */
@@ -293,6 +306,7 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
         listed = true;
         backoff = 500;
         requestSync(true);
+        relisting = false;
         await Promise.all([followNodes(nodes.revision + 1), followHeartbeats(beats.revision + 1)]);
       } catch (error) {
         if (stopped) return;
@@ -303,9 +317,20 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
           return;
         }
         for (const watch of watches.splice(0)) watch.stop();
+        if (relisting) {
+          log("info", "following the store anew", { store: store.spec });
+          continue;
+        }
         if (storeUp) log("warn", "store unreachable; keeping the routes as they are and retrying", { store: store.spec, error: String(error) });
         storeUp = false;
-        await sleep(backoff);
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, backoff);
+          wakeFollow = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        wakeFollow = undefined;
         backoff = Math.min(backoff * 2, 30_000);
       }
     }
@@ -353,6 +378,7 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
     stopped = true;
     for (const timer of timers) clearInterval(timer);
     for (const watch of watches.splice(0)) watch.stop();
+    wakeFollow?.();
   };
 
   timers.push(setInterval(() => {
@@ -423,8 +449,4 @@ const UNICAST_MAC = /^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$/;
 function claimLive(claim: AgentClaim, heartbeat: Heartbeat | undefined, options: AgentOptions): boolean {
   if (claim.bootId === bootId()) return processRunning(claim);
   return heartbeat !== undefined && heartbeat.agent === claim.id && Date.now() - heartbeat.at < options.peerGraceSeconds * 1000;
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
