@@ -7,7 +7,8 @@ import { spawnSync } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 import { pluginBaseEnv } from "./support/cni-exec.js";
 import { NetnsPool, inNetns, sweepStaleNamespaces, type TestNetns } from "./support/netns.js";
-import { TRELLIS, recordedPods, tempDir } from "./support/trellis-cni.js";
+import { AGENT_UNDERLAY, agentFor, pluginPath, withAgentSocket } from "./support/node-agent.js";
+import { cniSuite, recordedPods, tempDir } from "./support/trellis-cni.js";
 
 interface BadCase {
   name: string;
@@ -76,18 +77,18 @@ const cases: BadCase[] = [
   { name: "CHECK on a 0.3.1 network", env: { CNI_COMMAND: "CHECK" }, stdin: (v) => ({ ...v, cniVersion: "0.3.1" }), code: 1, msg: /^CHECK needs cniVersion 0\.4\.0 or later; the config says 0\.3\.1$/ },
 ];
 
-describe("trellis rejects bad input with the right code and a message naming the field", () => {
+describe(cniSuite("trellis rejects bad input with the right code and a message naming the field"), () => {
   const pool = new NetnsPool();
   const state = tempDir("badinput");
   let node: TestNetns;
   let pod: TestNetns;
   let valid: Record<string, unknown>;
 
-  before(() => {
+  before(async () => {
     sweepStaleNamespaces();
     node = pool.create("node");
     pod = pool.create("pod");
-    valid = { cniVersion: "1.1.0", name: "pods", type: "trellis", ipam: { ranges: [[{ subnet: "10.244.1.0/24" }]], dataDir: state.path } };
+    valid = withAgentSocket({ cniVersion: "1.1.0", name: "pods", type: "trellis", ipam: { ranges: [[{ subnet: "10.244.1.0/24" }]], dataDir: state.path } }, await agentFor(node));
   });
   after(() => {
     pool.removeAll();
@@ -109,7 +110,9 @@ describe("trellis rejects bad input with the right code and a message naming the
         else env[key] = value;
       }
       const stdin = typeof bad.stdin === "string" ? bad.stdin : JSON.stringify(bad.stdin(structuredClone(valid)));
-      const run = spawnSync("nsenter", [`--net=${node.path}`, TRELLIS], { env, input: stdin, encoding: "utf8", timeout: 20_000 });
+      // Text that is not a config names no agent: the native plugin falls back to the standalone one.
+      const plugin = pluginPath({ fallback: typeof bad.stdin === "string" });
+      const run = spawnSync("nsenter", [`--net=${node.path}`, plugin], { env, input: stdin, encoding: "utf8", timeout: 20_000 });
       assert.equal(run.signal, null, "answers promptly");
       assert.notEqual(run.status, 0, "exits non-zero");
       const error = JSON.parse(run.stdout) as { cniVersion: string; code: number; msg: string };
@@ -122,7 +125,7 @@ describe("trellis rejects bad input with the right code and a message naming the
 
   it("left nothing behind: no interface in the pod, no veth or bridge on the node, no address on lo, no lease", () => {
     assert.doesNotMatch(inNetns(pod, "ip", ["-o", "link"]), /eth0/);
-    const nodeLinks = (JSON.parse(inNetns(node, "ip", ["-json", "link"])) as Array<{ ifname: string }>).map((link) => link.ifname);
+    const nodeLinks = (JSON.parse(inNetns(node, "ip", ["-json", "link"])) as Array<{ ifname: string }>).map((link) => link.ifname).filter((name) => !AGENT_UNDERLAY.includes(name));
     assert.deepEqual(nodeLinks, ["lo"], "no veth and no bridge (not even one named by %d)");
     const lo = JSON.parse(inNetns(node, "ip", ["-json", "address", "show", "dev", "lo"])) as Array<{ addr_info: Array<{ local: string }> }>;
     assert.deepEqual(lo[0].addr_info.map((info) => info.local).sort(), ["127.0.0.1", "::1"], "the refused bridge \"lo\" got no gateway address");

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 import { inNetns, NetnsPool, sweepStaleNamespaces, type TestNetns } from "./support/netns.js";
-import { addPod, addressesOf, ping, recordedPods, startPeerEcho, tcpPeerSeenBy, tempDir, trellis, type PodAttachmentResult } from "./support/trellis-cni.js";
+import { addPod, addressesOf, cniSuite, ping, type PodAttachmentResult, recordedPods, startPeerEcho, tcpPeerSeenBy, tempDir, trellis } from "./support/trellis-cni.js";
 
 const modes = {
   "IPv4-only": [[{ subnet: "10.244.1.0/24" }]],
@@ -15,7 +15,7 @@ const modes = {
 };
 
 for (const [mode, ranges] of Object.entries(modes)) {
-  describe(`trellis bridge attachment, ${mode}`, () => {
+  describe(cniSuite(`trellis bridge attachment, ${mode}`), () => {
     const pool = new NetnsPool();
     const state = tempDir("bridge");
     const servers: ChildProcess[] = [];

@@ -2,11 +2,11 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { NetnsPool, sweepStaleNamespaces, type TestNetns } from "./support/netns.js";
-import { addressesOf, hostVeths, recordedPods, tempDir, trellis } from "./support/trellis-cni.js";
+import { addressesOf, cniSuite, hostVeths, recordedPods, tempDir, trellis } from "./support/trellis-cni.js";
 
 const PODS = 50;
 
-describe(`trellis under ${PODS} parallel ADDs`, () => {
+describe(cniSuite(`trellis under ${PODS} parallel ADDs`), () => {
   const pool = new NetnsPool();
   const state = tempDir("concurrency");
   let node: TestNetns;

@@ -9,11 +9,12 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { execCniPlugin } from "./support/cni-exec.js";
 import { inNetns, NetnsPool, sweepStaleNamespaces, type TestNetns } from "./support/netns.js";
-import { addPod, addressesOf, hostVeths, ping, recordedPods, tempDir, TRELLIS, trellis, type PodAttachmentResult } from "./support/trellis-cni.js";
+import { agentFor, pluginPath, withAgentSocket } from "./support/node-agent.js";
+import { addPod, addressesOf, hostVeths, ping, recordedPods, cniSuite, tempDir, trellis, type PodAttachmentResult } from "./support/trellis-cni.js";
 
 const valid = (ids: string[]) => ids.map((id) => ({ containerID: id, ifname: "eth0" }));
 
-describe("GC with two networks on one bridge", () => {
+describe(cniSuite("GC with two networks on one bridge"), () => {
   const pool = new NetnsPool();
   const state = tempDir("gc-shared");
   const otherState = tempDir("gc-shared-other");
@@ -51,7 +52,7 @@ describe("GC with two networks on one bridge", () => {
   });
 });
 
-describe("GC racing bursts of ADD", () => {
+describe(cniSuite("GC racing bursts of ADD"), () => {
   const ROUNDS = 6;
   const BURST = 29;
   const pool = new NetnsPool();
@@ -117,12 +118,12 @@ describe("GC racing bursts of ADD", () => {
     const plugins = join(state.path, "plugins");
     mkdirSync(plugins);
     writeFileSync(join(plugins, "gated-host-local"), `#!/bin/sh\nif [ "$CNI_COMMAND" = ADD ]; then i=0; while [ ! -e ${gate} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; fi\nexec /usr/lib/cni/host-local "$@"\n`, { mode: 0o755 });
-    const gated = { cniVersion: "1.0.0", name: "gated", type: "trellis", dataDir: state.path, ipam: { type: "gated-host-local", dataDir: join(state.path, "leases"), ranges: [[{ subnet: "10.244.56.0/24" }]] } };
+    const gated = withAgentSocket({ cniVersion: "1.0.0", name: "gated", type: "trellis", dataDir: state.path, ipam: { type: "gated-host-local", dataDir: join(state.path, "leases"), ranges: [[{ subnet: "10.244.56.0/24" }]] } }, await agentFor(node));
     const pod = pool.create("pod");
-    const add = execCniPlugin({ command: "ADD", plugin: TRELLIS, cniPath: `${plugins}:/usr/lib/cni`, config: gated, node, containerId: "slow", netns: pod.path, ifname: "eth0", timeoutMs: 60_000 });
+    const add = execCniPlugin({ command: "ADD", plugin: pluginPath(), cniPath: `${plugins}:/usr/lib/cni`, config: gated, node, containerId: "slow", netns: pod.path, ifname: "eth0", timeoutMs: 60_000 });
     while (!recordedPods(state.path, "gated").some((record) => record.containerId === "slow")) await new Promise((resolve) => setTimeout(resolve, 20));
     assert.equal(recordedPods(state.path, "gated")[0].state, "adding");
-    const gc = await execCniPlugin({ command: "GC", plugin: TRELLIS, cniPath: `${plugins}:/usr/lib/cni`, config: { ...gated, "cni.dev/valid-attachments": [] }, node });
+    const gc = await execCniPlugin({ command: "GC", plugin: pluginPath(), cniPath: `${plugins}:/usr/lib/cni`, config: { ...gated, "cni.dev/valid-attachments": [] }, node });
     assert.equal(gc.code, 0, gc.stdout + gc.stderr);
     assert.equal(recordedPods(state.path, "gated").length, 1, "the running ADD's record survives the GC");
     writeFileSync(gate, "");
@@ -131,7 +132,7 @@ describe("GC racing bursts of ADD", () => {
     assert.deepEqual(recordedPods(state.path, "gated").map((record) => record.state), ["ready"]);
     const address = addressesOf(JSON.parse(outcome.stdout))[0];
     assert.ok(ping(node, address), "the pod that raced the GC works");
-    const del = await execCniPlugin({ command: "DEL", plugin: TRELLIS, cniPath: `${plugins}:/usr/lib/cni`, config: gated, node, containerId: "slow", netns: pod.path, ifname: "eth0" });
+    const del = await execCniPlugin({ command: "DEL", plugin: pluginPath(), cniPath: `${plugins}:/usr/lib/cni`, config: gated, node, containerId: "slow", netns: pod.path, ifname: "eth0" });
     assert.equal(del.code, 0, del.stdout);
   });
 
@@ -146,7 +147,7 @@ describe("GC racing bursts of ADD", () => {
   });
 });
 
-describe("GC after the node state was deleted by hand", () => {
+describe(cniSuite("GC after the node state was deleted by hand"), () => {
   const pool = new NetnsPool();
   const state = tempDir("gc-lost");
   const otherState = tempDir("gc-lost-other");

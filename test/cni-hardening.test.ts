@@ -8,7 +8,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { inNetns, NetnsPool, sweepStaleNamespaces, type TestNetns } from "./support/netns.js";
-import { addPod, addressesOf, ping, recordedPods, tempDir, trellis, type PodAttachmentResult } from "./support/trellis-cni.js";
+import { addPod, addressesOf, cniSuite, ping, type PodAttachmentResult, recordedPods, tempDir, trellis } from "./support/trellis-cni.js";
 
 function links(ns: TestNetns): string[] {
   return (JSON.parse(inNetns(ns, "ip", ["-json", "link", "show"])) as Array<{ ifname: string }>).map((link) => link.ifname);
@@ -18,7 +18,7 @@ function mtuOf(ns: TestNetns, ifname: string): number {
   return (JSON.parse(inNetns(ns, "ip", ["-json", "link", "show", "dev", ifname])) as Array<{ mtu: number }>)[0].mtu;
 }
 
-describe("trellis on a hardened or disturbed node", () => {
+describe(cniSuite("trellis on a hardened or disturbed node"), () => {
   const pool = new NetnsPool();
   const state = tempDir("hardening");
   const mounts: string[] = [];

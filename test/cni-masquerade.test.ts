@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 import { inNetns, NetnsPool, sweepStaleNamespaces, type TestNetns } from "./support/netns.js";
-import { addPod, addressesOf, startPeerEcho, tcpPeerSeenBy, tempDir, trellis, type PodAttachmentResult } from "./support/trellis-cni.js";
+import { addPod, addressesOf, cniSuite, type PodAttachmentResult, startPeerEcho, tcpPeerSeenBy, tempDir, trellis } from "./support/trellis-cni.js";
 
 interface NftObject {
   table?: { name: string };
@@ -31,7 +31,7 @@ function ruleHandles(node: TestNetns): number[] {
   return (masqueradeTable(node) ?? []).flatMap((item) => (item.rule ? [item.rule.handle] : [])).sort((a, b) => a - b);
 }
 
-describe("masquerade with the cluster's CIDRs excluded", () => {
+describe(cniSuite("masquerade with the cluster's CIDRs excluded"), () => {
   const pool = new NetnsPool();
   const state = tempDir("masq");
   const servers: ChildProcess[] = [];

@@ -8,9 +8,9 @@ import { existsSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { inNetns, NetnsPool, sweepStaleNamespaces, type TestNetns } from "./support/netns.js";
-import { addPod, addressesOf, hostVeths, recordedPods, startPeerEcho, tcpPeerSeenBy, tempDir, trellis } from "./support/trellis-cni.js";
+import { addPod, addressesOf, cniSuite, hostVeths, recordedPods, startPeerEcho, tcpPeerSeenBy, tempDir, trellis } from "./support/trellis-cni.js";
 
-describe("trellis protocol details", () => {
+describe(cniSuite("trellis protocol details"), () => {
   const pool = new NetnsPool();
   const state = tempDir("protocol");
   const servers: ChildProcess[] = [];

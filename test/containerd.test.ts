@@ -23,13 +23,16 @@ import {
   type ContainerdNode,
 } from "./support/containerd.js";
 import { NetnsPool, sweepStaleNamespaces } from "./support/netns.js";
+import { agentFor, TRELLIS_NATIVE, TRELLIS_STANDALONE, VIA_AGENT, type NodeAgent } from "./support/node-agent.js";
+import { cniSuite } from "./support/trellis-cni.js";
 
-const TRELLIS = join(import.meta.dirname, "../dist/trellis");
+const TRELLIS = TRELLIS_STANDALONE;
 const POD_V4 = "10.244.1.0/24";
 const POD_V6 = "fd00:10:244:1::/64";
 const TIMEOUT = { timeout: 180_000 };
 
-describe("containerd with the reference bridge + host-local plugins", () => {
+// The baseline proves the harness; it has nothing to do with the agent, so it runs once.
+describe("containerd with the reference bridge + host-local plugins", { skip: VIA_AGENT ? "runs without the agent" : false }, () => {
   const pool = new NetnsPool();
   let node: ContainerdNode | undefined;
 
@@ -85,16 +88,24 @@ describe("containerd with the reference bridge + host-local plugins", () => {
   });
 });
 
-describe("containerd with the trellis plugin", () => {
+describe(cniSuite("containerd with the trellis plugin"), () => {
   const pool = new NetnsPool();
   let node: ContainerdNode | undefined;
+  let agent: NodeAgent | undefined;
 
   before(async () => {
     assert.ok(existsSync(TRELLIS), `${TRELLIS} is missing: run npm run build`);
     sweepStaleNamespaces();
     sweepStaleContainerdNodes();
     node = await startContainerdNode(pool, { role: "trellis" });
-    installCniPlugin(node, "trellis", TRELLIS);
+    if (VIA_AGENT) {
+      // The native plugin without the standalone one beside it, so every call must reach the
+      // agent. The agent shares containerd's mount namespace, where the pods' netns paths live.
+      installCniPlugin(node, "trellis", TRELLIS_NATIVE);
+      agent = await agentFor(node.netns, { mountOfPid: node.holder.pid! });
+    } else {
+      installCniPlugin(node, "trellis", TRELLIS);
+    }
   });
 
   after(async () => {
@@ -108,7 +119,7 @@ describe("containerd with the trellis plugin", () => {
   it("attaches two containers with addresses from the config that reach each other over IPv4 and IPv6", TIMEOUT, async () => {
     assert.ok(node);
     const dataDir = join(node.dir, "trellis-data");
-    const network = trellisNetwork("trellis-net", "trtbr0", [[{ subnet: POD_V4 }], [{ subnet: POD_V6 }]], dataDir);
+    const network = trellisNetwork("trellis-net", "trtbr0", [[{ subnet: POD_V4 }], [{ subnet: POD_V6 }]], dataDir, agent);
     const a = await runContainer(node, "trellis-a", network);
     const b = await runContainer(node, "trellis-b", network);
     const [a4, a6] = await familyAddresses(node, a);
@@ -143,7 +154,7 @@ describe("containerd with the trellis plugin", () => {
       [{ subnet: POD_V6, rangeStart: "fd00:10:244:1::10", rangeEnd: "fd00:10:244:1::11" }],
     ];
     const dataDir = join(node.dir, "trellis-small-data");
-    const network = trellisNetwork("trellis-small", "trtbr1", ranges, dataDir);
+    const network = trellisNetwork("trellis-small", "trtbr1", ranges, dataDir, agent);
     const first = [await runContainer(node, "full-a", network), await runContainer(node, "full-b", network)];
     const firstAddresses = (await Promise.all(first.map((c) => familyAddresses(node!, c)))).flat().sort();
     assert.deepEqual(firstAddresses, ["10.244.1.10", "10.244.1.11", "fd00:10:244:1::10", "fd00:10:244:1::11"]);
@@ -183,8 +194,9 @@ function trellisPods(network: string, dataDir: string): TrellisPod[] {
   return JSON.parse(out) as TrellisPod[];
 }
 
-function trellisNetwork(name: string, bridge: string, ranges: object[][], dataDir: string): CniConfList {
-  return { cniVersion: "1.0.0", cniVersions: ["1.0.0", "1.1.0"], name, plugins: [{ type: "trellis", bridge, ipam: { ranges, dataDir } }] };
+function trellisNetwork(name: string, bridge: string, ranges: object[][], dataDir: string, agent?: NodeAgent): CniConfList {
+  const plugin = { type: "trellis", bridge, ipam: { ranges, dataDir }, ...(agent ? { agentSocket: agent.socket } : {}) };
+  return { cniVersion: "1.0.0", cniVersions: ["1.0.0", "1.1.0"], name, plugins: [plugin] };
 }
 
 /** The container's eth0 addresses as [IPv4, IPv6], each checked against the pod subnets. */

@@ -118,13 +118,32 @@ function serve(socket: Socket, source: PodNetSource, notReady: () => string | un
       answered = false;
       return refuse(request);
     }
+    const started = performance.now();
     handleCniRequest({ ...request, signal: controller.signal, agentNotReady: notReady }, source)
-      .then(send, (error: unknown) => send({ exitCode: 1, stdout: `${formatCniError(new CniError(CniCode.internal, String(error)), "1.1.0")}\n`, stderr: "" }))
+      .catch((error: unknown): CniReply => ({ exitCode: 1, stdout: `${formatCniError(new CniError(CniCode.internal, String(error)), "1.1.0")}\n`, stderr: "" }))
+      .then((reply) => {
+        send(reply);
+        logCall(log, request.env, reply, performance.now() - started);
+      })
       .catch(() => undefined);
   });
   socket.on("end", () => {
     if (!answered) refuse(new CniError(CniCode.decodeFailure, `the request ended after ${Math.max(0, received - 4)} of ${expected ?? "?"} bytes`));
   });
+}
+
+/** One line per call, as an operator reads them: verb, pod, outcome and time taken. */
+function logCall(log: Logger, env: Record<string, string>, reply: CniReply, durationMs: number): void {
+  const fields: Record<string, unknown> = { command: env.CNI_COMMAND, containerId: env.CNI_CONTAINERID?.slice(0, 80), ifname: env.CNI_IFNAME?.slice(0, 20), durationMs: Math.round(durationMs * 10) / 10 };
+  if (reply.exitCode === 0) return log("info", "CNI call served", fields);
+  try {
+    const error = JSON.parse(reply.stdout) as { code?: unknown; msg?: unknown };
+    fields.code = error.code;
+    fields.msg = typeof error.msg === "string" ? error.msg.slice(0, 300) : undefined;
+  } catch {
+    // the reply's text is the plugin's own; the exit code says enough
+  }
+  log("warn", "CNI call failed", fields);
 }
 
 function parseRequest(body: Buffer): { env: Record<string, string>; stdin: string } | CniError {

@@ -41,10 +41,18 @@ export function delegatedIpam(type: string, config: Record<string, unknown>, env
       return { addresses: (result.ips ?? []).map(toPodAddress), routes: (result.routes ?? []).map(toPodRoute) };
     },
     del: async () => void (await call("DEL")),
+    // The attachment's own identity, not the request's: GC has none, and an IPAM plugin keys its leases by it.
+    release: async (ref) =>
+      void (await execDelegate(plugin, type, "DEL", withoutValidList(config), { ...env, CNI_CONTAINERID: ref.containerId, CNI_IFNAME: ref.ifname, CNI_NETNS: undefined })),
     check: async () => void (await call("CHECK")),
     gc: async () => void ((await speaks11()) && (await call("GC"))),
     status: async () => void ((await speaks11()) && (await call("STATUS"))),
   };
+}
+
+function withoutValidList(config: Record<string, unknown>): Record<string, unknown> {
+  const { "cni.dev/valid-attachments": _valid, ...rest } = config;
+  return rest;
 }
 
 /** A result's IP as the dataplane sees it; without a gateway, the subnet's first address is the gateway. */

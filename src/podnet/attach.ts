@@ -35,9 +35,9 @@ export async function addPod(net: PodNet, request: AddRequest): Promise<AttachRe
     try {
       const { network } = request;
       await assertBridge(network.bridge, network.mtu);
+      // reserve() marks the record as this process's running ADD as it writes it.
       const reservation = await reserve(net, request, key);
       reachFaultPoint(net, "add-reserved");
-      net.adding.add(reservation.id);
       try {
         throwIfAborted(request, key);
         const spec = planPodAttachment({
@@ -165,7 +165,13 @@ export async function gcPods(net: PodNet, request: GcRequest): Promise<void> {
   for (const name of new Set([...released.map((attachment) => attachment.hostIfname), ...strays])) {
     await removeHostVeth(name, `GC of network ${network.name}`).catch((error: unknown) => failures.push(errorMessage(error)));
   }
-  if (network.ipam.kind === "delegated") await network.ipam.plugin.gc().catch((error: unknown) => failures.push(errorMessage(error)));
+  if (network.ipam.kind === "delegated") {
+    // A plugin older than CNI 1.1 has no GC: each released pod's lease is freed by a DEL of its own.
+    for (const attachment of released) {
+      await network.ipam.plugin.release(attachment).catch((error: unknown) => failures.push(errorMessage(error)));
+    }
+    await network.ipam.plugin.gc().catch((error: unknown) => failures.push(errorMessage(error)));
+  }
   await syncMasquerade(net, `GC of network ${network.name}`).catch((error: unknown) => failures.push(errorMessage(error)));
   if (failures.length) throw new CniError(CniCode.stateFailure, `GC of network ${network.name} left ${failures.length} problem(s): ${failures.join("; ")}`);
 }
@@ -230,7 +236,9 @@ async function reserve(net: PodNet, request: AddRequest, key: AttachmentKey): Pr
       return { id, addresses, routes: [...ipam.routes], record };
     });
     try {
-      return reservation.immediate();
+      const reserved = reservation.immediate();
+      net.adding.add(reserved.id);
+      return reserved;
     } catch (error) {
       throw asCniError(error);
     }
@@ -240,6 +248,8 @@ async function reserve(net: PodNet, request: AddRequest, key: AttachmentKey): Pr
     takeOver(findAttachment(net.db, key));
     return insertAttachment(net.db, fresh);
   }).immediate();
+  // Marked before the delegate runs: a GC served by this same process meanwhile must leave it alone.
+  net.adding.add(id);
   try {
     const { addresses, routes } = await plugin.add();
     if (!addresses.length) throw new CniError(CniCode.delegateFailure, `ipam plugin ${plugin.type} returned no IP addresses`);
@@ -247,6 +257,7 @@ async function reserve(net: PodNet, request: AddRequest, key: AttachmentKey): Pr
     net.db.transaction(() => updateAttachmentSpec(net.db, id, record)).immediate();
     return { id, addresses, routes, record };
   } catch (error) {
+    net.adding.delete(id);
     net.db.transaction(() => deleteAttachmentById(net.db, id)).immediate();
     await plugin.del().catch(() => undefined);
     throw error;

@@ -32,6 +32,8 @@ export interface DelegatedIpam {
   readonly type: string;
   add(): Promise<{ addresses: PodAddress[]; routes: PodRoute[] }>;
   del(): Promise<void>;
+  /** DEL of another attachment of the network (GC releasing it): frees the plugin's lease whatever version it speaks. */
+  release(ref: AttachmentRef): Promise<void>;
   check(): Promise<void>;
   /** GC and STATUS reach only plugins that speak CNI 1.1.0; for others these do nothing. */
   gc(): Promise<void>;

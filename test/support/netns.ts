@@ -14,6 +14,17 @@ export interface TestNetns {
 
 const PREFIX = "trt";
 
+const removalHooks: Array<(ns: TestNetns) => void> = [];
+
+/** Runs `hook` before a namespace of any pool is deleted (e.g. to stop a process serving it). */
+export function onNetnsRemoved(hook: (ns: TestNetns) => void): void {
+  removalHooks.push(hook);
+}
+
+function beforeRemoval(ns: TestNetns): void {
+  for (const hook of removalHooks) hook(ns);
+}
+
 export class NetnsPool {
   private readonly made: TestNetns[] = [];
   private counter = 0;
@@ -30,6 +41,7 @@ export class NetnsPool {
 
   /** Deletes one namespace now (e.g. to test DEL after the netns is gone). */
   remove(ns: TestNetns): void {
+    beforeRemoval(ns);
     execFileSync("ip", ["netns", "del", ns.name], { stdio: "ignore" });
     const index = this.made.indexOf(ns);
     if (index >= 0) this.made.splice(index, 1);
@@ -37,6 +49,7 @@ export class NetnsPool {
 
   removeAll(): void {
     for (const ns of this.made.splice(0)) {
+      beforeRemoval(ns);
       try {
         execFileSync("ip", ["netns", "del", ns.name], { stdio: "ignore" });
       } catch {

@@ -10,6 +10,12 @@ import { fileURLToPath } from "node:url";
 import type { FaultPoint } from "../../src/podnet/handle.js";
 import { execCniPlugin, pluginBaseEnv, type CniCommand, type CniOutcome } from "./cni-exec.js";
 import { inNetns, type TestNetns } from "./netns.js";
+import { agentFor, pluginPath, VIA_AGENT, withAgentSocket } from "./node-agent.js";
+
+/** A describe title, marked when the suite runs through the native plugin and the agent. */
+export function cniSuite(title: string): string {
+  return VIA_AGENT ? `${title} [native plugin + agent]` : title;
+}
 
 export const TRELLIS = resolve(dirname(fileURLToPath(import.meta.url)), "../../dist/trellis");
 
@@ -24,13 +30,16 @@ export function tempDir(label: string): { path: string; remove: () => void } {
   return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
 }
 
-/** Runs one verb of the trellis plugin inside `node`; `config` is the plugin's whole stdin. */
-export function trellis(command: CniCommand, node: TestNetns, config: object, pod?: { id: string; netns?: string; ifname?: string }): Promise<CniOutcome> {
+/**
+ * Runs one verb of the trellis plugin inside `node`; `config` is the plugin's whole stdin.
+ * With TRELLIS_CNI_VIA=agent the native plugin runs instead, forwarding to the node's agent.
+ */
+export async function trellis(command: CniCommand, node: TestNetns, config: object, pod?: { id: string; netns?: string; ifname?: string }): Promise<CniOutcome> {
   return execCniPlugin({
     command,
-    plugin: TRELLIS,
+    plugin: pluginPath(),
     cniPath: "/usr/lib/cni",
-    config,
+    config: withAgentSocket(config, await agentFor(node)),
     node,
     containerId: pod?.id,
     netns: pod?.netns,
