@@ -1,16 +1,19 @@
 /**
- * CNI plugin latency, side by side: the reference `bridge` + `host-local` from /usr/lib/cni
- * and `dist/trellis`, in one run, with the same configuration shape (bridge mode, same
- * ranges, ipMasq false, default routes, cniVersion 1.0.0 so both answer the same version).
+ * CNI plugin latency, side by side in one run: the reference `bridge` + `host-local` from
+ * /usr/lib/cni; the native trellis plugin (`dist/trellis-cni`) forwarding to a `trellis agent`
+ * serving its node; and the standalone plugin (`dist/trellis`). Same configuration shape for
+ * all (bridge mode, same ranges, ipMasq false, default routes, cniVersion 1.0.0 so all answer
+ * the same version).
  *
  * Each plugin gets its own node netns and is exec'd there the way a runtime does it
  * (`nsenter --net=NODE plugin`, CNI_* variables, one plugin's config on stdin); each pod is
  * its own netns. Measured: VERSION (pure start-up), the first ADD and DEL (which create and
  * find the bridge), ADD and DEL p50/p95 over sequential runs, and a burst of pods ADDed and
- * then DELeted with bounded concurrency. The two plugins alternate run by run so that machine
- * noise lands on both.
+ * then DELeted at each concurrency. The plugins alternate run by run so that machine noise
+ * lands on all of them. Goals: ADD and DEL p50 at most 1.0x the reference, burst walls at most
+ * 0.7x, VERSION at most 3 ms (native plugin + agent).
  *
- *   npm run bench:cni -- [--runs 40] [--burst 100] [--concurrency 10] [--families dual|ipv4]
+ *   npm run bench:cni -- [--runs 50] [--burst 100] [--concurrency 10,50] [--families dual|ipv4]
  */
 import { execFileSync } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
@@ -20,6 +23,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { execCniPlugin, pluginConfig, type CniConfList, type CniOutcome } from "../test/support/cni-exec.js";
 import { NetnsPool, sweepStaleNamespaces, type TestNetns } from "../test/support/netns.js";
+import { nativePluginDir, startNodeAgent } from "../test/support/node-agent.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const TRELLIS = join(ROOT, "dist/trellis");
@@ -32,12 +36,15 @@ type Families = "dual" | "ipv4";
 interface BenchOptions {
   runs: number;
   burst: number;
-  concurrency: number;
+  concurrency: number[];
   families: Families;
 }
 
+type Label = "reference" | "native" | "standalone";
+const LABELS: Record<Label, string> = { reference: "reference", native: "native+agent", standalone: "standalone" };
+
 interface PluginUnderTest {
-  label: "reference" | "trellis";
+  label: Label;
   /** The executable the runtime execs (the `type` of the only plugin in the list). */
   plugin: string;
   cniPath: string;
@@ -62,7 +69,7 @@ export interface PluginFigures {
   firstDelMs: number;
   addMs: LatencyStats;
   delMs: LatencyStats;
-  burst: { pods: number; concurrency: number; addWallMs: number; delWallMs: number; addMs: LatencyStats; delMs: LatencyStats };
+  bursts: Array<{ pods: number; concurrency: number; addWallMs: number; delWallMs: number; addMs: LatencyStats; delMs: LatencyStats }>;
 }
 
 export interface CniBenchReport {
@@ -78,10 +85,12 @@ export interface CniBenchReport {
    * `nsenter --net=NODE`: part of every figure, for both plugins alike.
    */
   floor: { spawnMs: LatencyStats; nsenterSpawnMs: LatencyStats };
-  results: { reference: PluginFigures; trellis?: PluginFigures };
+  results: Partial<Record<Label, PluginFigures>>;
   trellisUnavailable?: string;
-  /** trellis / reference for every figure. */
-  ratios?: Record<string, number>;
+  /** native / reference and standalone / reference for every figure. */
+  ratios?: Partial<Record<Label, Record<string, number>>>;
+  /** Whether the native plugin + agent meets each goal of the issue. */
+  goals?: Record<string, boolean>;
 }
 
 async function main(): Promise<void> {
@@ -103,9 +112,9 @@ async function main(): Promise<void> {
     if (loadStart[0]! > cpus().length) console.log(`warning: load average ${loadStart[0]} on ${cpus().length} CPUs; figures will be inflated`);
     const reference = referencePlugin(pool, work, options.families);
     const probe = await probeTrellis(work);
-    const trellis = "binDir" in probe ? trellisPlugin(pool, work, options.families, probe.binDir) : undefined;
-    const plugins = trellis ? [reference, trellis] : [reference];
-    if ("unavailable" in probe) console.log(`trellis: not measured (${probe.unavailable})`);
+    const plugins = [reference];
+    if ("binDir" in probe) plugins.push(await nativePlugin(pool, work, options.families), trellisPlugin(pool, work, options.families, probe.binDir));
+    else console.log(`trellis: not measured (${probe.unavailable})`);
 
     const floor = await measureFloor(reference.node);
     const figures = await measure(plugins, pool, options);
@@ -117,10 +126,15 @@ async function main(): Promise<void> {
       options,
       floor,
       configs: Object.fromEntries(plugins.map((p) => [p.label, p.network])),
-      results: { reference: figures.get("reference")!, trellis: figures.get("trellis") },
+      results: Object.fromEntries(figures),
     };
     if ("unavailable" in probe) report.trellisUnavailable = probe.unavailable;
-    if (report.results.trellis) report.ratios = ratios(report.results.trellis, report.results.reference);
+    const { native, standalone } = report.results;
+    const referenceFigures = report.results.reference!;
+    if (native && standalone) {
+      report.ratios = { native: ratios(native, referenceFigures), standalone: ratios(standalone, referenceFigures) };
+      report.goals = goals(native, report.ratios.native!);
+    }
     printReport(report);
     const out = join(ROOT, "bench/results", `cni-${startedAt.replace(/[:.]/g, "-")}.json`);
     mkdirSync(dirname(out), { recursive: true });
@@ -132,7 +146,7 @@ async function main(): Promise<void> {
   }
 }
 
-async function measure(plugins: PluginUnderTest[], pool: NetnsPool, options: BenchOptions): Promise<Map<string, PluginFigures>> {
+async function measure(plugins: PluginUnderTest[], pool: NetnsPool, options: BenchOptions): Promise<Map<Label, PluginFigures>> {
   const version = new Map(plugins.map((p) => [p.label, [] as number[]]));
   for (let i = 0; i < VERSION_RUNS; i++) {
     for (const p of plugins) version.get(p.label)!.push((await mustSucceed(p, "VERSION", () => execVersion(p))).elapsedMs);
@@ -159,9 +173,10 @@ async function measure(plugins: PluginUnderTest[], pool: NetnsPool, options: Ben
     }
   }
 
-  const figures = new Map<string, PluginFigures>();
+  const figures = new Map<Label, PluginFigures>();
   for (const p of plugins) {
-    const burst = await measureBurst(p, pool, options);
+    const bursts = [];
+    for (const concurrency of options.concurrency) bursts.push(await measureBurst(p, pool, options.burst, concurrency));
     assertNoLeases(p);
     figures.set(p.label, {
       versionMs: stats(version.get(p.label)!),
@@ -169,7 +184,7 @@ async function measure(plugins: PluginUnderTest[], pool: NetnsPool, options: Ben
       firstDelMs: first.get(p.label)!.del,
       addMs: stats(add.get(p.label)!),
       delMs: stats(del.get(p.label)!),
-      burst,
+      bursts,
     });
   }
   return figures;
@@ -186,12 +201,12 @@ async function measureFloor(node: TestNetns): Promise<CniBenchReport["floor"]> {
 }
 
 /** One plugin at a time: two bursts side by side would measure each other. */
-async function measureBurst(p: PluginUnderTest, pool: NetnsPool, options: BenchOptions): Promise<PluginFigures["burst"]> {
-  const pods = Array.from({ length: options.burst }, (_, i) => ({ id: `burst${i}`, netns: pool.create("bburst") }));
+async function measureBurst(p: PluginUnderTest, pool: NetnsPool, burst: number, concurrency: number): Promise<PluginFigures["bursts"][number]> {
+  const pods = Array.from({ length: burst }, (_, i) => ({ id: `burst${concurrency}-${i}`, netns: pool.create("bburst") }));
   const results = new Map<string, unknown>();
   const addTimes: number[] = [];
   const addStart = performance.now();
-  await forEachConcurrently(pods, options.concurrency, async (pod) => {
+  await forEachConcurrently(pods, concurrency, async (pod) => {
     const added = await addPod(p, pod.netns, pod.id);
     results.set(pod.id, added.result);
     addTimes.push(added.outcome.elapsedMs);
@@ -202,12 +217,12 @@ async function measureBurst(p: PluginUnderTest, pool: NetnsPool, options: BenchO
 
   const delTimes: number[] = [];
   const delStart = performance.now();
-  await forEachConcurrently(pods, options.concurrency, async (pod) => {
+  await forEachConcurrently(pods, concurrency, async (pod) => {
     delTimes.push((await delPod(p, pod.netns, pod.id, results.get(pod.id))).elapsedMs);
   });
   const delWallMs = performance.now() - delStart;
   for (const pod of pods) pool.remove(pod.netns);
-  return { pods: options.burst, concurrency: options.concurrency, addWallMs, delWallMs, addMs: stats(addTimes), delMs: stats(delTimes) };
+  return { pods: burst, concurrency, addWallMs, delWallMs, addMs: stats(addTimes), delMs: stats(delTimes) };
 }
 
 function execVersion(p: PluginUnderTest): Promise<CniOutcome> {
@@ -274,7 +289,24 @@ function trellisPlugin(pool: NetnsPool, work: string, families: Families, binDir
     name: "bench-trellis",
     plugins: [{ type: "trellis", bridge: "trtbench0", ipMasq: false, ipam: { ranges: ranges(families), dataDir } }],
   };
-  return { label: "trellis", plugin: join(binDir, "trellis"), cniPath: binDir, network, node: pool.create("btrellis"), dataDir };
+  return { label: "standalone", plugin: join(binDir, "trellis"), cniPath: binDir, network, node: pool.create("btrellis"), dataDir };
+}
+
+/**
+ * The native plugin as a node runs it: a `trellis agent` in the node's netns serves the socket
+ * the config names. No standalone plugin is installed beside it, so every call is the agent's.
+ */
+async function nativePlugin(pool: NetnsPool, work: string, families: Families): Promise<PluginUnderTest> {
+  const dataDir = join(work, "native-data");
+  const node = pool.create("bnative");
+  const agent = await startNodeAgent(node);
+  const network: CniConfList = {
+    cniVersion: CNI_VERSION,
+    name: "bench-native",
+    plugins: [{ type: "trellis", bridge: "trtbench0", ipMasq: false, agentSocket: agent.socket, ipam: { ranges: ranges(families), dataDir } }],
+  };
+  const binDir = nativePluginDir({ standalone: false });
+  return { label: "native", plugin: join(binDir, "trellis"), cniPath: binDir, network, node, dataDir };
 }
 
 /** Copies dist/trellis into a CNI bin dir and checks that it answers VERSION. */
@@ -301,8 +333,8 @@ function assertNoLeases(p: PluginUnderTest): void {
     if (leases.length > 0) throw new Error(`reference: host-local leases left in ${dir}: ${leases.join(", ")}`);
     return;
   }
-  const pods = execFileSync(p.plugin, ["pods", "--network", p.network.name, "--data-dir", p.dataDir, "--json"], { encoding: "utf8" });
-  if ((JSON.parse(pods) as unknown[]).length > 0) throw new Error(`trellis: pods left in ${p.dataDir} after DEL: ${pods}`);
+  const pods = execFileSync(TRELLIS, ["pods", "--network", p.network.name, "--data-dir", p.dataDir, "--json"], { encoding: "utf8" });
+  if ((JSON.parse(pods) as unknown[]).length > 0) throw new Error(`${p.label}: pods left in ${p.dataDir} after DEL: ${pods}`);
 }
 
 async function forEachConcurrently<T>(items: T[], concurrency: number, work: (item: T) => Promise<void>): Promise<void> {
@@ -329,7 +361,7 @@ export function stats(samples: number[]): LatencyStats {
 
 /** The figures printed and compared, flattened to name → milliseconds. */
 function headline(f: PluginFigures): Record<string, number> {
-  return {
+  const figures: Record<string, number> = {
     "VERSION p50": f.versionMs.p50,
     "VERSION p95": f.versionMs.p95,
     "first ADD (creates bridge)": f.firstAddMs,
@@ -338,13 +370,17 @@ function headline(f: PluginFigures): Record<string, number> {
     "ADD p95": f.addMs.p95,
     "DEL p50": f.delMs.p50,
     "DEL p95": f.delMs.p95,
-    [`burst ${f.burst.pods} ADD wall`]: f.burst.addWallMs,
-    [`burst ${f.burst.pods} ADD p50`]: f.burst.addMs.p50,
-    [`burst ${f.burst.pods} ADD p95`]: f.burst.addMs.p95,
-    [`burst ${f.burst.pods} DEL wall`]: f.burst.delWallMs,
-    [`burst ${f.burst.pods} DEL p50`]: f.burst.delMs.p50,
-    [`burst ${f.burst.pods} DEL p95`]: f.burst.delMs.p95,
   };
+  for (const burst of f.bursts) {
+    const name = `burst ${burst.pods} @${burst.concurrency}`;
+    figures[`${name} ADD wall`] = burst.addWallMs;
+    figures[`${name} ADD p50`] = burst.addMs.p50;
+    figures[`${name} ADD p95`] = burst.addMs.p95;
+    figures[`${name} DEL wall`] = burst.delWallMs;
+    figures[`${name} DEL p50`] = burst.delMs.p50;
+    figures[`${name} DEL p95`] = burst.delMs.p95;
+  }
+  return figures;
 }
 
 function ratios(trellis: PluginFigures, reference: PluginFigures): Record<string, number> {
@@ -352,33 +388,54 @@ function ratios(trellis: PluginFigures, reference: PluginFigures): Record<string
   return Object.fromEntries(Object.entries(headline(trellis)).map(([name, value]) => [name, Math.round((value / ref[name]!) * 100) / 100]));
 }
 
+/** The issue's goals for the native plugin + agent. */
+function goals(native: PluginFigures, ratio: Record<string, number>): Record<string, boolean> {
+  const result: Record<string, boolean> = {
+    "VERSION p50 <= 3 ms": native.versionMs.p50 <= 3,
+    "ADD p50 <= 1.0x reference": ratio["ADD p50"]! <= 1,
+    "DEL p50 <= 1.0x reference": ratio["DEL p50"]! <= 1,
+  };
+  for (const burst of native.bursts) {
+    const name = `burst ${burst.pods} @${burst.concurrency}`;
+    result[`${name} ADD wall <= 0.7x reference`] = ratio[`${name} ADD wall`]! <= 0.7;
+    result[`${name} DEL wall <= 0.7x reference`] = ratio[`${name} DEL wall`]! <= 0.7;
+  }
+  return result;
+}
+
 function printReport(report: CniBenchReport): void {
   const { options } = report;
   const load = report.machine.loadStart.map((x) => x.toFixed(2)).join(" ");
   console.log(
     `\nCNI plugin latency in ms (${options.families === "dual" ? "dual-stack" : "IPv4"}, ${options.runs} sequential runs, ` +
-      `burst of ${options.burst} at concurrency ${options.concurrency}, ${report.machine.cpus} CPUs, load ${load})\n`,
+      `burst of ${options.burst} at concurrency ${options.concurrency.join(" and ")}, ${report.machine.cpus} CPUs, load ${load})\n`,
   );
-  const ref = headline(report.results.reference);
-  const tr = report.results.trellis ? headline(report.results.trellis) : undefined;
-  const rows = [["", "reference", "trellis", "trellis/ref"]];
+  const ref = headline(report.results.reference!);
+  const native = report.results.native ? headline(report.results.native) : undefined;
+  const standalone = report.results.standalone ? headline(report.results.standalone) : undefined;
+  const ratio = (label: Label, name: string) => (report.ratios?.[label] ? `${report.ratios[label]![name]!.toFixed(2)}x` : "-");
+  const rows = [["", LABELS.reference, LABELS.native, LABELS.standalone, "native/ref", "standalone/ref"]];
   for (const name of Object.keys(ref)) {
-    rows.push([name, ref[name]!.toFixed(1), tr ? tr[name]!.toFixed(1) : "-", report.ratios ? `${report.ratios[name]!.toFixed(2)}x` : "-"]);
+    rows.push([name, ref[name]!.toFixed(1), native ? native[name]!.toFixed(1) : "-", standalone ? standalone[name]!.toFixed(1) : "-", ratio("native", name), ratio("standalone", name)]);
   }
   const { floor } = report;
-  rows.push(["(floor: exec /bin/true p50)", floor.spawnMs.p50.toFixed(1), "", ""]);
-  rows.push(["(floor: nsenter + /bin/true p50)", floor.nsenterSpawnMs.p50.toFixed(1), "", ""]);
+  rows.push(["(floor: exec /bin/true p50)", floor.spawnMs.p50.toFixed(1), "", "", "", ""]);
+  rows.push(["(floor: nsenter + /bin/true p50)", floor.nsenterSpawnMs.p50.toFixed(1), "", "", "", ""]);
   const widths = rows[0]!.map((_, col) => Math.max(...rows.map((row) => row[col]!.length)));
   for (const row of rows) console.log(row.map((cell, col) => (col === 0 ? cell.padEnd(widths[col]!) : cell.padStart(widths[col]!))).join("   "));
+  if (report.goals) {
+    console.log("\ngoals (native plugin + agent):");
+    for (const [goal, met] of Object.entries(report.goals)) console.log(`  ${met ? "met    " : "MISSED "} ${goal}`);
+  }
 }
 
 function parseOptions(argv: string[]): BenchOptions {
   const { values } = parseArgs({
     args: argv,
     options: {
-      runs: { type: "string", default: "40" },
+      runs: { type: "string", default: "50" },
       burst: { type: "string", default: "100" },
-      concurrency: { type: "string", default: "10" },
+      concurrency: { type: "string", default: "10,50" },
       families: { type: "string", default: "dual" },
     },
   });
@@ -392,7 +449,8 @@ function parseOptions(argv: string[]): BenchOptions {
   if (runs < 30) throw new Error(`--runs ${runs}: p95 needs at least 30 runs`);
   const burst = positive("burst", values.burst);
   if (burst > 250) throw new Error(`--burst ${burst}: the /24 pod range holds at most 250 pods at once`);
-  return { runs, burst, concurrency: positive("concurrency", values.concurrency), families: values.families };
+  const concurrency = values.concurrency.split(",").map((text) => positive("concurrency", text));
+  return { runs, burst, concurrency, families: values.families };
 }
 
 function gitCommit(): string {

@@ -163,11 +163,12 @@ export function renderHostCommands(spec: PodAttachmentSpec, podNetns: string): s
 /** Commands run inside the pod's network namespace. */
 export function renderContainerCommands(spec: PodAttachmentSpec): string[][] {
   const { container } = spec;
+  const address = (entry: PodAddress) => ["address", "add", `${formatIp(entry.address)}/${entry.subnet.length}`, "dev", container.ifname, ...(entry.address.family === 6 ? ["nodad"] : [])];
+  // IPv6 first: where the namespace disables it, the batch fails before changing anything.
   return [
+    ...container.addresses.filter((entry) => entry.address.family === 6).map(address),
     ["link", "set", "dev", "lo", "up"],
-    ...container.addresses.map((address) => [
-      "address", "add", `${formatIp(address.address)}/${address.subnet.length}`, "dev", container.ifname, ...(address.address.family === 6 ? ["nodad"] : []),
-    ]),
+    ...container.addresses.filter((entry) => entry.address.family === 4).map(address),
     ["link", "set", "dev", container.ifname, "up"],
     ...container.routes.map((route) => ["route", "add", formatPrefix(route.dst), ...(route.gateway ? ["via", formatIp(route.gateway)] : []), "dev", container.ifname]),
   ];

@@ -1,5 +1,6 @@
 /** Runs the kernel's own tools. Every failure names the command and carries its stderr. */
 import { spawn, type StdioOptions } from "node:child_process";
+import { realpathSync } from "node:fs";
 import type { NetnsHandle } from "./netns.js";
 
 export interface RunOptions {
@@ -30,6 +31,21 @@ export class CommandError extends Error {
   }
 }
 
+/** Where `ip -n NAME` looks for NAME. */
+const IP_NETNS_DIR = "/var/run/netns";
+
+/** `../..` (one `..` per level of the directory's real path) leads from IP_NETNS_DIR to `/`; undefined while it does not exist. */
+function ipNetnsDirToRoot(): string | undefined {
+  let real: string;
+  try {
+    real = realpathSync(IP_NETNS_DIR);
+  } catch {
+    return undefined;
+  }
+  const depth = real.split("/").filter(Boolean).length;
+  return Array.from({ length: depth }, () => "..").join("/");
+}
+
 /** The path under which a command started by `run` opens the `index`-th of `options.fds`. */
 export function passedFdPath(index: number): string {
   return `/proc/self/fd/${3 + index}`;
@@ -46,7 +62,11 @@ export function run(command: string, args: readonly string[], options: RunOption
     where = ` (in ${options.netns})`;
   } else if (options.netns) {
     fds.push(options.netns.fd);
-    [file, argv] = ["nsenter", [`--net=${passedFdPath(fds.length - 1)}`, "--", command, ...args]];
+    const path = passedFdPath(fds.length - 1);
+    // `ip` enters a namespace itself, saving nsenter's exec; it takes only names under
+    // /var/run/netns, so the descriptor is named relative to that directory.
+    const up = command === "ip" ? ipNetnsDirToRoot() : undefined;
+    [file, argv] = up !== undefined ? ["ip", ["-n", `${up}${path}`, ...args]] : ["nsenter", [`--net=${path}`, "--", command, ...args]];
     where = ` (in ${options.netns.path})`;
   }
   const display = [command, ...args].join(" ") + where;

@@ -17,6 +17,8 @@ export interface IpBatchOptions {
   enableIpv6On?: readonly string[];
   /** Carry on past failing commands (`-force`); the error then names the first that failed. */
   force?: boolean;
+  /** `show` commands print details (`-details`: a link's kind). */
+  details?: boolean;
 }
 
 /**
@@ -26,7 +28,7 @@ export interface IpBatchOptions {
 export async function ipBatch(commands: readonly IpCommand[], options: IpBatchOptions = {}): Promise<string[]> {
   if (commands.length === 0) return [];
   const script = commands.map((words) => words.map(batchWord).join(" ")).join("\n") + "\n";
-  const ipArgs = [...(options.json ? ["-json"] : []), ...(options.force ? ["-force"] : []), "-batch", "-"];
+  const ipArgs = [...(options.json ? ["-json"] : []), ...(options.details ? ["-details"] : []), ...(options.force ? ["-force"] : []), "-batch", "-"];
   const enable = (options.enableIpv6On ?? []).map(batchWord);
   // Writing a sysctl inside a namespace needs a process there: sh sets it, then becomes ip.
   const [command, args] = enable.length ? ["sh", ["-c", ENABLE_IPV6_THEN_IP, "sh", ...enable, "--", ...ipArgs]] : ["ip", ipArgs];

@@ -17,7 +17,7 @@ import {
   updateAttachmentSpec, type Attachment, type AttachmentKey, type AttachmentSpecRecord,
 } from "../podipam/attachments.js";
 import { allocatePodIps, leasesOf, PodIpError, releaseOrphanLeases, releasePodIps } from "../podipam/pod-ips.js";
-import { assertBridge, ensureBridge, kernelError } from "./bridge.js";
+import { assertBridge, ensureBridge, forgetBridge, kernelError, noteBridge } from "./bridge.js";
 import { CniCode, CniError } from "./errors.js";
 import { reachFaultPoint, type PodNet } from "./handle.js";
 import { checkMasquerade, masqueradeOf, syncMasquerade } from "./masquerade.js";
@@ -282,10 +282,13 @@ async function attachHostSide(net: PodNet, network: PodNetwork, spec: PodAttachm
   await ensureBridge(net, network.bridge, { mtu: network.mtu, ipv6: needsIpv6(spec) });
   if (localLinkNames().has(spec.hostVeth.name)) await removeHostVeth(spec.hostVeth.name, `ADD of ${spec.hostVeth.name}`);
   try {
-    const shown = await ipBatch(renderHostCommands(spec, passedFdPath(0)), { json: true, fds: [netns.fd] });
+    const shown = await ipBatch(renderHostCommands(spec, passedFdPath(0)), { json: true, details: true, fds: [netns.fd] });
     const [bridge] = parseIpLinks(JSON.parse(shown[shown.length - 1] ?? "[]"));
+    if (bridge) noteBridge(spec.bridge.name, bridge);
     return bridge?.mac ?? "";
   } catch (error) {
+    forgetBridge(spec.bridge.name);
+    if (error instanceof CniError) throw error;
     if (error instanceof CommandError && isAlreadyExists(error) && error.command.includes(` peer name ${spec.container.ifname} `)) {
       throw new CniError(CniCode.dataplaneFailure, `interface ${spec.container.ifname} already exists in ${netns.path}`);
     }
@@ -304,9 +307,20 @@ function enableForwarding(spec: PodAttachmentSpec): void {
   }
 }
 
+/**
+ * The pod side in one `ip` run in the pod's namespace. Its IPv6 addresses come first, so a
+ * namespace that disables IPv6 on new interfaces fails that first command with nothing applied;
+ * only then is it run again behind a shell that switches IPv6 on there (two more execs).
+ */
 async function attachPodSide(spec: PodAttachmentSpec, netns: NetnsHandle): Promise<void> {
+  const commands = renderContainerCommands(spec);
   try {
-    await ipBatch(renderContainerCommands(spec), { netns, enableIpv6On: needsIpv6(spec) ? [spec.container.ifname] : [] });
+    try {
+      await ipBatch(commands, { netns });
+    } catch (error) {
+      if (!(needsIpv6(spec) && error instanceof CommandError && /IPv6 is disabled/.test(error.stderr))) throw error;
+      await ipBatch(commands, { netns, enableIpv6On: [spec.container.ifname] });
+    }
   } catch (error) {
     throw kernelError(`configuring ${spec.container.ifname} in ${netns.path}`, error);
   }

@@ -39,19 +39,42 @@ export async function ensureBridge(net: PodNet, name: string, options: { mtu?: n
  * smallest port's MTU under every other pod on it (and below 1280 strip its IPv6 gateways).
  */
 export async function assertBridge(name: string, podMtu?: number): Promise<boolean> {
-  if (!localLinkNames().has(name)) return false;
-  const [link] = parseIpLinks(await ipJson(["-details", "link", "show", "dev", name]));
-  if (!link) return false;
-  if (link.kind !== "bridge") {
-    throw new CniError(CniCode.invalidConfig, `bridge ${JSON.stringify(name)} names an existing ${link.kind ? `${link.kind} ` : ""}interface that is not a bridge; choose another bridge name`);
+  if (!localLinkNames().has(name)) {
+    checkedBridges.delete(name);
+    return false;
   }
-  if (podMtu !== undefined && link.mtu !== undefined && podMtu < link.mtu) {
+  // A long-lived process (the agent) knows the bridge from the last ADD's own output.
+  let checked = checkedBridges.get(name);
+  if (!checked) {
+    const [link] = parseIpLinks(await ipJson(["-details", "link", "show", "dev", name]));
+    if (!link) return false;
+    noteBridge(name, link);
+    checked = { mtu: link.mtu };
+  }
+  if (podMtu !== undefined && checked.mtu !== undefined && podMtu < checked.mtu) {
     throw new CniError(
       CniCode.invalidConfig,
-      `mtu ${podMtu} is below the MTU ${link.mtu} of bridge ${name}, which other pods share: a smaller port would lower the bridge's MTU under them; use mtu ${link.mtu} or another bridge`,
+      `mtu ${podMtu} is below the MTU ${checked.mtu} of bridge ${name}, which other pods share: a smaller port would lower the bridge's MTU under them; use mtu ${checked.mtu} or another bridge`,
     );
   }
   return true;
+}
+
+/** Bridges this process has seen as bridges, with their MTU as last shown. */
+const checkedBridges = new Map<string, { mtu?: number }>();
+
+/** Records what a `-details` show of the bridge said; a link of that name that is not a bridge is code 7. */
+export function noteBridge(name: string, link: { kind?: string; mtu?: number }): void {
+  if (link.kind !== "bridge") {
+    checkedBridges.delete(name);
+    throw new CniError(CniCode.invalidConfig, `bridge ${JSON.stringify(name)} names an existing ${link.kind ? `${link.kind} ` : ""}interface that is not a bridge; choose another bridge name`);
+  }
+  checkedBridges.set(name, { mtu: link.mtu });
+}
+
+/** Makes the next ADD check the bridge again (after a failure on it). */
+export function forgetBridge(name: string): void {
+  checkedBridges.delete(name);
 }
 
 /**
