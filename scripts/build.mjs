@@ -63,15 +63,14 @@ rmSync("dist/trellis.blob");
 renameSync(building, "dist/trellis");
 console.log(`built dist/trellis (${process.version} single executable with the sqlite addon)`);
 
-// The native CNI plugin: a static Go binary that forwards each call to the node's agent (cni-forward/).
+// The native CNI plugin: a small static C program that forwards each call to the node's agent
+// (cni-forward/main.c). C rather than Go: it starts in a quarter of the time, on every CNI call.
 try {
-  execFileSync("go", ["build", "-trimpath", "-ldflags", "-s -w", "-o", "../dist/trellis-cni.building", "."], {
-    cwd: "cni-forward",
-    env: { ...process.env, CGO_ENABLED: "0" },
+  execFileSync(process.env.CC ?? "cc", ["-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", "dist/trellis-cni.building", "cni-forward/main.c"], {
     stdio: ["ignore", "inherit", "inherit"],
   });
 } catch (error) {
-  throw new Error(`building the native CNI plugin (cni-forward/) needs Go 1.22 or later on PATH: ${error.message}`);
+  throw new Error(`building the native CNI plugin (cni-forward/main.c) needs a C compiler with static libc (Debian: gcc, libc6-dev): ${error.message}`);
 }
 renameSync("dist/trellis-cni.building", "dist/trellis-cni");
 console.log("built dist/trellis-cni (static native CNI plugin)");

@@ -16,6 +16,7 @@ import {
   desiredPeerNetwork, desiredVxlanDevices, diffNodeNetwork, joinPeerNetworks, podMtu, vtepMac, vxlanFamilies,
   type NodeEndpoint, type NodeNetwork, type NodeNetworkChange, type ObservedNodeNetwork, type Underlay,
 } from "../dataplane/node-network.js";
+import { keepIpWarm } from "../linux/iproute.js";
 import { nftApply, nftListTable } from "../linux/nftables.js";
 import { bootId, processRunning } from "../linux/process.js";
 import { formatIp, formatPrefix, parsePrefix, tryParseInterfaceAddress, tryParseIp, type Family, type IpPrefix } from "../net/ip.js";
@@ -119,6 +120,8 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
   let listed = false;
   let routesProgrammed = false;
   const podNets = cachedPodNets();
+  // Every attach and sync then finds an ip process started and waiting.
+  keepIpWarm(true);
   const cniServer = await startCniServer(options.cniSocket, podNets, () => (routesProgrammed ? undefined : "its routes to the other nodes are not programmed yet"), log);
   /**
    * Recomputes and applies. A full sync computes every peer's part, reads what the kernel holds
@@ -391,6 +394,7 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
   void done.catch(() => undefined);
   const stopAndClose = () => {
     stop();
+    keepIpWarm(false);
     void (syncing ?? Promise.resolve())
       .then(() => cniServer.close())
       .then(() => podNets.closeAll())

@@ -3,7 +3,7 @@
  * It works from state.json when there is one and from the lab's naming conventions when there
  * is not, so a half-built or half-removed lab goes too; running it twice is harmless.
  */
-import { existsSync, rmSync } from "node:fs";
+import { existsSync, readFileSync, rmSync } from "node:fs";
 import { deleteNamedNetns, listNamedNetns, namedNetnsPath, namedNetnsPids } from "../linux/named-netns.js";
 import { delNetworkList, readNetworkList } from "./cni-runtime.js";
 import { isLabProcess, stopProcesses } from "./processes.js";
@@ -44,6 +44,8 @@ export async function labDown(name: string, settings: LabDownSettings): Promise<
   ];
   const agentsStopped = await stopLabProcesses([...nodes, ...others], hostRecords);
   // Anything still living in a lab namespace (a `lab exec` left running, say) keeps it alive.
+  // The agents' idle `ip` children end on their own as their parent goes: a moment for that.
+  if ((await Promise.all([...namespaces].map(namedNetnsPids))).flat().length > 0) await new Promise((resolve) => setTimeout(resolve, 200));
   const straysStopped = await stopLabProcesses([...namespaces], []);
   for (const netns of [...pods, ...nodes, ...others]) await deleteNamedNetns(netns);
   rmSync(labDir(name), { recursive: true, force: true });
@@ -65,7 +67,9 @@ function recorded(proc: LabProcess | undefined, netnsPath: string | undefined): 
 async function stopLabProcesses(netnsNames: readonly string[], recordedPids: ReadonlyArray<number | undefined>): Promise<number> {
   const inside = (await Promise.all(netnsNames.map(namedNetnsPids))).flat();
   const known = recordedPids.filter((pid): pid is number => pid !== undefined);
-  const pids = [...new Set([...known, ...inside])].filter((pid) => pid !== process.pid);
+  const all = new Set([...known, ...inside]);
+  // A child of one of them (an agent's idle `ip`) ends with its parent: not one more to stop.
+  const pids = [...all].filter((pid) => pid !== process.pid && !all.has(parentPid(pid) ?? -1));
   await stopProcesses(pids);
   return pids.length;
 }
@@ -87,4 +91,15 @@ async function releasePods(name: string, state: LabState | undefined, podNetnsNa
     }
   });
   return results.filter(Boolean).length;
+}
+
+/** The parent of a running process, from /proc; undefined once it is gone. */
+function parentPid(pid: number): number | undefined {
+  try {
+    // The command name (field 2) is in parentheses and may hold spaces: fields count from its end.
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+  } catch {
+    return undefined;
+  }
 }

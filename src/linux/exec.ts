@@ -51,8 +51,26 @@ export function passedFdPath(index: number): string {
   return `/proc/self/fd/${3 + index}`;
 }
 
+/** The path under which any process of this user opens descriptor `fd` of this process. */
+export function ownFdPath(fd: number): string {
+  return `/proc/${process.pid}/fd/${fd}`;
+}
+
 /** Runs `command args` (in `options.netns` through nsenter) and resolves with its output. */
 export function run(command: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
+  return start(command, args, options).finish(options.input ?? "");
+}
+
+/** A command started ahead of its input: it starts up while the caller prepares what to send it. */
+export interface StartedCommand {
+  /** Writes `input` to its stdin, closes it, and resolves with the output (rejects as `run` does). */
+  finish(input: string): Promise<RunResult>;
+  /** Whether it has already ended (then `finish` only reports how). */
+  readonly ended: boolean;
+}
+
+/** Starts `command args` now (in `options.netns`); its stdin stays open until `finish`. */
+export function start(command: string, args: readonly string[], options: Omit<RunOptions, "input"> = {}): StartedCommand {
   const fds = [...(options.fds ?? [])];
   let file = command;
   let argv = [...args];
@@ -71,19 +89,40 @@ export function run(command: string, args: readonly string[], options: RunOption
   }
   const display = [command, ...args].join(" ") + where;
   const stdio: StdioOptions = ["pipe", "pipe", "pipe", ...fds];
-  return new Promise((resolve, reject) => {
-    const child = spawn(file, argv, { stdio, timeout: options.timeoutMs ?? 30_000 });
-    const stdout: Buffer[] = [];
-    const stderr: Buffer[] = [];
-    child.stdout!.on("data", (chunk: Buffer) => stdout.push(chunk));
-    child.stderr!.on("data", (chunk: Buffer) => stderr.push(chunk));
-    child.on("error", (error) => reject(new CommandError(display, null, error.message)));
+  // A command started ahead (timeoutMs 0) gets its deadline when its input is sent.
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  const child = spawn(file, argv, { stdio, timeout: timeoutMs || undefined });
+  const stdout: Buffer[] = [];
+  const stderr: Buffer[] = [];
+  child.stdout!.on("data", (chunk: Buffer) => stdout.push(chunk));
+  child.stderr!.on("data", (chunk: Buffer) => stderr.push(chunk));
+  child.stdin!.on("error", () => undefined);
+  let ended = false;
+  const outcome = new Promise<RunResult>((resolve, reject) => {
+    child.on("error", (error) => {
+      ended = true;
+      reject(new CommandError(display, null, error.message));
+    });
     child.on("close", (code, signal) => {
+      ended = true;
       const result = { stdout: Buffer.concat(stdout).toString("utf8"), stderr: Buffer.concat(stderr).toString("utf8") };
       if (code === 0) resolve(result);
       else reject(new CommandError(display, code, result.stderr || (signal ? `killed by ${signal}` : "")));
     });
-    child.stdin!.on("error", () => undefined);
-    child.stdin!.end(options.input ?? "");
   });
+  // Not yet awaited: a command that fails before `finish` must not be an unhandled rejection.
+  outcome.catch(() => undefined);
+  return {
+    finish: (input) => {
+      if (timeoutMs === 0 && !ended) {
+        const deadline = setTimeout(() => child.kill("SIGKILL"), 30_000);
+        child.once("close", () => clearTimeout(deadline));
+      }
+      child.stdin!.end(input);
+      return outcome;
+    },
+    get ended() {
+      return ended;
+    },
+  };
 }

@@ -1,6 +1,6 @@
 /** iproute2: changes as one `ip -batch -` run, state read back with `ip -json`. */
 import { readFileSync } from "node:fs";
-import { CommandError, run } from "./exec.js";
+import { CommandError, run, start, type StartedCommand } from "./exec.js";
 import type { NetnsHandle } from "./netns.js";
 
 /** One `ip` command as its words, without the leading `ip`. */
@@ -27,17 +27,73 @@ export interface IpBatchOptions {
  */
 export async function ipBatch(commands: readonly IpCommand[], options: IpBatchOptions = {}): Promise<string[]> {
   if (commands.length === 0) return [];
-  const script = commands.map((words) => words.map(batchWord).join(" ")).join("\n") + "\n";
+  return prepareIpBatch(options).run(commands);
+}
+
+/** An `ip -batch` already started, waiting for its commands. */
+export interface PreparedIpBatch {
+  run(commands: readonly IpCommand[]): Promise<string[]>;
+  /** Ends it unused. */
+  discard(): void;
+}
+
+/**
+ * Starts the `ip -batch` now, so that its start-up (and its entering a namespace) overlaps
+ * with whatever the caller does before it has the commands. In the node's own namespace a
+ * process that keeps `ip` warm (see `keepIpWarm`) gets one started in advance.
+ */
+export function prepareIpBatch(options: IpBatchOptions = {}): PreparedIpBatch {
   const ipArgs = [...(options.json ? ["-json"] : []), ...(options.details ? ["-details"] : []), ...(options.force ? ["-force"] : []), "-batch", "-"];
   const enable = (options.enableIpv6On ?? []).map(batchWord);
   // Writing a sysctl inside a namespace needs a process there: sh sets it, then becomes ip.
   const [command, args] = enable.length ? ["sh", ["-c", ENABLE_IPV6_THEN_IP, "sh", ...enable, "--", ...ipArgs]] : ["ip", ipArgs];
-  try {
-    const { stdout } = await run(command, args, { input: script, netns: options.netns, fds: options.fds });
-    return stdout.split("\n").filter((line) => line.trim());
-  } catch (error) {
-    throw describeBatchFailure(error, commands);
+  const plain = !enable.length && !options.netns && !options.fds?.length;
+  const started = (plain && takeWarm(ipArgs)) || start(command, args, { netns: options.netns, fds: options.fds });
+  let used = false;
+  return {
+    async run(commands) {
+      used = true;
+      const script = commands.map((words) => words.map(batchWord).join(" ")).join("\n") + "\n";
+      try {
+        const { stdout } = await started.finish(script);
+        return stdout.split("\n").filter((line) => line.trim());
+      } catch (error) {
+        throw describeBatchFailure(error, commands);
+      }
+    },
+    discard() {
+      if (!used) void started.finish("").catch(() => undefined);
+      used = true;
+    },
+  };
+}
+
+/** One idle `ip -batch` per argument set, started ahead while warm-keeping is on. */
+const warm = new Map<string, StartedCommand>();
+let keepWarm = false;
+
+/**
+ * In a long-lived process (the agent), keeps one `ip -batch` of each kind used so far started
+ * and waiting, so a call pays no process start-up; off again closes the idle ones.
+ */
+export function keepIpWarm(on: boolean): void {
+  keepWarm = on;
+  if (!on) {
+    for (const idle of warm.values()) void idle.finish("").catch(() => undefined);
+    warm.clear();
   }
+}
+
+function takeWarm(ipArgs: readonly string[]): StartedCommand | undefined {
+  if (!keepWarm) return undefined;
+  const key = ipArgs.join(" ");
+  const idle = warm.get(key);
+  // The next one starts after this turn, off the caller's path.
+  setImmediate(() => {
+    if (keepWarm && (!warm.has(key) || warm.get(key)!.ended)) warm.set(key, start("ip", ipArgs, { timeoutMs: 0 }));
+  });
+  warm.delete(key);
+  return idle && !idle.ended ? idle : undefined;
 }
 
 /** Applies `bridge` commands (FDB entries) in one `bridge -batch -` run. */

@@ -7,8 +7,8 @@ import {
   hostVethAlias, hostVethName, needsIpv6, planPodAttachment, renderContainerCommands, renderHostCommands, type PodAddress, type PodAttachmentSpec, type PodRoute,
 } from "../dataplane/pod-attachment.js";
 import { diffPodAttachment, parseIpLinks, parseIpRoutes, type ObservedPod } from "../dataplane/pod-check.js";
-import { CommandError, passedFdPath } from "../linux/exec.js";
-import { deleteLink, ipBatch, isAlreadyExists, isNoSuchDevice, localLinkNames, ipJson } from "../linux/iproute.js";
+import { CommandError, ownFdPath } from "../linux/exec.js";
+import { deleteLink, ipBatch, ipJson, isAlreadyExists, isNoSuchDevice, localLinkNames, prepareIpBatch, type PreparedIpBatch } from "../linux/iproute.js";
 import { NetnsError, openNetns, type NetnsHandle } from "../linux/netns.js";
 import { ensureSysctl } from "../linux/sysctl.js";
 import { formatIp } from "../net/ip.js";
@@ -32,6 +32,8 @@ export async function addPod(net: PodNet, request: AddRequest): Promise<AttachRe
   const key = attachmentKey(request);
   return net.attachments.run(lockKey(key), async () => {
     const netns = openPodNetns(request.netns);
+    // The pod side's ip starts now and enters the namespace while the host side is built.
+    const podIp = prepareIpBatch({ netns });
     try {
       const { network } = request;
       await assertBridge(network.bridge, network.mtu);
@@ -54,7 +56,7 @@ export async function addPod(net: PodNet, request: AddRequest): Promise<AttachRe
         const bridgeMac = await attachHostSide(net, network, spec, netns);
         reachFaultPoint(net, "add-host-side");
         throwIfAborted(request, key);
-        await attachPodSide(spec, netns);
+        await attachPodSide(spec, netns, podIp);
         reachFaultPoint(net, "add-pod-side");
         if (reservation.record.masquerade) await syncMasquerade(net, `ADD of ${describe(key)}`);
         throwIfAborted(request, key);
@@ -82,6 +84,7 @@ export async function addPod(net: PodNet, request: AddRequest): Promise<AttachRe
         net.adding.delete(reservation.id);
       }
     } finally {
+      podIp.discard();
       netns.close();
     }
   });
@@ -282,7 +285,8 @@ async function attachHostSide(net: PodNet, network: PodNetwork, spec: PodAttachm
   await ensureBridge(net, network.bridge, { mtu: network.mtu, ipv6: needsIpv6(spec) });
   if (localLinkNames().has(spec.hostVeth.name)) await removeHostVeth(spec.hostVeth.name, `ADD of ${spec.hostVeth.name}`);
   try {
-    const shown = await ipBatch(renderHostCommands(spec, passedFdPath(0)), { json: true, details: true, fds: [netns.fd] });
+    // The namespace by this process's descriptor, so an ip started in advance can reach it.
+    const shown = await ipBatch(renderHostCommands(spec, ownFdPath(netns.fd)), { json: true, details: true });
     const [bridge] = parseIpLinks(JSON.parse(shown[shown.length - 1] ?? "[]"));
     if (bridge) noteBridge(spec.bridge.name, bridge);
     return bridge?.mac ?? "";
@@ -312,11 +316,11 @@ function enableForwarding(spec: PodAttachmentSpec): void {
  * namespace that disables IPv6 on new interfaces fails that first command with nothing applied;
  * only then is it run again behind a shell that switches IPv6 on there (two more execs).
  */
-async function attachPodSide(spec: PodAttachmentSpec, netns: NetnsHandle): Promise<void> {
+async function attachPodSide(spec: PodAttachmentSpec, netns: NetnsHandle, prepared: PreparedIpBatch): Promise<void> {
   const commands = renderContainerCommands(spec);
   try {
     try {
-      await ipBatch(commands, { netns });
+      await prepared.run(commands);
     } catch (error) {
       if (!(needsIpv6(spec) && error instanceof CommandError && /IPv6 is disabled/.test(error.stderr))) throw error;
       await ipBatch(commands, { netns, enableIpv6On: [spec.container.ifname] });

@@ -1,3 +1,0 @@
-module trellis/cni-forward
-
-go 1.22
