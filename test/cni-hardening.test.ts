@@ -112,4 +112,19 @@ describe(cniSuite("trellis on a hardened or disturbed node"), () => {
       assert.ok(ping(node, addressesOf(first)[family]), `the node reaches the old pod (family ${family})`);
     }
   });
+
+  // Bug caught: a long-lived plugin process (the agent) that remembers the bridge as holding its
+  // gateways and skips setting them, after they were removed by hand: new pods get no gateway.
+  it("puts back a gateway removed from the bridge by hand with the next ADD", async () => {
+    const config = dual("gateway", 75);
+    const pods = [pool.create("pod"), pool.create("pod")];
+    const first: PodAttachmentResult = await addPod(node, config, { id: "gateway-0", netns: pods[0].path });
+    inNetns(node, "ip", ["address", "flush", "dev", "tb-gateway"]);
+    inNetns(node, "ip", ["link", "set", "dev", "tb-gateway", "down"]);
+    const second = await addPod(node, config, { id: "gateway-1", netns: pods[1].path });
+    for (const [family, gateway] of [first.ips[0].gateway!, first.ips[1].gateway!].entries()) {
+      assert.ok(ping(pods[1], gateway), `the new pod reaches its gateway (family ${family})`);
+      assert.ok(ping(pods[0], addressesOf(second)[family]), `the old pod reaches the new one (family ${family})`);
+    }
+  });
 });

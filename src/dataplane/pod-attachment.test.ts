@@ -155,38 +155,34 @@ describe("dataplane/pod-attachment", () => {
       ]);
     });
 
-    it("renders the host side: gateways, the veth pair into the namespace path given, alias, port, then shows the bridge", () => {
+    it("renders the host side: gateways, the veth pair created on the bridge and up with its pod end in the namespace path given, alias, hairpin, then shows the bridge", () => {
       // Catches: the pod end not moved into the netns passed (e.g. the CNI_NETNS path instead of the
       // descriptor path), IPv6 gateways without nodad (DAD delays them), the alias GC relies on
-      // missing, the bridge not shown last (its MAC goes into the result).
+      // missing, the veth not on the bridge or not up, the bridge not shown last with its
+      // addresses (its MAC goes into the result; the next ADD knows its gateways from it).
       assert.deepEqual(renderHostCommands(spec, "/proc/self/fd/3"), [
         ["link", "set", "dev", "trellis0", "up"],
         ["address", "replace", "10.244.1.1/24", "dev", "trellis0"],
         ["address", "replace", "fd00:10:244:1::1/64", "dev", "trellis0", "nodad"],
         [
-          "link", "add", veth, "mtu", "1400", "address", spec.hostVeth.mac, "type", "veth",
+          "link", "add", veth, "mtu", "1400", "address", spec.hostVeth.mac, "master", "trellis0", "up", "type", "veth",
           "peer", "name", "eth0", "mtu", "1400", "address", "0a:58:0a:f4:01:02", "netns", "/proc/self/fd/3",
         ],
         ["link", "set", "dev", veth, "alias", "trellis:pods"],
-        ["link", "set", "dev", veth, "master", "trellis0"],
         ["link", "set", "dev", veth, "type", "bridge_slave", "hairpin", "on"],
-        ["link", "set", "dev", veth, "up"],
-        ["link", "show", "dev", "trellis0"],
+        ["address", "show", "dev", "trellis0"],
       ]);
     });
 
-    it("leaves the MTU to the kernel when none is configured", () => {
-      // Catches: `mtu undefined` rendered as a word.
+    it("leaves the MTU to the kernel when none is configured, and the gateways alone on a bridge seen ready", () => {
+      // Catches: `mtu undefined` rendered as a word; gateways rewritten on every ADD although the
+      // bridge was last seen holding them.
       const plain = planPodAttachment({ ...DUAL_STACK, mtu: undefined, hairpin: false, addresses: [v4] });
       const name = plain.hostVeth.name;
-      assert.deepEqual(renderHostCommands(plain, "/proc/self/fd/4"), [
-        ["link", "set", "dev", "trellis0", "up"],
-        ["address", "replace", "10.244.1.1/24", "dev", "trellis0"],
-        ["link", "add", name, "address", plain.hostVeth.mac, "type", "veth", "peer", "name", "eth0", "address", "0a:58:0a:f4:01:02", "netns", "/proc/self/fd/4"],
+      assert.deepEqual(renderHostCommands(plain, "/proc/self/fd/4", { bridgeReady: true }), [
+        ["link", "add", name, "address", plain.hostVeth.mac, "master", "trellis0", "up", "type", "veth", "peer", "name", "eth0", "address", "0a:58:0a:f4:01:02", "netns", "/proc/self/fd/4"],
         ["link", "set", "dev", name, "alias", "trellis:pods"],
-        ["link", "set", "dev", name, "master", "trellis0"],
-        ["link", "set", "dev", name, "up"],
-        ["link", "show", "dev", "trellis0"],
+        ["address", "show", "dev", "trellis0"],
       ]);
     });
 

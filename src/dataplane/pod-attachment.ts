@@ -144,19 +144,23 @@ export function renderBridgePort(bridge: string, veth: { readonly name: string; 
 }
 
 /**
- * Host-side commands once the bridge exists: gateway addresses, the veth pair with its pod end
- * moved into the namespace `podNetns` refers to, the host end on the bridge. Ends by showing
- * the bridge, whose MAC goes into the result.
+ * Host-side commands once the bridge exists: gateway addresses (unless `bridgeReady`: the bridge
+ * was last seen up with them), the veth pair created on the bridge and up with its pod end moved
+ * into the namespace `podNetns` refers to, its alias and hairpin. Ends by showing the bridge
+ * with its addresses: its MAC goes into the result, and the next ADD knows what it holds.
  */
-export function renderHostCommands(spec: PodAttachmentSpec, podNetns: string): string[][] {
+export function renderHostCommands(spec: PodAttachmentSpec, podNetns: string, options: { bridgeReady?: boolean } = {}): string[][] {
   const { bridge, hostVeth, container } = spec;
   const mtu = container.mtu === undefined ? [] : ["mtu", String(container.mtu)];
   return [
-    ...renderBridgeAddresses(bridge),
-    ["link", "add", hostVeth.name, ...mtu, "address", hostVeth.mac, "type", "veth", "peer", "name", container.ifname, ...mtu, "address", container.mac, "netns", podNetns],
+    ...(options.bridgeReady ? [] : renderBridgeAddresses(bridge)),
+    [
+      "link", "add", hostVeth.name, ...mtu, "address", hostVeth.mac, "master", bridge.name, "up",
+      "type", "veth", "peer", "name", container.ifname, ...mtu, "address", container.mac, "netns", podNetns,
+    ],
     ["link", "set", "dev", hostVeth.name, "alias", hostVeth.alias],
-    ...renderBridgePort(bridge.name, hostVeth),
-    ["link", "show", "dev", bridge.name],
+    ...(hostVeth.hairpin ? [["link", "set", "dev", hostVeth.name, "type", "bridge_slave", "hairpin", "on"]] : []),
+    ["address", "show", "dev", bridge.name],
   ];
 }
 

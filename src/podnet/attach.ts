@@ -4,7 +4,7 @@
  * error they raise carries its CNI code.
  */
 import {
-  hostVethAlias, hostVethName, needsIpv6, planPodAttachment, renderContainerCommands, renderHostCommands, type PodAddress, type PodAttachmentSpec, type PodRoute,
+  hostVethAlias, hostVethName, needsIpv6, planPodAttachment, renderBridgeAddresses, renderContainerCommands, renderHostCommands, type PodAddress, type PodAttachmentSpec, type PodRoute,
 } from "../dataplane/pod-attachment.js";
 import { diffPodAttachment, parseIpLinks, parseIpRoutes, type ObservedPod } from "../dataplane/pod-check.js";
 import { CommandError, ownFdPath } from "../linux/exec.js";
@@ -17,7 +17,7 @@ import {
   updateAttachmentSpec, type Attachment, type AttachmentKey, type AttachmentSpecRecord,
 } from "../podipam/attachments.js";
 import { allocatePodIps, leasesOf, PodIpError, releaseOrphanLeases, releasePodIps } from "../podipam/pod-ips.js";
-import { assertBridge, ensureBridge, forgetBridge, kernelError, noteBridge } from "./bridge.js";
+import { assertBridge, bridgeReady, ensureBridge, forgetBridge, kernelError, noteBridge } from "./bridge.js";
 import { CniCode, CniError } from "./errors.js";
 import { reachFaultPoint, type PodNet } from "./handle.js";
 import { checkMasquerade, masqueradeOf, syncMasquerade } from "./masquerade.js";
@@ -286,9 +286,16 @@ async function attachHostSide(net: PodNet, network: PodNetwork, spec: PodAttachm
   if (localLinkNames().has(spec.hostVeth.name)) await removeHostVeth(spec.hostVeth.name, `ADD of ${spec.hostVeth.name}`);
   try {
     // The namespace by this process's descriptor, so an ip started in advance can reach it.
-    const shown = await ipBatch(renderHostCommands(spec, ownFdPath(netns.fd)), { json: true, details: true });
+    const ready = bridgeReady(spec.bridge.name, spec.bridge.gateways);
+    const shown = await ipBatch(renderHostCommands(spec, ownFdPath(netns.fd), { bridgeReady: ready }), { json: true, details: true });
     const [bridge] = parseIpLinks(JSON.parse(shown[shown.length - 1] ?? "[]"));
     if (bridge) noteBridge(spec.bridge.name, bridge);
+    // Seen ready, but a gateway or the bridge's up state went since (by hand): put them back now.
+    if (ready && !bridgeReady(spec.bridge.name, spec.bridge.gateways)) {
+      const fixed = await ipBatch([...renderBridgeAddresses(spec.bridge), ["address", "show", "dev", spec.bridge.name]], { json: true, details: true });
+      const [again] = parseIpLinks(JSON.parse(fixed[fixed.length - 1] ?? "[]"));
+      if (again) noteBridge(spec.bridge.name, again);
+    }
     return bridge?.mac ?? "";
   } catch (error) {
     forgetBridge(spec.bridge.name);

@@ -5,9 +5,10 @@
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import { bridgeGateways, renderBridgeAddresses, renderBridgeCreate, renderBridgePort } from "../dataplane/pod-attachment.js";
-import { parseIpLinks } from "../dataplane/pod-check.js";
+import { parseIpLinks, type ObservedLink } from "../dataplane/pod-check.js";
 import { CommandError } from "../linux/exec.js";
 import { ipBatch, ipJson, isAlreadyExists, localLinkNames } from "../linux/iproute.js";
+import { formatIp, type IpAddress } from "../net/ip.js";
 import { attachmentsOnBridge } from "../podipam/attachments.js";
 import { CniCode, CniError } from "./errors.js";
 import type { PodNet } from "./handle.js";
@@ -46,10 +47,9 @@ export async function assertBridge(name: string, podMtu?: number): Promise<boole
   // A long-lived process (the agent) knows the bridge from the last ADD's own output.
   let checked = checkedBridges.get(name);
   if (!checked) {
-    const [link] = parseIpLinks(await ipJson(["-details", "link", "show", "dev", name]));
+    const [link] = parseIpLinks(await ipJson(["-details", "address", "show", "dev", name]));
     if (!link) return false;
-    noteBridge(name, link);
-    checked = { mtu: link.mtu };
+    checked = noteBridge(name, link);
   }
   if (podMtu !== undefined && checked.mtu !== undefined && podMtu < checked.mtu) {
     throw new CniError(
@@ -60,16 +60,30 @@ export async function assertBridge(name: string, podMtu?: number): Promise<boole
   return true;
 }
 
-/** Bridges this process has seen as bridges, with their MTU as last shown. */
-const checkedBridges = new Map<string, { mtu?: number }>();
+/** What this process last saw of a bridge: its MTU, whether it was up, its addresses (`ADDRESS/LENGTH`). */
+interface CheckedBridge {
+  readonly mtu?: number;
+  readonly up: boolean;
+  readonly addresses: ReadonlySet<string>;
+}
 
-/** Records what a `-details` show of the bridge said; a link of that name that is not a bridge is code 7. */
-export function noteBridge(name: string, link: { kind?: string; mtu?: number }): void {
+const checkedBridges = new Map<string, CheckedBridge>();
+
+/** Records what a `-details address show` of the bridge said; a link of that name that is not a bridge is code 7. */
+export function noteBridge(name: string, link: ObservedLink): CheckedBridge {
   if (link.kind !== "bridge") {
     checkedBridges.delete(name);
     throw new CniError(CniCode.invalidConfig, `bridge ${JSON.stringify(name)} names an existing ${link.kind ? `${link.kind} ` : ""}interface that is not a bridge; choose another bridge name`);
   }
-  checkedBridges.set(name, { mtu: link.mtu });
+  const checked = { mtu: link.mtu, up: link.up, addresses: new Set((link.addresses ?? []).map((entry) => `${formatIp(entry.address)}/${entry.length}`)) };
+  checkedBridges.set(name, checked);
+  return checked;
+}
+
+/** Whether the bridge was last seen up and holding every one of these gateways (then an ADD need not set them). */
+export function bridgeReady(name: string, gateways: readonly { readonly address: IpAddress; readonly length: number }[]): boolean {
+  const checked = checkedBridges.get(name);
+  return checked !== undefined && checked.up && gateways.every((gateway) => checked.addresses.has(`${formatIp(gateway.address)}/${gateway.length}`));
 }
 
 /** Makes the next ADD check the bridge again (after a failure on it). */
