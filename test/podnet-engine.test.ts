@@ -11,6 +11,7 @@ import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
 import { inNetns, NetnsPool, sweepStaleNamespaces, type TestNetns } from "./support/netns.js";
 import { hostVeths, tempDir } from "./support/trellis-cni.js";
+import { runWorkersInLockstep } from "./support/workers.js";
 
 const execFileAsync = promisify(execFile);
 
@@ -71,5 +72,18 @@ describe("the attach engine behind one long-lived handle", () => {
     assert.equal(outcome.delegateLeaseLeft, false, "host-local's lease was released");
     assert.deepEqual(hostVeths(node), before);
     assert.doesNotMatch(inNetns(pod, "ip", ["-o", "link"]), /eth0/);
+  });
+});
+
+describe("the node-wide lock of a state directory", () => {
+  const dir = tempDir("node-lock");
+  after(() => dir.remove());
+
+  // Bug caught: the lock file opened with no busy wait at all, so processes opening a new state
+  // directory together failed their masquerade sync (GC: 104 "database is locked") while the
+  // first of them switched the lock file to WAL.
+  it("is taken by 8 processes opening a new state directory at the same moment, 10 times over", async () => {
+    const answers = await runWorkersInLockstep("node-lock.worker.ts", Array.from({ length: 8 }, () => [dir.path]), 10);
+    assert.deepEqual(answers.flat().filter((answer) => answer !== "ok"), []);
   });
 });

@@ -72,7 +72,10 @@ export async function withNodeLock<T>(net: PodNet, task: () => Promise<T>): Prom
   return nodeLocks.run(net.stateDir, async () => {
     let lock = lockConnections.get(net);
     if (!lock) {
-      lock = openSqlite(join(net.stateDir, "node-lock.db"), { busyTimeoutMs: 0 });
+      // Opening (its switch to WAL) waits out other processes like any open; only taking the
+      // lock is polled, so that waits for nobody.
+      lock = openSqlite(join(net.stateDir, "node-lock.db"));
+      lock.pragma("busy_timeout = 0");
       lockConnections.set(net, lock);
     }
     await acquire(lock);
