@@ -74,3 +74,10 @@ try {
 }
 renameSync("dist/trellis-cni.building", "dist/trellis-cni");
 console.log("built dist/trellis-cni (static native CNI plugin)");
+
+// The agent's spawn helper (spawn-helper/main.c): forks for the agent, whose own forks stall it.
+execFileSync(process.env.CC ?? "cc", ["-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", "dist/trellis-spawn.building", "spawn-helper/main.c"], {
+  stdio: ["ignore", "inherit", "inherit"],
+});
+renameSync("dist/trellis-spawn.building", "dist/trellis-spawn");
+console.log("built dist/trellis-spawn (the agent's static spawn helper)");

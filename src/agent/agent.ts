@@ -7,7 +7,7 @@
  * nothing that was already right.
  */
 import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { claimNode, writeHeartbeat, type Heartbeat } from "../cluster/node-agents.js";
 import { HEARTBEATS_PREFIX, NODES_PREFIX, parseNode, type AgentClaim, type NodeRecord } from "../cluster/node-cidrs.js";
 import { openCluster, type Cluster } from "../cluster/state.js";
@@ -16,6 +16,7 @@ import {
   desiredPeerNetwork, desiredVxlanDevices, diffNodeNetwork, joinPeerNetworks, podMtu, vtepMac, vxlanFamilies,
   type NodeEndpoint, type NodeNetwork, type NodeNetworkChange, type ObservedNodeNetwork, type Underlay,
 } from "../dataplane/node-network.js";
+import { stopSpawnHelper, useSpawnHelper } from "../linux/exec.js";
 import { keepIpWarm } from "../linux/iproute.js";
 import { nftApply, nftListTable } from "../linux/nftables.js";
 import { bootId, processRunning } from "../linux/process.js";
@@ -120,7 +121,10 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
   let listed = false;
   let routesProgrammed = false;
   const podNets = cachedPodNets();
-  // Every attach and sync then finds an ip process started and waiting.
+  // Commands start through the small helper installed beside this executable when it is there
+  // (a fork of the agent itself stalls it), and ip processes are started ahead of need.
+  const helperPath = join(dirname(process.execPath), SPAWN_HELPER);
+  if (useSpawnHelper(helperPath)) log("info", "starting commands through the spawn helper", { path: helperPath });
   keepIpWarm(true);
   const cniServer = await startCniServer(options.cniSocket, podNets, () => (routesProgrammed ? undefined : "its routes to the other nodes are not programmed yet"), log);
   /**
@@ -297,7 +301,9 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
         peers.clear();
         for (const entry of nodes.entries) {
           const record = readNode(entry.value, log);
-          if (record && record.name !== self.name) peers.set(record.name, { record, endpoint: endpointOf(record), lastBeat: now });
+          // A node its agent has not claimed yet (pod CIDRs allocated, addresses not yet
+          // published) is no peer yet: it comes in with the claim.
+          if (record && record.name !== self.name && record.network) peers.set(record.name, { record, endpoint: endpointOf(record), lastBeat: now });
         }
         if (!nodes.entries.some((entry) => entry.key === `${NODES_PREFIX}${self.name}`)) throw new SelfRemoved();
         for (const entry of beats.entries) {
@@ -354,6 +360,10 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
       } else {
         const record = readNode(event.value, log);
         if (!record) continue;
+        if (!record.network) {
+          if (peers.delete(name)) requestSync(false, name);
+          continue;
+        }
         const known = peers.get(name);
         peers.set(name, { record, endpoint: endpointOf(record), lastBeat: known?.lastBeat ?? Date.now(), heartbeat: known?.heartbeat });
       }
@@ -395,6 +405,7 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
   const stopAndClose = () => {
     stop();
     keepIpWarm(false);
+    stopSpawnHelper();
     void (syncing ?? Promise.resolve())
       .then(() => cniServer.close())
       .then(() => podNets.closeAll())
@@ -403,6 +414,9 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
   };
   return { done, stop: stopAndClose, lastSyncMs: () => lastSyncMs };
 }
+
+/** The spawn helper's file name, beside the trellis executable. */
+const SPAWN_HELPER = "trellis-spawn";
 
 class SelfRemoved extends Error {}
 
