@@ -19,6 +19,7 @@ describe("trellis agent with bad input", () => {
   const store = `sqlite:${join(dir.path, "cluster.db")}`;
   let node: TestNetns;
   let running: ReturnType<typeof spawn> | undefined;
+  let log = "";
 
   const agent = (args: string[], env: Record<string, string> = {}) =>
     spawnSync("nsenter", [`--net=${node.path}`, TRELLIS, "agent", "--node-name", "node1", "--cni-conf-dir", join(dir.path, "net.d"), "--cni-data-dir", join(dir.path, "cni"), ...args], {
@@ -74,7 +75,6 @@ describe("trellis agent with bad input", () => {
   it("refuses a node name a live agent serves, and a plan other than the stored one", async () => {
     running = spawn("nsenter", [`--net=${node.path}`, TRELLIS, "agent", "--node-name", "node1", "--node-ip", "198.18.0.10", "--store", store, "--plan", plan,
       "--cni-conf-dir", join(dir.path, "live", "net.d"), "--cni-data-dir", join(dir.path, "live", "cni")], { stdio: ["ignore", "ignore", "pipe"] });
-    let log = "";
     running.stderr!.on("data", (chunk: Buffer) => (log += chunk.toString()));
     for (let i = 0; i < 200 && !log.includes("CNI config written"); i++) await new Promise((resolve) => setTimeout(resolve, 50));
     assert.match(log, /CNI config written/);
@@ -84,5 +84,15 @@ describe("trellis agent with bad input", () => {
     refusedWithoutTrace(changed, /already holds a different cluster plan: podCidrs is 10\.244\.0\.0\/16 in the store but 10\.245\.0\.0\/16 in \S+other\.yaml/);
     assert.equal(running.exitCode, null, "the live agent keeps running");
     assert.deepEqual(readdirSync(join(dir.path, "live", "net.d")), ["10-trellis.conflist"]);
+  });
+
+  // Bug caught: a node whose agent had not yet published its addresses (the record exists from
+  // the moment its pod CIDRs are allocated) logged as unreachable by every peer, for good.
+  it("does not call a node no agent has claimed yet unreachable", async () => {
+    assert.equal(running?.exitCode, null, "the agent of the test before runs");
+    const added = spawnSync(TRELLIS, ["node", "add", "node7", "--store", store], { encoding: "utf8", env: { PATH: process.env.PATH!, TRELLIS_NATIVE_DIR: process.env.TRELLIS_NATIVE_DIR ?? "" } });
+    assert.equal(added.status, 0, added.stderr);
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    assert.doesNotMatch(log, /peer unreachable/);
   });
 });

@@ -96,7 +96,9 @@ async function acquire(lock: SqliteDatabase): Promise<void> {
       lock.exec("BEGIN IMMEDIATE");
       return;
     } catch (error) {
-      if ((error as { code?: string }).code !== "SQLITE_BUSY") throw error;
+      // SQLITE_BUSY, or an extended form of it (SQLITE_BUSY_RECOVERY while another process
+      // recovers the new lock file's WAL).
+      if (!String((error as { code?: string }).code).startsWith("SQLITE_BUSY")) throw error;
       if (Date.now() > deadline) throw new CniError(CniCode.tryAgainLater, `the node lock of ${lock.name} has been held for over ${LOCK_WAIT_MS / 1000} s`);
       await new Promise((resolve) => setTimeout(resolve, pause));
     }

@@ -46,7 +46,7 @@ function untilNotBusy<T>(step: () => T, timeoutMs: number): T {
     try {
       return step();
     } catch (error) {
-      if ((error as { code?: string }).code !== "SQLITE_BUSY" || Date.now() > deadline) throw error;
+      if (!String((error as { code?: string }).code).startsWith("SQLITE_BUSY") || Date.now() > deadline) throw error;
       Atomics.wait(pause, 0, 0, wait + Math.random() * wait);
     }
   }

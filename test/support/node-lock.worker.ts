@@ -18,6 +18,6 @@ for await (const round of lockstepRounds()) {
     }
     process.stdout.write("ok\n");
   } catch (error) {
-    process.stdout.write(`${String(error).replace(/\n/g, " ")}\n`);
+    process.stdout.write(`${(error as { code?: string }).code ?? ""} ${String(error).replace(/\n/g, " ")}\n`);
   }
 }
