@@ -24,6 +24,7 @@ import { parseArgs } from "node:util";
 import { execCniPlugin, pluginConfig, type CniConfList, type CniOutcome } from "../test/support/cni-exec.js";
 import { NetnsPool, sweepStaleNamespaces, type TestNetns } from "../test/support/netns.js";
 import { nativePluginDir, startNodeAgent } from "../test/support/node-agent.js";
+import { gitCommit } from "./commit.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const TRELLIS = join(ROOT, "dist/trellis");
@@ -122,7 +123,7 @@ async function main(): Promise<void> {
       benchmark: "cni",
       startedAt,
       machine: { node: process.version, kernel: execFileSync("uname", ["-r"], { encoding: "utf8" }).trim(), cpus: cpus().length, cpuModel: cpus()[0]?.model ?? "", loadStart, loadEnd: loadavg().map((x) => Math.round(x * 100) / 100) },
-      commit: gitCommit(),
+      commit: gitCommit(ROOT),
       options,
       floor,
       configs: Object.fromEntries(plugins.map((p) => [p.label, p.network])),
@@ -452,14 +453,6 @@ function parseOptions(argv: string[]): BenchOptions {
   if (burst > 250) throw new Error(`--burst ${burst}: the /24 pod range holds at most 250 pods at once`);
   const concurrency = values.concurrency.split(",").map((text) => positive("concurrency", text));
   return { runs, burst, concurrency, families: values.families };
-}
-
-function gitCommit(): string {
-  try {
-    return execFileSync("git", ["-C", ROOT, "rev-parse", "HEAD"], { encoding: "utf8" }).trim();
-  } catch {
-    return "unknown";
-  }
 }
 
 await main();

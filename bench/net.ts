@@ -29,6 +29,7 @@ import { measureConvergence, type ConvergenceFigures } from "./net-convergence.j
 import { MAX_SCALE_PEERS, SCALE_PLAN, measureScale, type ScaleFigures } from "./net-scale.js";
 import { newMade, removeMade, type Made } from "./net-support.js";
 import { bareBridgePath, measureThroughput, rawVethPath, type IperfPath, type PairFigures, type ThroughputPair } from "./net-throughput.js";
+import { gitCommit } from "./commit.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const PARTS = ["throughput", "convergence", "scale"] as const;
@@ -98,7 +99,7 @@ async function main(): Promise<void> {
     benchmark: "net",
     startedAt,
     machine: machineInfo(),
-    commit: gitCommit(),
+    commit: gitCommit(ROOT),
     options,
     labs: {},
     errors: [],
@@ -334,14 +335,6 @@ function parseOptions(argv: string[]): BenchOptions {
     changes: whole("changes", values.changes, 1, 100),
     parts: parts as Part[],
   };
-}
-
-function gitCommit(): string {
-  try {
-    return execFileSync("git", ["-C", ROOT, "rev-parse", "HEAD"], { encoding: "utf8" }).trim();
-  } catch {
-    return "unknown";
-  }
 }
 
 await main();

@@ -64,19 +64,19 @@ renameSync(building, "dist/trellis");
 console.log(`built dist/trellis (${process.version} single executable with the sqlite addon)`);
 
 // The native CNI plugin: a small static C program that forwards each call to the node's agent
-// (cni-forward/main.c). C rather than Go: it starts in a quarter of the time, on every CNI call.
+// (native/cni-plugin.c). C rather than Go: it starts in a quarter of the time, on every CNI call.
 try {
-  execFileSync(process.env.CC ?? "cc", ["-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", "dist/trellis-cni.building", "cni-forward/main.c"], {
+  execFileSync(process.env.CC ?? "cc", ["-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", "dist/trellis-cni.building", "native/cni-plugin.c"], {
     stdio: ["ignore", "inherit", "inherit"],
   });
 } catch (error) {
-  throw new Error(`building the native CNI plugin (cni-forward/main.c) needs a C compiler with static libc (Debian: gcc, libc6-dev): ${error.message}`);
+  throw new Error(`building the native CNI plugin (native/cni-plugin.c) needs a C compiler with static libc (Debian: gcc, libc6-dev): ${error.message}`);
 }
 renameSync("dist/trellis-cni.building", "dist/trellis-cni");
 console.log("built dist/trellis-cni (static native CNI plugin)");
 
-// The agent's spawn helper (spawn-helper/main.c): forks for the agent, whose own forks stall it.
-execFileSync(process.env.CC ?? "cc", ["-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", "dist/trellis-spawn.building", "spawn-helper/main.c"], {
+// The agent's spawn helper (native/spawn-helper.c): forks for the agent, whose own forks stall it.
+execFileSync(process.env.CC ?? "cc", ["-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", "dist/trellis-spawn.building", "native/spawn-helper.c"], {
   stdio: ["ignore", "inherit", "inherit"],
 });
 renameSync("dist/trellis-spawn.building", "dist/trellis-spawn");

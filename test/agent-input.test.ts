@@ -22,7 +22,7 @@ describe("trellis agent with bad input", () => {
   let log = "";
 
   const agent = (args: string[], env: Record<string, string> = {}) =>
-    spawnSync("nsenter", [`--net=${node.path}`, TRELLIS, "agent", "--node-name", "node1", "--cni-conf-dir", join(dir.path, "net.d"), "--cni-data-dir", join(dir.path, "cni"), ...args], {
+    spawnSync("nsenter", [`--net=${node.path}`, TRELLIS, "agent", "--node-name", "node1", "--cni-conf-dir", join(dir.path, "net.d"), "--cni-data-dir", join(dir.path, "cni"), "--cni-socket", join(dir.path, "cni.sock"), ...args], {
       encoding: "utf8",
       timeout: 30_000,
       env: { PATH: process.env.PATH!, TRELLIS_NATIVE_DIR: process.env.TRELLIS_NATIVE_DIR ?? "", ...env },
@@ -74,7 +74,7 @@ describe("trellis agent with bad input", () => {
   // Bug caught: a second agent for one node name takes over its pod CIDRs while the first still routes them.
   it("refuses a node name a live agent serves, and a plan other than the stored one", async () => {
     running = spawn("nsenter", [`--net=${node.path}`, TRELLIS, "agent", "--node-name", "node1", "--node-ip", "198.18.0.10", "--store", store, "--plan", plan,
-      "--cni-conf-dir", join(dir.path, "live", "net.d"), "--cni-data-dir", join(dir.path, "live", "cni")], { stdio: ["ignore", "ignore", "pipe"] });
+      "--cni-conf-dir", join(dir.path, "live", "net.d"), "--cni-data-dir", join(dir.path, "live", "cni"), "--cni-socket", join(dir.path, "live", "cni.sock")], { stdio: ["ignore", "ignore", "pipe"] });
     running.stderr!.on("data", (chunk: Buffer) => (log += chunk.toString()));
     for (let i = 0; i < 200 && !log.includes("CNI config written"); i++) await new Promise((resolve) => setTimeout(resolve, 50));
     assert.match(log, /CNI config written/);

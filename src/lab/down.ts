@@ -3,12 +3,13 @@
  * It works from state.json when there is one and from the lab's naming conventions when there
  * is not, so a half-built or half-removed lab goes too; running it twice is harmless.
  */
-import { existsSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import { deleteNamedNetns, listNamedNetns, namedNetnsPath, namedNetnsPids } from "../linux/named-netns.js";
 import { delNetworkList, readNetworkList } from "./cni-runtime.js";
 import { isLabProcess, stopProcesses } from "./processes.js";
 import { mapConcurrently } from "./concurrently.js";
-import { labDir, nodeCniConfDir, readLabState, type LabProcess, type LabState } from "./state.js";
+import { LAB_ROOT, labDir, nodeCniConfDir, readLabState, type LabProcess, type LabState } from "./state.js";
 import { isLabNetnsName, labNetnsName } from "./topology.js";
 
 export interface LabDownSettings {
@@ -49,6 +50,7 @@ export async function labDown(name: string, settings: LabDownSettings): Promise<
   const straysStopped = await stopLabProcesses([...namespaces], []);
   for (const netns of [...pods, ...nodes, ...others]) await deleteNamedNetns(netns);
   rmSync(labDir(name), { recursive: true, force: true });
+  removeSharedPluginLinks();
   out(
     `lab ${name} removed: ${namespaces.size} namespaces, ${podStopped + agentsStopped + straysStopped} processes` +
       `${released > 0 ? `, ${released} pods released through CNI DEL` : ""}, ${labDir(name)}`,
@@ -101,5 +103,22 @@ function parentPid(pid: number): number | undefined {
     return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
   } catch {
     return undefined;
+  }
+}
+
+/** The plugin links labs share (`LAB_ROOT/.bin`) go with the last lab; a lab being made re-creates them. */
+function removeSharedPluginLinks(): void {
+  let entries: string[];
+  try {
+    entries = readdirSync(LAB_ROOT);
+  } catch {
+    return;
+  }
+  if (entries.some((entry) => entry !== ".bin")) return;
+  rmSync(join(LAB_ROOT, ".bin"), { recursive: true, force: true });
+  try {
+    rmdirSync(LAB_ROOT);
+  } catch {
+    // a lab appeared meanwhile
   }
 }

@@ -11,8 +11,6 @@ export interface RunOptions {
    * descriptor, so its path never reaches a command line) or a path such as /var/run/netns/x.
    */
   netns?: NetnsHandle | string;
-  /** Open file descriptors the command gets as fd 3, 4, …; see `passedFdPath`. */
-  fds?: readonly number[];
   timeoutMs?: number;
 }
 
@@ -34,22 +32,26 @@ export class CommandError extends Error {
 /** Where `ip -n NAME` looks for NAME. */
 const IP_NETNS_DIR = "/var/run/netns";
 
-/** `../..` (one `..` per level of the directory's real path) leads from IP_NETNS_DIR to `/`; undefined while it does not exist. */
+let netnsDirToRoot: string | undefined;
+
+/**
+ * `../..` (one `..` per level of the directory's real path) leads from IP_NETNS_DIR to `/`;
+ * undefined while it does not exist. Found once, on the first call after it exists.
+ */
 function ipNetnsDirToRoot(): string | undefined {
+  if (netnsDirToRoot !== undefined) return netnsDirToRoot;
   let real: string;
   try {
     real = realpathSync(IP_NETNS_DIR);
   } catch {
     return undefined;
   }
-  const depth = real.split("/").filter(Boolean).length;
-  return Array.from({ length: depth }, () => "..").join("/");
+  netnsDirToRoot = Array.from({ length: real.split("/").filter(Boolean).length }, () => "..").join("/");
+  return netnsDirToRoot;
 }
 
-/** The path under which a command started by `run` opens the `index`-th of `options.fds`. */
-export function passedFdPath(index: number): string {
-  return `/proc/self/fd/${3 + index}`;
-}
+/** Where a command started directly opens the namespace handle it is given as fd 3. */
+const PASSED_NETNS_PATH = "/proc/self/fd/3";
 
 /** The path under which any process of this user opens descriptor `fd` of this process. */
 export function ownFdPath(fd: number): string {
@@ -71,9 +73,9 @@ export interface StartedCommand {
 
 /** Starts `command args` now (in `options.netns`); its stdin stays open until `finish`. */
 export function start(command: string, args: readonly string[], options: Omit<RunOptions, "input"> = {}): StartedCommand {
-  const fds = [...(options.fds ?? [])];
   // Through the spawn helper the command reaches a namespace handle by this process's descriptor.
-  const viaHelper = helper !== undefined && fds.length === 0;
+  const viaHelper = helper !== undefined;
+  const fds: number[] = [];
   let file = command;
   let argv = [...args];
   let where = "";
@@ -81,13 +83,8 @@ export function start(command: string, args: readonly string[], options: Omit<Ru
     [file, argv] = ["nsenter", [`--net=${options.netns}`, "--", command, ...args]];
     where = ` (in ${options.netns})`;
   } else if (options.netns) {
-    let path: string;
-    if (viaHelper) {
-      path = ownFdPath(options.netns.fd);
-    } else {
-      fds.push(options.netns.fd);
-      path = passedFdPath(fds.length - 1);
-    }
+    if (!viaHelper) fds.push(options.netns.fd);
+    const path = viaHelper ? ownFdPath(options.netns.fd) : PASSED_NETNS_PATH;
     // `ip` enters a namespace itself, saving nsenter's exec; it takes only names under
     // /var/run/netns, so the descriptor is named relative to that directory.
     const up = command === "ip" ? ipNetnsDirToRoot() : undefined;
@@ -144,7 +141,9 @@ export function start(command: string, args: readonly string[], options: Omit<Ru
 class SpawnHelper {
   private readonly pending = new Map<number, { resolve: (result: RunResult) => void; reject: (error: Error) => void; display: string }>();
   private nextId = 1;
-  private received = Buffer.alloc(0);
+  /** Bytes received and not yet part of a whole reply: joined only once one is complete. */
+  private received: Buffer[] = [];
+  private receivedBytes = 0;
 
   constructor(private readonly child: ChildProcessWithoutNullStreams) {
     child.stdout.on("data", (chunk: Buffer) => this.receive(chunk));
@@ -193,10 +192,18 @@ class SpawnHelper {
   }
 
   private receive(chunk: Buffer): void {
-    this.received = Buffer.concat([this.received, chunk]);
-    while (this.received.length >= 4 && this.received.length >= 4 + this.received.readUInt32BE(0)) {
-      const frame = this.received.subarray(4, 4 + this.received.readUInt32BE(0));
-      this.received = this.received.subarray(4 + frame.length);
+    this.received.push(chunk);
+    this.receivedBytes += chunk.length;
+    for (;;) {
+      if (this.receivedBytes < 4) return;
+      if (this.received[0].length < 4) this.received = [Buffer.concat(this.received)];
+      const end = 4 + this.received[0].readUInt32BE(0);
+      if (this.receivedBytes < end) return;
+      const all = this.received.length === 1 ? this.received[0] : Buffer.concat(this.received);
+      const frame = all.subarray(4, end);
+      const rest = all.subarray(end);
+      this.received = rest.length ? [rest] : [];
+      this.receivedBytes = rest.length;
       const id = frame.readUInt32BE(0);
       const status = frame.readInt32BE(4);
       const outLength = frame.readUInt32BE(8);

@@ -11,8 +11,6 @@ export interface IpBatchOptions {
   netns?: NetnsHandle;
   /** `show` commands in the batch print JSON lines, returned in order. */
   json?: boolean;
-  /** Open descriptors the batch refers to as `passedFdPath(i)`, e.g. a namespace to move a link into. */
-  fds?: readonly number[];
   /** Interfaces (already in the namespace) whose IPv6 is switched on before the batch runs. */
   enableIpv6On?: readonly string[];
   /** Carry on past failing commands (`-force`); the error then names the first that failed. */
@@ -47,8 +45,8 @@ export function prepareIpBatch(options: IpBatchOptions = {}): PreparedIpBatch {
   const enable = (options.enableIpv6On ?? []).map(batchWord);
   // Writing a sysctl inside a namespace needs a process there: sh sets it, then becomes ip.
   const [command, args] = enable.length ? ["sh", ["-c", ENABLE_IPV6_THEN_IP, "sh", ...enable, "--", ...ipArgs]] : ["ip", ipArgs];
-  const plain = !enable.length && !options.netns && !options.fds?.length;
-  const started = (plain && takeWarm(ipArgs)) || start(command, args, { netns: options.netns, fds: options.fds });
+  const plain = !enable.length && !options.netns;
+  const started = (plain && takeWarm(ipArgs)) || start(command, args, { netns: options.netns });
   let used = false;
   return {
     async run(commands) {

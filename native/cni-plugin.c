@@ -24,6 +24,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "buf.h"
+
 #define DEFAULT_SOCKET "/run/trellis/cni.sock"
 #define STANDALONE "trellis-standalone"
 /* The agent refuses larger requests; the plugin does not send them. */
@@ -37,26 +39,6 @@
 
 extern char **environ;
 
-/* ---- a growable byte buffer ---- */
-
-struct buf {
-  char *data;
-  size_t len, cap;
-};
-
-static void put(struct buf *b, const void *bytes, size_t n) {
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 4096;
-    while (b->len + n + 1 > cap) cap *= 2;
-    char *grown = realloc(b->data, cap);
-    if (!grown) abort();
-    b->data = grown;
-    b->cap = cap;
-  }
-  memcpy(b->data + b->len, bytes, n);
-  b->len += n;
-  b->data[b->len] = 0;
-}
 
 static void puts_(struct buf *b, const char *s) { put(b, s, strlen(s)); }
 

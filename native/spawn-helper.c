@@ -27,26 +27,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "buf.h"
+
 #define MAX_REQUEST (64 << 20)
 #define MAX_CHILDREN 1024
 
-struct buf {
-  char *data;
-  size_t len, cap;
-};
-
-static void put(struct buf *b, const void *bytes, size_t n) {
-  if (b->len + n > b->cap) {
-    size_t cap = b->cap ? b->cap : 4096;
-    while (b->len + n > cap) cap *= 2;
-    char *grown = realloc(b->data, cap);
-    if (!grown) abort();
-    b->data = grown;
-    b->cap = cap;
-  }
-  memcpy(b->data + b->len, bytes, n);
-  b->len += n;
-}
 
 static void put_u32(struct buf *b, uint32_t v) {
   unsigned char be[4] = {(unsigned char)(v >> 24), (unsigned char)(v >> 16), (unsigned char)(v >> 8), (unsigned char)v};
