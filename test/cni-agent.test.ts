@@ -260,3 +260,44 @@ describe("the native plugin and the agent's CNI socket", () => {
     assert.deepEqual(hostVeths(node), []);
   });
 });
+
+describe("STATUS through the agent before its routes are in place", () => {
+  const pool = new NetnsPool();
+  const state = tempDir("cni-agent-status");
+  after(() => {
+    pool.removeAll();
+    state.remove();
+  });
+
+  // Bugs caught: an agent that calls the network ready (conflist written, STATUS 0) after a sync
+  // whose route changes the kernel refused; and such a failing sync retried in a tight loop.
+  it("answers 50 while the kernel refuses its VXLAN device, and 0 once a resync has put it in place", { timeout: 120_000 }, async () => {
+    sweepStaleNamespaces();
+    const node = pool.create("node");
+    // A veth holds the name of the agent's IPv4 VXLAN device (as if taken by hand), so creating it fails.
+    inNetns(node, "ip", ["link", "add", "trellis-vx4", "type", "veth", "peer", "name", "trvxblock"]);
+    const agent = await startNodeAgent(node, { mode: "vxlan", resyncSeconds: 1, untilSocket: true });
+    const config = {
+      cniVersion: "1.1.0", name: "statusnet", type: "trellis", agentSocket: agent.socket,
+      ipam: { ranges: [[{ subnet: "10.244.90.0/24" }]], dataDir: state.path },
+    };
+    const failedSyncs = () => spawnSync("cat", [agent.log], { encoding: "utf8" }).stdout.split("\n").filter((line) => line.includes("some changes failed")).length;
+    const deadline = Date.now() + 10_000;
+    while (failedSyncs() === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.ok(failedSyncs() > 0, "the agent tried and failed to create its VXLAN device");
+    const notReady = await call(AGENT_ONLY(), "STATUS", node, config);
+    assert.equal(cniCode(notReady), 50, notReady.stdout + notReady.stderr);
+    assert.match(JSON.parse(notReady.stdout).msg, /^network statusnet is not ready: its routes to the other nodes are not programmed yet$/);
+    const conflist = join(agent.dir, "net.d", "10-trellis.conflist");
+    assert.equal(existsSync(conflist), false, "no conflist while the routes are not in place");
+    await new Promise((resolve) => setTimeout(resolve, 2_500));
+    assert.ok(failedSyncs() <= 6, `a failing sync is retried by the 1 s resync, not in a loop (${failedSyncs()} failures in about 3 s)`);
+
+    inNetns(node, "ip", ["link", "delete", "trellis-vx4"]);
+    const until = Date.now() + 10_000;
+    while (!existsSync(conflist) && Date.now() < until) await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.ok(existsSync(conflist), "the conflist is written once a resync has put the device in place");
+    const ready = await call(AGENT_ONLY(), "STATUS", node, config);
+    assert.equal(ready.code, 0, ready.stdout + ready.stderr);
+  });
+});

@@ -17,7 +17,7 @@ import {
   type NodeEndpoint, type NodeNetwork, type NodeNetworkChange, type ObservedNodeNetwork, type Underlay,
 } from "../dataplane/node-network.js";
 import { stopSpawnHelper, useSpawnHelper } from "../linux/exec.js";
-import { keepIpWarm } from "../linux/iproute.js";
+import { keepIpWarm, linkDeletionsSettled } from "../linux/iproute.js";
 import { nftApply, nftListTable } from "../linux/nftables.js";
 import { bootId, processRunning } from "../linux/process.js";
 import { formatIp, formatPrefix, parsePrefix, tryParseInterfaceAddress, tryParseIp, type Family, type IpPrefix } from "../net/ip.js";
@@ -183,14 +183,22 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
         else applied.delete(name);
       }
     }
+    const wanted = [...applied.values()];
+    let complete = true;
     if (change.ip.length || change.bridge.length) {
-      await applyNodeNetwork(change).catch((error: unknown) => {
-        log("error", "some changes failed; the next full sync retries them", { error: String(error) });
-        wantFull = true;
-      });
-      log("info", "routes updated", { changes: change.summary });
+      try {
+        await applyNodeNetwork(change);
+        log("info", "routes updated", { changes: change.summary });
+      } catch (error) {
+        // Retried by the periodic resync, not at once: a change the kernel refuses (a device of
+        // ours taken by hand) would otherwise be retried in a tight loop. Until then every sync
+        // is a full one, against what the kernel holds.
+        log("error", "some changes failed; the next full sync retries them", { error: String(error), changes: change.summary });
+        applied = undefined;
+        complete = false;
+      }
     }
-    const desired = joinPeerNetworks(devices, [...applied.values()]);
+    const desired = joinPeerNetworks(devices, wanted);
     // Each unroutable pod CIDR is said once, when it becomes so (again).
     const unroutable = new Map(desired.unroutable.map((entry) => [`${entry.peer} ${formatPrefix(entry.podCidr)}: ${entry.reason}`, entry]));
     for (const [key, entry] of unroutable) {
@@ -203,10 +211,13 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
       const forwarding = ensureForwarding(underlay.device, [BRIDGE_NAME, ...desired.vxlan.map((device) => device.name)], families);
       if (forwarding.length) log("info", "forwarding enabled", { sysctls: forwarding });
       await repairPodBridge();
-      // Written once the routes are in place, so a runtime sees the network ready only then.
-      const text = renderConflist({ podCidrs: self.podCidrs.map(parsePrefix), mtu: podMtu(options.mode, underlay), dataDir: options.cniDataDir, agentSocket: options.cniSocket });
-      if (writeConflist(options.cniConfDir, text)) log("info", "CNI config written", { path: join(options.cniConfDir, CONFLIST_NAME) });
-      routesProgrammed = true;
+      // Written once the routes are in place, so a runtime sees the network ready only then;
+      // STATUS through the socket says not ready until then too.
+      if (complete) {
+        const text = renderConflist({ podCidrs: self.podCidrs.map(parsePrefix), mtu: podMtu(options.mode, underlay), dataDir: options.cniDataDir, agentSocket: options.cniSocket });
+        if (writeConflist(options.cniConfDir, text)) log("info", "CNI config written", { path: join(options.cniConfDir, CONFLIST_NAME) });
+        routesProgrammed = true;
+      }
     }
     lastSyncMs = performance.now() - started;
     const memory = process.memoryUsage();
@@ -405,9 +416,12 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
   const stopAndClose = () => {
     stop();
     keepIpWarm(false);
-    stopSpawnHelper();
     void (syncing ?? Promise.resolve())
       .then(() => cniServer.close())
+      // A DEL answers once its veth is unlisted; the kernel may still be freeing it, and the
+      // ip that asked is let finish rather than orphaned.
+      .then(() => linkDeletionsSettled(2_000))
+      .then(() => stopSpawnHelper())
       .then(() => podNets.closeAll())
       .then(() => store.close())
       .then(() => finish(), (error: unknown) => finish(error));

@@ -74,11 +74,19 @@ describe("dataplane/pod-attachment", () => {
       ]);
     });
 
-    it("gives the pod a random locally administered MAC when none is asked for, and a fresh one per plan", () => {
-      // Catches: a fixed MAC (two pods on one bridge would collide) or a multicast/global MAC.
-      const [a, b] = [planPodAttachment({ ...DUAL_STACK, mac: undefined }), planPodAttachment({ ...DUAL_STACK, mac: undefined })];
-      assertLocalUnicastMac(a.container.mac);
-      assert.notEqual(a.container.mac, b.container.mac);
+    it("gives the pod the MAC of its IPv4 address (else its first IPv6 address) when none is asked for, and the host end a fresh one", () => {
+      // Catches: a fixed MAC (two pods on one bridge collide), a multicast/global MAC, or a fresh
+      // random pod MAC (a pod given a former pod's address stays unreachable until neighbour
+      // caches age out).
+      const v6First = planPodAttachment({ ...DUAL_STACK, mac: undefined, addresses: [v6, v4] });
+      assert.equal(v6First.container.mac, "0a:58:0a:f4:01:02", "the IPv4 address decides, whichever family is first");
+      const other = planPodAttachment({ ...DUAL_STACK, mac: undefined, addresses: [{ ...v4, address: parseIp("10.244.1.255") }] });
+      assert.equal(other.container.mac, "0a:58:0a:f4:01:ff");
+      const v6Only = planPodAttachment({ ...DUAL_STACK, mac: undefined, addresses: [{ ...v6, address: parseIp("fd00:10:244:1::ab:cdef") }] });
+      assert.equal(v6Only.container.mac, "0a:58:00:ab:cd:ef");
+      for (const spec of [v6First, other, v6Only]) assertLocalUnicastMac(spec.container.mac);
+      assert.equal(planPodAttachment({ ...DUAL_STACK, mac: undefined, addresses: [] }).container.mac.length, 17, "no address: a random MAC");
+      const [a, b] = [planPodAttachment(DUAL_STACK), planPodAttachment(DUAL_STACK)];
       assert.notEqual(a.hostVeth.mac, b.hostVeth.mac);
       for (let i = 0; i < 64; i++) assertLocalUnicastMac(randomMac());
     });

@@ -86,6 +86,21 @@ export function randomMac(): string {
   return [...bytes].map((byte) => byte.toString(16).padStart(2, "0")).join(":");
 }
 
+/**
+ * The MAC a pod's interface gets when none is asked for: 0a:58 (locally administered, unicast)
+ * and the low 32 bits of its IPv4 address, or of its first IPv6 address in an IPv6-only pod.
+ * A pod that is given an address another pod had before gets the MAC that went with it, so the
+ * neighbour caches of the node and of the bridge's other pods stay right; with a fresh random
+ * MAC they keep the old one until it ages out and the new pod is unreachable meanwhile.
+ */
+export function addressMac(addresses: readonly PodAddress[]): string | undefined {
+  const source = addresses.find((address) => address.address.family === 4) ?? addresses[0];
+  if (!source) return undefined;
+  const low = source.address.value & 0xffffffffn;
+  const bytes = [0x0a, 0x58, Number((low >> 24n) & 0xffn), Number((low >> 16n) & 0xffn), Number((low >> 8n) & 0xffn), Number(low & 0xffn)];
+  return bytes.map((byte) => byte.toString(16).padStart(2, "0")).join(":");
+}
+
 export function planPodAttachment(input: PodAttachmentInput): PodAttachmentSpec {
   const gatewayOf = (family: Family) => input.addresses.find((address) => address.address.family === family)?.gateway;
   const routes: PodRoute[] = [];
@@ -110,7 +125,7 @@ export function planPodAttachment(input: PodAttachmentInput): PodAttachmentSpec 
       hairpin: input.hairpin,
       alias: hostVethAlias(input.network),
     },
-    container: { ifname: input.ifname, mac: input.mac ?? randomMac(), mtu: input.mtu, addresses: input.addresses, routes },
+    container: { ifname: input.ifname, mac: input.mac ?? addressMac(input.addresses) ?? randomMac(), mtu: input.mtu, addresses: input.addresses, routes },
   };
 }
 

@@ -71,7 +71,11 @@ async function stopLabProcesses(netnsNames: readonly string[], recordedPids: Rea
   const known = recordedPids.filter((pid): pid is number => pid !== undefined);
   const all = new Set([...known, ...inside]);
   // A child of one of them (an agent's idle `ip`) ends with its parent: not one more to stop.
-  const pids = [...all].filter((pid) => pid !== process.pid && !all.has(parentPid(pid) ?? -1));
+  // One that has ended since the listing (its parent unknown now) is not one either.
+  const pids = [...all].filter((pid) => {
+    const parent = parentPid(pid);
+    return pid !== process.pid && parent !== undefined && !all.has(parent);
+  });
   await stopProcesses(pids);
   return pids.length;
 }

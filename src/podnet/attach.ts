@@ -4,16 +4,16 @@
  * error they raise carries its CNI code.
  */
 import {
-  hostVethAlias, hostVethName, needsIpv6, planPodAttachment, renderBridgeAddresses, renderContainerCommands, renderHostCommands, type PodAddress, type PodAttachmentSpec, type PodRoute,
+  addressMac, hostVethAlias, hostVethName, needsIpv6, randomMac, planPodAttachment, renderBridgeAddresses, renderContainerCommands, renderHostCommands, type PodAddress, type PodAttachmentSpec, type PodRoute,
 } from "../dataplane/pod-attachment.js";
 import { diffPodAttachment, parseIpLinks, parseIpRoutes, type ObservedPod } from "../dataplane/pod-check.js";
 import { CommandError, ownFdPath } from "../linux/exec.js";
-import { deleteLink, ipBatch, ipJson, isAlreadyExists, isNoSuchDevice, localLinkNames, prepareIpBatch, type PreparedIpBatch } from "../linux/iproute.js";
+import { ipBatch, ipJson, isAlreadyExists, isNoSuchDevice, localLinkNames, prepareIpBatch, unlinkLink, type PreparedIpBatch } from "../linux/iproute.js";
 import { NetnsError, openNetns, type NetnsHandle } from "../linux/netns.js";
 import { ensureSysctl } from "../linux/sysctl.js";
 import { formatIp } from "../net/ip.js";
 import {
-  completeAttachment, deleteAttachmentById, findAttachment, insertAttachment, isInFlight, listAllAttachments, listAttachments, processIdentity,
+  attachmentsOnBridge, completeAttachment, deleteAttachmentById, findAttachment, insertAttachment, isInFlight, listAllAttachments, listAttachments, processIdentity,
   updateAttachmentSpec, type Attachment, type AttachmentKey, type AttachmentSpecRecord,
 } from "../podipam/attachments.js";
 import { allocatePodIps, leasesOf, PodIpError, releaseOrphanLeases, releasePodIps } from "../podipam/pod-ips.js";
@@ -22,7 +22,7 @@ import { CniCode, CniError } from "./errors.js";
 import { reachFaultPoint, type PodNet } from "./handle.js";
 import { checkMasquerade, masqueradeOf, syncMasquerade } from "./masquerade.js";
 import type { AddRequest, AttachmentRequest, AttachResult, CheckRequest, GcRequest, PodNetwork } from "./network.js";
-import { recordAddresses } from "./records.js";
+import { recordAddresses, recordedAddresses } from "./records.js";
 
 /**
  * ADD: reserve the addresses and record the attachment (one transaction), build the host and
@@ -47,7 +47,7 @@ export async function addPod(net: PodNet, request: AddRequest): Promise<AttachRe
           bridge: network.bridge,
           mtu: network.mtu,
           hairpin: network.hairpin,
-          mac: request.mac,
+          mac: request.mac ?? uniqueAddressMac(net, network.bridge, reservation),
           addresses: reservation.addresses,
           routes: reservation.routes,
           defaultRoutes: network.isDefaultGateway,
@@ -337,9 +337,10 @@ async function attachPodSide(spec: PodAttachmentSpec, netns: NetnsHandle, prepar
   }
 }
 
+/** Returns once the veth pair is unlisted (see `unlinkLink`), not when the kernel has freed it. */
 async function removeHostVeth(name: string, context: string): Promise<void> {
   try {
-    await deleteLink(name);
+    await unlinkLink(name);
   } catch (error) {
     throw kernelError(`${context}: deleting ${name}`, error);
   }
@@ -374,6 +375,18 @@ async function observePod(spec: PodAttachmentSpec, netnsPath: string): Promise<O
   } finally {
     netns.close();
   }
+}
+
+/**
+ * `addressMac`, unless another pod on the bridge has it already: only possible for IPv6-only
+ * pods whose addresses share their low 32 bits (two ranges of one family); such a pod gets a
+ * random MAC instead.
+ */
+function uniqueAddressMac(net: PodNet, bridge: string, reservation: Reservation): string | undefined {
+  const mac = addressMac(reservation.addresses);
+  if (!mac || reservation.addresses.some((address) => address.address.family === 4)) return mac;
+  const taken = attachmentsOnBridge(net.db, bridge).some((other) => other.id !== reservation.id && addressMac(recordedAddresses(other)) === mac);
+  return taken ? randomMac() : mac;
 }
 
 /** Whether the record's ADD is still running: in this process, or in its owner process if that is another. */

@@ -71,13 +71,23 @@ export function pluginPath(options: { fallback?: boolean } = {}): string {
 }
 
 /** The node's agent when running via the agent (started on first use), else undefined. */
-export async function agentFor(node: TestNetns, options: { mountOfPid?: number } = {}): Promise<NodeAgent | undefined> {
+export async function agentFor(node: TestNetns, options: NodeAgentOptions = {}): Promise<NodeAgent | undefined> {
   if (!VIA_AGENT) return undefined;
   return startNodeAgent(node, options);
 }
 
+export interface NodeAgentOptions {
+  /** Runs it in the mount namespace of this process too (a containerd node's). */
+  readonly mountOfPid?: number;
+  /** Routing mode; `direct` unless given. */
+  readonly mode?: "direct" | "vxlan";
+  readonly resyncSeconds?: number;
+  /** Resolve once it serves its socket, not waiting for its conflist (which says its routes are in place). */
+  readonly untilSocket?: boolean;
+}
+
 /** Starts (once per node) an agent in `node`; resolves when it serves CNI and its conflist is written. */
-export function startNodeAgent(node: TestNetns, options: { mountOfPid?: number } = {}): Promise<NodeAgent> {
+export function startNodeAgent(node: TestNetns, options: NodeAgentOptions = {}): Promise<NodeAgent> {
   let agent = agents.get(node.path);
   if (!agent) {
     agent = launch(node, options);
@@ -95,7 +105,7 @@ export function withAgentSocket<T>(config: T, agent: NodeAgent | undefined): T {
   return { ...conf, agentSocket: agent.socket } as T;
 }
 
-async function launch(node: TestNetns, options: { mountOfPid?: number }): Promise<NodeAgent> {
+async function launch(node: TestNetns, options: NodeAgentOptions): Promise<NodeAgent> {
   const dir = mkdtempSync(join(tmpdir(), `trellis-agent-${process.pid}-`));
   dirs.add(dir);
   const socket = join(dir, "cni.sock");
@@ -114,11 +124,11 @@ async function launch(node: TestNetns, options: { mountOfPid?: number }): Promis
     ...enter, TRELLIS_STANDALONE, "agent",
     "--node-name", "node", "--node-ip", NODE_ADDRESSES.join(","),
     "--store", `sqlite:${join(dir, "cluster.db")}`, "--plan", join(dir, "plan.yaml"),
-    "--mode", "direct", "--no-masquerade",
+    "--mode", options.mode ?? "direct", "--no-masquerade", ...(options.resyncSeconds === undefined ? [] : ["--resync-interval", String(options.resyncSeconds)]),
     "--cni-conf-dir", confDir, "--cni-data-dir", join(dir, "cni"), "--cni-socket", socket,
   ];
   let child = start(argv, log);
-  await waitUntilServing(child, confDir, log);
+  await waitUntilServing(child, options.untilSocket ? socket : join(confDir, "10-trellis.conflist"), log);
   const agent: NodeAgent = {
     socket,
     dir,
@@ -131,7 +141,7 @@ async function launch(node: TestNetns, options: { mountOfPid?: number }): Promis
       await killAndWait(child);
       rmSync(join(confDir, "10-trellis.conflist"), { force: true });
       child = start(argv, log);
-      await waitUntilServing(child, confDir, log);
+      await waitUntilServing(child, join(confDir, "10-trellis.conflist"), log);
     },
   };
   return agent;
@@ -152,11 +162,11 @@ function start(argv: string[], log: string): ChildProcess {
   }
 }
 
-async function waitUntilServing(child: ChildProcess, confDir: string, log: string): Promise<void> {
+async function waitUntilServing(child: ChildProcess, file: string, log: string): Promise<void> {
   const deadline = Date.now() + 30_000;
-  while (!existsSync(join(confDir, "10-trellis.conflist"))) {
+  while (!existsSync(file)) {
     if (child.exitCode !== null || child.signalCode !== null) throw new Error(`the test agent ended (${child.exitCode ?? child.signalCode}): ${readFileSync(log, "utf8").slice(-2000)}`);
-    if (Date.now() > deadline) throw new Error(`the test agent wrote no conflist within 30 s: ${readFileSync(log, "utf8").slice(-2000)}`);
+    if (Date.now() > deadline) throw new Error(`the test agent made no ${file} within 30 s: ${readFileSync(log, "utf8").slice(-2000)}`);
     await new Promise((resolvePromise) => setTimeout(resolvePromise, 25));
   }
 }
