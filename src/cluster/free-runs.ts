@@ -23,7 +23,7 @@
  * caller retries from fresh reads.
  */
 import { randomBytes, randomInt } from "node:crypto";
-import type { KvCompare, KvEntry, KvOperation, KvStore, KvTxn } from "../store/kv.js";
+import type { KvCompare, KvEntry, KvOperation, KvReader, KvStore, KvTxn } from "../store/kv.js";
 
 export interface IndexBand {
   /** Where this band's run keys live; ends in "/". */
@@ -94,7 +94,7 @@ export function freeIntervals(band: IndexInterval, taken: readonly IndexInterval
 }
 
 /** The first free index at or after `start`, wrapping around to the band's first free index. */
-export async function findFreeFrom(store: KvStore, band: IndexBand, start: bigint): Promise<FreeSlot | undefined> {
+export async function findFreeFrom(store: KvReader, band: IndexBand, start: bigint): Promise<FreeSlot | undefined> {
   const from = start < band.first || start > band.last ? band.first : start;
   const run = (await firstRunFrom(store, band, from)) ?? (from > band.first ? await firstRunFrom(store, band, band.first) : undefined);
   if (!run) return undefined;
@@ -102,7 +102,7 @@ export async function findFreeFrom(store: KvStore, band: IndexBand, start: bigin
 }
 
 /** The slot for exactly `index`, or undefined when it is not free. */
-export async function findFreeAt(store: KvStore, band: IndexBand, index: bigint): Promise<FreeSlot | undefined> {
+export async function findFreeAt(store: KvReader, band: IndexBand, index: bigint): Promise<FreeSlot | undefined> {
   if (index < band.first || index > band.last) return undefined;
   const { near, long } = await lookAhead(store, band, index);
   const run = near ?? long;
@@ -134,7 +134,7 @@ export function claimSlot(band: IndexBand, slot: FreeSlot, value: string): TxnFr
  * Gives back `index` if its item satisfies `held` (the caller's owner check), merging it with
  * free neighbours; undefined when it is not held so.
  */
-export async function releaseIndex(store: KvStore, band: IndexBand, index: bigint, held: (item: KvEntry) => boolean): Promise<TxnFragment | undefined> {
+export async function releaseIndex(store: KvReader, band: IndexBand, index: bigint, held: (item: KvEntry) => boolean): Promise<TxnFragment | undefined> {
   const hasLeft = index > band.first;
   const hasRight = index < band.last;
   // Every read this may need, at once, so that they travel in one round trip.
@@ -186,17 +186,17 @@ export function ownerOf(item: KvEntry): string | undefined {
 }
 
 /** Free indices of a band: reads every run, so for tests, reports and exhaustion messages only. */
-export async function countFree(store: KvStore, band: IndexBand): Promise<bigint> {
+export async function countFree(store: KvReader, band: IndexBand): Promise<bigint> {
   return (await listRuns(store, band)).reduce((sum, run) => sum + run.end - run.start + 1n, 0n);
 }
 
 /** Every free run, in order (tests check the index against the items with it). */
-export async function listRuns(store: KvStore, band: IndexBand): Promise<FreeRun[]> {
+export async function listRuns(store: KvReader, band: IndexBand): Promise<FreeRun[]> {
   return (await store.list(band.runPrefix)).entries.map((entry) => toRun(entry, band.runPrefix));
 }
 
 /** Every long-run entry, in order. */
-export async function listLongRuns(store: KvStore, band: IndexBand): Promise<FreeRun[]> {
+export async function listLongRuns(store: KvReader, band: IndexBand): Promise<FreeRun[]> {
   return (await store.list(longRunPrefix(band))).entries.map((entry) => toRun(entry, longRunPrefix(band)));
 }
 
@@ -209,7 +209,7 @@ export function randomBelow(n: bigint): bigint {
 }
 
 /** The first run ending at or after `from` (from inside the band), scanning up to the band's end. */
-async function firstRunFrom(store: KvStore, band: IndexBand, from: bigint): Promise<FreeRun | undefined> {
+async function firstRunFrom(store: KvReader, band: IndexBand, from: bigint): Promise<FreeRun | undefined> {
   const { near, long } = await lookAhead(store, band, from);
   if (near) return near;
   if (long && long.start <= from) return long;
@@ -226,7 +226,7 @@ async function firstRunFrom(store: KvStore, band: IndexBand, from: bigint): Prom
 }
 
 /** The first run ending in [from, from+WINDOW), and the first long run ending at or after `from`. */
-async function lookAhead(store: KvStore, band: IndexBand, from: bigint): Promise<{ near?: FreeRun; long?: FreeRun }> {
+async function lookAhead(store: KvReader, band: IndexBand, from: bigint): Promise<{ near?: FreeRun; long?: FreeRun }> {
   const [near, long] = await Promise.all([
     store.list(band.runPrefix, { from: runKey(band, from), to: runKey(band, from + WINDOW), limit: 1 }),
     store.list(longRunPrefix(band), { from: longRunKey(band, from), limit: 1 }),

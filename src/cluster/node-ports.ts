@@ -7,7 +7,7 @@
  */
 import { formatNodePortRange, type ClusterPlan, type NodePortRange } from "../plan/plan.js";
 import { nodePortCount } from "../plan/capacity.js";
-import type { KvOperation, KvStore } from "../store/kv.js";
+import type { KvOperation, KvReader, KvStore } from "../store/kv.js";
 import {
   claimSlot,
   findFreeAt,
@@ -63,7 +63,7 @@ export interface ClaimedPort {
 }
 
 /** Picks `requested` or a free port for `owner`; throws when it cannot. */
-export async function claimNodePort(store: KvStore, plan: ClusterPlan, requested: number | undefined, owner: string): Promise<ClaimedPort> {
+export async function claimNodePort(store: KvReader, plan: ClusterPlan, requested: number | undefined, owner: string): Promise<ClaimedPort> {
   const bands = nodePortBands(plan);
   const value = JSON.stringify({ owner });
   const rangeText = formatNodePortRange(bands.range);
@@ -94,7 +94,7 @@ export function checkNodePortInRange(plan: ClusterPlan, port: number): void {
 }
 
 /** Frees `port` if `owner` holds it; undefined when it does not. */
-export async function releaseNodePort(store: KvStore, plan: ClusterPlan, port: number, owner: string): Promise<TxnFragment | undefined> {
+export async function releaseNodePort(store: KvReader, plan: ClusterPlan, port: number, owner: string): Promise<TxnFragment | undefined> {
   const bands = nodePortBands(plan);
   if (port < bands.range.first || port > bands.range.last) return undefined;
   const band = port < bands.range.first + bands.offset ? bands.staticBand : bands.dynamicBand;

@@ -9,7 +9,7 @@
 import { familyName, formatIp, formatPrefix, prefixContains, prefixSize, type Family, type IpAddress, type IpPrefix } from "../net/ip.js";
 import type { ClusterPlan } from "../plan/plan.js";
 import { serviceIpCount } from "../plan/capacity.js";
-import type { KvOperation, KvStore } from "../store/kv.js";
+import type { KvOperation, KvReader, KvStore } from "../store/kv.js";
 import {
   claimSlot,
   findFreeAt,
@@ -92,7 +92,7 @@ export interface ClaimedIp {
 }
 
 /** Picks `requested` or a free address of the range for `owner`; throws when it cannot. */
-export async function claimServiceIp(store: KvStore, range: ServiceIpRange, requested: IpAddress | undefined, owner: string): Promise<ClaimedIp> {
+export async function claimServiceIp(store: KvReader, range: ServiceIpRange, requested: IpAddress | undefined, owner: string): Promise<ClaimedIp> {
   const value = JSON.stringify({ owner });
   if (requested) {
     const index = checkRequestedIp(range, requested);
@@ -114,7 +114,7 @@ export async function claimServiceIp(store: KvStore, range: ServiceIpRange, requ
 }
 
 /** Frees `ip` if `owner` holds it; undefined when it does not (nothing to do). */
-export async function releaseServiceIp(store: KvStore, plan: ClusterPlan, ip: IpAddress, owner: string): Promise<TxnFragment | undefined> {
+export async function releaseServiceIp(store: KvReader, plan: ClusterPlan, ip: IpAddress, owner: string): Promise<TxnFragment | undefined> {
   const range = serviceIpRanges(plan).find((candidate) => prefixContains(candidate.cidr, ip));
   if (!range) return undefined;
   const index = ip.value - range.cidr.network;

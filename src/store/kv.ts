@@ -94,6 +94,9 @@ export interface KvStore {
   close(): Promise<void>;
 }
 
+/** What reading allocators need: a store, or a staged view of one (cluster/staged.ts). */
+export type KvReader = Pick<KvStore, "get" | "list">;
+
 /** etcd's default `--max-txn-ops`; the SQLite store enforces it too so both behave alike. */
 export const MAX_TXN_OPERATIONS = 128;
 
