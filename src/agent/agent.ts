@@ -32,6 +32,9 @@ import { agentClaim, defaultRouteAddresses, findUnderlay } from "./host.js";
 import { applyNodeNetwork, ensureForwarding, observeNodeNetwork } from "./kernel.js";
 import type { Logger } from "./log.js";
 import type { AgentOptions } from "./options.js";
+import { startAgentHttp } from "./http.js";
+import { renderGauge } from "./metrics.js";
+import { startServiceProxy } from "./service-proxy.js";
 
 /** The agent's own nftables table: masquerade of pod traffic leaving the cluster. */
 export const AGENT_MASQUERADE_TABLE = "trellis-agent";
@@ -113,6 +116,7 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
   let again = false;
   let reportedUnroutable = new Set<string>();
   let lastSyncMs = 0;
+  let lastRoutesSyncAt = 0;
   let finish!: (error?: unknown) => void;
   const done = new Promise<void>((resolve, reject) => (finish = (error) => (error ? reject(error) : resolve())));
 
@@ -126,7 +130,35 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
   const helperPath = join(dirname(process.execPath), SPAWN_HELPER);
   if (useSpawnHelper(helperPath)) log("info", "starting commands through the spawn helper", { path: helperPath });
   keepIpWarm(true);
+  const proxy = options.proxy
+    ? startServiceProxy({ store, node: { name: self.name, addresses: selfEndpoint.addresses, podCidrs: cluster.plan.podCidrs }, minSyncIntervalMs: options.proxySyncIntervalMs, log })
+    : undefined;
   const cniServer = await startCniServer(options.cniSocket, podNets, () => (routesProgrammed ? undefined : "its routes to the other nodes are not programmed yet"), log);
+  const http = options.metricsAddress
+    ? await startAgentHttp(options.metricsAddress.host, options.metricsAddress.port, {
+        metrics: () =>
+          [
+            renderGauge("trellis_sync_routes_duration_seconds", "How long the last sync of the node's routes took.", [{ value: lastSyncMs / 1000 }]),
+            renderGauge("trellis_sync_routes_last_timestamp_seconds", "When the node's routes were last synced.", [{ value: lastRoutesSyncAt / 1000 }]),
+            renderGauge("trellis_peers", "Peer nodes this node routes to.", [{ value: peers.size }]),
+            renderGauge("process_resident_memory_bytes", "Resident memory of the agent.", [{ value: process.memoryUsage().rss }]),
+            proxy?.metrics() ?? "",
+          ].join(""),
+        unhealthy: () => {
+          const age = (Date.now() - lastRoutesSyncAt) / 1000;
+          return lastRoutesSyncAt > 0 && age > 3 * options.resyncSeconds ? `the routes were last synced ${Math.round(age)} s ago (resync every ${options.resyncSeconds} s)` : undefined;
+        },
+        notReady: () => {
+          if (!routesProgrammed) return "the routes to the other nodes are not programmed yet";
+          if (proxy && !proxy.synced()) return "the Service rules are not synced yet";
+          return undefined;
+        },
+      }, log).catch((error: unknown) => {
+        // Metrics are not worth the node's network: the agent goes on without them.
+        log("error", "cannot serve metrics; going on without them", { address: `${options.metricsAddress!.host}:${options.metricsAddress!.port}`, error: String(error) });
+        return undefined;
+      })
+    : undefined;
   /**
    * Recomputes and applies. A full sync computes every peer's part, reads what the kernel holds
    * and repairs any drift. A partial one (peers changed in the store) recomputes only their
@@ -220,6 +252,7 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
       }
     }
     lastSyncMs = performance.now() - started;
+    lastRoutesSyncAt = Date.now();
     const memory = process.memoryUsage();
     log("debug", "synced", {
       full,
@@ -282,6 +315,7 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
         for (const peer of peers.values()) peer.lastBeat = now;
         log("info", "heartbeat written again", { store: store.spec });
         relist();
+        proxy?.relist();
       }
     } catch (error) {
       if (!beatFailing) log("warn", "heartbeat not written; the store is unreachable; keeping every peer's routes meanwhile", { store: store.spec, error: String(error) });
@@ -408,6 +442,7 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
   timers.push(setInterval(() => {
     wantFullMasquerade = true;
     requestSync(true);
+    proxy?.resync();
   }, options.resyncSeconds * 1000));
   timers.push(setInterval(() => void beat(), options.heartbeatSeconds * 1000));
   // The first sync waits for the first list of peers: syncing with none would withdraw every route.
@@ -417,6 +452,8 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
     stop();
     keepIpWarm(false);
     void (syncing ?? Promise.resolve())
+      .then(() => proxy?.stop())
+      .then(() => new Promise<void>((resolve) => (http ? http.close(() => resolve()) : resolve())))
       .then(() => cniServer.close())
       // A DEL answers once its veth is unlisted; the kernel may still be freeing it, and the
       // ip that asked is let finish rather than orphaned.

@@ -37,6 +37,7 @@ describe("renderConflist", () => {
           agentSocket: "/run/trellis/cni.sock",
           bridge: "trellis0",
           mtu: 1430,
+          hairpinMode: true,
           ipam: { ranges: [[{ subnet: "fd00:10:244:1::/64" }], [{ subnet: "10.244.1.0/24" }]], dataDir: "/var/lib/cni/trellis" },
         },
       ],
@@ -53,11 +54,12 @@ describe("renderConflist", () => {
         cniVersion: conf.cniVersion,
         bridge: conf.bridge,
         mtu: conf.mtu,
+        hairpin: conf.hairpinMode,
         stateDir: conf.stateDir,
         agentSocket: conf.agentSocket,
         subnets: conf.ipam.kind === "builtin" ? conf.ipam.ranges.map((set) => set.map((range) => formatPrefix(range.subnet))) : conf.ipam.kind,
       },
-      { name: "trellis", cniVersion: "1.0.0", bridge: "trellis0", mtu: 1430, stateDir: "/var/lib/cni/trellis", agentSocket: "/run/trellis/cni.sock", subnets: [["fd00:10:244:1::/64"], ["10.244.1.0/24"]] },
+      { name: "trellis", cniVersion: "1.0.0", bridge: "trellis0", mtu: 1430, hairpin: true, stateDir: "/var/lib/cni/trellis", agentSocket: "/run/trellis/cni.sock", subnets: [["fd00:10:244:1::/64"], ["10.244.1.0/24"]] },
     );
   });
 

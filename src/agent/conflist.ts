@@ -27,6 +27,8 @@ export function renderConflist(conf: NodeConflist): string {
         agentSocket: conf.agentSocket,
         bridge: BRIDGE_NAME,
         mtu: conf.mtu,
+        // A pod reaching itself through a Service it backs comes back through its own port.
+        hairpinMode: true,
         ipam: { ranges: conf.podCidrs.map((cidr) => [{ subnet: formatPrefix(cidr) }]), dataDir: conf.dataDir },
       },
     ],

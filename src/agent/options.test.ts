@@ -8,7 +8,7 @@ import { AGENT_DEFAULTS, parseAgentOptions, type AgentFlags, type AgentOptions }
 
 /** The flags as commander hands them over when none is given (cli/agent.ts), with a node name. */
 function flags(overrides: Partial<AgentFlags> = {}): AgentFlags {
-  return { ...AGENT_DEFAULTS, nodeName: "node-1", store: DEFAULT_STORE_SPEC, masquerade: true, ...overrides };
+  return { ...AGENT_DEFAULTS, nodeName: "node-1", store: DEFAULT_STORE_SPEC, masquerade: true, proxy: true, ...overrides };
 }
 
 function isNodeName(name: string): boolean {
@@ -38,6 +38,9 @@ describe("parseAgentOptions", () => {
       resyncSeconds: 10,
       heartbeatSeconds: 5,
       peerGraceSeconds: 60,
+      proxy: true,
+      proxySyncIntervalMs: 1000,
+      metricsAddress: { host: "127.0.0.1", port: 9656 },
     } satisfies AgentOptions);
   });
 
@@ -64,6 +67,9 @@ describe("parseAgentOptions", () => {
         heartbeatInterval: "2",
         peerGrace: "3",
         logLevel: "debug",
+        proxy: "false",
+        proxySyncInterval: "0.25",
+        metricsBindAddress: "[fd00::1]:9100",
       }),
     );
     assert.deepEqual(parsed, {
@@ -81,7 +87,11 @@ describe("parseAgentOptions", () => {
       resyncSeconds: 30,
       heartbeatSeconds: 2,
       peerGraceSeconds: 3,
+      proxy: false,
+      proxySyncIntervalMs: 250,
+      metricsAddress: { host: "fd00::1", port: 9100 },
     } satisfies AgentOptions);
+    assert.equal(parseAgentOptions(flags({ metricsBindAddress: "off" })).metricsAddress, undefined, "off serves nothing");
     assert.deepEqual(
       ["1", "true", "0"].map((value) => parseAgentOptions(flags({ masquerade: value })).masquerade),
       [true, true, false],
@@ -117,6 +127,14 @@ describe("parseAgentOptions", () => {
     ["--resync-interval 0", { resyncInterval: "0" }, /^--resync-interval "0" is not a whole number from 1 to 3600$/],
     ["--heartbeat-interval negative", { heartbeatInterval: "-1" }, /^--heartbeat-interval "-1" is not a whole number from 1 to 3600$/],
     ["--peer-grace fractional", { peerGrace: "1.5" }, /^--peer-grace "1\.5" is not a whole number from 1 to 86400$/],
+    ["--proxy-sync-interval negative", { proxySyncInterval: "-1" }, /^--proxy-sync-interval "-1" is not a number of seconds from 0 to 60 \(at most 3 decimals, e\.g\. 0\.25\)$/],
+    ["--proxy-sync-interval above a minute", { proxySyncInterval: "61" }, /^--proxy-sync-interval "61" is not a number of seconds from 0 to 60/],
+    ["--proxy-sync-interval with a unit", { proxySyncInterval: "1s" }, /^--proxy-sync-interval "1s" is not a number of seconds from 0 to 60/],
+    ["--metrics-bind-address without a port", { metricsBindAddress: "127.0.0.1" }, /^--metrics-bind-address "127\.0\.0\.1" is not HOST:PORT: expected an IPv4 address and port \(127\.0\.0\.1:9656\), \[IPv6\]:PORT \(\[::1\]:9656\), or off$/],
+    ["--metrics-bind-address IPv6 without brackets", { metricsBindAddress: "::1:10249" }, /^--metrics-bind-address "::1:10249" is not HOST:PORT/],
+    ["--metrics-bind-address a host name", { metricsBindAddress: "localhost:10249" }, /^--metrics-bind-address "localhost:10249" is not HOST:PORT/],
+    ["--metrics-bind-address port 0", { metricsBindAddress: "127.0.0.1:0" }, /^--metrics-bind-address "127\.0\.0\.1:0" is not HOST:PORT/],
+    ["TRELLIS_PROXY not a boolean", { proxy: "yes" }, /^TRELLIS_PROXY "yes" is not a boolean: expected true or false$/],
     ["unknown --log-level", { logLevel: "trace" }, /^--log-level "trace" is not a log level: expected one of debug, info, warn, error$/],
     ["TRELLIS_MASQUERADE not a boolean", { masquerade: "yes" }, /^TRELLIS_MASQUERADE "yes" is not a boolean: expected true or false$/],
     ["a store of unknown kind", { store: "mysql://db:3306" }, /invalid store "mysql:\/\/db:3306": unknown kind of store; expected sqlite:PATH \(such as sqlite:\/var\/lib\/trellis\/cluster\.db\) or etcd:\/\/HOST:PORT \(such as etcd:\/\/127\.0\.0\.1:2379\)$/],

@@ -32,6 +32,12 @@ export interface AgentOptions {
   readonly peerGraceSeconds: number;
   /** `debug` also logs every sync with its duration. */
   readonly logLevel: LogLevel;
+  /** Whether the agent implements Services (its nftables proxy). */
+  readonly proxy: boolean;
+  /** The least time between two syncs of the Service rules; changes made meanwhile go together. */
+  readonly proxySyncIntervalMs: number;
+  /** Where /metrics, /healthz and /readyz are served; undefined: nowhere. */
+  readonly metricsAddress?: { readonly host: string; readonly port: number };
 }
 
 /** Raw values as commander hands them over (flag, else environment variable, else default). */
@@ -50,6 +56,9 @@ export interface AgentFlags {
   heartbeatInterval: string;
   peerGrace: string;
   logLevel: string;
+  proxy: boolean | string;
+  proxySyncInterval: string;
+  metricsBindAddress: string;
 }
 
 export const AGENT_DEFAULTS = {
@@ -61,6 +70,8 @@ export const AGENT_DEFAULTS = {
   heartbeatInterval: "5",
   peerGrace: "60",
   logLevel: "info",
+  proxySyncInterval: "1",
+  metricsBindAddress: "127.0.0.1:9656",
 } as const;
 
 export function parseAgentOptions(flags: AgentFlags): AgentOptions {
@@ -89,6 +100,11 @@ export function parseAgentOptions(flags: AgentFlags): AgentOptions {
   if (peerGraceSeconds <= heartbeatSeconds) {
     throw new Error(`--peer-grace ${peerGraceSeconds} must be longer than --heartbeat-interval ${heartbeatSeconds}, or live peers would lose their routes`);
   }
+  const proxy = typeof flags.proxy === "boolean" ? flags.proxy : parseBoolean("TRELLIS_PROXY", flags.proxy);
+  if (!/^[0-9]+(\.[0-9]{1,3})?$/.test(flags.proxySyncInterval) || Number(flags.proxySyncInterval) > 60) {
+    throw new Error(`--proxy-sync-interval ${JSON.stringify(flags.proxySyncInterval)} is not a number of seconds from 0 to 60 (at most 3 decimals, e.g. 0.25)`);
+  }
+  const metricsAddress = parseBindAddress(flags.metricsBindAddress);
   if (!(LOG_LEVELS as readonly string[]).includes(flags.logLevel)) {
     throw new Error(`--log-level ${JSON.stringify(flags.logLevel)} is not a log level: expected one of ${LOG_LEVELS.join(", ")}`);
   }
@@ -107,7 +123,23 @@ export function parseAgentOptions(flags: AgentFlags): AgentOptions {
     resyncSeconds,
     heartbeatSeconds,
     peerGraceSeconds,
+    proxy,
+    proxySyncIntervalMs: Math.round(Number(flags.proxySyncInterval) * 1000),
+    ...(metricsAddress ? { metricsAddress } : {}),
   };
+}
+
+/** `HOST:PORT` with an IPv4 address, `[IPv6]:PORT`, or `off`. */
+function parseBindAddress(text: string): { host: string; port: number } | undefined {
+  if (text === "off") return undefined;
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):([0-9]{1,5})$/.exec(text);
+  const host = match?.[1] ?? match?.[2];
+  const ip = host === undefined ? undefined : tryParseIp(host);
+  const port = Number(match?.[3]);
+  if (!ip || (match?.[1] !== undefined) !== (ip.family === 6) || port < 1 || port > 65535) {
+    throw new Error(`--metrics-bind-address ${JSON.stringify(text)} is not HOST:PORT: expected an IPv4 address and port (127.0.0.1:9656), [IPv6]:PORT ([::1]:9656), or off`);
+  }
+  return { host: formatIp(ip), port };
 }
 
 /** Runs a shared check, its message prefixed with the flag that held the value. */

@@ -23,6 +23,10 @@ export function registerAgentCommand(program: Command): void {
     .addOption(new Option("--resync-interval <seconds>", "full resync period").env("TRELLIS_RESYNC_INTERVAL").default(AGENT_DEFAULTS.resyncInterval))
     .addOption(new Option("--heartbeat-interval <seconds>", "how often the agent tells the store it is alive").env("TRELLIS_HEARTBEAT_INTERVAL").default(AGENT_DEFAULTS.heartbeatInterval))
     .addOption(new Option("--peer-grace <seconds>", "a peer whose heartbeat stops for this long loses its routes").env("TRELLIS_PEER_GRACE").default(AGENT_DEFAULTS.peerGrace))
+    .addOption(new Option("--proxy", "implement Services with nftables (default)").env("TRELLIS_PROXY").default(true))
+    .addOption(new Option("--no-proxy", "leave Services to another proxy"))
+    .addOption(new Option("--proxy-sync-interval <seconds>", "least time between two syncs of the Service rules (0 for every change at once)").env("TRELLIS_PROXY_SYNC_INTERVAL").default(AGENT_DEFAULTS.proxySyncInterval))
+    .addOption(new Option("--metrics-bind-address <host:port>", "where /metrics, /healthz and /readyz are served over HTTP, or off").env("TRELLIS_METRICS_BIND_ADDRESS").default(AGENT_DEFAULTS.metricsBindAddress))
     .addOption(new Option("--log-level <level>", "debug also logs every sync with its duration").env("TRELLIS_LOG_LEVEL").default(AGENT_DEFAULTS.logLevel))
     .action(async (flags: AgentFlags) => {
       const options = parseAgentOptions(flags);

@@ -3,6 +3,7 @@ import { Command, CommanderError } from "commander";
 import { registerAgentCommand } from "./agent.js";
 import { registerLabCommands } from "./lab.js";
 import { registerNodeCommands } from "./node.js";
+import { registerObjectCommands } from "./objects.js";
 import { registerPlanCommands } from "./plan.js";
 import { registerPodCommands } from "./pods.js";
 import { registerProbeCommands } from "./probe.js";
@@ -21,6 +22,7 @@ export async function runCli(argv: string[]): Promise<number> {
   registerPodCommands(program);
   registerProbeCommands(program);
   registerNodeCommands(program);
+  registerObjectCommands(program);
   registerServiceCommands(program);
   try {
     await program.parseAsync(argv, { from: "user" });

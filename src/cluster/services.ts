@@ -3,11 +3,12 @@
  * order) and, for type NodePort, a NodePort. Creating one takes every address and the port in
  * one transaction, so a Service is created whole or not at all; removing it frees them all.
  */
-import { familyName, formatIp, formatPrefix, parseIp, prefixContains, type IpAddress } from "../net/ip.js";
+import { familyName, formatIp, formatPrefix, prefixContains, tryParseIp, type IpAddress } from "../net/ip.js";
 import type { ClusterPlan } from "../plan/plan.js";
 import type { KvOperation, KvStore } from "../store/kv.js";
 import type { TxnFragment } from "./free-runs.js";
 import type { Cluster } from "./state.js";
+import { stagedView } from "./staged.js";
 import { commitWithRetry, joinFragments, type Committed } from "./txn.js";
 import { checkNodePortInRange, claimNodePort, releaseNodePort, type ClaimedPort } from "./node-ports.js";
 import { claimServiceIp, kubernetesServiceIp, KUBERNETES_SERVICE, releaseServiceIp, serviceIpRangeFor } from "./service-ips.js";
@@ -129,15 +130,19 @@ export async function removeService(cluster: Cluster, nameText: string): Promise
     const entry = await store.get(serviceKey(namespace, name));
     if (!entry) throw new Error(`Service ${owner} does not exist`);
     const record = parseService(entry.value);
-    const releases = await Promise.all([
-      ...record.clusterIPs.map((text) => releaseServiceIp(store, plan, parseIp(text), owner)),
-      record.nodePort === undefined ? undefined : releaseNodePort(store, plan, record.nodePort, owner),
-    ]);
-    const fragments: TxnFragment[] = [
-      { compares: [{ key: entry.key, modRevision: entry.modRevision }], operations: [{ type: "delete", key: entry.key }] },
-      ...releases.filter((fragment) => fragment !== undefined),
-    ];
-    return { ...joinFragments(fragments), result: record };
+    const held = serviceAllocations(entry.value);
+    // One view: two NodePorts of one band freed in one transaction must see each other.
+    const view = stagedView(store);
+    view.stage({ compares: [{ key: entry.key, modRevision: entry.modRevision }], operations: [{ type: "delete", key: entry.key }] });
+    for (const ip of held.clusterIPs) {
+      const fragment = await releaseServiceIp(view.store, plan, ip, owner);
+      if (fragment) view.stage(fragment);
+    }
+    for (const port of held.nodePorts) {
+      const fragment = await releaseNodePort(view.store, plan, port, owner);
+      if (fragment) view.stage(fragment);
+    }
+    return { ...view.transaction(), result: record };
   });
 }
 
@@ -169,7 +174,7 @@ function serviceType(request: ServiceRequest): ServiceType {
 }
 
 /** A requested address must lie in its family's service range; the message names the ranges. */
-function checkInsideServiceCidrs(plan: ClusterPlan, ip: IpAddress): void {
+export function checkInsideServiceCidrs(plan: ClusterPlan, ip: IpAddress): void {
   const range = serviceIpRangeFor(plan, ip.family);
   if (!range || !prefixContains(range.cidr, ip)) {
     const ranges = plan.serviceCidrs.map(formatPrefix).join(", ");
@@ -182,6 +187,46 @@ function settledValue<T>(outcome: PromiseSettledResult<T>): T {
   return outcome.value;
 }
 
+/**
+ * A stored Service as the allocators see it, from either shape the store holds: this record, or
+ * a v1 Service written by `trellis apply` (its first NodePort stands for all in `nodePort`).
+ */
 function parseService(value: string): ServiceRecord {
-  return JSON.parse(value) as ServiceRecord;
+  const parsed = JSON.parse(value) as ServiceRecord | V1ServiceShape;
+  if (!("spec" in parsed)) return parsed;
+  const nodePort = parsed.spec.ports?.find((port) => port.nodePort !== undefined)?.nodePort;
+  return {
+    namespace: parsed.metadata.namespace ?? "default",
+    name: parsed.metadata.name,
+    type: (parsed.spec.type ?? "ClusterIP") as ServiceType,
+    ipFamilyPolicy: (parsed.spec.ipFamilyPolicy ?? "SingleStack") as IpFamilyPolicy,
+    ipFamilies: (parsed.spec.ipFamilies ?? []) as IpFamilyName[],
+    clusterIPs: (parsed.spec.clusterIPs ?? []).filter((ip) => ip !== "None"),
+    ...(nodePort === undefined ? {} : { nodePort }),
+  };
+}
+
+/** What this module reads of a v1 Service (cluster/objects/types.ts has the whole shape). */
+interface V1ServiceShape {
+  readonly metadata: { readonly name: string; readonly namespace?: string };
+  readonly spec: {
+    readonly type?: string;
+    readonly ipFamilyPolicy?: string;
+    readonly ipFamilies?: readonly string[];
+    readonly clusterIPs?: readonly string[];
+    readonly ports?: ReadonlyArray<{ readonly nodePort?: number }>;
+    readonly healthCheckNodePort?: number;
+  };
+}
+
+/** What a stored Service (either shape) holds of the allocators: its ClusterIPs and every NodePort (health check port included). */
+export function serviceAllocations(value: string): { clusterIPs: IpAddress[]; nodePorts: number[] } {
+  const parsed = JSON.parse(value) as ServiceRecord | V1ServiceShape;
+  if (!("spec" in parsed)) {
+    return { clusterIPs: parsed.clusterIPs.flatMap((text) => tryParseIp(text) ?? []), nodePorts: parsed.nodePort === undefined ? [] : [parsed.nodePort] };
+  }
+  const ports = new Set<number>();
+  for (const port of parsed.spec.ports ?? []) if (port.nodePort !== undefined) ports.add(port.nodePort);
+  if (parsed.spec.healthCheckNodePort !== undefined) ports.add(parsed.spec.healthCheckNodePort);
+  return { clusterIPs: (parsed.spec.clusterIPs ?? []).flatMap((text) => tryParseIp(text) ?? []), nodePorts: [...ports] };
 }

@@ -15,3 +15,12 @@ export async function nftListTable(family: string, table: string, netns?: string
     throw error;
   }
 }
+
+/** The tables this namespace holds, as `FAMILY NAME` (`ip trellis-proxy`). */
+export async function nftListTables(netns?: string): Promise<string[]> {
+  const { stdout } = await run("nft", ["list", "tables"], { netns });
+  return stdout.split("\n").flatMap((line) => {
+    const match = /^table (\S+) (\S+)$/.exec(line.trim());
+    return match ? [`${match[1]} ${match[2]}`] : [];
+  });
+}

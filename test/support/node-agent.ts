@@ -30,7 +30,7 @@ export const VIA_AGENT = process.env.TRELLIS_CNI_VIA === "agent";
 /** The veth pair whose first end holds the test agent's node addresses (the kernel here has no dummy links). */
 export const AGENT_UNDERLAY = ["tragent0", "tragent1"];
 
-const NODE_ADDRESSES = ["198.18.250.1", "fd00:198:250::1"];
+export const NODE_ADDRESSES = ["198.18.250.1", "fd00:198:250::1"];
 
 export interface NodeAgent {
   readonly socket: string;
@@ -82,6 +82,8 @@ export interface NodeAgentOptions {
   /** Routing mode; `direct` unless given. */
   readonly mode?: "direct" | "vxlan";
   readonly resyncSeconds?: number;
+  /** `--proxy-sync-interval` in seconds; the agent's default (1) unless given. */
+  readonly proxySyncInterval?: number;
   /** Resolve once it serves its socket, not waiting for its conflist (which says its routes are in place). */
   readonly untilSocket?: boolean;
 }
@@ -125,6 +127,7 @@ async function launch(node: TestNetns, options: NodeAgentOptions): Promise<NodeA
     "--node-name", "node", "--node-ip", NODE_ADDRESSES.join(","),
     "--store", `sqlite:${join(dir, "cluster.db")}`, "--plan", join(dir, "plan.yaml"),
     "--mode", options.mode ?? "direct", "--no-masquerade", ...(options.resyncSeconds === undefined ? [] : ["--resync-interval", String(options.resyncSeconds)]),
+    ...(options.proxySyncInterval === undefined ? [] : ["--proxy-sync-interval", String(options.proxySyncInterval)]),
     "--cni-conf-dir", confDir, "--cni-data-dir", join(dir, "cni"), "--cni-socket", socket,
   ];
   let child = start(argv, log);

@@ -1,0 +1,298 @@
+/**
+ * The agent's Service proxy: follows Services, EndpointSlices and Pods in the store, works out
+ * each Service port's endpoints (from the Pods for a Service with a selector, as the
+ * EndpointSlice controller would; from the stored slices otherwise), and keeps the node's
+ * nftables proxy tables in step: the first sync and every repair write them whole, every other
+ * sync writes only what changed. Syncs are at least `minSyncIntervalMs` apart; changes made
+ * meanwhile go in the next one together.
+ */
+import { APPLIED_AT, ENDPOINTSLICES_PREFIX, PODS_PREFIX, storedService } from "../cluster/apply.js";
+import { endpointSlicesForService } from "../cluster/objects/endpoints-controller.js";
+import type { EndpointSlice, Pod, Service } from "../cluster/objects/types.js";
+import { SERVICES_PREFIX } from "../cluster/services.js";
+import {
+  desiredProxyRuleset, PROXY_TABLE, proxyRulesetCounts, renderProxyChange, renderProxyFull,
+  type ProxyEndpoint, type ProxyNode, type ProxyRuleset, type ProxyServicePort, type ServiceProtocol,
+} from "../dataplane/service-proxy.js";
+import { staleUdpFlows, type StaleFlow } from "../dataplane/service-conntrack.js";
+import { deleteConntrack } from "../linux/conntrack.js";
+import { nftApply, nftListTables } from "../linux/nftables.js";
+import { tryParseIp, type IpAddress } from "../net/ip.js";
+import type { KvStore, KvWatch } from "../store/kv.js";
+import type { Logger } from "./log.js";
+import { Histogram, PROGRAMMING_BUCKETS, renderGauge, SYNC_BUCKETS } from "./metrics.js";
+
+export interface ServiceProxyOptions {
+  readonly store: KvStore;
+  readonly node: ProxyNode;
+  readonly minSyncIntervalMs: number;
+  readonly log: Logger;
+}
+
+export interface ServiceProxy {
+  /** A full rewrite at the next sync if the tables are not what was last written (deleted by hand). */
+  resync(): void;
+  /** Lists and watches anew (after the store was away). */
+  relist(): void;
+  stop(): Promise<void>;
+  /** Figures of the last sync, for logs and metrics. */
+  stats(): ProxyStats;
+  /** Whether the rules have been written once since start. */
+  synced(): boolean;
+  /** Its metrics in Prometheus' text format. */
+  metrics(): string;
+}
+
+export interface ProxyStats {
+  readonly syncs: number;
+  readonly lastSyncMs: number;
+  readonly servicePorts: number;
+  readonly counts: ReturnType<typeof proxyRulesetCounts>;
+}
+
+const PREFIXES = [SERVICES_PREFIX, ENDPOINTSLICES_PREFIX, PODS_PREFIX] as const;
+
+export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
+  const { store, node, log } = options;
+  const objects = new Map<string, Map<string, string>>(PREFIXES.map((prefix) => [prefix, new Map()]));
+  const watches: KvWatch[] = [];
+  let stopped = false;
+  let listed = false;
+  let applied: ProxyRuleset | undefined;
+  /** The ports the kernel's rules were last written for (whole or in part). */
+  let appliedPorts: ProxyServicePort[] = [];
+  let checkTables = false;
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<void> | undefined;
+  let pending = false;
+  let lastSyncAt = 0;
+  let stats: ProxyStats = { syncs: 0, lastSyncMs: 0, servicePorts: 0, counts: [] };
+  let wake: (() => void) | undefined;
+  /** When the changes not yet in the kernel were written to the store (ms since the epoch). */
+  let changeTimes: number[] = [];
+  const syncDuration = new Histogram("trellis_sync_proxy_rules_duration_seconds", "How long one sync of the Service rules took (compute, render, nft, conntrack).", SYNC_BUCKETS);
+  const programming = new Histogram("trellis_network_programming_duration_seconds", "From a Service, EndpointSlice or Pod change written to the store to the rules for it in the kernel.", PROGRAMMING_BUCKETS);
+  let failedSyncs = 0;
+
+  const requestSync = () => {
+    if (stopped || !listed) return;
+    pending = true;
+    if (running || timer) return;
+    const wait = Math.max(0, lastSyncAt + options.minSyncIntervalMs - Date.now());
+    timer = setTimeout(() => {
+      timer = undefined;
+      running = sync().finally(() => {
+        running = undefined;
+        if (pending) requestSync();
+      });
+    }, wait);
+  };
+
+  const sync = async () => {
+    pending = false;
+    lastSyncAt = Date.now();
+    const started = performance.now();
+    const pendingChanges = changeTimes;
+    changeTimes = [];
+    const ports = servicePorts(objects);
+    const desired = desiredProxyRuleset(node, ports);
+    try {
+      if (applied && checkTables) {
+        const tables = new Set(await nftListTables());
+        if ([...applied.tables.keys()].some((family) => !tables.has(`${family === 4 ? "ip" : "ip6"} ${PROXY_TABLE}`))) {
+          log("warn", "service proxy tables missing; writing them whole", { table: PROXY_TABLE });
+          applied = undefined;
+        }
+      }
+      checkTables = false;
+      const script = applied ? renderProxyChange(applied, desired) : renderProxyFull(desired);
+      if (script) await nftApply(script);
+      const full = applied === undefined;
+      applied = desired;
+      // Once the rules no longer lead there, the UDP flows that still do are deleted.
+      const stale = staleUdpFlows(appliedPorts, ports);
+      appliedPorts = ports;
+      if (stale.length) await clearFlows(stale);
+      stats = { syncs: stats.syncs + 1, lastSyncMs: performance.now() - started, servicePorts: ports.length, counts: proxyRulesetCounts(desired) };
+      syncDuration.observe(stats.lastSyncMs / 1000);
+      const now = Date.now();
+      for (const time of pendingChanges) programming.observe((now - time) / 1000);
+      if (script) log(full ? "info" : "debug", "service rules synced", { full, servicePorts: ports.length, durationMs: Math.round(stats.lastSyncMs * 10) / 10 });
+    } catch (error) {
+      // Written whole at the next sync, which a resync or the next change brings.
+      applied = undefined;
+      failedSyncs++;
+      changeTimes.push(...pendingChanges);
+      log("error", "service proxy sync failed; the next sync writes the tables whole", { error: String(error) });
+    }
+  };
+
+  const clearFlows = async (flows: readonly StaleFlow[]) => {
+    let deleted = 0;
+    const failures: string[] = [];
+    for (let i = 0; i < flows.length; i += 4) {
+      await Promise.all(
+        flows.slice(i, i + 4).map(async (flow) => {
+          try {
+            deleted += await deleteConntrack(flow);
+          } catch (error) {
+            failures.push(String(error));
+          }
+        }),
+      );
+    }
+    log(failures.length ? "warn" : "debug", "stale UDP flows deleted", { filters: flows.length, deleted, ...(failures.length ? { failures } : {}) });
+  };
+
+  const follow = async () => {
+    let backoff = 500;
+    while (!stopped) {
+      try {
+        const lists = await Promise.all(PREFIXES.map((prefix) => store.list(prefix)));
+        for (const [i, prefix] of PREFIXES.entries()) objects.set(prefix, new Map(lists[i].entries.map((entry) => [entry.key, entry.value])));
+        listed = true;
+        backoff = 500;
+        requestSync();
+        await Promise.all(PREFIXES.map((prefix, i) => followPrefix(prefix, lists[i].revision + 1)));
+      } catch (error) {
+        for (const watch of watches.splice(0)) watch.stop();
+        if (stopped) return;
+        log("warn", "service proxy lost the store; keeping the rules as they are and listing again", { error: String(error) });
+        await new Promise<void>((resolve) => {
+          const pause = setTimeout(resolve, backoff);
+          wake = () => {
+            clearTimeout(pause);
+            resolve();
+          };
+        });
+        wake = undefined;
+        backoff = Math.min(backoff * 2, 30_000);
+      }
+    }
+  };
+
+  const followPrefix = async (prefix: string, from: number) => {
+    const watch = store.watch(prefix, from);
+    watches.push(watch);
+    const entries = objects.get(prefix)!;
+    for await (const event of watch) {
+      if (event.type === "delete") entries.delete(event.key);
+      else {
+        entries.set(event.key, event.value);
+        const time = appliedAt(event.value);
+        if (time !== undefined) changeTimes.push(time);
+      }
+      requestSync();
+    }
+    if (!stopped) throw new Error(`the watch of ${prefix} ended`);
+  };
+
+  void follow();
+  return {
+    resync() {
+      checkTables = true;
+      requestSync();
+    },
+    relist() {
+      for (const watch of watches.splice(0)) watch.stop();
+      wake?.();
+    },
+    async stop() {
+      stopped = true;
+      clearTimeout(timer);
+      for (const watch of watches.splice(0)) watch.stop();
+      wake?.();
+      await running;
+    },
+    stats: () => stats,
+    synced: () => stats.syncs > 0,
+    metrics: () =>
+      [
+        syncDuration.render(),
+        programming.render(),
+        renderGauge("trellis_sync_proxy_rules_last_timestamp_seconds", "When the Service rules were last synced.", [{ value: lastSyncAt / 1000 }]),
+        renderGauge("trellis_sync_proxy_rules_failures_total", "Syncs of the Service rules that failed.", [{ value: failedSyncs }], "counter"),
+        renderGauge("trellis_proxy_service_ports", "Service ports the rules implement.", [{ value: stats.servicePorts }]),
+        ...(["chains", "rules", "elements"] as const).map((what) =>
+          renderGauge(`trellis_proxy_nftables_${what}`, `nftables ${what} in the proxy's tables.`, stats.counts.map((count) => ({ labels: { family: count.family === 4 ? "IPv4" : "IPv6" }, value: count[what] }))),
+        ),
+      ].join(""),
+  };
+}
+
+/** The apply time an object carries (see cluster/apply.ts), if it parses. */
+function appliedAt(value: string): number | undefined {
+  try {
+    const text = (JSON.parse(value) as { metadata?: { annotations?: Record<string, string> } }).metadata?.annotations?.[APPLIED_AT];
+    const time = text === undefined ? Number.NaN : Date.parse(text);
+    return Number.isFinite(time) ? time : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Each Service port with its endpoints, from the stored objects (values that do not parse are skipped). */
+export function servicePorts(objects: ReadonlyMap<string, ReadonlyMap<string, string>>): ProxyServicePort[] {
+  const parse = <T>(value: string): T | undefined => {
+    try {
+      return JSON.parse(value) as T;
+    } catch {
+      return undefined;
+    }
+  };
+  const services = [...(objects.get(SERVICES_PREFIX)?.values() ?? [])].flatMap((value) => storedService(value) ?? []);
+  const pods = [...(objects.get(PODS_PREFIX)?.values() ?? [])].flatMap((value) => parse<Pod>(value) ?? []);
+  const slices = [...(objects.get(ENDPOINTSLICES_PREFIX)?.values() ?? [])].flatMap((value) => parse<EndpointSlice>(value) ?? []);
+  const slicesByService = new Map<string, EndpointSlice[]>();
+  for (const slice of slices) {
+    const owner = slice.metadata.labels?.["kubernetes.io/service-name"];
+    if (!owner) continue;
+    const key = `${slice.metadata.namespace ?? "default"}/${owner}`;
+    slicesByService.set(key, [...(slicesByService.get(key) ?? []), slice]);
+  }
+  const ports: ProxyServicePort[] = [];
+  for (const service of services) {
+    const spec = service.spec;
+    const clusterIPs = (spec.clusterIPs ?? []).flatMap((text) => tryParseIp(text) ?? []);
+    if (spec.clusterIP === "None" || !spec.ports?.length) continue;
+    const namespace = service.metadata.namespace ?? "default";
+    const own = spec.selector !== undefined ? endpointSlicesForService(service, pods) : (slicesByService.get(`${namespace}/${service.metadata.name}`) ?? []);
+    const addresses = (list: readonly string[] | undefined): IpAddress[] => (list ?? []).flatMap((text) => tryParseIp(text) ?? []);
+    for (const port of spec.ports) {
+      const protocol = (port.protocol ?? "TCP") as ServiceProtocol;
+      const endpoints: ProxyEndpoint[] = own.flatMap((slice) => {
+        const target = (slice.ports ?? []).find((candidate) => (candidate.name ?? "") === (port.name ?? "") && (candidate.protocol ?? "TCP") === protocol);
+        if (target?.port === undefined || target.port === null) return [];
+        return slice.endpoints.flatMap((endpoint) => {
+          // Kubernetes: an unset ready means ready; an unset serving follows ready.
+          const ready = endpoint.conditions?.ready ?? true;
+          return addresses(endpoint.addresses).map((address) => ({
+            address,
+            port: target.port as number,
+            ready,
+            serving: endpoint.conditions?.serving ?? ready,
+            terminating: endpoint.conditions?.terminating ?? false,
+            nodeName: endpoint.nodeName ?? undefined,
+          }));
+        });
+      });
+      const affinity = spec.sessionAffinity === "ClientIP" ? (spec.sessionAffinityConfig?.clientIP?.timeoutSeconds ?? 10800) : undefined;
+      ports.push({
+        namespace,
+        name: service.metadata.name,
+        portName: port.name ?? "",
+        protocol,
+        port: port.port,
+        nodePort: port.nodePort ?? undefined,
+        clusterIPs,
+        externalIPs: addresses(spec.externalIPs),
+        loadBalancerIPs: spec.type === "LoadBalancer" ? addresses((service.status?.loadBalancer?.ingress ?? []).flatMap((ingress) => (ingress.ip ? [ingress.ip] : []))) : [],
+        sessionAffinityTimeoutSeconds: affinity,
+        externalTrafficPolicy: spec.externalTrafficPolicy === "Local" ? "Local" : "Cluster",
+        internalTrafficPolicy: spec.internalTrafficPolicy === "Local" ? "Local" : "Cluster",
+        endpoints,
+      });
+    }
+  }
+  return ports;
+}

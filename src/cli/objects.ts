@@ -1,0 +1,154 @@
+/**
+ * `trellis apply -f`, `trellis delete -f`, `trellis get`: Kubernetes Services, EndpointSlices and
+ * Pods in the cluster store, in Kubernetes' own YAML or JSON, reported as kubectl reports them.
+ */
+import { readFileSync } from "node:fs";
+import type { Command } from "commander";
+import { stringify } from "yaml";
+import { applyObjects, deleteObjects, listObjects, type ObjectKind, type ObjectOutcome } from "../cluster/apply.js";
+import { endpointSlicesForService } from "../cluster/objects/endpoints-controller.js";
+import { parseManifests } from "../cluster/objects/manifests.js";
+import type { EndpointSlice, Pod, Service } from "../cluster/objects/types.js";
+import { cluster, givenPlan, withClusterOptions, withStore, type ClusterOptions } from "./cluster-options.js";
+import { renderTable } from "./table.js";
+
+/** The largest manifest input read: far above any real one, and a bound on memory. */
+const MAX_INPUT_BYTES = 64 * 1024 * 1024;
+
+const RESOURCES: Record<string, ObjectKind> = {
+  services: "Service", service: "Service", svc: "Service",
+  endpointslices: "EndpointSlice", endpointslice: "EndpointSlice",
+  pods: "Pod", pod: "Pod", po: "Pod",
+};
+
+/** How kubectl names a kind in its one-line reports. */
+const REPORT_NAMES: Record<ObjectKind, string> = { Service: "service", EndpointSlice: "endpointslice.discovery.k8s.io", Pod: "pod" };
+
+interface FileOptions extends ClusterOptions {
+  readonly filename: string[];
+}
+
+interface GetOptions extends ClusterOptions {
+  readonly output?: string;
+  readonly namespace?: string;
+  readonly allNamespaces?: boolean;
+}
+
+export function registerObjectCommands(program: Command): void {
+  const files = (command: Command) =>
+    withClusterOptions(command).requiredOption("-f, --filename <file>", "a YAML or JSON manifest, - for stdin; may be repeated", (value: string, previous: string[] = []) => [...previous, value]);
+  files(program.command("apply"))
+    .description("create or update Services, EndpointSlices and Pods from Kubernetes manifests (all of them, or none)")
+    .action(async (options: FileOptions) => {
+      const documents = readManifests(options.filename);
+      const plan = await givenPlan(options);
+      const { result } = await withStore(options, plan, async (store) => applyObjects(await cluster(store, plan, options), documents));
+      report(result);
+    });
+  files(program.command("delete"))
+    .description("delete the Services, EndpointSlices and Pods the manifests name (all of them, or none), freeing their ClusterIPs and NodePorts")
+    .action(async (options: FileOptions) => {
+      const documents = readManifests(options.filename);
+      const plan = await givenPlan(options);
+      const { result } = await withStore(options, plan, async (store) => deleteObjects(await cluster(store, plan, options), documents));
+      report(result);
+    });
+  withClusterOptions(program.command("get"))
+    .description("list Services (with their ClusterIPs and NodePorts), EndpointSlices (stored, and those of Services with a selector) or Pods")
+    .argument("<resource>", "services, endpointslices or pods")
+    .argument("[name]", "only this object")
+    .option("-o, --output <format>", "json or yaml (a table when not given)")
+    .option("-n, --namespace <namespace>", "only this namespace", "default")
+    .option("-A, --all-namespaces", "every namespace")
+    .action(async (resource: string, name: string | undefined, options: GetOptions) => {
+      const kind = RESOURCES[resource];
+      if (!kind) throw new Error(`the server doesn't have a resource type ${JSON.stringify(resource)}: expected services, endpointslices or pods`);
+      if (options.output !== undefined && options.output !== "json" && options.output !== "yaml") {
+        throw new Error(`invalid --output ${JSON.stringify(options.output)}: expected json or yaml`);
+      }
+      const plan = await givenPlan(options);
+      let objects = await withStore(options, plan, async (store) => {
+        if (plan) await cluster(store, plan, options);
+        return kind === "EndpointSlice" ? allEndpointSlices(store) : (await listObjects(store, kind)).objects;
+      });
+      if (!options.allNamespaces) objects = objects.filter((object) => (object.metadata.namespace ?? "default") === options.namespace);
+      if (name !== undefined) {
+        objects = objects.filter((object) => object.metadata.name === name);
+        if (objects.length === 0) throw new Error(`${resource} "${name}" not found in namespace ${options.namespace}`);
+      }
+      const printed = name !== undefined && objects.length === 1 ? objects[0] : { apiVersion: "v1", kind: "List", items: objects };
+      if (options.output === "json") process.stdout.write(`${JSON.stringify(printed, null, 2)}\n`);
+      else if (options.output === "yaml") process.stdout.write(stringify(printed));
+      else process.stdout.write(renderTable(tableOf(kind, objects, options.allNamespaces ?? false)));
+    });
+}
+
+/** Every manifest's documents, in order; a file that cannot be read or parsed is named. */
+function readManifests(files: readonly string[]): unknown[] {
+  return files.flatMap((file) => {
+    let text: string;
+    try {
+      text = readFileSync(file === "-" ? 0 : file, "utf8");
+    } catch (error) {
+      throw new Error(`cannot read ${file === "-" ? "stdin" : JSON.stringify(file)}: ${(error as Error).message}`);
+    }
+    if (Buffer.byteLength(text) > MAX_INPUT_BYTES) throw new Error(`${file === "-" ? "stdin" : file} is larger than ${MAX_INPUT_BYTES / 2 ** 20} MiB`);
+    return parseManifests(text, file === "-" ? "stdin" : file);
+  });
+}
+
+function report(outcomes: readonly ObjectOutcome[]): void {
+  for (const { kind, name, outcome } of outcomes) process.stdout.write(`${REPORT_NAMES[kind]}/${name} ${outcome}\n`);
+}
+
+/** Stored EndpointSlices, and those the Services with a selector get from the stored Pods. */
+async function allEndpointSlices(store: Parameters<typeof listObjects>[0]): Promise<EndpointSlice[]> {
+  const [services, pods, stored] = await Promise.all([
+    listObjects<Service>(store, "Service"),
+    listObjects<Pod>(store, "Pod"),
+    listObjects<EndpointSlice>(store, "EndpointSlice"),
+  ]);
+  const computed = services.objects.filter((service) => service.spec.selector !== undefined).flatMap((service) => endpointSlicesForService(service, pods.objects));
+  return [...stored.objects, ...computed].sort((a, b) => objectId(a).localeCompare(objectId(b)));
+}
+
+function objectId(object: { metadata: { namespace?: string; name: string } }): string {
+  return `${object.metadata.namespace ?? "default"}/${object.metadata.name}`;
+}
+
+function tableOf(kind: ObjectKind, objects: readonly (Service | EndpointSlice | Pod)[], withNamespace: boolean): string[][] {
+  const lead = (object: { metadata: { namespace?: string; name: string } }) => (withNamespace ? [object.metadata.namespace ?? "default", object.metadata.name] : [object.metadata.name]);
+  const head = withNamespace ? ["NAMESPACE", "NAME"] : ["NAME"];
+  if (kind === "Service") {
+    return [
+      [...head, "TYPE", "CLUSTER-IPS", "EXTERNAL-IP", "PORT(S)"],
+      ...(objects as Service[]).map((service) => [
+        ...lead(service),
+        service.spec.type ?? "ClusterIP",
+        (service.spec.clusterIPs ?? []).join(",") || "<none>",
+        [...(service.spec.externalIPs ?? []), ...(service.status?.loadBalancer?.ingress ?? []).map((ingress) => ingress.ip ?? ingress.hostname ?? "")].join(",") || "<none>",
+        (service.spec.ports ?? []).map((port) => `${port.port}${port.nodePort === undefined ? "" : `:${port.nodePort}`}/${port.protocol ?? "TCP"}`).join(",") || "<none>",
+      ]),
+    ];
+  }
+  if (kind === "EndpointSlice") {
+    return [
+      [...head, "ADDRESSTYPE", "PORTS", "ENDPOINTS"],
+      ...(objects as EndpointSlice[]).map((slice) => [
+        ...lead(slice),
+        slice.addressType,
+        (slice.ports ?? []).map((port) => String(port.port ?? "")).join(",") || "<unset>",
+        slice.endpoints.flatMap((endpoint) => endpoint.addresses).join(",") || "<unset>",
+      ]),
+    ];
+  }
+  return [
+    [...head, "NODE", "IPS", "READY"],
+    ...(objects as Pod[]).map((pod) => [
+      ...lead(pod),
+      pod.spec?.nodeName ?? "<none>",
+      (pod.status?.podIPs ?? []).map((ip) => ip.ip).join(",") || "<none>",
+      pod.status?.conditions?.find((condition) => condition.type === "Ready")?.status === "True" ? "true" : "false",
+    ]),
+  ];
+}

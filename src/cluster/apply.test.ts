@@ -1,0 +1,111 @@
+import assert from "node:assert/strict";
+import { after, describe, test } from "node:test";
+import { temporaryStores, testPlan } from "../../test/support/cluster.js";
+import { applyObjects, deleteObjects, listObjects } from "./apply.js";
+import type { Service } from "./objects/types.js";
+import { listServices, removeService } from "./services.js";
+import { openCluster, type Cluster } from "./state.js";
+
+const stores = temporaryStores();
+after(() => stores.cleanup());
+
+function cluster(): Promise<Cluster> {
+  return openCluster(stores.open(), testPlan({ podCidrs: ["10.244.0.0/16", "fd00:10:244::/56"], serviceCidrs: ["10.96.0.0/16", "fd00:10:96::/112"], nodePortRange: "30000-30015" }));
+}
+
+const svc = (name: string, spec: Record<string, unknown>) => ({ apiVersion: "v1", kind: "Service", metadata: { name }, spec: { ports: [{ port: 80 }], ...spec } });
+
+async function stored(c: Cluster, name: string): Promise<Service> {
+  const { objects } = await listObjects<Service>(c.store, "Service");
+  return objects.find((object) => object.metadata.name === name)!;
+}
+
+describe("apply and delete of Kubernetes objects", () => {
+  // Bug caught: an apply that keeps the objects before a bad one (no all-or-nothing), or whose
+  // allocations stay claimed after the refusal.
+  test("an apply with one invalid object keeps nothing of the others, allocations included", async () => {
+    const c = await cluster();
+    await assert.rejects(
+      applyObjects(c, [svc("good", { type: "NodePort" }), svc("bad", { ports: [{ port: 70000, targetPort: 8080 }] })]),
+      /^Error: The Service "bad" is invalid: spec\.ports\[0\]\.port: Invalid value: 70000: must be between 1 and 65535, inclusive$/,
+    );
+    // A full range refuses the last object only after the first ones were staged.
+    const many = Array.from({ length: 17 }, (_, i) => svc(`np-${i}`, { type: "NodePort" }));
+    await assert.rejects(applyObjects(c, many), /spec\.ports\[0\]\.nodePort: Invalid value: "": NodePort range 30000-30015 is full/);
+    assert.deepEqual((await listServices(c.store)).map((s) => s.name), ["kubernetes"]);
+    const { result } = await applyObjects(c, many.slice(0, 16));
+    assert.equal(result.length, 16, "all 16 ports of the range were still free");
+  });
+
+  // Bugs caught: multi-port NodePorts taking one port twice; a TCP and a UDP port not allowed to
+  // share a nodePort (Kubernetes allows it); a re-apply without nodePort/clusterIP re-allocating.
+  test("allocates per port, shares a number across protocols, and keeps allocations across re-applies", async () => {
+    const c = await cluster();
+    const manifest = svc("dns", {
+      type: "NodePort",
+      ipFamilyPolicy: "PreferDualStack",
+      ports: [
+        { name: "tcp", port: 53, protocol: "TCP", nodePort: 30013 },
+        { name: "udp", port: 53, protocol: "UDP", nodePort: 30013 },
+        { name: "metrics", port: 9153 },
+      ],
+    });
+    const first = await applyObjects(c, [manifest]);
+    assert.deepEqual(first.result.map((r) => r.outcome), ["created"]);
+    const created = await stored(c, "dns");
+    assert.equal(created.spec.clusterIPs!.length, 2);
+    assert.deepEqual(created.spec.ports.map((port) => port.nodePort).slice(0, 2), [30013, 30013]);
+    const metricsPort = created.spec.ports[2].nodePort!;
+    assert.ok(metricsPort !== 30013 && metricsPort >= 30000 && metricsPort <= 30015);
+    const again = await applyObjects(c, [manifest]);
+    assert.deepEqual(again.result.map((r) => r.outcome), ["unchanged"]);
+    assert.deepEqual((await stored(c, "dns")).spec, created.spec);
+    // Back to ClusterIP: its NodePorts are freed; SingleStack: the secondary ClusterIP is freed.
+    await applyObjects(c, [svc("dns", { ipFamilyPolicy: "SingleStack", ports: [{ name: "tcp", port: 53 }, { name: "udp", port: 53, protocol: "UDP" }] })]);
+    const shrunk = await stored(c, "dns");
+    assert.deepEqual(shrunk.spec.clusterIPs, created.spec.clusterIPs!.slice(0, 1));
+    assert.ok(shrunk.spec.ports.every((port) => port.nodePort === undefined));
+    await applyObjects(c, [svc("other", { type: "NodePort", ports: [{ port: 80, nodePort: 30013 }] })]);
+    assert.equal((await stored(c, "other")).spec.ports[0].nodePort, 30013, "the freed NodePort can be had again");
+  });
+
+  // Bug caught: a ClusterIP changed by a later apply (the apiserver refuses it: immutable).
+  test("refuses to change a ClusterIP once set", async () => {
+    const c = await cluster();
+    await applyObjects(c, [svc("web", { clusterIP: "10.96.0.10" })]);
+    await assert.rejects(applyObjects(c, [svc("web", { clusterIP: "10.96.0.11" })]), /^Error: The Service "web" is invalid: spec\.clusterIPs\[0\]: Invalid value: "10\.96\.0\.11": may not change once set$/);
+    assert.deepEqual((await stored(c, "web")).spec.clusterIPs, ["10.96.0.10"]);
+  });
+
+  // Bug caught: delete that leaves allocations claimed, deletes part of a list, or removes the API server's Service.
+  test("delete frees ClusterIPs and NodePorts, is all or nothing, and refuses default/kubernetes", async () => {
+    const c = await cluster();
+    await applyObjects(c, [svc("a", { type: "NodePort", ports: [{ port: 80, nodePort: 30001 }], clusterIP: "10.96.0.20" })]);
+    await assert.rejects(deleteObjects(c, [svc("a", {}), svc("missing", {})]), /^Error: services "missing" not found in namespace default$/);
+    assert.ok(await stored(c, "a"), "a is still there");
+    await assert.rejects(deleteObjects(c, [svc("kubernetes", {})]), /the API server's own Service/);
+    const { result } = await deleteObjects(c, [svc("a", {})]);
+    assert.deepEqual(result.map((r) => r.outcome), ["deleted"]);
+    await applyObjects(c, [svc("b", { type: "NodePort", ports: [{ port: 80, nodePort: 30001 }], clusterIP: "10.96.0.20" })]);
+    assert.equal((await stored(c, "b")).spec.clusterIP, "10.96.0.20");
+  });
+
+  // Bug caught: two objects with one name in one apply (the second silently replacing the first).
+  test("refuses the same object twice in one apply", async () => {
+    const c = await cluster();
+    await assert.rejects(applyObjects(c, [svc("x", {}), svc("x", {})]), /^Error: Service default\/x is given twice in one apply: give each object once$/);
+  });
+});
+
+describe("Services applied as objects, seen by the older service commands", () => {
+  // Bug caught: `trellis service list|rm` reading a v1 Service as the older record (a crash, or
+  // `service rm` freeing only its first NodePort).
+  test("service list shows them and service rm frees every NodePort", async () => {
+    const c = await cluster();
+    await applyObjects(c, [svc("multi", { type: "NodePort", ports: [{ name: "a", port: 80, nodePort: 30001 }, { name: "b", port: 81, nodePort: 30002 }] })]);
+    const listed = (await listServices(c.store)).find((s) => s.name === "multi")!;
+    assert.deepEqual([listed.type, listed.nodePort, listed.clusterIPs.length], ["NodePort", 30001, 1]);
+    await removeService(c, "multi");
+    await applyObjects(c, [svc("again", { type: "NodePort", ports: [{ name: "a", port: 80, nodePort: 30001 }, { name: "b", port: 81, nodePort: 30002 }] })]);
+  });
+});

@@ -1,0 +1,316 @@
+/**
+ * Kubernetes objects in the cluster store: `trellis apply -f` and `trellis delete -f`, as the
+ * apiserver would take them. Every object of one apply is checked first; then all of them, with
+ * every ClusterIP and NodePort they need, go in one transaction, so an apply is kept whole or
+ * not at all. Services keep their allocations across applies (a manifest that leaves
+ * `clusterIP` or a port's `nodePort` out keeps what was allocated, as `kubectl apply` does),
+ * and what an update no longer needs is freed in the same transaction.
+ */
+import { randomUUID } from "node:crypto";
+import { familyName, formatIp } from "../net/ip.js";
+import type { ClusterPlan } from "../plan/plan.js";
+import type { KvStore } from "../store/kv.js";
+import { claimNodePort, releaseNodePort } from "./node-ports.js";
+import { ObjectInvalidError } from "./objects/field-errors.js";
+import { normalizeEndpointSlice, normalizePod, normalizeService } from "./objects/validate.js";
+import { objectKind } from "./objects/manifests.js";
+import type { EndpointSlice, Pod, Service } from "./objects/types.js";
+import { claimServiceIp, KUBERNETES_SERVICE, releaseServiceIp, serviceIpRangeFor } from "./service-ips.js";
+import { resolveServiceFamilies } from "./service-ips-families.js";
+import { checkInsideServiceCidrs, serviceAllocations, SERVICES_PREFIX, serviceKey } from "./services.js";
+import { stagedView, type StagedView } from "./staged.js";
+import type { Cluster } from "./state.js";
+import { commitWithRetry, type Committed } from "./txn.js";
+
+export const ENDPOINTSLICES_PREFIX = "/endpointslices/";
+export const PODS_PREFIX = "/pods/";
+
+export type ObjectKind = "Service" | "EndpointSlice" | "Pod";
+export type StoredObject = Service | EndpointSlice | Pod;
+
+const PREFIXES: Record<ObjectKind, string> = { Service: SERVICES_PREFIX, EndpointSlice: ENDPOINTSLICES_PREFIX, Pod: PODS_PREFIX };
+/** The resource names the apiserver uses in its messages. */
+const RESOURCES: Record<ObjectKind, string> = { Service: "services", EndpointSlice: "endpointslices.discovery.k8s.io", Pod: "pods" };
+
+export function objectKey(kind: ObjectKind, namespace: string, name: string): string {
+  return kind === "Service" ? serviceKey(namespace, name) : `${PREFIXES[kind]}${namespace}/${name}`;
+}
+
+export function objectPrefix(kind: ObjectKind): string {
+  return PREFIXES[kind];
+}
+
+export interface ObjectOutcome {
+  readonly kind: ObjectKind;
+  readonly namespace: string;
+  readonly name: string;
+  readonly outcome: "created" | "configured" | "unchanged" | "deleted";
+}
+
+interface Normalized {
+  readonly kind: ObjectKind;
+  readonly object: StoredObject;
+  readonly namespace: string;
+  readonly name: string;
+}
+
+/** Checks each document (kind, fields, defaults); the first invalid one is refused with its fields. */
+export function normalizeObjects(documents: readonly unknown[]): Normalized[] {
+  const seen = new Set<string>();
+  return documents.map((document) => {
+    const kind = objectKind(document);
+    const object = kind === "Service" ? normalizeService(document) : kind === "EndpointSlice" ? normalizeEndpointSlice(document) : normalizePod(document);
+    const namespace = object.metadata.namespace ?? "default";
+    const name = object.metadata.name;
+    const id = `${kind} ${namespace}/${name}`;
+    if (seen.has(id)) throw new Error(`${id} is given twice in one apply: give each object once`);
+    seen.add(id);
+    return { kind, object, namespace, name };
+  });
+}
+
+/** Creates or updates every object, with the allocations its Services need, in one transaction. */
+export async function applyObjects(cluster: Cluster, documents: readonly unknown[]): Promise<Committed<ObjectOutcome[]>> {
+  const objects = normalizeObjects(documents);
+  return commitWithRetry(cluster.store, `applying ${objects.length} object(s)`, async () => {
+    const view = stagedView(cluster.store);
+    const outcomes: ObjectOutcome[] = [];
+    for (const object of objects) outcomes.push(await stageApply(view, cluster.plan, object));
+    return { ...view.transaction(), result: outcomes };
+  });
+}
+
+/** Deletes every object named (kind, namespace, name), freeing its Services' allocations, in one transaction. */
+export async function deleteObjects(cluster: Cluster, documents: readonly unknown[]): Promise<Committed<ObjectOutcome[]>> {
+  const targets = documents.map((document) => {
+    const kind = objectKind(document);
+    const metadata = (document as { metadata?: { name?: unknown; namespace?: unknown } }).metadata ?? {};
+    const name = typeof metadata.name === "string" ? metadata.name : "";
+    const namespace = typeof metadata.namespace === "string" && metadata.namespace !== "" ? metadata.namespace : "default";
+    if (!name) throw new ObjectInvalidError(kind, name, [{ path: "metadata.name", type: "Required value", detail: "name or generateName is required" }]);
+    return { kind, namespace, name };
+  });
+  return commitWithRetry(cluster.store, `deleting ${targets.length} object(s)`, async () => {
+    const view = stagedView(cluster.store);
+    const outcomes: ObjectOutcome[] = [];
+    for (const { kind, namespace, name } of targets) {
+      const owner = `${namespace}/${name}`;
+      if (kind === "Service" && owner === KUBERNETES_SERVICE) throw new Error(`services "kubernetes" in namespace default is the API server's own Service: it cannot be deleted`);
+      const key = objectKey(kind, namespace, name);
+      const existing = await view.store.get(key);
+      if (!existing) throw new Error(`${RESOURCES[kind]} "${name}" not found in namespace ${namespace}`);
+      view.stage({ compares: [{ key, modRevision: existing.modRevision }], operations: [{ type: "delete", key }] });
+      if (kind === "Service") {
+        const held = serviceAllocations(existing.value);
+        for (const ip of held.clusterIPs) stageIf(view, await releaseServiceIp(view.store, cluster.plan, ip, owner));
+        for (const port of held.nodePorts) stageIf(view, await releaseNodePort(view.store, cluster.plan, port, owner));
+      }
+      outcomes.push({ kind, namespace, name, outcome: "deleted" });
+    }
+    return { ...view.transaction(), result: outcomes };
+  });
+}
+
+/** Every stored object of a kind, in key order, with the store revision it was read at. */
+export async function listObjects<T extends StoredObject>(store: KvStore, kind: ObjectKind): Promise<{ objects: T[]; revision: number }> {
+  const { entries, revision } = await store.list(PREFIXES[kind]);
+  const objects = entries.flatMap((entry) => {
+    const object = kind === "Service" ? storedService(entry.value) : (JSON.parse(entry.value) as StoredObject);
+    return object ? [object as T] : [];
+  });
+  return { objects, revision };
+}
+
+/**
+ * A stored Service as a v1 object. Services created with `trellis service add` are stored in
+ * an older, allocation-only shape: they become a Service without ports (nothing to proxy).
+ */
+export function storedService(value: string): Service | undefined {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value);
+  } catch {
+    return undefined;
+  }
+  if (typeof parsed !== "object" || parsed === null) return undefined;
+  if ("spec" in parsed) return parsed as Service;
+  const legacy = parsed as { namespace: string; name: string; type: string; ipFamilyPolicy: string; ipFamilies: string[]; clusterIPs: string[] };
+  return {
+    apiVersion: "v1",
+    kind: "Service",
+    metadata: { name: legacy.name, namespace: legacy.namespace },
+    spec: {
+      type: legacy.type,
+      clusterIP: legacy.clusterIPs[0],
+      clusterIPs: [...legacy.clusterIPs],
+      ipFamilies: [...legacy.ipFamilies],
+      ipFamilyPolicy: legacy.ipFamilyPolicy,
+      ports: [],
+    },
+  } as unknown as Service;
+}
+
+async function stageApply(view: StagedView, plan: ClusterPlan, { kind, object, namespace, name }: Normalized): Promise<ObjectOutcome> {
+  const key = objectKey(kind, namespace, name);
+  const existing = await view.store.get(key);
+  view.stage({ compares: [{ key, modRevision: existing?.modRevision ?? 0 }], operations: [] });
+  const previous = existing ? (kind === "Service" ? storedService(existing.value) : (JSON.parse(existing.value) as StoredObject)) : undefined;
+  const stored =
+    kind === "Service" ? await stageService(view, plan, object as Service, previous as Service | undefined, existing?.value) : withIdentity(object, previous);
+  if (existing && JSON.stringify(withoutApplyTime(stored)) === JSON.stringify(withoutApplyTime(JSON.parse(existing.value) as StoredObject))) {
+    return { kind, namespace, name, outcome: "unchanged" };
+  }
+  const annotations = { ...stored.metadata.annotations, [APPLIED_AT]: new Date().toISOString() };
+  const text = JSON.stringify({ ...stored, metadata: { ...stored.metadata, annotations } });
+  view.stage({ compares: [], operations: [{ type: "put", key, value: text }] });
+  return { kind, namespace, name, outcome: existing ? "configured" : "created" };
+}
+
+/**
+ * When an apply last changed the object (ISO 8601, milliseconds): the agent measures from it how
+ * long a change takes to reach the kernel (trellis_network_programming_duration_seconds).
+ */
+export const APPLIED_AT = "trellis.dev/applied-at";
+
+function withoutApplyTime(object: StoredObject): StoredObject {
+  const { [APPLIED_AT]: _time, ...annotations } = object.metadata.annotations ?? {};
+  const metadata = { ...object.metadata, annotations };
+  if (Object.keys(annotations).length === 0) delete (metadata as { annotations?: unknown }).annotations;
+  return { ...object, metadata } as StoredObject;
+}
+
+/** The object with the uid and creation time it already had, or new ones. */
+function withIdentity<T extends StoredObject>(object: T, previous: StoredObject | undefined): T {
+  const metadata = {
+    ...object.metadata,
+    namespace: object.metadata.namespace ?? "default",
+    uid: previous?.metadata.uid ?? randomUUID(),
+    creationTimestamp: previous?.metadata.creationTimestamp ?? new Date().toISOString().replace(/\.\d+Z$/, "Z"),
+  };
+  delete (metadata as { resourceVersion?: string }).resourceVersion;
+  return { ...object, metadata };
+}
+
+/**
+ * A Service's ClusterIPs and NodePorts: kept from before where the manifest leaves them out or
+ * repeats them, claimed where new, freed where no longer used. A ClusterIP never changes once
+ * set (the apiserver's rule); the secondary family may be added or dropped with ipFamilyPolicy.
+ */
+async function stageService(view: StagedView, plan: ClusterPlan, service: Service, previous: Service | undefined, previousValue: string | undefined): Promise<Service> {
+  const namespace = service.metadata.namespace ?? "default";
+  const owner = `${namespace}/${service.metadata.name}`;
+  const spec = service.spec;
+  const invalid = (path: string, value: unknown, detail: string) => new ObjectInvalidError("Service", service.metadata.name, [{ path, type: "Invalid value", value, detail }]);
+  const held = previousValue ? serviceAllocations(previousValue) : { clusterIPs: [], nodePorts: [] };
+
+  // ClusterIPs.
+  let clusterIPs: string[];
+  let ipFamilies: string[];
+  let ipFamilyPolicy = spec.ipFamilyPolicy ?? "SingleStack";
+  const previousIps = previous?.spec.clusterIPs ?? [];
+  if (spec.clusterIP === "None" || (previous && previous.spec.clusterIP === "None")) {
+    if (previous && (previous.spec.clusterIP === "None") !== (spec.clusterIP === "None" || spec.clusterIP === undefined)) {
+      throw invalid("spec.clusterIPs[0]", spec.clusterIP ?? "", "may not change once set");
+    }
+    clusterIPs = ["None"];
+    const families = resolveServiceFamilies({ ipFamilyPolicy, ipFamilies: spec.ipFamilies }, plan.serviceCidrs);
+    ipFamilyPolicy = families.ipFamilyPolicy;
+    ipFamilies = families.families.map(familyName);
+  } else {
+    const given = spec.clusterIPs ?? (spec.clusterIP ? [spec.clusterIP] : []);
+    given.forEach((ip, i) => {
+      if (previousIps[i] !== undefined && previousIps[i] !== ip) throw invalid(`spec.clusterIPs[${i}]`, ip, "may not change once set");
+    });
+    // What was held stays requested, within what the (possibly changed) policy allows.
+    const keep = ipFamilyPolicy === "SingleStack" ? previousIps.slice(0, 1) : previousIps;
+    const requestIps = given.length > keep.length ? given : keep;
+    let families;
+    try {
+      families = resolveServiceFamilies({ ipFamilyPolicy, ipFamilies: spec.ipFamilies?.length ? spec.ipFamilies : undefined, clusterIPs: requestIps }, plan.serviceCidrs);
+    } catch (error) {
+      throw invalid("spec.ipFamilies", spec.ipFamilies ?? [], (error as Error).message);
+    }
+    ipFamilyPolicy = families.ipFamilyPolicy;
+    ipFamilies = families.families.map(familyName);
+    clusterIPs = [];
+    for (const [i, family] of families.families.entries()) {
+      const requested = families.requested[i];
+      if (requested && held.clusterIPs.some((ip) => ip.family === requested.family && ip.value === requested.value)) {
+        clusterIPs.push(formatIp(requested));
+        continue;
+      }
+      const range = serviceIpRangeFor(plan, family);
+      if (!range) throw invalid(`spec.ipFamilies[${i}]`, familyName(family), `${familyName(family)} is not configured on this cluster`);
+      if (requested) {
+        try {
+          checkInsideServiceCidrs(plan, requested);
+        } catch (error) {
+          throw invalid(`spec.clusterIPs[${i}]`, formatIp(requested), (error as Error).message);
+        }
+      }
+      const claimed = await claimServiceIp(view.store, range, requested, owner).catch((error: Error) => {
+        throw invalid(`spec.clusterIPs[${i}]`, requested ? formatIp(requested) : "", error.message);
+      });
+      view.stage(claimed.fragment);
+      clusterIPs.push(formatIp(claimed.ip));
+    }
+    for (const ip of held.clusterIPs) {
+      if (!clusterIPs.includes(formatIp(ip))) stageIf(view, await releaseServiceIp(view.store, plan, ip, owner));
+    }
+  }
+
+  // NodePorts: per port for NodePort and LoadBalancer (unless LoadBalancer opts out), and the
+  // health check port of a LoadBalancer with externalTrafficPolicy Local. One number may serve
+  // a TCP and a UDP port of the same Service.
+  const wantsNodePorts = spec.type === "NodePort" || (spec.type === "LoadBalancer" && spec.allocateLoadBalancerNodePorts !== false);
+  const kept = new Set<number>();
+  const previousPorts = previous?.spec.ports ?? [];
+  const claimedHere = new Set<number>();
+  const take = async (requested: number | undefined, path: string): Promise<number> => {
+    if (requested !== undefined && (held.nodePorts.includes(requested) || claimedHere.has(requested))) {
+      kept.add(requested);
+      return requested;
+    }
+    const claimed = await claimNodePort(view.store, plan, requested, owner).catch((error: Error) => {
+      throw invalid(path, requested ?? "", error.message);
+    });
+    view.stage(claimed.fragment);
+    claimedHere.add(claimed.port);
+    kept.add(claimed.port);
+    return claimed.port;
+  };
+  const ports = [];
+  for (const [i, port] of (spec.ports ?? []).entries()) {
+    if (!wantsNodePorts) {
+      const { nodePort: _unused, ...rest } = port;
+      ports.push(rest);
+      continue;
+    }
+    const before = previousPorts.find((candidate) => candidate.port === port.port && candidate.protocol === port.protocol)?.nodePort;
+    ports.push({ ...port, nodePort: await take(port.nodePort ?? before, `spec.ports[${i}].nodePort`) });
+  }
+  let healthCheckNodePort: number | undefined;
+  if (spec.type === "LoadBalancer" && spec.externalTrafficPolicy === "Local") {
+    healthCheckNodePort = await take(spec.healthCheckNodePort ?? previous?.spec.healthCheckNodePort, "spec.healthCheckNodePort");
+  }
+  for (const port of held.nodePorts) if (!kept.has(port)) stageIf(view, await releaseNodePort(view.store, plan, port, owner));
+
+  const stored = withIdentity(service, previous) as Service;
+  const { healthCheckNodePort: _dropped, ...restSpec } = spec;
+  return {
+    ...stored,
+    spec: {
+      ...restSpec,
+      clusterIP: clusterIPs[0],
+      clusterIPs,
+      ipFamilies,
+      ipFamilyPolicy,
+      ports,
+      ...(healthCheckNodePort === undefined ? {} : { healthCheckNodePort }),
+    },
+  } as Service;
+}
+
+function stageIf(view: StagedView, fragment: Parameters<StagedView["stage"]>[0] | undefined): void {
+  if (fragment) view.stage(fragment);
+}

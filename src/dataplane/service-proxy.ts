@@ -1,0 +1,587 @@
+/**
+ * Services as nftables, laid out the way kube-proxy's nftables mode lays them out: one table
+ * per family whose fixed chains dispatch through verdict maps keyed by destination, protocol
+ * and port, so a packet costs one map lookup however many Services exist, and a Service change
+ * is a change of map elements and of that Service's own chains, never of a shared rule list.
+ * Pure: the desired ruleset as data, the script that writes it whole, and the script from one
+ * desired ruleset to the next.
+ *
+ * Per family, table `ip|ip6 trellis-proxy`:
+ *   nat-prerouting, nat-output (dstnat)  jump services
+ *   nat-postrouting (srcnat)             jump masquerading (masquerade what carries MASQUERADE_MARK)
+ *   filter-input/-forward/-output        ct state new: reject or drop what the no-endpoint maps name
+ *   services                             daddr . l4proto . dport vmap @service-ips;
+ *                                        daddr @nodeport-ips, l4proto . dport vmap @service-nodeports
+ *   svc-*    a port's cluster-wide endpoints      local-*  its endpoints on this node
+ *   ext-*    NodePort, external and LB IP traffic ep-*     one endpoint: hairpin mark, DNAT
+ *   aff-*    ClientIP affinity, one set per endpoint of the port
+ *
+ * Unlike kube-proxy, a port's chain picks its endpoint with a cascade of `numgen random mod K
+ * == 0 goto` rules (1/N, then 1/(N-1) of the rest, ...: uniform), not a per-port `numgen vmap`.
+ * Each such vmap is an anonymous map, and the kernel scans a table's maps when rules are
+ * added: a 10,000-Service x 5-endpoint transaction took 198 s of kernel time in `nft -c` here
+ * with them, 7 s without (kubernetes/kubernetes#139513; kube-proxy now drops the map for
+ * single-endpoint Services). The cascade costs up to N-1 comparisons on a connection's first
+ * packet, still independent of the number of Services.
+ */
+import { createHash } from "node:crypto";
+import { familyBits, formatIp, formatPrefix, mergePrefixes, specialRangeOf, type Family, type IpAddress, type IpPrefix } from "../net/ip.js";
+
+export type ServiceProtocol = "TCP" | "UDP" | "SCTP";
+
+export interface ProxyEndpoint {
+  /** One family; a port's endpoints may mix families. */
+  readonly address: IpAddress;
+  /** The resolved target port. */
+  readonly port: number;
+  readonly ready: boolean;
+  readonly serving: boolean;
+  readonly terminating: boolean;
+  readonly nodeName?: string;
+}
+
+export interface ProxyServicePort {
+  readonly namespace: string;
+  /** The Service's name. */
+  readonly name: string;
+  /** "" when the port is unnamed. */
+  readonly portName: string;
+  readonly protocol: ServiceProtocol;
+  readonly port: number;
+  readonly nodePort?: number;
+  readonly clusterIPs: readonly IpAddress[];
+  readonly externalIPs: readonly IpAddress[];
+  /** status.loadBalancer.ingress[].ip */
+  readonly loadBalancerIPs: readonly IpAddress[];
+  /** Set: sessionAffinity ClientIP with this timeout. */
+  readonly sessionAffinityTimeoutSeconds?: number;
+  readonly externalTrafficPolicy: "Cluster" | "Local";
+  readonly internalTrafficPolicy: "Cluster" | "Local";
+  readonly endpoints: readonly ProxyEndpoint[];
+}
+
+export interface ProxyNode {
+  readonly name: string;
+  /** The node's addresses: NodePorts answer on these (never on loopback). */
+  readonly addresses: readonly IpAddress[];
+  /** The cluster's pod CIDRs: a source inside is "in the cluster". */
+  readonly podCidrs: readonly IpPrefix[];
+}
+
+export interface ProxyBaseChain {
+  readonly type: "nat" | "filter";
+  readonly hook: "prerouting" | "input" | "forward" | "output" | "postrouting";
+  /** dstnat is -100, filter 0, srcnat 100: numbers, since nft 1.0.6 refuses the name dstnat on the output hook. */
+  readonly priority: number;
+}
+
+/** A named set or map; `elements` maps a key to its value ("" in a set). */
+export interface ProxySet {
+  readonly kind: "set" | "map";
+  readonly type: string;
+  readonly flags: readonly string[];
+  readonly timeoutSeconds?: number;
+  readonly elements: ReadonlyMap<string, string>;
+}
+
+export interface ProxyTable {
+  readonly family: Family;
+  /** The chains attached to a hook, with how; their rules are in `chains` like any other's. */
+  readonly baseChains: ReadonlyMap<string, ProxyBaseChain>;
+  /** Every chain by name, with its rules in order. */
+  readonly chains: ReadonlyMap<string, readonly string[]>;
+  readonly sets: ReadonlyMap<string, ProxySet>;
+}
+
+/** The tables that should exist, by family; a family without one should have no table. */
+export interface ProxyRuleset {
+  readonly tables: ReadonlyMap<Family, ProxyTable>;
+}
+
+export interface ProxyCounts {
+  readonly family: Family;
+  readonly chains: number;
+  readonly rules: number;
+  readonly elements: number;
+}
+
+export const PROXY_TABLE = "trellis-proxy";
+/** The packet mark bit that asks nat-postrouting to masquerade. */
+export const MASQUERADE_MARK = 0x4000;
+
+const FAMILIES: readonly Family[] = [4, 6];
+const PAYLOAD: Record<Family, "ip" | "ip6"> = { 4: "ip", 6: "ip6" };
+const ADDRESS_TYPE: Record<Family, string> = { 4: "ipv4_addr", 6: "ipv6_addr" };
+const MARK = `0x${MASQUERADE_MARK.toString(16).padStart(8, "0")}`;
+const REJECT = "goto reject-chain";
+/** nft keeps names in 256 bytes with the terminating NUL. */
+const NAME_MAX = 255;
+const NAME = /^[A-Za-z_.][A-Za-z0-9_./-]*$/;
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+const PORT_NAME = /^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$/;
+const MAX_AFFINITY_SECONDS = 86400;
+
+const BASE_CHAINS: ReadonlyMap<string, ProxyBaseChain> = new Map<string, ProxyBaseChain>([
+  ["nat-prerouting", { type: "nat", hook: "prerouting", priority: -100 }],
+  ["nat-output", { type: "nat", hook: "output", priority: -100 }],
+  ["nat-postrouting", { type: "nat", hook: "postrouting", priority: 100 }],
+  // After DNAT on every path, output included: a host process's connection to an external IP
+  // of an eTP=Local Service without local endpoints is short-circuited to the cluster chain,
+  // and must not meet that address's `drop` first (as it would before nat-output).
+  ["filter-input", { type: "filter", hook: "input", priority: 0 }],
+  ["filter-forward", { type: "filter", hook: "forward", priority: 0 }],
+  ["filter-output", { type: "filter", hook: "output", priority: 0 }],
+]);
+
+/**
+ * The ruleset that implements `ports` on `node`. Ports are taken in (namespace, name, protocol,
+ * port name) order, so the input's order does not matter; where two ports claim the same
+ * address, protocol and port (or the same NodePort), the first in that order keeps it.
+ */
+export function desiredProxyRuleset(node: ProxyNode, ports: readonly ProxyServicePort[]): ProxyRuleset {
+  validateNode(node);
+  const sorted = ports.map((port) => ({ port, names: validatePort(port) })).sort((a, b) => compareText(a.names.id, b.names.id));
+  for (let i = 1; i < sorted.length; i++) {
+    if (sorted[i].names.id === sorted[i - 1].names.id) throw new Error(`service port ${sorted[i].names.id} is listed twice`);
+  }
+  const tables = new Map<Family, ProxyTable>();
+  for (const family of FAMILIES) {
+    const inFamily = (ip: { family: Family }) => ip.family === family;
+    const used = node.addresses.some(inFamily) || node.podCidrs.some(inFamily) || ports.some((port) => port.clusterIPs.some(inFamily));
+    if (!used) continue;
+    const table = fixedTable(family, node);
+    for (const { port, names } of sorted) addServicePort(table, family, node, port, names);
+    tables.set(family, table);
+  }
+  return { tables };
+}
+
+/**
+ * A script that makes the tables exactly `desired`, in one transaction, whatever they held
+ * before (nothing included). ClientIP affinity is forgotten: the sets are created empty.
+ */
+export function renderProxyFull(desired: ProxyRuleset): string {
+  const lines = ["# trellis-proxy: whole rewrite in one transaction; affinity sets restart empty, so clients may change endpoint once"];
+  for (const family of FAMILIES) {
+    const table = desired.tables.get(family);
+    append(lines, table ? rewriteTable(table) : deleteTable(family, false));
+  }
+  return lines.join("\n") + "\n";
+}
+
+/**
+ * The script that turns tables holding `previous` into `desired`, touching only the elements and
+ * chains that differ (affinity sets that did not change keep their content); "" when nothing does.
+ */
+export function renderProxyChange(previous: ProxyRuleset, desired: ProxyRuleset): string {
+  const lines: string[] = [];
+  for (const family of FAMILIES) {
+    const [before, after] = [previous.tables.get(family), desired.tables.get(family)];
+    if (!after) {
+      if (before) append(lines, deleteTable(family, true));
+    } else if (!before || !sameBaseChains(before, after)) {
+      append(lines, rewriteTable(after));
+    } else {
+      append(lines, tableChange(before, after));
+    }
+  }
+  return lines.length ? lines.join("\n") + "\n" : "";
+}
+
+/** Chains, rules and set/map elements per family, for metrics. */
+export function proxyRulesetCounts(ruleset: ProxyRuleset): ProxyCounts[] {
+  return [...ruleset.tables.values()].map((table) => {
+    let rules = 0;
+    for (const chain of table.chains.values()) rules += chain.length;
+    let elements = 0;
+    for (const set of table.sets.values()) elements += set.elements.size;
+    return { family: table.family, chains: table.chains.size, rules, elements };
+  });
+}
+
+interface PortNames {
+  /** `namespace/name/protocol/portName`: unique per port, and only [a-z0-9/-]. */
+  readonly id: string;
+  readonly protocol: string;
+  readonly cluster: string;
+  readonly local: string;
+  readonly external: string;
+  /** `HASH-id`: the hash makes chains of different ports look different at a glance. */
+  readonly base: string;
+}
+
+interface TableDraft {
+  readonly family: Family;
+  readonly baseChains: ReadonlyMap<string, ProxyBaseChain>;
+  readonly chains: Map<string, readonly string[]>;
+  readonly sets: Map<string, ProxySet & { readonly elements: Map<string, string> }>;
+}
+
+function fixedTable(family: Family, node: ProxyNode): TableDraft {
+  const ip = PAYLOAD[family];
+  const address = ADDRESS_TYPE[family];
+  const chains = new Map<string, readonly string[]>([
+    ["nat-prerouting", ["jump services"]],
+    ["nat-output", ["jump services"]],
+    ["nat-postrouting", ["jump masquerading"]],
+    ["filter-input", ["ct state new jump nodeport-endpoints-check", "ct state new jump service-endpoints-check"]],
+    ["filter-forward", ["ct state new jump service-endpoints-check"]],
+    ["filter-output", ["ct state new jump service-endpoints-check"]],
+    ["services", [
+      `${ip} daddr . meta l4proto . th dport vmap @service-ips`,
+      `${ip} daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports`,
+    ]],
+    ["service-endpoints-check", [`${ip} daddr . meta l4proto . th dport vmap @no-endpoint-services`]],
+    ["nodeport-endpoints-check", [`${ip} daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports`]],
+    // A TCP client gets a reset and fails at once; UDP and SCTP get ICMP port unreachable.
+    ["reject-chain", ["meta l4proto tcp reject with tcp reset", "reject"]],
+    ["mark-for-masquerade", [`meta mark set meta mark | ${MARK}`]],
+    ["masquerading", [`meta mark & ${MARK} == 0 return`, `meta mark set meta mark ^ ${MARK}`, "masquerade fully-random"]],
+  ]);
+  const podCidrs = mergePrefixes(node.podCidrs.filter((prefix) => prefix.family === family));
+  // Loopback never: a NodePort on 127.0.0.1 would be reachable by anything that can reach localhost.
+  const nodeAddresses = uniqueAddresses(node.addresses.filter((ip) => ip.family === family && specialRangeOf(ip)?.use !== "loopback"));
+  const sets = new Map<string, ProxySet & { elements: Map<string, string> }>([
+    ["pod-cidrs", set("set", address, ["interval"], podCidrs.map(formatPrefix))],
+    ["nodeport-ips", set("set", address, [], nodeAddresses.map(formatIp))],
+    ["service-ips", set("map", `${address} . inet_proto . inet_service : verdict`, [], [])],
+    ["service-nodeports", set("map", "inet_proto . inet_service : verdict", [], [])],
+    ["no-endpoint-services", set("map", `${address} . inet_proto . inet_service : verdict`, [], [])],
+    ["no-endpoint-nodeports", set("map", "inet_proto . inet_service : verdict", [], [])],
+  ]);
+  return { family, baseChains: BASE_CHAINS, chains, sets };
+}
+
+function set(kind: "set" | "map", type: string, flags: string[], keys: string[]): ProxySet & { elements: Map<string, string> } {
+  return { kind, type, flags, elements: new Map(keys.map((key) => [key, ""])) };
+}
+
+/** One port's elements and chains in one family's table (nothing when it has no ClusterIP there). */
+function addServicePort(table: TableDraft, family: Family, node: ProxyNode, port: ProxyServicePort, names: PortNames): void {
+  const inFamily = (ip: IpAddress) => ip.family === family;
+  const clusterIPs = uniqueAddresses(port.clusterIPs.filter(inFamily));
+  if (!clusterIPs.length) return;
+  const ip = PAYLOAD[family];
+  const externalIPs = uniqueAddresses([...port.externalIPs, ...port.loadBalancerIPs].filter(inFamily));
+  const endpoints = uniqueEndpoints(port.endpoints.filter((endpoint) => inFamily(endpoint.address)));
+  const clusterEndpoints = usableEndpoints(endpoints);
+  const localEndpoints = usableEndpoints(endpoints.filter((endpoint) => endpoint.nodeName === node.name));
+
+  const internalLocal = port.internalTrafficPolicy === "Local";
+  const externalLocal = port.externalTrafficPolicy === "Local";
+  const externallyReachable = port.nodePort !== undefined || externalIPs.length > 0;
+  const hasEndpoints = clusterEndpoints.length > 0;
+  const hasLocal = localEndpoints.length > 0;
+  // eTP=Local still needs the cluster chain: pods and the node itself are sent there.
+  const usesClusterChain = hasEndpoints && (!internalLocal || externallyReachable);
+  const usesLocalChain = hasLocal && (internalLocal || (externallyReachable && externalLocal));
+  const usesExternalChain = hasEndpoints && externallyReachable;
+  const hasInternalEndpoints = internalLocal ? hasLocal : hasEndpoints;
+  const hasExternalEndpoints = externalLocal ? hasLocal : hasEndpoints;
+  const internalChain = internalLocal ? names.local : names.cluster;
+  // No endpoint anywhere: reject. Endpoints, none on this node, Local policy: drop what the
+  // external chain did not send to the cluster chain, as kube-proxy does. ClusterIP traffic
+  // under iTP=Local with no local endpoint is rejected rather than dropped (kube-proxy drops):
+  // a client in the cluster learns at once that this node cannot serve it.
+  const externalNoEndpoint = hasEndpoints ? "drop" : REJECT;
+
+  const serviceIps = table.sets.get("service-ips")!.elements;
+  const noEndpointServices = table.sets.get("no-endpoint-services")!.elements;
+  for (const clusterIP of clusterIPs) {
+    const key = `${formatIp(clusterIP)} . ${names.protocol} . ${port.port}`;
+    if (hasInternalEndpoints) claim(serviceIps, key, `goto ${internalChain}`);
+    else claim(noEndpointServices, key, REJECT);
+  }
+  for (const externalIP of externalIPs) {
+    const key = `${formatIp(externalIP)} . ${names.protocol} . ${port.port}`;
+    if (usesExternalChain) claim(serviceIps, key, `goto ${names.external}`);
+    if (!hasExternalEndpoints) claim(noEndpointServices, key, externalNoEndpoint);
+  }
+  if (port.nodePort !== undefined) {
+    const key = `${names.protocol} . ${port.nodePort}`;
+    if (usesExternalChain) claim(table.sets.get("service-nodeports")!.elements, key, `goto ${names.external}`);
+    if (!hasExternalEndpoints) claim(table.sets.get("no-endpoint-nodeports")!.elements, key, externalNoEndpoint);
+  }
+
+  const affinity = port.sessionAffinityTimeoutSeconds;
+  const nameParts = new Map(endpoints.map((endpoint) => [endpoint, `${names.base}__${endpointNamePart(endpoint)}`]));
+  const endpointChain = (endpoint: ProxyEndpoint) => `ep-${nameParts.get(endpoint)}`;
+  const affinitySet = (endpoint: ProxyEndpoint) => `aff-${nameParts.get(endpoint)}`;
+  // Off-cluster clients of a ClusterIP (a node routing the service CIDR to us) are masqueraded,
+  // so that replies come back through this node to be un-DNATed.
+  const masqueradeOffCluster = clusterIPs.map((clusterIP) => `${ip} daddr ${formatIp(clusterIP)} ${ip} saddr != @pod-cidrs jump mark-for-masquerade`);
+  const dispatch = (chosen: readonly ProxyEndpoint[]) => [
+    ...(affinity === undefined ? [] : chosen.map((endpoint) => `${ip} saddr @${affinitySet(endpoint)} goto ${endpointChain(endpoint)}`)),
+    ...chosen.map((endpoint, i) => (i < chosen.length - 1 ? `numgen random mod ${chosen.length - i} == 0 ` : "") + `goto ${endpointChain(endpoint)}`),
+  ];
+
+  if (usesClusterChain) addChain(table, names.cluster, [...(internalLocal ? [] : masqueradeOffCluster), ...dispatch(clusterEndpoints)]);
+  if (usesLocalChain) addChain(table, names.local, [...(internalLocal ? masqueradeOffCluster : []), ...dispatch(localEndpoints)]);
+  if (usesExternalChain) {
+    addChain(table, names.external, externalLocal
+      ? [
+          // Pods and the node itself reach external addresses as if through an outside load
+          // balancer: any endpoint will do. The node's own source would be a local address
+          // the endpoint cannot answer, so it is masqueraded; the others keep their source.
+          `${ip} saddr @pod-cidrs goto ${names.cluster}`,
+          "fib saddr type local jump mark-for-masquerade",
+          `fib saddr type local goto ${names.cluster}`,
+          ...(hasLocal ? [`goto ${names.local}`] : []),
+        ]
+      : ["jump mark-for-masquerade", `goto ${names.cluster}`]);
+  }
+  const reachable = new Map<string, ProxyEndpoint>();
+  for (const endpoint of [...(usesClusterChain ? clusterEndpoints : []), ...(usesLocalChain ? localEndpoints : [])]) reachable.set(endpointChain(endpoint), endpoint);
+  for (const [chain, endpoint] of reachable) {
+    const address = formatIp(endpoint.address);
+    const destination = family === 4 ? `${address}:${endpoint.port}` : `[${address}]:${endpoint.port}`;
+    if (affinity !== undefined) {
+      addSet(table, affinitySet(endpoint), { kind: "set", type: ADDRESS_TYPE[family], flags: ["dynamic", "timeout"], timeoutSeconds: affinity, elements: new Map() });
+    }
+    addChain(table, chain, [
+      // Hairpin: an endpoint reaching itself through the Service must see another source.
+      `${ip} saddr ${address} jump mark-for-masquerade`,
+      ...(affinity === undefined ? [] : [`update @${affinitySet(endpoint)} { ${ip} saddr }`]),
+      `meta l4proto ${names.protocol} dnat to ${destination}`,
+    ]);
+  }
+}
+
+/** Ready endpoints; when none is, the ones still serving while terminating. */
+function usableEndpoints(endpoints: readonly ProxyEndpoint[]): ProxyEndpoint[] {
+  const ready = endpoints.filter((endpoint) => endpoint.ready);
+  return ready.length ? ready : endpoints.filter((endpoint) => endpoint.serving && endpoint.terminating);
+}
+
+/** Sorted by address and port, one per address and port (a ready one when there is). */
+function uniqueEndpoints(endpoints: readonly ProxyEndpoint[]): ProxyEndpoint[] {
+  const sorted = [...endpoints].sort((a, b) => compareAddress(a.address, b.address) || a.port - b.port || Number(b.ready) - Number(a.ready));
+  return sorted.filter((endpoint, i) => i === 0 || compareAddress(endpoint.address, sorted[i - 1].address) !== 0 || endpoint.port !== sorted[i - 1].port);
+}
+
+function uniqueAddresses(addresses: readonly IpAddress[]): IpAddress[] {
+  const sorted = [...addresses].sort(compareAddress);
+  return sorted.filter((ip, i) => i === 0 || compareAddress(ip, sorted[i - 1]) !== 0);
+}
+
+/**
+ * An endpoint in a chain name: nft names allow [A-Za-z0-9_./-], so IPv6's colons become "_"
+ * ("." would make ::ffff:1.2.3.4 and ::ffff:1:2:3:4 one name), then "/PORT".
+ */
+function endpointNamePart(endpoint: ProxyEndpoint): string {
+  return `${formatIp(endpoint.address).replaceAll(":", "_")}/${endpoint.port}`;
+}
+
+function claim(elements: Map<string, string>, key: string, value: string): void {
+  if (!elements.has(key)) elements.set(key, value);
+}
+
+function addChain(table: TableDraft, name: string, rules: readonly string[]): void {
+  assertName("chain", name);
+  table.chains.set(name, rules);
+}
+
+function addSet(table: TableDraft, name: string, definition: ProxySet & { elements: Map<string, string> }): void {
+  assertName("set", name);
+  table.sets.set(name, definition);
+}
+
+function rewriteTable(table: ProxyTable): string[] {
+  const t = tableRef(table.family);
+  const lines = [`add table ${t}`, `delete table ${t}`, `add table ${t}`];
+  for (const name of table.chains.keys()) lines.push(addChainLine(t, name, table.baseChains.get(name)));
+  for (const [name, definition] of table.sets) lines.push(addSetLine(t, name, definition));
+  for (const [name, rules] of table.chains) for (const rule of rules) lines.push(addRuleLine(t, name, rule));
+  for (const [name, definition] of table.sets) {
+    if (definition.elements.size) lines.push(elementLine("add", t, name, [...definition.elements], definition.kind));
+  }
+  return lines;
+}
+
+/** `add` first, so that the delete succeeds whether or not the table exists (unless it certainly does). */
+function deleteTable(family: Family, exists: boolean): string[] {
+  const t = tableRef(family);
+  return exists ? [`delete table ${t}`] : [`add table ${t}`, `delete table ${t}`];
+}
+
+/**
+ * Order matters to the kernel: objects exist before anything points to them, and nothing points
+ * to an object when it is deleted (a chain referenced by a rule or a map element is busy).
+ */
+function tableChange(before: ProxyTable, after: ProxyTable): string[] {
+  const t = tableRef(after.family);
+  const newChains = [...after.chains.keys()].filter((name) => !before.chains.has(name));
+  const removedChains = [...before.chains.keys()].filter((name) => !after.chains.has(name));
+  const newSets = [...after.sets.keys()].filter((name) => !before.sets.has(name));
+  const removedSets = [...before.sets.keys()].filter((name) => !after.sets.has(name));
+  // A set's type, flags or timeout cannot be changed in place: it is deleted and created again,
+  // after the chains that refer to it are emptied.
+  const redefinedSets = new Set([...after.sets].filter(([name, definition]) => {
+    const old = before.sets.get(name);
+    return old !== undefined && !sameSetDefinition(old, definition);
+  }).map(([name]) => name));
+  const rewritten = new Set<string>();
+  for (const [name, rules] of after.chains) {
+    const old = before.chains.get(name);
+    if (old && (!sameList(old, rules) || (redefinedSets.size > 0 && old.some((rule) => refersToAny(rule, redefinedSets))))) rewritten.add(name);
+  }
+
+  const lines: string[] = [];
+  for (const name of newChains) lines.push(addChainLine(t, name, after.baseChains.get(name)));
+  for (const name of newSets) lines.push(addSetLine(t, name, after.sets.get(name)!));
+  for (const name of [...rewritten, ...removedChains]) lines.push(`flush chain ${t} ${checkedName("chain", name)}`);
+  for (const [name, definition] of after.sets) {
+    const old = before.sets.get(name);
+    if (!old || redefinedSets.has(name)) continue;
+    const stale = [...old.elements].filter(([key, value]) => definition.elements.get(key) !== value).map(([key]) => key);
+    if (stale.length) lines.push(elementLine("delete", t, name, stale.map((key) => [key, ""]), "set"));
+  }
+  for (const name of redefinedSets) {
+    lines.push(`delete ${before.sets.get(name)!.kind} ${t} ${checkedName("set", name)}`, addSetLine(t, name, after.sets.get(name)!));
+  }
+  for (const name of [...newChains, ...rewritten]) for (const rule of after.chains.get(name)!) lines.push(addRuleLine(t, name, rule));
+  for (const [name, definition] of after.sets) {
+    const old = before.sets.get(name);
+    const fresh = !old || redefinedSets.has(name);
+    const added = [...definition.elements].filter(([key, value]) => fresh || old!.elements.get(key) !== value);
+    if (added.length) lines.push(elementLine("add", t, name, added, definition.kind));
+  }
+  // Maps go before chains: a removed map's elements may point to removed chains.
+  for (const name of removedSets) lines.push(`delete ${before.sets.get(name)!.kind} ${t} ${checkedName("set", name)}`);
+  for (const name of removedChains) lines.push(`delete chain ${t} ${checkedName("chain", name)}`);
+  return lines;
+}
+
+function tableRef(family: Family): string {
+  return `${PAYLOAD[family]} ${PROXY_TABLE}`;
+}
+
+function addChainLine(t: string, name: string, base: ProxyBaseChain | undefined): string {
+  const hook = base ? ` { type ${base.type} hook ${base.hook} priority ${checkedInteger("chain priority", base.priority, -1000, 1000)}; policy accept; }` : "";
+  return `add chain ${t} ${checkedName("chain", name)}${hook}`;
+}
+
+function addSetLine(t: string, name: string, definition: ProxySet): string {
+  const parts = [`type ${checkedText("set type", definition.type)};`];
+  if (definition.flags.length) parts.push(`flags ${definition.flags.map((flag) => checkedName("set flag", flag)).join(",")};`);
+  if (definition.timeoutSeconds !== undefined) parts.push(`timeout ${checkedInteger("set timeout", definition.timeoutSeconds, 1, MAX_AFFINITY_SECONDS)}s;`);
+  return `add ${definition.kind} ${t} ${checkedName("set", name)} { ${parts.join(" ")} }`;
+}
+
+function addRuleLine(t: string, chain: string, rule: string): string {
+  return `add rule ${t} ${checkedName("chain", chain)} ${checkedText("rule", rule)}`;
+}
+
+function elementLine(verb: "add" | "delete", t: string, name: string, elements: ReadonlyArray<readonly [string, string]>, kind: "set" | "map"): string {
+  const items = elements.map(([key, value]) => (kind === "map" ? `${checkedElement(key)} : ${checkedElement(value)}` : checkedElement(key)));
+  return `${verb} element ${t} ${checkedName("set", name)} { ${items.join(", ")} }`;
+}
+
+function sameBaseChains(a: ProxyTable, b: ProxyTable): boolean {
+  if (a.baseChains.size !== b.baseChains.size) return false;
+  for (const [name, base] of a.baseChains) {
+    const other = b.baseChains.get(name);
+    if (!other || other.type !== base.type || other.hook !== base.hook || other.priority !== base.priority) return false;
+  }
+  return true;
+}
+
+function sameSetDefinition(a: ProxySet, b: ProxySet): boolean {
+  return a.kind === b.kind && a.type === b.type && a.timeoutSeconds === b.timeoutSeconds && sameList(a.flags, b.flags);
+}
+
+function refersToAny(rule: string, sets: ReadonlySet<string>): boolean {
+  for (const match of rule.matchAll(/@([A-Za-z0-9_./-]+)/g)) if (sets.has(match[1])) return true;
+  return false;
+}
+
+/** Spread arguments overflow the stack for the hundreds of thousands of lines of a large cluster. */
+function append(lines: string[], more: readonly string[]): void {
+  for (const line of more) lines.push(line);
+}
+
+function sameList(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((item, i) => item === b[i]);
+}
+
+function compareAddress(a: IpAddress, b: IpAddress): number {
+  return a.family - b.family || (a.value < b.value ? -1 : a.value > b.value ? 1 : 0);
+}
+
+function compareText(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+function portNames(namespace: string, name: string, protocol: ServiceProtocol, portName: string): PortNames {
+  const lower = protocol.toLowerCase();
+  // "/" cannot occur in namespaces, names or port names, so the id (and every name built on it) is unique per port.
+  const id = `${namespace}/${name}/${lower}/${portName}`;
+  const base = `${createHash("sha256").update(id).digest("hex").slice(0, 8)}-${id}`;
+  return { id, protocol: lower, base, cluster: `svc-${base}`, local: `local-${base}`, external: `ext-${base}` };
+}
+
+function validateNode(node: ProxyNode): void {
+  for (const ip of node.addresses) checkedAddress(`node ${node.name} address`, ip);
+  for (const prefix of node.podCidrs) {
+    const bits = familyBits(prefix.family);
+    if (!Number.isInteger(prefix.length) || prefix.length < 0 || prefix.length > bits) throw new Error(`pod CIDR of node ${node.name} has length ${prefix.length}: expected 0-${bits}`);
+    checkedAddress(`pod CIDR of node ${node.name}`, { family: prefix.family, value: prefix.network });
+  }
+}
+
+function validatePort(port: ProxyServicePort): PortNames {
+  const what = `service port ${port.namespace}/${port.name}:${port.portName || port.port}`;
+  if (!DNS_LABEL.test(port.namespace)) throw new Error(`${what}: namespace ${JSON.stringify(port.namespace)} is not a DNS label (lowercase letters, digits and "-", at most 63)`);
+  if (!DNS_LABEL.test(port.name)) throw new Error(`${what}: name ${JSON.stringify(port.name)} is not a DNS label (lowercase letters, digits and "-", at most 63)`);
+  if (port.portName !== "" && !PORT_NAME.test(port.portName)) {
+    throw new Error(`${what}: port name ${JSON.stringify(port.portName)} is not an IANA service name (lowercase letters, digits and "-", at most 15)`);
+  }
+  if (port.protocol !== "TCP" && port.protocol !== "UDP" && port.protocol !== "SCTP") throw new Error(`${what}: protocol ${JSON.stringify(port.protocol)} is not TCP, UDP or SCTP`);
+  checkedInteger(`${what}: port`, port.port, 1, 65535);
+  if (port.nodePort !== undefined) checkedInteger(`${what}: nodePort`, port.nodePort, 1, 65535);
+  if (port.sessionAffinityTimeoutSeconds !== undefined) checkedInteger(`${what}: session affinity timeout`, port.sessionAffinityTimeoutSeconds, 1, MAX_AFFINITY_SECONDS);
+  for (const [field, policy] of [["externalTrafficPolicy", port.externalTrafficPolicy], ["internalTrafficPolicy", port.internalTrafficPolicy]]) {
+    if (policy !== "Cluster" && policy !== "Local") throw new Error(`${what}: ${field} ${JSON.stringify(policy)} is not Cluster or Local`);
+  }
+  for (const ip of [...port.clusterIPs, ...port.externalIPs, ...port.loadBalancerIPs]) checkedAddress(what, ip);
+  for (const endpoint of port.endpoints) {
+    checkedAddress(`${what} endpoint`, endpoint.address);
+    checkedInteger(`${what}: endpoint ${formatIp(endpoint.address)} port`, endpoint.port, 1, 65535);
+  }
+  return portNames(port.namespace, port.name, port.protocol, port.portName);
+}
+
+function checkedAddress(what: string, ip: IpAddress): IpAddress {
+  if ((ip.family !== 4 && ip.family !== 6) || typeof ip.value !== "bigint" || ip.value < 0n || ip.value >> BigInt(familyBits(ip.family)) !== 0n) {
+    throw new Error(`${what}: ${String(ip.value)} is not an IPv${ip.family} address`);
+  }
+  return ip;
+}
+
+function checkedInteger(what: string, value: number, min: number, max: number): number {
+  if (!Number.isInteger(value) || value < min || value > max) throw new Error(`${what} ${value} is outside ${min}-${max}`);
+  return value;
+}
+
+function assertName(what: string, name: string): void {
+  if (name.length > NAME_MAX || !NAME.test(name)) {
+    throw new Error(`nftables ${what} name ${JSON.stringify(name)} is not allowed: expected at most ${NAME_MAX} of [A-Za-z0-9_./-], starting with a letter, "_" or "."`);
+  }
+}
+
+function checkedName(what: string, name: string): string {
+  assertName(what, name);
+  return name;
+}
+
+/** Rule and type text: one line, and nothing that ends a statement or starts a comment. */
+function checkedText(what: string, text: string): string {
+  if (!text || /[\n\r;#]/.test(text)) throw new Error(`nftables ${what} ${JSON.stringify(text)} is not allowed: expected one statement on one line`);
+  return text;
+}
+
+/** Element keys and values: addresses, protocols, numbers, "." and ":" separators, verdicts. */
+function checkedElement(text: string): string {
+  if (!/^[A-Za-z0-9_.:/ -]+$/.test(text)) throw new Error(`nftables element ${JSON.stringify(text)} is not allowed: expected addresses, protocols, ports and verdicts`);
+  return text;
+}

@@ -1,0 +1,226 @@
+/**
+ * The agent's Service proxy on real namespaces: a node with its agent (the test agent of
+ * support/node-agent.ts, Service rules synced at every change), pods attached through it, an
+ * `external` namespace on the node's underlay, and Services applied with `trellis apply` to the
+ * agent's store. Traffic goes through the kernel's nftables rules the agent wrote.
+ */
+import assert from "node:assert/strict";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { execCniPluginOk, pluginConfig, type CniConfList } from "./support/cni-exec.js";
+import { inNetns, NetnsPool, sweepStaleNamespaces, type TestNetns } from "./support/netns.js";
+import { AGENT_UNDERLAY, nativePluginDir, NODE_ADDRESSES, startNodeAgent, TRELLIS_STANDALONE, type NodeAgent } from "./support/node-agent.js";
+import { addressesOf, type PodAttachmentResult } from "./support/trellis-cni.js";
+
+interface Answer {
+  readonly ok: boolean;
+  readonly server?: string;
+  readonly source?: string;
+  readonly error?: string;
+  readonly ms: number;
+}
+
+/** One TCP connection (or UDP datagram) from `from` through the probe client. */
+function probe(from: TestNetns, address: string, port: number, options: { udp?: boolean; timeoutMs?: number } = {}): Answer {
+  const args = ["probe", "connect", address, String(port), "--json", "--timeout", String(options.timeoutMs ?? 2000), ...(options.udp ? ["--udp"] : [])];
+  const run = spawnSync("nsenter", [`--net=${from.path}`, TRELLIS_STANDALONE, ...args], { encoding: "utf8", timeout: 20_000 });
+  try {
+    const answer = JSON.parse(run.stdout) as Omit<Answer, "ok">;
+    return { ...answer, ok: answer.server !== undefined };
+  } catch {
+    return { ok: false, error: `${run.stdout}${run.stderr}`, ms: 0 };
+  }
+}
+
+/** Polls until `check` holds (every 50 ms, at most `timeoutMs`); returns how long it took. */
+async function eventually(what: string, check: () => boolean, timeoutMs = 10_000): Promise<number> {
+  const started = Date.now();
+  while (!check()) {
+    if (Date.now() - started > timeoutMs) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return Date.now() - started;
+}
+
+describe("Services through the agent's nftables proxy", () => {
+  const pool = new NetnsPool();
+  const servers: ChildProcess[] = [];
+  let node: TestNetns;
+  let external: TestNetns;
+  let agent: NodeAgent;
+  let store: string;
+  const pods: Array<{ name: string; netns: TestNetns; addresses: string[] }> = [];
+
+  const trellis = (args: string[], input?: string) => {
+    const run = spawnSync(TRELLIS_STANDALONE, [...args, "--store", store], { encoding: "utf8", input, timeout: 60_000 });
+    assert.equal(run.status, 0, `trellis ${args.join(" ")}: ${run.stdout}${run.stderr}`);
+    return run.stdout;
+  };
+  const podObject = (pod: (typeof pods)[number], labels: Record<string, string>) => ({
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: { name: pod.name, labels },
+    spec: { nodeName: "node", containers: [{ name: "probe", ports: [{ name: "http", containerPort: 8080 }] }] },
+    status: { phase: "Running", podIP: pod.addresses[0], podIPs: pod.addresses.map((ip) => ({ ip })), conditions: [{ type: "Ready", status: "True" }] },
+  });
+  const service = (name: string, spec: object) => ({ apiVersion: "v1", kind: "Service", metadata: { name }, spec });
+  const clusterIPs = (name: string): string[] => (JSON.parse(trellis(["get", "services", name, "-o", "json"])) as { spec: { clusterIPs: string[] } }).spec.clusterIPs;
+
+  before(async () => {
+    sweepStaleNamespaces();
+    node = pool.create("node");
+    agent = await startNodeAgent(node, { proxySyncInterval: 0, resyncSeconds: 1 });
+    store = `sqlite:${join(agent.dir, "cluster.db")}`;
+    const list = JSON.parse(readFileSync(join(agent.dir, "net.d", "10-trellis.conflist"), "utf8")) as CniConfList;
+    for (let i = 0; i < 3; i++) {
+      const netns = pool.create("pod");
+      const name = `pod-${i}`;
+      const added = await execCniPluginOk({
+        command: "ADD", plugin: join(nativePluginDir({ standalone: false }), "trellis"), cniPath: "/usr/lib/cni",
+        config: pluginConfig(list, 0), containerId: name, netns: netns.path, ifname: "eth0", node,
+      });
+      pods.push({ name, netns, addresses: addressesOf(JSON.parse(added.stdout) as PodAttachmentResult) });
+    }
+    for (const pod of pods.slice(0, 2)) {
+      const server = spawn("nsenter", [`--net=${pod.netns.path}`, TRELLIS_STANDALONE, "probe", "serve", "8080", "--name", pod.name], { stdio: ["ignore", "pipe", "inherit"] });
+      servers.push(server);
+      await new Promise<void>((resolve) => server.stdout!.once("data", () => resolve()));
+    }
+    // The underlay's far end becomes a client outside the cluster.
+    external = pool.create("external");
+    inNetns(node, "ip", ["link", "set", AGENT_UNDERLAY[1], "netns", external.path]);
+    inNetns(external, "ip", ["address", "add", "198.18.250.2/24", "dev", AGENT_UNDERLAY[1]]);
+    inNetns(external, "ip", ["address", "add", "fd00:198:250::2/64", "dev", AGENT_UNDERLAY[1], "nodad"]);
+    inNetns(external, "ip", ["link", "set", AGENT_UNDERLAY[1], "up"]);
+    const manifests = [
+      podObject(pods[0], { app: "web" }),
+      podObject(pods[1], { app: "web" }),
+      service("web", {
+        ipFamilyPolicy: "RequireDualStack", selector: { app: "web" },
+        ports: [{ name: "http", port: 80, targetPort: "http" }, { name: "dns", port: 53, protocol: "UDP", targetPort: 8080 }],
+      }),
+      service("web-np", { type: "NodePort", ipFamilyPolicy: "RequireDualStack", selector: { app: "web" }, ports: [{ port: 80, targetPort: 8080, nodePort: 30080 }] }),
+      service("sticky", { selector: { app: "web" }, sessionAffinity: "ClientIP", ports: [{ port: 80, targetPort: 8080 }] }),
+      service("empty", { selector: { app: "nothing" }, ports: [{ port: 80, targetPort: 8080 }] }),
+    ];
+    trellis(["apply", "-f", "-"], manifests.map((manifest) => JSON.stringify(manifest)).join("\n---\n"));
+  });
+
+  after(() => {
+    for (const server of servers) server.kill("SIGKILL");
+    pool.removeAll();
+  });
+
+  // Bugs caught: no DNAT for a ClusterIP (or only the primary family), an endpoint never chosen,
+  // the client's address rewritten on the way (pods must see pod IPs), UDP not proxied.
+  it("balances a dual-stack ClusterIP over both endpoints, TCP and UDP, keeping the client pod's address", async () => {
+    const client = pods[2];
+    const ips = clusterIPs("web");
+    assert.equal(ips.length, 2);
+    await eventually("the ClusterIP answers", () => probe(client.netns, ips[0], 80).ok);
+    for (const [family, ip] of ips.entries()) {
+      const servedBy = new Set<string>();
+      for (let i = 0; i < 12; i++) {
+        const answer = probe(client.netns, ip, 80);
+        assert.ok(answer.ok, `${ip}:80 from ${client.name}: ${answer.error}`);
+        assert.equal(answer.source, client.addresses.find((address) => address.includes(":") === ip.includes(":")), "the backend sees the client pod's own address");
+        servedBy.add(answer.server!);
+      }
+      assert.deepEqual([...servedBy].sort(), ["pod-0", "pod-1"], `both endpoints serve ${ip} (family ${family})`);
+      const udp = probe(client.netns, ip, 53, { udp: true });
+      assert.ok(udp.ok && ["pod-0", "pod-1"].includes(udp.server!), `UDP ${ip}:53: ${udp.error}`);
+    }
+  });
+
+  // Bugs caught: NodePort not answered on the node's address, or the reply lost because the
+  // source outside the cluster was not masqueraded (externalTrafficPolicy Cluster).
+  it("answers a NodePort on the node's addresses from outside, the backend seeing the node's address", async () => {
+    for (const address of NODE_ADDRESSES) {
+      await eventually(`NodePort 30080 on ${address}`, () => probe(external, address, 30080).ok);
+      const answer = probe(external, address, 30080);
+      assert.ok(["pod-0", "pod-1"].includes(answer.server!));
+      assert.notEqual(answer.source, address.includes(":") ? "fd00:198:250::2" : "198.18.250.2", "masqueraded: the source outside the cluster is not seen");
+    }
+  });
+
+  // Bug caught: a Service without endpoints dropped silently (clients hang until their timeout).
+  it("rejects at once a Service with no endpoints", () => {
+    for (const ip of clusterIPs("empty")) {
+      const answer = probe(pods[2].netns, ip, 80, { timeoutMs: 5000 });
+      assert.equal(answer.ok, false);
+      assert.ok(answer.ms < 1000, `refused in ${answer.ms} ms: ${answer.error}`);
+    }
+  });
+
+  // Bug caught: ClientIP affinity not kept (the random choice made for each connection).
+  it("keeps a client on one endpoint with sessionAffinity ClientIP", () => {
+    const [ip] = clusterIPs("sticky");
+    const servedBy = new Set(Array.from({ length: 20 }, () => probe(pods[2].netns, ip, 80).server));
+    assert.equal(servedBy.size, 1, `one backend 20 times in a row, saw ${[...servedBy].join(", ")}`);
+  });
+
+  // Bugs caught: endpoints not following the Pods (a deleted one still chosen), and a pod
+  // reaching itself through its Service dropped (hairpin needs masquerade).
+  it("moves new connections off a removed endpoint within a second, and lets a pod reach itself through its Service", async () => {
+    const [ip] = clusterIPs("web");
+    trellis(["delete", "-f", "-"], JSON.stringify(podObject(pods[1], { app: "web" })));
+    const gone = pods[1].addresses[0];
+    const took = await eventually("pod-1 leaves the rules", () => !inNetns(node, "nft", ["list", "table", "ip", "trellis-proxy"]).includes(`${gone}:8080`), 5000);
+    assert.ok(took < 1000, `the rules followed the deletion in ${took} ms`);
+    const servedBy = new Set(Array.from({ length: 8 }, () => probe(pods[2].netns, ip, 80).server));
+    assert.deepEqual([...servedBy], ["pod-0"]);
+    const self = probe(pods[0].netns, ip, 80);
+    assert.equal(self.server, "pod-0", `hairpin: ${self.error}`);
+  });
+
+  // Bug caught: a UDP flow left DNAT'ed to an endpoint that left the Service (kubernetes#48370):
+  // a client that keeps sending from one port would stay with the old pod for as long as it sends.
+  it("moves a UDP client that keeps sending to the new endpoint when its endpoint is replaced", async () => {
+    trellis(["apply", "-f", "-"], [podObject(pods[0], { app: "web", solo: "yes" }), podObject(pods[1], { app: "spare" }), service("solo", { selector: { solo: "yes" }, ports: [{ port: 53, protocol: "UDP", targetPort: 8080 }] })].map((m) => JSON.stringify(m)).join("\n---\n"));
+    const [ip] = clusterIPs("solo");
+    await eventually("solo answers", () => probe(pods[2].netns, ip, 53, { udp: true }).server === "pod-0");
+    // One socket, one source port, a datagram every 50 ms: one conntrack flow for all of them.
+    const script = `const s=require("dgram").createSocket("udp4");s.bind(40053,()=>{setInterval(()=>s.send("x",53,process.argv[1]),50)});s.on("message",(m)=>console.log(String(m).trim()))`;
+    const client = spawn("nsenter", [`--net=${pods[2].netns.path}`, process.execPath, "-e", script, ip], { stdio: ["ignore", "pipe", "inherit"] });
+    servers.push(client);
+    let heard = "";
+    client.stdout!.on("data", (chunk: Buffer) => (heard += chunk.toString()));
+    await eventually("the client hears pod-0", () => heard.includes("pod-0"));
+    trellis(["apply", "-f", "-"], [podObject(pods[0], { app: "web" }), podObject(pods[1], { app: "spare", solo: "yes" })].map((m) => JSON.stringify(m)).join("\n---\n"));
+    const took = await eventually("the same client hears pod-1", () => heard.includes("pod-1"), 5000);
+    client.kill("SIGKILL");
+    assert.ok(took < 2000, `took ${took} ms`);
+  });
+
+  // Bugs caught: no metrics (or not in Prometheus' format), a programming latency never
+  // observed, readiness not served, a write method accepted.
+  it("serves /metrics, /healthz and /readyz on the node's loopback", () => {
+    const get = (path: string, method = "GET") => {
+      const script = `const r=require("http").request({host:"127.0.0.1",port:9656,path:process.argv[1],method:process.argv[2]},(res)=>{let d="";res.on("data",(c)=>d+=c);res.on("end",()=>process.stdout.write(res.statusCode+"\\n"+d))});r.on("error",(e)=>{console.error(e.message);process.exit(1)});r.end()`;
+      const [status, ...body] = inNetns(node, process.execPath, ["-e", script, path, method]).split("\n");
+      return { status: Number(status), body: body.join("\n") };
+    };
+    assert.deepEqual(get("/readyz"), { status: 200, body: "ok\n" });
+    assert.deepEqual(get("/healthz"), { status: 200, body: "ok\n" });
+    const metrics = get("/metrics").body;
+    const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(metrics)?.[1]);
+    assert.ok(value("trellis_sync_proxy_rules_duration_seconds_count") > 0, metrics);
+    assert.ok(value("trellis_network_programming_duration_seconds_count") > 0, "changes applied through the store were timed to the kernel");
+    assert.ok(value("trellis_network_programming_duration_seconds_sum") / value("trellis_network_programming_duration_seconds_count") < 5);
+    assert.match(metrics, /^trellis_proxy_nftables_rules\{family="IPv4"\} [1-9][0-9]*$/m);
+    assert.match(metrics, /^# TYPE trellis_sync_proxy_rules_duration_seconds histogram$/m);
+    assert.equal(get("/metrics", "POST").status, 405);
+    assert.equal(get("/nothing").status, 404);
+  });
+
+  // Bug caught: rules deleted by hand left missing until the next Service change.
+  it("puts back its tables within a resync when they are deleted by hand", async () => {
+    const [ip] = clusterIPs("web");
+    inNetns(node, "nft", ["delete", "table", "ip", "trellis-proxy"]);
+    const hasTable = () => /table ip trellis-proxy/.test(inNetns(node, "nft", ["list", "tables"]));
+    await eventually("the table is back", hasTable, 5000);
+    assert.ok(probe(pods[2].netns, ip, 80).ok, "the ClusterIP answers again");
+  });
+});
