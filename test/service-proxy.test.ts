@@ -154,6 +154,33 @@ describe("Services through the agent's nftables proxy", () => {
     }
   });
 
+  // Bugs caught: a load-balancer address not DNAT'ed, externalTrafficPolicy Local masquerading
+  // the client (its address lost), and no health check answer for load balancers to probe.
+  it("serves a LoadBalancer ingress address with externalTrafficPolicy Local and answers its health check port", async () => {
+    trellis(["apply", "-f", "-"], [
+      service("lb-local", { type: "LoadBalancer", externalTrafficPolicy: "Local", selector: { app: "web" }, ports: [{ port: 80, targetPort: 8080 }] }),
+      service("lb-none", { type: "LoadBalancer", externalTrafficPolicy: "Local", selector: { app: "nothing" }, ports: [{ port: 80, targetPort: 8080 }] }),
+    ].map((m) => JSON.stringify({ ...m, status: m.metadata.name === "lb-local" ? { loadBalancer: { ingress: [{ ip: "198.18.251.10" }] } } : undefined })).join("\n---\n"));
+    inNetns(external, "ip", ["route", "replace", "198.18.251.10/32", "via", NODE_ADDRESSES[0]]);
+    await eventually("the ingress address answers", () => probe(external, "198.18.251.10", 80).ok);
+    const answer = probe(external, "198.18.251.10", 80);
+    assert.equal(answer.source, "198.18.250.2", "Local keeps the client's own address");
+    const health = (name: string) => {
+      const port = (JSON.parse(trellis(["get", "services", name, "-o", "json"])) as { spec: { healthCheckNodePort: number } }).spec.healthCheckNodePort;
+      const script = `require("http").get({host:process.argv[1],port:Number(process.argv[2]),path:"/healthz"},(res)=>{let d="";res.on("data",(c)=>d+=c);res.on("end",()=>process.stdout.write(res.statusCode+" "+d))}).on("error",(e)=>{console.error(e.message);process.exit(1)})`;
+      return inNetns(external, process.execPath, ["-e", script, NODE_ADDRESSES[0], String(port)]).trim();
+    };
+    await eventually("the health check port answers", () => {
+      try {
+        return health("lb-local").startsWith("200");
+      } catch {
+        return false;
+      }
+    });
+    assert.equal(health("lb-local"), '200 {"service":{"namespace":"default","name":"lb-local"},"localEndpoints":2,"serviceProxyHealthy":true}');
+    assert.equal(health("lb-none"), '503 {"service":{"namespace":"default","name":"lb-none"},"localEndpoints":0,"serviceProxyHealthy":true}');
+  });
+
   // Bug caught: ClientIP affinity not kept (the random choice made for each connection).
   it("keeps a client on one endpoint with sessionAffinity ClientIP", () => {
     const [ip] = clusterIPs("sticky");

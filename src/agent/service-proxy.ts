@@ -6,6 +6,7 @@
  * sync writes only what changed. Syncs are at least `minSyncIntervalMs` apart; changes made
  * meanwhile go in the next one together.
  */
+import { createServer, type Server } from "node:http";
 import { APPLIED_AT, ENDPOINTSLICES_PREFIX, PODS_PREFIX, storedService } from "../cluster/apply.js";
 import { endpointSlicesForService } from "../cluster/objects/endpoints-controller.js";
 import type { EndpointSlice, Pod, Service } from "../cluster/objects/types.js";
@@ -17,7 +18,7 @@ import {
 import { staleUdpFlows, type StaleFlow } from "../dataplane/service-conntrack.js";
 import { deleteConntrack } from "../linux/conntrack.js";
 import { nftApply, nftListTables } from "../linux/nftables.js";
-import { tryParseIp, type IpAddress } from "../net/ip.js";
+import { formatIp, tryParseIp, type IpAddress } from "../net/ip.js";
 import type { KvStore, KvWatch } from "../store/kv.js";
 import type { Logger } from "./log.js";
 import { Histogram, PROGRAMMING_BUCKETS, renderGauge, SYNC_BUCKETS } from "./metrics.js";
@@ -113,6 +114,7 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
       const stale = staleUdpFlows(appliedPorts, ports);
       appliedPorts = ports;
       if (stale.length) await clearFlows(stale);
+      await healthChecks.update(localEndpointCounts(ports, node.name));
       stats = { syncs: stats.syncs + 1, lastSyncMs: performance.now() - started, servicePorts: ports.length, counts: proxyRulesetCounts(desired) };
       syncDuration.observe(stats.lastSyncMs / 1000);
       const now = Date.now();
@@ -127,6 +129,7 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
     }
   };
 
+  const healthChecks = healthCheckServers(log);
   const clearFlows = async (flows: readonly StaleFlow[]) => {
     let deleted = 0;
     const failures: string[] = [];
@@ -203,6 +206,7 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
       for (const watch of watches.splice(0)) watch.stop();
       wake?.();
       await running;
+      await healthChecks.update(new Map());
     },
     stats: () => stats,
     synced: () => stats.syncs > 0,
@@ -288,6 +292,7 @@ export function servicePorts(objects: ReadonlyMap<string, ReadonlyMap<string, st
         externalIPs: addresses(spec.externalIPs),
         loadBalancerIPs: spec.type === "LoadBalancer" ? addresses((service.status?.loadBalancer?.ingress ?? []).flatMap((ingress) => (ingress.ip ? [ingress.ip] : []))) : [],
         sessionAffinityTimeoutSeconds: affinity,
+        ...(spec.healthCheckNodePort === undefined ? {} : { healthCheckNodePort: spec.healthCheckNodePort }),
         externalTrafficPolicy: spec.externalTrafficPolicy === "Local" ? "Local" : "Cluster",
         internalTrafficPolicy: spec.internalTrafficPolicy === "Local" ? "Local" : "Cluster",
         endpoints,
@@ -295,4 +300,65 @@ export function servicePorts(objects: ReadonlyMap<string, ReadonlyMap<string, st
     }
   }
   return ports;
+}
+
+export interface HealthCheck {
+  readonly namespace: string;
+  readonly name: string;
+  readonly localEndpoints: number;
+}
+
+/** Per health check port, its Service and how many of its ready endpoints run on this node. */
+export function localEndpointCounts(ports: readonly ProxyServicePort[], nodeName: string): Map<number, HealthCheck> {
+  const local = new Map<number, { namespace: string; name: string; addresses: Set<string> }>();
+  for (const port of ports) {
+    if (port.healthCheckNodePort === undefined) continue;
+    const entry = local.get(port.healthCheckNodePort) ?? { namespace: port.namespace, name: port.name, addresses: new Set<string>() };
+    for (const endpoint of port.endpoints) if (endpoint.ready && endpoint.nodeName === nodeName) entry.addresses.add(formatIp(endpoint.address));
+    local.set(port.healthCheckNodePort, entry);
+  }
+  return new Map([...local].map(([port, entry]) => [port, { namespace: entry.namespace, name: entry.name, localEndpoints: entry.addresses.size }]));
+}
+
+/**
+ * The HTTP servers load balancers probe on a Service's healthCheckNodePort, answering as
+ * kube-proxy does: 200 while this node has a local endpoint, 503 without, and a JSON body with
+ * the Service and the count. One server per port, on every address of the node.
+ */
+function healthCheckServers(log: Logger) {
+  const servers = new Map<number, { server: Server; check: HealthCheck }>();
+  return {
+    async update(wanted: ReadonlyMap<number, HealthCheck>): Promise<void> {
+      for (const [port, running] of servers) {
+        if (wanted.has(port)) continue;
+        servers.delete(port);
+        await new Promise<void>((resolve) => running.server.close(() => resolve()));
+      }
+      for (const [port, check] of wanted) {
+        const running = servers.get(port);
+        if (running) {
+          running.check = check;
+          continue;
+        }
+        const entry = { server: createServer(), check };
+        entry.server.on("request", (request, response) => {
+          const { namespace, name, localEndpoints } = entry.check;
+          const body = `${JSON.stringify({ service: { namespace, name }, localEndpoints, serviceProxyHealthy: true })}\n`;
+          response.writeHead(localEndpoints > 0 ? 200 : 503, { "content-type": "application/json", "x-content-type-options": "nosniff", "content-length": Buffer.byteLength(body), connection: "close" });
+          response.end(request.method === "HEAD" ? undefined : body);
+        });
+        entry.server.headersTimeout = 5_000;
+        entry.server.requestTimeout = 10_000;
+        servers.set(port, entry);
+        await new Promise<void>((resolve) => {
+          entry.server.once("error", (error) => {
+            servers.delete(port);
+            log("error", "cannot serve a health check port", { port, service: `${check.namespace}/${check.name}`, error: String(error) });
+            resolve();
+          });
+          entry.server.listen(port, "::", () => resolve());
+        });
+      }
+    },
+  };
 }

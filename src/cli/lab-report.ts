@@ -32,7 +32,10 @@ export function renderCheckReport(report: CheckReport): string {
   }
   lines.push(
     `${report.ok ? "PASS" : "FAIL"}: ${report.total - report.failed}/${report.total} probes ok in ${report.seconds.toFixed(1)} s ` +
-      "(pod to pod: ICMP, and TCP seeing the sender's pod IP; node to pod: ICMP; pod to external: TCP seeing the pod's node address)\n",
+      "(pod to pod: ICMP, and TCP seeing the sender's pod IP; node to pod: ICMP; pod to external: TCP seeing the pod's node address" +
+      (report.destinations.some((name) => name.startsWith("svc/"))
+        ? "; pod to Service: every ClusterIP and port answered by an endpoint seeing the pod's IP, or refused at once without endpoints; external to NodePorts)\n"
+        : ")\n"),
   );
   return lines.join("");
 }

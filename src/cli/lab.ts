@@ -3,13 +3,25 @@ import { Option, type Command } from "commander";
 import { checkLab } from "../lab/check.js";
 import { labDown } from "../lab/down.js";
 import { execInNetns } from "../lab/exec.js";
-import { labMemberNetns, requireLabState } from "../lab/state.js";
+import { labPodAdd, labPodRm } from "../lab/pods.js";
+import { labServicePorts, type LabServicePort } from "../lab/services.js";
+import { labMemberNetns, requireLabState, type LabState } from "../lab/state.js";
 import { labStatus } from "../lab/status.js";
 import { checkLabName, DEFAULT_LAB_NAME, LAB_FAMILIES, LAB_MODES, MAX_NODES, MAX_PODS_PER_NODE, parseLabOptions, type LabOptionsText } from "../lab/topology.js";
 import { LabInterrupted, labUp } from "../lab/up.js";
 import { renderCheckReport, renderLabStatus } from "./lab-report.js";
 
 const out = (line: string) => process.stdout.write(`${line}\n`);
+
+/** The lab's Services to probe; none (and a note) when its store cannot be read. */
+async function servicesOf(state: LabState): Promise<LabServicePort[]> {
+  try {
+    return await labServicePorts(state);
+  } catch (error) {
+    process.stderr.write(`note: the Services in ${state.store} cannot be read (${(error as Error).message}); checking pods only\n`);
+    return [];
+  }
+}
 
 function nameOption(): Option {
   return new Option("--name <name>", "the lab's name: its namespaces are NAME-node1, NAME-node1-pod0, …").default(DEFAULT_LAB_NAME);
@@ -30,12 +42,13 @@ export function registerLabCommands(program: Command): void {
     .option("--mode <mode>", `how agents route between nodes: ${LAB_MODES.join(", ")}`, "auto")
     .option("--subnets <n>", "underlay subnets joined by a router, 1 or 2 (nodes alternate between them)", "1")
     .option("--store <spec>", "cluster store for the agents (default: sqlite: in the lab's directory), or etcd://HOST:PORT")
+    .option("--pod-labels <k=v,…>", "labels of the pods' Pod objects, which Services select", "app=probe")
     .action(async (text: LabOptionsText) => {
       const options = parseLabOptions(text);
       try {
         const state = await labUp(options, { out });
         out("checking connectivity:");
-        const report = await checkLab(state);
+        const report = await checkLab(state, await servicesOf(state));
         process.stdout.write(renderCheckReport(report));
         out(`next: trellis lab status${nameFlag(state.name)} | trellis lab exec${nameFlag(state.name)} node1-pod0 -- ip address | trellis lab down${nameFlag(state.name)}`);
         if (!report.ok) process.exitCode = 1;
@@ -48,6 +61,26 @@ export function registerLabCommands(program: Command): void {
         throw error;
       }
     });
+  const pod = lab.command("pod").description("add a pod to a running lab, or remove one, as a kubelet would");
+  pod
+    .command("add")
+    .description("a pod on a node: namespace, CNI ADD, probe server, and its Pod object in the lab's store")
+    .argument("<name>", "the pod's name (a DNS label); its Pod object has it")
+    .requiredOption("--node <node>", "the node it runs on: node1, node2, …")
+    .option("--label <k=v>", "a label of its Pod object (repeat for more; default: the lab's --pod-labels)", (value: string, previous: string[] = []) => [...previous, value])
+    .addOption(nameOption())
+    .action(async (podName: string, options: { name: string; node: string; label?: string[] }) => {
+      const state = requireLabState(checkLabName(options.name));
+      await labPodAdd(state, podName, options.node, options.label ?? [], out);
+    });
+  pod
+    .command("rm")
+    .description("remove a pod: its Pod object, CNI DEL, its probe server and namespace")
+    .argument("<name>", "the pod's name")
+    .addOption(nameOption())
+    .action(async (podName: string, options: { name: string }) => {
+      await labPodRm(requireLabState(checkLabName(options.name)), podName, out);
+    });
   lab
     .command("check")
     .description("the connectivity matrix: every pod to every pod (ICMP, TCP with the source address seen), every node to every pod, every pod to external")
@@ -58,7 +91,7 @@ export function registerLabCommands(program: Command): void {
       if (state.phase !== "up") {
         throw new Error(`lab ${JSON.stringify(state.name)} is not up yet: its \`lab up\` is still running, or ended without finishing (then \`trellis lab down --name ${state.name}\` removes it)`);
       }
-      const report = await checkLab(state);
+      const report = await checkLab(state, await servicesOf(state));
       process.stdout.write(options.json ? `${JSON.stringify(report, null, 2)}\n` : renderCheckReport(report));
       if (!report.ok) process.exitCode = 1;
     });

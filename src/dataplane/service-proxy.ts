@@ -58,6 +58,8 @@ export interface ProxyServicePort {
   readonly externalTrafficPolicy: "Cluster" | "Local";
   readonly internalTrafficPolicy: "Cluster" | "Local";
   readonly endpoints: readonly ProxyEndpoint[];
+  /** The Service's health check port (type LoadBalancer, externalTrafficPolicy Local); served by the agent, not by rules. */
+  readonly healthCheckNodePort?: number;
 }
 
 export interface ProxyNode {

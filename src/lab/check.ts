@@ -9,6 +9,7 @@ import { run } from "../linux/exec.js";
 import { isLabProcess } from "./processes.js";
 import { mapConcurrently } from "./concurrently.js";
 import { selfInvocation, type ProbeKind, type ProbeOutcome, type ProbeRequest } from "./probe.js";
+import type { LabServicePort } from "./services.js";
 import type { LabState } from "./state.js";
 
 export interface CheckProbe {
@@ -27,6 +28,12 @@ export interface CheckProbe {
   readonly expectedSource?: string;
   /** The name the receiver must answer with (TCP). */
   readonly expectedServer?: string;
+  /** A Service's endpoints: one of them must answer. */
+  readonly expectedServers?: readonly string[];
+  /** A Service without endpoints: the connection must be refused at once. */
+  readonly expectRefused?: boolean;
+  /** TCP and UDP to a Service port; the probe servers' own port otherwise. */
+  readonly port?: number;
   readonly ok: boolean;
   readonly seenSource?: string;
   readonly answeredBy?: string;
@@ -54,10 +61,17 @@ const SOURCE_CONCURRENCY = 6;
 const PROBES_PER_SOURCE = 32;
 const PROBE_TIMEOUT_MS = 3000;
 
-export async function checkLab(state: LabState): Promise<CheckReport> {
+/** A Service refused without endpoints must be refused within this long (not time out). */
+const REFUSED_WITHIN_MS = 1000;
+
+export async function checkLab(state: LabState, services: readonly LabServicePort[] = []): Promise<CheckReport> {
   const started = Date.now();
-  const plans = planProbes(state);
-  const sources = [...state.pods.map((pod) => ({ name: pod.name, netns: pod.netnsPath })), ...state.nodes.map((node) => ({ name: node.name, netns: node.netnsPath }))];
+  const plans = planProbes(state, services);
+  const sources = [
+    ...state.pods.map((pod) => ({ name: pod.name, netns: pod.netnsPath })),
+    ...state.nodes.map((node) => ({ name: node.name, netns: node.netnsPath })),
+    ...(plans.some((plan) => plan.from === "external") ? [{ name: "external", netns: state.external.netnsPath }] : []),
+  ];
   const perSource = await mapConcurrently(sources, SOURCE_CONCURRENCY, async (source) => {
     const planned = plans.filter((plan) => plan.from === source.name);
     const outcomes = await runBatch(source.netns, planned.map((plan) => request(plan, state.probePort)));
@@ -73,13 +87,17 @@ export async function checkLab(state: LabState): Promise<CheckReport> {
     seconds: (Date.now() - started) / 1000,
     agents: state.nodes.map((node) => ({ node: node.name, pid: node.agent?.pid ?? null, running: node.agent !== undefined && isLabProcess(node.agent, node.netnsPath) })),
     sources: sources.map((source) => source.name),
-    destinations: [...state.pods.map((pod) => pod.name), "external"],
+    destinations: [...state.pods.map((pod) => pod.name), ...new Set(services.map((port) => serviceColumn(port))), "external"],
     probes,
   };
 }
 
+function serviceColumn(port: LabServicePort): string {
+  return `svc/${port.service.replace(/^default\//, "")}`;
+}
+
 /** Every probe of the matrix, as data. */
-export function planProbes(state: LabState): PlannedProbe[] {
+export function planProbes(state: LabState, services: readonly LabServicePort[] = []): PlannedProbe[] {
   const familyOf = (address: string): "IPv4" | "IPv6" => (isIP(address) === 6 ? "IPv6" : "IPv4");
   const sameFamily = (addresses: readonly string[], address: string) => addresses.find((candidate) => familyOf(candidate) === familyOf(address));
   const nodeOf = (name: string) => state.nodes.find((node) => node.name === name)!;
@@ -106,6 +124,39 @@ export function planProbes(state: LabState): PlannedProbe[] {
       plans.push({ from: from.name, to: "external", fromNode: from.node, kind: "tcp", family: familyOf(address), address, expectedSource: masqueraded, expectedServer: "external" });
     }
   }
+  // Every pod to every Service port on each of its ClusterIPs: answered by one of its endpoints,
+  // which sees the pod's own address (a pod reaching itself is masqueraded: not checked), or
+  // refused at once when it has none.
+  for (const from of state.pods) {
+    for (const port of services) {
+      const servers = port.endpoints.map((endpoint) => endpoint.pod);
+      for (const address of port.clusterIPs) {
+        if (!sameFamily(from.addresses, address)) continue;
+        plans.push({
+          from: from.name, to: serviceColumn(port), fromNode: from.node, kind: port.protocol === "UDP" ? "udp" : "tcp", family: familyOf(address), address, port: port.port,
+          ...(servers.length ? { expectedServers: servers } : { expectRefused: true }),
+          ...(servers.length && !servers.includes(from.name) ? { expectedSource: sameFamily(from.addresses, address) } : {}),
+        });
+      }
+    }
+  }
+  // external to every node's NodePort of each family the Service has: a Local Service only on
+  // nodes with an endpoint, which sees external's own address; a Cluster one on every node.
+  for (const port of services) {
+    if (port.nodePort === undefined || port.endpoints.length === 0) continue;
+    for (const node of state.nodes) {
+      const local = port.endpoints.filter((endpoint) => endpoint.node === node.name).map((endpoint) => endpoint.pod);
+      if (port.externalTrafficPolicy === "Local" && local.length === 0) continue;
+      for (const address of node.addresses) {
+        if (!port.clusterIPs.some((ip) => familyOf(ip) === familyOf(address))) continue;
+        plans.push({
+          from: "external", to: serviceColumn(port), fromNode: "external", toNode: node.name, kind: port.protocol === "UDP" ? "udp" : "tcp", family: familyOf(address), address, port: port.nodePort,
+          expectedServers: port.externalTrafficPolicy === "Local" ? local : port.endpoints.map((endpoint) => endpoint.pod),
+          ...(port.externalTrafficPolicy === "Local" ? { expectedSource: sameFamily(state.external.addresses, address) } : {}),
+        });
+      }
+    }
+  }
   for (const from of state.nodes) {
     for (const to of state.pods) {
       const note = crossSubnetNote(from.name, to.node);
@@ -116,7 +167,7 @@ export function planProbes(state: LabState): PlannedProbe[] {
 }
 
 function request(plan: PlannedProbe, port: number): ProbeRequest {
-  return plan.kind === "icmp" ? { kind: "icmp", address: plan.address, timeoutMs: PROBE_TIMEOUT_MS } : { kind: plan.kind, address: plan.address, port, timeoutMs: PROBE_TIMEOUT_MS };
+  return plan.kind === "icmp" ? { kind: "icmp", address: plan.address, timeoutMs: PROBE_TIMEOUT_MS } : { kind: plan.kind, address: plan.address, port: plan.port ?? port, timeoutMs: PROBE_TIMEOUT_MS };
 }
 
 /** Runs one source's probes inside its namespace; a batch that cannot run fails each of its probes with the reason. */
@@ -138,8 +189,16 @@ async function runBatch(netnsPath: string, requests: readonly ProbeRequest[]): P
 
 function judge(plan: PlannedProbe, outcome: ProbeOutcome): CheckProbe {
   const { note, ...probe } = plan;
+  if (plan.expectRefused) {
+    if (outcome.ok) return { ...probe, ok: false, seenSource: outcome.source, answeredBy: outcome.server, error: `answered by ${outcome.server}, but the Service has no endpoint`, ms: outcome.ms };
+    const refused = /refused|unreachable|reset/i.test(outcome.error) && outcome.ms < REFUSED_WITHIN_MS;
+    return { ...probe, ok: refused, ...(refused ? {} : { error: `not refused at once (no endpoint): ${outcome.error}` }), ms: outcome.ms };
+  }
   if (!outcome.ok) return { ...probe, ok: false, error: note ? `${outcome.error} (${note})` : outcome.error, ms: outcome.ms };
   const seen = { seenSource: outcome.source, answeredBy: outcome.server, ms: outcome.ms };
+  if (plan.expectedServers && !plan.expectedServers.includes(outcome.server ?? "")) {
+    return { ...probe, ...seen, ok: false, error: `answered by ${outcome.server}, not an endpoint (${plan.expectedServers.join(", ")})` };
+  }
   if (plan.expectedServer && outcome.server !== plan.expectedServer) {
     return { ...probe, ...seen, ok: false, error: `answered by ${outcome.server}, not ${plan.expectedServer}` };
   }

@@ -129,15 +129,21 @@ export function probeUdp(address: string, port: number, options: { bytes?: numbe
       socket.close();
       outcome();
     };
-    const send = () => socket.send(payload, port, address, (error) => error && finish(() => reject(new Error(describeSocketError(error)))));
-    const resend = setInterval(send, 1000);
+    // Connected, so an ICMP port unreachable (a Service without endpoints) comes back as an
+    // error at once instead of a timeout.
+    const send = () => socket.send(payload, (error) => error && finish(() => reject(new Error(describeSocketError(error)))));
+    let resend: NodeJS.Timeout | undefined;
     const timer = setTimeout(() => finish(() => reject(new Error(`timeout: no answer within ${timeoutMs} ms`))), timeoutMs);
     socket.on("message", (message) => {
       const [source, server, bytes] = message.toString("utf8").trim().split(" ");
       finish(() => (source && server && bytes ? resolve({ source, server, bytes: Number(bytes), ms: Date.now() - started }) : reject(new Error(`unexpected answer ${JSON.stringify(message.toString().slice(0, 100))}`))));
     });
     socket.on("error", (error: NodeJS.ErrnoException) => finish(() => reject(new Error(describeSocketError(error)))));
-    send();
+    socket.connect(port, address, () => {
+      if (done) return;
+      resend = setInterval(send, 1000);
+      send();
+    });
   });
 }
 

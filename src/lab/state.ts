@@ -39,6 +39,8 @@ export interface LabPodState extends LabPodSpec {
   /** The last plugin's result, handed back as prevResult on DEL (as a runtime caches it). */
   cniResult?: unknown;
   probe?: LabProcess;
+  /** Its Pod object's labels when given (`lab pod add --label`); else the lab's `podLabels`. */
+  readonly labels?: Readonly<Record<string, string>>;
 }
 
 export interface LabExternalState extends UnderlayHost {
@@ -58,6 +60,8 @@ export interface LabState {
   readonly families: readonly Family[];
   readonly mode: LabMode;
   readonly probePort: number;
+  /** Labels of the pods' Pod objects (besides trellis.dev/lab-pod); absent in labs made before them. */
+  readonly podLabels?: Readonly<Record<string, string>>;
   readonly underlay: { readonly netnsName: string; readonly netnsPath: string; readonly subnets: readonly UnderlaySubnet[] };
   readonly nodes: LabNodeState[];
   readonly pods: LabPodState[];

@@ -5,24 +5,34 @@ import { isLabNetnsName, labLayout, parseLabOptions } from "./topology.js";
 
 describe("lab/topology", () => {
   it("defaults to 3 dual-stack nodes with 2 pods each, mode auto, one subnet, named lab", () => {
-    assert.deepEqual(parseLabOptions({}), { name: "lab", nodes: 3, podsPerNode: 2, family: "dual", mode: "auto", subnets: 1, store: undefined });
+    assert.deepEqual(parseLabOptions({}), { name: "lab", nodes: 3, podsPerNode: 2, family: "dual", mode: "auto", subnets: 1, store: undefined, podLabels: { app: "probe" } });
   });
 
   it("names every bad value and what is allowed, all at once", () => {
     assert.throws(
-      () => parseLabOptions({ name: "a/b", nodes: "0", podsPerNode: "21", family: "ipv5", mode: "bgp", subnets: "3" }),
+      () => parseLabOptions({ name: "a/b", nodes: "0", podsPerNode: "21", family: "ipv5", mode: "bgp", subnets: "3", podLabels: "app=web,tier" }),
       (error: Error) => {
         const lines = error.message.split("\n");
-        assert.equal(lines.length, 6, error.message);
+        assert.equal(lines.length, 7, error.message);
         assert.match(lines[0], /^--name "a\/b" is invalid: a lab name starts with a lowercase letter, holds only lowercase letters, digits and "-"/);
         assert.equal(lines[1], '--nodes "0" is invalid: expected a whole number from 1 to 20');
         assert.equal(lines[2], '--pods-per-node "21" is invalid: expected a whole number from 1 to 20');
         assert.equal(lines[3], '--family "ipv5" is invalid: expected one of ipv4, ipv6, dual');
         assert.equal(lines[4], '--mode "bgp" is invalid: expected one of direct, vxlan, auto');
         assert.equal(lines[5], '--subnets "3" is invalid: expected one of 1, 2');
+        assert.equal(lines[6], '--pod-labels "tier" is not a label: expected KEY=VALUE (e.g. app=web,tier=front)');
         return true;
       },
     );
+  });
+
+  // Bug caught: a label Kubernetes refuses written to the Pod objects (their apply then fails mid-way through lab up).
+  it("parses --pod-labels as Kubernetes labels", () => {
+    assert.deepEqual(parseLabOptions({ podLabels: "app=web,example.com/tier=front,empty=" }).podLabels, { app: "web", "example.com/tier": "front", empty: "" });
+    assert.deepEqual(parseLabOptions({ podLabels: "" }).podLabels, {});
+    assert.throws(() => parseLabOptions({ podLabels: "a b=c" }), /^Error: --pod-labels "a b=c" is not a label: /);
+    assert.throws(() => parseLabOptions({ podLabels: `app=${"x".repeat(64)}` }), /is not a label: must be no more than 63 characters/);
+    assert.throws(() => parseLabOptions({ podLabels: "app=a,app=b" }), /--pod-labels gives app twice/);
   });
 
   it("refuses names that are too long, upper case, or end with a dash, and numbers that are not whole", () => {

@@ -2,6 +2,7 @@
  * The lab's shape as data: the namespaces, links and addresses `trellis lab up` builds and the
  * cluster plan it writes, computed from the user's options before anything is created.
  */
+import { isQualifiedName, isValidLabelValue } from "../cluster/objects/syntax.js";
 import { formatIp, formatPrefix, nthAddress, parsePrefix, subPrefix, type Family, type IpPrefix } from "../net/ip.js";
 import { formatPlanFile, validatePlan } from "../plan/plan.js";
 import { parseStoreSpec } from "../store/open.js";
@@ -35,6 +36,8 @@ export interface LabOptions {
    * undefined means the lab's own SQLite file.
    */
   readonly store?: string;
+  /** Labels of every lab pod's Pod object, besides trellis.dev/lab-pod. */
+  readonly podLabels: Readonly<Record<string, string>>;
 }
 
 /** Options as the command line gives them: text, unchecked. */
@@ -46,9 +49,13 @@ export interface LabOptionsText {
   readonly mode?: string;
   readonly subnets?: string;
   readonly store?: string;
+  readonly podLabels?: string;
 }
 
 const NAME = /^[a-z]([a-z0-9-]*[a-z0-9])?$/;
+
+/** What a lab pod's Pod object is labelled with unless `--pod-labels` says otherwise. */
+export const DEFAULT_POD_LABELS = "app=probe";
 
 /** Checks a lab name (every lab command takes one); throws naming the value and what is allowed. */
 export function checkLabName(name: string): string {
@@ -79,8 +86,9 @@ export function parseLabOptions(text: LabOptionsText): LabOptions {
   const mode = attempt(() => oneOf("--mode", text.mode ?? "auto", LAB_MODES));
   const subnets = attempt(() => oneOf("--subnets", text.subnets ?? "1", ["1", "2"] as const));
   const store = text.store === undefined ? undefined : attempt(() => checkStore(text.store!));
+  const podLabels = attempt(() => parsePodLabels(text.podLabels ?? DEFAULT_POD_LABELS));
   if (problems.length > 0) throw new Error(problems.join("\n"));
-  return { name: name!, nodes: nodes!, podsPerNode: podsPerNode!, family: family!, mode: mode!, subnets: Number(subnets) as 1 | 2, store };
+  return { name: name!, nodes: nodes!, podsPerNode: podsPerNode!, family: family!, mode: mode!, subnets: Number(subnets) as 1 | 2, store, podLabels: podLabels! };
 }
 
 function wholeNumber(option: string, text: string, min: number, max: number): number {
@@ -236,4 +244,18 @@ function labPlanText(families: readonly Family[]): string {
   });
   if (!plan) throw new Error(`the lab's own cluster plan is invalid: ${problems.join("; ")}`);
   return formatPlanFile(plan);
+}
+
+/** `k=v,k2=v2` as labels, each key and value checked as Kubernetes checks them. */
+export function parsePodLabels(text: string): Record<string, string> {
+  const labels: Record<string, string> = {};
+  if (text.trim() === "") return labels;
+  for (const item of text.split(",")) {
+    const [key, value, ...rest] = item.split("=");
+    const problems = key === undefined || value === undefined || rest.length > 0 ? ["expected KEY=VALUE"] : [...isQualifiedName(key), ...isValidLabelValue(value)];
+    if (problems.length > 0) throw new Error(`--pod-labels ${JSON.stringify(item)} is not a label: ${problems.join("; ")} (e.g. app=web,tier=front)`);
+    if (key in labels) throw new Error(`--pod-labels gives ${key} twice`);
+    labels[key] = value;
+  }
+  return labels;
 }

@@ -10,8 +10,9 @@ import { addNetworkList, CONFLIST_FILE, networkListSubnets, readNetworkList, res
 import { labDown } from "./down.js";
 import { logTail, sleep, startDetached, type StartedProcess } from "./processes.js";
 import { mapConcurrently } from "./concurrently.js";
+import { recordLabPods } from "./pod-objects.js";
 import { selfInvocation } from "./probe.js";
-import { labDir, nodeCniConfDir, nodeCniDataDir, readLabState, saveLabState, type LabNodeState, type LabState } from "./state.js";
+import { labDir, nodeCniConfDir, nodeCniDataDir, readLabState, saveLabState, type LabNodeState, type LabPodState, type LabState } from "./state.js";
 import { isLabNetnsName, LAB_ETCD, labLayout, PROBE_PORT, type LabLayout, type LabOptions } from "./topology.js";
 import { attachUnderlayHost, buildUnderlay } from "./underlay.js";
 
@@ -84,6 +85,7 @@ function initialState(options: LabOptions, layout: LabLayout): LabState {
     families: layout.families,
     mode: options.mode,
     probePort: PROBE_PORT,
+    podLabels: options.podLabels,
     underlay: { netnsName: layout.underlayNetns, netnsPath: namedNetnsPath(layout.underlayNetns), subnets: layout.subnets },
     nodes: layout.nodes.map((node) => ({ ...withPath(node), cniConfDir: nodeCniConfDir(options.name, node.name), cniDataDir: nodeCniDataDir(options.name, node.name) })),
     pods: layout.pods.map((pod) => ({ ...withPath(pod), addresses: [] })),
@@ -132,21 +134,34 @@ async function build(state: LabState, layout: LabLayout, runEtcd: boolean, setti
   out(`pods: CNI ADD through each node's ${CONFLIST_FILE}, as containerd would`);
   const probes = await mapConcurrently(state.pods, ATTACH_CONCURRENCY, async (pod) => {
     step();
-    const node = state.nodes.find((candidate) => candidate.name === pod.node)!;
-    await addNamedNetns(pod.netnsName);
-    const list = readNetworkList(node.cniConfDir)!;
-    const begun = Date.now();
-    const result = await addNetworkList(list, { nodeNetns: node.netnsPath, containerId: pod.containerId, podNetns: pod.netnsPath, ifname: "eth0" });
-    pod.cniResult = result;
-    pod.addresses = resultAddresses(result);
-    const probe = startProbeServer(pod.netnsPath, pod.name, join(state.dir, node.name, `${pod.name}.log`));
-    pod.probe = forState(probe);
-    saveLabState(state);
-    out(`  ${pod.name} ${pod.netnsName}: ${pod.addresses.join(" ")} (ADD ${Date.now() - begun} ms)`);
-    return probe;
+    return attachLabPod(state, pod, out);
   });
   for (const probe of probes) await waitForProbeServer(probe, signal);
   out(`probe servers listen on TCP and UDP port ${state.probePort} in every pod`);
+  await recordLabPods(state, state.pods);
+  const labels = Object.entries(state.podLabels ?? {}).map(([key, value]) => `${key}=${value}`).join(",");
+  out(`pods recorded as Pod objects in ${state.store}${labels ? ` with labels ${labels}` : ""}: \`trellis apply --store ${state.store} -f SERVICE.yaml\` gives them Services`);
+}
+
+/**
+ * A pod's namespace, its CNI ADD through its node's conflist (as containerd would) and its probe
+ * server; the state is saved with what was made. Resolves once the server is started (not yet
+ * ready: see `waitForProbeServer`).
+ */
+export async function attachLabPod(state: LabState, pod: LabPodState, out: (line: string) => void): Promise<StartedProcess> {
+  const node = state.nodes.find((candidate) => candidate.name === pod.node)!;
+  await addNamedNetns(pod.netnsName);
+  const list = readNetworkList(node.cniConfDir);
+  if (!list) throw new Error(`node ${node.name} has no CNI config in ${node.cniConfDir}: is its agent running?`);
+  const begun = Date.now();
+  const result = await addNetworkList(list, { nodeNetns: node.netnsPath, containerId: pod.containerId, podNetns: pod.netnsPath, ifname: "eth0" });
+  pod.cniResult = result;
+  pod.addresses = resultAddresses(result);
+  const probe = startProbeServer(pod.netnsPath, pod.name, join(state.dir, node.name, `${pod.name}.log`));
+  pod.probe = forState(probe);
+  saveLabState(state);
+  out(`  ${pod.name} ${pod.netnsName}: ${pod.addresses.join(" ")} (ADD ${Date.now() - begun} ms)`);
+  return probe;
 }
 
 function forState(proc: StartedProcess) {
@@ -179,7 +194,7 @@ function startProbeServer(netnsPath: string, name: string, log: string): Started
   return startDetached(netnsPath, [...selfInvocation(), "probe", "serve", String(PROBE_PORT), "--name", name], log);
 }
 
-function waitForProbeServer(proc: StartedProcess, signal: AbortSignal): Promise<void> {
+export function waitForProbeServer(proc: StartedProcess, signal: AbortSignal): Promise<void> {
   return waitForLogLine(proc, "ready\n", signal);
 }
 

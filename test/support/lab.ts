@@ -21,8 +21,8 @@ export interface LabCheck {
   probes: Array<{ from: string; to: string; kind: string; ok: boolean; fromNode?: string; toNode?: string; error?: string }>;
 }
 
-export function runTrellis(args: readonly string[], timeout = 180_000): SpawnSyncReturns<string> {
-  return spawnSync(TRELLIS, args, { encoding: "utf8", timeout });
+export function runTrellis(args: readonly string[], timeout = 180_000, input?: string): SpawnSyncReturns<string> {
+  return spawnSync(TRELLIS, args, { encoding: "utf8", timeout, input });
 }
 
 /** Labs made by this test process, so `downAll` removes exactly them. */

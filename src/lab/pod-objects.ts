@@ -1,0 +1,40 @@
+/**
+ * The lab's pods as Kubernetes Pod objects in the lab's store, so that Services applied to that
+ * store (`trellis apply --store …`) select them by label, as they would select a kubelet's pods:
+ * each with its node, its pod IPs, Ready, and its probe server's port (named `probe`, TCP and UDP).
+ */
+import { applyObjects } from "../cluster/apply.js";
+import { openCluster } from "../cluster/state.js";
+import { openStore } from "../store/open.js";
+import type { LabPodState, LabState } from "./state.js";
+
+/** Labels every lab pod carries besides those given: which lab pod and node it is. */
+export const LAB_POD_LABEL = "trellis.dev/lab-pod";
+
+export function labPodObject(state: LabState, pod: LabPodState): object {
+  return {
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: { name: pod.name, namespace: "default", labels: { ...(pod.labels ?? state.podLabels), [LAB_POD_LABEL]: pod.name } },
+    spec: {
+      nodeName: pod.node,
+      containers: [{ name: "probe", ports: [{ name: "probe", containerPort: state.probePort, protocol: "TCP" }, { name: "probe-udp", containerPort: state.probePort, protocol: "UDP" }] }],
+    },
+    status: {
+      phase: "Running",
+      ...(pod.addresses[0] ? { podIP: pod.addresses[0] } : {}),
+      podIPs: pod.addresses.map((ip) => ({ ip })),
+      conditions: [{ type: "Ready", status: "True" }],
+    },
+  };
+}
+
+/** Writes (creates or updates) the Pod objects of `pods` in the lab's store, in one transaction. */
+export async function recordLabPods(state: LabState, pods: readonly LabPodState[]): Promise<void> {
+  const store = await openStore(state.store);
+  try {
+    await applyObjects(await openCluster(store), pods.map((pod) => labPodObject(state, pod)));
+  } finally {
+    await store.close();
+  }
+}

@@ -1,0 +1,60 @@
+/**
+ * `trellis lab pod add NAME --node N [--label k=v]…` and `lab pod rm NAME`: a pod joins or leaves
+ * a running lab as a kubelet would add or remove one: namespace, CNI ADD or DEL through its
+ * node's conflist, its probe server, and its Pod object in the lab's store.
+ */
+import { deleteObjects } from "../cluster/apply.js";
+import { isDns1123Label } from "../cluster/objects/syntax.js";
+import { openCluster } from "../cluster/state.js";
+import { deleteNamedNetns, namedNetnsPath } from "../linux/named-netns.js";
+import { openStore } from "../store/open.js";
+import { delNetworkList, readNetworkList } from "./cni-runtime.js";
+import { labPodObject, recordLabPods } from "./pod-objects.js";
+import { isLabProcess, stopProcesses } from "./processes.js";
+import { labNetnsName, MAX_PODS_PER_NODE, parsePodLabels } from "./topology.js";
+import { saveLabState, type LabPodState, type LabState } from "./state.js";
+import { attachLabPod, waitForProbeServer } from "./up.js";
+
+export async function labPodAdd(state: LabState, name: string, nodeName: string, labelTexts: readonly string[], out: (line: string) => void): Promise<LabPodState> {
+  const problems = isDns1123Label(name);
+  if (problems.length) throw new Error(`pod name ${JSON.stringify(name)} is invalid: ${problems.join("; ")}`);
+  if (state.pods.some((pod) => pod.name === name)) throw new Error(`lab ${state.name} already has a pod named ${name}; \`trellis lab pod rm --name ${state.name} ${name}\` removes it`);
+  const node = state.nodes.find((candidate) => candidate.name === nodeName);
+  if (!node) throw new Error(`lab ${state.name} has no node ${JSON.stringify(nodeName)}; its nodes are ${state.nodes.map((candidate) => candidate.name).join(", ")}`);
+  const labels = labelTexts.length ? parsePodLabels(labelTexts.join(",")) : undefined;
+  // The namespace is named by node and slot, as those of `lab up` are, so `lab down` finds it.
+  const used = new Set(state.pods.filter((pod) => pod.node === node.name).map((pod) => pod.netnsName));
+  const slot = Array.from({ length: MAX_PODS_PER_NODE }, (_, i) => i).find((i) => !used.has(labNetnsName(state.name, `${node.name}-pod${i}`)));
+  if (slot === undefined) throw new Error(`node ${node.name} already has ${MAX_PODS_PER_NODE} pods, the most a lab node holds`);
+  const netnsName = labNetnsName(state.name, `${node.name}-pod${slot}`);
+  const pod: LabPodState = { name, node: node.name, netnsName, containerId: netnsName, netnsPath: namedNetnsPath(netnsName), addresses: [], ...(labels ? { labels } : {}) };
+  state.pods.push(pod);
+  saveLabState(state);
+  const probe = await attachLabPod(state, pod, out);
+  await waitForProbeServer(probe, new AbortController().signal);
+  await recordLabPods(state, [pod]);
+  out(`pod ${name} on ${node.name}: ${pod.addresses.join(" ")}, Pod object written with labels ${JSON.stringify((labPodObject(state, pod) as { metadata: { labels: object } }).metadata.labels)}`);
+  return pod;
+}
+
+export async function labPodRm(state: LabState, name: string, out: (line: string) => void): Promise<void> {
+  const pod = state.pods.find((candidate) => candidate.name === name);
+  if (!pod) throw new Error(`lab ${state.name} has no pod ${JSON.stringify(name)}; its pods are ${state.pods.map((candidate) => candidate.name).join(", ")}`);
+  // The Pod object first: its Services stop sending to it before it goes.
+  const store = await openStore(state.store);
+  try {
+    await deleteObjects(await openCluster(store), [labPodObject(state, pod)]).catch((error: Error) => {
+      if (!/not found/.test(error.message)) throw error;
+    });
+  } finally {
+    await store.close();
+  }
+  if (pod.probe && isLabProcess(pod.probe, pod.netnsPath)) await stopProcesses([pod.probe.pid]);
+  const node = state.nodes.find((candidate) => candidate.name === pod.node)!;
+  const list = readNetworkList(node.cniConfDir);
+  if (list) await delNetworkList(list, { nodeNetns: node.netnsPath, containerId: pod.containerId, podNetns: pod.netnsPath, ifname: "eth0" }, pod.cniResult);
+  await deleteNamedNetns(pod.netnsName);
+  state.pods.splice(state.pods.indexOf(pod), 1);
+  saveLabState(state);
+  out(`pod ${name} removed: Pod object deleted, CNI DEL on ${node.name}, namespace ${pod.netnsName} gone`);
+}

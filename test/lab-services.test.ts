@@ -1,0 +1,83 @@
+/**
+ * Services in the lab: `lab up` records its pods as Pod objects (with `--pod-labels`), Services
+ * applied to the lab's store select them, the agents' proxies implement them, and `lab check`
+ * probes every Service port on every ClusterIP from every pod and every NodePort from external.
+ */
+import assert from "node:assert/strict";
+import { after, describe, it } from "node:test";
+import { downAll, labCheck, labName, labStatus, runTrellis, waitFor } from "./support/lab.js";
+
+after(() => downAll());
+
+interface CheckProbe {
+  from: string;
+  to: string;
+  toNode?: string;
+  kind: string;
+  family: string;
+  ok: boolean;
+  answeredBy?: string;
+  seenSource?: string;
+  expectedSource?: string;
+  error?: string;
+}
+
+describe("Services in the lab", () => {
+  // Bugs caught: lab pods missing from the store (no Service could select them), the check
+  // ignoring Services, or any Service path broken across nodes (ClusterIP over VXLAN, NodePort
+  // from outside, Local preserving the client's address, rejection without endpoints).
+  it("records pods as Pod objects and checks every Service from every pod and its NodePorts from external", { timeout: 300_000 }, async () => {
+    const name = labName("svc");
+    const up = runTrellis(["lab", "up", "--name", name, "--nodes", "2", "--pods-per-node", "2", "--mode", "vxlan", "--pod-labels", "app=web,tier=front"]);
+    assert.equal(up.status, 0, up.stdout + up.stderr);
+    const status = labStatus(name);
+    const pods = JSON.parse(runTrellis(["get", "pods", "-o", "json", "--store", status.store]).stdout).items as Array<{ metadata: { name: string; labels: Record<string, string> }; spec: { nodeName: string }; status: { podIPs: Array<{ ip: string }> } }>;
+    assert.deepEqual(
+      pods.map((pod) => [pod.metadata.name, pod.spec.nodeName, pod.metadata.labels, pod.status.podIPs.map((ip) => ip.ip)]),
+      status.pods.map((pod) => [pod.name, pod.node, { app: "web", tier: "front", "trellis.dev/lab-pod": pod.name }, pod.addresses]),
+    );
+    const manifests = [
+      "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  selector: {app: web}\n  ports:\n  - {name: tcp, port: 80, targetPort: probe}\n  - {name: udp, port: 53, protocol: UDP, targetPort: 7777}\n",
+      "apiVersion: v1\nkind: Service\nmetadata: {name: one}\nspec:\n  type: NodePort\n  externalTrafficPolicy: Local\n  selector: {trellis.dev/lab-pod: node1-pod0}\n  ports: [{port: 8080, targetPort: 7777}]\n",
+      "apiVersion: v1\nkind: Service\nmetadata: {name: none}\nspec:\n  selector: {app: nothing}\n  ports: [{port: 80, targetPort: 7777}]\n",
+    ].join("---\n");
+    const applied = runTrellis(["apply", "-f", "-", "--store", status.store], 60_000, manifests);
+    assert.equal(applied.status, 0, applied.stderr);
+
+    let check = labCheck(name);
+    await waitFor("lab check passes with the Services", () => (check = labCheck(name)).ok, 20_000).catch(() => undefined);
+    const probes = check.probes as CheckProbe[];
+    assert.deepEqual(probes.filter((probe) => !probe.ok).map((probe) => `${probe.from} -> ${probe.to} ${probe.kind} ${probe.family}: ${probe.error}`), []);
+    const services = probes.filter((probe) => probe.to.startsWith("svc/"));
+    // web: 4 pods x 2 families x 2 ports; one and none: 4 pods x IPv4; NodePorts from external:
+    // web on 2 nodes x 2 families x 2 ports, one (Local) only on node1.
+    assert.equal(services.filter((probe) => probe.from !== "external").length, 16 + 4 + 4);
+    assert.equal(services.filter((probe) => probe.from === "external").length, 8 + 1);
+    assert.deepEqual([...new Set(services.filter((probe) => probe.to === "svc/web" && probe.from !== "external").map((probe) => probe.answeredBy))].sort(), status.pods.map((pod) => pod.name).sort(), "every endpoint served web");
+    const local = services.find((probe) => probe.to === "svc/one" && probe.from === "external")!;
+    assert.equal(local.seenSource, status.external.addresses[0], "externalTrafficPolicy Local keeps the client's address");
+    assert.ok(services.filter((probe) => probe.to === "svc/none").every((probe) => probe.answeredBy === undefined));
+    const table = runTrellis(["lab", "check", "--name", name]);
+    assert.match(table.stdout, /svc\/none +svc\/one +svc\/web +external/);
+    assert.match(table.stdout, /pod to Service: every ClusterIP and port answered by an endpoint/);
+
+    // A pod added later joins web's endpoints; removed, it leaves them and the store.
+    const added = runTrellis(["lab", "pod", "add", "extra", "--node", "node2", "--label", "app=web", "--name", name]);
+    assert.equal(added.status, 0, added.stdout + added.stderr);
+    await waitFor("extra serves web", () => {
+      check = labCheck(name);
+      return check.ok && (check.probes as CheckProbe[]).some((probe) => probe.to === "svc/web" && probe.answeredBy === "extra");
+    }, 20_000);
+    assert.equal(labStatus(name).pods.find((pod) => pod.name === "extra")?.node, "node2");
+    const refused = runTrellis(["lab", "pod", "add", "extra", "--node", "node1", "--name", name]);
+    assert.match(refused.stderr, /already has a pod named extra/);
+    assert.match(runTrellis(["lab", "pod", "add", "Bad_Name", "--node", "node1", "--name", name]).stderr, /pod name "Bad_Name" is invalid/);
+    assert.match(runTrellis(["lab", "pod", "add", "x", "--node", "node9", "--name", name]).stderr, /has no node "node9"; its nodes are node1, node2/);
+    const removed = runTrellis(["lab", "pod", "rm", "extra", "--name", name]);
+    assert.equal(removed.status, 0, removed.stderr);
+    assert.ok(!labStatus(name).pods.some((pod) => pod.name === "extra"));
+    assert.doesNotMatch(runTrellis(["get", "pods", "--store", status.store]).stdout, /extra/);
+    check = labCheck(name);
+    assert.ok(check.ok, JSON.stringify(check.probes.filter((probe) => !probe.ok)));
+  });
+});
