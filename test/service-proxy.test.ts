@@ -242,6 +242,27 @@ describe("Services through the agent's nftables proxy", () => {
     assert.equal(get("/nothing").status, 404);
   });
 
+  // Bug caught: a restarting agent that flushes the Service rules before writing them again
+  // (or deletes conntrack entries wholesale), cutting connections that were established.
+  it("keeps an established TCP connection through a ClusterIP across an agent kill -9 and restart", async () => {
+    const [ip] = clusterIPs("web");
+    // Connects, prints the probe server's first line, then sends 5 bytes and half-closes when told on stdin.
+    const script = `const s=require("net").connect({host:process.argv[1],port:80});let d="";s.on("data",(c)=>{d+=c;process.stdout.write(String(c))});process.stdin.on("data",()=>{s.write("hello");s.end()});s.on("end",()=>process.exit(d.includes("received 5")?0:3));s.on("error",(e)=>{console.error(e.message);process.exit(2)})`;
+    const client = spawn("nsenter", [`--net=${pods[2].netns.path}`, process.execPath, "-e", script, ip], { stdio: ["pipe", "pipe", "inherit"] });
+    servers.push(client);
+    let heard = "";
+    client.stdout!.on("data", (chunk: Buffer) => (heard += chunk.toString()));
+    await eventually("connected through the ClusterIP", () => /pod-\d/.test(heard));
+    const fullSyncs = () => readFileSync(agent.log, "utf8").split("\n").filter((line) => line.includes('"service rules synced"') && line.includes('"full":true')).length;
+    const before = fullSyncs();
+    await agent.restart();
+    await eventually("the restarted agent has written its rules whole", () => fullSyncs() > before);
+    const exited = new Promise<number | null>((resolve) => client.once("exit", (code) => resolve(code)));
+    client.stdin!.write("go\n");
+    assert.equal(await exited, 0, `the connection lived on: ${heard}`);
+    assert.match(heard, /received 5/);
+  });
+
   // Bug caught: rules deleted by hand left missing until the next Service change.
   it("puts back its tables within a resync when they are deleted by hand", async () => {
     const [ip] = clusterIPs("web");
