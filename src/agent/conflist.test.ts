@@ -38,6 +38,7 @@ describe("renderConflist", () => {
           bridge: "trellis0",
           mtu: 1430,
           hairpinMode: true,
+          capabilities: { portMappings: true },
           ipam: { ranges: [[{ subnet: "fd00:10:244:1::/64" }], [{ subnet: "10.244.1.0/24" }]], dataDir: "/var/lib/cni/trellis" },
         },
       ],

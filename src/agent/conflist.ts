@@ -29,6 +29,8 @@ export function renderConflist(conf: NodeConflist): string {
         mtu: conf.mtu,
         // A pod reaching itself through a Service it backs comes back through its own port.
         hairpinMode: true,
+        // The runtime then passes a pod's hostPorts as runtimeConfig.portMappings.
+        capabilities: { portMappings: true },
         ipam: { ranges: conf.podCidrs.map((cidr) => [{ subnet: formatPrefix(cidr) }]), dataDir: conf.dataDir },
       },
     ],

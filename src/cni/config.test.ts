@@ -35,6 +35,27 @@ describe("cni/config", () => {
     assert.equal(conf.mac, "0a:58:0a:f4:01:09");
   });
 
+  // Bugs caught: a mapping with a bad port, protocol or hostIP accepted (then written to nftables
+  // or silently dropped), or hostIP "" / 0.0.0.0 taken as an address instead of "every address".
+  it("reads runtimeConfig.portMappings, refusing bad entries by index and field", () => {
+    const parse = (portMappings: unknown) =>
+      parseNetConf(JSON.stringify({ cniVersion: "1.0.0", name: "pods", type: "trellis", runtimeConfig: { portMappings }, ipam: { ranges: [[{ subnet: "10.244.1.0/24" }]] } }), none).portMappings;
+    const mappings = parse([{ hostPort: 80, containerPort: 8080 }, { hostPort: 53, containerPort: 53, protocol: "UDP", hostIP: "" }, { hostPort: 443, containerPort: 443, protocol: "sctp", hostIP: "fd00::1" }]);
+    assert.deepEqual(mappings.map((m) => [m.hostPort, m.containerPort, m.protocol, m.hostIP && formatIp(m.hostIP)]), [[80, 8080, "tcp", undefined], [53, 53, "udp", undefined], [443, 443, "sctp", "fd00::1"]]);
+    assert.deepEqual(parse(undefined), []);
+    const refused: Array<[unknown, RegExp]> = [
+      ["80", /^runtimeConfig\.portMappings is not a list/],
+      [[{ hostPort: 0, containerPort: 80 }], /^runtimeConfig\.portMappings\[0\]\.hostPort 0 is invalid: expected an integer from 1 to 65535$/],
+      [[{ hostPort: 80, containerPort: "80" }], /^runtimeConfig\.portMappings\[0\]\.containerPort "80" is invalid/],
+      [[{ hostPort: 80, containerPort: 80 }, { hostPort: 81, containerPort: 81, protocol: "icmp" }], /^runtimeConfig\.portMappings\[1\]\.protocol "icmp" is invalid: expected tcp, udp or sctp$/],
+      [[{ hostPort: 80, containerPort: 80, hostIP: "1.2.3.4; drop" }], /^runtimeConfig\.portMappings\[0\]\.hostIP "1\.2\.3\.4; drop" is not an IP address/],
+      [Array(1025).fill({ hostPort: 80, containerPort: 80 }), /has 1025 entries; at most 1024 are allowed/],
+    ];
+    for (const [value, message] of refused) {
+      assert.throws(() => parse(value), (error: unknown) => error instanceof CniError && error.code === 7 && message.test(error.message));
+    }
+  });
+
   it("delegates any other ipam type and keeps the raw config for it", () => {
     const conf = parseNetConf(JSON.stringify({ cniVersion: "0.4.0", name: "n", type: "trellis", ipam: { type: "host-local", subnet: "10.1.0.0/24" } }), none);
     assert.deepEqual(conf.ipam, { kind: "delegated", type: "host-local" });

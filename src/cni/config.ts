@@ -2,6 +2,7 @@
  * The network configuration a runtime passes on stdin, validated into what the verbs use.
  * Every problem is an error that names the field, the bad value and what is allowed.
  */
+import type { HostPortMapping } from "../dataplane/hostports.js";
 import type { PodRoute } from "../dataplane/pod-attachment.js";
 import {
   familyBits, formatIp, formatPrefix, nthAddress, prefixContains, tryParseInterfaceAddress, tryParseIp, type IpAddress, type IpPrefix,
@@ -49,6 +50,8 @@ export interface NetConf {
   readonly stateField: "ipam.dataDir" | "dataDir";
   readonly requestedIps: readonly IpAddress[];
   readonly mac?: string;
+  /** `runtimeConfig.portMappings` (the portMappings capability): hostPorts to DNAT to the pod. */
+  readonly portMappings: readonly HostPortMapping[];
   readonly prevResult?: CniResult;
   /** GC's `cni.dev/valid-attachments` (or `cni.dev/attachments`). */
   readonly validAttachments?: readonly AttachmentRef[];
@@ -108,6 +111,7 @@ export function parseNetConf(stdin: string, cniArgs: ReadonlyMap<string, string>
     stateField: ipam.kind === "builtin" ? "ipam.dataDir" : "dataDir",
     requestedIps: requestedIps(runtimeConfig, args, cniArgs),
     mac: requestedMac(runtimeConfig, args, cniArgs),
+    portMappings: parsePortMappings(runtimeConfig.portMappings),
     prevResult: raw.prevResult === undefined ? undefined : parseResult(raw.prevResult, "prevResult"),
     validAttachments: parseValidAttachments(raw),
     agentSocket: parseAgentSocket(raw.agentSocket),
@@ -282,6 +286,33 @@ function requestedMac(runtimeConfig: Record<string, unknown>, args: Record<strin
     return value.toLowerCase();
   }
   return undefined;
+}
+
+/** At most this many port mappings per pod: far above any real pod, and a bound on the rules one ADD writes. */
+const MAX_PORT_MAPPINGS = 1024;
+
+function parsePortMappings(value: unknown): HostPortMapping[] {
+  if (value === undefined || value === null) return [];
+  if (!Array.isArray(value)) throw invalid("runtimeConfig.portMappings is not a list of {hostPort, containerPort, protocol, hostIP} objects");
+  if (value.length > MAX_PORT_MAPPINGS) throw invalid(`runtimeConfig.portMappings has ${value.length} entries; at most ${MAX_PORT_MAPPINGS} are allowed`);
+  return value.map((item, index) => {
+    const where = `runtimeConfig.portMappings[${index}]`;
+    if (!isObject(item)) throw invalid(`${where} is not an object with hostPort, containerPort, protocol and hostIP`);
+    const port = (key: "hostPort" | "containerPort") => {
+      const number = item[key];
+      if (!Number.isInteger(number) || (number as number) < 1 || (number as number) > 65535) throw invalid(`${where}.${key} ${JSON.stringify(number)} is invalid: expected an integer from 1 to 65535`);
+      return number as number;
+    };
+    const protocolText = item.protocol === undefined || item.protocol === "" ? "tcp" : item.protocol;
+    const protocol = typeof protocolText === "string" ? protocolText.toLowerCase() : "";
+    if (protocol !== "tcp" && protocol !== "udp" && protocol !== "sctp") throw invalid(`${where}.protocol ${JSON.stringify(item.protocol)} is invalid: expected tcp, udp or sctp`);
+    let hostIP: IpAddress | undefined;
+    if (item.hostIP !== undefined && item.hostIP !== "" && item.hostIP !== "0.0.0.0" && item.hostIP !== "::") {
+      hostIP = typeof item.hostIP === "string" ? tryParseIp(item.hostIP) : undefined;
+      if (!hostIP) throw invalid(`${where}.hostIP ${JSON.stringify(item.hostIP)} is not an IP address (leave it out or give "" for every address of the node)`);
+    }
+    return { hostPort: port("hostPort"), containerPort: port("containerPort"), protocol, ...(hostIP ? { hostIP } : {}) };
+  });
 }
 
 function parseValidAttachments(raw: Record<string, unknown>): AttachmentRef[] | undefined {

@@ -83,6 +83,7 @@ async function cmdAdd(net: PodNet, env: CniEnv, conf: NetConf, request: CniReque
     netns: env.netns,
     requestedIps: conf.requestedIps,
     mac: conf.mac,
+    portMappings: conf.portMappings,
     signal: request.signal,
   });
   const interfaces: CniInterface[] = [

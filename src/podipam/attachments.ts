@@ -24,6 +24,8 @@ export interface AttachmentSpecRecord {
   readonly hairpin: boolean;
   /** Source prefixes masqueraded for this pod, and destinations that keep the pod's address. */
   readonly masquerade?: { readonly sources: readonly string[]; readonly exclusions: readonly string[] };
+  /** hostPorts DNAT'ed to the pod (hostIP absent: every address of the node). */
+  readonly portMappings?: ReadonlyArray<{ readonly hostPort: number; readonly containerPort: number; readonly protocol: string; readonly hostIP?: string }>;
 }
 
 export interface Attachment extends AttachmentKey {
@@ -156,7 +158,7 @@ function toAttachment(row: AttachmentRow): Attachment {
 function parseSpec(text: string): AttachmentSpecRecord {
   try {
     const spec = JSON.parse(text) as Partial<AttachmentSpecRecord>;
-    return { addresses: spec.addresses ?? [], hairpin: spec.hairpin ?? false, masquerade: spec.masquerade };
+    return { addresses: spec.addresses ?? [], hairpin: spec.hairpin ?? false, masquerade: spec.masquerade, ...(spec.portMappings ? { portMappings: spec.portMappings } : {}) };
   } catch {
     return { addresses: [], hairpin: false };
   }

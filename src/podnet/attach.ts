@@ -20,6 +20,7 @@ import { allocatePodIps, leasesOf, PodIpError, releaseOrphanLeases, releasePodIp
 import { assertBridge, bridgeReady, ensureBridge, forgetBridge, kernelError, noteBridge } from "./bridge.js";
 import { CniCode, CniError } from "./errors.js";
 import { reachFaultPoint, type PodNet } from "./handle.js";
+import { recordPortMappings, refuseHostPortConflict, syncHostPorts } from "./hostports.js";
 import { checkMasquerade, masqueradeOf, syncMasquerade } from "./masquerade.js";
 import type { AddRequest, AttachmentRequest, AttachResult, CheckRequest, GcRequest, PodNetwork } from "./network.js";
 import { recordAddresses, recordedAddresses } from "./records.js";
@@ -59,6 +60,7 @@ export async function addPod(net: PodNet, request: AddRequest): Promise<AttachRe
         await attachPodSide(spec, netns, podIp);
         reachFaultPoint(net, "add-pod-side");
         if (reservation.record.masquerade) await syncMasquerade(net, `ADD of ${describe(key)}`);
+        if (reservation.record.portMappings) await syncHostPorts(net, `ADD of ${describe(key)}`);
         throwIfAborted(request, key);
         const completed = net.db.transaction(() => completeAttachment(net.db, reservation.id, reservation.record)).immediate();
         if (!completed) {
@@ -106,6 +108,7 @@ export async function delPod(net: PodNet, request: AttachmentRequest): Promise<v
       if (record) deleteAttachmentById(net.db, record.id);
     }).immediate();
     if (record?.spec.masquerade) await syncMasquerade(net, `DEL of ${describe(key)}`);
+    if (record?.spec.portMappings) await syncHostPorts(net, `DEL of ${describe(key)}`);
   });
 }
 
@@ -176,6 +179,9 @@ export async function gcPods(net: PodNet, request: GcRequest): Promise<void> {
     await network.ipam.plugin.gc().catch((error: unknown) => failures.push(errorMessage(error)));
   }
   await syncMasquerade(net, `GC of network ${network.name}`).catch((error: unknown) => failures.push(errorMessage(error)));
+  if (released.some((attachment) => attachment.spec.portMappings)) {
+    await syncHostPorts(net, `GC of network ${network.name}`).catch((error: unknown) => failures.push(errorMessage(error)));
+  }
   if (failures.length) throw new CniError(CniCode.stateFailure, `GC of network ${network.name} left ${failures.length} problem(s): ${failures.join("; ")}`);
 }
 
@@ -232,9 +238,10 @@ async function reserve(net: PodNet, request: AddRequest, key: AttachmentKey): Pr
     const ipam = network.ipam;
     const reservation = net.db.transaction(() => {
       takeOver(findAttachment(net.db, key));
+      refuseHostPortConflict(net.db, request.portMappings, () => false);
       const id = insertAttachment(net.db, fresh);
       const addresses = allocatePodIps(net.db, key, ipam.ranges, request.requestedIps).map((lease) => ({ address: lease.address, subnet: lease.subnet, gateway: lease.gateway }));
-      const record = { addresses: recordAddresses(addresses), hairpin: network.hairpin, masquerade: masqueradeOf(network, addresses) };
+      const record = { addresses: recordAddresses(addresses), hairpin: network.hairpin, masquerade: masqueradeOf(network, addresses), portMappings: recordPortMappings(request.portMappings) };
       updateAttachmentSpec(net.db, id, record);
       return { id, addresses, routes: [...ipam.routes], record };
     });
@@ -249,6 +256,7 @@ async function reserve(net: PodNet, request: AddRequest, key: AttachmentKey): Pr
   const plugin = network.ipam.plugin;
   const id = net.db.transaction(() => {
     takeOver(findAttachment(net.db, key));
+    refuseHostPortConflict(net.db, request.portMappings, () => false);
     return insertAttachment(net.db, fresh);
   }).immediate();
   // Marked before the delegate runs: a GC served by this same process meanwhile must leave it alone.
@@ -256,7 +264,7 @@ async function reserve(net: PodNet, request: AddRequest, key: AttachmentKey): Pr
   try {
     const { addresses, routes } = await plugin.add();
     if (!addresses.length) throw new CniError(CniCode.delegateFailure, `ipam plugin ${plugin.type} returned no IP addresses`);
-    const record = { addresses: recordAddresses(addresses), hairpin: network.hairpin, masquerade: masqueradeOf(network, addresses) };
+    const record = { addresses: recordAddresses(addresses), hairpin: network.hairpin, masquerade: masqueradeOf(network, addresses), portMappings: recordPortMappings(request.portMappings) };
     net.db.transaction(() => updateAttachmentSpec(net.db, id, record)).immediate();
     return { id, addresses, routes, record };
   } catch (error) {
@@ -277,6 +285,7 @@ async function rollback(net: PodNet, request: AddRequest, key: AttachmentKey, re
   }).immediate();
   if (request.network.ipam.kind === "delegated" && removed) await request.network.ipam.plugin.del();
   if (reservation.record.masquerade) await syncMasquerade(net, `undoing the ADD of ${describe(key)}`);
+  if (reservation.record.portMappings) await syncHostPorts(net, `undoing the ADD of ${describe(key)}`);
 }
 
 /** The bridge's addresses, the veth pair (pod end moved into the namespace through its descriptor), the port. */

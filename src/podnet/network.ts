@@ -1,4 +1,5 @@
 /** What the attach engine is asked to do, and what it answers: plain data, no CNI wire format. */
+import type { HostPortMapping } from "../dataplane/hostports.js";
 import type { PodAddress, PodRoute } from "../dataplane/pod-attachment.js";
 import type { IpAddress, IpPrefix } from "../net/ip.js";
 import type { PodIpRangeSet } from "../podipam/pod-ips.js";
@@ -53,6 +54,8 @@ export interface AddRequest extends AttachmentRequest {
   readonly netns: string;
   readonly requestedIps: readonly IpAddress[];
   readonly mac?: string;
+  /** hostPorts DNAT'ed to the pod (the portMappings capability). */
+  readonly portMappings?: readonly HostPortMapping[];
   /** Aborting rolls back whatever the ADD has done so far. */
   readonly signal?: AbortSignal;
 }
