@@ -109,3 +109,28 @@ describe("Services applied as objects, seen by the older service commands", () =
     await applyObjects(c, [svc("again", { type: "NodePort", ports: [{ name: "a", port: 80, nodePort: 30001 }, { name: "b", port: 81, nodePort: 30002 }] })]);
   });
 });
+
+describe("applies larger than one store transaction", () => {
+  // Bug caught: an apply of more Services than one transaction holds (etcd's 128 operations)
+  // refused whole ("transaction has 3001 compares"), so no real manifest of 30+ Services applied.
+  test("60 NodePort Services go in several transactions, every one allocated once", async () => {
+    const c = await openCluster(stores.open(), testPlan({ podCidrs: ["10.244.0.0/16"], serviceCidrs: ["10.96.0.0/16"] }));
+    const many = Array.from({ length: 60 }, (_, i) => svc(`s-${i}`, { type: "NodePort", selector: { app: `a${i}` } }));
+    const { result } = await applyObjects(c, many);
+    assert.equal(result.filter((r) => r.outcome === "created").length, 60);
+    const services = (await listObjects<Service>(c.store, "Service")).objects.filter((s) => s.metadata.name.startsWith("s-"));
+    assert.equal(new Set(services.map((s) => s.spec.clusterIP)).size, 60);
+    assert.equal(new Set(services.map((s) => s.spec.ports[0].nodePort)).size, 60);
+    const again = await applyObjects(c, many);
+    assert.ok(again.result.every((r) => r.outcome === "unchanged"));
+    const deleted = await deleteObjects(c, many);
+    assert.equal(deleted.result.length, 60);
+  });
+
+  // Bug caught: a failure in a later transaction reported as if nothing had been kept.
+  test("a failure after the first transaction says how many objects were kept", async () => {
+    const c = await cluster();
+    const many = Array.from({ length: 40 }, (_, i) => svc(`t-${i}`, i === 39 ? { clusterIP: "10.97.0.1" } : {}));
+    await assert.rejects(applyObjects(c, many), /ClusterIP 10\.97\.0\.1 is outside every service CIDR.*\(the \d+ object\(s\) before it were applied and kept\)$/);
+  });
+});

@@ -9,7 +9,7 @@
 import { randomUUID } from "node:crypto";
 import { familyName, formatIp } from "../net/ip.js";
 import type { ClusterPlan } from "../plan/plan.js";
-import type { KvStore } from "../store/kv.js";
+import { MAX_TXN_OPERATIONS, type KvStore, type KvTxn } from "../store/kv.js";
 import { claimNodePort, releaseNodePort } from "./node-ports.js";
 import { ObjectInvalidError } from "./objects/field-errors.js";
 import { normalizeEndpointSlice, normalizePod, normalizeService } from "./objects/validate.js";
@@ -69,18 +69,19 @@ export function normalizeObjects(documents: readonly unknown[]): Normalized[] {
   });
 }
 
-/** Creates or updates every object, with the allocations its Services need, in one transaction. */
+/**
+ * Creates or updates every object, with the allocations its Services need. Every object is
+ * checked before anything is written; then they go in as few transactions as the store takes
+ * (etcd allows MAX_TXN_OPERATIONS operations in one: some 25 Services with their allocations), in
+ * order. A failure in a later transaction (a range full, a ClusterIP taken meanwhile) keeps the
+ * earlier ones, and its message says how many objects were kept.
+ */
 export async function applyObjects(cluster: Cluster, documents: readonly unknown[]): Promise<Committed<ObjectOutcome[]>> {
   const objects = normalizeObjects(documents);
-  return commitWithRetry(cluster.store, `applying ${objects.length} object(s)`, async () => {
-    const view = stagedView(cluster.store);
-    const outcomes: ObjectOutcome[] = [];
-    for (const object of objects) outcomes.push(await stageApply(view, cluster.plan, object));
-    return { ...view.transaction(), result: outcomes };
-  });
+  return inTransactions(cluster, objects.length, "applying", (view, i) => stageApply(view, cluster.plan, objects[i]));
 }
 
-/** Deletes every object named (kind, namespace, name), freeing its Services' allocations, in one transaction. */
+/** Deletes every object named (kind, namespace, name), freeing its Services' allocations, in as few transactions as the store takes. */
 export async function deleteObjects(cluster: Cluster, documents: readonly unknown[]): Promise<Committed<ObjectOutcome[]>> {
   const targets = documents.map((document) => {
     const kind = objectKind(document);
@@ -90,10 +91,9 @@ export async function deleteObjects(cluster: Cluster, documents: readonly unknow
     if (!name) throw new ObjectInvalidError(kind, name, [{ path: "metadata.name", type: "Required value", detail: "name or generateName is required" }]);
     return { kind, namespace, name };
   });
-  return commitWithRetry(cluster.store, `deleting ${targets.length} object(s)`, async () => {
-    const view = stagedView(cluster.store);
-    const outcomes: ObjectOutcome[] = [];
-    for (const { kind, namespace, name } of targets) {
+  return inTransactions(cluster, targets.length, "deleting", async (view, i) => {
+    {
+      const { kind, namespace, name } = targets[i];
       const owner = `${namespace}/${name}`;
       if (kind === "Service" && owner === KUBERNETES_SERVICE) throw new Error(`services "kubernetes" in namespace default is the API server's own Service: it cannot be deleted`);
       const key = objectKey(kind, namespace, name);
@@ -105,10 +105,46 @@ export async function deleteObjects(cluster: Cluster, documents: readonly unknow
         for (const ip of held.clusterIPs) stageIf(view, await releaseServiceIp(view.store, cluster.plan, ip, owner));
         for (const port of held.nodePorts) stageIf(view, await releaseNodePort(view.store, cluster.plan, port, owner));
       }
-      outcomes.push({ kind, namespace, name, outcome: "deleted" });
+      return { kind, namespace, name, outcome: "deleted" } satisfies ObjectOutcome;
     }
-    return { ...view.transaction(), result: outcomes };
   });
+}
+
+/**
+ * Stages `count` items in order, committing whenever the next would not fit one transaction;
+ * each transaction is retried from fresh reads when overtaken.
+ */
+async function inTransactions(cluster: Cluster, count: number, verb: string, stage: (view: StagedView, index: number) => Promise<ObjectOutcome>): Promise<Committed<ObjectOutcome[]>> {
+  const outcomes: ObjectOutcome[] = [];
+  let revision = 0;
+  const fits = (txn: KvTxn) => txn.compares.length <= MAX_TXN_OPERATIONS && txn.operations.length <= MAX_TXN_OPERATIONS;
+  while (outcomes.length < count) {
+    const start = outcomes.length;
+    try {
+      const committed = await commitWithRetry(cluster.store, `${verb} ${count} object(s)`, async () => {
+        const view = stagedView(cluster.store);
+        const chunk: ObjectOutcome[] = [];
+        for (let i = start; i < count; i++) {
+          const restore = view.snapshot();
+          const outcome = await stage(view, i);
+          if (!fits(view.transaction())) {
+            if (chunk.length === 0) throw new Error(`${outcome.kind} ${outcome.namespace}/${outcome.name} needs more than one store transaction holds (${MAX_TXN_OPERATIONS} operations)`);
+            restore();
+            break;
+          }
+          chunk.push(outcome);
+        }
+        return { ...view.transaction(), result: chunk };
+      });
+      outcomes.push(...committed.result);
+      revision = committed.revision;
+    } catch (error) {
+      if (start === 0 || !(error instanceof Error)) throw error;
+      error.message = `${error.message} (the ${start} object(s) before it were ${verb === "applying" ? "applied" : "deleted"} and kept)`;
+      throw error;
+    }
+  }
+  return { result: outcomes, revision };
 }
 
 /** Every stored object of a kind, in key order, with the store revision it was read at. */

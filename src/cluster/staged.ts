@@ -21,6 +21,8 @@ export interface StagedView {
   stage(fragment: KvTxn): void;
   /** The staged fragments as one transaction: the first compare of each key not written here, each key's last operation. */
   transaction(): KvTxn;
+  /** A way back to what is staged now: calling it forgets every fragment staged since. */
+  snapshot(): () => void;
 }
 
 export function stagedView(base: KvStore): StagedView {
@@ -67,6 +69,15 @@ export function stagedView(base: KvStore): StagedView {
     },
     transaction() {
       return { compares: [...compares.values()], operations: [...writes.values()] };
+    },
+    snapshot() {
+      const [savedWrites, savedCompares] = [new Map(writes), new Map(compares)];
+      return () => {
+        writes.clear();
+        compares.clear();
+        for (const [key, value] of savedWrites) writes.set(key, value);
+        for (const [key, value] of savedCompares) compares.set(key, value);
+      };
     },
   };
 }
