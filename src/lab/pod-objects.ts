@@ -3,9 +3,7 @@
  * store (`trellis apply --store …`) select them by label, as they would select a kubelet's pods:
  * each with its node, its pod IPs, Ready, and its probe server's port (named `probe`, TCP and UDP).
  */
-import { applyObjects } from "../cluster/apply.js";
-import { openCluster } from "../cluster/state.js";
-import { openStore } from "../store/open.js";
+import { labStore } from "./store-access.js";
 import type { LabPodState, LabState } from "./state.js";
 
 /** Labels every lab pod carries besides those given: which lab pod and node it is. */
@@ -29,12 +27,7 @@ export function labPodObject(state: LabState, pod: LabPodState): object {
   };
 }
 
-/** Writes (creates or updates) the Pod objects of `pods` in the lab's store, in one transaction. */
+/** Writes (creates or updates) the Pod objects of `pods` in the lab's store, in one apply. */
 export async function recordLabPods(state: LabState, pods: readonly LabPodState[]): Promise<void> {
-  const store = await openStore(state.store);
-  try {
-    await applyObjects(await openCluster(store), pods.map((pod) => labPodObject(state, pod)));
-  } finally {
-    await store.close();
-  }
+  await labStore(state, ["apply", "-f", "-"], pods.map((pod) => JSON.stringify(labPodObject(state, pod))).join("\n---\n"));
 }

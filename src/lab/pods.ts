@@ -3,14 +3,12 @@
  * a running lab as a kubelet would add or remove one: namespace, CNI ADD or DEL through its
  * node's conflist, its probe server, and its Pod object in the lab's store.
  */
-import { deleteObjects } from "../cluster/apply.js";
 import { isDns1123Label } from "../cluster/objects/syntax.js";
-import { openCluster } from "../cluster/state.js";
 import { deleteNamedNetns, namedNetnsPath } from "../linux/named-netns.js";
-import { openStore } from "../store/open.js";
 import { delNetworkList, readNetworkList } from "./cni-runtime.js";
 import { labPodObject, recordLabPods } from "./pod-objects.js";
 import { isLabProcess, stopProcesses } from "./processes.js";
+import { labStore } from "./store-access.js";
 import { labNetnsName, MAX_PODS_PER_NODE, parsePodLabels } from "./topology.js";
 import { saveLabState, type LabPodState, type LabState } from "./state.js";
 import { attachLabPod, waitForProbeServer } from "./up.js";
@@ -41,14 +39,9 @@ export async function labPodRm(state: LabState, name: string, out: (line: string
   const pod = state.pods.find((candidate) => candidate.name === name);
   if (!pod) throw new Error(`lab ${state.name} has no pod ${JSON.stringify(name)}; its pods are ${state.pods.map((candidate) => candidate.name).join(", ")}`);
   // The Pod object first: its Services stop sending to it before it goes.
-  const store = await openStore(state.store);
-  try {
-    await deleteObjects(await openCluster(store), [labPodObject(state, pod)]).catch((error: Error) => {
-      if (!/not found/.test(error.message)) throw error;
-    });
-  } finally {
-    await store.close();
-  }
+  await labStore(state, ["delete", "-f", "-"], JSON.stringify(labPodObject(state, pod))).catch((error: Error) => {
+    if (!/not found/.test(error.message)) throw error;
+  });
   if (pod.probe && isLabProcess(pod.probe, pod.netnsPath)) await stopProcesses([pod.probe.pid]);
   const node = state.nodes.find((candidate) => candidate.name === pod.node)!;
   const list = readNetworkList(node.cniConfDir);

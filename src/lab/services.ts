@@ -3,10 +3,9 @@
  * with its ClusterIPs, NodePort and the lab pods that serve it (from the Pods its selector
  * matches, or from its applied EndpointSlices).
  */
-import { listObjects } from "../cluster/apply.js";
 import { endpointSlicesForService } from "../cluster/objects/endpoints-controller.js";
 import type { EndpointSlice, Pod, Service } from "../cluster/objects/types.js";
-import { openStore } from "../store/open.js";
+import { labStoreObjects } from "./store-access.js";
 import type { LabState } from "./state.js";
 
 export interface LabServicePort {
@@ -22,17 +21,13 @@ export interface LabServicePort {
 }
 
 export async function labServicePorts(state: LabState): Promise<LabServicePort[]> {
-  const store = await openStore(state.store);
-  try {
-    const [services, pods, slices] = await Promise.all([
-      listObjects<Service>(store, "Service"),
-      listObjects<Pod>(store, "Pod"),
-      listObjects<EndpointSlice>(store, "EndpointSlice"),
-    ]);
-    return servicePortsOf(state, services.objects, pods.objects, slices.objects);
-  } finally {
-    await store.close();
-  }
+  const [services, pods, slices] = await Promise.all([
+    labStoreObjects<Service>(state, "services"),
+    labStoreObjects<Pod>(state, "pods"),
+    labStoreObjects<EndpointSlice>(state, "endpointslices"),
+  ]);
+  // `get endpointslices` also lists the slices computed for selector Services: only the applied ones count here.
+  return servicePortsOf(state, services, pods, slices.filter((slice) => slice.metadata.labels?.["endpointslice.kubernetes.io/managed-by"] !== "trellis"));
 }
 
 export function servicePortsOf(state: LabState, services: readonly Service[], pods: readonly Pod[], slices: readonly EndpointSlice[]): LabServicePort[] {
