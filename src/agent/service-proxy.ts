@@ -63,6 +63,8 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
   /** The ports the kernel's rules were last written for (whole or in part). */
   let appliedPorts: ProxyServicePort[] = [];
   let checkTables = false;
+  /** Whether the store changed since the last sync computed the rules. */
+  let dirty = true;
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<void> | undefined;
   let pending = false;
@@ -95,8 +97,6 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
     const started = performance.now();
     const pendingChanges = changeTimes;
     changeTimes = [];
-    const ports = servicePorts(objects);
-    const desired = desiredProxyRuleset(node, ports);
     try {
       if (applied && checkTables) {
         const tables = new Set(await nftListTables());
@@ -106,6 +106,11 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
         }
       }
       checkTables = false;
+      // A resync with nothing changed in the store and the tables in place costs one nft list.
+      if (applied && !dirty) return;
+      dirty = false;
+      const ports = servicePorts(objects);
+      const desired = desiredProxyRuleset(node, ports);
       const script = applied ? renderProxyChange(applied, desired) : renderProxyFull(desired);
       if (script) await nftApply(script);
       const full = applied === undefined;
@@ -123,6 +128,7 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
     } catch (error) {
       // Written whole at the next sync, which a resync or the next change brings.
       applied = undefined;
+      dirty = true;
       failedSyncs++;
       changeTimes.push(...pendingChanges);
       log("error", "service proxy sync failed; the next sync writes the tables whole", { error: String(error) });
@@ -153,6 +159,7 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
       try {
         const lists = await Promise.all(PREFIXES.map((prefix) => store.list(prefix)));
         for (const [i, prefix] of PREFIXES.entries()) objects.set(prefix, new Map(lists[i].entries.map((entry) => [entry.key, entry.value])));
+        dirty = true;
         listed = true;
         backoff = 500;
         requestSync();
@@ -179,6 +186,7 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
     watches.push(watch);
     const entries = objects.get(prefix)!;
     for await (const event of watch) {
+      dirty = true;
       if (event.type === "delete") entries.delete(event.key);
       else {
         entries.set(event.key, event.value);
