@@ -1,0 +1,893 @@
+/**
+ * The agent's Service proxy at scale, measured in one run with its baseline beside it:
+ *
+ * - dispatch: TCP connect time from one pod to another through a ClusterIP with 1, 1,000 and
+ *   all the Services present, against the same connects straight to the endpoint pod's IP;
+ * - sync: all the Services (5 endpoints each) added by `trellis apply`, 1,000 to a file; one
+ *   EndpointSlice changed, from the store write (its trellis.dev/applied-at) to the new rule in
+ *   the kernel (`nft monitor`), over many changes; the full sync of a restarted agent; the
+ *   agent's resident memory.
+ *
+ * One node namespace runs `dist/trellis agent` (its own SQLite store and plan, direct mode, no
+ * masquerade, Service rules synced at every change, debug log so that every sync logs its
+ * duration, periodic resync off so that none lands among the changes); two pod namespaces are
+ * attached through the native CNI plugin and that agent. A tiny TCP server runs in one pod, the
+ * client in the other. One Service selects the server pod (its Pod object applied as a kubelet
+ * would); the others have no selector and an EndpointSlice of 5 addresses in the pod CIDR where
+ * no pod is, so their rules exist without pods. Everything runs in namespaces the bench makes,
+ * as root, and is removed at the end, on failure and on Ctrl-C.
+ *
+ *   npm run bench:svc -- [--services 10000] [--endpoints 5] [--changes 100] [--connects 3000]
+ *                        [--chunk 1000] [--restarts 3]
+ *   TRELLIS_BENCH_SERVICES=50 npm run bench:svc     (a small run: --services defaults to it)
+ */
+import { execFile, execFileSync, spawn } from "node:child_process";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, statSync, writeFileSync } from "node:fs";
+import { cpus, loadavg, tmpdir, totalmem } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs, promisify } from "node:util";
+import { APPLIED_AT, objectKey } from "../src/cluster/apply.js";
+import { logTail, sleep, startDetached, stopProcesses, type StartedProcess } from "../src/lab/processes.js";
+import { openStore } from "../src/store/open.js";
+import { execCniPluginOk, pluginConfig, type CniConfList } from "../test/support/cni-exec.js";
+import { inNetns, sweepStaleNamespaces, type TestNetns } from "../test/support/netns.js";
+import { nativePluginDir } from "../test/support/node-agent.js";
+import { addressesOf, TRELLIS, type PodAttachmentResult } from "../test/support/trellis-cni.js";
+import { gitCommit } from "./commit.js";
+import { newMade, removeMade, type Made } from "./net-support.js";
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+const execFileAsync = promisify(execFile);
+
+const GOALS = { fullSyncMs: 1000, changeMs: 20, rssMB: 100, dispatchRatio: 1.05 };
+
+const PLAN = "podCidrs: [10.250.0.0/16, fd00:250::/48]\nserviceCidrs: [10.251.0.0/16, fd00:251::/108]\n";
+const NODE_NAME = "node";
+const NODE_ADDRESSES = ["198.18.250.1/24", "fd00:198:250::1/64"];
+const METRICS_URL = "http://127.0.0.1:9656/metrics";
+const SERVER_PORT = 8080;
+const SERVICE_PORT = 80;
+const TARGET_SERVICE = "bench-target";
+/**
+ * The endpoints of the Services without pods: 10.250.128.0/17, where the node's pod range
+ * (the plan's first /24) never reaches; the 32,768 of them repeat beyond 6,553 Services of 5.
+ */
+const FILLER_BASE = (10 << 24) | (250 << 16) | (128 << 8);
+const FILLER_ADDRESSES = 1 << 15;
+/** The address change k puts in a slice: 10.250.64.0/18, used by nothing else. */
+const CHANGE_BASE = (10 << 24) | (250 << 16) | (64 << 8);
+const MAX_SERVICES = 60_000;
+const WARMUP_CONNECTS = 100;
+const LIVE_TIMEOUT_MS = 600_000;
+
+interface BenchOptions {
+  services: number;
+  endpoints: number;
+  changes: number;
+  connects: number;
+  chunk: number;
+  restarts: number;
+}
+
+export interface LatencyStats {
+  n: number;
+  p50: number;
+  p95: number;
+  p99: number;
+  mean: number;
+  min: number;
+  max: number;
+}
+
+interface DispatchPoint {
+  /** Services in the store, each with a ClusterIP in the map (the target one included). */
+  services: number;
+  /** Connect time in µs, through the ClusterIP and straight to the pod. */
+  clusterIpUs: LatencyStats;
+  directUs: LatencyStats;
+  /** clusterIpUs.p50 / directUs.p50 */
+  ratio: number;
+}
+
+interface BulkStep {
+  /** Services present once this step is live. */
+  services: number;
+  added: number;
+  /** Every `trellis apply` of this step (CLI wall time, from spawn to exit). */
+  applyMs: number[];
+  /** The last apply returning → the map holding every Service (the end of the agent's sync that made it so). */
+  lastApplyToLiveMs: number;
+  /** The first apply starting → live. */
+  firstApplyToLiveMs: number;
+  /** Syncs the agent ran meanwhile, and their durations. */
+  syncsMs: number[];
+}
+
+interface ChangeFigures {
+  /** Store write (the slice's applied-at) → the new endpoint's DNAT rule reported by `nft monitor`. */
+  writeToLiveMs: LatencyStats;
+  /** `trellis apply -f -` of the one slice, spawn to exit. */
+  applyMs: LatencyStats;
+  /** The agent's own duration of the sync that applied each change (its debug log). */
+  syncMs: LatencyStats;
+  /** What the agent observed into trellis_network_programming_duration_seconds over the changes. */
+  agentProgramming: HistogramDelta;
+  /** trellis_sync_proxy_rules_duration_seconds over the changes. */
+  agentSync: HistogramDelta;
+}
+
+interface FullSyncFigures {
+  /** Agent start → its first (full) sync logged as done. */
+  startToLiveMs: LatencyStats;
+  /** That sync's own duration (compute, render, nft, conntrack), from its log. */
+  syncMs: LatencyStats;
+}
+
+interface HistogramDelta {
+  count: number;
+  meanMs: number;
+  /** Upper bounds of the buckets holding the median and the 99th percentile. */
+  p50AtMostMs: number;
+  p99AtMostMs: number;
+}
+
+interface Memory {
+  rssMiB: number;
+  peakRssMiB: number;
+  anonMiB: number;
+  fileMiB: number;
+}
+
+interface Target {
+  host: string;
+  port: number;
+}
+
+interface Row {
+  figure: string;
+  value: string;
+  goal: string;
+  result: string;
+}
+
+export interface SvcBenchReport {
+  benchmark: "svc";
+  startedAt: string;
+  /** Load averages when the run started and ended: a busy machine makes every figure worse. */
+  machine: { node: string; kernel: string; nft: string; cpus: number; cpuModel: string; memoryGiB: number; loadStart: number[]; loadEnd?: number[] };
+  commit: string;
+  options: BenchOptions;
+  setup?: { serverPod: string; clientPod: string; clusterIP: string };
+  dispatch: DispatchPoint[];
+  bulk: BulkStep[];
+  changes?: ChangeFigures;
+  fullSync?: FullSyncFigures;
+  /** The agent holding every Service: before and after the changes, and after the last restart's full sync. */
+  memory?: { beforeChanges: Memory; steady: Memory; afterFullSync?: Memory };
+  /** The proxy's own gauges once every Service is in: what the kernel holds. */
+  nftables?: Record<string, number>;
+  ratios?: Record<string, number>;
+  goals?: Record<string, boolean>;
+  errors: string[];
+  table?: Row[];
+}
+
+/** The node, its agent and pods, and where everything of theirs lives. */
+interface Cluster {
+  readonly dir: string;
+  readonly node: TestNetns;
+  readonly storeSpec: string;
+  readonly log: AgentLog;
+  agent: StartedProcess;
+  readonly agentArgv: string[];
+  server?: { netns: TestNetns; address: string };
+  client?: { netns: TestNetns; address: string };
+}
+
+async function main(): Promise<void> {
+  const options = parseOptions(process.argv.slice(2));
+  if (process.getuid?.() !== 0) throw new Error("bench:svc needs root: it creates network namespaces and starts an agent in them");
+  if (!existsSync(TRELLIS)) throw new Error(`${TRELLIS} does not exist; run npm run build (npm run bench:svc does)`);
+  // The agent and the CLI keep their extracted SQLite addon beside dist/, as the tests' do.
+  process.env.TRELLIS_NATIVE_DIR ??= join(ROOT, "dist/native");
+  const made = newMade();
+  let removing: Promise<void> | undefined;
+  const remove = () => (removing ??= removeMade(made));
+  let interrupted = false;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    interrupted = true;
+    console.log(`\n${signal}: removing what the bench made`);
+    void remove().finally(() => process.exit(130));
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+
+  const startedAt = new Date().toISOString();
+  const report: SvcBenchReport = { benchmark: "svc", startedAt, machine: machineInfo(), commit: gitCommit(ROOT), options, dispatch: [], bulk: [], errors: [] };
+  const say = (line: string) => interrupted || console.log(line);
+  if (report.machine.loadStart[0]! > report.machine.cpus / 2) say(`warning: load average ${report.machine.loadStart[0]} on ${report.machine.cpus} CPUs; figures will suffer`);
+  try {
+    sweepStaleNamespaces();
+    await measure(options, report, made, say);
+  } catch (error) {
+    report.errors.push((error as Error).message);
+    say(`FAILED: ${(error as Error).message}`);
+  } finally {
+    await remove();
+  }
+  report.machine.loadEnd = roundedLoad();
+  report.ratios = ratios(report);
+  report.goals = goals(report);
+  report.table = tableRows(report);
+  printTable(report);
+  const out = join(ROOT, "bench/results", `svc-${startedAt.replace(/[:.]/g, "-")}.json`);
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(out, `${JSON.stringify(report, null, 2)}\n`);
+  console.log(`\nwrote ${out}`);
+  if (report.errors.length > 0) process.exitCode = 1;
+}
+
+async function measure(options: BenchOptions, report: SvcBenchReport, made: Made, say: (line: string) => void): Promise<void> {
+  const cluster = await startCluster(made);
+  say(`node ${cluster.node.name}: agent ${cluster.agent.pid}, store ${cluster.storeSpec}`);
+  const { server, client } = await attachPods(cluster, made);
+  const clusterIP = await applyTarget(cluster);
+  report.setup = { serverPod: server.address, clientPod: client.address, clusterIP };
+  say(`server pod ${server.address}:${SERVER_PORT}, client pod ${client.address}, Service ${TARGET_SERVICE} ${clusterIP}:${SERVICE_PORT}`);
+  await connectTimes(client.netns, [{ host: clusterIP, port: SERVICE_PORT }], 1, 10_000).catch((error: Error) => {
+    throw new Error(`the ClusterIP does not answer once its rules are in: ${error.message}`);
+  });
+  const baseElements = await serviceIpElements(cluster.node);
+
+  const points = [...new Set([1, 1000, options.services])].filter((n) => n <= options.services).sort((a, b) => a - b);
+  let present = 1;
+  for (const point of points) {
+    if (point > present) {
+      const step = await addFillers(cluster, options, present, point, baseElements, say);
+      report.bulk.push(step);
+      present = point;
+    }
+    const figures = await dispatchAt(client.netns, present, { host: clusterIP, port: SERVICE_PORT }, { host: server.address, port: SERVER_PORT }, options.connects);
+    report.dispatch.push(figures);
+    say(`dispatch with ${services(present)}: ClusterIP p50 ${figures.clusterIpUs.p50} µs, pod IP p50 ${figures.directUs.p50} µs (${figures.ratio.toFixed(3)}x)`);
+  }
+  report.nftables = nftablesGauges(await agentMetrics(cluster.node));
+
+  const beforeChanges = residentMemory(cluster.agent.pid);
+  if (options.services > 1) {
+    report.changes = await measureChanges(cluster, options, made, say);
+  } else {
+    say("changes: not measured (no Service besides the target to change)");
+  }
+  const steady = residentMemory(cluster.agent.pid);
+  report.memory = { beforeChanges, steady };
+  say(`agent RSS with ${services(options.services)}: ${steady.rssMiB} MiB (peak ${steady.peakRssMiB})`);
+
+  const full = await measureFullSync(cluster, options, made, baseElements + options.services - 1, say);
+  report.fullSync = full.figures;
+  report.memory.afterFullSync = full.memory;
+  await connectTimes(client.netns, [{ host: clusterIP, port: SERVICE_PORT }], 1, 10_000).catch((error: Error) => {
+    throw new Error(`the ClusterIP no longer answers after the restarts: ${error.message}`);
+  });
+}
+
+/**
+ * The node namespace with an underlay veth holding the node's addresses (as
+ * test/support/node-agent.ts makes it) and an agent in it; resolves once the agent wrote its
+ * CNI config and synced its Service rules once.
+ */
+async function startCluster(made: Made): Promise<Cluster> {
+  const dir = mkdtempSync(join(tmpdir(), "trellis-bench-svc-"));
+  made.dirs.add(dir);
+  writeFileSync(join(dir, "plan.yaml"), PLAN);
+  const node = made.pool.create("bsvcnode");
+  inNetns(node, "sh", ["-c", "ip link add tragent0 type veth peer name tragent1 && sysctl -qw net.ipv6.conf.tragent0.disable_ipv6=0"]);
+  for (const address of NODE_ADDRESSES) inNetns(node, "ip", ["address", "add", address, "dev", "tragent0", ...(address.includes(":") ? ["nodad"] : [])]);
+  inNetns(node, "ip", ["link", "set", "tragent1", "up"]);
+  inNetns(node, "ip", ["link", "set", "tragent0", "up"]);
+  const storeSpec = `sqlite:${join(dir, "cluster.db")}`;
+  const agentArgv = [
+    TRELLIS, "agent",
+    "--node-name", NODE_NAME, "--node-ip", NODE_ADDRESSES.map((address) => address.split("/")[0]).join(","),
+    "--store", storeSpec, "--plan", join(dir, "plan.yaml"),
+    "--mode", "direct", "--no-masquerade",
+    "--proxy-sync-interval", "0", "--resync-interval", "3600", "--log-level", "debug",
+    "--cni-conf-dir", join(dir, "net.d"), "--cni-data-dir", join(dir, "cni"), "--cni-socket", join(dir, "cni.sock"),
+  ];
+  const log = new AgentLog(join(dir, "agent.log"));
+  const agent = startDetached(node.path, agentArgv, log.path);
+  made.agents.add(agent);
+  const cluster: Cluster = { dir, node, storeSpec, log, agent, agentArgv };
+  await waitForAgent(cluster, "its CNI config", () => existsSync(join(dir, "net.d", "10-trellis.conflist")), 60_000);
+  await waitForAgent(cluster, "its first Service sync", () => log.syncs().length > 0, 60_000);
+  return cluster;
+}
+
+/** Two pods attached through the native plugin and the agent; a TCP server that accepts and closes in the first. */
+async function attachPods(cluster: Cluster, made: Made): Promise<{ server: { netns: TestNetns; address: string }; client: { netns: TestNetns; address: string } }> {
+  const list = JSON.parse(readFileSync(join(cluster.dir, "net.d", "10-trellis.conflist"), "utf8")) as CniConfList;
+  const attach = async (role: string) => {
+    const netns = made.pool.create(`bsvc${role}`);
+    const added = await execCniPluginOk({
+      command: "ADD", plugin: join(nativePluginDir({ standalone: false }), "trellis"), cniPath: "/usr/lib/cni",
+      config: pluginConfig(list, 0), containerId: `bench-${role}`, netns: netns.path, ifname: "eth0", node: cluster.node,
+    });
+    const address = addressesOf(JSON.parse(added.stdout) as PodAttachmentResult).find((ip) => !ip.includes(":"));
+    if (!address) throw new Error(`pod ${role} got no IPv4 address: ${added.stdout}`);
+    return { netns, address };
+  };
+  const server = await attach("server");
+  const client = await attach("client");
+  const script = `const s=require("net").createServer((c)=>{c.on("error",()=>{});c.destroy()});s.listen(${SERVER_PORT},"0.0.0.0",()=>console.log("listening"))`;
+  const child = spawn("nsenter", [`--net=${server.netns.path}`, process.execPath, "-e", script], { stdio: ["ignore", "pipe", "inherit"] });
+  made.children.add(child);
+  await new Promise<void>((resolvePromise, reject) => {
+    child.stdout!.once("data", () => resolvePromise());
+    child.once("exit", (code) => reject(new Error(`the TCP server in the server pod exited ${code}`)));
+  });
+  cluster.server = server;
+  cluster.client = client;
+  return { server, client };
+}
+
+/** The server pod as a kubelet would report it, and the Service selecting it; resolves with its ClusterIP once its rules are in. */
+async function applyTarget(cluster: Cluster): Promise<string> {
+  const pod = {
+    apiVersion: "v1", kind: "Pod",
+    metadata: { name: "bench-server", labels: { app: "bench-server" } },
+    spec: { nodeName: NODE_NAME, containers: [{ name: "server", ports: [{ containerPort: SERVER_PORT }] }] },
+    status: { phase: "Running", podIP: cluster.server!.address, podIPs: [{ ip: cluster.server!.address }], conditions: [{ type: "Ready", status: "True" }] },
+  };
+  const service = { apiVersion: "v1", kind: "Service", metadata: { name: TARGET_SERVICE }, spec: { selector: { app: "bench-server" }, ports: [{ port: SERVICE_PORT, targetPort: SERVER_PORT }] } };
+  const since = Date.now();
+  await trellisApply(cluster, [pod, service]);
+  const { stdout } = await execFileAsync(TRELLIS, ["get", "services", TARGET_SERVICE, "-o", "json", "--store", cluster.storeSpec]);
+  const clusterIP = (JSON.parse(stdout) as { spec: { clusterIPs: string[] } }).spec.clusterIPs[0]!;
+  const rule = `dnat to ${cluster.server!.address}:${SERVER_PORT}`;
+  await waitForAgent(cluster, `the rule ${rule}`, () => cluster.log.syncs().some((entry) => entry.at >= since) && inNetns(cluster.node, "nft", ["list", "table", "ip", "trellis-proxy"]).includes(rule), 30_000);
+  return clusterIP;
+}
+
+/** Services `from`+1 … `to` (Service 1 is the target), in chunks of applies; resolves once the map holds them all. */
+async function addFillers(cluster: Cluster, options: BenchOptions, from: number, to: number, baseElements: number, say: (line: string) => void): Promise<BulkStep> {
+  const applyMs: number[] = [];
+  const firstStarted = Date.now();
+  let lastStarted = firstStarted;
+  for (let first = from + 1; first <= to; first += options.chunk) {
+    const last = Math.min(to, first + options.chunk - 1);
+    const documents = [];
+    for (let i = first; i <= last; i++) documents.push(fillerService(i), fillerSlice(i, options.endpoints));
+    lastStarted = Date.now();
+    const started = performance.now();
+    await trellisApply(cluster, documents);
+    applyMs.push(Math.round(performance.now() - started));
+  }
+  const lastReturned = Date.now();
+  const live = await untilServiceIps(cluster, baseElements + to - 1, lastStarted);
+  const syncsMs = cluster.log.syncs().filter((entry) => entry.at >= firstStarted && entry.at <= live).map((entry) => entry.durationMs);
+  const step: BulkStep = { services: to, added: to - from, applyMs, lastApplyToLiveMs: live - lastReturned, firstApplyToLiveMs: live - firstStarted, syncsMs };
+  say(
+    `added ${services(step.added)} (${applyMs.length} applies, ${sum(applyMs)} ms): live ${step.lastApplyToLiveMs} ms after the last apply returned, ` +
+      `${step.syncsMs.length} syncs (longest ${Math.max(0, ...syncsMs)} ms)`,
+  );
+  return step;
+}
+
+function fillerName(i: number): string {
+  return `bench-svc-${String(i).padStart(5, "0")}`;
+}
+
+function fillerService(i: number): object {
+  return { apiVersion: "v1", kind: "Service", metadata: { name: fillerName(i) }, spec: { ports: [{ port: SERVICE_PORT, targetPort: SERVER_PORT }] } };
+}
+
+/** Service i's slice: `endpoints` addresses where no pod is, the first replaced by `first` when given. */
+function fillerSlice(i: number, endpoints: number, first?: string): object {
+  const addresses = Array.from({ length: endpoints }, (_, k) => ipv4(FILLER_BASE + ((i * endpoints + k) % FILLER_ADDRESSES)));
+  if (first !== undefined) addresses[0] = first;
+  return {
+    apiVersion: "discovery.k8s.io/v1", kind: "EndpointSlice",
+    metadata: { name: `${fillerName(i)}-1`, labels: { "kubernetes.io/service-name": fillerName(i) } },
+    addressType: "IPv4",
+    endpoints: addresses.map((address) => ({ addresses: [address], conditions: { ready: true } })),
+    ports: [{ name: "", protocol: "TCP", port: SERVER_PORT }],
+  };
+}
+
+function ipv4(n: number): string {
+  return [24, 16, 8, 0].map((shift) => (n >>> shift) & 255).join(".");
+}
+
+/**
+ * Each change re-applies one filler Service's slice with its first address replaced by a new
+ * one, and waits for `nft monitor` in the node to report the new endpoint's DNAT rule. The
+ * changed Services are spread over the whole range.
+ */
+async function measureChanges(cluster: Cluster, options: BenchOptions, made: Made, say: (line: string) => void): Promise<ChangeFigures> {
+  const fillers = options.services - 1;
+  // Read only, for the applied-at of each slice the bench applies.
+  const store = await openStore(cluster.storeSpec);
+  made.stores.add(store);
+  const monitor = await nftMonitor(cluster.node, made);
+  const before = await agentMetrics(cluster.node);
+  const writeToLive: number[] = [];
+  const apply: number[] = [];
+  const sync: number[] = [];
+  try {
+    for (let k = 0; k < options.changes; k++) {
+      const service = 2 + (Math.floor(((k + 0.5) * fillers) / options.changes) % fillers);
+      const address = ipv4(CHANGE_BASE + k + 1);
+      const rule = new RegExp(`dnat to ${address.replaceAll(".", "\\.")}:${SERVER_PORT}(\\s|$)`);
+      const mark = monitor.mark();
+      const started = performance.now();
+      await trellisApply(cluster, [fillerSlice(service, options.endpoints, address)]);
+      apply.push(performance.now() - started);
+      const stored = await store.get(objectKey("EndpointSlice", "default", `${fillerName(service)}-1`));
+      const written = Date.parse((JSON.parse(stored!.value) as { metadata: { annotations: Record<string, string> } }).metadata.annotations[APPLIED_AT]!);
+      const seen = await monitor.until(rule, mark, 30_000, () => agentFailure(cluster));
+      writeToLive.push(seen - written);
+      await waitForAgent(cluster, `the sync of change ${k + 1} logged`, () => cluster.log.syncs().some((entry) => entry.at >= written && !entry.full), 30_000);
+      sync.push(cluster.log.syncs().find((entry) => entry.at >= written && !entry.full)!.durationMs);
+      if ((k + 1) % Math.max(1, Math.floor(options.changes / 10)) === 0) {
+        say(`  change ${k + 1}/${options.changes}: ${fillerName(service)} live ${(seen - written).toFixed(1)} ms after the write (sync ${sync.at(-1)} ms, apply ${apply.at(-1)!.toFixed(0)} ms)`);
+      }
+      // The next change is written once this one's sync is over, as an isolated change would be.
+      await sleep(20);
+    }
+  } finally {
+    monitor.stop();
+  }
+  const after = await agentMetrics(cluster.node);
+  return {
+    writeToLiveMs: latency(writeToLive),
+    applyMs: latency(apply),
+    syncMs: latency(sync),
+    agentProgramming: histogramDelta(before, after, "trellis_network_programming_duration_seconds"),
+    agentSync: histogramDelta(before, after, "trellis_sync_proxy_rules_duration_seconds"),
+  };
+}
+
+/** The agent stopped (SIGTERM) and started again on the same store `restarts` times: its first sync writes every rule. */
+async function measureFullSync(cluster: Cluster, options: BenchOptions, made: Made, expectedElements: number, say: (line: string) => void): Promise<{ figures: FullSyncFigures; memory: Memory }> {
+  const startToLive: number[] = [];
+  const syncMs: number[] = [];
+  let memory: Memory | undefined;
+  for (let r = 1; r <= options.restarts; r++) {
+    await stopProcesses([cluster.agent.pid]);
+    made.agents.delete(cluster.agent);
+    const started = Date.now();
+    cluster.agent = startDetached(cluster.node.path, cluster.agentArgv, cluster.log.path);
+    made.agents.add(cluster.agent);
+    const full = () => cluster.log.syncs().find((entry) => entry.at >= started && entry.full);
+    await waitForAgent(cluster, "the restarted agent's full sync", () => full() !== undefined, LIVE_TIMEOUT_MS);
+    const entry = full()!;
+    const elements = await serviceIpElements(cluster.node);
+    if (elements !== expectedElements) throw new Error(`after the restarted agent's full sync the map service-ips holds ${elements} elements, expected ${expectedElements}`);
+    startToLive.push(entry.at - started);
+    syncMs.push(entry.durationMs);
+    // Whatever the sync allocated has settled into the resident set by now.
+    await sleep(1000);
+    memory = residentMemory(cluster.agent.pid);
+    say(`restart ${r}/${options.restarts}: rules live ${entry.at - started} ms after start, full sync ${entry.durationMs} ms, RSS ${memory.rssMiB} MiB (peak ${memory.peakRssMiB})`);
+  }
+  return { figures: { startToLiveMs: latency(startToLive), syncMs: latency(syncMs) }, memory: memory! };
+}
+
+/** Connects through the ClusterIP and straight to the pod, interleaved, in one client process in the client pod. */
+async function dispatchAt(client: TestNetns, services: number, clusterIp: Target, direct: Target, connects: number): Promise<DispatchPoint> {
+  const [viaService, straight] = await connectTimes(client, [clusterIp, direct], connects, 5_000);
+  const clusterIpUs = latency(viaService);
+  const directUs = latency(straight);
+  return { services, clusterIpUs, directUs, ratio: round(clusterIpUs.p50 / directUs.p50, 3) };
+}
+
+/**
+ * Sequential TCP connects from `from`, `connects` to each target after a warm-up, alternating
+ * which target goes first; µs from connect() to the handshake done, per target. Each connection
+ * is reset at once, so no TIME_WAIT piles up on either side.
+ */
+async function connectTimes(from: TestNetns, targets: readonly Target[], connects: number, timeoutMs: number): Promise<number[][]> {
+  const script = `
+const net = require("net");
+const { targets, connects, warmup, timeoutMs } = JSON.parse(process.argv[1]);
+const once = (t) => new Promise((resolve, reject) => {
+  const started = process.hrtime.bigint();
+  const socket = net.connect({ host: t.host, port: t.port });
+  const timer = setTimeout(() => { socket.destroy(); reject(new Error(t.host + ":" + t.port + ": no answer within " + timeoutMs + " ms")); }, timeoutMs);
+  socket.once("connect", () => { const us = Number(process.hrtime.bigint() - started) / 1000; clearTimeout(timer); socket.resetAndDestroy(); resolve(us); });
+  socket.on("error", (e) => { clearTimeout(timer); reject(new Error(t.host + ":" + t.port + ": " + e.message)); });
+});
+(async () => {
+  const samples = targets.map(() => []);
+  for (let i = 0; i < warmup + connects; i++) {
+    const order = i % 2 ? [...targets.keys()].reverse() : [...targets.keys()];
+    for (const k of order) { const us = await once(targets[k]); if (i >= warmup) samples[k].push(Math.round(us * 10) / 10); }
+  }
+  process.stdout.write(JSON.stringify(samples));
+})().catch((e) => { console.error(e.message); process.exit(1); });`;
+  const warmup = connects > 1 ? WARMUP_CONNECTS : 0;
+  try {
+    const { stdout } = await execFileAsync("nsenter", [`--net=${from.path}`, process.execPath, "-e", script, JSON.stringify({ targets, connects, warmup, timeoutMs })], {
+      maxBuffer: 64 * 1024 * 1024,
+      timeout: 600_000,
+    });
+    return JSON.parse(stdout) as number[][];
+  } catch (error) {
+    const { stderr = "" } = error as { stderr?: string };
+    throw new Error(`connects from ${from.name} failed: ${stderr.trim() || (error as Error).message}`);
+  }
+}
+
+/** `trellis apply -f FILE --store …`: the CLI a user runs. Asynchronous, so that `nft monitor` lines are stamped as they come. */
+async function trellisApply(cluster: Cluster, documents: readonly object[]): Promise<void> {
+  const file = join(cluster.dir, "apply.json");
+  writeFileSync(file, documents.map((document) => JSON.stringify(document)).join("\n---\n"));
+  try {
+    await execFileAsync(TRELLIS, ["apply", "-f", file, "--store", cluster.storeSpec], { maxBuffer: 64 * 1024 * 1024, timeout: 600_000 });
+  } catch (error) {
+    const { stdout = "", stderr = "" } = error as { stdout?: string; stderr?: string };
+    throw new Error(`trellis apply of ${documents.length} objects failed: ${`${stderr}${stdout}`.trim().split("\n").slice(-10).join("\n") || (error as Error).message}`);
+  }
+}
+
+/**
+ * Waits for the agent's syncs (from its log) until, after one ending at or after `since`, the
+ * IPv4 map service-ips holds `expected` elements; resolves with the end of that sync (ms since
+ * the epoch; of the last one logged when several ended between two looks). The map is listed
+ * once per sync, not in a loop, so the bench does not compete with the agent for the CPU.
+ */
+async function untilServiceIps(cluster: Cluster, expected: number, since: number): Promise<number> {
+  const deadline = Date.now() + LIVE_TIMEOUT_MS;
+  let checked = 0;
+  for (;;) {
+    const reason = agentFailure(cluster);
+    if (reason) throw new Error(reason);
+    const syncs = cluster.log.syncs().filter((entry) => entry.at >= since);
+    if (syncs.length > checked) {
+      checked = syncs.length;
+      const elements = await serviceIpElements(cluster.node);
+      if (elements >= expected) return syncs.at(-1)!.at;
+    }
+    if (Date.now() > deadline) throw new Error(`the map service-ips holds ${await serviceIpElements(cluster.node)} of ${expected} elements ${LIVE_TIMEOUT_MS / 1000} s after the last apply`);
+    await sleep(20);
+  }
+}
+
+async function serviceIpElements(node: TestNetns): Promise<number> {
+  const { stdout } = await execFileAsync("nsenter", [`--net=${node.path}`, "nft", "-j", "list", "map", "ip", "trellis-proxy", "service-ips"], { maxBuffer: 256 * 1024 * 1024 });
+  const map = (JSON.parse(stdout) as { nftables: Array<{ map?: { elem?: unknown[] } }> }).nftables.find((item) => item.map)?.map;
+  return map?.elem?.length ?? 0;
+}
+
+interface NftMonitor {
+  /** Where the lines reported so far end. */
+  mark(): number;
+  /** Resolves with when (ms since the epoch) the first line after `from` matching `pattern` came. */
+  until(pattern: RegExp, from: number, timeoutMs: number, failure: () => string | undefined): Promise<number>;
+  stop(): void;
+}
+
+/** `nft monitor` in the node: each line stamped on arrival (the kernel sends it once the transaction is committed). */
+async function nftMonitor(node: TestNetns, made: Made): Promise<NftMonitor> {
+  const child = spawn("nsenter", [`--net=${node.path}`, "nft", "monitor"], { stdio: ["ignore", "pipe", "ignore"] });
+  made.children.add(child);
+  const lines: Array<{ at: number; text: string }> = [];
+  let partial = "";
+  child.stdout!.on("data", (chunk: Buffer) => {
+    const at = performance.timeOrigin + performance.now();
+    const parts = (partial + chunk.toString("utf8")).split("\n");
+    partial = parts.pop()!;
+    for (const text of parts) lines.push({ at, text });
+  });
+  // nft monitor says nothing once it has subscribed: give it a moment.
+  await sleep(300);
+  if (child.exitCode !== null) throw new Error(`nft monitor in ${node.name} exited ${child.exitCode}`);
+  return {
+    mark: () => lines.length,
+    async until(pattern, from, timeoutMs, failure) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const hit = lines.slice(from).find((line) => pattern.test(line.text));
+        if (hit) return hit.at;
+        from = lines.length;
+        const reason = failure();
+        if (reason) throw new Error(reason);
+        if (Date.now() > deadline) throw new Error(`nft monitor reported no rule matching ${pattern} within ${timeoutMs} ms`);
+        // Lines are stamped as they arrive: how often this looks does not change the figure.
+        await sleep(5);
+      }
+    },
+    stop() {
+      child.kill("SIGTERM");
+      made.children.delete(child);
+    },
+  };
+}
+
+/** The agent's JSON log, read on from where it was last read. */
+class AgentLog {
+  private offset = 0;
+  private partial = "";
+  private readonly logged: Array<{ at: number; durationMs: number; full: boolean }> = [];
+  private readonly failed: string[] = [];
+
+  constructor(readonly path: string) {}
+
+  /** The Service syncs logged so far ("service rules synced"): when each ended, how long it took, whether it wrote everything. */
+  syncs(): ReadonlyArray<{ at: number; durationMs: number; full: boolean }> {
+    this.readOn();
+    return this.logged;
+  }
+
+  /** The errors of the syncs that failed ("service proxy sync failed"). */
+  failures(): readonly string[] {
+    this.readOn();
+    return this.failed;
+  }
+
+  private readOn(): void {
+    let size: number;
+    try {
+      size = statSync(this.path).size;
+    } catch {
+      return;
+    }
+    if (size <= this.offset) return;
+    const buffer = Buffer.alloc(size - this.offset);
+    const fd = openSync(this.path, "r");
+    try {
+      readSync(fd, buffer, 0, buffer.length, this.offset);
+    } finally {
+      closeSync(fd);
+    }
+    this.offset = size;
+    const lines = (this.partial + buffer.toString("utf8")).split("\n");
+    this.partial = lines.pop()!;
+    for (const line of lines) {
+      let entry: { time: string; msg: string; durationMs?: number; full?: boolean; error?: string };
+      try {
+        entry = JSON.parse(line) as typeof entry;
+      } catch {
+        continue;
+      }
+      if (entry.msg === "service rules synced") this.logged.push({ at: Date.parse(entry.time), durationMs: entry.durationMs ?? NaN, full: entry.full === true });
+      if (entry.msg === "service proxy sync failed") this.failed.push(`${entry.time}: ${entry.error}`);
+    }
+  }
+}
+
+/** Why waiting for the agent is pointless: it ended, or a sync of its failed (a bug at any scale, and the figures would not be of a working proxy). */
+function agentFailure(cluster: Cluster): string | undefined {
+  const how = cluster.agent.ended();
+  if (how) return `the agent ended (${how}); the end of ${cluster.log.path}:\n${logTail(cluster.log.path)}`;
+  const [failure] = cluster.log.failures();
+  return failure ? `a Service sync of the agent failed: ${failure.slice(0, 2000)}` : undefined;
+}
+
+async function waitForAgent(cluster: Cluster, what: string, condition: () => boolean, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    const reason = agentFailure(cluster);
+    if (reason) throw new Error(`waiting for ${what}: ${reason}`);
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs / 1000} s; the end of ${cluster.log.path}:\n${logTail(cluster.log.path)}`);
+    await sleep(20);
+  }
+}
+
+async function agentMetrics(node: TestNetns): Promise<string> {
+  const script = `require("http").get(process.argv[1],(res)=>{let d="";res.on("data",(c)=>d+=c);res.on("end",()=>process.stdout.write(d))}).on("error",(e)=>{console.error(e.message);process.exit(1)})`;
+  const { stdout } = await execFileAsync("nsenter", [`--net=${node.path}`, process.execPath, "-e", script, METRICS_URL], { maxBuffer: 16 * 1024 * 1024 });
+  return stdout;
+}
+
+function metricValue(text: string, name: string): number {
+  return Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? NaN);
+}
+
+function histogramDelta(before: string, after: string, name: string): HistogramDelta {
+  const buckets = (text: string) => [...text.matchAll(new RegExp(`^${name}_bucket\\{le="([^"]+)"\\} (\\S+)$`, "gm"))].map((m) => ({ le: Number(m[1]), count: Number(m[2]) }));
+  const [b, a] = [buckets(before), buckets(after)];
+  const count = metricValue(after, `${name}_count`) - metricValue(before, `${name}_count`);
+  const sumSeconds = metricValue(after, `${name}_sum`) - metricValue(before, `${name}_sum`);
+  const delta = a.map((bucket, i) => ({ le: bucket.le, count: bucket.count - (b[i]?.count ?? 0) }));
+  const atMost = (q: number) => (delta.find((bucket) => bucket.count >= q * count)?.le ?? NaN) * 1000;
+  return { count, meanMs: count ? round((sumSeconds / count) * 1000, 2) : NaN, p50AtMostMs: atMost(0.5), p99AtMostMs: atMost(0.99) };
+}
+
+function nftablesGauges(text: string): Record<string, number> {
+  const gauges: Record<string, number> = { servicePorts: metricValue(text, "trellis_proxy_service_ports") };
+  for (const m of text.matchAll(/^trellis_proxy_nftables_(chains|rules|elements)\{family="(IPv[46])"\} (\S+)$/gm)) gauges[`${m[2]} ${m[1]}`] = Number(m[3]);
+  return gauges;
+}
+
+function residentMemory(pid: number): Memory {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const mib = (field: string) => Math.round(Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN) / 102.4) / 10;
+  return { rssMiB: mib("VmRSS"), peakRssMiB: mib("VmHWM"), anonMiB: mib("RssAnon"), fileMiB: mib("RssFile") };
+}
+
+/** Nearest-rank percentiles. */
+export function latency(samples: readonly number[]): LatencyStats {
+  const sorted = [...samples].sort((a, b) => a - b);
+  const at = (q: number): number => sorted[Math.max(0, Math.ceil(q * sorted.length) - 1)] ?? NaN;
+  return {
+    n: sorted.length,
+    p50: round(at(0.5), 1),
+    p95: round(at(0.95), 1),
+    p99: round(at(0.99), 1),
+    mean: round(sum(sorted) / sorted.length, 1),
+    min: round(sorted[0] ?? NaN, 1),
+    max: round(sorted.at(-1) ?? NaN, 1),
+  };
+}
+
+function sum(values: readonly number[]): number {
+  return values.reduce((total, x) => total + x, 0);
+}
+
+function round(x: number, digits: number): number {
+  const scale = 10 ** digits;
+  return Math.round(x * scale) / scale;
+}
+
+function ratios(report: SvcBenchReport): Record<string, number> {
+  const result: Record<string, number> = {};
+  const first = report.dispatch[0];
+  for (const point of report.dispatch) {
+    result[`ClusterIP / pod IP p50, ${services(point.services)}`] = point.ratio;
+    if (first && point !== first) {
+      result[`ClusterIP p50, ${services(point.services)} / ${services(first.services)}`] = round(point.clusterIpUs.p50 / first.clusterIpUs.p50, 3);
+      result[`pod IP p50, ${services(point.services)} / ${services(first.services)} (the machine's drift)`] = round(point.directUs.p50 / first.directUs.p50, 3);
+      result[`ClusterIP / pod IP p50, ${services(point.services)} / ${services(first.services)}`] = dispatchGrowth(first, point);
+    }
+  }
+  return result;
+}
+
+/**
+ * How much more a ClusterIP connect costs with `point`'s Services than with `first`'s, each
+ * against the pod-IP connects measured beside it: the points are minutes apart, and what the
+ * machine does meanwhile moves both alike (the pod-IP path meets the same hash lookups, which
+ * do not grow with the Services).
+ */
+function dispatchGrowth(first: DispatchPoint, point: DispatchPoint): number {
+  return round(point.ratio / first.ratio, 3);
+}
+
+function services(n: number): string {
+  return `${n.toLocaleString("en")} Service${n === 1 ? "" : "s"}`;
+}
+
+function goals(report: SvcBenchReport): Record<string, boolean> {
+  const result: Record<string, boolean> = {};
+  const n = services(report.options.services);
+  if (report.fullSync) result[`full sync of ${n} < ${GOALS.fullSyncMs} ms (max of ${report.fullSync.syncMs.n})`] = report.fullSync.syncMs.max < GOALS.fullSyncMs;
+  if (report.changes) result[`one change, store write → rules live, p99 < ${GOALS.changeMs} ms`] = report.changes.writeToLiveMs.p99 < GOALS.changeMs;
+  if (report.memory) {
+    const rss = Math.max(report.memory.steady.rssMiB, report.memory.afterFullSync?.rssMiB ?? 0);
+    result[`agent RSS with ${n} < ${GOALS.rssMB} MB`] = rss * 1.048576 < GOALS.rssMB;
+  }
+  const first = report.dispatch[0];
+  const last = report.dispatch.at(-1);
+  if (first && last && last !== first) {
+    result[`ClusterIP connect p50 with ${n} within ${Math.round((GOALS.dispatchRatio - 1) * 100)} % of 1 (each against the pod IP beside it)`] = dispatchGrowth(first, last) <= GOALS.dispatchRatio;
+  }
+  return result;
+}
+
+function tableRows(report: SvcBenchReport): Row[] {
+  const rows: Row[] = [];
+  const verdict = (pass: boolean | undefined) => (pass === undefined ? "" : pass ? "pass" : "FAIL");
+  const n = services(report.options.services);
+  const goal = (prefix: string) => Object.entries(report.goals ?? {}).find(([name]) => name.startsWith(prefix))?.[1];
+  const ms = (s: LatencyStats) => `${s.p50} / ${s.p99} ms (max ${s.max})`;
+  if (report.fullSync) {
+    const f = report.fullSync;
+    rows.push({ figure: `full sync of ${n} (restarted agent), median / max of ${f.syncMs.n}`, value: `${f.syncMs.p50} / ${f.syncMs.max} ms`, goal: `< ${GOALS.fullSyncMs} ms`, result: verdict(goal("full sync")) });
+    rows.push({ figure: "  agent start → every rule live, median / max", value: `${f.startToLiveMs.p50} / ${f.startToLiveMs.max} ms`, goal: "", result: "reported" });
+  }
+  const c = report.changes;
+  if (c) {
+    rows.push({ figure: `one change, store write → rules live, p50 / p99 of ${c.writeToLiveMs.n}`, value: ms(c.writeToLiveMs), goal: `< ${GOALS.changeMs} ms`, result: verdict(goal("one change")) });
+    rows.push({ figure: "  of which the agent's sync (its log), p50 / p99", value: ms(c.syncMs), goal: "", result: "reported" });
+    rows.push({ figure: `  agent's trellis_network_programming_duration (${c.agentProgramming.count} obs.)`, value: `mean ${c.agentProgramming.meanMs} ms, p50 ≤ ${c.agentProgramming.p50AtMostMs} ms, p99 ≤ ${c.agentProgramming.p99AtMostMs} ms`, goal: "", result: "reported" });
+    rows.push({ figure: "  trellis apply of the one slice (CLI, spawn to exit), p50 / p99", value: ms(c.applyMs), goal: "", result: "reported" });
+  }
+  if (report.memory) {
+    const m = report.memory;
+    const after = m.afterFullSync ? `; restarted, after its full sync ${m.afterFullSync.rssMiB} MiB (peak ${m.afterFullSync.peakRssMiB})` : "";
+    rows.push({ figure: `agent RSS with ${n}, after the changes`, value: `${m.steady.rssMiB} MiB (peak ${m.steady.peakRssMiB})${after}`, goal: `< ${GOALS.rssMB} MB`, result: verdict(goal("agent RSS")) });
+    rows.push({ figure: "  of it anonymous / file pages (the executable's, shared)", value: `${m.steady.anonMiB} / ${m.steady.fileMiB} MiB`, goal: "", result: "reported" });
+    rows.push({ figure: "  before the changes: RSS / anonymous", value: `${m.beforeChanges.rssMiB} / ${m.beforeChanges.anonMiB} MiB`, goal: "", result: "reported" });
+  }
+  for (const step of report.bulk) {
+    rows.push({
+      figure: `bulk: ${services(step.added)} added in ${step.applyMs.length} applies → ${step.services.toLocaleString("en")}`,
+      value: `apply ${sum(step.applyMs)} ms; last apply → live ${step.lastApplyToLiveMs} ms`,
+      goal: "",
+      result: "reported",
+    });
+  }
+  const first = report.dispatch[0];
+  for (const point of report.dispatch) {
+    rows.push({
+      figure: `TCP connect p50 / p95, ${services(point.services)} (${point.clusterIpUs.n} each)`,
+      value: `ClusterIP ${point.clusterIpUs.p50} / ${point.clusterIpUs.p95} µs, pod IP ${point.directUs.p50} / ${point.directUs.p95} µs: ${point.ratio.toFixed(3)}x`,
+      goal: "",
+      result: "reported",
+    });
+  }
+  const last = report.dispatch.at(-1);
+  if (first && last && last !== first) {
+    rows.push({
+      figure: `  ClusterIP / pod IP with ${services(last.services)}, against with ${services(first.services)}`,
+      value: `${dispatchGrowth(first, last).toFixed(3)}x (ClusterIP alone ${(last.clusterIpUs.p50 / first.clusterIpUs.p50).toFixed(3)}x, pod IP alone ${(last.directUs.p50 / first.directUs.p50).toFixed(3)}x)`,
+      goal: `≤ ${GOALS.dispatchRatio.toFixed(2)}x`,
+      result: verdict(goal("ClusterIP connect")),
+    });
+  }
+  for (const error of report.errors) rows.push({ figure: "not measured", value: error.split("\n")[0]!.slice(0, 100), goal: "", result: "ERROR" });
+  return rows;
+}
+
+function printTable(report: SvcBenchReport): void {
+  const o = report.options;
+  const load = (values: number[] | undefined) => (values ?? []).map((x) => x.toFixed(2)).join(" ");
+  console.log(
+    `\nTrellis Service proxy (${o.services.toLocaleString("en")} Services × ${o.endpoints} endpoints, ${o.changes} changes, ${o.connects} connects per target; ` +
+      `${report.machine.cpus} CPUs, load ${load(report.machine.loadStart)} → ${load(report.machine.loadEnd)})\n`,
+  );
+  const rows = [["figure", "value", "goal", "result"], ...(report.table ?? []).map((row) => [row.figure, row.value, row.goal, row.result])];
+  const widths = rows[0]!.map((_, col) => Math.max(...rows.map((row) => row[col]!.length)));
+  for (const row of rows) console.log(row.map((cell, col) => cell.padEnd(widths[col]!)).join("   ").trimEnd());
+  if (report.nftables) console.log(`\nthe proxy's nftables: ${Object.entries(report.nftables).map(([name, value]) => `${name} ${value}`).join(", ")}`);
+}
+
+function machineInfo(): SvcBenchReport["machine"] {
+  return {
+    node: process.version,
+    kernel: execFileSync("uname", ["-r"], { encoding: "utf8" }).trim(),
+    nft: execFileSync("nft", ["--version"], { encoding: "utf8" }).trim(),
+    cpus: cpus().length,
+    cpuModel: cpus()[0]?.model ?? "",
+    memoryGiB: Math.round(totalmem() / 2 ** 30),
+    loadStart: roundedLoad(),
+  };
+}
+
+function roundedLoad(): number[] {
+  return loadavg().map((x) => round(x, 2));
+}
+
+function parseOptions(argv: string[]): BenchOptions {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      services: { type: "string", default: process.env.TRELLIS_BENCH_SERVICES ?? "10000" },
+      endpoints: { type: "string", default: "5" },
+      changes: { type: "string", default: "100" },
+      connects: { type: "string", default: "3000" },
+      // One apply is one transaction, of at most 128 operations (etcd's limit, kept on SQLite
+      // too): a Service and its slice take about 5, so 25 is the most one file can hold.
+      chunk: { type: "string", default: "1000" },
+      restarts: { type: "string", default: "3" },
+    },
+  });
+  const whole = (name: string, text: string, min: number, max: number): number => {
+    const n = Number(text);
+    if (!/^[0-9]+$/.test(text) || n < min || n > max) throw new Error(`--${name} ${text}: expected a whole number from ${min} to ${max}`);
+    return n;
+  };
+  return {
+    services: whole("services", values.services, 1, MAX_SERVICES),
+    endpoints: whole("endpoints", values.endpoints, 1, 100),
+    // 10.250.64.0/18 holds the new addresses of the changes.
+    changes: whole("changes", values.changes, 1, 16_000),
+    connects: whole("connects", values.connects, 100, 100_000),
+    chunk: whole("chunk", values.chunk, 1, 10_000),
+    restarts: whole("restarts", values.restarts, 1, 20),
+  };
+}
+
+await main();
