@@ -213,6 +213,11 @@ async function main(): Promise<void> {
   } catch (error) {
     report.errors.push((error as Error).message);
     say(`FAILED: ${(error as Error).message}`);
+    // The agent's log says why; it goes with the temp directory otherwise.
+    for (const dir of made.dirs) {
+      const log = join(dir, "agent.log");
+      if (existsSync(log)) say(`the end of the agent's log:\n${logTail(log)}`);
+    }
   } finally {
     await remove();
   }
