@@ -214,6 +214,13 @@ async function main(): Promise<void> {
     report.errors.push((error as Error).message);
     say(`FAILED: ${(error as Error).message}`);
     // The agent's log says why; it goes with the temp directory otherwise.
+    for (const agent of made.agents) {
+      try {
+        say(`agent ${agent.pid} and its children now:\n${execFileSync("ps", ["-o", "pid,ppid,stat,time,rss,wchan:20,args", "--ppid", String(agent.pid), "-p", String(agent.pid)], { encoding: "utf8" })}`);
+      } catch {
+        say(`agent ${agent.pid} is gone`);
+      }
+    }
     for (const dir of made.dirs) {
       const log = join(dir, "agent.log");
       if (existsSync(log)) say(`the end of the agent's log:\n${logTail(log)}`);
