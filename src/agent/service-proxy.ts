@@ -125,6 +125,7 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
       const now = Date.now();
       for (const time of pendingChanges) programming.observe((now - time) / 1000);
       if (script) log(full ? "info" : "debug", "service rules synced", { full, servicePorts: ports.length, durationMs: Math.round(stats.lastSyncMs * 10) / 10 });
+      else log("debug", "service rules already right", { servicePorts: ports.length, durationMs: Math.round(stats.lastSyncMs * 10) / 10, changes: pendingChanges.length });
     } catch (error) {
       // Written whole at the next sync, which a resync or the next change brings.
       applied = undefined;
