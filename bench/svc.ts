@@ -213,6 +213,10 @@ async function main(): Promise<void> {
   } catch (error) {
     report.errors.push((error as Error).message);
     say(`FAILED: ${(error as Error).message}`);
+    if (failureNode) {
+      const metrics = await agentMetrics(failureNode).catch((metricsError: unknown) => `(no metrics: ${String(metricsError)})`);
+      say(`the agent's proxy state:\n${metrics.split("\n").filter((line) => /^trellis_proxy_(sync_running|sync_pending|changes_waiting|service_ports)|^trellis_sync_proxy_rules_(last_timestamp|duration_seconds_count)/.test(line)).join("\n")}`);
+    }
     // The agent's log says why; it goes with the temp directory otherwise.
     for (const agent of made.agents) {
       try {
@@ -223,7 +227,12 @@ async function main(): Promise<void> {
     }
     for (const dir of made.dirs) {
       const log = join(dir, "agent.log");
-      if (existsSync(log)) say(`the end of the agent's log:\n${logTail(log)}`);
+      if (existsSync(log)) {
+        const kept = join(ROOT, "bench/results", `svc-agent-${startedAt.replace(/[:.]/g, "-")}.log`);
+        mkdirSync(dirname(kept), { recursive: true });
+        writeFileSync(kept, readFileSync(log));
+        say(`the end of the agent's log (all of it in ${kept}):\n${logTail(log)}`);
+      }
     }
   } finally {
     await remove();
@@ -240,8 +249,12 @@ async function main(): Promise<void> {
   if (report.errors.length > 0) process.exitCode = 1;
 }
 
+/** The node of the run, for the diagnostics printed when a measurement fails. */
+let failureNode: TestNetns | undefined;
+
 async function measure(options: BenchOptions, report: SvcBenchReport, made: Made, say: (line: string) => void): Promise<void> {
   const cluster = await startCluster(made);
+  failureNode = cluster.node;
   say(`node ${cluster.node.name}: agent ${cluster.agent.pid}, store ${cluster.storeSpec}`);
   const { server, client } = await attachPods(cluster, made);
   const clusterIP = await applyTarget(cluster);

@@ -226,6 +226,9 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
         renderGauge("trellis_sync_proxy_rules_last_timestamp_seconds", "When the Service rules were last synced.", [{ value: lastSyncAt / 1000 }]),
         renderGauge("trellis_sync_proxy_rules_failures_total", "Syncs of the Service rules that failed.", [{ value: failedSyncs }], "counter"),
         renderGauge("trellis_proxy_service_ports", "Service ports the rules implement.", [{ value: stats.servicePorts }]),
+        renderGauge("trellis_proxy_sync_running", "1 while a sync of the Service rules runs.", [{ value: running ? 1 : 0 }]),
+        renderGauge("trellis_proxy_sync_pending", "1 while a change waits for the next sync.", [{ value: pending || timer ? 1 : 0 }]),
+        renderGauge("trellis_proxy_changes_waiting", "Store changes not yet in a finished sync.", [{ value: changeTimes.length }]),
         ...(["chains", "rules", "elements"] as const).map((what) =>
           renderGauge(`trellis_proxy_nftables_${what}`, `nftables ${what} in the proxy's tables.`, stats.counts.map((count) => ({ labels: { family: count.family === 4 ? "IPv4" : "IPv6" }, value: count[what] }))),
         ),
