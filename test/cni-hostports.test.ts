@@ -5,28 +5,10 @@
  * conflicts; DEL and GC take the rules away.
  */
 import assert from "node:assert/strict";
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 import { inNetns, NetnsPool, sweepStaleNamespaces, type TestNetns } from "./support/netns.js";
-import { addPod, addressesOf, cniSuite, hostVeths, recordedPods, tempDir, trellis, TRELLIS, type PodAttachmentResult } from "./support/trellis-cni.js";
-
-interface Answer {
-  readonly ok: boolean;
-  readonly server?: string;
-  readonly source?: string;
-  readonly error?: string;
-  readonly ms: number;
-}
-
-function probe(from: TestNetns, address: string, port: number, udp = false): Answer {
-  const run = spawnSync("nsenter", [`--net=${from.path}`, TRELLIS, "probe", "connect", address, String(port), "--json", "--timeout", "1500", ...(udp ? ["--udp"] : [])], { encoding: "utf8", timeout: 20_000 });
-  try {
-    const answer = JSON.parse(run.stdout) as Omit<Answer, "ok">;
-    return { ...answer, ok: answer.server !== undefined };
-  } catch {
-    return { ok: false, error: run.stdout + run.stderr, ms: 0 };
-  }
-}
+import { addPod, addressesOf, cniSuite, hostVeths, probe, recordedPods, tempDir, trellis, TRELLIS, type PodAttachmentResult } from "./support/trellis-cni.js";
 
 describe(cniSuite("hostPort: the portMappings capability"), () => {
   const pool = new NetnsPool();
@@ -81,7 +63,7 @@ describe(cniSuite("hostPort: the portMappings capability"), () => {
       const tcp = probe(external, address, 8080);
       assert.equal(tcp.server, "web", `${address}:8080/tcp: ${tcp.error}`);
       assert.equal(tcp.source, address.includes(":") ? "fd00:198:252::2" : "198.18.252.2");
-      assert.equal(probe(external, address, 8080, true).server, "dns", `${address}:8080/udp`);
+      assert.equal(probe(external, address, 8080, { udp: true }).server, "dns", `${address}:8080/udp`);
     }
     assert.equal(probe(external, "198.18.252.11", 9090).server, "pinned-a");
     assert.equal(probe(external, "198.18.252.1", 9090).server, "pinned-b");
@@ -123,12 +105,12 @@ describe(cniSuite("hostPort: the portMappings capability"), () => {
     const del = await trellis("DEL", node, config([]), { id: "web", netns: web.netns.path });
     assert.equal(del.code, 0, del.stdout + del.stderr);
     assert.equal(probe(external, "198.18.252.1", 8080).ok, false);
-    assert.equal(probe(external, "198.18.252.1", 8080, true).server, "dns", "the other mappings stay");
+    assert.equal(probe(external, "198.18.252.1", 8080, { udp: true }).server, "dns", "the other mappings stay");
     await add("web2", [{ hostPort: 8080, containerPort: 7777, protocol: "tcp" }]);
     assert.equal(probe(external, "198.18.252.1", 8080).server, "web2", "the freed port can be had again");
     const gc = await trellis("GC", node, { ...config([]), "cni.dev/valid-attachments": [] });
     assert.equal(gc.code, 0, gc.stdout + gc.stderr);
-    assert.equal(probe(external, "198.18.252.1", 8080, true).ok, false);
+    assert.equal(probe(external, "198.18.252.1", 8080, { udp: true }).ok, false);
     assert.doesNotMatch(inNetns(node, "nft", ["list", "tables"]), /trellis-hostports/);
   });
 });

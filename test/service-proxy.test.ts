@@ -12,27 +12,7 @@ import { after, before, describe, it } from "node:test";
 import { execCniPluginOk, pluginConfig, type CniConfList } from "./support/cni-exec.js";
 import { inNetns, NetnsPool, sweepStaleNamespaces, type TestNetns } from "./support/netns.js";
 import { AGENT_UNDERLAY, nativePluginDir, NODE_ADDRESSES, startNodeAgent, TRELLIS_STANDALONE, type NodeAgent } from "./support/node-agent.js";
-import { addressesOf, type PodAttachmentResult } from "./support/trellis-cni.js";
-
-interface Answer {
-  readonly ok: boolean;
-  readonly server?: string;
-  readonly source?: string;
-  readonly error?: string;
-  readonly ms: number;
-}
-
-/** One TCP connection (or UDP datagram) from `from` through the probe client. */
-function probe(from: TestNetns, address: string, port: number, options: { udp?: boolean; timeoutMs?: number } = {}): Answer {
-  const args = ["probe", "connect", address, String(port), "--json", "--timeout", String(options.timeoutMs ?? 2000), ...(options.udp ? ["--udp"] : [])];
-  const run = spawnSync("nsenter", [`--net=${from.path}`, TRELLIS_STANDALONE, ...args], { encoding: "utf8", timeout: 20_000 });
-  try {
-    const answer = JSON.parse(run.stdout) as Omit<Answer, "ok">;
-    return { ...answer, ok: answer.server !== undefined };
-  } catch {
-    return { ok: false, error: `${run.stdout}${run.stderr}`, ms: 0 };
-  }
-}
+import { addressesOf, probe, type PodAttachmentResult } from "./support/trellis-cni.js";
 
 /** Polls until `check` holds (every 50 ms, at most `timeoutMs`); returns how long it took. */
 async function eventually(what: string, check: () => boolean, timeoutMs = 10_000): Promise<number> {

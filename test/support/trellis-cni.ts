@@ -2,7 +2,7 @@
  * Drives the built `dist/trellis` as a runtime would, inside test namespaces, and probes the
  * traffic between pods.
  */
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -139,4 +139,24 @@ export function trellisAtFaultPoint(
     child.once("error", reject);
     child.once("close", (code, signal) => resolvePromise({ signal, code, stdout, stderr }));
   });
+}
+
+export interface ProbeAnswer {
+  readonly ok: boolean;
+  readonly server?: string;
+  readonly source?: string;
+  readonly error?: string;
+  readonly ms: number;
+}
+
+/** One TCP connection (or UDP datagram) from `from` through `trellis probe connect`: who answered, and the source it saw. */
+export function probe(from: TestNetns, address: string, port: number, options: { udp?: boolean; timeoutMs?: number } = {}): ProbeAnswer {
+  const args = ["probe", "connect", address, String(port), "--json", "--timeout", String(options.timeoutMs ?? 2000), ...(options.udp ? ["--udp"] : [])];
+  const run = spawnSync("nsenter", [`--net=${from.path}`, TRELLIS, ...args], { encoding: "utf8", timeout: 20_000 });
+  try {
+    const answer = JSON.parse(run.stdout) as Omit<ProbeAnswer, "ok">;
+    return { ...answer, ok: answer.server !== undefined };
+  } catch {
+    return { ok: false, error: `${run.stdout}${run.stderr}`, ms: 0 };
+  }
 }
