@@ -9,7 +9,7 @@
 import { createServer, type Server } from "node:http";
 import { APPLIED_AT, ENDPOINTSLICES_PREFIX, PODS_PREFIX, storedService } from "../cluster/apply.js";
 import { endpointSlicesForService } from "../cluster/objects/endpoints-controller.js";
-import type { EndpointSlice, Pod, Service } from "../cluster/objects/types.js";
+import { LABEL_SERVICE_NAME, type EndpointSlice, type Pod, type Service } from "../cluster/objects/types.js";
 import { SERVICES_PREFIX } from "../cluster/services.js";
 import {
   desiredProxyRuleset, PROXY_TABLE, proxyRulesetCounts, renderProxyChange, renderProxyFull,
@@ -261,7 +261,7 @@ export function servicePorts(objects: ReadonlyMap<string, ReadonlyMap<string, st
   const slices = [...(objects.get(ENDPOINTSLICES_PREFIX)?.values() ?? [])].flatMap((value) => parse<EndpointSlice>(value) ?? []);
   const slicesByService = new Map<string, EndpointSlice[]>();
   for (const slice of slices) {
-    const owner = slice.metadata.labels?.["kubernetes.io/service-name"];
+    const owner = slice.metadata.labels?.[LABEL_SERVICE_NAME];
     if (!owner) continue;
     const key = `${slice.metadata.namespace ?? "default"}/${owner}`;
     slicesByService.set(key, [...(slicesByService.get(key) ?? []), slice]);

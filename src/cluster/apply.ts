@@ -13,7 +13,7 @@ import { MAX_TXN_OPERATIONS, type KvStore, type KvTxn } from "../store/kv.js";
 import { claimNodePort, releaseNodePort } from "./node-ports.js";
 import { ObjectInvalidError } from "./objects/field-errors.js";
 import { normalizeEndpointSlice, normalizePod, normalizeService } from "./objects/validate.js";
-import { objectKind } from "./objects/manifests.js";
+import { objectKind, type ObjectKind } from "./objects/manifests.js";
 import type { EndpointSlice, Pod, Service } from "./objects/types.js";
 import { claimServiceIp, KUBERNETES_SERVICE, releaseServiceIp, serviceIpRangeFor } from "./service-ips.js";
 import { resolveServiceFamilies } from "./service-ips-families.js";
@@ -25,7 +25,7 @@ import { commitWithRetry, type Committed } from "./txn.js";
 export const ENDPOINTSLICES_PREFIX = "/endpointslices/";
 export const PODS_PREFIX = "/pods/";
 
-export type ObjectKind = "Service" | "EndpointSlice" | "Pod";
+export type { ObjectKind };
 export type StoredObject = Service | EndpointSlice | Pod;
 
 const PREFIXES: Record<ObjectKind, string> = { Service: SERVICES_PREFIX, EndpointSlice: ENDPOINTSLICES_PREFIX, Pod: PODS_PREFIX };
@@ -34,10 +34,6 @@ const RESOURCES: Record<ObjectKind, string> = { Service: "services", EndpointSli
 
 export function objectKey(kind: ObjectKind, namespace: string, name: string): string {
   return kind === "Service" ? serviceKey(namespace, name) : `${PREFIXES[kind]}${namespace}/${name}`;
-}
-
-export function objectPrefix(kind: ObjectKind): string {
-  return PREFIXES[kind];
 }
 
 export interface ObjectOutcome {

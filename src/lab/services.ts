@@ -3,8 +3,8 @@
  * with its ClusterIPs, NodePort and the lab pods that serve it (from the Pods its selector
  * matches, or from its applied EndpointSlices).
  */
-import { endpointSlicesForService } from "../cluster/objects/endpoints-controller.js";
-import type { EndpointSlice, Pod, Service } from "../cluster/objects/types.js";
+import { endpointSlicesForService, MANAGED_BY_TRELLIS } from "../cluster/objects/endpoints-controller.js";
+import { LABEL_MANAGED_BY, LABEL_SERVICE_NAME, type EndpointSlice, type Pod, type Service } from "../cluster/objects/types.js";
 import { labStoreObjects } from "./store-access.js";
 import type { LabState } from "./state.js";
 
@@ -27,7 +27,7 @@ export async function labServicePorts(state: LabState): Promise<LabServicePort[]
     labStoreObjects<EndpointSlice>(state, "endpointslices"),
   ]);
   // `get endpointslices` also lists the slices computed for selector Services: only the applied ones count here.
-  return servicePortsOf(state, services, pods, slices.filter((slice) => slice.metadata.labels?.["endpointslice.kubernetes.io/managed-by"] !== "trellis"));
+  return servicePortsOf(state, services, pods, slices.filter((slice) => slice.metadata.labels?.[LABEL_MANAGED_BY] !== MANAGED_BY_TRELLIS));
 }
 
 export function servicePortsOf(state: LabState, services: readonly Service[], pods: readonly Pod[], slices: readonly EndpointSlice[]): LabServicePort[] {
@@ -39,7 +39,7 @@ export function servicePortsOf(state: LabState, services: readonly Service[], po
     const namespace = service.metadata.namespace ?? "default";
     const own = spec.selector
       ? endpointSlicesForService(service, pods)
-      : slices.filter((slice) => (slice.metadata.namespace ?? "default") === namespace && slice.metadata.labels?.["kubernetes.io/service-name"] === service.metadata.name);
+      : slices.filter((slice) => (slice.metadata.namespace ?? "default") === namespace && slice.metadata.labels?.[LABEL_SERVICE_NAME] === service.metadata.name);
     for (const port of spec.ports) {
       if (port.protocol !== "TCP" && port.protocol !== "UDP") continue;
       const endpoints = new Map<string, { pod: string; node: string }>();
