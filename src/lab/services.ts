@@ -3,8 +3,9 @@
  * with its ClusterIPs, NodePort and the lab pods that serve it (from the Pods its selector
  * matches, or from its applied EndpointSlices).
  */
-import { endpointSlicesForService, MANAGED_BY_TRELLIS } from "../cluster/objects/endpoints-controller.js";
-import { LABEL_MANAGED_BY, LABEL_SERVICE_NAME, type EndpointSlice, type Pod, type Service } from "../cluster/objects/types.js";
+import { MANAGED_BY_TRELLIS } from "../cluster/objects/endpoints-controller.js";
+import { resolveServicePorts, sliceOwner } from "../cluster/objects/service-endpoints.js";
+import { LABEL_MANAGED_BY, type EndpointSlice, type Pod, type Service } from "../cluster/objects/types.js";
 import { labStoreObjects } from "./store-access.js";
 import type { LabState } from "./state.js";
 
@@ -32,30 +33,27 @@ export async function labServicePorts(state: LabState): Promise<LabServicePort[]
 
 export function servicePortsOf(state: LabState, services: readonly Service[], pods: readonly Pod[], slices: readonly EndpointSlice[]): LabServicePort[] {
   const podByAddress = new Map(state.pods.flatMap((pod) => pod.addresses.map((address) => [address, pod] as const)));
+  const applied = new Map<string, EndpointSlice[]>();
+  for (const slice of slices) {
+    const owner = sliceOwner(slice);
+    if (owner) applied.set(owner, [...(applied.get(owner) ?? []), slice]);
+  }
   const ports: LabServicePort[] = [];
   for (const service of services) {
     const spec = service.spec;
     if (spec.clusterIP === "None" || !spec.ports?.length || !spec.clusterIPs?.length) continue;
-    const namespace = service.metadata.namespace ?? "default";
-    const own = spec.selector
-      ? endpointSlicesForService(service, pods)
-      : slices.filter((slice) => (slice.metadata.namespace ?? "default") === namespace && slice.metadata.labels?.[LABEL_SERVICE_NAME] === service.metadata.name);
-    for (const port of spec.ports) {
-      if (port.protocol !== "TCP" && port.protocol !== "UDP") continue;
+    const name = `${service.metadata.namespace ?? "default"}/${service.metadata.name}`;
+    for (const { spec: port, protocol, endpoints: resolved } of resolveServicePorts(service, pods, applied.get(name) ?? [])) {
+      if (protocol !== "TCP" && protocol !== "UDP") continue;
       const endpoints = new Map<string, { pod: string; node: string }>();
-      for (const slice of own) {
-        if (!(slice.ports ?? []).some((candidate) => (candidate.name ?? "") === (port.name ?? "") && (candidate.protocol ?? "TCP") === port.protocol && candidate.port === state.probePort)) continue;
-        for (const endpoint of slice.endpoints) {
-          if (endpoint.conditions?.ready === false) continue;
-          for (const address of endpoint.addresses) {
-            const pod = podByAddress.get(address);
-            if (pod) endpoints.set(pod.name, { pod: pod.name, node: pod.node });
-          }
-        }
+      for (const endpoint of resolved) {
+        // Only ready endpoints that are lab pods answering on their probe port.
+        const pod = endpoint.ready && endpoint.port === state.probePort ? podByAddress.get(endpoint.address) : undefined;
+        if (pod) endpoints.set(pod.name, { pod: pod.name, node: pod.node });
       }
       ports.push({
-        service: `${namespace}/${service.metadata.name}`,
-        protocol: port.protocol,
+        service: name,
+        protocol,
         port: port.port,
         ...(port.nodePort === undefined ? {} : { nodePort: port.nodePort }),
         clusterIPs: spec.clusterIPs,

@@ -73,7 +73,7 @@ function addressTypes(service: Service): AddressType[] {
   return ["IPv4", "IPv6"];
 }
 
-function matchesSelector(selector: Readonly<Record<string, string>>, labels: Readonly<Record<string, string>>): boolean {
+export function matchesSelector(selector: Readonly<Record<string, string>>, labels: Readonly<Record<string, string>>): boolean {
   return Object.entries(selector).every(([key, value]) => labels[key] === value);
 }
 

@@ -1,0 +1,123 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { APPLIED_AT, ENDPOINTSLICES_PREFIX, PODS_PREFIX } from "../cluster/apply.js";
+import { SERVICES_PREFIX } from "../cluster/services.js";
+import { formatIp } from "../net/ip.js";
+import { ServiceIndex } from "./service-index.js";
+
+function service(name: string, extra: { selector?: Record<string, string>; namespace?: string; clusterIP?: string; annotations?: Record<string, string> } = {}) {
+  const namespace = extra.namespace ?? "default";
+  const clusterIP = extra.clusterIP ?? "10.96.0.10";
+  return [
+    `${SERVICES_PREFIX}${namespace}/${name}`,
+    JSON.stringify({
+      apiVersion: "v1", kind: "Service",
+      metadata: { name, namespace, ...(extra.annotations ? { annotations: extra.annotations } : {}) },
+      spec: {
+        type: "ClusterIP", clusterIP, clusterIPs: [clusterIP], ipFamilies: ["IPv4"], ipFamilyPolicy: "SingleStack",
+        ports: [{ name: "http", protocol: "TCP", port: 80, targetPort: 8080 }],
+        ...(extra.selector ? { selector: extra.selector } : {}),
+      },
+    }),
+  ] as const;
+}
+
+function slice(name: string, owner: string, addresses: string[]) {
+  return [
+    `${ENDPOINTSLICES_PREFIX}default/${name}`,
+    JSON.stringify({
+      apiVersion: "discovery.k8s.io/v1", kind: "EndpointSlice",
+      metadata: { name, namespace: "default", labels: { "kubernetes.io/service-name": owner } },
+      addressType: "IPv4",
+      endpoints: addresses.map((address) => ({ addresses: [address], conditions: { ready: true, serving: true, terminating: false } })),
+      ports: [{ name: "http", protocol: "TCP", port: 9090 }],
+    }),
+  ] as const;
+}
+
+function pod(name: string, ip: string, labels: Record<string, string>, namespace = "default") {
+  return [
+    `${PODS_PREFIX}${namespace}/${name}`,
+    JSON.stringify({
+      apiVersion: "v1", kind: "Pod",
+      metadata: { name, namespace, labels },
+      spec: { nodeName: "node-a", containers: [{ name: "c" }] },
+      status: { phase: "Running", podIP: ip, podIPs: [{ ip }], conditions: [{ type: "Ready", status: "True" }] },
+    }),
+  ] as const;
+}
+
+/** `NAMESPACE/NAME` → its endpoints as `ADDRESS:PORT`, sorted. */
+function endpointsOf(index: ServiceIndex): Record<string, string[]> {
+  return Object.fromEntries(index.servicePorts().map((port) => [`${port.namespace}/${port.name}`, port.endpoints.map((endpoint) => `${formatIp(endpoint.address)}:${endpoint.port}`).sort()]));
+}
+
+describe("ServiceIndex", () => {
+  it("follows a selectorless Service's slices as they are labelled for it, relabelled away and deleted", () => {
+    // Catches: a slice relabelled to another Service leaving its endpoints behind in the first one.
+    const index = new ServiceIndex();
+    index.put(SERVICES_PREFIX, ...service("a"));
+    index.put(SERVICES_PREFIX, ...service("b", { clusterIP: "10.96.0.11" }));
+    index.put(ENDPOINTSLICES_PREFIX, ...slice("s1", "a", ["10.244.0.5", "10.244.0.6"]));
+    assert.deepEqual(endpointsOf(index), { "default/a": ["10.244.0.5:9090", "10.244.0.6:9090"], "default/b": [] });
+    index.put(ENDPOINTSLICES_PREFIX, ...slice("s1", "b", ["10.244.0.5"]));
+    assert.deepEqual(endpointsOf(index), { "default/a": [], "default/b": ["10.244.0.5:9090"] });
+    index.put(ENDPOINTSLICES_PREFIX, slice("s1", "b", [])[0], undefined);
+    assert.deepEqual(endpointsOf(index), { "default/a": [], "default/b": [] });
+  });
+
+  it("follows Pods through a selector, by labels before and after a change, in the Service's namespace only", () => {
+    // Catches: a Pod whose labels no longer match staying an endpoint (only the new labels checked),
+    // and a Pod of another namespace with matching labels being taken.
+    const index = new ServiceIndex();
+    index.put(SERVICES_PREFIX, ...service("web", { selector: { app: "web" } }));
+    index.put(PODS_PREFIX, ...pod("p1", "10.244.0.5", { app: "web" }));
+    index.put(PODS_PREFIX, ...pod("p2", "10.244.0.6", { app: "web" }, "other"));
+    assert.deepEqual(endpointsOf(index), { "default/web": ["10.244.0.5:8080"] });
+    index.put(PODS_PREFIX, ...pod("p1", "10.244.0.5", { app: "db" }));
+    assert.deepEqual(endpointsOf(index), { "default/web": [] });
+    index.put(PODS_PREFIX, ...pod("p3", "10.244.0.7", { app: "web", tier: "x" }));
+    assert.deepEqual(endpointsOf(index), { "default/web": ["10.244.0.7:8080"] });
+    index.put(PODS_PREFIX, pod("p3", "", {})[0], undefined);
+    assert.deepEqual(endpointsOf(index), { "default/web": [] });
+    // A slice labelled for a Service with a selector does not count: the Pods decide.
+    index.put(ENDPOINTSLICES_PREFIX, ...slice("s1", "web", ["10.244.0.9"]));
+    assert.deepEqual(endpointsOf(index), { "default/web": [] });
+  });
+
+  it("keeps an unaffected Service's ports the same objects, and works out only the changed one again", () => {
+    // Catches: every change rebuilding every port, which defeats the ruleset cache (a change costs the whole cluster).
+    const index = new ServiceIndex();
+    index.put(SERVICES_PREFIX, ...service("a"));
+    index.put(SERVICES_PREFIX, ...service("b", { clusterIP: "10.96.0.11", selector: { app: "b" } }));
+    index.put(ENDPOINTSLICES_PREFIX, ...slice("s1", "a", ["10.244.0.5"]));
+    const before = new Map(index.servicePorts().map((port) => [port.name, port]));
+    assert.equal(index.changed, false);
+    index.put(PODS_PREFIX, ...pod("p1", "10.244.0.8", { app: "b" }));
+    assert.equal(index.changed, true);
+    const after = new Map(index.servicePorts().map((port) => [port.name, port]));
+    assert.equal(after.get("a"), before.get("a"));
+    assert.notEqual(after.get("b"), before.get("b"));
+    // A Pod no Service selects marks nothing.
+    index.put(PODS_PREFIX, ...pod("p2", "10.244.0.9", { app: "none" }));
+    assert.equal(index.changed, false);
+  });
+
+  it("drops deleted and headless Services, skips values that do not parse, and reports apply times", () => {
+    // Catches: a deleted Service's rules kept, a broken stored value throwing out of the watch loop.
+    const index = new ServiceIndex();
+    const time = "2026-11-27T10:00:00.123Z";
+    assert.equal(index.put(SERVICES_PREFIX, ...service("a", { annotations: { [APPLIED_AT]: time } })), Date.parse(time));
+    index.put(SERVICES_PREFIX, ...service("headless", { clusterIP: "None" }));
+    index.put(SERVICES_PREFIX, `${SERVICES_PREFIX}default/broken`, "{not json");
+    index.put(SERVICES_PREFIX, ...service("sel", { clusterIP: "10.96.0.12", selector: { app: "x" } }));
+    index.put(PODS_PREFIX, `${PODS_PREFIX}default/broken`, "[]");
+    index.put(PODS_PREFIX, `${PODS_PREFIX}default/broken2`, JSON.stringify({ metadata: { name: "broken2", labels: { app: "x" } } }));
+    index.put(ENDPOINTSLICES_PREFIX, `${ENDPOINTSLICES_PREFIX}default/broken`, JSON.stringify({ metadata: { name: "broken", labels: { "kubernetes.io/service-name": "a" } } }));
+    assert.deepEqual(endpointsOf(index), { "default/a": [], "default/sel": [] });
+    index.put(SERVICES_PREFIX, service("a")[0], undefined);
+    assert.deepEqual(endpointsOf(index), { "default/sel": [] });
+    index.clear();
+    assert.deepEqual(index.servicePorts(), []);
+  });
+});

@@ -1,0 +1,195 @@
+/**
+ * The Service proxy's view of the store: Services, EndpointSlices and Pods as parsed objects,
+ * indexed so that a change to one object marks only the Services it can affect (a slice: the
+ * Service it is labelled for; a Pod: the Services in its namespace whose selector matches its
+ * labels before or after), and each Service's ports with their endpoints worked out again only
+ * when it was marked. A port that did not change stays the same object, which is what lets the
+ * ruleset cache skip it.
+ */
+import { APPLIED_AT, ENDPOINTSLICES_PREFIX, PODS_PREFIX, storedService } from "../cluster/apply.js";
+import { matchesSelector } from "../cluster/objects/endpoints-controller.js";
+import { hasSelector, resolveServicePorts, sliceOwner } from "../cluster/objects/service-endpoints.js";
+import type { EndpointSlice, Pod, Service } from "../cluster/objects/types.js";
+import { SERVICES_PREFIX } from "../cluster/services.js";
+import type { ProxyServicePort, ServiceProtocol } from "../dataplane/service-proxy.js";
+import { tryParseIp, type IpAddress } from "../net/ip.js";
+
+export const PROXY_PREFIXES = [SERVICES_PREFIX, ENDPOINTSLICES_PREFIX, PODS_PREFIX] as const;
+export type ProxyPrefix = (typeof PROXY_PREFIXES)[number];
+
+export class ServiceIndex {
+  /** By `NAMESPACE/NAME`. */
+  private readonly services = new Map<string, Service>();
+  private readonly selectorServices = new Map<string, Set<string>>();
+  /** By store key. */
+  private readonly slices = new Map<string, EndpointSlice>();
+  /** Store keys of the slices labelled for a Service, by `NAMESPACE/NAME`. */
+  private readonly slicesByOwner = new Map<string, Set<string>>();
+  /** By store key. */
+  private readonly pods = new Map<string, Pod>();
+  private readonly podsByNamespace = new Map<string, Set<string>>();
+  /** Each Service's ports as last worked out. */
+  private readonly ports = new Map<string, readonly ProxyServicePort[]>();
+  /** Services to work out again. */
+  private readonly stale = new Set<string>();
+  private flat: ProxyServicePort[] | undefined;
+
+  /** Forgets everything (before a relist). */
+  clear(): void {
+    for (const map of [this.services, this.selectorServices, this.slices, this.slicesByOwner, this.pods, this.podsByNamespace, this.ports]) map.clear();
+    this.stale.clear();
+    this.flat = undefined;
+  }
+
+  /**
+   * Takes in one stored object (`value` undefined: deleted). Returns the time the change was
+   * applied (its trellis.dev/applied-at), when it carries one.
+   */
+  put(prefix: ProxyPrefix, storeKey: string, value: string | undefined): number | undefined {
+    if (prefix === SERVICES_PREFIX) {
+      const key = storeKey.slice(prefix.length);
+      const service = value === undefined ? undefined : storedService(value);
+      this.setService(key, service);
+      return appliedAt(service);
+    }
+    if (prefix === ENDPOINTSLICES_PREFIX) {
+      const slice = value === undefined ? undefined : parse<EndpointSlice>(value, (object) => Array.isArray(object.endpoints));
+      this.setSlice(storeKey, slice);
+      return appliedAt(slice);
+    }
+    const pod = value === undefined ? undefined : parse<Pod>(value, (object) => isObject(object.spec) && isObject(object.status));
+    this.setPod(storeKey, pod);
+    return appliedAt(pod);
+  }
+
+  /** Whether some Service must be worked out again. */
+  get changed(): boolean {
+    return this.stale.size > 0;
+  }
+
+  /** Every Service port with its endpoints; only the Services marked since the last call are worked out. */
+  servicePorts(): readonly ProxyServicePort[] {
+    if (this.stale.size === 0 && this.flat) return this.flat;
+    for (const key of this.stale) {
+      const service = this.services.get(key);
+      const ports = service ? this.portsOf(service) : [];
+      if (ports.length) this.ports.set(key, ports);
+      else this.ports.delete(key);
+    }
+    this.stale.clear();
+    this.flat = [];
+    for (const ports of this.ports.values()) for (const port of ports) this.flat.push(port);
+    return this.flat;
+  }
+
+  private setService(key: string, service: Service | undefined): void {
+    const namespace = key.slice(0, key.indexOf("/"));
+    this.selectorServices.get(namespace)?.delete(key);
+    if (service) {
+      this.services.set(key, service);
+      if (hasSelector(service)) addTo(this.selectorServices, namespace, key);
+    } else {
+      this.services.delete(key);
+    }
+    this.stale.add(key);
+  }
+
+  private setSlice(storeKey: string, slice: EndpointSlice | undefined): void {
+    const before = this.slices.get(storeKey);
+    const oldOwner = before && sliceOwner(before);
+    if (oldOwner) {
+      this.slicesByOwner.get(oldOwner)?.delete(storeKey);
+      this.stale.add(oldOwner);
+    }
+    if (slice) this.slices.set(storeKey, slice);
+    else this.slices.delete(storeKey);
+    const owner = slice && sliceOwner(slice);
+    if (owner) {
+      addTo(this.slicesByOwner, owner, storeKey);
+      this.stale.add(owner);
+    }
+  }
+
+  private setPod(storeKey: string, pod: Pod | undefined): void {
+    const before = this.pods.get(storeKey);
+    for (const changed of [before, pod]) {
+      if (!changed) continue;
+      const namespace = changed.metadata?.namespace ?? "default";
+      const labels = changed.metadata?.labels ?? {};
+      for (const key of this.selectorServices.get(namespace) ?? []) {
+        if (matchesSelector(this.services.get(key)!.spec.selector ?? {}, labels)) this.stale.add(key);
+      }
+    }
+    if (before) this.podsByNamespace.get(before.metadata?.namespace ?? "default")?.delete(storeKey);
+    if (pod) {
+      this.pods.set(storeKey, pod);
+      addTo(this.podsByNamespace, pod.metadata?.namespace ?? "default", storeKey);
+    } else {
+      this.pods.delete(storeKey);
+    }
+  }
+
+  private portsOf(service: Service): ProxyServicePort[] {
+    const spec = service.spec;
+    if (!spec || spec.clusterIP === "None" || !spec.ports?.length) return [];
+    const namespace = service.metadata.namespace ?? "default";
+    const key = `${namespace}/${service.metadata.name}`;
+    const pods = hasSelector(service) ? [...(this.podsByNamespace.get(namespace) ?? [])].map((podKey) => this.pods.get(podKey)!) : [];
+    const applied = [...(this.slicesByOwner.get(key) ?? [])].map((sliceKey) => this.slices.get(sliceKey)!);
+    const clusterIPs = addresses(spec.clusterIPs);
+    const externalIPs = addresses(spec.externalIPs);
+    const loadBalancerIPs = spec.type === "LoadBalancer" ? addresses((service.status?.loadBalancer?.ingress ?? []).flatMap((ingress) => (ingress.ip ? [ingress.ip] : []))) : [];
+    const affinity = spec.sessionAffinity === "ClientIP" ? (spec.sessionAffinityConfig?.clientIP?.timeoutSeconds ?? 10800) : undefined;
+    return resolveServicePorts(service, pods, applied).map(({ spec: port, protocol, endpoints }) => ({
+      namespace,
+      name: service.metadata.name,
+      portName: port.name ?? "",
+      protocol: protocol as ServiceProtocol,
+      port: port.port,
+      nodePort: port.nodePort ?? undefined,
+      clusterIPs,
+      externalIPs,
+      loadBalancerIPs,
+      sessionAffinityTimeoutSeconds: affinity,
+      ...(spec.healthCheckNodePort === undefined ? {} : { healthCheckNodePort: spec.healthCheckNodePort }),
+      externalTrafficPolicy: spec.externalTrafficPolicy === "Local" ? "Local" : "Cluster",
+      internalTrafficPolicy: spec.internalTrafficPolicy === "Local" ? "Local" : "Cluster",
+      endpoints: endpoints.flatMap((endpoint) => {
+        const address = tryParseIp(endpoint.address);
+        return address ? [{ ...endpoint, address }] : [];
+      }),
+    }));
+  }
+}
+
+function addTo(index: Map<string, Set<string>>, key: string, value: string): void {
+  let set = index.get(key);
+  if (!set) index.set(key, (set = new Set()));
+  set.add(value);
+}
+
+function addresses(list: readonly string[] | undefined): IpAddress[] {
+  return (list ?? []).flatMap((text) => tryParseIp(text) ?? []);
+}
+
+/** A stored object, or undefined when the value is not one (such a value counts as no object). */
+function parse<T>(value: string, shape: (object: Record<string, unknown>) => boolean): T | undefined {
+  try {
+    const parsed = JSON.parse(value) as unknown;
+    if (!isObject(parsed) || !isObject(parsed.metadata) || typeof parsed.metadata.name !== "string" || !shape(parsed)) return undefined;
+    return parsed as T;
+  } catch {
+    return undefined;
+  }
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** The apply time an object carries (see cluster/apply.ts), if it parses. */
+function appliedAt(object: { metadata?: { annotations?: Readonly<Record<string, string>> } } | undefined): number | undefined {
+  const text = object?.metadata?.annotations?.[APPLIED_AT];
+  const time = text === undefined ? Number.NaN : Date.parse(text);
+  return Number.isFinite(time) ? time : undefined;
+}
