@@ -3,7 +3,7 @@ import { spawnSync } from "node:child_process";
 import { describe, it } from "node:test";
 import { parseIp, parsePrefix, type Family } from "../net/ip.js";
 import {
-  desiredProxyRuleset, proxyRulesetCounts, renderProxyChange, renderProxyFull, type ProxyEndpoint, type ProxyNode, type ProxyRuleset, type ProxyServicePort, type ProxyTable,
+  desiredProxyRuleset, ProxyRulesetCache, proxyRulesetCounts, renderProxyChange, renderProxyFull, type ProxyEndpoint, type ProxyNode, type ProxyRuleset, type ProxyServicePort, type ProxyTable,
 } from "./service-proxy.js";
 
 /*
@@ -421,6 +421,26 @@ describe("desiredProxyRuleset", () => {
     assert.equal(renderProxyChange(a, b), "");
   });
 
+  it("gives with a cache what it gives without, a changed port and a changed node included", () => {
+    // Catches: the cache handing back a port's old chains after the port changed, after the node
+    // changed (its name decides which endpoints are local), or a claim decided once and kept.
+    const cache = new ProxyRulesetCache();
+    const ports = [
+      servicePort({ externalTrafficPolicy: "Local", nodePort: 30080, endpoints: [endpoint("10.244.1.5", 8080, { nodeName: "node-a" }), endpoint("10.244.2.6")] }),
+      servicePort({ name: "api", clusterIPs: ips("10.96.0.11", "fd00:10:96::11"), externalIPs: ips("203.0.113.10"), sessionAffinityTimeoutSeconds: 60 }),
+    ];
+    assert.deepEqual(desiredProxyRuleset(NODE, ports, cache), desired(ports));
+    assert.deepEqual(desiredProxyRuleset(NODE, ports, cache), desired(ports), "the second call, from the cache");
+    const changed = [ports[0], { ...ports[1], endpoints: [endpoint("10.244.3.7"), endpoint("fd00:10:244::7")] }];
+    assert.deepEqual(desiredProxyRuleset(NODE, changed, cache), desired(changed));
+    const moved: ProxyNode = { ...NODE, name: "node-b" };
+    assert.deepEqual(desiredProxyRuleset(moved, changed, cache), desiredProxyRuleset(moved, changed));
+    // A new port claiming an address an unchanged (cached) port had: the first in order still wins.
+    const claimant = [...changed, servicePort({ name: "aaa", clusterIPs: ips("10.96.0.12"), externalIPs: ips("203.0.113.10") })];
+    assert.deepEqual(desiredProxyRuleset(NODE, claimant, cache), desired(claimant));
+    assert.match(elements(table(desiredProxyRuleset(NODE, claimant, cache), 4), "service-ips")["203.0.113.10 . tcp . 80"], /default\/aaa\//);
+  });
+
   it("gives the first port in order an address, protocol and port two ports claim", () => {
     // Catches: two Services with one externalIP:port writing the same map key twice, which fails the whole transaction.
     const t = table(desired([
@@ -629,11 +649,20 @@ describe("scale", () => {
     const t3 = performance.now();
     const change = renderProxyChange(ruleset, changed);
     const t4 = performance.now();
+    const cache = new ProxyRulesetCache();
+    const cached = desiredProxyRuleset(node, ports, cache);
+    const t5 = performance.now();
+    const cachedChanged = desiredProxyRuleset(node, ports.map((port, i) => (i === 4242 ? { ...port, endpoints: port.endpoints.slice(1) } : port)), cache);
+    const t6 = performance.now();
+    const cachedChange = renderProxyChange(cached, cachedChanged);
+    const t7 = performance.now();
+    assert.equal(cachedChange, change);
     const [counts] = proxyRulesetCounts(ruleset);
     console.log(
       `# 10,000 Services x 5 endpoints: desired ${(t1 - t0).toFixed(0)} ms, full render ${(t2 - t1).toFixed(0)} ms ` +
         `(${(full.length / 1e6).toFixed(1)} MB, ${counts.chains} chains, ${counts.rules} rules, ${counts.elements} elements); ` +
-        `one Service changed: desired ${(t3 - t2).toFixed(0)} ms, change render ${(t4 - t3).toFixed(0)} ms (${change.split("\n").length - 1} lines)`,
+        `one Service changed: desired ${(t3 - t2).toFixed(0)} ms, change render ${(t4 - t3).toFixed(0)} ms (${change.split("\n").length - 1} lines); ` +
+        `cached: desired ${(t6 - t5).toFixed(0)} ms, change render ${(t7 - t6).toFixed(0)} ms`,
     );
     assert.equal(counts.chains, 12 + services * (1 + perService));
     assert.ok(change.split("\n").length < 10, change);

@@ -136,15 +136,64 @@ const BASE_CHAINS: ReadonlyMap<string, ProxyBaseChain> = new Map<string, ProxyBa
 ]);
 
 /**
+ * What one Service port adds to each family's table, kept between calls by a
+ * ProxyRulesetCache so that a port that did not change (the same object) is not worked out again.
+ */
+interface PortPart {
+  readonly names: PortNames;
+  readonly families: Map<Family, PortFragment>;
+}
+
+interface PortFragment {
+  readonly chains: ReadonlyArray<readonly [string, readonly string[]]>;
+  readonly sets: ReadonlyArray<readonly [string, ProxySet]>;
+  /** Elements of the shared maps, as [map, key, value], in the order the port claims them. */
+  readonly elements: ReadonlyArray<readonly [string, string, string]>;
+}
+
+/** The maps every Service port adds elements to. */
+const SHARED_MAPS = ["service-ips", "service-nodeports", "no-endpoint-services", "no-endpoint-nodeports"] as const;
+
+/**
+ * Remembers each Service port's part of the ruleset for as long as the caller keeps passing the
+ * same port object and the same node, so that the ruleset of N ports after one changed costs one
+ * port's work plus assembling N parts.
+ */
+export class ProxyRulesetCache {
+  private nodeKey = "";
+  private parts = new WeakMap<ProxyServicePort, PortPart>();
+
+  /** @internal */
+  partsFor(node: ProxyNode): WeakMap<ProxyServicePort, PortPart> {
+    const key = JSON.stringify([node.name, node.addresses.map(formatIp), node.podCidrs.map(formatPrefix)]);
+    if (key !== this.nodeKey) {
+      this.nodeKey = key;
+      this.parts = new WeakMap();
+    }
+    return this.parts;
+  }
+}
+
+/**
  * The ruleset that implements `ports` on `node`. Ports are taken in (namespace, name, protocol,
  * port name) order, so the input's order does not matter; where two ports claim the same
  * address, protocol and port (or the same NodePort), the first in that order keeps it.
+ * With a cache, ports passed before (the same objects) are not worked out again.
  */
-export function desiredProxyRuleset(node: ProxyNode, ports: readonly ProxyServicePort[]): ProxyRuleset {
+export function desiredProxyRuleset(node: ProxyNode, ports: readonly ProxyServicePort[], cache?: ProxyRulesetCache): ProxyRuleset {
   validateNode(node);
-  const sorted = ports.map((port) => ({ port, names: validatePort(port) })).sort((a, b) => compareText(a.names.id, b.names.id));
-  for (let i = 1; i < sorted.length; i++) {
-    if (sorted[i].names.id === sorted[i - 1].names.id) throw new Error(`service port ${sorted[i].names.id} is listed twice`);
+  const known = cache?.partsFor(node);
+  const parts = ports.map((port) => {
+    let part = known?.get(port);
+    if (!part) {
+      part = { names: validatePort(port), families: new Map() };
+      known?.set(port, part);
+    }
+    return { port, part };
+  });
+  parts.sort((a, b) => compareText(a.part.names.id, b.part.names.id));
+  for (let i = 1; i < parts.length; i++) {
+    if (parts[i].part.names.id === parts[i - 1].part.names.id) throw new Error(`service port ${parts[i].part.names.id} is listed twice`);
   }
   const tables = new Map<Family, ProxyTable>();
   for (const family of FAMILIES) {
@@ -152,42 +201,123 @@ export function desiredProxyRuleset(node: ProxyNode, ports: readonly ProxyServic
     const used = node.addresses.some(inFamily) || node.podCidrs.some(inFamily) || ports.some((port) => port.clusterIPs.some(inFamily));
     if (!used) continue;
     const table = fixedTable(family, node);
-    for (const { port, names } of sorted) addServicePort(table, family, node, port, names);
+    for (const { port, part } of parts) {
+      let fragment = part.families.get(family);
+      if (!fragment) {
+        fragment = portFragment(family, node, port, part.names);
+        part.families.set(family, fragment);
+      }
+      for (const [name, rules] of fragment.chains) table.chains.set(name, rules);
+      for (const [name, definition] of fragment.sets) table.sets.set(name, definition as ProxySet & { elements: Map<string, string> });
+      for (const [map, key, value] of fragment.elements) claim(table.sets.get(map)!.elements, key, value);
+    }
     tables.set(family, table);
   }
   return { tables };
 }
 
-/**
- * A script that makes the tables exactly `desired`, in one transaction, whatever they held
- * before (nothing included). ClientIP affinity is forgotten: the sets are created empty.
- */
-export function renderProxyFull(desired: ProxyRuleset): string {
-  const lines = ["# trellis-proxy: whole rewrite in one transaction; affinity sets restart empty, so clients may change endpoint once"];
-  for (const family of FAMILIES) {
-    const table = desired.tables.get(family);
-    append(lines, table ? rewriteTable(table) : deleteTable(family, false));
-  }
-  return lines.join("\n") + "\n";
+/** One port's chains, sets and map elements in one family, worked out on a table of its own. */
+function portFragment(family: Family, node: ProxyNode, port: ProxyServicePort, names: PortNames): PortFragment {
+  const draft: TableDraft = {
+    family,
+    baseChains: BASE_CHAINS,
+    chains: new Map(),
+    sets: new Map(SHARED_MAPS.map((name) => [name, set("map", "", [], [])])),
+  };
+  addServicePort(draft, family, node, port, names);
+  const shared = new Set<string>(SHARED_MAPS);
+  return {
+    chains: [...draft.chains],
+    sets: [...draft.sets].filter(([name]) => !shared.has(name)),
+    elements: SHARED_MAPS.flatMap((map) => [...draft.sets.get(map)!.elements].map(([key, value]) => [map, key, value] as const)),
+  };
 }
 
 /**
- * The script that turns tables holding `previous` into `desired`, touching only the elements and
- * chains that differ (affinity sets that did not change keep their content); "" when nothing does.
+ * One step of a change to the proxy's tables, as data: rendered as an `nft -f` script line by
+ * renderProxyOps, or encoded for netlink by linux/. A list of them is one transaction.
  */
-export function renderProxyChange(previous: ProxyRuleset, desired: ProxyRuleset): string {
-  const lines: string[] = [];
+export type ProxyOp =
+  | { readonly op: "add table" | "delete table"; readonly family: Family }
+  | { readonly op: "add chain"; readonly family: Family; readonly name: string; readonly base?: ProxyBaseChain }
+  | { readonly op: "flush chain" | "delete chain"; readonly family: Family; readonly name: string }
+  | { readonly op: "add rule"; readonly family: Family; readonly chain: string; readonly rule: string }
+  | { readonly op: "add set"; readonly family: Family; readonly name: string; readonly set: ProxySet }
+  | { readonly op: "delete set"; readonly family: Family; readonly name: string; readonly kind: "set" | "map" }
+  /** Elements of a set (`value` "") or map; `set` is its definition, for the key and value types. */
+  | { readonly op: "add element" | "delete element"; readonly family: Family; readonly name: string; readonly set: ProxySet; readonly elements: ReadonlyArray<readonly [string, string]> };
+
+/**
+ * The steps that make the tables exactly `desired`, in one transaction, whatever they held
+ * before (nothing included). ClientIP affinity is forgotten: the sets are created empty.
+ */
+export function proxyFullOps(desired: ProxyRuleset): ProxyOp[] {
+  const ops: ProxyOp[] = [];
+  for (const family of FAMILIES) {
+    const table = desired.tables.get(family);
+    append(ops, table ? rewriteTable(table) : deleteTable(family, false));
+  }
+  return ops;
+}
+
+/**
+ * The steps that turn tables holding `previous` into `desired`, touching only the elements and
+ * chains that differ (affinity sets that did not change keep their content); none when nothing does.
+ */
+export function proxyChangeOps(previous: ProxyRuleset, desired: ProxyRuleset): ProxyOp[] {
+  const ops: ProxyOp[] = [];
   for (const family of FAMILIES) {
     const [before, after] = [previous.tables.get(family), desired.tables.get(family)];
     if (!after) {
-      if (before) append(lines, deleteTable(family, true));
+      if (before) append(ops, deleteTable(family, true));
     } else if (!before || !sameBaseChains(before, after)) {
-      append(lines, rewriteTable(after));
+      append(ops, rewriteTable(after));
     } else {
-      append(lines, tableChange(before, after));
+      append(ops, tableChange(before, after));
     }
   }
-  return lines.length ? lines.join("\n") + "\n" : "";
+  return ops;
+}
+
+/** `proxyFullOps` as an `nft -f` script. */
+export function renderProxyFull(desired: ProxyRuleset): string {
+  return renderProxyOps(proxyFullOps(desired), "# trellis-proxy: whole rewrite in one transaction; affinity sets restart empty, so clients may change endpoint once");
+}
+
+/** `proxyChangeOps` as an `nft -f` script; "" when nothing changes. */
+export function renderProxyChange(previous: ProxyRuleset, desired: ProxyRuleset): string {
+  return renderProxyOps(proxyChangeOps(previous, desired));
+}
+
+/** Steps as an `nft -f` script, one line each (every name and value checked); "" for none. */
+export function renderProxyOps(ops: readonly ProxyOp[], header?: string): string {
+  if (!ops.length && header === undefined) return "";
+  const lines = header === undefined ? [] : [header];
+  for (const op of ops) lines.push(opLine(op));
+  return lines.join("\n") + "\n";
+}
+
+function opLine(op: ProxyOp): string {
+  const t = tableRef(op.family);
+  switch (op.op) {
+    case "add table":
+    case "delete table":
+      return `${op.op} ${t}`;
+    case "add chain":
+      return addChainLine(t, op.name, op.base);
+    case "flush chain":
+    case "delete chain":
+      return `${op.op} ${t} ${checkedName("chain", op.name)}`;
+    case "add rule":
+      return addRuleLine(t, op.chain, op.rule);
+    case "add set":
+      return addSetLine(t, op.name, op.set);
+    case "delete set":
+      return `delete ${op.kind} ${t} ${checkedName("set", op.name)}`;
+    case "add element":
+    case "delete element":
+      return elementLine(op.op === "add element" ? "add" : "delete", t, op.name, op.elements, op.op === "add element" ? op.set.kind : "set");
+  }
 }
 
 /** Chains, rules and set/map elements per family, for metrics. */
@@ -388,30 +518,29 @@ function addSet(table: TableDraft, name: string, definition: ProxySet & { elemen
   table.sets.set(name, definition);
 }
 
-function rewriteTable(table: ProxyTable): string[] {
-  const t = tableRef(table.family);
-  const lines = [`add table ${t}`, `delete table ${t}`, `add table ${t}`];
-  for (const name of table.chains.keys()) lines.push(addChainLine(t, name, table.baseChains.get(name)));
-  for (const [name, definition] of table.sets) lines.push(addSetLine(t, name, definition));
-  for (const [name, rules] of table.chains) for (const rule of rules) lines.push(addRuleLine(t, name, rule));
-  for (const [name, definition] of table.sets) {
-    if (definition.elements.size) lines.push(elementLine("add", t, name, [...definition.elements], definition.kind));
+function rewriteTable(table: ProxyTable): ProxyOp[] {
+  const family = table.family;
+  const ops: ProxyOp[] = [{ op: "add table", family }, { op: "delete table", family }, { op: "add table", family }];
+  for (const name of table.chains.keys()) ops.push({ op: "add chain", family, name, base: table.baseChains.get(name) });
+  for (const [name, set] of table.sets) ops.push({ op: "add set", family, name, set });
+  for (const [chain, rules] of table.chains) for (const rule of rules) ops.push({ op: "add rule", family, chain, rule });
+  for (const [name, set] of table.sets) {
+    if (set.elements.size) ops.push({ op: "add element", family, name, set, elements: [...set.elements] });
   }
-  return lines;
+  return ops;
 }
 
 /** `add` first, so that the delete succeeds whether or not the table exists (unless it certainly does). */
-function deleteTable(family: Family, exists: boolean): string[] {
-  const t = tableRef(family);
-  return exists ? [`delete table ${t}`] : [`add table ${t}`, `delete table ${t}`];
+function deleteTable(family: Family, exists: boolean): ProxyOp[] {
+  return exists ? [{ op: "delete table", family }] : [{ op: "add table", family }, { op: "delete table", family }];
 }
 
 /**
  * Order matters to the kernel: objects exist before anything points to them, and nothing points
  * to an object when it is deleted (a chain referenced by a rule or a map element is busy).
  */
-function tableChange(before: ProxyTable, after: ProxyTable): string[] {
-  const t = tableRef(after.family);
+function tableChange(before: ProxyTable, after: ProxyTable): ProxyOp[] {
+  const family = after.family;
   const newChains = [...after.chains.keys()].filter((name) => !before.chains.has(name));
   const removedChains = [...before.chains.keys()].filter((name) => !after.chains.has(name));
   const newSets = [...after.sets.keys()].filter((name) => !before.sets.has(name));
@@ -428,30 +557,31 @@ function tableChange(before: ProxyTable, after: ProxyTable): string[] {
     if (old && (!sameList(old, rules) || (redefinedSets.size > 0 && old.some((rule) => refersToAny(rule, redefinedSets))))) rewritten.add(name);
   }
 
-  const lines: string[] = [];
-  for (const name of newChains) lines.push(addChainLine(t, name, after.baseChains.get(name)));
-  for (const name of newSets) lines.push(addSetLine(t, name, after.sets.get(name)!));
-  for (const name of [...rewritten, ...removedChains]) lines.push(`flush chain ${t} ${checkedName("chain", name)}`);
-  for (const [name, definition] of after.sets) {
+  const ops: ProxyOp[] = [];
+  for (const name of newChains) ops.push({ op: "add chain", family, name, base: after.baseChains.get(name) });
+  for (const name of newSets) ops.push({ op: "add set", family, name, set: after.sets.get(name)! });
+  for (const name of [...rewritten, ...removedChains]) ops.push({ op: "flush chain", family, name });
+  for (const [name, set] of after.sets) {
     const old = before.sets.get(name);
-    if (!old || redefinedSets.has(name)) continue;
-    const stale = [...old.elements].filter(([key, value]) => definition.elements.get(key) !== value).map(([key]) => key);
-    if (stale.length) lines.push(elementLine("delete", t, name, stale.map((key) => [key, ""]), "set"));
+    if (!old || redefinedSets.has(name) || old.elements === set.elements) continue;
+    const stale = [...old.elements].filter(([key, value]) => set.elements.get(key) !== value).map(([key]) => [key, ""] as const);
+    if (stale.length) ops.push({ op: "delete element", family, name, set: old, elements: stale });
   }
   for (const name of redefinedSets) {
-    lines.push(`delete ${before.sets.get(name)!.kind} ${t} ${checkedName("set", name)}`, addSetLine(t, name, after.sets.get(name)!));
+    ops.push({ op: "delete set", family, name, kind: before.sets.get(name)!.kind }, { op: "add set", family, name, set: after.sets.get(name)! });
   }
-  for (const name of [...newChains, ...rewritten]) for (const rule of after.chains.get(name)!) lines.push(addRuleLine(t, name, rule));
-  for (const [name, definition] of after.sets) {
+  for (const chain of [...newChains, ...rewritten]) for (const rule of after.chains.get(chain)!) ops.push({ op: "add rule", family, chain, rule });
+  for (const [name, set] of after.sets) {
     const old = before.sets.get(name);
     const fresh = !old || redefinedSets.has(name);
-    const added = [...definition.elements].filter(([key, value]) => fresh || old!.elements.get(key) !== value);
-    if (added.length) lines.push(elementLine("add", t, name, added, definition.kind));
+    if (!fresh && old.elements === set.elements) continue;
+    const added = [...set.elements].filter(([key, value]) => fresh || old!.elements.get(key) !== value);
+    if (added.length) ops.push({ op: "add element", family, name, set, elements: added });
   }
   // Maps go before chains: a removed map's elements may point to removed chains.
-  for (const name of removedSets) lines.push(`delete ${before.sets.get(name)!.kind} ${t} ${checkedName("set", name)}`);
-  for (const name of removedChains) lines.push(`delete chain ${t} ${checkedName("chain", name)}`);
-  return lines;
+  for (const name of removedSets) ops.push({ op: "delete set", family, name, kind: before.sets.get(name)!.kind });
+  for (const name of removedChains) ops.push({ op: "delete chain", family, name });
+  return ops;
 }
 
 function tableRef(family: Family): string {
@@ -497,13 +627,13 @@ function refersToAny(rule: string, sets: ReadonlySet<string>): boolean {
   return false;
 }
 
-/** Spread arguments overflow the stack for the hundreds of thousands of lines of a large cluster. */
-function append(lines: string[], more: readonly string[]): void {
-  for (const line of more) lines.push(line);
+/** Spread arguments overflow the stack for the hundreds of thousands of steps of a large cluster. */
+function append<T>(list: T[], more: readonly T[]): void {
+  for (const item of more) list.push(item);
 }
 
 function sameList(a: readonly string[], b: readonly string[]): boolean {
-  return a.length === b.length && a.every((item, i) => item === b[i]);
+  return a === b || (a.length === b.length && a.every((item, i) => item === b[i]));
 }
 
 function compareAddress(a: IpAddress, b: IpAddress): number {
