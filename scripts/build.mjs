@@ -81,3 +81,11 @@ execFileSync(process.env.CC ?? "cc", ["-O2", "-Wall", "-Wextra", "-Werror", "-st
 });
 renameSync("dist/trellis-spawn.building", "dist/trellis-spawn");
 console.log("built dist/trellis-spawn (the agent's static spawn helper)");
+
+// The Service proxy's netlink writer (native/nft-batch.c): sends a batch the agent built, without
+// nft's read-back of the whole ruleset before every change.
+execFileSync(process.env.CC ?? "cc", ["-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", "dist/trellis-nft-batch.building", "native/nft-batch.c"], {
+  stdio: ["ignore", "inherit", "inherit"],
+});
+renameSync("dist/trellis-nft-batch.building", "dist/trellis-nft-batch");
+console.log("built dist/trellis-nft-batch (the Service proxy's static netlink writer)");

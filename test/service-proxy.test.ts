@@ -218,6 +218,10 @@ describe("Services through the agent's nftables proxy", () => {
     assert.ok(value("trellis_network_programming_duration_seconds_sum") / value("trellis_network_programming_duration_seconds_count") < 5);
     assert.match(metrics, /^trellis_proxy_nftables_rules\{family="IPv4"\} [1-9][0-9]*$/m);
     assert.match(metrics, /^# TYPE trellis_sync_proxy_rules_duration_seconds histogram$/m);
+    // Every change so far went as a netlink batch: none fell back to nft, which reads the whole
+    // ruleset back before each change (0.6 s at 10,000 Services).
+    assert.ok(value('trellis_proxy_rule_writes_total\\{writer="netlink"\\}') >= 4, metrics);
+    assert.equal(value('trellis_proxy_rule_writes_total\\{writer="nft"\\}'), 0);
     assert.equal(get("/metrics", "POST").status, 405);
     assert.equal(get("/nothing").status, 404);
   });

@@ -131,7 +131,13 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
   if (useSpawnHelper(helperPath)) log("info", "starting commands through the spawn helper", { path: helperPath });
   keepIpWarm(true);
   const proxy = options.proxy
-    ? startServiceProxy({ store, node: { name: self.name, addresses: selfEndpoint.addresses, podCidrs: cluster.plan.podCidrs }, minSyncIntervalMs: options.proxySyncIntervalMs, log })
+    ? startServiceProxy({
+        store,
+        node: { name: self.name, addresses: selfEndpoint.addresses, podCidrs: cluster.plan.podCidrs },
+        minSyncIntervalMs: options.proxySyncIntervalMs,
+        log,
+        nftWriter: join(dirname(process.execPath), NFT_WRITER),
+      })
     : undefined;
   const cniServer = await startCniServer(options.cniSocket, podNets, () => (routesProgrammed ? undefined : "its routes to the other nodes are not programmed yet"), log);
   const http = options.metricsAddress
@@ -468,6 +474,8 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
 
 /** The spawn helper's file name, beside the trellis executable. */
 const SPAWN_HELPER = "trellis-spawn";
+/** The Service proxy's netlink writer, beside the trellis executable. */
+const NFT_WRITER = "trellis-nft-batch";
 
 class SelfRemoved extends Error {}
 

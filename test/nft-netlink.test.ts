@@ -1,0 +1,139 @@
+/*
+ * The Service proxy's netlink writer against nft itself: the same change written by `nft -f`
+ * in one new network namespace and by `trellis-nft-batch` in another must leave the same
+ * ruleset, as `nft list` prints it. Every namespace is made by `unshare -n` for one shell and
+ * ends with it.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { after, describe, it } from "node:test";
+import {
+  desiredProxyRuleset, PROXY_TABLE, proxyChangeOps, proxyFullOps, renderProxyFull, renderProxyOps, type ProxyEndpoint, type ProxyNode, type ProxyServicePort,
+} from "../src/dataplane/service-proxy.js";
+import { encodeNftBatch, NftUnsupported } from "../src/linux/nft-netlink.js";
+import { parseIp, parsePrefix } from "../src/net/ip.js";
+
+const WRITER = resolve("dist/trellis-nft-batch");
+const dir = mkdtempSync(join(tmpdir(), "trellis-nft-netlink-"));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+const NODE: ProxyNode = {
+  name: "node-a",
+  addresses: [parseIp("198.18.0.1"), parseIp("fd00:198:18::1")],
+  podCidrs: [parsePrefix("10.244.0.0/16"), parsePrefix("fd00:10:244::/56")],
+};
+
+function endpoint(address: string, extra: Partial<ProxyEndpoint> = {}): ProxyEndpoint {
+  return { address: parseIp(address), port: 8080, ready: true, serving: true, terminating: false, nodeName: "node-b", ...extra };
+}
+
+function port(name: string, extra: Partial<ProxyServicePort> = {}): ProxyServicePort {
+  return {
+    namespace: "default", name, portName: "", protocol: "TCP", port: 80,
+    clusterIPs: [parseIp("10.96.0.10")], externalIPs: [], loadBalancerIPs: [],
+    externalTrafficPolicy: "Cluster", internalTrafficPolicy: "Cluster",
+    endpoints: [endpoint("10.244.1.5"), endpoint("10.244.2.6")],
+    ...extra,
+  };
+}
+
+/** Runs `script` in a new network namespace; its stdout. */
+function inNewNetns(script: string): { status: number | null; stdout: string; stderr: string } {
+  const result = spawnSync("unshare", ["-n", "sh", "-ec", script], { encoding: "utf8", maxBuffer: 1 << 28 });
+  return { status: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+function file(name: string, content: string | Buffer): string {
+  const path = join(dir, name);
+  writeFileSync(path, content);
+  return path;
+}
+
+const LIST = `nft list table ip ${PROXY_TABLE}; nft list table ip6 ${PROXY_TABLE}`;
+
+describe("trellis-nft-batch", () => {
+  const before = desiredProxyRuleset(NODE, [
+    port("gone", { clusterIPs: [parseIp("10.96.0.20")], nodePort: 30020 }),
+    port("stays", { clusterIPs: [parseIp("10.96.0.21"), parseIp("fd00:10:96::21")], endpoints: [endpoint("10.244.1.9"), endpoint("fd00:10:244::9")] }),
+    port("empties", { clusterIPs: [parseIp("10.96.0.22")] }),
+  ]);
+  // Every form of rule, set and element the proxy writes, on both families.
+  const afterwards = desiredProxyRuleset(NODE, [
+    port("stays", { clusterIPs: [parseIp("10.96.0.21"), parseIp("fd00:10:96::21")], endpoints: [endpoint("10.244.1.10"), endpoint("fd00:10:244::10")] }),
+    port("empties", { clusterIPs: [parseIp("10.96.0.22")], endpoints: [], externalIPs: [parseIp("203.0.113.22")], nodePort: 30022 }),
+    port("affinity", { clusterIPs: [parseIp("10.96.0.23"), parseIp("fd00:10:96::23")], sessionAffinityTimeoutSeconds: 600, endpoints: [endpoint("10.244.1.11"), endpoint("10.244.3.12"), endpoint("fd00:10:244::11")] }),
+    port("local", {
+      clusterIPs: [parseIp("10.96.0.24"), parseIp("fd00:10:96::24")], protocol: "UDP", port: 53, nodePort: 30053, externalTrafficPolicy: "Local",
+      externalIPs: [parseIp("203.0.113.24"), parseIp("2001:db8::24")], loadBalancerIPs: [parseIp("203.0.113.124")],
+      endpoints: [endpoint("10.244.0.13", { nodeName: "node-a" }), endpoint("10.244.1.14"), endpoint("fd00:10:244::13", { nodeName: "node-a" })],
+    }),
+    port("internal", { clusterIPs: [parseIp("10.96.0.25")], protocol: "SCTP", port: 9000, internalTrafficPolicy: "Local", endpoints: [endpoint("10.244.0.15", { nodeName: "node-a" }), endpoint("10.244.2.16")] }),
+    port("terminating", { clusterIPs: [parseIp("10.96.0.26")], endpoints: [endpoint("10.244.2.17", { ready: false, serving: true, terminating: true })] }),
+  ]);
+
+  it("leaves the ruleset nft -f leaves, for a change with every kind of rule, set and element", () => {
+    // Catches: an expression encoded otherwise than nft encodes it (a register, a byte order, a flag),
+    // which `nft list` shows as a different rule, or the kernel refuses.
+    const ops = proxyChangeOps(before, afterwards);
+    assert.ok(ops.some((op) => op.op === "add set") && ops.some((op) => op.op === "delete chain") && ops.some((op) => op.op === "delete element"), "the change covers creation and deletion");
+    const full = file("full.nft", renderProxyFull(before));
+    const change = file("change.nft", renderProxyOps(ops));
+    const batch = file("change.batch", encodeNftBatch(PROXY_TABLE, ops));
+    const byNft = inNewNetns(`nft -f ${full}; nft -f ${change}; ${LIST}`);
+    assert.equal(byNft.status, 0, byNft.stderr);
+    const byWriter = inNewNetns(`nft -f ${full}; ${WRITER} < ${batch}; ${LIST}`);
+    assert.equal(byWriter.status, 0, byWriter.stderr);
+    assert.equal(byWriter.stdout, byNft.stdout);
+    assert.match(byWriter.stdout, /dnat to \[fd00:10:244::10\]:8080/);
+  });
+
+  it("writes whole tables as nft -f does: base chains, fixed chains and maps, every Service form", () => {
+    // Catches: pod CIDRs (an interval set) held otherwise than nft holds them; a fixed rule (reject, masquerade, marks, conntrack state, fib) or a base chain's
+    // hook, priority or type encoded otherwise than nft encodes it.
+    const ops = proxyFullOps(afterwards);
+    assert.ok(ops.some((op) => op.op === "add element" && op.set.flags.includes("interval")), "pod CIDRs, an interval set");
+    const batch = file("full.batch", encodeNftBatch(PROXY_TABLE, ops));
+    const byNft = inNewNetns(`nft -f ${file("full3.nft", renderProxyFull(afterwards))}; ${LIST}`);
+    assert.equal(byNft.status, 0, byNft.stderr);
+    const byWriter = inNewNetns(`${WRITER} < ${batch}; ${LIST}`);
+    assert.equal(byWriter.status, 0, byWriter.stderr);
+    assert.equal(byWriter.stdout, byNft.stdout);
+    assert.match(byWriter.stdout, /type nat hook prerouting priority dstnat; policy accept;/);
+  });
+
+  it("is refused whole, naming the message, when one step cannot be applied", () => {
+    // Catches: a partly applied batch, or a refusal the writer does not report (exit 0 with nothing done).
+    const full = file("full2.nft", renderProxyFull(before));
+    const bad = encodeNftBatch(PROXY_TABLE, [
+      { op: "add chain", family: 4, name: "new-chain" },
+      { op: "add rule", family: 4, chain: "new-chain", rule: "goto no-such-chain" },
+    ]);
+    const result = inNewNetns(`nft -f ${full}; if ${WRITER} < ${file("bad.batch", bad)}; then echo APPLIED; fi; nft list table ip ${PROXY_TABLE}`);
+    assert.equal(result.status, 0, result.stderr);
+    assert.doesNotMatch(result.stdout, /APPLIED/);
+    assert.doesNotMatch(result.stdout, /new-chain/, "the chain of the refused batch stays out");
+    assert.match(result.stderr, /message 3: No such file or directory/);
+  });
+
+  it("refuses input that is not one batch, and sends nothing", () => {
+    // Catches: the writer sending arbitrary bytes (a truncated batch, text, a batch without its end) to the kernel.
+    const whole = encodeNftBatch(PROXY_TABLE, [{ op: "add chain", family: 4, name: "x" }]);
+    const withoutEnd = whole.subarray(0, whole.length - 20);
+    for (const input of [Buffer.from("add chain ip t x\n"), whole.subarray(0, whole.length - 8), withoutEnd, withoutEnd.subarray(20), Buffer.alloc(0)]) {
+      const result = spawnSync(WRITER, [], { input, encoding: "utf8" });
+      assert.equal(result.status, 2, `${input.toString("hex").slice(0, 40)}: ${result.stderr}`);
+      assert.match(result.stderr, /not one nftables batch/);
+    }
+  });
+
+  it("encodes only what it knows; the rest goes back to nft -f", () => {
+    // Catches: an unknown rule silently encoded as something else.
+    assert.throws(() => encodeNftBatch(PROXY_TABLE, [{ op: "add rule", family: 4, chain: "c", rule: "tcp dport 22 accept" }]), NftUnsupported);
+    assert.throws(() => encodeNftBatch(PROXY_TABLE, [{ op: "add rule", family: 4, chain: "c", rule: "meta l4proto tcp dnat to [fd00::1]:80" }]), NftUnsupported);
+    assert.throws(() => encodeNftBatch(PROXY_TABLE, [{ op: "add element", family: 4, name: "pod-cidrs", set: { kind: "set", type: "ipv4_addr", flags: ["interval"] }, elements: [["10.0.0.1/8", ""]] }]), NftUnsupported);
+    assert.throws(() => encodeNftBatch(PROXY_TABLE, [{ op: "add chain", family: 4, name: "bad name" }]), NftUnsupported);
+  });
+});
