@@ -49,7 +49,7 @@ function pod(name: string, ip: string, labels: Record<string, string>, namespace
 
 /** `NAMESPACE/NAME` → its endpoints as `ADDRESS:PORT`, sorted. */
 function endpointsOf(index: ServiceIndex): Record<string, string[]> {
-  return Object.fromEntries(index.servicePorts().map((port) => [`${port.namespace}/${port.name}`, port.endpoints.map((endpoint) => `${formatIp(endpoint.address)}:${endpoint.port}`).sort()]));
+  return Object.fromEntries(index.all().map((port) => [`${port.namespace}/${port.name}`, port.endpoints.map((endpoint) => `${formatIp(endpoint.address)}:${endpoint.port}`).sort()]));
 }
 
 describe("ServiceIndex", () => {
@@ -85,39 +85,55 @@ describe("ServiceIndex", () => {
     assert.deepEqual(endpointsOf(index), { "default/web": [] });
   });
 
-  it("keeps an unaffected Service's ports the same objects, and works out only the changed one again", () => {
-    // Catches: every change rebuilding every port, which defeats the ruleset cache (a change costs the whole cluster).
+  it("reports as changed only the ports of the Services a change affects, old and new", () => {
+    // Catches: every change reported as a change of every port (a change costs the whole cluster),
+    // or a changed port reported without its old self (its old rules never removed).
     const index = new ServiceIndex();
     index.put(SERVICES_PREFIX, ...service("a"));
     index.put(SERVICES_PREFIX, ...service("b", { clusterIP: "10.96.0.11", selector: { app: "b" } }));
     index.put(ENDPOINTSLICES_PREFIX, ...slice("s1", "a", ["10.244.0.5"]));
-    const before = new Map(index.servicePorts().map((port) => [port.name, port]));
+    const first = index.changes();
+    assert.deepEqual(first.removed, []);
+    assert.deepEqual(first.added.map((port) => port.name).sort(), ["a", "b"]);
     assert.equal(index.changed, false);
     index.put(PODS_PREFIX, ...pod("p1", "10.244.0.8", { app: "b" }));
     assert.equal(index.changed, true);
-    const after = new Map(index.servicePorts().map((port) => [port.name, port]));
-    assert.equal(after.get("a"), before.get("a"));
-    assert.notEqual(after.get("b"), before.get("b"));
+    const { removed, added } = index.changes();
+    assert.deepEqual([removed, added].map((ports) => ports.map((port) => port.name)), [["b"], ["b"]]);
+    assert.equal(removed[0], first.added.find((port) => port.name === "b"), "the old object, as handed out before");
     // A Pod no Service selects marks nothing.
     index.put(PODS_PREFIX, ...pod("p2", "10.244.0.9", { app: "none" }));
     assert.equal(index.changed, false);
+    // A relist that no longer has Service b: b goes, a is worked out again; nothing else.
+    index.clear();
+    index.put(SERVICES_PREFIX, ...service("a"));
+    index.put(ENDPOINTSLICES_PREFIX, ...slice("s1", "a", ["10.244.0.5"]));
+    const relisted = index.changes();
+    assert.deepEqual(relisted.removed.map((port) => port.name).sort(), ["a", "b"]);
+    assert.deepEqual(relisted.added.map((port) => port.name), ["a"]);
+    assert.equal(index.size, 1);
   });
 
-  it("drops deleted and headless Services, skips values that do not parse, and reports apply times", () => {
-    // Catches: a deleted Service's rules kept, a broken stored value throwing out of the watch loop.
-    const index = new ServiceIndex();
+  it("drops deleted and headless Services, skips values that do not parse or the rules cannot hold, and reports apply times", () => {
+    // Catches: a deleted Service's rules kept, a broken stored value throwing out of the watch
+    // loop, a name nft refuses failing every sync of every Service.
+    const refused: string[] = [];
+    const index = new ServiceIndex((reason) => refused.push(reason));
     const time = "2026-11-27T10:00:00.123Z";
     assert.equal(index.put(SERVICES_PREFIX, ...service("a", { annotations: { [APPLIED_AT]: time } })), Date.parse(time));
     index.put(SERVICES_PREFIX, ...service("headless", { clusterIP: "None" }));
     index.put(SERVICES_PREFIX, `${SERVICES_PREFIX}default/broken`, "{not json");
+    // Stored by hand, past apply's validation: a name nft would refuse.
+    index.put(SERVICES_PREFIX, `${SERVICES_PREFIX}default/Bad_Name`, service("x")[1].replace('"name":"x"', '"name":"Bad_Name"'));
     index.put(SERVICES_PREFIX, ...service("sel", { clusterIP: "10.96.0.12", selector: { app: "x" } }));
     index.put(PODS_PREFIX, `${PODS_PREFIX}default/broken`, "[]");
     index.put(PODS_PREFIX, `${PODS_PREFIX}default/broken2`, JSON.stringify({ metadata: { name: "broken2", labels: { app: "x" } } }));
     index.put(ENDPOINTSLICES_PREFIX, `${ENDPOINTSLICES_PREFIX}default/broken`, JSON.stringify({ metadata: { name: "broken", labels: { "kubernetes.io/service-name": "a" } } }));
     assert.deepEqual(endpointsOf(index), { "default/a": [], "default/sel": [] });
+    assert.match(refused.join("\n"), /Bad_Name/);
     index.put(SERVICES_PREFIX, service("a")[0], undefined);
     assert.deepEqual(endpointsOf(index), { "default/sel": [] });
     index.clear();
-    assert.deepEqual(index.servicePorts(), []);
+    assert.deepEqual(index.all(), []);
   });
 });

@@ -11,13 +11,16 @@ import { matchesSelector } from "../cluster/objects/endpoints-controller.js";
 import { hasSelector, resolveServicePorts, sliceOwner } from "../cluster/objects/service-endpoints.js";
 import type { EndpointSlice, Pod, Service } from "../cluster/objects/types.js";
 import { SERVICES_PREFIX } from "../cluster/services.js";
-import type { ProxyServicePort, ServiceProtocol } from "../dataplane/service-proxy.js";
+import { checkServicePort, type ProxyServicePort, type ServiceProtocol } from "../dataplane/service-proxy.js";
 import { tryParseIp, type IpAddress } from "../net/ip.js";
 
 export const PROXY_PREFIXES = [SERVICES_PREFIX, ENDPOINTSLICES_PREFIX, PODS_PREFIX] as const;
 export type ProxyPrefix = (typeof PROXY_PREFIXES)[number];
 
 export class ServiceIndex {
+  /** `refused` hears of each port left out because the ruleset could not hold it. */
+  constructor(private readonly refused: (reason: string) => void = () => undefined) {}
+
   /** By `NAMESPACE/NAME`. */
   private readonly services = new Map<string, Service>();
   private readonly selectorServices = new Map<string, Set<string>>();
@@ -32,13 +35,15 @@ export class ServiceIndex {
   private readonly ports = new Map<string, readonly ProxyServicePort[]>();
   /** Services to work out again. */
   private readonly stale = new Set<string>();
-  private flat: ProxyServicePort[] | undefined;
+  private count = 0;
 
-  /** Forgets everything (before a relist). */
+  /**
+   * Forgets every object (before a relist puts them back). The ports last handed out are kept,
+   * so that the next `changes` gives what the relist changed, not everything.
+   */
   clear(): void {
-    for (const map of [this.services, this.selectorServices, this.slices, this.slicesByOwner, this.pods, this.podsByNamespace, this.ports]) map.clear();
-    this.stale.clear();
-    this.flat = undefined;
+    for (const map of [this.services, this.selectorServices, this.slices, this.slicesByOwner, this.pods, this.podsByNamespace]) map.clear();
+    for (const key of this.ports.keys()) this.stale.add(key);
   }
 
   /**
@@ -67,19 +72,37 @@ export class ServiceIndex {
     return this.stale.size > 0;
   }
 
-  /** Every Service port with its endpoints; only the Services marked since the last call are worked out. */
-  servicePorts(): readonly ProxyServicePort[] {
-    if (this.stale.size === 0 && this.flat) return this.flat;
+  /** How many Service ports there are (as of the last `all` or `changes`). */
+  get size(): number {
+    return this.count;
+  }
+
+  /** Every Service port with its endpoints; the Services marked since the last call are worked out again. */
+  all(): ProxyServicePort[] {
+    this.changes();
+    const all: ProxyServicePort[] = [];
+    for (const ports of this.ports.values()) for (const port of ports) all.push(port);
+    return all;
+  }
+
+  /**
+   * The ports that went and came since the last call (a changed port is in both, as its old and
+   * its new object): the marked Services worked out again.
+   */
+  changes(): { removed: ProxyServicePort[]; added: ProxyServicePort[] } {
+    const removed: ProxyServicePort[] = [];
+    const added: ProxyServicePort[] = [];
     for (const key of this.stale) {
       const service = this.services.get(key);
       const ports = service ? this.portsOf(service) : [];
+      for (const port of this.ports.get(key) ?? []) removed.push(port);
+      for (const port of ports) added.push(port);
+      this.count += ports.length - (this.ports.get(key)?.length ?? 0);
       if (ports.length) this.ports.set(key, ports);
       else this.ports.delete(key);
     }
     this.stale.clear();
-    this.flat = [];
-    for (const ports of this.ports.values()) for (const port of ports) this.flat.push(port);
-    return this.flat;
+    return { removed, added };
   }
 
   private setService(key: string, service: Service | undefined): void {
@@ -140,7 +163,13 @@ export class ServiceIndex {
     const externalIPs = addresses(spec.externalIPs);
     const loadBalancerIPs = spec.type === "LoadBalancer" ? addresses((service.status?.loadBalancer?.ingress ?? []).flatMap((ingress) => (ingress.ip ? [ingress.ip] : []))) : [];
     const affinity = spec.sessionAffinity === "ClientIP" ? (spec.sessionAffinityConfig?.clientIP?.timeoutSeconds ?? 10800) : undefined;
-    return resolveServicePorts(service, pods, applied).map(({ spec: port, protocol, endpoints }) => ({
+    // A port is known by its protocol and name: a second one alike (a hand-written store value) is left out.
+    const seen = new Set<string>();
+    const unique = resolveServicePorts(service, pods, applied).filter(({ spec: port, protocol }) => {
+      const id = `${protocol}/${port.name ?? ""}`;
+      return !seen.has(id) && Boolean(seen.add(id));
+    });
+    const ports: ProxyServicePort[] = unique.map(({ spec: port, protocol, endpoints }) => ({
       namespace,
       name: service.metadata.name,
       portName: port.name ?? "",
@@ -159,6 +188,15 @@ export class ServiceIndex {
         return address ? [{ ...endpoint, address }] : [];
       }),
     }));
+    return ports.filter((port) => {
+      try {
+        checkServicePort(port);
+        return true;
+      } catch (error) {
+        this.refused(error instanceof Error ? error.message : String(error));
+        return false;
+      }
+    });
   }
 }
 

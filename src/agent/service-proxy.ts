@@ -8,12 +8,13 @@
  */
 import { createServer, type Server } from "node:http";
 import {
-  desiredProxyRuleset, proxyChangeOps, proxyFullOps, PROXY_TABLE, ProxyRulesetCache, proxyRulesetCounts, renderProxyOps,
-  type ProxyNode, type ProxyOp, type ProxyRuleset, type ProxyServicePort,
+  proxyFullOps, PROXY_TABLE, proxyRulesetCounts, ProxyState, renderProxyOps,
+  type ProxyNode, type ProxyOp, type ProxyServicePort,
 } from "../dataplane/service-proxy.js";
 import { staleUdpFlows, type StaleFlow } from "../dataplane/service-conntrack.js";
 import { deleteConntrack } from "../linux/conntrack.js";
-import { encodeNftBatch, nftApplyBatch, nftBatchWriterAt, NftUnsupported } from "../linux/nft-netlink.js";
+import { encodeNftBatch, NftBatchWriter, NftUnsupported, NftWriteError } from "../linux/nft-netlink.js";
+import { CommandError } from "../linux/exec.js";
 import { nftApply, nftListTables } from "../linux/nftables.js";
 import { formatIp } from "../net/ip.js";
 import type { KvStore, KvWatch } from "../store/kv.js";
@@ -52,27 +53,28 @@ export interface ProxyStats {
   readonly syncs: number;
   readonly lastSyncMs: number;
   readonly servicePorts: number;
-  readonly counts: ReturnType<typeof proxyRulesetCounts>;
 }
 
 export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
   const { store, node, log } = options;
-  const index = new ServiceIndex();
-  const rulesetCache = new ProxyRulesetCache();
+  const index = new ServiceIndex((reason) => log("warn", "a Service port is left out of the rules", { reason }));
   const watches: KvWatch[] = [];
   let stopped = false;
   let listed = false;
-  let applied: ProxyRuleset | undefined;
-  /** The ports the kernel's rules were last written for (whole or in part). */
-  let appliedPorts: readonly ProxyServicePort[] = [];
+  /** The ruleset the store asks for, kept up to date port by port. */
+  let state: ProxyState | undefined;
+  /** Whether the kernel holds `state`'s ruleset: when not, the next sync writes the tables whole. */
+  let written = false;
+  /** UDP flows the rules no longer lead to, deleted once the rules are written. */
+  let staleFlows: StaleFlow[] = [];
+  /** Whether a health check port may have changed. */
+  let healthChanged = true;
   let checkTables = false;
-  /** Whether the store changed since the last sync computed the rules. */
-  let dirty = true;
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<void> | undefined;
   let pending = false;
   let lastSyncAt = 0;
-  let stats: ProxyStats = { syncs: 0, lastSyncMs: 0, servicePorts: 0, counts: [] };
+  let stats: ProxyStats = { syncs: 0, lastSyncMs: 0, servicePorts: 0 };
   let wake: (() => void) | undefined;
   /** When the changes not yet in the kernel were written to the store (ms since the epoch). */
   let changeTimes: number[] = [];
@@ -103,47 +105,69 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
     const pendingChanges = changeTimes;
     changeTimes = [];
     try {
-      if (applied && checkTables) {
+      if (written && checkTables) {
         const tables = new Set(await nftListTables());
-        if ([...applied.tables.keys()].some((family) => !tables.has(`${family === 4 ? "ip" : "ip6"} ${PROXY_TABLE}`))) {
+        if ([...state!.ruleset().tables.keys()].some((family) => !tables.has(`${family === 4 ? "ip" : "ip6"} ${PROXY_TABLE}`))) {
           log("warn", "service proxy tables missing; writing them whole", { table: PROXY_TABLE });
-          applied = undefined;
+          written = false;
         }
       }
       checkTables = false;
       // A resync with nothing changed in the store and the tables in place costs one nft list.
-      if (applied && !dirty) return;
-      dirty = false;
-      const ports = index.servicePorts();
-      const desired = desiredProxyRuleset(node, ports, rulesetCache);
-      const full = applied === undefined;
-      const ops = full ? proxyFullOps(desired) : proxyChangeOps(applied!, desired);
+      if (written && !index.changed) return;
+      let ops: ProxyOp[];
+      if (!state) {
+        state = new ProxyState(node, index.all());
+        ops = proxyFullOps(state.ruleset());
+        healthChanged = true;
+      } else {
+        const { removed, added } = index.changes();
+        const change = state.update(removed, added);
+        // Once the rules no longer lead there, the UDP flows that still do are deleted.
+        for (const flow of staleUdpFlows(removed, added)) staleFlows.push(flow);
+        if ([...removed, ...added].some((port) => port.healthCheckNodePort !== undefined)) healthChanged = true;
+        ops = written ? change : proxyFullOps(state.ruleset());
+      }
+      const full = !written;
+      const computed = performance.now();
       const how = ops.length ? await writeRules(ops, full) : undefined;
+      const wrote = performance.now();
       if (how) writes[how]++;
-      applied = desired;
-      // Once the rules no longer lead there, the UDP flows that still do are deleted.
-      const stale = staleUdpFlows(appliedPorts, ports);
-      appliedPorts = ports;
-      if (stale.length) await clearFlows(stale);
-      await healthChecks.update(localEndpointCounts(ports, node.name));
-      stats = { syncs: stats.syncs + 1, lastSyncMs: performance.now() - started, servicePorts: ports.length, counts: proxyRulesetCounts(desired) };
+      written = true;
+      if (staleFlows.length) {
+        const flows = staleFlows;
+        staleFlows = [];
+        await clearFlows(flows);
+      }
+      if (healthChanged) {
+        healthChanged = false;
+        await healthChecks.update(localEndpointCounts(index.all(), node.name));
+      }
+      stats = { syncs: stats.syncs + 1, lastSyncMs: performance.now() - started, servicePorts: index.size };
       syncDuration.observe(stats.lastSyncMs / 1000);
       const now = Date.now();
       for (const time of pendingChanges) programming.observe((now - time) / 1000);
-      if (how) log(full ? "info" : "debug", "service rules synced", { full, servicePorts: ports.length, steps: ops.length, via: how, durationMs: Math.round(stats.lastSyncMs * 10) / 10 });
-      else log("debug", "service rules already right", { servicePorts: ports.length, durationMs: Math.round(stats.lastSyncMs * 10) / 10, changes: pendingChanges.length });
+      const ms = (value: number) => Math.round(value * 10) / 10;
+      if (how) {
+        log(full ? "info" : "debug", "service rules synced", {
+          full, servicePorts: index.size, steps: ops.length, via: how, durationMs: ms(stats.lastSyncMs), computeMs: ms(computed - started), writeMs: ms(wrote - computed),
+        });
+      }
+      else log("debug", "service rules already right", { servicePorts: index.size, durationMs: Math.round(stats.lastSyncMs * 10) / 10, changes: pendingChanges.length });
     } catch (error) {
-      // Written whole at the next sync, which a resync or the next change brings.
-      applied = undefined;
-      dirty = true;
+      // Written whole at the next sync, which a resync or the next change brings; a ruleset
+      // that could not be worked out is worked out again from every port.
+      if (!(error instanceof CommandError || error instanceof NftWriteError)) state = undefined;
+      written = false;
       failedSyncs++;
       changeTimes.push(...pendingChanges);
       log("error", "service proxy sync failed; the next sync writes the tables whole", { error: String(error) });
     }
   };
 
-  const writer = options.nftWriter !== undefined && nftBatchWriterAt(options.nftWriter) ? options.nftWriter : undefined;
-  if (writer) log("info", "service rules are written through the netlink writer", { path: writer });
+  const batchWriter = options.nftWriter === undefined ? undefined : new NftBatchWriter(options.nftWriter);
+  const writer = batchWriter?.available() ? batchWriter : undefined;
+  if (writer) log("info", "service rules are written through the netlink writer", { path: writer.path });
   /** One transaction, through the netlink writer when it encodes every step, else through nft. */
   const writeRules = async (ops: readonly ProxyOp[], full: boolean): Promise<"netlink" | "nft"> => {
     if (writer) {
@@ -155,7 +179,7 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
         log("debug", "a step is not one the netlink writer encodes; writing this change with nft", { reason: error.message });
       }
       if (batch) {
-        await nftApplyBatch(writer, batch);
+        await writer.apply(batch);
         return "netlink";
       }
     }
@@ -187,7 +211,6 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
         const lists = await Promise.all(PROXY_PREFIXES.map((prefix) => store.list(prefix)));
         index.clear();
         for (const [i, prefix] of PROXY_PREFIXES.entries()) for (const entry of lists[i].entries) index.put(prefix, entry.key, entry.value);
-        dirty = true;
         listed = true;
         backoff = 500;
         requestSync();
@@ -213,7 +236,6 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
     const watch = store.watch(prefix, from);
     watches.push(watch);
     for await (const event of watch) {
-      dirty = true;
       const time = index.put(prefix, event.key, event.type === "delete" ? undefined : event.value);
       if (time !== undefined) changeTimes.push(time);
       requestSync();
@@ -237,6 +259,7 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
       for (const watch of watches.splice(0)) watch.stop();
       wake?.();
       await running;
+      writer?.close();
       await healthChecks.update(new Map());
     },
     stats: () => stats,
@@ -252,9 +275,13 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
         renderGauge("trellis_proxy_sync_running", "1 while a sync of the Service rules runs.", [{ value: running ? 1 : 0 }]),
         renderGauge("trellis_proxy_sync_pending", "1 while a change waits for the next sync.", [{ value: pending || timer ? 1 : 0 }]),
         renderGauge("trellis_proxy_changes_waiting", "Store changes not yet in a finished sync.", [{ value: changeTimes.length }]),
-        ...(["chains", "rules", "elements"] as const).map((what) =>
-          renderGauge(`trellis_proxy_nftables_${what}`, `nftables ${what} in the proxy's tables.`, stats.counts.map((count) => ({ labels: { family: count.family === 4 ? "IPv4" : "IPv6" }, value: count[what] }))),
-        ),
+        ...(() => {
+          // Counted when asked for: a walk of every chain, too slow to do at each sync of a large cluster.
+          const counts = state && written ? proxyRulesetCounts(state.ruleset()) : [];
+          return (["chains", "rules", "elements"] as const).map((what) =>
+            renderGauge(`trellis_proxy_nftables_${what}`, `nftables ${what} in the proxy's tables.`, counts.map((count) => ({ labels: { family: count.family === 4 ? "IPv4" : "IPv6" }, value: count[what] }))),
+          );
+        })(),
       ].join(""),
   };
 }

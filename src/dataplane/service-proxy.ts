@@ -135,10 +135,7 @@ const BASE_CHAINS: ReadonlyMap<string, ProxyBaseChain> = new Map<string, ProxyBa
   ["filter-output", { type: "filter", hook: "output", priority: 0 }],
 ]);
 
-/**
- * What one Service port adds to each family's table, kept between calls by a
- * ProxyRulesetCache so that a port that did not change (the same object) is not worked out again.
- */
+/** What one Service port adds to each family's table, worked out once per port object and family. */
 interface PortPart {
   readonly names: PortNames;
   readonly families: Map<Family, PortFragment>;
@@ -155,65 +152,208 @@ interface PortFragment {
 const SHARED_MAPS = ["service-ips", "service-nodeports", "no-endpoint-services", "no-endpoint-nodeports"] as const;
 
 /**
- * Remembers each Service port's part of the ruleset for as long as the caller keeps passing the
- * same port object and the same node, so that the ruleset of N ports after one changed costs one
- * port's work plus assembling N parts.
- */
-export class ProxyRulesetCache {
-  private nodeKey = "";
-  private parts = new WeakMap<ProxyServicePort, PortPart>();
-
-  /** @internal */
-  partsFor(node: ProxyNode): WeakMap<ProxyServicePort, PortPart> {
-    const key = JSON.stringify([node.name, node.addresses.map(formatIp), node.podCidrs.map(formatPrefix)]);
-    if (key !== this.nodeKey) {
-      this.nodeKey = key;
-      this.parts = new WeakMap();
-    }
-    return this.parts;
-  }
-}
-
-/**
  * The ruleset that implements `ports` on `node`. Ports are taken in (namespace, name, protocol,
  * port name) order, so the input's order does not matter; where two ports claim the same
  * address, protocol and port (or the same NodePort), the first in that order keeps it.
- * With a cache, ports passed before (the same objects) are not worked out again.
  */
-export function desiredProxyRuleset(node: ProxyNode, ports: readonly ProxyServicePort[], cache?: ProxyRulesetCache): ProxyRuleset {
-  validateNode(node);
-  const known = cache?.partsFor(node);
-  const parts = ports.map((port) => {
-    let part = known?.get(port);
-    if (!part) {
-      part = { names: validatePort(port), families: new Map() };
-      known?.set(port, part);
+export function desiredProxyRuleset(node: ProxyNode, ports: readonly ProxyServicePort[]): ProxyRuleset {
+  return new ProxyState(node, ports).ruleset();
+}
+
+/**
+ * The proxy's ruleset kept up to date port by port: `update` with the ports that went and came
+ * costs those ports' work and gives the steps from the ruleset before to the one after, the same
+ * steps `proxyChangeOps` would find by comparing the two whole rulesets, so that a change to one
+ * Service among 10,000 does not cost 10,000.
+ */
+export class ProxyState {
+  private readonly ports = new Map<string, { port: ProxyServicePort; part: PortPart }>();
+  private readonly tables = new Map<Family, TableDraft>();
+  /** Per family, per shared map and key (`MAP KEY`), the ports claiming it in id order: the first holds it. */
+  private readonly claims = new Map<Family, Map<string, Array<{ id: string; value: string }>>>();
+
+  constructor(
+    readonly node: ProxyNode,
+    ports: readonly ProxyServicePort[],
+  ) {
+    validateNode(node);
+    const parts = ports.map((port) => ({ port, part: { names: validatePort(port), families: new Map() } as PortPart }));
+    parts.sort((a, b) => compareText(a.part.names.id, b.part.names.id));
+    for (const entry of parts) {
+      if (this.ports.has(entry.part.names.id)) throw new Error(`service port ${entry.part.names.id} is listed twice`);
+      this.ports.set(entry.part.names.id, entry);
     }
-    return { port, part };
-  });
-  parts.sort((a, b) => compareText(a.part.names.id, b.part.names.id));
-  for (let i = 1; i < parts.length; i++) {
-    if (parts[i].part.names.id === parts[i - 1].part.names.id) throw new Error(`service port ${parts[i].part.names.id} is listed twice`);
-  }
-  const tables = new Map<Family, ProxyTable>();
-  for (const family of FAMILIES) {
-    const inFamily = (ip: { family: Family }) => ip.family === family;
-    const used = node.addresses.some(inFamily) || node.podCidrs.some(inFamily) || ports.some((port) => port.clusterIPs.some(inFamily));
-    if (!used) continue;
-    const table = fixedTable(family, node);
-    for (const { port, part } of parts) {
-      let fragment = part.families.get(family);
-      if (!fragment) {
-        fragment = portFragment(family, node, port, part.names);
-        part.families.set(family, fragment);
+    for (const family of this.usedFamilies()) {
+      const table = fixedTable(family, node);
+      const claims = new Map<string, Array<{ id: string; value: string }>>();
+      for (const { port, part } of parts) {
+        const fragment = fragmentOf(family, node, port, part);
+        for (const [name, rules] of fragment.chains) table.chains.set(name, rules);
+        for (const [name, definition] of fragment.sets) table.sets.set(name, definition as ProxySet & { elements: Map<string, string> });
+        for (const [map, key, value] of fragment.elements) {
+          const claimed = `${map} ${key}`;
+          const list = claims.get(claimed);
+          if (list) list.push({ id: part.names.id, value });
+          else {
+            claims.set(claimed, [{ id: part.names.id, value }]);
+            table.sets.get(map)!.elements.set(key, value);
+          }
+        }
       }
-      for (const [name, rules] of fragment.chains) table.chains.set(name, rules);
-      for (const [name, definition] of fragment.sets) table.sets.set(name, definition as ProxySet & { elements: Map<string, string> });
-      for (const [map, key, value] of fragment.elements) claim(table.sets.get(map)!.elements, key, value);
+      this.tables.set(family, table);
+      this.claims.set(family, claims);
     }
-    tables.set(family, table);
   }
-  return { tables };
+
+  /** The ruleset as it stands (live: it changes with the next update). */
+  ruleset(): ProxyRuleset {
+    return { tables: this.tables };
+  }
+
+  /**
+   * Takes `removed` out and puts `added` in (a changed port is in both: its old and its new
+   * object) and returns the steps that take the tables from before to after. A port whose id is
+   * already present (and not removed) is refused, and nothing changes.
+   */
+  update(removed: readonly ProxyServicePort[], added: readonly ProxyServicePort[]): ProxyOp[] {
+    const gone = removed.map((port) => {
+      const entry = this.ports.get(validatePort(port).id);
+      if (!entry) throw new Error(`service port ${validatePort(port).id} is not in the ruleset`);
+      return entry;
+    });
+    const goneIds = new Set(gone.map((entry) => entry.part.names.id));
+    const coming = added.map((port) => ({ port, part: { names: validatePort(port), families: new Map() } as PortPart }));
+    const comingIds = new Set<string>();
+    for (const { part } of coming) {
+      const id = part.names.id;
+      if (comingIds.has(id) || (this.ports.has(id) && !goneIds.has(id))) throw new Error(`service port ${id} is listed twice`);
+      comingIds.add(id);
+    }
+    const remaining = () => [...this.ports.values()].filter((entry) => !goneIds.has(entry.part.names.id)).map((entry) => entry.port).concat(added);
+    // A family's table comes or goes (a first ClusterIP of a family the node has no address in,
+    // or the last one): worked out whole, as the kernel's tables change whole.
+    const familiesChange = FAMILIES.some((family) => {
+      const uses = (port: ProxyServicePort) => port.clusterIPs.some((ip) => ip.family === family);
+      if (!this.tables.has(family)) return added.some(uses);
+      const nodeUses = this.node.addresses.some((ip) => ip.family === family) || this.node.podCidrs.some((prefix) => prefix.family === family);
+      return !nodeUses && removed.some(uses) && !remaining().some(uses);
+    });
+    if (familiesChange) {
+      const before = desiredProxyRuleset(this.node, [...this.ports.values()].map((entry) => entry.port));
+      const next = new ProxyState(this.node, remaining());
+      this.replaceWith(next);
+      return proxyChangeOps(before, next.ruleset());
+    }
+    const ops: ProxyOp[] = [];
+    for (const [family, table] of this.tables) append(ops, this.updateFamily(family, table, gone, coming));
+    for (const id of goneIds) this.ports.delete(id);
+    for (const entry of coming) this.ports.set(entry.part.names.id, entry);
+    return ops;
+  }
+
+  private updateFamily(family: Family, table: TableDraft, gone: readonly PortEntry[], coming: readonly PortEntry[]): ProxyOp[] {
+    const claims = this.claims.get(family)!;
+    const before: TableDraft = { family, baseChains: new Map(), chains: new Map(), sets: new Map() };
+    const after: TableDraft = { family, baseChains: new Map(), chains: new Map(), sets: new Map() };
+    const keys = new Set<string>();
+    const oldFragments = gone.map((entry) => fragmentOf(family, this.node, entry.port, entry.part));
+    const newFragments = coming.map((entry) => fragmentOf(family, this.node, entry.port, entry.part));
+    for (const fragment of oldFragments) {
+      for (const [name, rules] of fragment.chains) before.chains.set(name, rules);
+      for (const [name, definition] of fragment.sets) before.sets.set(name, definition as ProxySet & { elements: Map<string, string> });
+      for (const [map, key] of fragment.elements) keys.add(`${map} ${key}`);
+    }
+    for (const fragment of newFragments) {
+      for (const [name, rules] of fragment.chains) after.chains.set(name, rules);
+      for (const [name, definition] of fragment.sets) after.sets.set(name, definition as ProxySet & { elements: Map<string, string> });
+      for (const [map, key] of fragment.elements) keys.add(`${map} ${key}`);
+    }
+    // The shared maps, cut down to the keys these ports claim, as they are and as they will be.
+    const holders = (draft: TableDraft) => {
+      for (const map of SHARED_MAPS) {
+        const definition = table.sets.get(map)!;
+        draft.sets.set(map, { ...definition, elements: new Map() });
+      }
+    };
+    holders(before);
+    holders(after);
+    for (const claimed of keys) {
+      const [map, key] = splitClaim(claimed);
+      const value = claims.get(claimed)?.[0]?.value;
+      if (value !== undefined) before.sets.get(map)!.elements.set(key, value);
+    }
+    gone.forEach((entry, i) => {
+      for (const [map, key] of oldFragments[i].elements) {
+        const claimed = `${map} ${key}`;
+        const list = claims.get(claimed)!.filter((claim) => claim.id !== entry.part.names.id);
+        if (list.length) claims.set(claimed, list);
+        else claims.delete(claimed);
+      }
+    });
+    coming.forEach((entry, i) => {
+      for (const [map, key, value] of newFragments[i].elements) {
+        const claimed = `${map} ${key}`;
+        const list = claims.get(claimed) ?? [];
+        const id = entry.part.names.id;
+        let at = 0;
+        while (at < list.length && compareText(list[at].id, id) < 0) at++;
+        list.splice(at, 0, { id, value });
+        claims.set(claimed, list);
+      }
+    });
+    for (const claimed of keys) {
+      const [map, key] = splitClaim(claimed);
+      const value = claims.get(claimed)?.[0]?.value;
+      if (value !== undefined) after.sets.get(map)!.elements.set(key, value);
+    }
+    const ops = tableChange(before, after);
+    // The table itself, brought to what the steps make of it.
+    for (const name of before.chains.keys()) table.chains.delete(name);
+    for (const name of before.sets.keys()) if (!SHARED_MAPS.includes(name as (typeof SHARED_MAPS)[number])) table.sets.delete(name);
+    for (const [name, rules] of after.chains) table.chains.set(name, rules);
+    for (const [name, definition] of after.sets) if (!SHARED_MAPS.includes(name as (typeof SHARED_MAPS)[number])) table.sets.set(name, definition);
+    for (const claimed of keys) {
+      const [map, key] = splitClaim(claimed);
+      const value = after.sets.get(map)!.elements.get(key);
+      if (value === undefined) table.sets.get(map)!.elements.delete(key);
+      else table.sets.get(map)!.elements.set(key, value);
+    }
+    return ops;
+  }
+
+  /** The families that get a table: those of the node's addresses and pod CIDRs, and of any ClusterIP. */
+  private usedFamilies(): Family[] {
+    return FAMILIES.filter((family) => {
+      const inFamily = (ip: { family: Family }) => ip.family === family;
+      return this.node.addresses.some(inFamily) || this.node.podCidrs.some(inFamily) || [...this.ports.values()].some(({ port }) => port.clusterIPs.some(inFamily));
+    });
+  }
+
+  private replaceWith(next: ProxyState): void {
+    for (const [target, source] of [[this.ports, next.ports], [this.tables, next.tables], [this.claims, next.claims]] as const) {
+      (target as Map<unknown, unknown>).clear();
+      for (const [key, value] of source as Map<unknown, unknown>) (target as Map<unknown, unknown>).set(key, value);
+    }
+  }
+}
+
+interface PortEntry {
+  readonly port: ProxyServicePort;
+  readonly part: PortPart;
+}
+
+function splitClaim(claimed: string): [string, string] {
+  const space = claimed.indexOf(" ");
+  return [claimed.slice(0, space), claimed.slice(space + 1)];
+}
+
+function fragmentOf(family: Family, node: ProxyNode, port: ProxyServicePort, part: PortPart): PortFragment {
+  let fragment = part.families.get(family);
+  if (!fragment) {
+    fragment = portFragment(family, node, port, part.names);
+    part.families.set(family, fragment);
+  }
+  return fragment;
 }
 
 /** One port's chains, sets and map elements in one family, worked out on a table of its own. */
@@ -659,6 +799,11 @@ function validateNode(node: ProxyNode): void {
     if (!Number.isInteger(prefix.length) || prefix.length < 0 || prefix.length > bits) throw new Error(`pod CIDR of node ${node.name} has length ${prefix.length}: expected 0-${bits}`);
     checkedAddress(`pod CIDR of node ${node.name}`, { family: prefix.family, value: prefix.network });
   }
+}
+
+/** Throws, naming the value, when a port could not go into the ruleset (a name nft refuses, a port out of range, ...). */
+export function checkServicePort(port: ProxyServicePort): void {
+  validatePort(port);
 }
 
 function validatePort(port: ProxyServicePort): PortNames {
