@@ -8,6 +8,7 @@
  * messages it refused (no message asks for an acknowledgement), by the time sendmsg returns.
  * Exit 0: applied. Exit 1: refused; stderr says which message (by sequence number) and why.
  * Exit 2: not sent (bad input, no socket). It acts in the network namespace it runs in.
+ * With --serve it takes batch after batch instead (see serve()).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -69,22 +70,30 @@ static int well_formed(const unsigned char *bytes, size_t length) {
   return first && last && first != last && first->nlmsg_type == NFNL_MSG_BATCH_BEGIN && last->nlmsg_type == NFNL_MSG_BATCH_END;
 }
 
-int main(void) {
-  size_t length = 0;
-  unsigned char *batch = read_batch(&length);
-  if (!batch) return 2;
-  if (!well_formed(batch, length)) {
-    fprintf(stderr, "the input is not one nftables batch (whole netlink messages from BATCH_BEGIN to BATCH_END)\n");
-    return 2;
-  }
+/* The netfilter netlink socket, opened once. -1 (with a message) when it cannot be. */
+static int open_socket(char *why, size_t why_size) {
   int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
   if (fd < 0) {
-    fprintf(stderr, "cannot open a netfilter netlink socket: %s\n", strerror(errno));
-    return 2;
+    snprintf(why, why_size, "cannot open a netfilter netlink socket: %s", strerror(errno));
+    return -1;
   }
   struct sockaddr_nl local = {.nl_family = AF_NETLINK};
   if (bind(fd, (struct sockaddr *)&local, sizeof local) < 0) {
-    fprintf(stderr, "cannot bind the netlink socket: %s\n", strerror(errno));
+    snprintf(why, why_size, "cannot bind the netlink socket: %s", strerror(errno));
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/*
+ * Sends one batch and collects the kernel's refusals into `why` ("" when it took the batch).
+ * Returns 0 (applied), 1 (refused) or 2 (not sent).
+ */
+static int apply(int fd, const unsigned char *batch, size_t length, char *why, size_t why_size) {
+  why[0] = 0;
+  if (!well_formed(batch, length)) {
+    snprintf(why, why_size, "the input is not one nftables batch (whole netlink messages from BATCH_BEGIN to BATCH_END)");
     return 2;
   }
   /* The whole batch goes in one message, and every refusal must fit in the answer queue. */
@@ -96,28 +105,113 @@ int main(void) {
   do sent = sendto(fd, batch, length, 0, (struct sockaddr *)&kernel, sizeof kernel);
   while (sent < 0 && errno == EINTR);
   if (sent < 0 || (size_t)sent != length) {
-    fprintf(stderr, "cannot send the batch (%zu bytes): %s\n", length, sent < 0 ? strerror(errno) : "short write");
+    snprintf(why, why_size, "cannot send the batch (%zu bytes): %s", length, sent < 0 ? strerror(errno) : "short write");
     return 2;
   }
   /* The kernel has processed the batch when sendto returns: its refusals are queued already. */
   static unsigned char answer[1 << 16];
   int refused = 0;
+  size_t used = 0;
   for (;;) {
     ssize_t got = recv(fd, answer, sizeof answer, MSG_DONTWAIT);
     if (got < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      fprintf(stderr, "cannot read the kernel's answer: %s\n", strerror(errno));
+      snprintf(why, why_size, "cannot read the kernel's answer: %s", strerror(errno));
       return 1;
     }
     if (got == 0) break;
-    for (struct nlmsghdr *message = (struct nlmsghdr *)answer; NLMSG_OK(message, (unsigned)got); message = NLMSG_NEXT(message, got)) {
+    int left = (int)got;
+    for (struct nlmsghdr *message = (struct nlmsghdr *)answer; NLMSG_OK(message, (unsigned)left); message = NLMSG_NEXT(message, left)) {
       if (message->nlmsg_type != NLMSG_ERROR) continue;
       const struct nlmsgerr *error = NLMSG_DATA(message);
       if (error->error == 0) continue;
-      fprintf(stderr, "message %u: %s\n", error->msg.nlmsg_seq, strerror(-error->error));
+      if (used < why_size) used += (size_t)snprintf(why + used, why_size - used, "%smessage %u: %s", refused ? "; " : "", error->msg.nlmsg_seq, strerror(-error->error));
       refused = 1;
     }
   }
   return refused;
+}
+
+static int read_full(int fd, void *buffer, size_t length) {
+  size_t done = 0;
+  while (done < length) {
+    ssize_t got = read(fd, (char *)buffer + done, length - done);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return -1;
+    done += (size_t)got;
+  }
+  return 0;
+}
+
+static int write_full(int fd, const void *buffer, size_t length) {
+  size_t done = 0;
+  while (done < length) {
+    ssize_t put = write(fd, (const char *)buffer + done, length - done);
+    if (put < 0 && errno == EINTR) continue;
+    if (put <= 0) return -1;
+    done += (size_t)put;
+  }
+  return 0;
+}
+
+/*
+ * --serve: batch after batch on one socket, for as long as stdin stays open. A process that
+ * has written to nf_tables waits about 10 ms in its exit for the kernel to release the socket;
+ * a writer that stays does not pay it for every change.
+ * Request: length (32-bit big-endian), then the batch. Answer: status (0, 1 or 2 as the exit
+ * codes below), length, then the reason ("" when applied).
+ */
+static int serve(void) {
+  char why[4096];
+  int fd = open_socket(why, sizeof why);
+  if (fd < 0) {
+    fprintf(stderr, "%s\n", why);
+    return 2;
+  }
+  unsigned char *batch = NULL;
+  size_t capacity = 0;
+  for (;;) {
+    unsigned char header[4];
+    if (read_full(0, header, 4) < 0) return 0;
+    uint32_t length = (uint32_t)header[0] << 24 | (uint32_t)header[1] << 16 | (uint32_t)header[2] << 8 | header[3];
+    if (length > MAX_BATCH) {
+      fprintf(stderr, "a batch of %u bytes is larger than %u\n", length, MAX_BATCH);
+      return 2;
+    }
+    if (length > capacity) {
+      unsigned char *grown = realloc(batch, length);
+      if (!grown) {
+        fprintf(stderr, "no memory for a batch of %u bytes\n", length);
+        return 2;
+      }
+      batch = grown;
+      capacity = length;
+    }
+    if (read_full(0, batch, length) < 0) return 2;
+    int status = apply(fd, batch, length, why, sizeof why);
+    uint32_t reason = (uint32_t)strlen(why);
+    unsigned char answer[8] = {0, 0, 0, (unsigned char)status, (unsigned char)(reason >> 24), (unsigned char)(reason >> 16), (unsigned char)(reason >> 8), (unsigned char)reason};
+    if (write_full(1, answer, 8) < 0 || write_full(1, why, reason) < 0) return 2;
+  }
+}
+
+int main(int argc, char **argv) {
+  if (argc == 2 && strcmp(argv[1], "--serve") == 0) return serve();
+  if (argc != 1) {
+    fprintf(stderr, "usage: trellis-nft-batch [--serve] (the batch on stdin)\n");
+    return 2;
+  }
+  size_t length = 0;
+  unsigned char *batch = read_batch(&length);
+  if (!batch) return 2;
+  char why[4096];
+  int fd = open_socket(why, sizeof why);
+  if (fd < 0) {
+    fprintf(stderr, "%s\n", why);
+    return 2;
+  }
+  int status = apply(fd, batch, length, why, sizeof why);
+  if (why[0]) fprintf(stderr, "%s\n", why);
+  return status;
 }

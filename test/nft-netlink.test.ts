@@ -6,19 +6,24 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, describe, it } from "node:test";
 import {
   desiredProxyRuleset, PROXY_TABLE, proxyChangeOps, proxyFullOps, renderProxyFull, renderProxyOps, type ProxyEndpoint, type ProxyNode, type ProxyServicePort,
 } from "../src/dataplane/service-proxy.js";
-import { encodeNftBatch, NftUnsupported } from "../src/linux/nft-netlink.js";
+import { encodeNftBatch, NftBatchWriter, NftUnsupported, NftWriteError } from "../src/linux/nft-netlink.js";
 import { parseIp, parsePrefix } from "../src/net/ip.js";
+import { inNetns, NetnsPool } from "./support/netns.js";
 
 const WRITER = resolve("dist/trellis-nft-batch");
 const dir = mkdtempSync(join(tmpdir(), "trellis-nft-netlink-"));
-after(() => rmSync(dir, { recursive: true, force: true }));
+const pool = new NetnsPool();
+after(() => {
+  pool.removeAll();
+  rmSync(dir, { recursive: true, force: true });
+});
 
 const NODE: ProxyNode = {
   name: "node-a",
@@ -135,5 +140,34 @@ describe("trellis-nft-batch", () => {
     assert.throws(() => encodeNftBatch(PROXY_TABLE, [{ op: "add rule", family: 4, chain: "c", rule: "meta l4proto tcp dnat to [fd00::1]:80" }]), NftUnsupported);
     assert.throws(() => encodeNftBatch(PROXY_TABLE, [{ op: "add element", family: 4, name: "pod-cidrs", set: { kind: "set", type: "ipv4_addr", flags: ["interval"] }, elements: [["10.0.0.1/8", ""]] }]), NftUnsupported);
     assert.throws(() => encodeNftBatch(PROXY_TABLE, [{ op: "add chain", family: 4, name: "bad name" }]), NftUnsupported);
+  });
+
+  it("kept running (--serve), applies batch after batch, reports a refusal and goes on, and starts again after it is killed", async () => {
+    // Catches: a serving writer that stops after a refused batch, answers the wrong caller, or
+    // leaves the agent with no writer once its process died.
+    const ns = pool.create("nftw");
+    // The writer acts in the namespace it runs in: this one, never the test's own.
+    const wrapper = file("writer.sh", `#!/bin/sh\nexec nsenter --net=${ns.path} ${WRITER} "$@"\n`);
+    chmodSync(wrapper, 0o755);
+    const writer = new NftBatchWriter(wrapper);
+    try {
+      await writer.apply(encodeNftBatch(PROXY_TABLE, [{ op: "add table", family: 4 }, { op: "add chain", family: 4, name: "first" }]));
+      const refused = writer.apply(encodeNftBatch(PROXY_TABLE, [{ op: "add chain", family: 4, name: "half" }, { op: "add rule", family: 4, chain: "half", rule: "goto nowhere" }]));
+      const third = writer.apply(encodeNftBatch(PROXY_TABLE, [{ op: "add chain", family: 4, name: "third" }]));
+      await assert.rejects(refused, (error: Error) => error instanceof NftWriteError && /message 3: No such file or directory/.test(error.message));
+      await third;
+      const chains = () => inNetns(ns, "nft", ["list", "table", "ip", PROXY_TABLE]);
+      assert.match(chains(), /chain first/);
+      assert.match(chains(), /chain third/);
+      assert.doesNotMatch(chains(), /chain half/);
+      // Killed: the next batch starts it again.
+      assert.ok(writer.pid);
+      process.kill(writer.pid, "SIGKILL");
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await writer.apply(encodeNftBatch(PROXY_TABLE, [{ op: "add chain", family: 4, name: "after-kill" }]));
+      assert.match(chains(), /chain after-kill/);
+    } finally {
+      writer.close();
+    }
   });
 });

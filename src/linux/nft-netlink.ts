@@ -9,9 +9,9 @@
  * what the text would have written. Anything else is refused with NftUnsupported, and the
  * caller writes that change with `nft -f` instead.
  */
+import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { existsSync } from "node:fs";
 import { parseIp, type Family } from "../net/ip.js";
-import { run } from "./exec.js";
 
 export interface NftBaseChain {
   readonly type: "nat" | "filter";
@@ -188,17 +188,78 @@ export function encodeNftBatch(table: string, ops: readonly NftOp[]): Buffer {
   return w.result();
 }
 
-/**
- * Applies a batch with the `trellis-nft-batch` program at `writer` (in this process's network
- * namespace). Rejects with the kernel's reason when it refuses the batch, which then changed nothing.
- */
-export async function nftApplyBatch(writer: string, batch: Buffer): Promise<void> {
-  await run(writer, [], { input: batch });
-}
+/** The kernel refused a batch (it changed nothing), or the writer could not send it. */
+export class NftWriteError extends Error {}
 
-/** Whether the writer program is at `path`. */
-export function nftBatchWriterAt(path: string): boolean {
-  return existsSync(path);
+/**
+ * `trellis-nft-batch --serve`, kept running: batch after batch on one netlink socket, in this
+ * process's network namespace. (A process that has written to nf_tables waits about 10 ms in its
+ * exit for the kernel to release its socket: a writer per batch would pay it every change.)
+ * One batch at a time; a writer that ended is started again for the next batch.
+ */
+export class NftBatchWriter {
+  private child: ChildProcessWithoutNullStreams | undefined;
+  private readonly waiting: Array<{ resolve: () => void; reject: (error: Error) => void }> = [];
+  private received = Buffer.alloc(0);
+
+  constructor(readonly path: string) {}
+
+  /** The running writer's process id, if one runs. */
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  /** Whether the program is there. */
+  available(): boolean {
+    return existsSync(this.path);
+  }
+
+  /** Applies `batch` whole, or rejects with the kernel's reason (then nothing of it applied). */
+  apply(batch: Buffer): Promise<void> {
+    const child = this.child ?? this.start();
+    return new Promise<void>((resolve, reject) => {
+      this.waiting.push({ resolve, reject });
+      const header = Buffer.alloc(4);
+      header.writeUInt32BE(batch.length);
+      child.stdin.write(header);
+      child.stdin.write(batch);
+    });
+  }
+
+  /** Ends the writer (it exits when its input ends). */
+  close(): void {
+    this.child?.stdin.end();
+    this.child = undefined;
+  }
+
+  private start(): ChildProcessWithoutNullStreams {
+    const child = spawn(this.path, ["--serve"], { stdio: ["pipe", "pipe", "pipe"] });
+    this.child = child;
+    this.received = Buffer.alloc(0);
+    let stderr = "";
+    child.stderr.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString("utf8")).slice(-2000)));
+    child.stdin.on("error", () => undefined);
+    child.stdout.on("data", (chunk: Buffer) => {
+      this.received = Buffer.concat([this.received, chunk]);
+      while (this.received.length >= 8) {
+        const length = this.received.readUInt32BE(4);
+        if (this.received.length < 8 + length) break;
+        const status = this.received.readUInt32BE(0);
+        const reason = this.received.subarray(8, 8 + length).toString("utf8");
+        this.received = this.received.subarray(8 + length);
+        const call = this.waiting.shift();
+        if (status === 0) call?.resolve();
+        else call?.reject(new NftWriteError(`the kernel did not take the nftables batch: ${reason}`));
+      }
+    });
+    const ended = (why: string) => {
+      if (this.child === child) this.child = undefined;
+      for (const call of this.waiting.splice(0)) call.reject(new NftWriteError(`the netlink writer ${this.path} ${why}${stderr ? `: ${stderr.trim()}` : ""}`));
+    };
+    child.on("exit", (code, signal) => ended(`ended (${signal ?? `exit ${code}`})`));
+    child.on("error", (error) => ended(`could not run: ${error.message}`));
+    return child;
+  }
 }
 
 // ---- rules --------------------------------------------------------------------------------
