@@ -5,7 +5,7 @@
  *   all the Services present, against the same connects straight to the endpoint pod's IP;
  * - sync: all the Services (5 endpoints each) added by `trellis apply`, 1,000 to a file; one
  *   EndpointSlice changed, from the store write (its trellis.dev/applied-at) to the new rule in
- *   the kernel (`nft monitor`), over many changes; the full sync of a restarted agent; the
+ *   the kernel (its netlink notification, bench/nft-events.c), over many changes; the full sync of a restarted agent; the
  *   agent's resident memory.
  *
  * One node namespace runs `dist/trellis agent` (its own SQLite store and plan, direct mode, no
@@ -105,12 +105,15 @@ interface BulkStep {
 }
 
 interface ChangeFigures {
-  /** Store write (the slice's applied-at) → the new endpoint's DNAT rule reported by `nft monitor`. */
+  /** Store write (the slice's applied-at) → the new endpoint's DNAT rule reported by the kernel (bench/nft-events.c). */
   writeToLiveMs: LatencyStats;
   /** `trellis apply -f -` of the one slice, spawn to exit. */
   applyMs: LatencyStats;
   /** The agent's own duration of the sync that applied each change (its debug log). */
   syncMs: LatencyStats;
+  /** Of each such sync, working out the steps, and writing them (the netlink writer's run). */
+  computeMs: LatencyStats;
+  writeMs: LatencyStats;
   /** What the agent observed into trellis_network_programming_duration_seconds over the changes. */
   agentProgramming: HistogramDelta;
   /** trellis_sync_proxy_rules_duration_seconds over the changes. */
@@ -426,7 +429,7 @@ function ipv4(n: number): string {
 
 /**
  * Each change re-applies one filler Service's slice with its first address replaced by a new
- * one, and waits for `nft monitor` in the node to report the new endpoint's DNAT rule. The
+ * one, and waits for the kernel to report (bench/nft-events.c) the new endpoint's DNAT rule. The
  * changed Services are spread over the whole range.
  */
 async function measureChanges(cluster: Cluster, options: BenchOptions, made: Made, say: (line: string) => void): Promise<ChangeFigures> {
@@ -434,16 +437,18 @@ async function measureChanges(cluster: Cluster, options: BenchOptions, made: Mad
   // Read only, for the applied-at of each slice the bench applies.
   const store = await openStore(cluster.storeSpec);
   made.stores.add(store);
-  const monitor = await nftMonitor(cluster.node, made);
+  const monitor = await ruleEvents(cluster.node, cluster.dir, made);
   const before = await agentMetrics(cluster.node);
   const writeToLive: number[] = [];
   const apply: number[] = [];
   const sync: number[] = [];
+  const compute: number[] = [];
+  const write: number[] = [];
   try {
     for (let k = 0; k < options.changes; k++) {
       const service = 2 + (Math.floor(((k + 0.5) * fillers) / options.changes) % fillers);
       const address = ipv4(CHANGE_BASE + k + 1);
-      const rule = new RegExp(`dnat to ${address.replaceAll(".", "\\.")}:${SERVER_PORT}(\\s|$)`);
+      const rule = dnatRulePattern(address, SERVER_PORT);
       const mark = monitor.mark();
       const started = performance.now();
       await trellisApply(cluster, [fillerSlice(service, options.endpoints, address)]);
@@ -453,7 +458,10 @@ async function measureChanges(cluster: Cluster, options: BenchOptions, made: Mad
       const seen = await monitor.until(rule, mark, 30_000, () => agentFailure(cluster));
       writeToLive.push(seen - written);
       await waitForAgent(cluster, `the sync of change ${k + 1} logged`, () => cluster.log.syncs().some((entry) => entry.at >= written && !entry.full), 30_000);
-      sync.push(cluster.log.syncs().find((entry) => entry.at >= written && !entry.full)!.durationMs);
+      const entry = cluster.log.syncs().find((candidate) => candidate.at >= written && !candidate.full)!;
+      sync.push(entry.durationMs);
+      compute.push(entry.computeMs);
+      write.push(entry.writeMs);
       if ((k + 1) % Math.max(1, Math.floor(options.changes / 10)) === 0) {
         say(`  change ${k + 1}/${options.changes}: ${fillerName(service)} live ${(seen - written).toFixed(1)} ms after the write (sync ${sync.at(-1)} ms, apply ${apply.at(-1)!.toFixed(0)} ms)`);
       }
@@ -468,6 +476,8 @@ async function measureChanges(cluster: Cluster, options: BenchOptions, made: Mad
     writeToLiveMs: latency(writeToLive),
     applyMs: latency(apply),
     syncMs: latency(sync),
+    computeMs: latency(compute),
+    writeMs: latency(write),
     agentProgramming: histogramDelta(before, after, "trellis_network_programming_duration_seconds"),
     agentSync: histogramDelta(before, after, "trellis_sync_proxy_rules_duration_seconds"),
   };
@@ -544,7 +554,7 @@ const once = (t) => new Promise((resolve, reject) => {
   }
 }
 
-/** `trellis apply -f FILE --store …`: the CLI a user runs. Asynchronous, so that `nft monitor` lines are stamped as they come. */
+/** `trellis apply -f FILE --store …`: the CLI a user runs. Asynchronous, so that rule events are stamped as they come. */
 async function trellisApply(cluster: Cluster, documents: readonly object[]): Promise<void> {
   const file = join(cluster.dir, "apply.json");
   writeFileSync(file, documents.map((document) => JSON.stringify(document)).join("\n---\n"));
@@ -585,17 +595,24 @@ async function serviceIpElements(node: TestNetns): Promise<number> {
   return map?.elem?.length ?? 0;
 }
 
-interface NftMonitor {
-  /** Where the lines reported so far end. */
+interface RuleEvents {
+  /** Where the rules reported so far end. */
   mark(): number;
-  /** Resolves with when (ms since the epoch) the first line after `from` matching `pattern` came. */
+  /** Resolves with when (ms since the epoch) the first rule after `from` matching `pattern` came. */
   until(pattern: RegExp, from: number, timeoutMs: number, failure: () => string | undefined): Promise<number>;
   stop(): void;
 }
 
-/** `nft monitor` in the node: each line stamped on arrival (the kernel sends it once the transaction is committed). */
-async function nftMonitor(node: TestNetns, made: Made): Promise<NftMonitor> {
-  const child = spawn("nsenter", [`--net=${node.path}`, "nft", "monitor"], { stdio: ["ignore", "pipe", "ignore"] });
+/**
+ * bench/nft-events.c in the node: each rule the kernel reports added, as the hex of its netlink
+ * message, stamped on arrival (the kernel reports it once the transaction is committed). `nft
+ * monitor` would print rules as text, but reads the whole ruleset first: minutes of a CPU at
+ * 10,000 Services.
+ */
+async function ruleEvents(node: TestNetns, dir: string, made: Made): Promise<RuleEvents> {
+  const program = join(dir, "nft-events");
+  execFileSync(process.env.CC ?? "cc", ["-O2", "-Wall", "-o", program, join(dirname(fileURLToPath(import.meta.url)), "nft-events.c")], { stdio: "inherit" });
+  const child = spawn("nsenter", [`--net=${node.path}`, program], { stdio: ["ignore", "pipe", "inherit"] });
   made.children.add(child);
   const lines: Array<{ at: number; text: string }> = [];
   let partial = "";
@@ -605,9 +622,12 @@ async function nftMonitor(node: TestNetns, made: Made): Promise<NftMonitor> {
     partial = parts.pop()!;
     for (const text of parts) lines.push({ at, text });
   });
-  // nft monitor says nothing once it has subscribed: give it a moment.
-  await sleep(300);
-  if (child.exitCode !== null) throw new Error(`nft monitor in ${node.name} exited ${child.exitCode}`);
+  const deadline = Date.now() + 10_000;
+  while (!lines.some((line) => line.text === "ready")) {
+    if (child.exitCode !== null) throw new Error(`nft-events in ${node.name} exited ${child.exitCode}`);
+    if (Date.now() > deadline) throw new Error(`nft-events in ${node.name} did not start within 10 s`);
+    await sleep(10);
+  }
   return {
     mark: () => lines.length,
     async until(pattern, from, timeoutMs, failure) {
@@ -615,10 +635,12 @@ async function nftMonitor(node: TestNetns, made: Made): Promise<NftMonitor> {
       for (;;) {
         const hit = lines.slice(from).find((line) => pattern.test(line.text));
         if (hit) return hit.at;
+        const lost = lines.slice(from).find((line) => line.text.startsWith("lost"));
+        if (lost) throw new Error(`nft-events ${lost.text}: the kernel dropped events`);
         from = lines.length;
         const reason = failure();
         if (reason) throw new Error(reason);
-        if (Date.now() > deadline) throw new Error(`nft monitor reported no rule matching ${pattern} within ${timeoutMs} ms`);
+        if (Date.now() > deadline) throw new Error(`the kernel reported no rule matching ${pattern} within ${timeoutMs} ms`);
         // Lines are stamped as they arrive: how often this looks does not change the figure.
         await sleep(5);
       }
@@ -630,17 +652,32 @@ async function nftMonitor(node: TestNetns, made: Made): Promise<NftMonitor> {
   };
 }
 
+/** A rule's netlink message (hex) that DNATs to `address`:`port`: the address, then the port, each at a byte boundary. */
+function dnatRulePattern(address: string, port: number): RegExp {
+  const hex = (bytes: number[]) => bytes.map((byte) => byte.toString(16).padStart(2, "0")).join("");
+  return new RegExp(`^(?:..)*?${hex(address.split(".").map(Number))}(?:..)*?${hex([port >> 8, port & 255])}`);
+}
+
+/** One "service rules synced" line: when it ended, how long it took (and its compute and its write), whether it wrote everything. */
+interface SyncEntry {
+  readonly at: number;
+  readonly durationMs: number;
+  readonly computeMs: number;
+  readonly writeMs: number;
+  readonly full: boolean;
+}
+
 /** The agent's JSON log, read on from where it was last read. */
 class AgentLog {
   private offset = 0;
   private partial = "";
-  private readonly logged: Array<{ at: number; durationMs: number; full: boolean }> = [];
+  private readonly logged: SyncEntry[] = [];
   private readonly failed: string[] = [];
 
   constructor(readonly path: string) {}
 
   /** The Service syncs logged so far ("service rules synced"): when each ended, how long it took, whether it wrote everything. */
-  syncs(): ReadonlyArray<{ at: number; durationMs: number; full: boolean }> {
+  syncs(): readonly SyncEntry[] {
     this.readOn();
     return this.logged;
   }
@@ -670,13 +707,15 @@ class AgentLog {
     const lines = (this.partial + buffer.toString("utf8")).split("\n");
     this.partial = lines.pop()!;
     for (const line of lines) {
-      let entry: { time: string; msg: string; durationMs?: number; full?: boolean; error?: string };
+      let entry: { time: string; msg: string; durationMs?: number; computeMs?: number; writeMs?: number; full?: boolean; error?: string };
       try {
         entry = JSON.parse(line) as typeof entry;
       } catch {
         continue;
       }
-      if (entry.msg === "service rules synced") this.logged.push({ at: Date.parse(entry.time), durationMs: entry.durationMs ?? NaN, full: entry.full === true });
+      if (entry.msg === "service rules synced") {
+        this.logged.push({ at: Date.parse(entry.time), durationMs: entry.durationMs ?? NaN, computeMs: entry.computeMs ?? NaN, writeMs: entry.writeMs ?? NaN, full: entry.full === true });
+      }
       if (entry.msg === "service proxy sync failed") this.failed.push(`${entry.time}: ${entry.error}`);
     }
   }
@@ -816,6 +855,7 @@ function tableRows(report: SvcBenchReport): Row[] {
   if (c) {
     rows.push({ figure: `one change, store write → rules live, p50 / p99 of ${c.writeToLiveMs.n}`, value: ms(c.writeToLiveMs), goal: `< ${GOALS.changeMs} ms`, result: verdict(goal("one change")) });
     rows.push({ figure: "  of which the agent's sync (its log), p50 / p99", value: ms(c.syncMs), goal: "", result: "reported" });
+    rows.push({ figure: "    its compute / its write (netlink batch), p50", value: `${c.computeMs.p50} / ${c.writeMs.p50} ms`, goal: "", result: "reported" });
     rows.push({ figure: `  agent's trellis_network_programming_duration (${c.agentProgramming.count} obs.)`, value: `mean ${c.agentProgramming.meanMs} ms, p50 ≤ ${c.agentProgramming.p50AtMostMs} ms, p99 ≤ ${c.agentProgramming.p99AtMostMs} ms`, goal: "", result: "reported" });
     rows.push({ figure: "  trellis apply of the one slice (CLI, spawn to exit), p50 / p99", value: ms(c.applyMs), goal: "", result: "reported" });
   }
