@@ -373,7 +373,7 @@ async function applyTarget(cluster: Cluster): Promise<string> {
   const { stdout } = await execFileAsync(TRELLIS, ["get", "services", TARGET_SERVICE, "-o", "json", "--store", cluster.storeSpec]);
   const clusterIP = (JSON.parse(stdout) as { spec: { clusterIPs: string[] } }).spec.clusterIPs[0]!;
   const rule = `dnat to ${cluster.server!.address}:${SERVER_PORT}`;
-  await waitForAgent(cluster, `the rule ${rule}`, () => cluster.log.syncs().some((entry) => entry.at >= since) && inNetns(cluster.node, "nft", ["list", "table", "ip", "trellis-proxy"]).includes(rule), 30_000);
+  await waitForAgent(cluster, `the rule ${rule}`, () => cluster.log.syncs().some((entry) => entry.at >= since) && inNetns(cluster.node, "nft", ["list", "ruleset"]).includes(rule), 30_000);
   return clusterIP;
 }
 
@@ -589,10 +589,11 @@ async function untilServiceIps(cluster: Cluster, expected: number, since: number
   }
 }
 
+/** The IPv4 service-ips elements of every shard table of the proxy's (one `nft list maps`). */
 async function serviceIpElements(node: TestNetns): Promise<number> {
-  const { stdout } = await execFileAsync("nsenter", [`--net=${node.path}`, "nft", "-j", "list", "map", "ip", "trellis-proxy", "service-ips"], { maxBuffer: 256 * 1024 * 1024 });
-  const map = (JSON.parse(stdout) as { nftables: Array<{ map?: { elem?: unknown[] } }> }).nftables.find((item) => item.map)?.map;
-  return map?.elem?.length ?? 0;
+  const { stdout } = await execFileAsync("nsenter", [`--net=${node.path}`, "nft", "-j", "list", "maps", "ip"], { maxBuffer: 256 * 1024 * 1024 });
+  const maps = (JSON.parse(stdout) as { nftables: Array<{ map?: { table: string; name: string; elem?: unknown[] } }> }).nftables.flatMap((item) => item.map ?? []);
+  return maps.filter((map) => map.name === "service-ips" && map.table.startsWith("trellis-proxy-")).reduce((sum, map) => sum + (map.elem?.length ?? 0), 0);
 }
 
 interface RuleEvents {

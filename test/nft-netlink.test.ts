@@ -57,7 +57,8 @@ function file(name: string, content: string | Buffer): string {
   return path;
 }
 
-const LIST = `nft list table ip ${PROXY_TABLE}; nft list table ip6 ${PROXY_TABLE}`;
+/** The namespace holds only what the test wrote: the whole ruleset is the proxy's tables. */
+const LIST = "nft list ruleset";
 
 describe("trellis-nft-batch", () => {
   const before = desiredProxyRuleset(NODE, [
@@ -86,7 +87,7 @@ describe("trellis-nft-batch", () => {
     assert.ok(ops.some((op) => op.op === "add set") && ops.some((op) => op.op === "delete chain") && ops.some((op) => op.op === "delete element"), "the change covers creation and deletion");
     const full = file("full.nft", renderProxyFull(before));
     const change = file("change.nft", renderProxyOps(ops));
-    const batch = file("change.batch", encodeNftBatch(PROXY_TABLE, ops));
+    const batch = file("change.batch", encodeNftBatch(ops));
     const byNft = inNewNetns(`nft -f ${full}; nft -f ${change}; ${LIST}`);
     assert.equal(byNft.status, 0, byNft.stderr);
     const byWriter = inNewNetns(`nft -f ${full}; ${WRITER} < ${batch}; ${LIST}`);
@@ -100,7 +101,7 @@ describe("trellis-nft-batch", () => {
     // hook, priority or type encoded otherwise than nft encodes it.
     const ops = proxyFullOps(afterwards);
     assert.ok(ops.some((op) => op.op === "add element" && op.set.flags.includes("interval")), "pod CIDRs, an interval set");
-    const batch = file("full.batch", encodeNftBatch(PROXY_TABLE, ops));
+    const batch = file("full.batch", encodeNftBatch(ops));
     const byNft = inNewNetns(`nft -f ${file("full3.nft", renderProxyFull(afterwards))}; ${LIST}`);
     assert.equal(byNft.status, 0, byNft.stderr);
     const byWriter = inNewNetns(`${WRITER} < ${batch}; ${LIST}`);
@@ -112,11 +113,11 @@ describe("trellis-nft-batch", () => {
   it("is refused whole, naming the message, when one step cannot be applied", () => {
     // Catches: a partly applied batch, or a refusal the writer does not report (exit 0 with nothing done).
     const full = file("full2.nft", renderProxyFull(before));
-    const bad = encodeNftBatch(PROXY_TABLE, [
-      { op: "add chain", family: 4, name: "new-chain" },
-      { op: "add rule", family: 4, chain: "new-chain", rule: "goto no-such-chain" },
+    const bad = encodeNftBatch([
+      { op: "add chain", family: 4, table: PROXY_TABLE, name: "new-chain" },
+      { op: "add rule", family: 4, table: PROXY_TABLE, chain: "new-chain", rule: "goto no-such-chain" },
     ]);
-    const result = inNewNetns(`nft -f ${full}; if ${WRITER} < ${file("bad.batch", bad)}; then echo APPLIED; fi; nft list table ip ${PROXY_TABLE}`);
+    const result = inNewNetns(`nft -f ${full}; if ${WRITER} < ${file("bad.batch", bad)}; then echo APPLIED; fi; ${LIST}`);
     assert.equal(result.status, 0, result.stderr);
     assert.doesNotMatch(result.stdout, /APPLIED/);
     assert.doesNotMatch(result.stdout, /new-chain/, "the chain of the refused batch stays out");
@@ -125,7 +126,7 @@ describe("trellis-nft-batch", () => {
 
   it("refuses input that is not one batch, and sends nothing", () => {
     // Catches: the writer sending arbitrary bytes (a truncated batch, text, a batch without its end) to the kernel.
-    const whole = encodeNftBatch(PROXY_TABLE, [{ op: "add chain", family: 4, name: "x" }]);
+    const whole = encodeNftBatch([{ op: "add chain", family: 4, table: PROXY_TABLE, name: "x" }]);
     const withoutEnd = whole.subarray(0, whole.length - 20);
     for (const input of [Buffer.from("add chain ip t x\n"), whole.subarray(0, whole.length - 8), withoutEnd, withoutEnd.subarray(20), Buffer.alloc(0)]) {
       const result = spawnSync(WRITER, [], { input, encoding: "utf8" });
@@ -136,10 +137,10 @@ describe("trellis-nft-batch", () => {
 
   it("encodes only what it knows; the rest goes back to nft -f", () => {
     // Catches: an unknown rule silently encoded as something else.
-    assert.throws(() => encodeNftBatch(PROXY_TABLE, [{ op: "add rule", family: 4, chain: "c", rule: "tcp dport 22 accept" }]), NftUnsupported);
-    assert.throws(() => encodeNftBatch(PROXY_TABLE, [{ op: "add rule", family: 4, chain: "c", rule: "meta l4proto tcp dnat to [fd00::1]:80" }]), NftUnsupported);
-    assert.throws(() => encodeNftBatch(PROXY_TABLE, [{ op: "add element", family: 4, name: "pod-cidrs", set: { kind: "set", type: "ipv4_addr", flags: ["interval"] }, elements: [["10.0.0.1/8", ""]] }]), NftUnsupported);
-    assert.throws(() => encodeNftBatch(PROXY_TABLE, [{ op: "add chain", family: 4, name: "bad name" }]), NftUnsupported);
+    assert.throws(() => encodeNftBatch([{ op: "add rule", family: 4, table: PROXY_TABLE, chain: "c", rule: "tcp dport 22 accept" }]), NftUnsupported);
+    assert.throws(() => encodeNftBatch([{ op: "add rule", family: 4, table: PROXY_TABLE, chain: "c", rule: "meta l4proto tcp dnat to [fd00::1]:80" }]), NftUnsupported);
+    assert.throws(() => encodeNftBatch([{ op: "add element", family: 4, table: PROXY_TABLE, name: "pod-cidrs", set: { kind: "set", type: "ipv4_addr", flags: ["interval"] }, elements: [["10.0.0.1/8", ""]] }]), NftUnsupported);
+    assert.throws(() => encodeNftBatch([{ op: "add chain", family: 4, table: PROXY_TABLE, name: "bad name" }]), NftUnsupported);
   });
 
   it("kept running (--serve), applies batch after batch, reports a refusal and goes on, and starts again after it is killed", async () => {
@@ -151,9 +152,9 @@ describe("trellis-nft-batch", () => {
     chmodSync(wrapper, 0o755);
     const writer = new NftBatchWriter(wrapper);
     try {
-      await writer.apply(encodeNftBatch(PROXY_TABLE, [{ op: "add table", family: 4 }, { op: "add chain", family: 4, name: "first" }]));
-      const refused = writer.apply(encodeNftBatch(PROXY_TABLE, [{ op: "add chain", family: 4, name: "half" }, { op: "add rule", family: 4, chain: "half", rule: "goto nowhere" }]));
-      const third = writer.apply(encodeNftBatch(PROXY_TABLE, [{ op: "add chain", family: 4, name: "third" }]));
+      await writer.apply(encodeNftBatch([{ op: "add table", family: 4, table: PROXY_TABLE }, { op: "add chain", family: 4, table: PROXY_TABLE, name: "first" }]));
+      const refused = writer.apply(encodeNftBatch([{ op: "add chain", family: 4, table: PROXY_TABLE, name: "half" }, { op: "add rule", family: 4, table: PROXY_TABLE, chain: "half", rule: "goto nowhere" }]));
+      const third = writer.apply(encodeNftBatch([{ op: "add chain", family: 4, table: PROXY_TABLE, name: "third" }]));
       await assert.rejects(refused, (error: Error) => error instanceof NftWriteError && /message 3: No such file or directory/.test(error.message));
       await third;
       const chains = () => inNetns(ns, "nft", ["list", "table", "ip", PROXY_TABLE]);
@@ -164,7 +165,7 @@ describe("trellis-nft-batch", () => {
       assert.ok(writer.pid);
       process.kill(writer.pid, "SIGKILL");
       await new Promise((resolve) => setTimeout(resolve, 100));
-      await writer.apply(encodeNftBatch(PROXY_TABLE, [{ op: "add chain", family: 4, name: "after-kill" }]));
+      await writer.apply(encodeNftBatch([{ op: "add chain", family: 4, table: PROXY_TABLE, name: "after-kill" }]));
       assert.match(chains(), /chain after-kill/);
     } finally {
       writer.close();

@@ -168,13 +168,84 @@ describe("Services through the agent's nftables proxy", () => {
     assert.equal(servedBy.size, 1, `one backend 20 times in a row, saw ${[...servedBy].join(", ")}`);
   });
 
+  const slice = (name: string, service: string, endpoints: Array<{ pod: number; ready: boolean; serving?: boolean; terminating?: boolean; nodeName?: string }>) => ({
+    apiVersion: "discovery.k8s.io/v1",
+    kind: "EndpointSlice",
+    metadata: { name, labels: { "kubernetes.io/service-name": service } },
+    addressType: "IPv4",
+    endpoints: endpoints.map((endpoint) => ({
+      addresses: [pods[endpoint.pod].addresses[0]],
+      conditions: { ready: endpoint.ready, serving: endpoint.serving ?? endpoint.ready, terminating: endpoint.terminating ?? false },
+      nodeName: endpoint.nodeName ?? "node",
+    })),
+    ports: [{ name: "", protocol: "TCP", port: 8080 }],
+  });
+  const servers20 = (netns: TestNetns, ip: string, port: number) => new Set(Array.from({ length: 20 }, () => probe(netns, ip, port).server ?? "none"));
+
+  // Bugs caught: an external IP not DNAT'ed (from outside or from a pod), or answered without
+  // masquerade under externalTrafficPolicy Cluster (the reply would bypass the node).
+  it("serves externalIPs from outside, masqueraded, and from pods", async () => {
+    trellis(["apply", "-f", "-"], JSON.stringify(service("ext", { selector: { app: "web" }, externalIPs: ["198.18.251.20"], ports: [{ port: 8081, targetPort: 8080 }] })));
+    inNetns(external, "ip", ["route", "replace", "198.18.251.20/32", "via", NODE_ADDRESSES[0]]);
+    await eventually("the external IP answers", () => probe(external, "198.18.251.20", 8081).ok);
+    const answer = probe(external, "198.18.251.20", 8081);
+    assert.ok(["pod-0", "pod-1"].includes(answer.server!), answer.error);
+    assert.notEqual(answer.source, "198.18.250.2", "masqueraded under externalTrafficPolicy Cluster");
+    const fromPod = probe(pods[2].netns, "198.18.251.20", 8081);
+    assert.ok(["pod-0", "pod-1"].includes(fromPod.server!), `from a pod: ${fromPod.error}`);
+    assert.equal(fromPod.source, pods[2].addresses[0], "a pod's own address is kept");
+    trellis(["delete", "-f", "-"], JSON.stringify(service("ext", {})));
+  });
+
+  // Bugs caught: internalTrafficPolicy Local sending to another node's endpoint, or hanging
+  // (instead of refusing) when this node has none.
+  it("sends internalTrafficPolicy Local traffic to this node's endpoints only, and refuses it at once without one", async () => {
+    trellis(["apply", "-f", "-"], [
+      service("itp", { internalTrafficPolicy: "Local", ports: [{ port: 80, targetPort: 8080 }] }),
+      slice("itp-1", "itp", [{ pod: 0, ready: true }, { pod: 1, ready: true, nodeName: "elsewhere" }]),
+      service("itp-away", { internalTrafficPolicy: "Local", ports: [{ port: 80, targetPort: 8080 }] }),
+      slice("itp-away-1", "itp-away", [{ pod: 1, ready: true, nodeName: "elsewhere" }]),
+    ].map((m) => JSON.stringify(m)).join("\n---\n"));
+    const objects = [
+      service("itp", { internalTrafficPolicy: "Local", ports: [{ port: 80, targetPort: 8080 }] }),
+      slice("itp-1", "itp", [{ pod: 0, ready: true }, { pod: 1, ready: true, nodeName: "elsewhere" }]),
+      service("itp-away", { internalTrafficPolicy: "Local", ports: [{ port: 80, targetPort: 8080 }] }),
+      slice("itp-away-1", "itp-away", [{ pod: 1, ready: true, nodeName: "elsewhere" }]),
+    ];
+    const [ip] = clusterIPs("itp");
+    await eventually("itp answers", () => probe(pods[2].netns, ip, 80).ok);
+    assert.deepEqual([...servers20(pods[2].netns, ip, 80)], ["pod-0"]);
+    const [away] = clusterIPs("itp-away");
+    const refused = probe(pods[2].netns, away, 80, { timeoutMs: 5000 });
+    assert.equal(refused.ok, false);
+    assert.ok(refused.ms < 1000, `refused in ${refused.ms} ms: ${refused.error}`);
+    trellis(["delete", "-f", "-"], objects.map((m) => JSON.stringify(m)).join("\n---\n"));
+  });
+
+  // Bugs caught: terminating endpoints used while a ready one exists, or dropped when they are
+  // the last ones still serving (connections would fail during a rolling update).
+  it("uses terminating endpoints that still serve only while no endpoint is ready", async () => {
+    const manifest = (ready: boolean) => [
+      service("drain", { ports: [{ port: 80, targetPort: 8080 }] }),
+      slice("drain-1", "drain", [{ pod: 0, ready: false, serving: true, terminating: true }, { pod: 1, ready, serving: ready, terminating: false }]),
+    ].map((m) => JSON.stringify(m)).join("\n---\n");
+    trellis(["apply", "-f", "-"], manifest(false));
+    const [ip] = clusterIPs("drain");
+    await eventually("drain answers", () => probe(pods[2].netns, ip, 80).ok);
+    assert.deepEqual([...servers20(pods[2].netns, ip, 80)], ["pod-0"], "only the terminating, serving endpoint is left");
+    trellis(["apply", "-f", "-"], manifest(true));
+    await eventually("the ready endpoint takes over", () => probe(pods[2].netns, ip, 80).server === "pod-1");
+    assert.deepEqual([...servers20(pods[2].netns, ip, 80)], ["pod-1"]);
+    trellis(["delete", "-f", "-"], manifest(true));
+  });
+
   // Bugs caught: endpoints not following the Pods (a deleted one still chosen), and a pod
   // reaching itself through its Service dropped (hairpin needs masquerade).
   it("moves new connections off a removed endpoint within a second, and lets a pod reach itself through its Service", async () => {
     const [ip] = clusterIPs("web");
     trellis(["delete", "-f", "-"], JSON.stringify(podObject(pods[1], { app: "web" })));
     const gone = pods[1].addresses[0];
-    const took = await eventually("pod-1 leaves the rules", () => !inNetns(node, "nft", ["list", "table", "ip", "trellis-proxy"]).includes(`${gone}:8080`), 5000);
+    const took = await eventually("pod-1 leaves the rules", () => !inNetns(node, "nft", ["list", "ruleset"]).includes(`${gone}:8080`), 5000);
     assert.ok(took < 1000, `the rules followed the deletion in ${took} ms`);
     const servedBy = new Set(Array.from({ length: 8 }, () => probe(pods[2].netns, ip, 80).server));
     assert.deepEqual([...servedBy], ["pod-0"]);

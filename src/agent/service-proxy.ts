@@ -8,7 +8,7 @@
  */
 import { createServer, type Server } from "node:http";
 import {
-  proxyFullOps, PROXY_TABLE, proxyRulesetCounts, ProxyState, renderProxyOps,
+  proxyFullOps, proxyRulesetCounts, ProxyState, renderProxyOps,
   type ProxyNode, type ProxyOp, type ProxyServicePort,
 } from "../dataplane/service-proxy.js";
 import { staleUdpFlows, type StaleFlow } from "../dataplane/service-conntrack.js";
@@ -107,8 +107,9 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
     try {
       if (written && checkTables) {
         const tables = new Set(await nftListTables());
-        if ([...state!.ruleset().tables.keys()].some((family) => !tables.has(`${family === 4 ? "ip" : "ip6"} ${PROXY_TABLE}`))) {
-          log("warn", "service proxy tables missing; writing them whole", { table: PROXY_TABLE });
+        const missing = [...state!.ruleset().tables.keys()].filter((ref) => !tables.has(ref));
+        if (missing.length) {
+          log("warn", "service proxy tables missing; writing them whole", { tables: missing });
           written = false;
         }
       }
@@ -173,7 +174,7 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
     if (writer) {
       let batch: Buffer | undefined;
       try {
-        batch = encodeNftBatch(PROXY_TABLE, ops);
+        batch = encodeNftBatch(ops);
       } catch (error) {
         if (!(error instanceof NftUnsupported)) throw error;
         log("debug", "a step is not one the netlink writer encodes; writing this change with nft", { reason: error.message });

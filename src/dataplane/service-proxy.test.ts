@@ -3,6 +3,7 @@ import { spawnSync } from "node:child_process";
 import { describe, it } from "node:test";
 import { parseIp, parsePrefix, type Family } from "../net/ip.js";
 import {
+  PROXY_TABLE, SHARDS, type ProxyBaseChain, type ProxySet,
   desiredProxyRuleset, ProxyState, proxyRulesetCounts, renderProxyOps, renderProxyChange, renderProxyFull, type ProxyEndpoint, type ProxyNode, type ProxyRuleset, type ProxyServicePort, type ProxyTable,
 } from "./service-proxy.js";
 
@@ -35,10 +36,40 @@ function servicePort(extra: Partial<ProxyServicePort> = {}): ProxyServicePort {
 
 const ips = (...texts: string[]) => texts.map(parseIp);
 
+/**
+ * A family's tables (the front and its shards) seen as one: every chain and set, the shared
+ * maps' elements together. Chains and sets of one name in several tables must be alike.
+ */
 function table(ruleset: ProxyRuleset, family: Family): ProxyTable {
-  const found = ruleset.tables.get(family);
-  assert.ok(found, `no IPv${family} table`);
-  return found;
+  const tables = [...ruleset.tables.values()].filter((candidate) => candidate.family === family);
+  assert.ok(tables.some((candidate) => candidate.name === PROXY_TABLE), `no IPv${family} front table`);
+  const chains = new Map<string, readonly string[]>();
+  const sets = new Map<string, ProxySet>();
+  const baseChains = new Map<string, ProxyBaseChain>();
+  for (const one of tables) {
+    for (const [name, base] of one.baseChains) baseChains.set(name, base);
+    for (const [name, rules] of one.chains) {
+      if (chains.has(name)) assert.deepEqual(rules, chains.get(name), `chain ${name} differs between tables`);
+      chains.set(name, rules);
+    }
+    for (const [name, definition] of one.sets) {
+      const known = sets.get(name);
+      sets.set(name, { ...definition, elements: new Map([...(known?.elements ?? []), ...definition.elements]) });
+    }
+  }
+  return { family, name: "all", baseChains, chains, sets };
+}
+
+/** The shard tables (names) a port's chains are in. */
+function shardsOf(port: ProxyServicePort): string[] {
+  return [...desired([port]).tables.values()].filter((t) => t.name !== PROXY_TABLE).map((t) => t.name);
+}
+
+/** The first of `make(0)`, `make(1)`, ... that lands in the shard `port` is in. */
+function sameShard(port: ProxyServicePort, make: (i: number) => ProxyServicePort): ProxyServicePort {
+  const [shard] = shardsOf(port);
+  for (let i = 0; i < 1000; i++) if (shardsOf(make(i))[0] === shard) return make(i);
+  throw new Error("no port found in the same shard");
 }
 
 /** The one chain named KIND-HASH-ID (the hash is not pinned, its form is). */
@@ -196,9 +227,26 @@ function desired(ports: readonly ProxyServicePort[], node = NODE): ProxyRuleset 
 const MASQ_V4 = "ip daddr 10.96.0.10 ip saddr != @pod-cidrs jump mark-for-masquerade";
 
 describe("desiredProxyRuleset", () => {
+  it("lays out a front table with the filter hooks and shard tables with the NAT hooks and the Service ports", () => {
+    // Catches: a Service port's chains in the front table or in two shards (every change would
+    // again touch one large table), hooks in the wrong table, tables for shards without ports.
+    const ruleset = desired([servicePort()]);
+    const front = ruleset.tables.get(`ip ${PROXY_TABLE}`)!;
+    assert.deepEqual([...front.baseChains.keys()].sort(), ["filter-forward", "filter-input", "filter-output", "nat-postrouting"]);
+    const shards = [...ruleset.tables.values()].filter((candidate) => candidate.family === 4 && candidate.name !== PROXY_TABLE);
+    assert.equal(shards.length, 1);
+    assert.match(shards[0].name, /^trellis-proxy-[0-9a-f]$/);
+    assert.deepEqual([...shards[0].baseChains.keys()].sort(), ["nat-output", "nat-prerouting"]);
+    assert.ok([...shards[0].chains.keys()].some((name) => name.startsWith("svc-")));
+    assert.ok(![...front.chains.keys()].some((name) => /^(svc|ep|ext|local)-/.test(name)));
+    assert.deepEqual([...desired([]).tables.keys()], [`ip ${PROXY_TABLE}`, `ip6 ${PROXY_TABLE}`], "no Service, no shard");
+    const many = desired(Array.from({ length: 200 }, (_, i) => servicePort({ name: `svc-${i}`, clusterIPs: [parseIp(`10.96.1.${i}`)] })));
+    assert.equal([...many.tables.keys()].filter((ref) => ref.startsWith("ip ")).length, 17, "200 ports fill all 16 shards");
+  });
+
   it("lays out the fixed chains and maps of each family", () => {
     // Catches: a dispatch rule that is not one map lookup, NodePorts on loopback, or the filter chains missing a path.
-    const t = table(desired([]), 4);
+    const t = table(desired([servicePort({ clusterIPs: ips("10.96.0.10", "fd00:10:96::a") })]), 4);
     assert.deepEqual(rules(t, "services"), [
       "ip daddr . meta l4proto . th dport vmap @service-ips",
       "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports",
@@ -215,7 +263,7 @@ describe("desiredProxyRuleset", () => {
     assert.deepEqual(elements(t, "pod-cidrs"), { "10.244.0.0/16": "" });
     assert.deepEqual(t.baseChains.get("nat-output"), { type: "nat", hook: "output", priority: -100 });
     assert.deepEqual(t.baseChains.get("nat-postrouting"), { type: "nat", hook: "postrouting", priority: 100 });
-    const t6 = table(desired([]), 6);
+    const t6 = table(desired([servicePort({ clusterIPs: ips("10.96.0.10", "fd00:10:96::a") })]), 6);
     assert.deepEqual(elements(t6, "nodeport-ips"), { "fd00:198:18::1": "" });
     assert.deepEqual(rules(t6, "services")[1], "ip6 daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports");
   });
@@ -280,13 +328,14 @@ describe("desiredProxyRuleset", () => {
     assert.equal(rules(t, chainName(t, "ep", "default/sig/sctp/sctp__10.244.1.8/3868")).at(-1), "meta l4proto sctp dnat to 10.244.1.8:3868");
   });
 
-  it("sends a NodePort to the external chain, which masquerades under eTP=Cluster", () => {
-    // Catches: NodePort traffic DNATed to another node without masquerade (the reply bypasses this node and the client drops it).
+  it("sends a NodePort to the external chain, which masquerades under eTP=Cluster what does not come from a pod", () => {
+    // Catches: NodePort traffic DNATed to another node without masquerade (the reply bypasses this
+    // node and the client drops it), or a pod's own address lost on its way to a NodePort or external IP.
     const t = table(desired([servicePort({ nodePort: 30080 })]), 4);
     const ext = chainName(t, "ext", "default/web/tcp/http");
     const svc = chainName(t, "svc", "default/web/tcp/http");
     assert.deepEqual(elements(t, "service-nodeports"), { "tcp . 30080": `goto ${ext}` });
-    assert.deepEqual(rules(t, ext), ["jump mark-for-masquerade", `goto ${svc}`]);
+    assert.deepEqual(rules(t, ext), ["ip saddr != @pod-cidrs jump mark-for-masquerade", `goto ${svc}`]);
     assert.deepEqual(elements(t, "service-ips"), { "10.96.0.10 . tcp . 80": `goto ${svc}` });
   });
 
@@ -463,20 +512,21 @@ describe("desiredProxyRuleset", () => {
     assert.throws(() => node([servicePort(), servicePort()]), /service port default\/web\/tcp\/http is listed twice/);
 
     const good = desiredProxyRuleset(NODE, [servicePort()]);
-    const t = table(good, 4);
-    const injected: ProxyRuleset = { tables: new Map([[4, { ...t, chains: new Map([...t.chains, ["services", ["accept\nflush ruleset"]]]) }]]) };
+    const t = good.tables.get(`ip ${PROXY_TABLE}`)!;
+    const injected: ProxyRuleset = { tables: new Map([...good.tables, [`ip ${PROXY_TABLE}`, { ...t, chains: new Map([...t.chains, ["services", ["accept\nflush ruleset"]]]) }]]) };
     assert.throws(() => renderProxyFull(injected), /nftables rule "accept\\nflush ruleset" is not allowed/);
-    const badName: ProxyRuleset = { tables: new Map([[4, { ...t, chains: new Map([...t.chains, ["bad name", []]]) }]]) };
+    const badName: ProxyRuleset = { tables: new Map([...good.tables, [`ip ${PROXY_TABLE}`, { ...t, chains: new Map([...t.chains, ["bad name", []]]) }]]) };
     assert.throws(() => renderProxyChange(good, badName), /nftables chain name "bad name" is not allowed/);
   });
 
   it("counts chains, rules and elements per family", () => {
     // Catches: the sync metrics reporting one family, or rules instead of elements.
     const ruleset = desired([servicePort({ clusterIPs: ips("10.96.0.10", "fd00:10:96::a"), endpoints: [endpoint("10.244.1.5"), endpoint("fd00:10:244:1::5")] })]);
-    // 12 fixed chains with 17 rules; svc (2 rules) and one endpoint (2 rules); pod-cidrs, nodeport-ips and one service-ips element.
+    // 12 fixed chains with 17 rules (front 8, shard 4); svc (2 rules) and one endpoint (2 rules);
+    // nodeport-ips in the front and the shard, pod-cidrs and one service-ips element in the shard.
     assert.deepEqual(proxyRulesetCounts(ruleset), [
-      { family: 4, chains: 14, rules: 21, elements: 3 },
-      { family: 6, chains: 14, rules: 21, elements: 3 },
+      { family: 4, chains: 14, rules: 21, elements: 4 },
+      { family: 6, chains: 14, rules: 21, elements: 4 },
     ]);
   });
 });
@@ -566,11 +616,14 @@ describe("renderProxyFull", () => {
     const lines = script.split("\n");
     assert.match(lines[0], /^# .*affinity/);
     assert.deepEqual(lines.slice(1, 4), ["add table ip trellis-proxy", "delete table ip trellis-proxy", "add table ip trellis-proxy"]);
-    assert.deepEqual(lines.slice(-3), ["add table ip6 trellis-proxy", "delete table ip6 trellis-proxy", ""]);
-    assert.ok(lines.includes("add chain ip trellis-proxy nat-prerouting { type nat hook prerouting priority -100; policy accept; }"));
+    assert.deepEqual(lines.slice(-3), ["add table ip6 trellis-proxy-f", "delete table ip6 trellis-proxy-f", ""]);
+    // Every table the proxy may use is written or deleted: a shard emptied while the agent was away goes too.
+    const mentioned = new Set(lines.flatMap((line) => /^(?:add|delete) table (ip6? \S+)$/.exec(line)?.[1] ?? []));
+    assert.equal(mentioned.size, 34);
+    assert.ok(lines.some((line) => /^add chain ip trellis-proxy-[0-9a-f] nat-prerouting \{ type nat hook prerouting priority -100; policy accept; \}$/.test(line)));
     assert.ok(lines.includes("add chain ip trellis-proxy filter-output { type filter hook output priority 0; policy accept; }"));
-    assert.ok(lines.includes("add map ip trellis-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict; }"));
-    assert.ok(lines.some((line) => /^add element ip trellis-proxy service-ips \{ 10\.96\.0\.10 \. tcp \. 80 : goto svc-[0-9a-f]{8}-default\/web\/tcp\/http \}$/.test(line)));
+    assert.ok(lines.some((line) => /^add map ip trellis-proxy-[0-9a-f] service-ips \{ type ipv4_addr \. inet_proto \. inet_service : verdict; \}$/.test(line)));
+    assert.ok(lines.some((line) => /^add element ip trellis-proxy-[0-9a-f] service-ips \{ 10\.96\.0\.10 \. tcp \. 80 : goto svc-[0-9a-f]{8}-default\/web\/tcp\/http \}$/.test(line)));
   });
 });
 
@@ -578,86 +631,99 @@ describe("renderProxyChange", () => {
   const web = servicePort({ nodePort: 30080, externalIPs: ips("203.0.113.10") });
   const api = servicePort({ name: "api", clusterIPs: ips("10.96.0.20", "fd00:10:96::14"), sessionAffinityTimeoutSeconds: 300, endpoints: [endpoint("10.244.3.1"), endpoint("fd00:10:244:3::1")] });
   const dns = servicePort({ name: "dns", portName: "dns", protocol: "UDP", port: 53, clusterIPs: ips("10.96.0.53"), endpoints: [endpoint("10.244.1.7", 53)] });
-  const before = desired([web, api, dns]);
+  // A port in api's shard, so that the shard's table stays when api goes and the steps within it show.
+  const pad = sameShard(api, (i) => servicePort({ name: `pad-${i}`, clusterIPs: ips("10.96.0.99", "fd00:10:96::99") }));
+  const before = desired([web, api, dns, pad]);
+  /** Shard tables named alike, so that expected lines need not know the hash. */
+  const norm = (text: string) => text.replace(/trellis-proxy-[0-9a-f]\b/g, "trellis-proxy-S");
 
   it("is empty when nothing changed", () => {
     // Catches: a sync that rewrites something every time (churn, and lost affinity) although nothing changed.
-    assert.equal(renderProxyChange(before, desired([dns, api, web])), "");
+    assert.equal(renderProxyChange(before, desired([pad, dns, api, web])), "");
   });
 
   it("touches only the changed Service's chains and elements", () => {
     // Catches: a Service update rewriting other Services' chains, the O(n) resync kube-proxy's nftables mode avoids.
-    const after = desired([{ ...web, endpoints: [...web.endpoints, endpoint("10.244.3.9")] }, api, dns]);
+    const after = desired([{ ...web, endpoints: [...web.endpoints, endpoint("10.244.3.9")] }, api, dns, pad]);
     const change = assertChangeArrives(before, after);
-    const lines = change.trimEnd().split("\n");
+    const lines = norm(change).trimEnd().split("\n");
     const t = table(after, 4);
     const added = chainName(t, "ep", "default/web/tcp/http__10.244.3.9/8080");
     assert.deepEqual(lines, [
-      `add chain ip trellis-proxy ${added}`,
-      `flush chain ip trellis-proxy ${chainName(t, "svc", "default/web/tcp/http")}`,
-      `add rule ip trellis-proxy ${added} ip saddr 10.244.3.9 jump mark-for-masquerade`,
-      `add rule ip trellis-proxy ${added} meta l4proto tcp dnat to 10.244.3.9:8080`,
-      `add rule ip trellis-proxy ${chainName(t, "svc", "default/web/tcp/http")} ${MASQ_V4}`,
-      `add rule ip trellis-proxy ${chainName(t, "svc", "default/web/tcp/http")} numgen random mod 3 == 0 goto ${chainName(t, "ep", "default/web/tcp/http__10.244.1.5/8080")}`,
-      `add rule ip trellis-proxy ${chainName(t, "svc", "default/web/tcp/http")} numgen random mod 2 == 0 goto ${chainName(t, "ep", "default/web/tcp/http__10.244.2.6/8080")}`,
-      `add rule ip trellis-proxy ${chainName(t, "svc", "default/web/tcp/http")} goto ${added}`,
+      `add chain ip trellis-proxy-S ${added}`,
+      `flush chain ip trellis-proxy-S ${chainName(t, "svc", "default/web/tcp/http")}`,
+      `add rule ip trellis-proxy-S ${added} ip saddr 10.244.3.9 jump mark-for-masquerade`,
+      `add rule ip trellis-proxy-S ${added} meta l4proto tcp dnat to 10.244.3.9:8080`,
+      `add rule ip trellis-proxy-S ${chainName(t, "svc", "default/web/tcp/http")} ${MASQ_V4}`,
+      `add rule ip trellis-proxy-S ${chainName(t, "svc", "default/web/tcp/http")} numgen random mod 3 == 0 goto ${chainName(t, "ep", "default/web/tcp/http__10.244.1.5/8080")}`,
+      `add rule ip trellis-proxy-S ${chainName(t, "svc", "default/web/tcp/http")} numgen random mod 2 == 0 goto ${chainName(t, "ep", "default/web/tcp/http__10.244.2.6/8080")}`,
+      `add rule ip trellis-proxy-S ${chainName(t, "svc", "default/web/tcp/http")} goto ${added}`,
     ]);
   });
 
   it("removes a Service's elements before the chains they point to, and its affinity sets", () => {
     // Catches: `delete chain` of a chain a map element or rule still points to, which fails the transaction (EBUSY).
-    const change = assertChangeArrives(before, desired([web, dns]));
-    const lines = change.trimEnd().split("\n");
+    const change = assertChangeArrives(before, desired([web, dns, pad]));
+    const lines = norm(change).trimEnd().split("\n");
     const firstChainDelete = lines.findIndex((line) => line.startsWith("delete chain"));
-    const elementDelete = lines.findIndex((line) => line.startsWith("delete element ip trellis-proxy service-ips { 10.96.0.20 . tcp . 80 }"));
+    const elementDelete = lines.findIndex((line) => line.startsWith("delete element ip trellis-proxy-S service-ips { 10.96.0.20 . tcp . 80 }"));
     assert.ok(elementDelete >= 0 && elementDelete < firstChainDelete, change);
-    assert.ok(lines.some((line) => /^delete set ip6 trellis-proxy aff-[0-9a-f]{8}-default\/api\/tcp\/http__fd00_10_244_3__1\/8080$/.test(line)), change);
+    assert.ok(lines.some((line) => /^delete set ip6 trellis-proxy-S aff-[0-9a-f]{8}-default\/api\/tcp\/http__fd00_10_244_3__1\/8080$/.test(line)), change);
     assert.ok(lines.every((line) => !line.includes("/web/") && !line.includes("/dns/")), change);
+    // Without pad, api's shard has nothing left: its table goes whole.
+    const alone = desired([web, dns]);
+    assert.match(norm(renderProxyChange(desired([web, api, dns]), alone)), /^delete table ip trellis-proxy-S$/m);
   });
 
   it("recreates an affinity set whose timeout changed, with the chains that use it", () => {
     // Catches: `add set` with a new timeout being a silent no-op or an error on kernels that cannot change it in place.
-    const change = assertChangeArrives(before, desired([web, { ...api, sessionAffinityTimeoutSeconds: 60 }, dns]));
-    assert.match(change, /^delete set ip trellis-proxy aff-[0-9a-f]{8}-default\/api\/tcp\/http__10\.244\.3\.1\/8080$/m);
-    assert.match(change, /^add set ip trellis-proxy aff-\S+ \{ type ipv4_addr; flags dynamic,timeout; timeout 60s; \}$/m);
-    assert.ok(change.indexOf("flush chain ip trellis-proxy svc-") < change.indexOf("delete set ip trellis-proxy aff-"), change);
+    const change = norm(assertChangeArrives(before, desired([web, { ...api, sessionAffinityTimeoutSeconds: 60 }, dns, pad])));
+    assert.match(change, /^delete set ip trellis-proxy-S aff-[0-9a-f]{8}-default\/api\/tcp\/http__10\.244\.3\.1\/8080$/m);
+    assert.match(change, /^add set ip trellis-proxy-S aff-\S+ \{ type ipv4_addr; flags dynamic,timeout; timeout 60s; \}$/m);
+    assert.ok(change.indexOf("flush chain ip trellis-proxy-S svc-") < change.indexOf("delete set ip trellis-proxy-S aff-"), change);
   });
 
   it("swaps map elements when a Service loses its endpoints, and gets them back", () => {
     // Catches: a key added to no-endpoint-services while still in service-ips' old value, or a value change written as a second add.
-    const empty = desired([{ ...web, endpoints: [] }, api, dns]);
+    const empty = desired([{ ...web, endpoints: [] }, api, dns, pad]);
     const change = assertChangeArrives(before, empty);
     assert.match(change, /^add element ip trellis-proxy no-endpoint-services \{ 10\.96\.0\.10 \. tcp \. 80 : goto reject-chain, 203\.0\.113\.10 \. tcp \. 80 : goto reject-chain \}$/m);
     assertChangeArrives(empty, before);
-    const local = desired([{ ...web, externalTrafficPolicy: "Local" }, api, dns]);
+    const local = desired([{ ...web, externalTrafficPolicy: "Local" }, api, dns, pad]);
     assertChangeArrives(before, local);
     assertChangeArrives(local, before);
   });
 
   it("replaces an element whose value changed by deleting it first", () => {
     // Catches: `add element` of a key the map already holds (EEXIST, the whole sync fails) when iTP=Local moves a ClusterIP to the local chain.
-    const local = desired([{ ...web, internalTrafficPolicy: "Local", endpoints: [...web.endpoints, endpoint("10.244.0.9", 8080, { nodeName: "node-a" })] }, api, dns]);
+    const local = desired([{ ...web, internalTrafficPolicy: "Local", endpoints: [...web.endpoints, endpoint("10.244.0.9", 8080, { nodeName: "node-a" })] }, api, dns, pad]);
     const change = assertChangeArrives(before, local);
-    const lines = change.split("\n");
-    const deleted = lines.indexOf("delete element ip trellis-proxy service-ips { 10.96.0.10 . tcp . 80 }");
-    const added = lines.findIndex((line) => /^add element ip trellis-proxy service-ips \{ 10\.96\.0\.10 \. tcp \. 80 : goto local-/.test(line));
+    const lines = norm(change).split("\n");
+    const deleted = lines.indexOf("delete element ip trellis-proxy-S service-ips { 10.96.0.10 . tcp . 80 }");
+    const added = lines.findIndex((line) => /^add element ip trellis-proxy-S service-ips \{ 10\.96\.0\.10 \. tcp \. 80 : goto local-/.test(line));
     assert.ok(deleted >= 0 && added > deleted, change);
   });
 
   it("changes pod CIDRs and node addresses as set elements, not Service chains", () => {
     // Catches: a node address change rewriting every Service's chains.
-    const moved = desired([web, api, dns], { ...NODE, addresses: ips("198.18.0.2", "fd00:198:18::1"), podCidrs: [parsePrefix("10.244.0.0/16"), parsePrefix("10.250.0.0/16"), parsePrefix("fd00:10:244::/56")] });
+    const moved = desired([web, api, dns, pad], { ...NODE, addresses: ips("198.18.0.2", "fd00:198:18::1"), podCidrs: [parsePrefix("10.244.0.0/16"), parsePrefix("10.250.0.0/16"), parsePrefix("fd00:10:244::/56")] });
     const change = assertChangeArrives(before, moved);
-    assert.deepEqual(change.trimEnd().split("\n"), [
+    const lines = change.trimEnd().split("\n");
+    const shards = [...before.tables.values()].filter((t) => t.family === 4 && t.name !== PROXY_TABLE).map((t) => t.name).sort();
+    assert.deepEqual(lines, [
       "delete element ip trellis-proxy nodeport-ips { 198.18.0.1 }",
-      "add element ip trellis-proxy pod-cidrs { 10.250.0.0/16 }",
       "add element ip trellis-proxy nodeport-ips { 198.18.0.2 }",
+      ...shards.flatMap((shard) => [
+        `delete element ip ${shard} nodeport-ips { 198.18.0.1 }`,
+        `add element ip ${shard} pod-cidrs { 10.250.0.0/16 }`,
+        `add element ip ${shard} nodeport-ips { 198.18.0.2 }`,
+      ]),
     ]);
   });
 
   it("creates and deletes a family's table as the node gains and loses it", () => {
     // Catches: a change script that flushes chains in a table that does not exist yet, or leaves an unused family's table behind.
-    const v4only = desired([web, dns], { ...NODE, addresses: ips("198.18.0.1"), podCidrs: [parsePrefix("10.244.0.0/16")] });
+    const v4only = desired([web, dns, { ...pad, clusterIPs: ips("10.96.0.99") }], { ...NODE, addresses: ips("198.18.0.1"), podCidrs: [parsePrefix("10.244.0.0/16")] });
     const grown = assertChangeArrives(v4only, before);
     assert.match(grown, /^add table ip6 trellis-proxy$/m);
     const shrunk = assertChangeArrives(before, v4only);
@@ -719,7 +785,8 @@ describe("scale", () => {
         `one Service changed: desired ${(t3 - t2).toFixed(0)} ms, change render ${(t4 - t3).toFixed(0)} ms (${change.split("\n").length - 1} lines); ` +
         `port by port (ProxyState.update): ${(t6 - t5).toFixed(1)} ms`,
     );
-    assert.equal(counts.chains, 12 + services * (1 + perService));
+    // The front's 8 fixed chains, each of the 16 shards' 4, and a chain per Service and per endpoint.
+    assert.equal(counts.chains, 8 + 4 * SHARDS + services * (1 + perService));
     assert.ok(change.split("\n").length < 10, change);
   });
 

@@ -88,6 +88,8 @@ export interface ProxySet {
 
 export interface ProxyTable {
   readonly family: Family;
+  /** PROXY_TABLE (the front) or a shard's name (PROXY_TABLE-0 to -f). */
+  readonly name: string;
   /** The chains attached to a hook, with how; their rules are in `chains` like any other's. */
   readonly baseChains: ReadonlyMap<string, ProxyBaseChain>;
   /** Every chain by name, with its rules in order. */
@@ -95,9 +97,12 @@ export interface ProxyTable {
   readonly sets: ReadonlyMap<string, ProxySet>;
 }
 
-/** The tables that should exist, by family; a family without one should have no table. */
+/**
+ * The tables that should exist, by `FAMILY NAME` as nft names them (`ip trellis-proxy-3`); a
+ * table of the proxy's not here should not exist.
+ */
 export interface ProxyRuleset {
-  readonly tables: ReadonlyMap<Family, ProxyTable>;
+  readonly tables: ReadonlyMap<string, ProxyTable>;
 }
 
 export interface ProxyCounts {
@@ -107,7 +112,17 @@ export interface ProxyCounts {
   readonly elements: number;
 }
 
+/**
+ * The front table: the filter hooks (refusing what has no endpoint), masquerade at postrouting.
+ * The Service ports live in SHARDS shard tables beside it, `trellis-proxy-0` to `-f`, each with
+ * its own NAT hooks and dispatch maps: the kernel checks a whole table's graph of jumps at every
+ * transaction that touches it (150 ms for one table of 10,000 Services x 5 endpoints), so a
+ * change to one Service should touch a table of a sixteenth of them.
+ */
 export const PROXY_TABLE = "trellis-proxy";
+export const SHARDS = 16;
+/** Every table name the proxy may use, the front first. */
+export const PROXY_TABLE_NAMES: readonly string[] = [PROXY_TABLE, ...Array.from({ length: SHARDS }, (_, shard) => shardTableName(shard))];
 /** The packet mark bit that asks nat-postrouting to masquerade. */
 export const MASQUERADE_MARK = 0x4000;
 
@@ -123,9 +138,7 @@ const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const PORT_NAME = /^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$/;
 const MAX_AFFINITY_SECONDS = 86400;
 
-const BASE_CHAINS: ReadonlyMap<string, ProxyBaseChain> = new Map<string, ProxyBaseChain>([
-  ["nat-prerouting", { type: "nat", hook: "prerouting", priority: -100 }],
-  ["nat-output", { type: "nat", hook: "output", priority: -100 }],
+const FRONT_BASE_CHAINS: ReadonlyMap<string, ProxyBaseChain> = new Map<string, ProxyBaseChain>([
   ["nat-postrouting", { type: "nat", hook: "postrouting", priority: 100 }],
   // After DNAT on every path, output included: a host process's connection to an external IP
   // of an eTP=Local Service without local endpoints is short-circuited to the cluster chain,
@@ -133,6 +146,11 @@ const BASE_CHAINS: ReadonlyMap<string, ProxyBaseChain> = new Map<string, ProxyBa
   ["filter-input", { type: "filter", hook: "input", priority: 0 }],
   ["filter-forward", { type: "filter", hook: "forward", priority: 0 }],
   ["filter-output", { type: "filter", hook: "output", priority: 0 }],
+]);
+
+const SHARD_BASE_CHAINS: ReadonlyMap<string, ProxyBaseChain> = new Map<string, ProxyBaseChain>([
+  ["nat-prerouting", { type: "nat", hook: "prerouting", priority: -100 }],
+  ["nat-output", { type: "nat", hook: "output", priority: -100 }],
 ]);
 
 /** What one Service port adds to each family's table, worked out once per port object and family. */
@@ -150,6 +168,8 @@ interface PortFragment {
 
 /** The maps every Service port adds elements to. */
 const SHARED_MAPS = ["service-ips", "service-nodeports", "no-endpoint-services", "no-endpoint-nodeports"] as const;
+/** Those of them in the front table; the others are in the port's shard. */
+const FRONT_MAPS: ReadonlySet<string> = new Set(["no-endpoint-services", "no-endpoint-nodeports"]);
 
 /**
  * The ruleset that implements `ports` on `node`. Ports are taken in (namespace, name, protocol,
@@ -168,9 +188,15 @@ export function desiredProxyRuleset(node: ProxyNode, ports: readonly ProxyServic
  */
 export class ProxyState {
   private readonly ports = new Map<string, { port: ProxyServicePort; part: PortPart }>();
-  private readonly tables = new Map<Family, TableDraft>();
-  /** Per family, per shared map and key (`MAP KEY`), the ports claiming it in id order: the first holds it. */
-  private readonly claims = new Map<Family, Map<string, Array<{ id: string; value: string }>>>();
+  /** By `FAMILY NAME`. */
+  private readonly tables = new Map<string, TableDraft>();
+  /**
+   * Per family, per shared map and key (`MAP KEY`), the ports claiming it in id order: the first
+   * holds it, in the front table or in its own shard's.
+   */
+  private readonly claims = new Map<Family, Map<string, Claim[]>>();
+  /** Per shard table, how many ports have something in it: a shard table exists while some do. */
+  private readonly members = new Map<string, number>();
 
   constructor(
     readonly node: ProxyNode,
@@ -184,23 +210,26 @@ export class ProxyState {
       this.ports.set(entry.part.names.id, entry);
     }
     for (const family of this.usedFamilies()) {
-      const table = fixedTable(family, node);
-      const claims = new Map<string, Array<{ id: string; value: string }>>();
+      this.tables.set(tableRef(family, PROXY_TABLE), frontTable(family, node));
+      const claims = new Map<string, Claim[]>();
       for (const { port, part } of parts) {
         const fragment = fragmentOf(family, node, port, part);
-        for (const [name, rules] of fragment.chains) table.chains.set(name, rules);
-        for (const [name, definition] of fragment.sets) table.sets.set(name, definition as ProxySet & { elements: Map<string, string> });
+        if (isEmpty(fragment)) continue;
+        const shard = this.shardTable(family, part);
+        this.members.set(shard.ref, (this.members.get(shard.ref) ?? 0) + 1);
+        for (const [name, rules] of fragment.chains) shard.table.chains.set(name, rules);
+        for (const [name, definition] of fragment.sets) shard.table.sets.set(name, definition as ProxySet & { elements: Map<string, string> });
         for (const [map, key, value] of fragment.elements) {
           const claimed = `${map} ${key}`;
           const list = claims.get(claimed);
-          if (list) list.push({ id: part.names.id, value });
+          const claim = { id: part.names.id, value, table: FRONT_MAPS.has(map) ? tableRef(family, PROXY_TABLE) : shard.ref };
+          if (list) list.push(claim);
           else {
-            claims.set(claimed, [{ id: part.names.id, value }]);
-            table.sets.get(map)!.elements.set(key, value);
+            claims.set(claimed, [claim]);
+            this.tables.get(claim.table)!.sets.get(map)!.elements.set(key, value);
           }
         }
       }
-      this.tables.set(family, table);
       this.claims.set(family, claims);
     }
   }
@@ -230,58 +259,90 @@ export class ProxyState {
       comingIds.add(id);
     }
     const remaining = () => [...this.ports.values()].filter((entry) => !goneIds.has(entry.part.names.id)).map((entry) => entry.port).concat(added);
-    // A family's table comes or goes (a first ClusterIP of a family the node has no address in,
-    // or the last one): worked out whole, as the kernel's tables change whole.
-    const familiesChange = FAMILIES.some((family) => {
-      const uses = (port: ProxyServicePort) => port.clusterIPs.some((ip) => ip.family === family);
-      if (!this.tables.has(family)) return added.some(uses);
-      const nodeUses = this.node.addresses.some((ip) => ip.family === family) || this.node.podCidrs.some((prefix) => prefix.family === family);
-      return !nodeUses && removed.some(uses) && !remaining().some(uses);
-    });
-    if (familiesChange) {
+    if (this.tablesChange(gone, coming)) {
+      // A table comes or goes (a family's first ClusterIP, a shard's first or last port): worked
+      // out whole, as the kernel's tables change whole. Only while shards fill, or for a family
+      // the node has no address in.
       const before = desiredProxyRuleset(this.node, [...this.ports.values()].map((entry) => entry.port));
       const next = new ProxyState(this.node, remaining());
       this.replaceWith(next);
       return proxyChangeOps(before, next.ruleset());
     }
     const ops: ProxyOp[] = [];
-    for (const [family, table] of this.tables) append(ops, this.updateFamily(family, table, gone, coming));
+    for (const family of FAMILIES) {
+      if (this.tables.has(tableRef(family, PROXY_TABLE))) append(ops, this.updateFamily(family, gone, coming));
+    }
     for (const id of goneIds) this.ports.delete(id);
     for (const entry of coming) this.ports.set(entry.part.names.id, entry);
     return ops;
   }
 
-  private updateFamily(family: Family, table: TableDraft, gone: readonly PortEntry[], coming: readonly PortEntry[]): ProxyOp[] {
+  /** Whether taking `gone` out and putting `coming` in makes a table appear or disappear. */
+  private tablesChange(gone: readonly PortEntry[], coming: readonly PortEntry[]): boolean {
+    const goneIds = new Set(gone.map((entry) => entry.part.names.id));
+    for (const family of FAMILIES) {
+      const uses = (port: ProxyServicePort) => port.clusterIPs.some((ip) => ip.family === family);
+      const front = this.tables.has(tableRef(family, PROXY_TABLE));
+      if (!front) {
+        if (coming.some((entry) => uses(entry.port))) return true;
+        continue;
+      }
+      const nodeUses = this.node.addresses.some((ip) => ip.family === family) || this.node.podCidrs.some((prefix) => prefix.family === family);
+      if (!nodeUses && gone.some((entry) => uses(entry.port))) {
+        const left = [...this.ports.values()].some((entry) => !goneIds.has(entry.part.names.id) && uses(entry.port)) || coming.some((entry) => uses(entry.port));
+        if (!left) return true;
+      }
+      const count = new Map<string, number>();
+      for (const entry of gone) if (!isEmpty(fragmentOf(family, this.node, entry.port, entry.part))) count.set(shardRef(family, entry.part), (count.get(shardRef(family, entry.part)) ?? 0) - 1);
+      for (const entry of coming) if (!isEmpty(fragmentOf(family, this.node, entry.port, entry.part))) count.set(shardRef(family, entry.part), (count.get(shardRef(family, entry.part)) ?? 0) + 1);
+      for (const [ref, delta] of count) {
+        const before = this.members.get(ref) ?? 0;
+        if ((before > 0) !== (before + delta > 0)) return true;
+      }
+    }
+    return false;
+  }
+
+  private updateFamily(family: Family, gone: readonly PortEntry[], coming: readonly PortEntry[]): ProxyOp[] {
     const claims = this.claims.get(family)!;
-    const before: TableDraft = { family, baseChains: new Map(), chains: new Map(), sets: new Map() };
-    const after: TableDraft = { family, baseChains: new Map(), chains: new Map(), sets: new Map() };
+    const front = tableRef(family, PROXY_TABLE);
+    /** Per table touched, what the steps see of it before and after: the ports' own chains and sets, and the shared map keys they claim. */
+    const partial = new Map<string, { before: TableDraft; after: TableDraft }>();
+    const touched = (ref: string) => {
+      let entry = partial.get(ref);
+      if (!entry) {
+        const table = this.tables.get(ref)!;
+        const empty = (): TableDraft => ({
+          family, name: table.name, baseChains: new Map(), chains: new Map(),
+          sets: new Map([...table.sets].filter(([name]) => (SHARED_MAPS as readonly string[]).includes(name)).map(([name, definition]) => [name, { ...definition, elements: new Map() }])),
+        });
+        entry = { before: empty(), after: empty() };
+        partial.set(ref, entry);
+      }
+      return entry;
+    };
     const keys = new Set<string>();
     const oldFragments = gone.map((entry) => fragmentOf(family, this.node, entry.port, entry.part));
     const newFragments = coming.map((entry) => fragmentOf(family, this.node, entry.port, entry.part));
-    for (const fragment of oldFragments) {
-      for (const [name, rules] of fragment.chains) before.chains.set(name, rules);
-      for (const [name, definition] of fragment.sets) before.sets.set(name, definition as ProxySet & { elements: Map<string, string> });
-      for (const [map, key] of fragment.elements) keys.add(`${map} ${key}`);
+    for (const [side, entries, fragments] of [["before", gone, oldFragments], ["after", coming, newFragments]] as const) {
+      entries.forEach((entry, i) => {
+        const fragment = fragments[i];
+        if (isEmpty(fragment)) return;
+        const draft = touched(shardRef(family, entry.part))[side];
+        for (const [name, rules] of fragment.chains) draft.chains.set(name, rules);
+        for (const [name, definition] of fragment.sets) draft.sets.set(name, definition as ProxySet & { elements: Map<string, string> });
+        for (const [map, key] of fragment.elements) keys.add(`${map} ${key}`);
+      });
     }
-    for (const fragment of newFragments) {
-      for (const [name, rules] of fragment.chains) after.chains.set(name, rules);
-      for (const [name, definition] of fragment.sets) after.sets.set(name, definition as ProxySet & { elements: Map<string, string> });
-      for (const [map, key] of fragment.elements) keys.add(`${map} ${key}`);
-    }
-    // The shared maps, cut down to the keys these ports claim, as they are and as they will be.
-    const holders = (draft: TableDraft) => {
-      for (const map of SHARED_MAPS) {
-        const definition = table.sets.get(map)!;
-        draft.sets.set(map, { ...definition, elements: new Map() });
-      }
-    };
-    holders(before);
-    holders(after);
-    for (const claimed of keys) {
+    // Each claimed key as it is held now, and as it will be (its holder may change table).
+    const holder = (claimed: string) => claims.get(claimed)?.[0];
+    const place = (side: "before" | "after", claimed: string) => {
+      const claim = holder(claimed);
+      if (!claim) return;
       const [map, key] = splitClaim(claimed);
-      const value = claims.get(claimed)?.[0]?.value;
-      if (value !== undefined) before.sets.get(map)!.elements.set(key, value);
-    }
+      touched(claim.table)[side].sets.get(map)!.elements.set(key, claim.value);
+    };
+    for (const claimed of keys) place("before", claimed);
     gone.forEach((entry, i) => {
       for (const [map, key] of oldFragments[i].elements) {
         const claimed = `${map} ${key}`;
@@ -297,28 +358,48 @@ export class ProxyState {
         const id = entry.part.names.id;
         let at = 0;
         while (at < list.length && compareText(list[at].id, id) < 0) at++;
-        list.splice(at, 0, { id, value });
+        list.splice(at, 0, { id, value, table: FRONT_MAPS.has(map) ? front : shardRef(family, entry.part) });
         claims.set(claimed, list);
       }
     });
-    for (const claimed of keys) {
-      const [map, key] = splitClaim(claimed);
-      const value = claims.get(claimed)?.[0]?.value;
-      if (value !== undefined) after.sets.get(map)!.elements.set(key, value);
+    // A key whose holder moves to another table: the old one is in `before` of its table (placed
+    // above), absent from its `after`, so the steps delete it there and add it in the new one.
+    for (const claimed of keys) place("after", claimed);
+    const ops: ProxyOp[] = [];
+    for (const [ref, { before, after }] of [...partial].sort(([a], [b]) => compareTables(a, b))) {
+      append(ops, tableChange(before, after));
+      // The table itself, brought to what the steps make of it.
+      const table = this.tables.get(ref)!;
+      for (const name of before.chains.keys()) table.chains.delete(name);
+      for (const name of before.sets.keys()) if (!SHARED_MAPS.includes(name as (typeof SHARED_MAPS)[number])) table.sets.delete(name);
+      for (const [name, rules] of after.chains) table.chains.set(name, rules);
+      for (const [name, definition] of after.sets) if (!SHARED_MAPS.includes(name as (typeof SHARED_MAPS)[number])) table.sets.set(name, definition);
+      for (const map of SHARED_MAPS) {
+        const [was, will] = [before.sets.get(map)?.elements, after.sets.get(map)?.elements];
+        if (!was || !will) continue;
+        for (const key of was.keys()) if (!will.has(key)) table.sets.get(map)!.elements.delete(key);
+        for (const [key, value] of will) table.sets.get(map)!.elements.set(key, value);
+      }
     }
-    const ops = tableChange(before, after);
-    // The table itself, brought to what the steps make of it.
-    for (const name of before.chains.keys()) table.chains.delete(name);
-    for (const name of before.sets.keys()) if (!SHARED_MAPS.includes(name as (typeof SHARED_MAPS)[number])) table.sets.delete(name);
-    for (const [name, rules] of after.chains) table.chains.set(name, rules);
-    for (const [name, definition] of after.sets) if (!SHARED_MAPS.includes(name as (typeof SHARED_MAPS)[number])) table.sets.set(name, definition);
-    for (const claimed of keys) {
-      const [map, key] = splitClaim(claimed);
-      const value = after.sets.get(map)!.elements.get(key);
-      if (value === undefined) table.sets.get(map)!.elements.delete(key);
-      else table.sets.get(map)!.elements.set(key, value);
+    for (const [entries, fragments, delta] of [[gone, oldFragments, -1], [coming, newFragments, 1]] as const) {
+      entries.forEach((entry, i) => {
+        if (isEmpty(fragments[i])) return;
+        const ref = shardRef(family, entry.part);
+        this.members.set(ref, (this.members.get(ref) ?? 0) + delta);
+      });
     }
     return ops;
+  }
+
+  /** The shard table a port goes in, made when it is the first. */
+  private shardTable(family: Family, part: PortPart): { ref: string; table: TableDraft } {
+    const ref = shardRef(family, part);
+    let table = this.tables.get(ref);
+    if (!table) {
+      table = shardTable(family, this.node, shardTableName(part.names.shard));
+      this.tables.set(ref, table);
+    }
+    return { ref, table };
   }
 
   /** The families that get a table: those of the node's addresses and pod CIDRs, and of any ClusterIP. */
@@ -330,11 +411,35 @@ export class ProxyState {
   }
 
   private replaceWith(next: ProxyState): void {
-    for (const [target, source] of [[this.ports, next.ports], [this.tables, next.tables], [this.claims, next.claims]] as const) {
+    for (const [target, source] of [[this.ports, next.ports], [this.tables, next.tables], [this.claims, next.claims], [this.members, next.members]] as const) {
       (target as Map<unknown, unknown>).clear();
       for (const [key, value] of source as Map<unknown, unknown>) (target as Map<unknown, unknown>).set(key, value);
     }
   }
+}
+
+interface Claim {
+  readonly id: string;
+  readonly value: string;
+  /** The table the element goes in when this claim holds the key. */
+  readonly table: string;
+}
+
+function isEmpty(fragment: PortFragment): boolean {
+  return fragment.chains.length === 0 && fragment.sets.length === 0 && fragment.elements.length === 0;
+}
+
+function shardRef(family: Family, part: PortPart): string {
+  return tableRef(family, shardTableName(part.names.shard));
+}
+
+function shardTableName(shard: number): string {
+  return `${PROXY_TABLE}-${shard.toString(16)}`;
+}
+
+/** The front first, then the shards in order. */
+function compareTables(a: string, b: string): number {
+  return compareText(a, b);
 }
 
 interface PortEntry {
@@ -360,7 +465,8 @@ function fragmentOf(family: Family, node: ProxyNode, port: ProxyServicePort, par
 function portFragment(family: Family, node: ProxyNode, port: ProxyServicePort, names: PortNames): PortFragment {
   const draft: TableDraft = {
     family,
-    baseChains: BASE_CHAINS,
+    name: "",
+    baseChains: new Map(),
     chains: new Map(),
     sets: new Map(SHARED_MAPS.map((name) => [name, set("map", "", [], [])])),
   };
@@ -378,14 +484,17 @@ function portFragment(family: Family, node: ProxyNode, port: ProxyServicePort, n
  * renderProxyOps, or encoded for netlink by linux/. A list of them is one transaction.
  */
 export type ProxyOp =
-  | { readonly op: "add table" | "delete table"; readonly family: Family }
-  | { readonly op: "add chain"; readonly family: Family; readonly name: string; readonly base?: ProxyBaseChain }
-  | { readonly op: "flush chain" | "delete chain"; readonly family: Family; readonly name: string }
-  | { readonly op: "add rule"; readonly family: Family; readonly chain: string; readonly rule: string }
-  | { readonly op: "add set"; readonly family: Family; readonly name: string; readonly set: ProxySet }
-  | { readonly op: "delete set"; readonly family: Family; readonly name: string; readonly kind: "set" | "map" }
+  | { readonly op: "add table" | "delete table"; readonly family: Family; readonly table: string }
+  | { readonly op: "add chain"; readonly family: Family; readonly table: string; readonly name: string; readonly base?: ProxyBaseChain }
+  | { readonly op: "flush chain" | "delete chain"; readonly family: Family; readonly table: string; readonly name: string }
+  | { readonly op: "add rule"; readonly family: Family; readonly table: string; readonly chain: string; readonly rule: string }
+  | { readonly op: "add set"; readonly family: Family; readonly table: string; readonly name: string; readonly set: ProxySet }
+  | { readonly op: "delete set"; readonly family: Family; readonly table: string; readonly name: string; readonly kind: "set" | "map" }
   /** Elements of a set (`value` "") or map; `set` is its definition, for the key and value types. */
-  | { readonly op: "add element" | "delete element"; readonly family: Family; readonly name: string; readonly set: ProxySet; readonly elements: ReadonlyArray<readonly [string, string]> };
+  | {
+      readonly op: "add element" | "delete element"; readonly family: Family; readonly table: string; readonly name: string; readonly set: ProxySet;
+      readonly elements: ReadonlyArray<readonly [string, string]>;
+    };
 
 /**
  * The steps that make the tables exactly `desired`, in one transaction, whatever they held
@@ -394,8 +503,10 @@ export type ProxyOp =
 export function proxyFullOps(desired: ProxyRuleset): ProxyOp[] {
   const ops: ProxyOp[] = [];
   for (const family of FAMILIES) {
-    const table = desired.tables.get(family);
-    append(ops, table ? rewriteTable(table) : deleteTable(family, false));
+    for (const name of PROXY_TABLE_NAMES) {
+      const table = desired.tables.get(tableRef(family, name));
+      append(ops, table ? rewriteTable(table) : deleteTable(family, name, false));
+    }
   }
   return ops;
 }
@@ -407,13 +518,16 @@ export function proxyFullOps(desired: ProxyRuleset): ProxyOp[] {
 export function proxyChangeOps(previous: ProxyRuleset, desired: ProxyRuleset): ProxyOp[] {
   const ops: ProxyOp[] = [];
   for (const family of FAMILIES) {
-    const [before, after] = [previous.tables.get(family), desired.tables.get(family)];
-    if (!after) {
-      if (before) append(ops, deleteTable(family, true));
-    } else if (!before || !sameBaseChains(before, after)) {
-      append(ops, rewriteTable(after));
-    } else {
-      append(ops, tableChange(before, after));
+    for (const name of PROXY_TABLE_NAMES) {
+      const ref = tableRef(family, name);
+      const [before, after] = [previous.tables.get(ref), desired.tables.get(ref)];
+      if (!after) {
+        if (before) append(ops, deleteTable(family, name, true));
+      } else if (!before || !sameBaseChains(before, after)) {
+        append(ops, rewriteTable(after));
+      } else {
+        append(ops, tableChange(before, after));
+      }
     }
   }
   return ops;
@@ -438,7 +552,7 @@ export function renderProxyOps(ops: readonly ProxyOp[], header?: string): string
 }
 
 function opLine(op: ProxyOp): string {
-  const t = tableRef(op.family);
+  const t = tableRef(op.family, checkedName("table", op.table));
   switch (op.op) {
     case "add table":
     case "delete table":
@@ -462,13 +576,15 @@ function opLine(op: ProxyOp): string {
 
 /** Chains, rules and set/map elements per family, for metrics. */
 export function proxyRulesetCounts(ruleset: ProxyRuleset): ProxyCounts[] {
-  return [...ruleset.tables.values()].map((table) => {
-    let rules = 0;
-    for (const chain of table.chains.values()) rules += chain.length;
-    let elements = 0;
-    for (const set of table.sets.values()) elements += set.elements.size;
-    return { family: table.family, chains: table.chains.size, rules, elements };
-  });
+  const counts = new Map<Family, { family: Family; chains: number; rules: number; elements: number }>();
+  for (const table of ruleset.tables.values()) {
+    const count = counts.get(table.family) ?? { family: table.family, chains: 0, rules: 0, elements: 0 };
+    count.chains += table.chains.size;
+    for (const chain of table.chains.values()) count.rules += chain.length;
+    for (const set of table.sets.values()) count.elements += set.elements.size;
+    counts.set(table.family, count);
+  }
+  return FAMILIES.flatMap((family) => counts.get(family) ?? []);
 }
 
 interface PortNames {
@@ -480,48 +596,67 @@ interface PortNames {
   readonly external: string;
   /** `HASH-id`: the hash makes chains of different ports look different at a glance. */
   readonly base: string;
+  /** The shard table the port lives in: 0 to SHARDS-1, from the same hash. */
+  readonly shard: number;
 }
 
 interface TableDraft {
   readonly family: Family;
+  readonly name: string;
   readonly baseChains: ReadonlyMap<string, ProxyBaseChain>;
   readonly chains: Map<string, readonly string[]>;
   readonly sets: Map<string, ProxySet & { readonly elements: Map<string, string> }>;
 }
 
-function fixedTable(family: Family, node: ProxyNode): TableDraft {
+/** The front table of a family: refusals of what has no endpoint, and masquerade. */
+function frontTable(family: Family, node: ProxyNode): TableDraft {
+  const ip = PAYLOAD[family];
+  const address = ADDRESS_TYPE[family];
+  const chains = new Map<string, readonly string[]>([
+    ["nat-postrouting", ["jump masquerading"]],
+    ["filter-input", ["ct state new jump nodeport-endpoints-check", "ct state new jump service-endpoints-check"]],
+    ["filter-forward", ["ct state new jump service-endpoints-check"]],
+    ["filter-output", ["ct state new jump service-endpoints-check"]],
+    ["service-endpoints-check", [`${ip} daddr . meta l4proto . th dport vmap @no-endpoint-services`]],
+    ["nodeport-endpoints-check", [`${ip} daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports`]],
+    // A TCP client gets a reset and fails at once; UDP and SCTP get ICMP port unreachable.
+    ["reject-chain", ["meta l4proto tcp reject with tcp reset", "reject"]],
+    ["masquerading", [`meta mark & ${MARK} == 0 return`, `meta mark set meta mark ^ ${MARK}`, "masquerade fully-random"]],
+  ]);
+  const sets = new Map<string, ProxySet & { elements: Map<string, string> }>([
+    ["nodeport-ips", set("set", address, [], nodePortAddresses(family, node))],
+    ["no-endpoint-services", set("map", `${address} . inet_proto . inet_service : verdict`, [], [])],
+    ["no-endpoint-nodeports", set("map", "inet_proto . inet_service : verdict", [], [])],
+  ]);
+  return { family, name: PROXY_TABLE, baseChains: FRONT_BASE_CHAINS, chains, sets };
+}
+
+/** A shard table of a family: NAT hooks dispatching to its Service ports' chains. */
+function shardTable(family: Family, node: ProxyNode, name: string): TableDraft {
   const ip = PAYLOAD[family];
   const address = ADDRESS_TYPE[family];
   const chains = new Map<string, readonly string[]>([
     ["nat-prerouting", ["jump services"]],
     ["nat-output", ["jump services"]],
-    ["nat-postrouting", ["jump masquerading"]],
-    ["filter-input", ["ct state new jump nodeport-endpoints-check", "ct state new jump service-endpoints-check"]],
-    ["filter-forward", ["ct state new jump service-endpoints-check"]],
-    ["filter-output", ["ct state new jump service-endpoints-check"]],
     ["services", [
       `${ip} daddr . meta l4proto . th dport vmap @service-ips`,
       `${ip} daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports`,
     ]],
-    ["service-endpoints-check", [`${ip} daddr . meta l4proto . th dport vmap @no-endpoint-services`]],
-    ["nodeport-endpoints-check", [`${ip} daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports`]],
-    // A TCP client gets a reset and fails at once; UDP and SCTP get ICMP port unreachable.
-    ["reject-chain", ["meta l4proto tcp reject with tcp reset", "reject"]],
     ["mark-for-masquerade", [`meta mark set meta mark | ${MARK}`]],
-    ["masquerading", [`meta mark & ${MARK} == 0 return`, `meta mark set meta mark ^ ${MARK}`, "masquerade fully-random"]],
   ]);
   const podCidrs = mergePrefixes(node.podCidrs.filter((prefix) => prefix.family === family));
-  // Loopback never: a NodePort on 127.0.0.1 would be reachable by anything that can reach localhost.
-  const nodeAddresses = uniqueAddresses(node.addresses.filter((ip) => ip.family === family && specialRangeOf(ip)?.use !== "loopback"));
   const sets = new Map<string, ProxySet & { elements: Map<string, string> }>([
     ["pod-cidrs", set("set", address, ["interval"], podCidrs.map(formatPrefix))],
-    ["nodeport-ips", set("set", address, [], nodeAddresses.map(formatIp))],
+    ["nodeport-ips", set("set", address, [], nodePortAddresses(family, node))],
     ["service-ips", set("map", `${address} . inet_proto . inet_service : verdict`, [], [])],
     ["service-nodeports", set("map", "inet_proto . inet_service : verdict", [], [])],
-    ["no-endpoint-services", set("map", `${address} . inet_proto . inet_service : verdict`, [], [])],
-    ["no-endpoint-nodeports", set("map", "inet_proto . inet_service : verdict", [], [])],
   ]);
-  return { family, baseChains: BASE_CHAINS, chains, sets };
+  return { family, name, baseChains: SHARD_BASE_CHAINS, chains, sets };
+}
+
+/** The node's addresses NodePorts answer on. Loopback never: a NodePort on 127.0.0.1 would be reachable by anything that can reach localhost. */
+function nodePortAddresses(family: Family, node: ProxyNode): string[] {
+  return uniqueAddresses(node.addresses.filter((ip) => ip.family === family && specialRangeOf(ip)?.use !== "loopback")).map(formatIp);
 }
 
 function set(kind: "set" | "map", type: string, flags: string[], keys: string[]): ProxySet & { elements: Map<string, string> } {
@@ -600,7 +735,12 @@ function addServicePort(table: TableDraft, family: Family, node: ProxyNode, port
           `fib saddr type local goto ${names.cluster}`,
           ...(hasLocal ? [`goto ${names.local}`] : []),
         ]
-      : ["jump mark-for-masquerade", `goto ${names.cluster}`]);
+      : [
+          // Clients outside the cluster (the node itself included) are masqueraded, so that
+          // replies come back through this node; pods keep their address, as kube-proxy keeps it.
+          `${ip} saddr != @pod-cidrs jump mark-for-masquerade`,
+          `goto ${names.cluster}`,
+        ]);
   }
   const reachable = new Map<string, ProxyEndpoint>();
   for (const endpoint of [...(usesClusterChain ? clusterEndpoints : []), ...(usesLocalChain ? localEndpoints : [])]) reachable.set(endpointChain(endpoint), endpoint);
@@ -659,20 +799,21 @@ function addSet(table: TableDraft, name: string, definition: ProxySet & { elemen
 }
 
 function rewriteTable(table: ProxyTable): ProxyOp[] {
-  const family = table.family;
-  const ops: ProxyOp[] = [{ op: "add table", family }, { op: "delete table", family }, { op: "add table", family }];
-  for (const name of table.chains.keys()) ops.push({ op: "add chain", family, name, base: table.baseChains.get(name) });
-  for (const [name, set] of table.sets) ops.push({ op: "add set", family, name, set });
-  for (const [chain, rules] of table.chains) for (const rule of rules) ops.push({ op: "add rule", family, chain, rule });
+  const { family, name: tableName } = table;
+  const t = { family, table: tableName };
+  const ops: ProxyOp[] = [{ op: "add table", ...t }, { op: "delete table", ...t }, { op: "add table", ...t }];
+  for (const name of table.chains.keys()) ops.push({ op: "add chain", ...t, name, base: table.baseChains.get(name) });
+  for (const [name, set] of table.sets) ops.push({ op: "add set", ...t, name, set });
+  for (const [chain, rules] of table.chains) for (const rule of rules) ops.push({ op: "add rule", ...t, chain, rule });
   for (const [name, set] of table.sets) {
-    if (set.elements.size) ops.push({ op: "add element", family, name, set, elements: [...set.elements] });
+    if (set.elements.size) ops.push({ op: "add element", ...t, name, set, elements: [...set.elements] });
   }
   return ops;
 }
 
 /** `add` first, so that the delete succeeds whether or not the table exists (unless it certainly does). */
-function deleteTable(family: Family, exists: boolean): ProxyOp[] {
-  return exists ? [{ op: "delete table", family }] : [{ op: "add table", family }, { op: "delete table", family }];
+function deleteTable(family: Family, table: string, exists: boolean): ProxyOp[] {
+  return exists ? [{ op: "delete table", family, table }] : [{ op: "add table", family, table }, { op: "delete table", family, table }];
 }
 
 /**
@@ -681,6 +822,7 @@ function deleteTable(family: Family, exists: boolean): ProxyOp[] {
  */
 function tableChange(before: ProxyTable, after: ProxyTable): ProxyOp[] {
   const family = after.family;
+  const table = after.name;
   const newChains = [...after.chains.keys()].filter((name) => !before.chains.has(name));
   const removedChains = [...before.chains.keys()].filter((name) => !after.chains.has(name));
   const newSets = [...after.sets.keys()].filter((name) => !before.sets.has(name));
@@ -698,34 +840,35 @@ function tableChange(before: ProxyTable, after: ProxyTable): ProxyOp[] {
   }
 
   const ops: ProxyOp[] = [];
-  for (const name of newChains) ops.push({ op: "add chain", family, name, base: after.baseChains.get(name) });
-  for (const name of newSets) ops.push({ op: "add set", family, name, set: after.sets.get(name)! });
-  for (const name of [...rewritten, ...removedChains]) ops.push({ op: "flush chain", family, name });
+  for (const name of newChains) ops.push({ op: "add chain", family, table, name, base: after.baseChains.get(name) });
+  for (const name of newSets) ops.push({ op: "add set", family, table, name, set: after.sets.get(name)! });
+  for (const name of [...rewritten, ...removedChains]) ops.push({ op: "flush chain", family, table, name });
   for (const [name, set] of after.sets) {
     const old = before.sets.get(name);
     if (!old || redefinedSets.has(name) || old.elements === set.elements) continue;
     const stale = [...old.elements].filter(([key, value]) => set.elements.get(key) !== value).map(([key]) => [key, ""] as const);
-    if (stale.length) ops.push({ op: "delete element", family, name, set: old, elements: stale });
+    if (stale.length) ops.push({ op: "delete element", family, table, name, set: old, elements: stale });
   }
   for (const name of redefinedSets) {
-    ops.push({ op: "delete set", family, name, kind: before.sets.get(name)!.kind }, { op: "add set", family, name, set: after.sets.get(name)! });
+    ops.push({ op: "delete set", family, table, name, kind: before.sets.get(name)!.kind }, { op: "add set", family, table, name, set: after.sets.get(name)! });
   }
-  for (const chain of [...newChains, ...rewritten]) for (const rule of after.chains.get(chain)!) ops.push({ op: "add rule", family, chain, rule });
+  for (const chain of [...newChains, ...rewritten]) for (const rule of after.chains.get(chain)!) ops.push({ op: "add rule", family, table, chain, rule });
   for (const [name, set] of after.sets) {
     const old = before.sets.get(name);
     const fresh = !old || redefinedSets.has(name);
     if (!fresh && old.elements === set.elements) continue;
     const added = [...set.elements].filter(([key, value]) => fresh || old!.elements.get(key) !== value);
-    if (added.length) ops.push({ op: "add element", family, name, set, elements: added });
+    if (added.length) ops.push({ op: "add element", family, table, name, set, elements: added });
   }
   // Maps go before chains: a removed map's elements may point to removed chains.
-  for (const name of removedSets) ops.push({ op: "delete set", family, name, kind: before.sets.get(name)!.kind });
-  for (const name of removedChains) ops.push({ op: "delete chain", family, name });
+  for (const name of removedSets) ops.push({ op: "delete set", family, table, name, kind: before.sets.get(name)!.kind });
+  for (const name of removedChains) ops.push({ op: "delete chain", family, table, name });
   return ops;
 }
 
-function tableRef(family: Family): string {
-  return `${PAYLOAD[family]} ${PROXY_TABLE}`;
+/** `ip trellis-proxy-3`: how nft names a table, and the key of ProxyRuleset.tables. */
+export function tableRef(family: Family, name: string): string {
+  return `${PAYLOAD[family]} ${name}`;
 }
 
 function addChainLine(t: string, name: string, base: ProxyBaseChain | undefined): string {
@@ -788,8 +931,9 @@ function portNames(namespace: string, name: string, protocol: ServiceProtocol, p
   const lower = protocol.toLowerCase();
   // "/" cannot occur in namespaces, names or port names, so the id (and every name built on it) is unique per port.
   const id = `${namespace}/${name}/${lower}/${portName}`;
-  const base = `${createHash("sha256").update(id).digest("hex").slice(0, 8)}-${id}`;
-  return { id, protocol: lower, base, cluster: `svc-${base}`, local: `local-${base}`, external: `ext-${base}` };
+  const hash = createHash("sha256").update(id).digest("hex").slice(0, 8);
+  const base = `${hash}-${id}`;
+  return { id, protocol: lower, base, shard: Number.parseInt(hash.slice(0, 4), 16) % SHARDS, cluster: `svc-${base}`, local: `local-${base}`, external: `ext-${base}` };
 }
 
 function validateNode(node: ProxyNode): void {

@@ -27,15 +27,18 @@ export interface NftSetDefinition {
   readonly timeoutSeconds?: number;
 }
 
-/** One step, in the shape dataplane's ProxyOp has (the table is given apart). */
+/** One step on table `table` of its family, in the shape dataplane's ProxyOp has. */
 export type NftOp =
-  | { readonly op: "add table" | "delete table"; readonly family: Family }
-  | { readonly op: "add chain"; readonly family: Family; readonly name: string; readonly base?: NftBaseChain }
-  | { readonly op: "flush chain" | "delete chain"; readonly family: Family; readonly name: string }
-  | { readonly op: "add rule"; readonly family: Family; readonly chain: string; readonly rule: string }
-  | { readonly op: "add set"; readonly family: Family; readonly name: string; readonly set: NftSetDefinition }
-  | { readonly op: "delete set"; readonly family: Family; readonly name: string; readonly kind: "set" | "map" }
-  | { readonly op: "add element" | "delete element"; readonly family: Family; readonly name: string; readonly set: NftSetDefinition; readonly elements: ReadonlyArray<readonly [string, string]> };
+  | { readonly op: "add table" | "delete table"; readonly family: Family; readonly table: string }
+  | { readonly op: "add chain"; readonly family: Family; readonly table: string; readonly name: string; readonly base?: NftBaseChain }
+  | { readonly op: "flush chain" | "delete chain"; readonly family: Family; readonly table: string; readonly name: string }
+  | { readonly op: "add rule"; readonly family: Family; readonly table: string; readonly chain: string; readonly rule: string }
+  | { readonly op: "add set"; readonly family: Family; readonly table: string; readonly name: string; readonly set: NftSetDefinition }
+  | { readonly op: "delete set"; readonly family: Family; readonly table: string; readonly name: string; readonly kind: "set" | "map" }
+  | {
+      readonly op: "add element" | "delete element"; readonly family: Family; readonly table: string; readonly name: string; readonly set: NftSetDefinition;
+      readonly elements: ReadonlyArray<readonly [string, string]>;
+    };
 
 /** A step this writer does not encode; the change goes through `nft -f`. */
 export class NftUnsupported extends Error {}
@@ -69,9 +72,8 @@ const ADDRESS: Record<Family, { length: number; saddr: number; daddr: number; pa
 };
 const NAME = /^[A-Za-z_.][A-Za-z0-9_./-]{0,254}$/;
 
-/** Encodes `ops` on table `table` (in each op's family) as one batch; throws NftUnsupported for a step it does not know. */
-export function encodeNftBatch(table: string, ops: readonly NftOp[]): Buffer {
-  checkName("table", table);
+/** Encodes `ops` as one batch; throws NftUnsupported for a step it does not know. */
+export function encodeNftBatch(ops: readonly NftOp[]): Buffer {
   const w = new Writer();
   let seq = 0;
   const send = (type: number, family: number, flags: number, body: () => void) => {
@@ -80,11 +82,13 @@ export function encodeNftBatch(table: string, ops: readonly NftOp[]): Buffer {
     w.endMessage(start);
   };
   w.endMessage(w.beginMessage(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, ++seq, 0, NFNL_SUBSYS_NFTABLES));
-  /** Sets created in this batch, by family and name: rules and elements refer to them by id too. */
+  /** Sets created in this batch, by family, table and name: rules and elements refer to them by id too. */
   const created = new Map<string, number>();
   let nextSetId = 1;
   for (const op of ops) {
     const family = NFPROTO[op.family];
+    const table = checkName("table", op.table);
+    const setKey = (name: string) => `${op.family}/${table}/${name}`;
     switch (op.op) {
       case "add table":
         send(MSG.NEWTABLE, family, NLM_F_CREATE, () => {
@@ -94,7 +98,7 @@ export function encodeNftBatch(table: string, ops: readonly NftOp[]): Buffer {
         break;
       case "delete table":
         send(MSG.DELTABLE, family, 0, () => w.string(1, table));
-        for (const key of [...created.keys()]) if (key.startsWith(`${op.family}/`)) created.delete(key);
+        for (const key of [...created.keys()]) if (key.startsWith(`${op.family}/${table}/`)) created.delete(key);
         break;
       case "add chain":
         send(MSG.NEWCHAIN, family, NLM_F_CREATE, () => {
@@ -127,17 +131,17 @@ export function encodeNftBatch(table: string, ops: readonly NftOp[]): Buffer {
         send(MSG.NEWRULE, family, NLM_F_CREATE | NLM_F_APPEND, () => {
           w.string(1, table);
           w.string(2, checkName("chain", op.chain));
-          w.nest(4, () => compileRule(w, op.family, op.rule, (name) => created.get(`${op.family}/${name}`)));
+          w.nest(4, () => compileRule(w, op.family, op.rule, (name) => created.get(setKey(name))));
         });
         break;
       case "add set": {
         const id = nextSetId++;
-        created.set(`${op.family}/${op.name}`, id);
+        created.set(setKey(op.name), id);
         send(MSG.NEWSET, family, NLM_F_CREATE, () => setAttrs(w, table, op.name, op.set, id));
         break;
       }
       case "delete set":
-        created.delete(`${op.family}/${op.name}`);
+        created.delete(setKey(op.name));
         send(MSG.DELSET, family, 0, () => {
           w.string(1, table);
           w.string(2, checkName("set", op.name));
@@ -147,7 +151,7 @@ export function encodeNftBatch(table: string, ops: readonly NftOp[]): Buffer {
       case "delete element": {
         const adding = op.op === "add element";
         const shape = setShape(op.set);
-        const id = created.get(`${op.family}/${op.name}`);
+        const id = created.get(setKey(op.name));
         checkName("set", op.name);
         // One message's element list is one netlink attribute: at most 64 KiB, so a long list takes several.
         let next = 0;
