@@ -3,7 +3,7 @@ import { spawnSync } from "node:child_process";
 import { describe, it } from "node:test";
 import { parseIp, parsePrefix, type Family } from "../net/ip.js";
 import {
-  PROXY_TABLE, SHARDS, type ProxyBaseChain, type ProxySet,
+  PROXY_TABLE, PROXY_TABLE_NAMES, SHARDS, type ProxyBaseChain, type ProxySet,
   desiredProxyRuleset, ProxyState, proxyRulesetCounts, renderProxyOps, renderProxyChange, renderProxyFull, type ProxyEndpoint, type ProxyNode, type ProxyRuleset, type ProxyServicePort, type ProxyTable,
 } from "./service-proxy.js";
 
@@ -235,13 +235,13 @@ describe("desiredProxyRuleset", () => {
     assert.deepEqual([...front.baseChains.keys()].sort(), ["filter-forward", "filter-input", "filter-output", "nat-postrouting"]);
     const shards = [...ruleset.tables.values()].filter((candidate) => candidate.family === 4 && candidate.name !== PROXY_TABLE);
     assert.equal(shards.length, 1);
-    assert.match(shards[0].name, /^trellis-proxy-[0-9a-f]$/);
+    assert.match(shards[0].name, /^trellis-proxy-[0-9a-f]{1,2}$/);
     assert.deepEqual([...shards[0].baseChains.keys()].sort(), ["nat-output", "nat-prerouting"]);
     assert.ok([...shards[0].chains.keys()].some((name) => name.startsWith("svc-")));
     assert.ok(![...front.chains.keys()].some((name) => /^(svc|ep|ext|local)-/.test(name)));
     assert.deepEqual([...desired([]).tables.keys()], [`ip ${PROXY_TABLE}`, `ip6 ${PROXY_TABLE}`], "no Service, no shard");
-    const many = desired(Array.from({ length: 200 }, (_, i) => servicePort({ name: `svc-${i}`, clusterIPs: [parseIp(`10.96.1.${i}`)] })));
-    assert.equal([...many.tables.keys()].filter((ref) => ref.startsWith("ip ")).length, 17, "200 ports fill all 16 shards");
+    const many = desired(Array.from({ length: 400 }, (_, i) => servicePort({ name: `svc-${i}`, clusterIPs: [parseIp(`10.96.${i >> 8}.${i & 255}`)] })));
+    assert.equal([...many.tables.keys()].filter((ref) => ref.startsWith("ip ")).length, 1 + SHARDS, `400 ports fill all ${SHARDS} shards`);
   });
 
   it("lays out the fixed chains and maps of each family", () => {
@@ -616,14 +616,15 @@ describe("renderProxyFull", () => {
     const lines = script.split("\n");
     assert.match(lines[0], /^# .*affinity/);
     assert.deepEqual(lines.slice(1, 4), ["add table ip trellis-proxy", "delete table ip trellis-proxy", "add table ip trellis-proxy"]);
-    assert.deepEqual(lines.slice(-3), ["add table ip6 trellis-proxy-f", "delete table ip6 trellis-proxy-f", ""]);
+    const last = `trellis-proxy-${(SHARDS - 1).toString(16)}`;
+    assert.deepEqual(lines.slice(-3), [`add table ip6 ${last}`, `delete table ip6 ${last}`, ""]);
     // Every table the proxy may use is written or deleted: a shard emptied while the agent was away goes too.
     const mentioned = new Set(lines.flatMap((line) => /^(?:add|delete) table (ip6? \S+)$/.exec(line)?.[1] ?? []));
-    assert.equal(mentioned.size, 34);
-    assert.ok(lines.some((line) => /^add chain ip trellis-proxy-[0-9a-f] nat-prerouting \{ type nat hook prerouting priority -100; policy accept; \}$/.test(line)));
+    assert.equal(mentioned.size, 2 * (1 + SHARDS));
+    assert.ok(lines.some((line) => /^add chain ip trellis-proxy-[0-9a-f]+ nat-prerouting \{ type nat hook prerouting priority -100; policy accept; \}$/.test(line)));
     assert.ok(lines.includes("add chain ip trellis-proxy filter-output { type filter hook output priority 0; policy accept; }"));
-    assert.ok(lines.some((line) => /^add map ip trellis-proxy-[0-9a-f] service-ips \{ type ipv4_addr \. inet_proto \. inet_service : verdict; \}$/.test(line)));
-    assert.ok(lines.some((line) => /^add element ip trellis-proxy-[0-9a-f] service-ips \{ 10\.96\.0\.10 \. tcp \. 80 : goto svc-[0-9a-f]{8}-default\/web\/tcp\/http \}$/.test(line)));
+    assert.ok(lines.some((line) => /^add map ip trellis-proxy-[0-9a-f]+ service-ips \{ type ipv4_addr \. inet_proto \. inet_service : verdict; \}$/.test(line)));
+    assert.ok(lines.some((line) => /^add element ip trellis-proxy-[0-9a-f]+ service-ips \{ 10\.96\.0\.10 \. tcp \. 80 : goto svc-[0-9a-f]{8}-default\/web\/tcp\/http \}$/.test(line)));
   });
 });
 
@@ -635,7 +636,7 @@ describe("renderProxyChange", () => {
   const pad = sameShard(api, (i) => servicePort({ name: `pad-${i}`, clusterIPs: ips("10.96.0.99", "fd00:10:96::99") }));
   const before = desired([web, api, dns, pad]);
   /** Shard tables named alike, so that expected lines need not know the hash. */
-  const norm = (text: string) => text.replace(/trellis-proxy-[0-9a-f]\b/g, "trellis-proxy-S");
+  const norm = (text: string) => text.replace(/trellis-proxy-[0-9a-f]+\b/g, "trellis-proxy-S");
 
   it("is empty when nothing changed", () => {
     // Catches: a sync that rewrites something every time (churn, and lost affinity) although nothing changed.
@@ -709,7 +710,7 @@ describe("renderProxyChange", () => {
     const moved = desired([web, api, dns, pad], { ...NODE, addresses: ips("198.18.0.2", "fd00:198:18::1"), podCidrs: [parsePrefix("10.244.0.0/16"), parsePrefix("10.250.0.0/16"), parsePrefix("fd00:10:244::/56")] });
     const change = assertChangeArrives(before, moved);
     const lines = change.trimEnd().split("\n");
-    const shards = [...before.tables.values()].filter((t) => t.family === 4 && t.name !== PROXY_TABLE).map((t) => t.name).sort();
+    const shards = [...before.tables.values()].filter((t) => t.family === 4 && t.name !== PROXY_TABLE).map((t) => t.name).sort((a, b) => PROXY_TABLE_NAMES.indexOf(a) - PROXY_TABLE_NAMES.indexOf(b));
     assert.deepEqual(lines, [
       "delete element ip trellis-proxy nodeport-ips { 198.18.0.1 }",
       "add element ip trellis-proxy nodeport-ips { 198.18.0.2 }",
@@ -785,7 +786,7 @@ describe("scale", () => {
         `one Service changed: desired ${(t3 - t2).toFixed(0)} ms, change render ${(t4 - t3).toFixed(0)} ms (${change.split("\n").length - 1} lines); ` +
         `port by port (ProxyState.update): ${(t6 - t5).toFixed(1)} ms`,
     );
-    // The front's 8 fixed chains, each of the 16 shards' 4, and a chain per Service and per endpoint.
+    // The front's 8 fixed chains, each shard's 4, and a chain per Service and per endpoint.
     assert.equal(counts.chains, 8 + 4 * SHARDS + services * (1 + perService));
     assert.ok(change.split("\n").length < 10, change);
   });

@@ -730,8 +730,9 @@ class Writer {
     this.close(start, type);
   }
 
+  /** The bytes written (a view, not a copy: a full sync's batch is tens of megabytes). */
   result(): Buffer {
-    return Buffer.from(this.buffer.subarray(0, this.pos));
+    return this.buffer.subarray(0, this.pos);
   }
 
   /** Room for `length` bytes at the end; returns where they start. */
