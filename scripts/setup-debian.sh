@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 packages=(iproute2 nftables conntrack util-linux containerd runc containernetworking-plugins
-  busybox-static etcd-server iperf3 iputils-ping procps gcc libc6-dev)
+  busybox-static etcd-server iperf3 iputils-ping procps gcc libc6-dev podman)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
