@@ -17,7 +17,7 @@ const execFileAsync = promisify(execFile);
 const SCRIPT = join(import.meta.dirname, "..", "scripts", "setup-debian.sh");
 const PACKAGES = [
   "iproute2", "nftables", "conntrack", "util-linux", "containerd", "runc", "containernetworking-plugins",
-  "busybox-static", "etcd-server", "iperf3", "iputils-ping", "procps", "gcc", "libc6-dev",
+  "busybox-static", "etcd-server", "iperf3", "iputils-ping", "procps", "gcc", "libc6-dev", "podman",
 ];
 /** Whatever could stop, disable or (re)start a service. */
 const SERVICE_TOOLS = ["systemctl", "service", "invoke-rc.d", "deb-systemd-invoke"];
