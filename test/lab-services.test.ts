@@ -15,6 +15,7 @@ interface CheckProbe {
   toNode?: string;
   kind: string;
   family: string;
+  address: string;
   ok: boolean;
   answeredBy?: string;
   seenSource?: string;
@@ -37,8 +38,8 @@ describe("Services in the lab", () => {
       status.pods.map((pod) => [pod.name, pod.node, { app: "web", tier: "front", "trellis.dev/lab-pod": pod.name }, pod.addresses]),
     );
     const manifests = [
-      "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  selector: {app: web}\n  ports:\n  - {name: tcp, port: 80, targetPort: probe}\n  - {name: udp, port: 53, protocol: UDP, targetPort: 7777}\n",
-      "apiVersion: v1\nkind: Service\nmetadata: {name: one}\nspec:\n  type: NodePort\n  externalTrafficPolicy: Local\n  selector: {trellis.dev/lab-pod: node1-pod0}\n  ports: [{port: 8080, targetPort: 7777}]\n",
+      "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  externalIPs: [198.19.0.10, 'fd00:198:19::10']\n  selector: {app: web}\n  ports:\n  - {name: tcp, port: 80, targetPort: probe}\n  - {name: udp, port: 53, protocol: UDP, targetPort: 7777}\n",
+      "apiVersion: v1\nkind: Service\nmetadata: {name: one}\nspec:\n  type: NodePort\n  externalTrafficPolicy: Local\n  externalIPs: [198.19.0.11]\n  selector: {trellis.dev/lab-pod: node1-pod0}\n  ports: [{port: 8080, targetPort: 7777}]\n",
       "apiVersion: v1\nkind: Service\nmetadata: {name: none}\nspec:\n  selector: {app: nothing}\n  ports: [{port: 80, targetPort: 7777}]\n",
     ].join("---\n");
     const applied = runTrellis(["apply", "-f", "-", "--store", status.store], 60_000, manifests);
@@ -50,9 +51,13 @@ describe("Services in the lab", () => {
     assert.deepEqual(probes.filter((probe) => !probe.ok).map((probe) => `${probe.from} -> ${probe.to} ${probe.kind} ${probe.family}: ${probe.error}`), []);
     const services = probes.filter((probe) => probe.to.startsWith("svc/"));
     // web: 4 pods x 2 families x 2 ports; one and none: 4 pods x IPv4; NodePorts from external:
-    // web on 2 nodes x 2 families x 2 ports, one (Local) only on node1.
+    // web on 2 nodes x 2 families x 2 ports, one (Local) only on node1; external IPs (routed to
+    // node1): web's 2 addresses x 2 ports, one's 1 (its endpoint is on node1).
     assert.equal(services.filter((probe) => probe.from !== "external").length, 16 + 4 + 4);
-    assert.equal(services.filter((probe) => probe.from === "external").length, 8 + 1);
+    assert.equal(services.filter((probe) => probe.from === "external").length, 8 + 1 + 4 + 1);
+    const viaExternalIp = services.filter((probe) => probe.from === "external" && probe.address.startsWith(status.external.addresses[0].includes(":") ? "fd00:198:19" : "198.19"));
+    assert.ok(viaExternalIp.length > 0 && viaExternalIp.every((probe) => probe.ok));
+    assert.equal(services.find((probe) => probe.address === "198.19.0.11")?.seenSource, status.external.addresses[0], "Local keeps the client's address on an external IP too");
     assert.deepEqual([...new Set(services.filter((probe) => probe.to === "svc/web" && probe.from !== "external").map((probe) => probe.answeredBy))].sort(), status.pods.map((pod) => pod.name).sort(), "every endpoint served web");
     const local = services.find((probe) => probe.to === "svc/one" && probe.from === "external")!;
     assert.equal(local.seenSource, status.external.addresses[0], "externalTrafficPolicy Local keeps the client's address");

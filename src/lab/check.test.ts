@@ -55,4 +55,26 @@ describe("lab/check", () => {
     const auto = planProbes(labState({ name: "t", nodes: "2", podsPerNode: "1", subnets: "2", mode: "auto", family: "ipv4" }));
     assert.ok(auto.every((plan) => plan.note === undefined));
   });
+
+  it("plans external to each routed external IP of a Service: any endpoint for Cluster, the routed-to node's for Local", () => {
+    // Catches: external IPs never probed, or a Local Service probed through a node without an
+    // endpoint (where its traffic is dropped by design) and reported broken.
+    const state = { ...labState({ name: "t", nodes: "2", podsPerNode: "1", mode: "direct" }), externalIps: { ranges: ["198.19.0.0/24", "fd00:198:19::/64"], node: "node1" } };
+    const port = (name: string, policy: "Cluster" | "Local", endpoints: Array<{ pod: string; node: string }>) => ({
+      service: `default/${name}`, protocol: "TCP" as const, port: 80, clusterIPs: ["10.96.0.10"], externalTrafficPolicy: policy,
+      externalIPs: ["198.19.0.10", "fd00:198:19::10"], endpoints,
+    });
+    const plans = planProbes(state, [
+      port("cluster", "Cluster", [{ pod: "node2-pod0", node: "node2" }]),
+      port("local", "Local", [{ pod: "node1-pod0", node: "node1" }, { pod: "node2-pod0", node: "node2" }]),
+      port("elsewhere", "Local", [{ pod: "node2-pod0", node: "node2" }]),
+    ]).filter((plan) => plan.from === "external" && plan.address.includes("19"));
+    assert.deepEqual(plans.map((plan) => [plan.to, plan.address, plan.toNode, plan.expectedServers, plan.expectedSource]), [
+      ["svc/cluster", "198.19.0.10", "node1", ["node2-pod0"], undefined],
+      ["svc/cluster", "fd00:198:19::10", "node1", ["node2-pod0"], undefined],
+      ["svc/local", "198.19.0.10", "node1", ["node1-pod0"], "198.18.0.200"],
+      ["svc/local", "fd00:198:19::10", "node1", ["node1-pod0"], "fd00:198:18::200"],
+    ]);
+    assert.equal(planProbes({ ...state, externalIps: undefined }, [port("cluster", "Cluster", [{ pod: "node2-pod0", node: "node2" }])]).filter((plan) => plan.address.includes("198.19")).length, 0, "a lab made before routes none");
+  });
 });

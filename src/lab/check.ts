@@ -157,6 +157,23 @@ export function planProbes(state: LabState, services: readonly LabServicePort[] 
       }
     }
   }
+  // external to each external IP of a Service (the underlay routes them to one node): a Local
+  // Service answers only if that node has an endpoint, which sees external's own address; a
+  // Cluster one from any endpoint.
+  const via = state.externalIps?.node;
+  for (const port of services) {
+    if (via === undefined || port.endpoints.length === 0) continue;
+    const local = port.endpoints.filter((endpoint) => endpoint.node === via).map((endpoint) => endpoint.pod);
+    if (port.externalTrafficPolicy === "Local" && local.length === 0) continue;
+    for (const address of port.externalIPs) {
+      if (!sameFamily(state.external.addresses, address)) continue;
+      plans.push({
+        from: "external", to: serviceColumn(port), fromNode: "external", toNode: via, kind: port.protocol === "UDP" ? "udp" : "tcp", family: familyOf(address), address, port: port.port,
+        expectedServers: port.externalTrafficPolicy === "Local" ? local : port.endpoints.map((endpoint) => endpoint.pod),
+        ...(port.externalTrafficPolicy === "Local" ? { expectedSource: sameFamily(state.external.addresses, address) } : {}),
+      });
+    }
+  }
   for (const from of state.nodes) {
     for (const to of state.pods) {
       const note = crossSubnetNote(from.name, to.node);

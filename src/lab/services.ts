@@ -6,6 +6,7 @@
 import { MANAGED_BY_TRELLIS } from "../cluster/objects/endpoints-controller.js";
 import { resolveServicePorts, sliceOwner } from "../cluster/objects/service-endpoints.js";
 import { LABEL_MANAGED_BY, type EndpointSlice, type Pod, type Service } from "../cluster/objects/types.js";
+import { parsePrefix, prefixContains as containsIp, tryParseIp, type IpPrefix } from "../net/ip.js";
 import { labStoreObjects } from "./store-access.js";
 import type { LabState } from "./state.js";
 
@@ -17,6 +18,8 @@ export interface LabServicePort {
   readonly nodePort?: number;
   readonly clusterIPs: readonly string[];
   readonly externalTrafficPolicy: "Cluster" | "Local";
+  /** Its external and load-balancer addresses that the lab routes to a node (LAB_EXTERNAL_IPS). */
+  readonly externalIPs: readonly string[];
   /** The lab pods that serve it (ready endpoints), by name, with the node each runs on. */
   readonly endpoints: ReadonlyArray<{ readonly pod: string; readonly node: string }>;
 }
@@ -38,6 +41,7 @@ export function servicePortsOf(state: LabState, services: readonly Service[], po
     const owner = sliceOwner(slice);
     if (owner) applied.set(owner, [...(applied.get(owner) ?? []), slice]);
   }
+  const routed = (state.externalIps?.ranges ?? []).map(parsePrefix);
   const ports: LabServicePort[] = [];
   for (const service of services) {
     const spec = service.spec;
@@ -58,9 +62,16 @@ export function servicePortsOf(state: LabState, services: readonly Service[], po
         ...(port.nodePort === undefined ? {} : { nodePort: port.nodePort }),
         clusterIPs: spec.clusterIPs,
         externalTrafficPolicy: spec.externalTrafficPolicy === "Local" ? "Local" : "Cluster",
+        externalIPs: [...(spec.externalIPs ?? []), ...(spec.type === "LoadBalancer" ? (service.status?.loadBalancer?.ingress ?? []).flatMap((ingress) => (ingress.ip ? [ingress.ip] : [])) : [])]
+          .filter((address) => routed.some((range) => prefixContains(range, address))),
         endpoints: [...endpoints.values()],
       });
     }
   }
   return ports;
+}
+
+function prefixContains(prefix: IpPrefix, text: string): boolean {
+  const ip = tryParseIp(text);
+  return ip !== undefined && containsIp(prefix, ip);
 }

@@ -66,6 +66,8 @@ export interface LabState {
   readonly nodes: LabNodeState[];
   readonly pods: LabPodState[];
   readonly external: LabExternalState;
+  /** Where the underlay routes Services' external IPs (LAB_EXTERNAL_IPS); absent in labs made before. */
+  externalIps?: { readonly ranges: readonly string[]; readonly node: string };
   /** The etcd the lab runs on its external host (`--store etcd`). */
   etcd?: LabProcess & { readonly dataDir: string };
 }

@@ -187,6 +187,12 @@ const UNDERLAY: Readonly<Record<Family, IpPrefix>> = { 4: parsePrefix("198.18.0.
 const UNDERLAY_SUBNET_LENGTH: Readonly<Record<Family, number>> = { 4: 24, 6: 64 };
 const POD_CIDRS: Readonly<Record<Family, string>> = { 4: "10.244.0.0/16", 6: "fd00:10:244::/56" };
 const SERVICE_CIDRS: Readonly<Record<Family, string>> = { 4: "10.96.0.0/16", 6: "fd00:10:96::/112" };
+/**
+ * Addresses for Services' `externalIPs` (and load-balancer ingress): the underlay's router sends
+ * them to node1, as a router in front of a cluster would, so that `external` reaches them.
+ * Inside 198.18.0.0/15 (benchmarking) and fd00::/8, beside the underlay.
+ */
+export const LAB_EXTERNAL_IPS: Readonly<Record<Family, string>> = { 4: "198.19.0.0/24", 6: "fd00:198:19::/64" };
 const NODE_MASK_SIZE = { ipv4: 24, ipv6: 64 };
 const ROUTER_HOST = 1;
 const EXTERNAL_HOST = 200;

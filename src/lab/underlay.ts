@@ -41,6 +41,11 @@ export async function attachUnderlayHost(underlayNetnsName: string, subnets: rea
   ]);
 }
 
+/** Routes `ranges` in the underlay namespace via `via` (one address per range, same family). */
+export async function routeInUnderlay(underlayNetnsName: string, routes: ReadonlyArray<{ readonly range: string; readonly via: string }>): Promise<void> {
+  await inNetns(underlayNetnsName, routes.map(({ range, via }): IpCommand => ["route", "replace", range, "via", via]));
+}
+
 /** IPv6 addresses skip duplicate address detection: the lab's addresses are unique by construction. */
 function addressCommand(address: string, dev: string): IpCommand {
   return ["address", "add", address, "dev", dev, ...(address.includes(":") ? ["nodad"] : [])];

@@ -13,8 +13,8 @@ import { mapConcurrently } from "./concurrently.js";
 import { recordLabPods } from "./pod-objects.js";
 import { selfInvocation } from "./probe.js";
 import { labDir, nodeCniConfDir, nodeCniDataDir, readLabState, saveLabState, type LabNodeState, type LabPodState, type LabState } from "./state.js";
-import { isLabNetnsName, LAB_ETCD, labLayout, PROBE_PORT, type LabLayout, type LabOptions } from "./topology.js";
-import { attachUnderlayHost, buildUnderlay } from "./underlay.js";
+import { isLabNetnsName, LAB_ETCD, LAB_EXTERNAL_IPS, labLayout, PROBE_PORT, type LabLayout, type LabOptions } from "./topology.js";
+import { attachUnderlayHost, buildUnderlay, routeInUnderlay } from "./underlay.js";
 
 export interface LabUpSettings {
   readonly out: (line: string) => void;
@@ -110,6 +110,14 @@ async function build(state: LabState, layout: LabLayout, runEtcd: boolean, setti
     await attachUnderlayHost(state.underlay.netnsName, subnets, host);
     out(`${host.name} ${host.netnsName}: eth0 ${host.interfaceAddresses.join(" ")} on ${subnets[host.subnet].bridge}`);
   }
+
+  // Services' external IPs reach the cluster through node1, as a router in front of it would send them.
+  const first = state.nodes[0];
+  const routes = state.families.map((family, i) => ({ range: LAB_EXTERNAL_IPS[family], via: first.addresses[i] }));
+  await routeInUnderlay(state.underlay.netnsName, routes);
+  state.externalIps = { ranges: routes.map((route) => route.range), node: first.name };
+  saveLabState(state);
+  out(`underlay routes Services' external IPs ${state.externalIps.ranges.join(" ")} to ${first.name}`);
 
   step();
   const external = startProbeServer(state.external.netnsPath, "external", join(state.dir, "external.log"));
