@@ -272,6 +272,23 @@ describe("Services through the agent's nftables proxy", () => {
     assert.ok(took < 2000, `took ${took} ms`);
   });
 
+  // Bug caught: an agent whose netlink writer died (kill -9) never starting another, so that no
+  // rule is written again.
+  it("goes on programming Services after its netlink writer is killed", async () => {
+    const writerPid = () => spawnSync("pgrep", ["-P", String(agent.process.pid), "-f", "trellis-nft-batch"], { encoding: "utf8" }).stdout.trim();
+    const first = writerPid();
+    assert.match(first, /^\d+$/, "the agent runs one writer");
+    process.kill(Number(first), "SIGKILL");
+    const manifest = JSON.stringify(service("after-writer", { selector: { app: "web" }, ports: [{ port: 80, targetPort: 8080 }] }));
+    trellis(["apply", "-f", "-"], manifest);
+    const [ip] = clusterIPs("after-writer");
+    const took = await eventually("a Service applied after the writer died answers", () => probe(pods[2].netns, ip, 80).ok, 5000);
+    assert.ok(took < 3000, `took ${took} ms`);
+    assert.match(writerPid(), /^\d+$/);
+    assert.notEqual(writerPid(), first, "a new writer");
+    trellis(["delete", "-f", "-"], manifest);
+  });
+
   // Bugs caught: no metrics (or not in Prometheus' format), a programming latency never
   // observed, readiness not served, a write method accepted.
   it("serves /metrics, /healthz and /readyz on the node's loopback", () => {

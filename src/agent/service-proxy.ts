@@ -55,6 +55,10 @@ export interface ProxyStats {
   readonly servicePorts: number;
 }
 
+/** After a failed sync, the next is tried this much later, doubling up to the maximum. */
+const FIRST_RETRY_DELAY_MS = 1_000;
+const MAX_RETRY_DELAY_MS = 60_000;
+
 export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
   const { store, node, log } = options;
   const index = new ServiceIndex((reason) => log("warn", "a Service port is left out of the rules", { reason }));
@@ -81,6 +85,8 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
   const syncDuration = new Histogram("trellis_sync_proxy_rules_duration_seconds", "How long one sync of the Service rules took (compute, render, nft, conntrack).", SYNC_BUCKETS);
   const programming = new Histogram("trellis_network_programming_duration_seconds", "From a Service, EndpointSlice or Pod change written to the store to the rules for it in the kernel.", PROGRAMMING_BUCKETS);
   let failedSyncs = 0;
+  let retryTimer: NodeJS.Timeout | undefined;
+  let retryDelayMs = FIRST_RETRY_DELAY_MS;
   /** Syncs that wrote rules, by how. */
   const writes = { netlink: 0, nft: 0 };
 
@@ -162,8 +168,18 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
       written = false;
       failedSyncs++;
       changeTimes.push(...pendingChanges);
-      log("error", "service proxy sync failed; the next sync writes the tables whole", { error: String(error) });
+      // Tried again soon (a writer that died is started again at once), then less and less
+      // often: a kernel that keeps refusing must not be asked for a whole rewrite every moment.
+      log("error", "service proxy sync failed; the tables are written whole at the next sync", { error: String(error), retryInSeconds: retryDelayMs / 1000 });
+      clearTimeout(retryTimer);
+      retryTimer = setTimeout(() => {
+        retryTimer = undefined;
+        requestSync();
+      }, retryDelayMs);
+      retryDelayMs = Math.min(retryDelayMs * 2, MAX_RETRY_DELAY_MS);
+      return;
     }
+    retryDelayMs = FIRST_RETRY_DELAY_MS;
   };
 
   const batchWriter = options.nftWriter === undefined ? undefined : new NftBatchWriter(options.nftWriter);
@@ -257,6 +273,7 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
     async stop() {
       stopped = true;
       clearTimeout(timer);
+      clearTimeout(retryTimer);
       for (const watch of watches.splice(0)) watch.stop();
       wake?.();
       await running;
