@@ -16,6 +16,7 @@ interface CheckProbe {
   kind: string;
   family: string;
   address: string;
+  expectOneServerOf?: number;
   ok: boolean;
   answeredBy?: string;
   seenSource?: string;
@@ -41,6 +42,7 @@ describe("Services in the lab", () => {
       "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  externalIPs: [198.19.0.10, 'fd00:198:19::10']\n  selector: {app: web}\n  ports:\n  - {name: tcp, port: 80, targetPort: probe}\n  - {name: udp, port: 53, protocol: UDP, targetPort: 7777}\n",
       "apiVersion: v1\nkind: Service\nmetadata: {name: one}\nspec:\n  type: NodePort\n  externalTrafficPolicy: Local\n  externalIPs: [198.19.0.11]\n  selector: {trellis.dev/lab-pod: node1-pod0}\n  ports: [{port: 8080, targetPort: 7777}]\n",
       "apiVersion: v1\nkind: Service\nmetadata: {name: none}\nspec:\n  selector: {app: nothing}\n  ports: [{port: 80, targetPort: 7777}]\n",
+      "apiVersion: v1\nkind: Service\nmetadata: {name: sticky}\nspec:\n  sessionAffinity: ClientIP\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 7777}]\n",
     ].join("---\n");
     const applied = runTrellis(["apply", "-f", "-", "--store", status.store], 60_000, manifests);
     assert.equal(applied.status, 0, applied.stderr);
@@ -53,7 +55,11 @@ describe("Services in the lab", () => {
     // web: 4 pods x 2 families x 2 ports; one and none: 4 pods x IPv4; NodePorts from external:
     // web on 2 nodes x 2 families x 2 ports, one (Local) only on node1; external IPs (routed to
     // node1): web's 2 addresses x 2 ports, one's 1 (its endpoint is on node1).
-    assert.equal(services.filter((probe) => probe.from !== "external").length, 16 + 4 + 4);
+    // sticky: 4 pods x IPv4, and 4 pods x 20 connections in a row that one endpoint must answer.
+    assert.equal(services.filter((probe) => probe.from !== "external").length, 16 + 4 + 4 + 4 + 4);
+    const affinity = services.filter((probe) => probe.to === "svc/sticky" && probe.expectOneServerOf === 20);
+    assert.equal(affinity.length, 4);
+    assert.ok(affinity.every((probe) => probe.ok && probe.answeredBy), JSON.stringify(affinity));
     assert.equal(services.filter((probe) => probe.from === "external").length, 8 + 1 + 4 + 1);
     const viaExternalIp = services.filter((probe) => probe.from === "external" && probe.address.startsWith(status.external.addresses[0].includes(":") ? "fd00:198:19" : "198.19"));
     assert.ok(viaExternalIp.length > 0 && viaExternalIp.every((probe) => probe.ok));
@@ -63,7 +69,7 @@ describe("Services in the lab", () => {
     assert.equal(local.seenSource, status.external.addresses[0], "externalTrafficPolicy Local keeps the client's address");
     assert.ok(services.filter((probe) => probe.to === "svc/none").every((probe) => probe.answeredBy === undefined));
     const table = runTrellis(["lab", "check", "--name", name]);
-    assert.match(table.stdout, /svc\/none +svc\/one +svc\/web +external/);
+    assert.match(table.stdout, /svc\/none +svc\/one +svc\/sticky +svc\/web +external/);
     assert.match(table.stdout, /pod to Service: every ClusterIP and port answered by an endpoint/);
 
     // A pod added later joins web's endpoints; removed, it leaves them and the store.

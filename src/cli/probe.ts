@@ -1,7 +1,7 @@
 /** `trellis probe`: the lab's traffic probes (see lab/probe.ts); run inside namespaces. */
 import type { Command } from "commander";
 import { hostname } from "node:os";
-import { probeTcp, probeUdp, runProbes, serveProbes, type ProbeRequest } from "../lab/probe.js";
+import { MAX_PROBE_REPEAT, probeTcp, probeUdp, runProbes, serveProbes, type ProbeRequest } from "../lab/probe.js";
 
 export function registerProbeCommands(program: Command): void {
   const probe = program.command("probe").description("traffic probes the lab runs in its namespaces");
@@ -50,6 +50,9 @@ function parseRequests(text: string): ProbeRequest[] {
   return parsed.map((request: Partial<ProbeRequest>, index) => {
     if (!request || !["icmp", "tcp", "udp"].includes(request.kind ?? "") || typeof request.address !== "string") {
       throw new Error(`probe batch: probe ${index} needs "kind" (icmp, tcp or udp) and "address"`);
+    }
+    if (request.repeat !== undefined && (!Number.isInteger(request.repeat) || request.repeat < 1 || request.repeat > MAX_PROBE_REPEAT)) {
+      throw new Error(`probe batch: probe ${index} has repeat ${JSON.stringify(request.repeat)}: expected a whole number from 1 to ${MAX_PROBE_REPEAT}`);
     }
     return request as ProbeRequest;
   });

@@ -62,7 +62,7 @@ describe("lab/check", () => {
     const state = { ...labState({ name: "t", nodes: "2", podsPerNode: "1", mode: "direct" }), externalIps: { ranges: ["198.19.0.0/24", "fd00:198:19::/64"], node: "node1" } };
     const port = (name: string, policy: "Cluster" | "Local", endpoints: Array<{ pod: string; node: string }>) => ({
       service: `default/${name}`, protocol: "TCP" as const, port: 80, clusterIPs: ["10.96.0.10"], externalTrafficPolicy: policy,
-      externalIPs: ["198.19.0.10", "fd00:198:19::10"], endpoints,
+      externalIPs: ["198.19.0.10", "fd00:198:19::10"], sessionAffinity: false, endpoints,
     });
     const plans = planProbes(state, [
       port("cluster", "Cluster", [{ pod: "node2-pod0", node: "node2" }]),
@@ -76,5 +76,16 @@ describe("lab/check", () => {
       ["svc/local", "fd00:198:19::10", "node1", ["node1-pod0"], "fd00:198:18::200"],
     ]);
     assert.equal(planProbes({ ...state, externalIps: undefined }, [port("cluster", "Cluster", [{ pod: "node2-pod0", node: "node2" }])]).filter((plan) => plan.address.includes("198.19")).length, 0, "a lab made before routes none");
+  });
+
+  it("plans 20 connections in a row from every pod to a ClientIP-affinity Service, one endpoint to answer them all", () => {
+    // Catches: affinity never checked across nodes, or checked with one connection (which any endpoint passes).
+    const state = labState({ name: "t", nodes: "2", podsPerNode: "1", mode: "direct", family: "ipv4" });
+    const sticky = {
+      service: "default/sticky", protocol: "TCP" as const, port: 80, clusterIPs: ["10.96.0.20"], externalTrafficPolicy: "Cluster" as const, externalIPs: [],
+      sessionAffinity: true, endpoints: [{ pod: "node1-pod0", node: "node1" }, { pod: "node2-pod0", node: "node2" }],
+    };
+    const plans = planProbes(state, [sticky]).filter((plan) => plan.expectOneServerOf !== undefined);
+    assert.deepEqual(plans.map((plan) => [plan.from, plan.address, plan.expectOneServerOf]), [["node1-pod0", "10.96.0.20", 20], ["node2-pod0", "10.96.0.20", 20]]);
   });
 });

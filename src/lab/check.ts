@@ -32,6 +32,8 @@ export interface CheckProbe {
   readonly expectedServers?: readonly string[];
   /** A Service without endpoints: the connection must be refused at once. */
   readonly expectRefused?: boolean;
+  /** ClientIP affinity: this many connections in a row, all answered by one endpoint. */
+  readonly expectOneServerOf?: number;
   /** TCP and UDP to a Service port; the probe servers' own port otherwise. */
   readonly port?: number;
   readonly ok: boolean;
@@ -60,6 +62,9 @@ type PlannedProbe = Omit<CheckProbe, "ok" | "seenSource" | "answeredBy" | "error
 const SOURCE_CONCURRENCY = 6;
 const PROBES_PER_SOURCE = 32;
 const PROBE_TIMEOUT_MS = 3000;
+
+/** Connections in a row that ClientIP affinity must send to one endpoint (the issue's "20 times in a row"). */
+const AFFINITY_CONNECTS = 20;
 
 /** A Service refused without endpoints must be refused within this long (not time out). */
 const REFUSED_WITHIN_MS = 1000;
@@ -140,6 +145,19 @@ export function planProbes(state: LabState, services: readonly LabServicePort[] 
       }
     }
   }
+  // ClientIP affinity: from every pod, AFFINITY_CONNECTS connections in a row to the first
+  // ClusterIP of the pod's family, all answered by the same endpoint.
+  for (const from of state.pods) {
+    for (const port of services) {
+      if (!port.sessionAffinity || port.endpoints.length === 0) continue;
+      const address = port.clusterIPs.find((ip) => sameFamily(from.addresses, ip));
+      if (!address) continue;
+      plans.push({
+        from: from.name, to: serviceColumn(port), fromNode: from.node, kind: port.protocol === "UDP" ? "udp" : "tcp", family: familyOf(address), address, port: port.port,
+        expectedServers: port.endpoints.map((endpoint) => endpoint.pod), expectOneServerOf: AFFINITY_CONNECTS,
+      });
+    }
+  }
   // external to every node's NodePort of each family the Service has: a Local Service only on
   // nodes with an endpoint, which sees external's own address; a Cluster one on every node.
   for (const port of services) {
@@ -184,7 +202,8 @@ export function planProbes(state: LabState, services: readonly LabServicePort[] 
 }
 
 function request(plan: PlannedProbe, port: number): ProbeRequest {
-  return plan.kind === "icmp" ? { kind: "icmp", address: plan.address, timeoutMs: PROBE_TIMEOUT_MS } : { kind: plan.kind, address: plan.address, port: plan.port ?? port, timeoutMs: PROBE_TIMEOUT_MS };
+  if (plan.kind === "icmp") return { kind: "icmp", address: plan.address, timeoutMs: PROBE_TIMEOUT_MS };
+  return { kind: plan.kind, address: plan.address, port: plan.port ?? port, timeoutMs: PROBE_TIMEOUT_MS, ...(plan.expectOneServerOf ? { repeat: plan.expectOneServerOf } : {}) };
 }
 
 /** Runs one source's probes inside its namespace; a batch that cannot run fails each of its probes with the reason. */
@@ -215,6 +234,12 @@ function judge(plan: PlannedProbe, outcome: ProbeOutcome): CheckProbe {
   const seen = { seenSource: outcome.source, answeredBy: outcome.server, ms: outcome.ms };
   if (plan.expectedServers && !plan.expectedServers.includes(outcome.server ?? "")) {
     return { ...probe, ...seen, ok: false, error: `answered by ${outcome.server}, not an endpoint (${plan.expectedServers.join(", ")})` };
+  }
+  if (plan.expectOneServerOf) {
+    const servers = new Set(outcome.servers ?? []);
+    if ((outcome.servers?.length ?? 0) !== plan.expectOneServerOf || servers.size !== 1) {
+      return { ...probe, ...seen, ok: false, error: `ClientIP affinity not kept: ${outcome.servers?.length ?? 0} connections answered by ${[...servers].join(", ")}` };
+    }
   }
   if (plan.expectedServer && outcome.server !== plan.expectedServer) {
     return { ...probe, ...seen, ok: false, error: `answered by ${outcome.server}, not ${plan.expectedServer}` };

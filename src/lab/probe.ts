@@ -41,9 +41,16 @@ export interface ProbeRequest {
   /** TCP: bytes sent before half-closing; UDP: the datagram's size. */
   readonly bytes?: number;
   readonly timeoutMs?: number;
+  /** TCP and UDP: connect this many times, one after another (1 to 100); the outcome lists who answered each. */
+  readonly repeat?: number;
 }
 
-export type ProbeOutcome = ({ readonly ok: true } & Partial<ProbeAnswer> & { readonly ms: number }) | { readonly ok: false; readonly error: string; readonly ms: number };
+export type ProbeOutcome =
+  | ({ readonly ok: true } & Partial<ProbeAnswer> & { readonly ms: number; readonly servers?: readonly string[] })
+  | { readonly ok: false; readonly error: string; readonly ms: number };
+
+/** The most connections one repeated probe makes. */
+export const MAX_PROBE_REPEAT = 100;
 
 export const DEFAULT_PROBE_TIMEOUT_MS = 3000;
 
@@ -193,7 +200,12 @@ export async function runProbe(request: ProbeRequest): Promise<ProbeOutcome> {
   try {
     if (request.kind === "icmp") return { ok: true, ...(await probeIcmp(request.address, request.timeoutMs)) };
     const probe = request.kind === "tcp" ? probeTcp : probeUdp;
-    return { ok: true, ...(await probe(request.address, request.port ?? 0, request)) };
+    const first = await probe(request.address, request.port ?? 0, request);
+    if ((request.repeat ?? 1) <= 1) return { ok: true, ...first };
+    // One after another, each its own connection (and source port): what affinity must keep together.
+    const servers = [first.server];
+    for (let i = 1; i < Math.min(request.repeat!, MAX_PROBE_REPEAT); i++) servers.push((await probe(request.address, request.port ?? 0, request)).server);
+    return { ok: true, ...first, servers, ms: Date.now() - started };
   } catch (error) {
     return { ok: false, error: (error as Error).message, ms: Date.now() - started };
   }

@@ -20,6 +20,8 @@ export interface LabServicePort {
   readonly externalTrafficPolicy: "Cluster" | "Local";
   /** Its external and load-balancer addresses that the lab routes to a node (LAB_EXTERNAL_IPS). */
   readonly externalIPs: readonly string[];
+  /** sessionAffinity ClientIP: a client keeps its endpoint. */
+  readonly sessionAffinity: boolean;
   /** The lab pods that serve it (ready endpoints), by name, with the node each runs on. */
   readonly endpoints: ReadonlyArray<{ readonly pod: string; readonly node: string }>;
 }
@@ -62,6 +64,7 @@ export function servicePortsOf(state: LabState, services: readonly Service[], po
         ...(port.nodePort === undefined ? {} : { nodePort: port.nodePort }),
         clusterIPs: spec.clusterIPs,
         externalTrafficPolicy: spec.externalTrafficPolicy === "Local" ? "Local" : "Cluster",
+        sessionAffinity: spec.sessionAffinity === "ClientIP",
         externalIPs: [...(spec.externalIPs ?? []), ...(spec.type === "LoadBalancer" ? (service.status?.loadBalancer?.ingress ?? []).flatMap((ingress) => (ingress.ip ? [ingress.ip] : [])) : [])]
           .filter((address) => routed.some((range) => prefixContains(range, address))),
         endpoints: [...endpoints.values()],
