@@ -42,7 +42,7 @@ export function podmanUnavailable(): string | false {
  */
 export async function startPodmanNode(netns: TestNetns, conflist: { name: string }, plugin: string): Promise<PodmanNode> {
   const dir = mkdtempSync(join(tmpdir(), "trellis-podman-"));
-  for (const sub of ["root", "run", "tmp", "net.d", "bin", "netns", "cni-cache", "rootfs/bin", "rootfs/www"]) mkdirSync(join(dir, sub), { recursive: true });
+  for (const sub of ["root", "run", "tmp", "net.d", "bin", "netns", "cni-cache", "rootfs/bin", "rootfs/www", "overlay/upper", "overlay/work"]) mkdirSync(join(dir, sub), { recursive: true });
   copyFileSync(plugin, join(dir, "bin", "trellis"));
   execFileSync("chmod", ["0755", join(dir, "bin", "trellis")]);
   writeFileSync(join(dir, "net.d", `${conflist.name}.conflist`), JSON.stringify(conflist));
@@ -99,7 +99,13 @@ async function startHolder(netns: TestNetns, dir: string): Promise<ChildProcess>
     "set -eu",
     // The copies of the machine's /run/netns mounts would keep other namespaces alive.
     "if grep -q ' /run/netns ' /proc/self/mountinfo; then umount -n -R -l /run/netns; fi",
-    "mkdir -p /run/netns /var/lib/cni",
+    // Where the machine has no /var/lib/cni, an overlay on /var/lib makes one in the test's
+    // directory, so that nothing is created outside it. (/run/netns exists: the test's own
+    // namespaces were made with `ip netns add`.)
+    "if [ ! -d /var/lib/cni ]; then",
+    `  mount -n -t overlay trellis-test -o lowerdir=/var/lib,upperdir=${join(dir, "overlay", "upper")},workdir=${join(dir, "overlay", "work")} /var/lib`,
+    "  mkdir /var/lib/cni",
+    "fi",
     `mount -n --bind ${join(dir, "netns")} /run/netns`,
     `mount -n --bind ${join(dir, "cni-cache")} /var/lib/cni`,
     "echo ready",
