@@ -41,6 +41,24 @@ export async function removeMade(made: Made): Promise<void> {
   made.dirs.clear();
 }
 
+/**
+ * Removes what a bench made once, whether it ends or is interrupted (SIGINT, SIGTERM: then it
+ * exits 130). `interrupted` tells the parts still running that their failures are not news.
+ */
+export function removeOnExit(made: Made): { remove: () => Promise<void>; interrupted: () => boolean } {
+  let removing: Promise<void> | undefined;
+  const remove = () => (removing ??= removeMade(made));
+  let interrupted = false;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    interrupted = true;
+    console.log(`\n${signal}: removing what the bench made`);
+    void remove().finally(() => process.exit(130));
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  return { remove, interrupted: () => interrupted };
+}
+
 /** A route of the agent's (protocol 153) added or deleted, at the time `ip -ts monitor` stamped it. */
 export interface RouteEvent {
   /** Milliseconds since the epoch, with the monitor's microseconds as a fraction. */

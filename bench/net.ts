@@ -27,7 +27,7 @@ import { sweepStaleNamespaces } from "../test/support/netns.js";
 import { TRELLIS } from "../test/support/trellis-cni.js";
 import { measureConvergence, type ConvergenceFigures } from "./net-convergence.js";
 import { MAX_SCALE_PEERS, SCALE_PLAN, measureScale, type ScaleFigures } from "./net-scale.js";
-import { newMade, removeMade, type Made } from "./net-support.js";
+import { newMade, removeOnExit, type Made } from "./net-support.js";
 import { bareBridgePath, measureThroughput, rawVethPath, type IperfPath, type PairFigures, type ThroughputPair } from "./net-throughput.js";
 import { gitCommit } from "./commit.js";
 
@@ -83,16 +83,7 @@ async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error("bench:net needs root: it creates network namespaces and starts agents in them");
   if (!existsSync(TRELLIS)) throw new Error(`${TRELLIS} does not exist; run npm run build (npm run bench:net does)`);
   const made = newMade();
-  let removing: Promise<void> | undefined;
-  const remove = () => (removing ??= removeMade(made));
-  let interrupted = false;
-  const onSignal = (signal: NodeJS.Signals): void => {
-    interrupted = true;
-    console.log(`\n${signal}: removing what the bench made`);
-    void remove().finally(() => process.exit(130));
-  };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
+  const { remove, interrupted } = removeOnExit(made);
 
   const startedAt = new Date().toISOString();
   const report: NetBenchReport = {
@@ -105,7 +96,7 @@ async function main(): Promise<void> {
     errors: [],
   };
   // Once interrupted, the parts still running fail as their namespaces go: that is not news.
-  const say = (line: string) => interrupted || console.log(line);
+  const say = (line: string) => interrupted() || console.log(line);
   if (report.machine.loadStart[0]! > report.machine.cpus / 2) say(`warning: load average ${report.machine.loadStart[0]} on ${report.machine.cpus} CPUs; figures will suffer`);
   try {
     sweepStaleNamespaces();

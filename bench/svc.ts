@@ -35,7 +35,7 @@ import { inNetns, sweepStaleNamespaces, type TestNetns } from "../test/support/n
 import { nativePluginDir } from "../test/support/node-agent.js";
 import { addressesOf, TRELLIS, type PodAttachmentResult } from "../test/support/trellis-cni.js";
 import { gitCommit } from "./commit.js";
-import { newMade, removeMade, type Made } from "./net-support.js";
+import { newMade, removeOnExit, type Made } from "./net-support.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const execFileAsync = promisify(execFile);
@@ -195,20 +195,11 @@ async function main(): Promise<void> {
   // The agent and the CLI keep their extracted SQLite addon beside dist/, as the tests' do.
   process.env.TRELLIS_NATIVE_DIR ??= join(ROOT, "dist/native");
   const made = newMade();
-  let removing: Promise<void> | undefined;
-  const remove = () => (removing ??= removeMade(made));
-  let interrupted = false;
-  const onSignal = (signal: NodeJS.Signals): void => {
-    interrupted = true;
-    console.log(`\n${signal}: removing what the bench made`);
-    void remove().finally(() => process.exit(130));
-  };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
+  const { remove, interrupted } = removeOnExit(made);
 
   const startedAt = new Date().toISOString();
   const report: SvcBenchReport = { benchmark: "svc", startedAt, machine: machineInfo(), commit: gitCommit(ROOT), options, dispatch: [], bulk: [], errors: [] };
-  const say = (line: string) => interrupted || console.log(line);
+  const say = (line: string) => interrupted() || console.log(line);
   if (report.machine.loadStart[0]! > report.machine.cpus / 2) say(`warning: load average ${report.machine.loadStart[0]} on ${report.machine.cpus} CPUs; figures will suffer`);
   try {
     sweepStaleNamespaces();

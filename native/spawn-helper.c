@@ -29,7 +29,7 @@
 
 #include "buf.h"
 
-#define MAX_REQUEST (512 << 20)
+#define MAX_REQUEST (64 << 20)
 #define MAX_CHILDREN 1024
 
 

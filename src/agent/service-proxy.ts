@@ -8,7 +8,7 @@
  */
 import { createServer, type Server } from "node:http";
 import {
-  proxyFullOps, proxyRulesetCounts, ProxyState, renderProxyOps,
+  proxyFullOps, proxyRulesetCounts, ProxyState, renderProxyFull, renderProxyOps,
   type ProxyNode, type ProxyOp, type ProxyServicePort,
 } from "../dataplane/service-proxy.js";
 import { staleUdpFlows, type StaleFlow } from "../dataplane/service-conntrack.js";
@@ -160,7 +160,7 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
           full, servicePorts: index.size, steps: ops.length, via: how, durationMs: ms(stats.lastSyncMs), computeMs: ms(computed - started), writeMs: ms(wrote - computed),
         });
       }
-      else log("debug", "service rules already right", { servicePorts: index.size, durationMs: Math.round(stats.lastSyncMs * 10) / 10, changes: pendingChanges.length });
+      else log("debug", "service rules already right", { servicePorts: index.size, durationMs: ms(stats.lastSyncMs), changes: pendingChanges.length });
     } catch (error) {
       // Written whole at the next sync, which a resync or the next change brings; a ruleset
       // that could not be worked out is worked out again from every port.
@@ -200,7 +200,7 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
         return "netlink";
       }
     }
-    await nftApply(full ? renderProxyOps(ops, "# trellis-proxy: whole rewrite in one transaction") : renderProxyOps(ops));
+    await nftApply(full ? renderProxyFull(state!.ruleset()) : renderProxyOps(ops));
     return "nft";
   };
   const healthChecks = healthCheckServers(log);

@@ -367,7 +367,8 @@ export class ProxyState {
     // above), absent from its `after`, so the steps delete it there and add it in the new one.
     for (const claimed of keys) place("after", claimed);
     const ops: ProxyOp[] = [];
-    for (const [ref, { before, after }] of [...partial].sort(([a], [b]) => compareTables(a, b))) {
+    // The front first (its name is a prefix of the shards'), then the shards.
+    for (const [ref, { before, after }] of [...partial].sort(([a], [b]) => compareText(a, b))) {
       append(ops, tableChange(before, after));
       // The table itself, brought to what the steps make of it.
       const table = this.tables.get(ref)!;
@@ -436,11 +437,6 @@ function shardRef(family: Family, part: PortPart): string {
 
 function shardTableName(shard: number): string {
   return `${PROXY_TABLE}-${shard.toString(16)}`;
-}
-
-/** The front first, then the shards in order. */
-function compareTables(a: string, b: string): number {
-  return compareText(a, b);
 }
 
 interface PortEntry {
@@ -868,7 +864,7 @@ function tableChange(before: ProxyTable, after: ProxyTable): ProxyOp[] {
 }
 
 /** `ip trellis-proxy-3`: how nft names a table, and the key of ProxyRuleset.tables. */
-export function tableRef(family: Family, name: string): string {
+function tableRef(family: Family, name: string): string {
   return `${PAYLOAD[family]} ${name}`;
 }
 

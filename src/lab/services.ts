@@ -6,7 +6,7 @@
 import { MANAGED_BY_TRELLIS } from "../cluster/objects/endpoints-controller.js";
 import { resolveServicePorts, sliceOwner } from "../cluster/objects/service-endpoints.js";
 import { LABEL_MANAGED_BY, type EndpointSlice, type Pod, type Service } from "../cluster/objects/types.js";
-import { parsePrefix, prefixContains as containsIp, tryParseIp, type IpPrefix } from "../net/ip.js";
+import { parsePrefix, prefixContains, tryParseIp } from "../net/ip.js";
 import { labStoreObjects } from "./store-access.js";
 import type { LabState } from "./state.js";
 
@@ -66,15 +66,13 @@ export function servicePortsOf(state: LabState, services: readonly Service[], po
         externalTrafficPolicy: spec.externalTrafficPolicy === "Local" ? "Local" : "Cluster",
         sessionAffinity: spec.sessionAffinity === "ClientIP",
         externalIPs: [...(spec.externalIPs ?? []), ...(spec.type === "LoadBalancer" ? (service.status?.loadBalancer?.ingress ?? []).flatMap((ingress) => (ingress.ip ? [ingress.ip] : [])) : [])]
-          .filter((address) => routed.some((range) => prefixContains(range, address))),
+          .filter((address) => {
+            const ip = tryParseIp(address);
+            return ip !== undefined && routed.some((range) => prefixContains(range, ip));
+          }),
         endpoints: [...endpoints.values()],
       });
     }
   }
   return ports;
-}
-
-function prefixContains(prefix: IpPrefix, text: string): boolean {
-  const ip = tryParseIp(text);
-  return ip !== undefined && containsIp(prefix, ip);
 }

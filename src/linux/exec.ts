@@ -5,7 +5,7 @@ import type { NetnsHandle } from "./netns.js";
 
 export interface RunOptions {
   /** Written to the command's stdin. */
-  input?: string | Buffer;
+  input?: string;
   /**
    * Run inside this network namespace: an open handle (passed to nsenter as a file
    * descriptor, so its path never reaches a command line) or a path such as /var/run/netns/x.
@@ -66,7 +66,7 @@ export function run(command: string, args: readonly string[], options: RunOption
 /** A command started ahead of its input: it starts up while the caller prepares what to send it. */
 export interface StartedCommand {
   /** Writes `input` to its stdin, closes it, and resolves with the output (rejects as `run` does). */
-  finish(input: string | Buffer): Promise<RunResult>;
+  finish(input: string): Promise<RunResult>;
   /** Whether it has already ended (then `finish` only reports how). */
   readonly ended: boolean;
 }
@@ -173,7 +173,7 @@ class SpawnHelper {
     this.send(1, [u32(id), u32(words.length), ...words.map((word) => Buffer.from(`${word}\0`))]);
     return {
       finish: (input) => {
-        if (!ended) this.send(2, [u32(id), u32(timeoutMs), u32(Buffer.byteLength(input)), typeof input === "string" ? Buffer.from(input) : input]);
+        if (!ended) this.send(2, [u32(id), u32(timeoutMs), u32(Buffer.byteLength(input)), Buffer.from(input)]);
         return outcome;
       },
       get ended() {

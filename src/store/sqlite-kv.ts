@@ -107,9 +107,8 @@ function openDatabase(file: string, spec: string): SqliteDatabase {
 
 class SqliteKvStore implements KvStore {
   private readonly statements;
-  private readonly watchers = new Set<() => void>();
-  /** Watchers to wake when the database's write-ahead log changes. */
-  private readonly wakers = new Set<() => void>();
+  /** Each live watcher: how to end it, and how to make it look now (a write to the file). */
+  private readonly watchers = new Set<{ readonly stop: () => void; readonly wake: () => void }>();
   private fileWatch: FSWatcher | undefined;
   private readonly applyTxn: (request: KvTxn) => AppliedTxn;
   private readonly readList: (prefix: string, options: KvListOptions) => KvList;
@@ -193,9 +192,8 @@ class SqliteKvStore implements KvStore {
     const stopTimer = (): void => {
       if (timer) clearTimeout(timer);
       timer = undefined;
-      this.watchers.delete(stopTimer);
-      this.wakers.delete(wake);
-      if (this.wakers.size === 0) this.stopFileWatch();
+      this.watchers.delete(watcher);
+      if (this.watchers.size === 0) this.stopFileWatch();
     };
     /** A write to the file (by any process): look now rather than at the next poll. */
     const wake = (): void => {
@@ -204,6 +202,7 @@ class SqliteKvStore implements KvStore {
         timer = setTimeout(poll, 0);
       }
     };
+    const watcher = { stop: stopTimer, wake };
     const queue = createWatchQueue(stopTimer);
     const poll = (): void => {
       if (timer) clearTimeout(timer);
@@ -225,8 +224,7 @@ class SqliteKvStore implements KvStore {
       }
       timer = setTimeout(poll, this.options.pollIntervalMs);
     };
-    this.watchers.add(stopTimer);
-    this.wakers.add(wake);
+    this.watchers.add(watcher);
     this.startFileWatch();
     timer = setTimeout(poll, 0);
     return queue.watch;
@@ -242,7 +240,7 @@ class SqliteKvStore implements KvStore {
     const names = new Set([`${basename(this.file)}-wal`, basename(this.file)]);
     try {
       this.fileWatch = watch(dirname(this.file), { persistent: false }, (_event, name) => {
-        if (name === null || names.has(name.toString())) for (const wake of this.wakers) wake();
+        if (name === null || names.has(name.toString())) for (const watcher of this.watchers) watcher.wake();
       });
       this.fileWatch.on("error", () => this.stopFileWatch());
     } catch {
@@ -268,7 +266,7 @@ class SqliteKvStore implements KvStore {
 
   async close(): Promise<void> {
     if (this.closed) return;
-    for (const stop of [...this.watchers]) stop();
+    for (const watcher of [...this.watchers]) watcher.stop();
     this.stopFileWatch();
     this.closed = true;
     this.db.close();
