@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 packages=(iproute2 nftables conntrack util-linux containerd runc containernetworking-plugins
-  busybox-static etcd-server iperf3 iputils-ping procps gcc libc6-dev podman)
+  busybox-static etcd-server iperf3 iputils-ping procps gcc libc6-dev podman openssl)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -22,3 +22,5 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 npm ci --no-audit --no-fund
+# The real Kubernetes control plane the tests run against, built with Go (cached after the first run).
+bash scripts/build-kube.sh

@@ -17,7 +17,7 @@ const execFileAsync = promisify(execFile);
 const SCRIPT = join(import.meta.dirname, "..", "scripts", "setup-debian.sh");
 const PACKAGES = [
   "iproute2", "nftables", "conntrack", "util-linux", "containerd", "runc", "containernetworking-plugins",
-  "busybox-static", "etcd-server", "iperf3", "iputils-ping", "procps", "gcc", "libc6-dev", "podman",
+  "busybox-static", "etcd-server", "iperf3", "iputils-ping", "procps", "gcc", "libc6-dev", "podman", "openssl",
 ];
 /** Whatever could stop, disable or (re)start a service. */
 const SERVICE_TOOLS = ["systemctl", "service", "invoke-rc.d", "deb-systemd-invoke"];
@@ -67,6 +67,8 @@ function makeLayout(): Layout {
   const root = realpathSync(mkdtempSync(join(tmpdir(), "trellis-setup-")));
   mkdirSync(join(root, "scripts"));
   copyFileSync(SCRIPT, join(root, "scripts", "setup-debian.sh"));
+  // The control-plane build is its own script: here a stub that records being run, and where.
+  writeFileSync(join(root, "scripts", "build-kube.sh"), `printf 'build-kube\\x1e%s\\x1e\\n' "$PWD" >>"$STUB_LOG"\n`);
   const bin = join(root, "stub-bin");
   mkdirSync(bin);
   for (const name of STUBS) {
@@ -129,7 +131,11 @@ describe("scripts/setup-debian.sh", () => {
     );
     assert.deepEqual(
       calls.filter((call) => call.command !== "dpkg-query"),
-      [{ command: "npm", args: ["ci", "--no-audit", "--no-fund"], cwd: layout.root, debianFrontend: "" }],
+      [
+        { command: "npm", args: ["ci", "--no-audit", "--no-fund"], cwd: layout.root, debianFrontend: "" },
+        // Catches: the control plane the tests need not built by the setup.
+        { command: "build-kube", args: [], cwd: layout.root, debianFrontend: "" },
+      ],
     );
   });
 
@@ -155,6 +161,7 @@ describe("scripts/setup-debian.sh", () => {
         // prompting (no noninteractive frontend).
         { command: "apt-get", args: ["install", "-y", "-qq", "--no-install-recommends", ...missing], cwd: layout.root, debianFrontend: "noninteractive" },
         { command: "npm", args: ["ci", "--no-audit", "--no-fund"], cwd: layout.root, debianFrontend: "" },
+        { command: "build-kube", args: [], cwd: layout.root, debianFrontend: "" },
       ],
     );
     // Catches: the script's EXIT trap removing a policy-rc.d it did not write.
@@ -182,6 +189,7 @@ describe("scripts/setup-debian.sh", () => {
         ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "etcd-server"],
         ["policy-rc.d", "101"],
         ["npm", "ci", "--no-audit", "--no-fund"],
+        ["build-kube"],
         ["after", "absent"],
       ],
     );

@@ -8,45 +8,32 @@
  */
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { claimNode, writeHeartbeat, type Heartbeat } from "../cluster/node-agents.js";
-import { HEARTBEATS_PREFIX, NODES_PREFIX, parseNode, type AgentClaim, type NodeRecord } from "../cluster/node-cidrs.js";
-import { openCluster, type Cluster } from "../cluster/state.js";
 import { desiredMasquerade, parseMasqueradeTable, renderMasqueradeChange } from "../dataplane/masquerade.js";
 import {
-  desiredPeerNetwork, desiredVxlanDevices, diffNodeNetwork, joinPeerNetworks, podMtu, vtepMac, vxlanFamilies,
+  desiredPeerNetwork, desiredVxlanDevices, diffNodeNetwork, joinPeerNetworks, podMtu,
   type NodeEndpoint, type NodeNetwork, type NodeNetworkChange, type ObservedNodeNetwork, type Underlay,
 } from "../dataplane/node-network.js";
 import { stopSpawnHelper, useSpawnHelper } from "../linux/exec.js";
 import { keepIpWarm, linkDeletionsSettled } from "../linux/iproute.js";
 import { nftApply, nftListTable } from "../linux/nftables.js";
-import { bootId, processRunning } from "../linux/process.js";
-import { formatIp, formatPrefix, parsePrefix, tryParseInterfaceAddress, tryParseIp, type Family, type IpPrefix } from "../net/ip.js";
-import { loadPlan } from "../plan/plan.js";
+import { formatIp, formatPrefix, type IpPrefix } from "../net/ip.js";
 import { repairBridge } from "../podnet/bridge.js";
 import { openPodNet } from "../podnet/handle.js";
-import type { KvStore, KvWatch } from "../store/kv.js";
-import { openStore, requireExistingStore } from "../store/open.js";
 import { BRIDGE_NAME, CONFLIST_NAME, renderConflist, writeConflist } from "./conflist.js";
 import { cachedPodNets, startCniServer } from "./cni-server.js";
-import { agentClaim, defaultRouteAddresses, findUnderlay } from "./host.js";
+import type { ClusterFeed } from "./feed.js";
+import { defaultRouteAddresses, findUnderlay } from "./host.js";
 import { applyNodeNetwork, ensureForwarding, observeNodeNetwork } from "./kernel.js";
+import { openKubeFeed } from "./kube-feed.js";
 import type { Logger } from "./log.js";
 import type { AgentOptions } from "./options.js";
 import { startAgentHttp } from "./http.js";
 import { renderGauge } from "./metrics.js";
 import { startServiceProxy } from "./service-proxy.js";
+import { openStoreFeed } from "./store-feed.js";
 
 /** The agent's own nftables table: masquerade of pod traffic leaving the cluster. */
 export const AGENT_MASQUERADE_TABLE = "trellis-agent";
-
-interface Peer {
-  record: NodeRecord;
-  /** The record parsed once, when it changed. */
-  endpoint: NodeEndpoint;
-  /** Local time its heartbeat last changed (or the store came back): peers are judged by change, not by clock. */
-  lastBeat: number;
-  heartbeat?: string;
-}
 
 export interface RunningAgent {
   /** Resolves when the agent has stopped (after `stop` or a fatal error, which it rejects with). */
@@ -56,73 +43,36 @@ export interface RunningAgent {
   lastSyncMs(): number;
 }
 
-/** Checks the node, claims it and starts the loops; rejects, having written nothing, on bad input. */
+/** Checks the node, registers it with its datastore and starts the loops; rejects, having written nothing, on bad input. */
 export async function startAgent(options: AgentOptions, log: Logger): Promise<RunningAgent> {
-  const plan = options.plan === undefined ? undefined : await loadPlan(options.plan);
   const nodeIps = options.nodeIps.length ? options.nodeIps : await defaultRouteAddresses();
   if (!nodeIps.length) throw new Error("this node has no default route to take its addresses from: give them with --node-ip");
   const detected = await findUnderlay(nodeIps);
   const underlay: Underlay = { ...detected, mtu: options.mtu ?? detected.mtu };
-  requireExistingStore(options.store, plan !== undefined);
-  const store = await openStore(options.store);
-  let cluster: Cluster;
-  const claim = agentClaim();
-  let self: NodeRecord;
-  try {
-    cluster = await openCluster(store, plan, options.plan);
-    self = await claimNode(
-      cluster,
-      options.nodeName,
-      {
-        addresses: nodeIps.map(formatIp),
-        vteps: vxlanFamilies(options.mode, nodeIps).map((family) => ({ family, mac: vtepMac(options.nodeName, family) })),
-        mtu: underlay.mtu,
-        agent: claim,
-      },
-      (other, heartbeat) => claimLive(other, heartbeat, options),
-    );
-  } catch (error) {
-    await store.close();
-    throw error;
-  }
+  const feed = options.datastore === "kubernetes" ? await openKubeFeed(options, log, nodeIps, underlay) : await openStoreFeed(options, log, nodeIps, underlay);
   log("info", "node claimed", {
-    node: self.name,
-    podCidrs: self.podCidrs,
+    node: feed.self.name,
+    datastore: feed.description,
+    podCidrs: feed.self.podCidrs.map(formatPrefix),
     addresses: nodeIps.map(formatIp),
     underlay: underlay.device,
     mtu: underlay.mtu,
     podMtu: podMtu(options.mode, underlay),
     mode: options.mode,
   });
-  return runLoops(options, log, { store, cluster, claim, self, underlay });
+  return runLoops(options, log, feed, underlay);
 }
 
-interface AgentContext {
-  readonly store: KvStore;
-  readonly cluster: Cluster;
-  readonly claim: AgentClaim;
-  readonly self: NodeRecord;
-  readonly underlay: Underlay;
-}
-
-async function runLoops(options: AgentOptions, log: Logger, context: AgentContext): Promise<RunningAgent> {
-  const { store, cluster, claim, self, underlay } = context;
-  const peers = new Map<string, Peer>();
+async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, underlay: Underlay): Promise<RunningAgent> {
   const timers: NodeJS.Timeout[] = [];
-  const watches: KvWatch[] = [];
   let stopped = false;
-  let storeUp = true;
   let syncing: Promise<void> | undefined;
-  let again = false;
   let reportedUnroutable = new Set<string>();
   let lastSyncMs = 0;
   let lastRoutesSyncAt = 0;
   let finish!: (error?: unknown) => void;
   const done = new Promise<void>((resolve, reject) => (finish = (error) => (error ? reject(error) : resolve())));
-
-  const selfEndpoint = endpointOf(self);
-
-  let listed = false;
+  const selfEndpoint = feed.self;
   let routesProgrammed = false;
   const podNets = cachedPodNets();
   // Commands start through the small helper installed beside this executable when it is there
@@ -132,8 +82,8 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
   keepIpWarm(true);
   const proxy = options.proxy
     ? startServiceProxy({
-        store,
-        node: { name: self.name, addresses: selfEndpoint.addresses, podCidrs: cluster.plan.podCidrs },
+        source: feed.services,
+        node: { name: selfEndpoint.name, addresses: selfEndpoint.addresses, podCidrs: feed.clusterPodCidrs },
         minSyncIntervalMs: options.proxySyncIntervalMs,
         log,
         nftWriter: join(dirname(process.execPath), NFT_WRITER),
@@ -146,7 +96,7 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
           [
             renderGauge("trellis_sync_routes_duration_seconds", "How long the last sync of the node's routes took.", [{ value: lastSyncMs / 1000 }]),
             renderGauge("trellis_sync_routes_last_timestamp_seconds", "When the node's routes were last synced.", [{ value: lastRoutesSyncAt / 1000 }]),
-            renderGauge("trellis_peers", "Peer nodes this node routes to.", [{ value: peers.size }]),
+            renderGauge("trellis_peers", "Peer nodes this node routes to.", [{ value: feed.livePeers().length }]),
             renderGauge("process_resident_memory_bytes", "Resident memory of the agent.", [{ value: process.memoryUsage().rss }]),
             proxy?.metrics() ?? "",
           ].join(""),
@@ -177,7 +127,7 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
   let applied: Map<string, NodeNetwork> | undefined;
   const devices = desiredVxlanDevices(selfEndpoint, underlay, options.mode);
   const requestSync = (full: boolean, peer?: string) => {
-    if (stopped || !listed) return;
+    if (stopped || !feed.listed()) return;
     if (full) wantFull = true;
     if (peer !== undefined) changed.add(peer);
     if (syncing || (!wantFull && changed.size === 0)) return;
@@ -196,28 +146,26 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
       });
   };
 
-  const isLive = (peer: Peer | undefined, now: number) => peer !== undefined && (!storeUp || now - peer.lastBeat <= options.peerGraceSeconds * 1000);
-  const partOf = (peer: Peer) => desiredPeerNetwork(underlay, devices, peer.endpoint, options.mode);
+  const partOf = (peer: NodeEndpoint) => desiredPeerNetwork(underlay, devices, peer, options.mode);
 
   const syncNodeNetwork = async (full: boolean, names: readonly string[]) => {
     const started = performance.now();
-    const now = Date.now();
-    const live = [...peers.values()].filter((peer) => isLive(peer, now));
+    const live = feed.livePeers();
     let change: NodeNetworkChange;
     if (full || !applied) {
-      const parts = new Map(live.map((peer) => [peer.record.name, partOf(peer)]));
+      const parts = new Map(live.map((peer) => [peer.name, partOf(peer)]));
       change = diffNodeNetwork(joinPeerNetworks(devices, [...parts.values()]), await observeNodeNetwork());
       applied = parts;
     } else {
       const before = names.map((name) => applied!.get(name)).filter((part) => part !== undefined);
       const after = names.flatMap((name) => {
-        const peer = peers.get(name);
-        return peer && isLive(peer, now) ? [partOf(peer)] : [];
+        const peer = feed.livePeer(name);
+        return peer ? [partOf(peer)] : [];
       });
       change = diffNodeNetwork(joinPeerNetworks(devices, after), asObserved(joinPeerNetworks(devices, before)));
       for (const name of names) {
-        const peer = peers.get(name);
-        if (peer && isLive(peer, now)) applied.set(name, partOf(peer));
+        const peer = feed.livePeer(name);
+        if (peer) applied.set(name, partOf(peer));
         else applied.delete(name);
       }
     }
@@ -243,18 +191,19 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
       if (!reportedUnroutable.has(key)) log("warn", "peer unreachable", { peer: entry.peer, podCidr: formatPrefix(entry.podCidr), reason: entry.reason });
     }
     reportedUnroutable = new Set(unroutable.keys());
-    if (options.masquerade) await syncAgentMasquerade(live.map((peer) => peer.endpoint), log);
+    if (options.masquerade) await syncAgentMasquerade(live, log);
     if (full) {
-      const families = new Set(self.podCidrs.map((cidr) => parsePrefix(cidr).family));
+      const families = new Set(selfEndpoint.podCidrs.map((cidr) => cidr.family));
       const forwarding = ensureForwarding(underlay.device, [BRIDGE_NAME, ...desired.vxlan.map((device) => device.name)], families);
       if (forwarding.length) log("info", "forwarding enabled", { sysctls: forwarding });
       await repairPodBridge();
       // Written once the routes are in place, so a runtime sees the network ready only then;
       // STATUS through the socket says not ready until then too.
       if (complete) {
-        const text = renderConflist({ podCidrs: self.podCidrs.map(parsePrefix), mtu: podMtu(options.mode, underlay), dataDir: options.cniDataDir, agentSocket: options.cniSocket });
+        const text = renderConflist({ podCidrs: selfEndpoint.podCidrs, mtu: podMtu(options.mode, underlay), dataDir: options.cniDataDir, agentSocket: options.cniSocket });
         if (writeConflist(options.cniConfDir, text)) log("info", "CNI config written", { path: join(options.cniConfDir, CONFLIST_NAME) });
         routesProgrammed = true;
+        feed.routesProgrammed();
       }
     }
     lastSyncMs = performance.now() - started;
@@ -278,8 +227,8 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
   let wantFullMasquerade = true;
   const syncAgentMasquerade = async (live: readonly NodeEndpoint[], logger: Logger) => {
     const exclusions: IpPrefix[] = [
-      ...cluster.plan.podCidrs,
-      ...cluster.plan.serviceCidrs,
+      ...feed.clusterPodCidrs,
+      ...feed.serviceCidrs,
       ...[selfEndpoint, ...live].flatMap((node) => node.addresses.map((address) => ({ family: address.family, network: address.value, length: address.family === 4 ? 32 : 128 }))),
     ];
     const key = exclusions.map(formatPrefix).join(",");
@@ -305,144 +254,10 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
     }
   };
 
-  /**
-   * Our own heartbeat is also how we learn the store is gone (an etcd watch just waits through an
-   * outage): while it fails, no peer is judged by its heartbeat, and when it works again every
-   * peer's grace starts over.
-   */
-  let beatFailing = false;
-  const beat = async () => {
-    try {
-      await writeHeartbeat(store, self.name, claim.id);
-      if (beatFailing) {
-        beatFailing = false;
-        storeUp = true;
-        const now = Date.now();
-        for (const peer of peers.values()) peer.lastBeat = now;
-        log("info", "heartbeat written again", { store: store.spec });
-        relist();
-        proxy?.relist();
-      }
-    } catch (error) {
-      if (!beatFailing) log("warn", "heartbeat not written; the store is unreachable; keeping every peer's routes meanwhile", { store: store.spec, error: String(error) });
-      beatFailing = true;
-      storeUp = false;
-    }
-  };
-
-  /**
-   * A watch stream may sit in its client's reconnect backoff for long after the store is back
-   * (etcd's client waits up to 30 s); once a heartbeat goes through again, list and watch anew.
-   */
-  let relisting = false;
-  let wakeFollow: (() => void) | undefined;
-  const relist = () => {
-    relisting = true;
-    for (const watch of watches.splice(0)) watch.stop();
-    wakeFollow?.();
-  };
-
-  /** Lists nodes and heartbeats, then follows both; on any failure waits (backing off) and starts over. */
-  const follow = async () => {
-    let backoff = 500;
-    while (!stopped) {
-      try {
-        const [nodes, beats] = await Promise.all([store.list(NODES_PREFIX), store.list(HEARTBEATS_PREFIX)]);
-        const now = Date.now();
-        peers.clear();
-        for (const entry of nodes.entries) {
-          const record = readNode(entry.value, log);
-          // A node its agent has not claimed yet (pod CIDRs allocated, addresses not yet
-          // published) is no peer yet: it comes in with the claim.
-          if (record && record.name !== self.name && record.network) peers.set(record.name, { record, endpoint: endpointOf(record), lastBeat: now });
-        }
-        if (!nodes.entries.some((entry) => entry.key === `${NODES_PREFIX}${self.name}`)) throw new SelfRemoved();
-        for (const entry of beats.entries) {
-          const peer = peers.get(entry.key.slice(HEARTBEATS_PREFIX.length));
-          if (peer) peer.heartbeat = entry.value;
-        }
-        if (!storeUp) log("info", "store reachable again", { store: store.spec });
-        storeUp = true;
-        listed = true;
-        backoff = 500;
-        requestSync(true);
-        relisting = false;
-        await Promise.all([followNodes(nodes.revision + 1), followHeartbeats(beats.revision + 1)]);
-      } catch (error) {
-        if (stopped) return;
-        if (error instanceof SelfRemoved) {
-          log("error", "this node was removed from the store; the agent stops serving it", { node: self.name });
-          stop();
-          finish(new Error(`node ${self.name} was removed from the store ${store.spec}`));
-          return;
-        }
-        for (const watch of watches.splice(0)) watch.stop();
-        if (relisting) {
-          log("info", "following the store anew", { store: store.spec });
-          continue;
-        }
-        if (storeUp) log("warn", "store unreachable; keeping the routes as they are and retrying", { store: store.spec, error: String(error) });
-        storeUp = false;
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, backoff);
-          wakeFollow = () => {
-            clearTimeout(timer);
-            resolve();
-          };
-        });
-        wakeFollow = undefined;
-        backoff = Math.min(backoff * 2, 30_000);
-      }
-    }
-  };
-
-  const followNodes = async (from: number) => {
-    const watch = store.watch(NODES_PREFIX, from);
-    watches.push(watch);
-    for await (const event of watch) {
-      const name = event.key.slice(NODES_PREFIX.length);
-      if (name === self.name) {
-        if (event.type === "delete") throw new SelfRemoved();
-        continue;
-      }
-      if (event.type === "delete") {
-        peers.delete(name);
-        log("info", "peer removed", { peer: name });
-      } else {
-        const record = readNode(event.value, log);
-        if (!record) continue;
-        if (!record.network) {
-          if (peers.delete(name)) requestSync(false, name);
-          continue;
-        }
-        const known = peers.get(name);
-        peers.set(name, { record, endpoint: endpointOf(record), lastBeat: known?.lastBeat ?? Date.now(), heartbeat: known?.heartbeat });
-      }
-      requestSync(false, name);
-    }
-    throw new Error("the node watch ended");
-  };
-
-  const followHeartbeats = async (from: number) => {
-    const watch = store.watch(HEARTBEATS_PREFIX, from);
-    watches.push(watch);
-    for await (const event of watch) {
-      const peer = peers.get(event.key.slice(HEARTBEATS_PREFIX.length));
-      if (!peer || event.type === "delete" || event.value === peer.heartbeat) continue;
-      const revived = Date.now() - peer.lastBeat > options.peerGraceSeconds * 1000;
-      peer.heartbeat = event.value;
-      peer.lastBeat = Date.now();
-      if (revived) requestSync(false, event.key.slice(HEARTBEATS_PREFIX.length));
-    }
-    throw new Error("the heartbeat watch ended");
-  };
-
   const stop = () => {
     if (stopped) return;
     stopped = true;
     for (const timer of timers) clearInterval(timer);
-    for (const watch of watches.splice(0)) watch.stop();
-    wakeFollow?.();
   };
 
   timers.push(setInterval(() => {
@@ -450,11 +265,16 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
     requestSync(true);
     proxy?.resync();
   }, options.resyncSeconds * 1000));
-  timers.push(setInterval(() => void beat(), options.heartbeatSeconds * 1000));
-  // The first sync waits for the first list of peers: syncing with none would withdraw every route.
-  void follow();
+  feed.follow({
+    changed: (name) => requestSync(name === undefined, name),
+    reconnected: () => proxy?.relist(),
+    lost: (error) => stopAndClose(error),
+  });
   void done.catch(() => undefined);
-  const stopAndClose = () => {
+  let closing = false;
+  const stopAndClose = (error?: Error) => {
+    if (closing) return;
+    closing = true;
     stop();
     keepIpWarm(false);
     void (syncing ?? Promise.resolve())
@@ -466,10 +286,10 @@ async function runLoops(options: AgentOptions, log: Logger, context: AgentContex
       .then(() => linkDeletionsSettled(2_000))
       .then(() => stopSpawnHelper())
       .then(() => podNets.closeAll())
-      .then(() => store.close())
-      .then(() => finish(), (error: unknown) => finish(error));
+      .then(() => feed.close())
+      .then(() => finish(error), (failure: unknown) => finish(error ?? failure));
   };
-  return { done, stop: stopAndClose, lastSyncMs: () => lastSyncMs };
+  return { done, stop: () => stopAndClose(), lastSyncMs: () => lastSyncMs };
 }
 
 /** The spawn helper's file name, beside the trellis executable. */
@@ -477,53 +297,7 @@ const SPAWN_HELPER = "trellis-spawn";
 /** The Service proxy's netlink writer, beside the trellis executable. */
 const NFT_WRITER = "trellis-nft-batch";
 
-class SelfRemoved extends Error {}
-
 /** What the last sync applied, as if read back from the kernel. */
 function asObserved(network: NodeNetwork): ObservedNodeNetwork {
   return { vxlan: network.vxlan.map((device) => ({ ...device, up: true })), routes: network.routes, neighbors: network.neighbors, fdb: network.fdb };
-}
-
-/** A node record from the store, or undefined (and a warning) when it is not one. */
-function readNode(value: string, log: Logger): NodeRecord | undefined {
-  try {
-    const record = parseNode(value);
-    if (typeof record?.name === "string") return record;
-  } catch {
-    // reported below
-  }
-  log("warn", "a node record in the store is not valid JSON of a node; it is ignored", { value: value.slice(0, 200) });
-  return undefined;
-}
-
-/** What a peer record says about routing to its pods. */
-/**
- * What a node record says about routing to its pods. Records come from other processes and
- * hosts: anything that does not parse (a pod CIDR, an address, a MAC) is left out, so one bad
- * record can cost its own routes but never break the sync for every peer.
- */
-function endpointOf(record: NodeRecord): NodeEndpoint {
-  const list = <T>(value: unknown): T[] => (Array.isArray(value) ? (value as T[]) : []);
-  return {
-    name: String(record.name),
-    addresses: list<string>(record.network?.addresses).map((text) => tryParseIp(String(text))).filter((ip) => ip !== undefined),
-    podCidrs: list<string>(record.podCidrs).flatMap((text) => {
-      const parsed = tryParseInterfaceAddress(String(text));
-      return parsed && parsed.address.value === parsed.prefix.network ? [parsed.prefix] : [];
-    }),
-    vteps: list<{ family: unknown; mac: unknown }>(record.network?.vteps).flatMap((vtep) =>
-      (vtep.family === 4 || vtep.family === 6) && typeof vtep.mac === "string" && UNICAST_MAC.test(vtep.mac) ? [{ family: vtep.family as Family, mac: vtep.mac.toLowerCase() }] : [],
-    ),
-  };
-}
-
-const UNICAST_MAC = /^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$/;
-
-/**
- * Whether another agent's claim on the node is still served: on this machine and boot, whether
- * its process runs; elsewhere, whether its heartbeat is younger than the grace period.
- */
-function claimLive(claim: AgentClaim, heartbeat: Heartbeat | undefined, options: AgentOptions): boolean {
-  if (claim.bootId === bootId()) return processRunning(claim);
-  return heartbeat !== undefined && heartbeat.agent === claim.id && Date.now() - heartbeat.at < options.peerGraceSeconds * 1000;
 }

@@ -27,8 +27,10 @@ describe("parseAgentOptions", () => {
       logLevel: "info",
       nodeName: "node-1",
       nodeIps: [],
+      datastore: "trellis",
       store: "sqlite:/var/lib/trellis/cluster.db",
       plan: undefined,
+      clusterCidrs: [],
       mode: "auto",
       mtu: undefined,
       cniConfDir: "/etc/cni/net.d",
@@ -76,8 +78,10 @@ describe("parseAgentOptions", () => {
       logLevel: "debug",
       nodeName: "worker-2.example",
       nodeIps: [parseIp("fd00:198:18::10"), parseIp("198.18.0.10")],
+      datastore: "trellis",
       store: "etcd://127.0.0.1:2379",
       plan: "/etc/trellis/plan.yaml",
+      clusterCidrs: [],
       mode: "vxlan",
       mtu: 9000,
       cniConfDir: "/run/cni/net.d",
@@ -139,6 +143,13 @@ describe("parseAgentOptions", () => {
     ["TRELLIS_MASQUERADE not a boolean", { masquerade: "yes" }, /^TRELLIS_MASQUERADE "yes" is not a boolean: expected true or false$/],
     ["a store of unknown kind", { store: "mysql://db:3306" }, /invalid store "mysql:\/\/db:3306": unknown kind of store; expected sqlite:PATH \(such as sqlite:\/var\/lib\/trellis\/cluster\.db\) or etcd:\/\/HOST:PORT \(such as etcd:\/\/127\.0\.0\.1:2379\)$/],
     ["an etcd store without a port", { store: "etcd://127.0.0.1" }, /invalid store "etcd:\/\/127\.0\.0\.1": etcd stores are written etcd:\/\/HOST:PORT with nothing after the port; expected sqlite:PATH/],
+    ["an unknown --datastore", { datastore: "consul" }, /^--datastore "consul" is not a datastore: expected one of trellis, kubernetes$/],
+    ["--datastore kubernetes without --cluster-cidr", { datastore: "kubernetes" }, /^--cluster-cidr is needed with --datastore kubernetes: give the cluster's pod CIDRs, one per family, as kube-controller-manager's --cluster-cidr \(e\.g\. 10\.244\.0\.0\/16,fd00:10:244::\/56\)$/],
+    ["a --cluster-cidr with host bits", { datastore: "kubernetes", clusterCidr: "10.244.0.1/16" }, /^--cluster-cidr "10\.244\.0\.1\/16" is not a network prefix such as 10\.244\.0\.0\/16$/],
+    ["two IPv4 --cluster-cidrs", { datastore: "kubernetes", clusterCidr: "10.244.0.0/16,10.245.0.0/16" }, /^--cluster-cidr 10\.244\.0\.0\/16,10\.245\.0\.0\/16 must hold at most one prefix per family$/],
+    ["--plan with --datastore kubernetes", { datastore: "kubernetes", clusterCidr: "10.244.0.0/16", plan: "/etc/plan.yaml" }, /^--plan is for the Trellis store: with --datastore kubernetes the API server and node IPAM hold the cluster's addresses$/],
+    ["--kubeconfig with a newline", { datastore: "kubernetes", clusterCidr: "10.244.0.0/16", kubeconfig: "/etc/a\nb" }, /^--kubeconfig "\/etc\/a\\nb" is not a file name$/],
+    ["--cluster-cidr with the Trellis store", { clusterCidr: "10.244.0.0/16" }, /^--kubeconfig and --cluster-cidr are for --datastore kubernetes; the Trellis store has the cluster's addresses in its plan$/],
     ["an invalid node name", { nodeName: "Node_1" }, /invalid node name "Node_1": expected a DNS subdomain of at most 253 characters: lowercase letters, digits, '-' and '\.', starting and ending with a letter or digit \(such as node-1\)$/],
   ];
 
@@ -150,6 +161,14 @@ describe("parseAgentOptions", () => {
       });
     });
   }
+
+  // Bug caught: the Kubernetes flags not carried over, or the store checked though it is not used.
+  test("the Kubernetes datastore", () => {
+    const parsed = parseAgentOptions(flags({ datastore: "kubernetes", kubeconfig: "/etc/trellis/kubeconfig", clusterCidr: "fd00:10:244::/56, 10.244.0.0/16", store: "not a store" }));
+    assert.equal(parsed.datastore, "kubernetes");
+    assert.equal(parsed.kubeconfig, "/etc/trellis/kubeconfig");
+    assert.deepEqual(parsed.clusterCidrs.map((cidr) => cidr.family), [6, 4]);
+  });
 
   // Bug caught: the store and node-name refusals come from shared helpers and do
   // not say which flag (or TRELLIS_STORE / TRELLIS_NODE_NAME) held the value.

@@ -6,7 +6,7 @@ import { hostname } from "node:os";
 import { isAbsolute } from "node:path";
 import { checkNodeName } from "../cluster/node-cidrs.js";
 import { ROUTING_MODES, type RoutingMode } from "../dataplane/node-network.js";
-import { formatIp, tryParseIp, type IpAddress } from "../net/ip.js";
+import { formatIp, formatPrefix, prefixesOverlap, tryParseInterfaceAddress, tryParseIp, type IpAddress, type IpPrefix } from "../net/ip.js";
 import { parseStoreSpec } from "../store/open.js";
 import { DEFAULT_STATE_DIR } from "../podipam/state.js";
 import { LOG_LEVELS, type LogLevel } from "./log.js";
@@ -15,8 +15,14 @@ export interface AgentOptions {
   readonly nodeName: string;
   /** Empty: the addresses of the default route's interface. */
   readonly nodeIps: readonly IpAddress[];
+  /** Where the cluster is kept: the Trellis store (`--store`), or the Kubernetes API. */
+  readonly datastore: Datastore;
   readonly store: string;
   readonly plan?: string;
+  /** With the Kubernetes API: a kubeconfig file; undefined: the pod's ServiceAccount (in-cluster). */
+  readonly kubeconfig?: string;
+  /** With the Kubernetes API: the cluster's pod CIDRs, one per family (the Trellis store has them in its plan). */
+  readonly clusterCidrs: readonly IpPrefix[];
   readonly mode: RoutingMode;
   /** The underlay MTU; undefined: the underlay interface's. */
   readonly mtu?: number;
@@ -44,8 +50,11 @@ export interface AgentOptions {
 export interface AgentFlags {
   nodeName?: string;
   nodeIp?: string;
+  datastore: string;
   store: string;
   plan?: string;
+  kubeconfig?: string;
+  clusterCidr?: string;
   mode: string;
   mtu?: string;
   cniConfDir: string;
@@ -61,7 +70,11 @@ export interface AgentFlags {
   metricsBindAddress: string;
 }
 
+export const DATASTORES = ["trellis", "kubernetes"] as const;
+export type Datastore = (typeof DATASTORES)[number];
+
 export const AGENT_DEFAULTS = {
+  datastore: "trellis",
   cniConfDir: "/etc/cni/net.d",
   cniDataDir: DEFAULT_STATE_DIR,
   cniSocket: "/run/trellis/cni.sock",
@@ -85,7 +98,19 @@ export function parseAgentOptions(flags: AgentFlags): AgentOptions {
   if (nodeIps.length > 2 || new Set(nodeIps.map((ip) => ip.family)).size !== nodeIps.length) {
     throw new Error(`--node-ip ${nodeIps.map(formatIp).join(",")} must hold at most one address per family`);
   }
-  named("--store", () => parseStoreSpec(flags.store));
+  if (!(DATASTORES as readonly string[]).includes(flags.datastore)) {
+    throw new Error(`--datastore ${JSON.stringify(flags.datastore)} is not a datastore: expected one of ${DATASTORES.join(", ")}`);
+  }
+  const datastore = flags.datastore as Datastore;
+  let clusterCidrs: IpPrefix[] = [];
+  if (datastore === "kubernetes") {
+    if (flags.plan !== undefined) throw new Error("--plan is for the Trellis store: with --datastore kubernetes the API server and node IPAM hold the cluster's addresses");
+    if (flags.kubeconfig !== undefined && (!flags.kubeconfig || /[\0\n]/.test(flags.kubeconfig))) throw new Error(`--kubeconfig ${JSON.stringify(flags.kubeconfig)} is not a file name`);
+    clusterCidrs = parseClusterCidrs(flags.clusterCidr);
+  } else {
+    named("--store", () => parseStoreSpec(flags.store));
+    if (flags.kubeconfig !== undefined || flags.clusterCidr !== undefined) throw new Error("--kubeconfig and --cluster-cidr are for --datastore kubernetes; the Trellis store has the cluster's addresses in its plan");
+  }
   if (!(ROUTING_MODES as readonly string[]).includes(flags.mode)) {
     throw new Error(`--mode ${JSON.stringify(flags.mode)} is not a routing mode: expected one of ${ROUTING_MODES.join(", ")}`);
   }
@@ -112,8 +137,11 @@ export function parseAgentOptions(flags: AgentFlags): AgentOptions {
     logLevel: flags.logLevel as LogLevel,
     nodeName,
     nodeIps,
+    datastore,
     store: flags.store,
     plan: flags.plan,
+    ...(flags.kubeconfig === undefined ? {} : { kubeconfig: flags.kubeconfig }),
+    clusterCidrs,
     mode: flags.mode as RoutingMode,
     mtu,
     cniConfDir: flags.cniConfDir,
@@ -127,6 +155,22 @@ export function parseAgentOptions(flags: AgentFlags): AgentOptions {
     proxySyncIntervalMs: Math.round(Number(flags.proxySyncInterval) * 1000),
     ...(metricsAddress ? { metricsAddress } : {}),
   };
+}
+
+/** `--cluster-cidr`: one or two prefixes, at most one per family, not overlapping. */
+function parseClusterCidrs(text: string | undefined): IpPrefix[] {
+  if (text === undefined || text === "") {
+    throw new Error("--cluster-cidr is needed with --datastore kubernetes: give the cluster's pod CIDRs, one per family, as kube-controller-manager's --cluster-cidr (e.g. 10.244.0.0/16,fd00:10:244::/56)");
+  }
+  const cidrs = text.split(",").map((part) => {
+    const parsed = tryParseInterfaceAddress(part.trim());
+    if (!parsed || parsed.address.value !== parsed.prefix.network) throw new Error(`--cluster-cidr ${JSON.stringify(part)} is not a network prefix such as 10.244.0.0/16`);
+    return parsed.prefix;
+  });
+  if (cidrs.length > 2 || new Set(cidrs.map((cidr) => cidr.family)).size !== cidrs.length || (cidrs.length === 2 && prefixesOverlap(cidrs[0], cidrs[1]))) {
+    throw new Error(`--cluster-cidr ${cidrs.map(formatPrefix).join(",")} must hold at most one prefix per family`);
+  }
+  return cidrs;
 }
 
 /** `HOST:PORT` with an IPv4 address, `[IPv6]:PORT`, or `off`. */

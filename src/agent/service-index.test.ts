@@ -3,7 +3,15 @@ import { describe, it } from "node:test";
 import { APPLIED_AT, ENDPOINTSLICES_PREFIX, PODS_PREFIX } from "../cluster/apply.js";
 import { SERVICES_PREFIX } from "../cluster/services.js";
 import { formatIp } from "../net/ip.js";
+import { putStored } from "./proxy-source.js";
 import { ServiceIndex } from "./service-index.js";
+
+type Prefix = typeof SERVICES_PREFIX | typeof ENDPOINTSLICES_PREFIX | typeof PODS_PREFIX;
+
+/** Puts a stored value into the index as the proxy's store source does. */
+function put(index: ServiceIndex, prefix: Prefix, key: string, value: string | undefined): number | undefined {
+  return putStored({ service: (k, o) => index.putService(k, o), slice: (k, o) => index.putSlice(k, o), pod: (k, o) => index.putPod(k, o) }, prefix, key, value);
+}
 
 function service(name: string, extra: { selector?: Record<string, string>; namespace?: string; clusterIP?: string; annotations?: Record<string, string> } = {}) {
   const namespace = extra.namespace ?? "default";
@@ -56,13 +64,13 @@ describe("ServiceIndex", () => {
   it("follows a selectorless Service's slices as they are labelled for it, relabelled away and deleted", () => {
     // Catches: a slice relabelled to another Service leaving its endpoints behind in the first one.
     const index = new ServiceIndex();
-    index.put(SERVICES_PREFIX, ...service("a"));
-    index.put(SERVICES_PREFIX, ...service("b", { clusterIP: "10.96.0.11" }));
-    index.put(ENDPOINTSLICES_PREFIX, ...slice("s1", "a", ["10.244.0.5", "10.244.0.6"]));
+    put(index, SERVICES_PREFIX, ...service("a"));
+    put(index, SERVICES_PREFIX, ...service("b", { clusterIP: "10.96.0.11" }));
+    put(index, ENDPOINTSLICES_PREFIX, ...slice("s1", "a", ["10.244.0.5", "10.244.0.6"]));
     assert.deepEqual(endpointsOf(index), { "default/a": ["10.244.0.5:9090", "10.244.0.6:9090"], "default/b": [] });
-    index.put(ENDPOINTSLICES_PREFIX, ...slice("s1", "b", ["10.244.0.5"]));
+    put(index, ENDPOINTSLICES_PREFIX, ...slice("s1", "b", ["10.244.0.5"]));
     assert.deepEqual(endpointsOf(index), { "default/a": [], "default/b": ["10.244.0.5:9090"] });
-    index.put(ENDPOINTSLICES_PREFIX, slice("s1", "b", [])[0], undefined);
+    put(index, ENDPOINTSLICES_PREFIX, slice("s1", "b", [])[0], undefined);
     assert.deepEqual(endpointsOf(index), { "default/a": [], "default/b": [] });
   });
 
@@ -70,44 +78,54 @@ describe("ServiceIndex", () => {
     // Catches: a Pod whose labels no longer match staying an endpoint (only the new labels checked),
     // and a Pod of another namespace with matching labels being taken.
     const index = new ServiceIndex();
-    index.put(SERVICES_PREFIX, ...service("web", { selector: { app: "web" } }));
-    index.put(PODS_PREFIX, ...pod("p1", "10.244.0.5", { app: "web" }));
-    index.put(PODS_PREFIX, ...pod("p2", "10.244.0.6", { app: "web" }, "other"));
+    put(index, SERVICES_PREFIX, ...service("web", { selector: { app: "web" } }));
+    put(index, PODS_PREFIX, ...pod("p1", "10.244.0.5", { app: "web" }));
+    put(index, PODS_PREFIX, ...pod("p2", "10.244.0.6", { app: "web" }, "other"));
     assert.deepEqual(endpointsOf(index), { "default/web": ["10.244.0.5:8080"] });
-    index.put(PODS_PREFIX, ...pod("p1", "10.244.0.5", { app: "db" }));
+    put(index, PODS_PREFIX, ...pod("p1", "10.244.0.5", { app: "db" }));
     assert.deepEqual(endpointsOf(index), { "default/web": [] });
-    index.put(PODS_PREFIX, ...pod("p3", "10.244.0.7", { app: "web", tier: "x" }));
+    put(index, PODS_PREFIX, ...pod("p3", "10.244.0.7", { app: "web", tier: "x" }));
     assert.deepEqual(endpointsOf(index), { "default/web": ["10.244.0.7:8080"] });
-    index.put(PODS_PREFIX, pod("p3", "", {})[0], undefined);
+    put(index, PODS_PREFIX, pod("p3", "", {})[0], undefined);
     assert.deepEqual(endpointsOf(index), { "default/web": [] });
     // A slice labelled for a Service with a selector does not count: the Pods decide.
-    index.put(ENDPOINTSLICES_PREFIX, ...slice("s1", "web", ["10.244.0.9"]));
+    put(index, ENDPOINTSLICES_PREFIX, ...slice("s1", "web", ["10.244.0.9"]));
     assert.deepEqual(endpointsOf(index), { "default/web": [] });
+  });
+
+  it("with the Kubernetes API's slices, takes a selector Service's endpoints from its slices, not the Pods", () => {
+    // Catches: the proxy on the Kubernetes API working endpoints out from Pods it never watches
+    // (every selector Service without endpoints), or ignoring the EndpointSlice controller's slices.
+    const index = new ServiceIndex(false);
+    put(index, SERVICES_PREFIX, ...service("web", { selector: { app: "web" } }));
+    put(index, PODS_PREFIX, ...pod("p1", "10.244.0.5", { app: "web" }));
+    put(index, ENDPOINTSLICES_PREFIX, ...slice("web-abc", "web", ["10.244.0.9"]));
+    assert.deepEqual(endpointsOf(index), { "default/web": ["10.244.0.9:9090"] });
   });
 
   it("reports as changed only the ports of the Services a change affects, old and new", () => {
     // Catches: every change reported as a change of every port (a change costs the whole cluster),
     // or a changed port reported without its old self (its old rules never removed).
     const index = new ServiceIndex();
-    index.put(SERVICES_PREFIX, ...service("a"));
-    index.put(SERVICES_PREFIX, ...service("b", { clusterIP: "10.96.0.11", selector: { app: "b" } }));
-    index.put(ENDPOINTSLICES_PREFIX, ...slice("s1", "a", ["10.244.0.5"]));
+    put(index, SERVICES_PREFIX, ...service("a"));
+    put(index, SERVICES_PREFIX, ...service("b", { clusterIP: "10.96.0.11", selector: { app: "b" } }));
+    put(index, ENDPOINTSLICES_PREFIX, ...slice("s1", "a", ["10.244.0.5"]));
     const first = index.changes();
     assert.deepEqual(first.removed, []);
     assert.deepEqual(first.added.map((port) => port.name).sort(), ["a", "b"]);
     assert.equal(index.changed, false);
-    index.put(PODS_PREFIX, ...pod("p1", "10.244.0.8", { app: "b" }));
+    put(index, PODS_PREFIX, ...pod("p1", "10.244.0.8", { app: "b" }));
     assert.equal(index.changed, true);
     const { removed, added } = index.changes();
     assert.deepEqual([removed, added].map((ports) => ports.map((port) => port.name)), [["b"], ["b"]]);
     assert.equal(removed[0], first.added.find((port) => port.name === "b"), "the old object, as handed out before");
     // A Pod no Service selects marks nothing.
-    index.put(PODS_PREFIX, ...pod("p2", "10.244.0.9", { app: "none" }));
+    put(index, PODS_PREFIX, ...pod("p2", "10.244.0.9", { app: "none" }));
     assert.equal(index.changed, false);
     // A relist that no longer has Service b: b goes, a is worked out again; nothing else.
     index.clear();
-    index.put(SERVICES_PREFIX, ...service("a"));
-    index.put(ENDPOINTSLICES_PREFIX, ...slice("s1", "a", ["10.244.0.5"]));
+    put(index, SERVICES_PREFIX, ...service("a"));
+    put(index, ENDPOINTSLICES_PREFIX, ...slice("s1", "a", ["10.244.0.5"]));
     const relisted = index.changes();
     assert.deepEqual(relisted.removed.map((port) => port.name).sort(), ["a", "b"]);
     assert.deepEqual(relisted.added.map((port) => port.name), ["a"]);
@@ -118,20 +136,20 @@ describe("ServiceIndex", () => {
     // Catches: a deleted Service's rules kept, a broken stored value throwing out of the watch
     // loop, a name nft refuses failing every sync of every Service.
     const refused: string[] = [];
-    const index = new ServiceIndex((reason) => refused.push(reason));
+    const index = new ServiceIndex(true, (reason) => refused.push(reason));
     const time = "2026-11-27T10:00:00.123Z";
-    assert.equal(index.put(SERVICES_PREFIX, ...service("a", { annotations: { [APPLIED_AT]: time } })), Date.parse(time));
-    index.put(SERVICES_PREFIX, ...service("headless", { clusterIP: "None" }));
-    index.put(SERVICES_PREFIX, `${SERVICES_PREFIX}default/broken`, "{not json");
+    assert.equal(put(index, SERVICES_PREFIX, ...service("a", { annotations: { [APPLIED_AT]: time } })), Date.parse(time));
+    put(index, SERVICES_PREFIX, ...service("headless", { clusterIP: "None" }));
+    put(index, SERVICES_PREFIX, `${SERVICES_PREFIX}default/broken`, "{not json");
     // Stored by hand, past apply's validation: a name nft would refuse.
-    index.put(SERVICES_PREFIX, `${SERVICES_PREFIX}default/Bad_Name`, service("x")[1].replace('"name":"x"', '"name":"Bad_Name"'));
-    index.put(SERVICES_PREFIX, ...service("sel", { clusterIP: "10.96.0.12", selector: { app: "x" } }));
-    index.put(PODS_PREFIX, `${PODS_PREFIX}default/broken`, "[]");
-    index.put(PODS_PREFIX, `${PODS_PREFIX}default/broken2`, JSON.stringify({ metadata: { name: "broken2", labels: { app: "x" } } }));
-    index.put(ENDPOINTSLICES_PREFIX, `${ENDPOINTSLICES_PREFIX}default/broken`, JSON.stringify({ metadata: { name: "broken", labels: { "kubernetes.io/service-name": "a" } } }));
+    put(index, SERVICES_PREFIX, `${SERVICES_PREFIX}default/Bad_Name`, service("x")[1].replace('"name":"x"', '"name":"Bad_Name"'));
+    put(index, SERVICES_PREFIX, ...service("sel", { clusterIP: "10.96.0.12", selector: { app: "x" } }));
+    put(index, PODS_PREFIX, `${PODS_PREFIX}default/broken`, "[]");
+    put(index, PODS_PREFIX, `${PODS_PREFIX}default/broken2`, JSON.stringify({ metadata: { name: "broken2", labels: { app: "x" } } }));
+    put(index, ENDPOINTSLICES_PREFIX, `${ENDPOINTSLICES_PREFIX}default/broken`, JSON.stringify({ metadata: { name: "broken", labels: { "kubernetes.io/service-name": "a" } } }));
     assert.deepEqual(endpointsOf(index), { "default/a": [], "default/sel": [] });
     assert.match(refused.join("\n"), /Bad_Name/);
-    index.put(SERVICES_PREFIX, service("a")[0], undefined);
+    put(index, SERVICES_PREFIX, service("a")[0], undefined);
     assert.deepEqual(endpointsOf(index), { "default/sel": [] });
     index.clear();
     assert.deepEqual(index.all(), []);

@@ -6,20 +6,23 @@
  * when it was marked. A port that did not change stays the same object, which is what lets the
  * ruleset cache skip it.
  */
-import { APPLIED_AT, ENDPOINTSLICES_PREFIX, PODS_PREFIX, storedService } from "../cluster/apply.js";
 import { matchesSelector } from "../cluster/objects/endpoints-controller.js";
 import { hasSelector, resolveServicePorts, sliceOwner } from "../cluster/objects/service-endpoints.js";
 import type { EndpointSlice, Pod, Service } from "../cluster/objects/types.js";
-import { SERVICES_PREFIX } from "../cluster/services.js";
 import { checkServicePort, type ProxyServicePort, type ServiceProtocol } from "../dataplane/service-proxy.js";
 import { tryParseIp, type IpAddress } from "../net/ip.js";
 
-export const PROXY_PREFIXES = [SERVICES_PREFIX, ENDPOINTSLICES_PREFIX, PODS_PREFIX] as const;
-export type ProxyPrefix = (typeof PROXY_PREFIXES)[number];
-
 export class ServiceIndex {
-  /** `refused` hears of each port left out because the ruleset could not hold it. */
-  constructor(private readonly refused: (reason: string) => void = () => undefined) {}
+  /**
+   * `endpointsFromPods`: a Service with a selector gets its endpoints from the Pods, as the
+   * EndpointSlice controller would make them (the Trellis store); otherwise from the slices
+   * alone (the Kubernetes API, whose controller writes them). `refused` hears of each port left
+   * out because the ruleset could not hold it.
+   */
+  constructor(
+    private readonly endpointsFromPods = true,
+    private readonly refused: (reason: string) => void = () => undefined,
+  ) {}
 
   /** By `NAMESPACE/NAME`. */
   private readonly services = new Map<string, Service>();
@@ -44,27 +47,6 @@ export class ServiceIndex {
   clear(): void {
     for (const map of [this.services, this.selectorServices, this.slices, this.slicesByOwner, this.pods, this.podsByNamespace]) map.clear();
     for (const key of this.ports.keys()) this.stale.add(key);
-  }
-
-  /**
-   * Takes in one stored object (`value` undefined: deleted). Returns the time the change was
-   * applied (its trellis.dev/applied-at), when it carries one.
-   */
-  put(prefix: ProxyPrefix, storeKey: string, value: string | undefined): number | undefined {
-    if (prefix === SERVICES_PREFIX) {
-      const key = storeKey.slice(prefix.length);
-      const service = value === undefined ? undefined : storedService(value);
-      this.setService(key, service);
-      return appliedAt(service);
-    }
-    if (prefix === ENDPOINTSLICES_PREFIX) {
-      const slice = value === undefined ? undefined : parse<EndpointSlice>(value, (object) => Array.isArray(object.endpoints));
-      this.setSlice(storeKey, slice);
-      return appliedAt(slice);
-    }
-    const pod = value === undefined ? undefined : parse<Pod>(value, (object) => isObject(object.spec) && isObject(object.status));
-    this.setPod(storeKey, pod);
-    return appliedAt(pod);
   }
 
   /** Whether some Service must be worked out again. */
@@ -105,7 +87,8 @@ export class ServiceIndex {
     return { removed, added };
   }
 
-  private setService(key: string, service: Service | undefined): void {
+  /** A Service by `NAMESPACE/NAME` came or changed (undefined: went). */
+  putService(key: string, service: Service | undefined): void {
     const namespace = key.slice(0, key.indexOf("/"));
     this.selectorServices.get(namespace)?.delete(key);
     if (service) {
@@ -117,7 +100,8 @@ export class ServiceIndex {
     this.stale.add(key);
   }
 
-  private setSlice(storeKey: string, slice: EndpointSlice | undefined): void {
+  /** An EndpointSlice, by any key unique among slices, came or changed (undefined: went). */
+  putSlice(storeKey: string, slice: EndpointSlice | undefined): void {
     const before = this.slices.get(storeKey);
     const oldOwner = before && sliceOwner(before);
     if (oldOwner) {
@@ -133,7 +117,8 @@ export class ServiceIndex {
     }
   }
 
-  private setPod(storeKey: string, pod: Pod | undefined): void {
+  /** A Pod, by any key unique among Pods, came or changed (undefined: went). */
+  putPod(storeKey: string, pod: Pod | undefined): void {
     const before = this.pods.get(storeKey);
     for (const changed of [before, pod]) {
       if (!changed) continue;
@@ -154,10 +139,10 @@ export class ServiceIndex {
 
   private portsOf(service: Service): ProxyServicePort[] {
     const spec = service.spec;
-    if (!spec || spec.clusterIP === "None" || !spec.ports?.length) return [];
+    if (!spec || spec.clusterIP === "None" || (spec.type as string) === "ExternalName" || !spec.ports?.length) return [];
     const namespace = service.metadata.namespace ?? "default";
     const key = `${namespace}/${service.metadata.name}`;
-    const pods = hasSelector(service) ? [...(this.podsByNamespace.get(namespace) ?? [])].map((podKey) => this.pods.get(podKey)!) : [];
+    const pods = !this.endpointsFromPods ? undefined : hasSelector(service) ? [...(this.podsByNamespace.get(namespace) ?? [])].map((podKey) => this.pods.get(podKey)!) : [];
     const applied = [...(this.slicesByOwner.get(key) ?? [])].map((sliceKey) => this.slices.get(sliceKey)!);
     const clusterIPs = addresses(spec.clusterIPs);
     const externalIPs = addresses(spec.externalIPs);
@@ -208,26 +193,4 @@ function addTo(index: Map<string, Set<string>>, key: string, value: string): voi
 
 function addresses(list: readonly string[] | undefined): IpAddress[] {
   return (list ?? []).flatMap((text) => tryParseIp(text) ?? []);
-}
-
-/** A stored object, or undefined when the value is not one (such a value counts as no object). */
-function parse<T>(value: string, shape: (object: Record<string, unknown>) => boolean): T | undefined {
-  try {
-    const parsed = JSON.parse(value) as unknown;
-    if (!isObject(parsed) || !isObject(parsed.metadata) || typeof parsed.metadata.name !== "string" || !shape(parsed)) return undefined;
-    return parsed as T;
-  } catch {
-    return undefined;
-  }
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
-}
-
-/** The apply time an object carries (see cluster/apply.ts), if it parses. */
-function appliedAt(object: { metadata?: { annotations?: Readonly<Record<string, string>> } } | undefined): number | undefined {
-  const text = object?.metadata?.annotations?.[APPLIED_AT];
-  const time = text === undefined ? Number.NaN : Date.parse(text);
-  return Number.isFinite(time) ? time : undefined;
 }

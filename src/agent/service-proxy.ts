@@ -1,7 +1,7 @@
 /**
- * The agent's Service proxy: follows Services, EndpointSlices and Pods in the store, works out
- * each Service port's endpoints (from the Pods for a Service with a selector, as the
- * EndpointSlice controller would; from the stored slices otherwise), and keeps the node's
+ * The agent's Service proxy: follows Services and their endpoints (proxy-source.ts: the Trellis
+ * store's Services, EndpointSlices and Pods, or the Kubernetes API's Services and
+ * EndpointSlices), works out each Service port's endpoints, and keeps the node's
  * nftables proxy tables in step: the first sync and every repair write them whole, every other
  * sync writes only what changed. Syncs are at least `minSyncIntervalMs` apart; changes made
  * meanwhile go in the next one together.
@@ -17,13 +17,13 @@ import { encodeNftBatch, NftBatchWriter, NftUnsupported, NftWriteError } from ".
 import { CommandError } from "../linux/exec.js";
 import { nftApply, nftListTables } from "../linux/nftables.js";
 import { formatIp } from "../net/ip.js";
-import type { KvStore, KvWatch } from "../store/kv.js";
 import type { Logger } from "./log.js";
 import { Histogram, PROGRAMMING_BUCKETS, renderGauge, SYNC_BUCKETS } from "./metrics.js";
-import { PROXY_PREFIXES, ServiceIndex, type ProxyPrefix } from "./service-index.js";
+import type { ProxyFollow, ProxySource } from "./proxy-source.js";
+import { ServiceIndex } from "./service-index.js";
 
 export interface ServiceProxyOptions {
-  readonly store: KvStore;
+  readonly source: ProxySource;
   readonly node: ProxyNode;
   readonly minSyncIntervalMs: number;
   readonly log: Logger;
@@ -38,7 +38,7 @@ export interface ServiceProxyOptions {
 export interface ServiceProxy {
   /** A full rewrite at the next sync if the tables are not what was last written (deleted by hand). */
   resync(): void;
-  /** Lists and watches anew (after the store was away). */
+  /** Lists and watches anew (after the datastore was away). */
   relist(): void;
   stop(): Promise<void>;
   /** Figures of the last sync, for logs and metrics. */
@@ -60,9 +60,8 @@ const FIRST_RETRY_DELAY_MS = 1_000;
 const MAX_RETRY_DELAY_MS = 60_000;
 
 export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
-  const { store, node, log } = options;
-  const index = new ServiceIndex((reason) => log("warn", "a Service port is left out of the rules", { reason }));
-  const watches: KvWatch[] = [];
+  const { source, node, log } = options;
+  const index = new ServiceIndex(source.endpointsFromPods, (reason) => log("warn", "a Service port is left out of the rules", { reason }));
   let stopped = false;
   let listed = false;
   /** The ruleset the store asks for, kept up to date port by port. */
@@ -79,7 +78,6 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
   let pending = false;
   let lastSyncAt = 0;
   let stats: ProxyStats = { syncs: 0, lastSyncMs: 0, servicePorts: 0 };
-  let wake: (() => void) | undefined;
   /** When the changes not yet in the kernel were written to the store (ms since the epoch). */
   let changeTimes: number[] = [];
   const syncDuration = new Histogram("trellis_sync_proxy_rules_duration_seconds", "How long one sync of the Service rules took (compute, render, nft, conntrack).", SYNC_BUCKETS);
@@ -221,61 +219,41 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
     log(failures.length ? "warn" : "debug", "stale UDP flows deleted", { filters: flows.length, deleted, ...(failures.length ? { failures } : {}) });
   };
 
-  const follow = async () => {
-    let backoff = 500;
-    while (!stopped) {
-      try {
-        const lists = await Promise.all(PROXY_PREFIXES.map((prefix) => store.list(prefix)));
-        index.clear();
-        for (const [i, prefix] of PROXY_PREFIXES.entries()) for (const entry of lists[i].entries) index.put(prefix, entry.key, entry.value);
-        listed = true;
-        backoff = 500;
-        requestSync();
-        await Promise.all(PROXY_PREFIXES.map((prefix, i) => followPrefix(prefix, lists[i].revision + 1)));
-      } catch (error) {
-        for (const watch of watches.splice(0)) watch.stop();
-        if (stopped) return;
-        log("warn", "service proxy lost the store; keeping the rules as they are and listing again", { error: String(error) });
-        await new Promise<void>((resolve) => {
-          const pause = setTimeout(resolve, backoff);
-          wake = () => {
-            clearTimeout(pause);
-            resolve();
-          };
-        });
-        wake = undefined;
-        backoff = Math.min(backoff * 2, 30_000);
-      }
-    }
+  const changed = (changedAt: number | undefined) => {
+    if (changedAt !== undefined) changeTimes.push(changedAt);
+    requestSync();
   };
-
-  const followPrefix = async (prefix: ProxyPrefix, from: number) => {
-    const watch = store.watch(prefix, from);
-    watches.push(watch);
-    for await (const event of watch) {
-      const time = index.put(prefix, event.key, event.type === "delete" ? undefined : event.value);
-      if (time !== undefined) changeTimes.push(time);
+  const following: ProxyFollow = source.follow({
+    service: (key, service, changedAt) => {
+      index.putService(key, service);
+      changed(changedAt);
+    },
+    slice: (key, slice, changedAt) => {
+      index.putSlice(key, slice);
+      changed(changedAt);
+    },
+    pod: (key, pod, changedAt) => {
+      index.putPod(key, pod);
+      changed(changedAt);
+    },
+    reset: () => index.clear(),
+    listed: () => {
+      listed = true;
       requestSync();
-    }
-    if (!stopped) throw new Error(`the watch of ${prefix} ended`);
-  };
-
-  void follow();
+    },
+    failed: (error, retryInMs) => log("warn", "service proxy lost its datastore; keeping the rules as they are and listing again", { error: error.message, retryInSeconds: retryInMs / 1000 }),
+  });
   return {
     resync() {
       checkTables = true;
       requestSync();
     },
-    relist() {
-      for (const watch of watches.splice(0)) watch.stop();
-      wake?.();
-    },
+    relist: () => following.relist(),
     async stop() {
       stopped = true;
       clearTimeout(timer);
       clearTimeout(retryTimer);
-      for (const watch of watches.splice(0)) watch.stop();
-      wake?.();
+      following.stop();
       await running;
       writer?.close();
       await healthChecks.update(new Map());

@@ -37,10 +37,12 @@ export function sliceOwner(slice: EndpointSlice): string | undefined {
 
 /**
  * Each port of `service` with its endpoints. `pods` are consulted for a Service with a selector
- * (any namespace; only its own count), `applied` (the slices labelled for it) for one without.
+ * (any namespace; only its own count), `applied` (the slices labelled for it) for one without,
+ * and for every Service when `pods` is undefined (the slices came from a real EndpointSlice
+ * controller).
  */
-export function resolveServicePorts(service: Service, pods: readonly Pod[], applied: readonly EndpointSlice[]): ResolvedServicePort[] {
-  const slices = hasSelector(service) ? endpointSlicesForService(service, pods) : applied;
+export function resolveServicePorts(service: Service, pods: readonly Pod[] | undefined, applied: readonly EndpointSlice[]): ResolvedServicePort[] {
+  const slices = pods !== undefined && hasSelector(service) ? endpointSlicesForService(service, pods) : applied;
   return (service.spec.ports ?? []).map((spec) => {
     const protocol = spec.protocol ?? "TCP";
     const name = spec.name ?? "";

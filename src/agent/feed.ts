@@ -1,0 +1,42 @@
+/**
+ * What the agent's loops need of the cluster, whichever datastore holds it: the Trellis store
+ * (store-feed.ts) or the Kubernetes API (kube-feed.ts). A feed registers the node, follows its
+ * peers and tells the agent which changed; the agent's loops do the rest the same way for both.
+ */
+import type { NodeEndpoint } from "../dataplane/node-network.js";
+import type { IpPrefix } from "../net/ip.js";
+import type { ProxySource } from "./proxy-source.js";
+
+export interface FeedEvents {
+  /** A peer came, changed or went (`name`), or any may have (a new list: undefined). */
+  changed(name?: string): void;
+  /** The datastore answers again after an outage: every watch is renewed. */
+  reconnected(): void;
+  /** The node can no longer be served (removed from the cluster): the agent stops with this error. */
+  lost(error: Error): void;
+}
+
+export interface ClusterFeed {
+  /** The datastore, for logs: `sqlite:/path`, `https://apiserver:6443`. */
+  readonly description: string;
+  /** This node as its peers route to it. */
+  readonly self: NodeEndpoint;
+  /** The cluster's pod CIDRs: what counts as "from a pod" (masquerade, Service source rules). */
+  readonly clusterPodCidrs: readonly IpPrefix[];
+  /** The cluster's Service CIDRs, when the datastore knows them. */
+  readonly serviceCidrs: readonly IpPrefix[];
+  /** Whether the peer list has been read once: routes are synced only after it. */
+  listed(): boolean;
+  /** The peers to route to now. */
+  livePeers(): NodeEndpoint[];
+  /** One peer, if it is to be routed to now. */
+  livePeer(name: string): NodeEndpoint | undefined;
+  /** Starts following the peers. */
+  follow(events: FeedEvents): void;
+  /** The node's routes are in place (after every full sync that completed). */
+  routesProgrammed(): void;
+  /** Where the Service proxy takes Services and endpoints from. */
+  readonly services: ProxySource;
+  /** Stops following and closes the datastore. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,135 @@
+/**
+ * The agent on the Kubernetes API. Its Node must exist (the kubelet, or the lab, makes it) and
+ * have its pod CIDRs from node IPAM; the agent waits for both. It then publishes what peers need
+ * as annotations, follows every Node, routes to each that a Trellis agent has published, and
+ * marks its own Node's network available once its routes are in place. Services and
+ * EndpointSlices come from the API too; ClusterIPs and NodePorts are the API server's.
+ */
+import { vtepMac, vxlanFamilies, type NodeEndpoint, type Underlay } from "../dataplane/node-network.js";
+import { KubeApiError, KubeClient } from "../kube/client.js";
+import { inClusterConnection, loadKubeconfig } from "../kube/config.js";
+import { inform, type Informer } from "../kube/informer.js";
+import { markNetworkAvailable, nodePodCidrs, nodeRouting, publishNodeNetwork, type KubeNode } from "../kube/nodes.js";
+import { formatPrefix, prefixContainsPrefix, type IpAddress } from "../net/ip.js";
+import type { ClusterFeed, FeedEvents } from "./feed.js";
+import type { Logger } from "./log.js";
+import type { AgentOptions } from "./options.js";
+import { kubeProxySource } from "./proxy-source.js";
+
+/** How often the agent looks again for its Node or its pod CIDRs while they are not there. */
+const NODE_POLL_MS = 1_000;
+
+export async function openKubeFeed(options: AgentOptions, log: Logger, nodeIps: readonly IpAddress[], underlay: Underlay): Promise<ClusterFeed> {
+  const connection = options.kubeconfig ? loadKubeconfig(options.kubeconfig) : inClusterConnection();
+  const client = new KubeClient(connection);
+  try {
+    const node = await waitForNode(client, options.nodeName, log);
+    const podCidrs = nodePodCidrs(node);
+    for (const cidr of podCidrs) {
+      if (!options.clusterCidrs.some((cluster) => prefixContainsPrefix(cluster, cidr))) {
+        throw new Error(`node ${options.nodeName}'s pod CIDR ${formatPrefix(cidr)} is outside --cluster-cidr ${options.clusterCidrs.map(formatPrefix).join(",")}`);
+      }
+    }
+    const vteps = vxlanFamilies(options.mode, nodeIps).map((family) => ({ family, mac: vtepMac(options.nodeName, family) }));
+    await publishNodeNetwork(client, options.nodeName, { addresses: nodeIps, vteps, mode: options.mode, mtu: underlay.mtu });
+    const self: NodeEndpoint = { name: options.nodeName, addresses: [...nodeIps], podCidrs, vteps };
+    return kubeFeed(options, log, client, self);
+  } catch (error) {
+    client.close();
+    throw error instanceof KubeApiError ? new Error(`${error.message}${rightsHint(error)}`) : error;
+  }
+}
+
+/** The Node, once it exists with pod CIDRs; a refusal of the API server other than "not found" fails at once. */
+async function waitForNode(client: KubeClient, name: string, log: Logger): Promise<KubeNode> {
+  let said = "";
+  for (;;) {
+    let node: KubeNode | undefined;
+    try {
+      node = await client.request<KubeNode>("GET", `/api/v1/nodes/${encodeURIComponent(name)}`);
+    } catch (error) {
+      if (!(error instanceof KubeApiError && error.status === 404)) throw error;
+    }
+    if (node && nodePodCidrs(node).length) return node;
+    const waiting = node ? "waiting for node IPAM to give the Node its pod CIDRs (spec.podCIDRs)" : "waiting for the Node to be registered";
+    if (waiting !== said) log("info", waiting, { node: name, server: client.connection.server });
+    said = waiting;
+    await new Promise((resolve) => setTimeout(resolve, NODE_POLL_MS));
+  }
+}
+
+function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: NodeEndpoint): ClusterFeed {
+  const peers = new Map<string, NodeEndpoint>();
+  let events: FeedEvents | undefined;
+  let listed = false;
+  let failing = false;
+  let available = false;
+  let marking = false;
+  let informer: Informer | undefined;
+  return {
+    description: client.connection.server,
+    self,
+    clusterPodCidrs: options.clusterCidrs,
+    serviceCidrs: [],
+    listed: () => listed,
+    livePeers: () => [...peers.values()],
+    livePeer: (name) => peers.get(name),
+    follow(handlers) {
+      events = handlers;
+      informer = inform<KubeNode>(client, "/api/v1/nodes", {
+        change(name, node) {
+          if (name === self.name) {
+            if (!node) {
+              log("error", "this node was deleted from the Kubernetes API; the agent stops serving it", { node: name });
+              events?.lost(new Error(`node ${name} was deleted from the Kubernetes API at ${client.connection.server}`));
+            }
+            return;
+          }
+          const routing = node && nodeRouting(node);
+          // A Node no Trellis agent has published for is no peer yet: it comes with the annotations.
+          if (routing) peers.set(name, routing);
+          else if (!peers.delete(name)) return;
+          if (listed) events?.changed(name);
+        },
+        synced() {
+          if (failing) {
+            log("info", "Kubernetes API reachable again", { server: client.connection.server });
+            failing = false;
+            events?.reconnected();
+          }
+          listed = true;
+          events?.changed();
+        },
+        failed(error, retryInMs) {
+          if (!failing) {
+            log("warn", "lost the Kubernetes API; keeping the routes as they are and listing again", {
+              server: client.connection.server, error: `${error.message}${error instanceof KubeApiError ? rightsHint(error) : ""}`, retryInSeconds: retryInMs / 1000,
+            });
+          }
+          failing = true;
+        },
+      });
+    },
+    routesProgrammed() {
+      if (available || marking) return;
+      marking = true;
+      markNetworkAvailable(client, self.name)
+        .then(() => {
+          available = true;
+          log("info", "node network marked available", { node: self.name, condition: "NetworkUnavailable=False" });
+        })
+        .catch((error: unknown) => log("warn", "cannot mark the node's network available; trying again at the next sync", { node: self.name, error: `${String(error)}${error instanceof KubeApiError ? rightsHint(error) : ""}` }))
+        .finally(() => (marking = false));
+    },
+    services: kubeProxySource(client),
+    async close() {
+      informer?.stop();
+      client.close();
+    },
+  };
+}
+
+/** For a refusal of rights: where the agent's rights come from. */
+function rightsHint(error: KubeApiError): string {
+  return error.status === 403 ? " (the agent's identity lacks this right: deploy/trellis.yaml's ClusterRole lists what it needs)" : "";
+}

@@ -1,0 +1,179 @@
+/**
+ * Where the Service proxy takes its objects from. On the Trellis store: Services, EndpointSlices
+ * and Pods under their prefixes, endpoints worked out from the Pods as the EndpointSlice
+ * controller would. On the Kubernetes API: Services and EndpointSlices, the controller's own.
+ * Either way the proxy hears of each object that came, changed or went, and when a list is whole.
+ */
+import { APPLIED_AT, ENDPOINTSLICES_PREFIX, PODS_PREFIX, storedService } from "../cluster/apply.js";
+import type { EndpointSlice, Pod, Service } from "../cluster/objects/types.js";
+import { SERVICES_PREFIX } from "../cluster/services.js";
+import type { KubeClient } from "../kube/client.js";
+import { inform, type Informer } from "../kube/informer.js";
+import type { KvStore, KvWatch } from "../store/kv.js";
+
+export interface ProxySink {
+  service(key: string, service: Service | undefined, changedAt?: number): void;
+  slice(key: string, slice: EndpointSlice | undefined, changedAt?: number): void;
+  pod(key: string, pod: Pod | undefined, changedAt?: number): void;
+  /** Every object is listed again from here on: forget them all. */
+  reset(): void;
+  /** Every kind has been listed whole. */
+  listed(): void;
+  /** Following failed; the source lists again by itself after `retryInMs`. */
+  failed(error: Error, retryInMs: number): void;
+}
+
+export interface ProxySource {
+  /**
+   * True: a Service with a selector gets its endpoints from the Pods (the Trellis store has no
+   * EndpointSlice controller). False: from the EndpointSlices alone.
+   */
+  readonly endpointsFromPods: boolean;
+  follow(sink: ProxySink): ProxyFollow;
+}
+
+export interface ProxyFollow {
+  /** Lists and watches anew at once. */
+  relist(): void;
+  stop(): void;
+}
+
+export const PROXY_PREFIXES = [SERVICES_PREFIX, ENDPOINTSLICES_PREFIX, PODS_PREFIX] as const;
+type StorePrefix = (typeof PROXY_PREFIXES)[number];
+
+/**
+ * Hands one stored value (undefined: deleted) to `sink` as the object it holds, or as no object
+ * when it holds none; returns the time the change was applied, when the object carries it.
+ */
+export function putStored(sink: Pick<ProxySink, "service" | "slice" | "pod">, prefix: StorePrefix, storeKey: string, value: string | undefined): number | undefined {
+  if (prefix === SERVICES_PREFIX) {
+    const service = value === undefined ? undefined : storedService(value);
+    const at = appliedAt(service);
+    sink.service(storeKey.slice(prefix.length), service, at);
+    return at;
+  }
+  if (prefix === ENDPOINTSLICES_PREFIX) {
+    const slice = value === undefined ? undefined : parseStored<EndpointSlice>(value, (object) => Array.isArray(object.endpoints));
+    const at = appliedAt(slice);
+    sink.slice(storeKey, slice, at);
+    return at;
+  }
+  const pod = value === undefined ? undefined : parseStored<Pod>(value, (object) => isObject(object.spec) && isObject(object.status));
+  const at = appliedAt(pod);
+  sink.pod(storeKey, pod, at);
+  return at;
+}
+
+/** Services, EndpointSlices and Pods from the Trellis store. */
+export function storeProxySource(store: KvStore): ProxySource {
+  return {
+    endpointsFromPods: true,
+    follow(sink) {
+      const watches: KvWatch[] = [];
+      let stopped = false;
+      let wake: (() => void) | undefined;
+      const put = (prefix: StorePrefix, storeKey: string, value: string | undefined) => void putStored(sink, prefix, storeKey, value);
+      const followPrefix = async (prefix: StorePrefix, from: number) => {
+        const watch = store.watch(prefix, from);
+        watches.push(watch);
+        for await (const event of watch) put(prefix, event.key, event.type === "delete" ? undefined : event.value);
+        if (!stopped) throw new Error(`the watch of ${prefix} ended`);
+      };
+      const follow = async () => {
+        let backoff = 500;
+        while (!stopped) {
+          try {
+            const lists = await Promise.all(PROXY_PREFIXES.map((prefix) => store.list(prefix)));
+            sink.reset();
+            for (const [i, prefix] of PROXY_PREFIXES.entries()) for (const entry of lists[i].entries) put(prefix, entry.key, entry.value);
+            sink.listed();
+            backoff = 500;
+            await Promise.all(PROXY_PREFIXES.map((prefix, i) => followPrefix(prefix, lists[i].revision + 1)));
+          } catch (error) {
+            for (const watch of watches.splice(0)) watch.stop();
+            if (stopped) return;
+            sink.failed(error instanceof Error ? error : new Error(String(error)), backoff);
+            await new Promise<void>((resolve) => {
+              const pause = setTimeout(resolve, backoff);
+              wake = () => {
+                clearTimeout(pause);
+                resolve();
+              };
+            });
+            wake = undefined;
+            backoff = Math.min(backoff * 2, 30_000);
+          }
+        }
+      };
+      void follow();
+      return {
+        relist() {
+          for (const watch of watches.splice(0)) watch.stop();
+          wake?.();
+        },
+        stop() {
+          stopped = true;
+          for (const watch of watches.splice(0)) watch.stop();
+          wake?.();
+        },
+      };
+    },
+  };
+}
+
+/** kube-proxy's source of a change's time: when the EndpointSlice controller saw what triggered it. */
+const TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/** Services and EndpointSlices from the Kubernetes API. */
+export function kubeProxySource(client: KubeClient): ProxySource {
+  return {
+    endpointsFromPods: false,
+    follow(sink) {
+      const synced = new Set<string>();
+      const informers: Informer[] = [];
+      const whole = (kind: string) => () => {
+        synced.add(kind);
+        if (synced.size === 2) sink.listed();
+      };
+      const failed = (error: Error, retryInMs: number) => sink.failed(error, retryInMs);
+      informers.push(
+        inform<Service>(client, "/api/v1/services", { change: (key, service) => sink.service(key, service), synced: whole("services"), failed }),
+        inform<EndpointSlice>(client, "/apis/discovery.k8s.io/v1/endpointslices", {
+          change: (key, slice) => {
+            const time = slice?.metadata.annotations?.[TRIGGER_TIME];
+            const at = time === undefined ? Number.NaN : Date.parse(time);
+            sink.slice(key, slice, Number.isFinite(at) ? at : undefined);
+          },
+          synced: whole("endpointslices"),
+          failed,
+        }),
+      );
+      return {
+        relist: () => informers.forEach((informer) => informer.relist()),
+        stop: () => informers.forEach((informer) => informer.stop()),
+      };
+    },
+  };
+}
+
+/** A stored object, or undefined when the value is not one (such a value counts as no object). */
+function parseStored<T>(value: string, shape: (object: Record<string, unknown>) => boolean): T | undefined {
+  try {
+    const parsed = JSON.parse(value) as unknown;
+    if (!isObject(parsed) || !isObject(parsed.metadata) || typeof parsed.metadata.name !== "string" || !shape(parsed)) return undefined;
+    return parsed as T;
+  } catch {
+    return undefined;
+  }
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** The apply time an object carries (see cluster/apply.ts), if it parses. */
+function appliedAt(object: { metadata?: { annotations?: Readonly<Record<string, string>> } } | undefined): number | undefined {
+  const text = object?.metadata?.annotations?.[APPLIED_AT];
+  const time = text === undefined ? Number.NaN : Date.parse(text);
+  return Number.isFinite(time) ? time : undefined;
+}

@@ -1,0 +1,275 @@
+/**
+ * The agent on the Trellis store (SQLite or etcd): it claims its node (one live agent per node),
+ * publishes what peers need to route to its pods, beats a heartbeat, and follows every node and
+ * heartbeat. A peer whose heartbeat has not changed for the grace period loses its routes;
+ * while the store itself is unreachable no peer is judged by its heartbeat.
+ */
+import { claimNode, writeHeartbeat, type Heartbeat } from "../cluster/node-agents.js";
+import { HEARTBEATS_PREFIX, NODES_PREFIX, parseNode, type AgentClaim, type NodeRecord } from "../cluster/node-cidrs.js";
+import { openCluster, type Cluster } from "../cluster/state.js";
+import { vtepMac, vxlanFamilies, type NodeEndpoint, type Underlay } from "../dataplane/node-network.js";
+import { bootId, processRunning } from "../linux/process.js";
+import { formatIp, tryParseInterfaceAddress, tryParseIp, type Family, type IpAddress } from "../net/ip.js";
+import { loadPlan } from "../plan/plan.js";
+import type { KvStore, KvWatch } from "../store/kv.js";
+import { openStore, requireExistingStore } from "../store/open.js";
+import type { ClusterFeed, FeedEvents } from "./feed.js";
+import { agentClaim } from "./host.js";
+import type { Logger } from "./log.js";
+import type { AgentOptions } from "./options.js";
+import { storeProxySource } from "./proxy-source.js";
+
+interface Peer {
+  /** The record parsed once, when it changed. */
+  endpoint: NodeEndpoint;
+  /** Local time its heartbeat last changed (or the store came back): peers are judged by change, not by clock. */
+  lastBeat: number;
+  heartbeat?: string;
+}
+
+/** Claims the node in the store; rejects, having written nothing, on bad input or a live claim. */
+export async function openStoreFeed(options: AgentOptions, log: Logger, nodeIps: readonly IpAddress[], underlay: Underlay): Promise<ClusterFeed> {
+  const plan = options.plan === undefined ? undefined : await loadPlan(options.plan);
+  requireExistingStore(options.store, plan !== undefined);
+  const store = await openStore(options.store);
+  let cluster: Cluster;
+  const claim = agentClaim();
+  let self: NodeRecord;
+  try {
+    cluster = await openCluster(store, plan, options.plan);
+    self = await claimNode(
+      cluster,
+      options.nodeName,
+      {
+        addresses: nodeIps.map(formatIp),
+        vteps: vxlanFamilies(options.mode, nodeIps).map((family) => ({ family, mac: vtepMac(options.nodeName, family) })),
+        mtu: underlay.mtu,
+        agent: claim,
+      },
+      (other, heartbeat) => claimLive(other, heartbeat, options),
+    );
+  } catch (error) {
+    await store.close();
+    throw error;
+  }
+  return storeFeed(options, log, store, cluster, claim, self);
+}
+
+function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: Cluster, claim: AgentClaim, self: NodeRecord): ClusterFeed {
+  const peers = new Map<string, Peer>();
+  const watches: KvWatch[] = [];
+  let events: FeedEvents | undefined;
+  let stopped = false;
+  let storeUp = true;
+  let listed = false;
+  let beatTimer: NodeJS.Timeout | undefined;
+
+  const isLive = (peer: Peer | undefined, now: number) => peer !== undefined && (!storeUp || now - peer.lastBeat <= options.peerGraceSeconds * 1000);
+
+  /**
+   * Our own heartbeat is also how we learn the store is gone (an etcd watch just waits through an
+   * outage): while it fails, no peer is judged by its heartbeat, and when it works again every
+   * peer's grace starts over.
+   */
+  let beatFailing = false;
+  const beat = async () => {
+    try {
+      await writeHeartbeat(store, self.name, claim.id);
+      if (beatFailing) {
+        beatFailing = false;
+        storeUp = true;
+        const now = Date.now();
+        for (const peer of peers.values()) peer.lastBeat = now;
+        log("info", "heartbeat written again", { store: store.spec });
+        relist();
+        events?.reconnected();
+      }
+    } catch (error) {
+      if (!beatFailing) log("warn", "heartbeat not written; the store is unreachable; keeping every peer's routes meanwhile", { store: store.spec, error: String(error) });
+      beatFailing = true;
+      storeUp = false;
+    }
+  };
+
+  /**
+   * A watch stream may sit in its client's reconnect backoff for long after the store is back
+   * (etcd's client waits up to 30 s); once a heartbeat goes through again, list and watch anew.
+   */
+  let relisting = false;
+  let wakeFollow: (() => void) | undefined;
+  const relist = () => {
+    relisting = true;
+    for (const watch of watches.splice(0)) watch.stop();
+    wakeFollow?.();
+  };
+
+  /** Lists nodes and heartbeats, then follows both; on any failure waits (backing off) and starts over. */
+  const follow = async () => {
+    let backoff = 500;
+    while (!stopped) {
+      try {
+        const [nodes, beats] = await Promise.all([store.list(NODES_PREFIX), store.list(HEARTBEATS_PREFIX)]);
+        const now = Date.now();
+        peers.clear();
+        for (const entry of nodes.entries) {
+          const record = readNode(entry.value, log);
+          // A node its agent has not claimed yet (pod CIDRs allocated, addresses not yet
+          // published) is no peer yet: it comes in with the claim.
+          if (record && record.name !== self.name && record.network) peers.set(record.name, { endpoint: endpointOf(record), lastBeat: now });
+        }
+        if (!nodes.entries.some((entry) => entry.key === `${NODES_PREFIX}${self.name}`)) throw new SelfRemoved();
+        for (const entry of beats.entries) {
+          const peer = peers.get(entry.key.slice(HEARTBEATS_PREFIX.length));
+          if (peer) peer.heartbeat = entry.value;
+        }
+        if (!storeUp) log("info", "store reachable again", { store: store.spec });
+        storeUp = true;
+        listed = true;
+        backoff = 500;
+        events?.changed();
+        relisting = false;
+        await Promise.all([followNodes(nodes.revision + 1), followHeartbeats(beats.revision + 1)]);
+      } catch (error) {
+        if (stopped) return;
+        if (error instanceof SelfRemoved) {
+          log("error", "this node was removed from the store; the agent stops serving it", { node: self.name });
+          events?.lost(new Error(`node ${self.name} was removed from the store ${store.spec}`));
+          return;
+        }
+        for (const watch of watches.splice(0)) watch.stop();
+        if (relisting) {
+          log("info", "following the store anew", { store: store.spec });
+          continue;
+        }
+        if (storeUp) log("warn", "store unreachable; keeping the routes as they are and retrying", { store: store.spec, error: String(error) });
+        storeUp = false;
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, backoff);
+          wakeFollow = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        wakeFollow = undefined;
+        backoff = Math.min(backoff * 2, 30_000);
+      }
+    }
+  };
+
+  const followNodes = async (from: number) => {
+    const watch = store.watch(NODES_PREFIX, from);
+    watches.push(watch);
+    for await (const event of watch) {
+      const name = event.key.slice(NODES_PREFIX.length);
+      if (name === self.name) {
+        if (event.type === "delete") throw new SelfRemoved();
+        continue;
+      }
+      if (event.type === "delete") {
+        peers.delete(name);
+        log("info", "peer removed", { peer: name });
+      } else {
+        const record = readNode(event.value, log);
+        if (!record) continue;
+        if (!record.network) {
+          if (peers.delete(name)) events?.changed(name);
+          continue;
+        }
+        const known = peers.get(name);
+        peers.set(name, { endpoint: endpointOf(record), lastBeat: known?.lastBeat ?? Date.now(), heartbeat: known?.heartbeat });
+      }
+      events?.changed(name);
+    }
+    throw new Error("the node watch ended");
+  };
+
+  const followHeartbeats = async (from: number) => {
+    const watch = store.watch(HEARTBEATS_PREFIX, from);
+    watches.push(watch);
+    for await (const event of watch) {
+      const peer = peers.get(event.key.slice(HEARTBEATS_PREFIX.length));
+      if (!peer || event.type === "delete" || event.value === peer.heartbeat) continue;
+      const revived = Date.now() - peer.lastBeat > options.peerGraceSeconds * 1000;
+      peer.heartbeat = event.value;
+      peer.lastBeat = Date.now();
+      if (revived) events?.changed(event.key.slice(HEARTBEATS_PREFIX.length));
+    }
+    throw new Error("the heartbeat watch ended");
+  };
+
+  return {
+    description: store.spec,
+    self: endpointOf(self),
+    clusterPodCidrs: cluster.plan.podCidrs,
+    serviceCidrs: cluster.plan.serviceCidrs,
+    listed: () => listed,
+    livePeers() {
+      const now = Date.now();
+      return [...peers.values()].filter((peer) => isLive(peer, now)).map((peer) => peer.endpoint);
+    },
+    livePeer(name) {
+      const peer = peers.get(name);
+      return isLive(peer, Date.now()) ? peer!.endpoint : undefined;
+    },
+    follow(handlers) {
+      events = handlers;
+      beatTimer = setInterval(() => void beat(), options.heartbeatSeconds * 1000);
+      // The first sync waits for the first list of peers: syncing with none would withdraw every route.
+      void follow();
+    },
+    routesProgrammed: () => undefined,
+    services: storeProxySource(store),
+    async close() {
+      stopped = true;
+      clearInterval(beatTimer);
+      for (const watch of watches.splice(0)) watch.stop();
+      wakeFollow?.();
+      await store.close();
+    },
+  };
+}
+
+class SelfRemoved extends Error {}
+
+/** A node record from the store, or undefined (and a warning) when it is not one. */
+function readNode(value: string, log: Logger): NodeRecord | undefined {
+  try {
+    const record = parseNode(value);
+    if (typeof record?.name === "string") return record;
+  } catch {
+    // reported below
+  }
+  log("warn", "a node record in the store is not valid JSON of a node; it is ignored", { value: value.slice(0, 200) });
+  return undefined;
+}
+
+/**
+ * What a node record says about routing to its pods. Records come from other processes and
+ * hosts: anything that does not parse (a pod CIDR, an address, a MAC) is left out, so one bad
+ * record can cost its own routes but never break the sync for every peer.
+ */
+function endpointOf(record: NodeRecord): NodeEndpoint {
+  const list = <T>(value: unknown): T[] => (Array.isArray(value) ? (value as T[]) : []);
+  return {
+    name: String(record.name),
+    addresses: list<string>(record.network?.addresses).map((text) => tryParseIp(String(text))).filter((ip) => ip !== undefined),
+    podCidrs: list<string>(record.podCidrs).flatMap((text) => {
+      const parsed = tryParseInterfaceAddress(String(text));
+      return parsed && parsed.address.value === parsed.prefix.network ? [parsed.prefix] : [];
+    }),
+    vteps: list<{ family: unknown; mac: unknown }>(record.network?.vteps).flatMap((vtep) =>
+      (vtep.family === 4 || vtep.family === 6) && typeof vtep.mac === "string" && UNICAST_MAC.test(vtep.mac) ? [{ family: vtep.family as Family, mac: vtep.mac.toLowerCase() }] : [],
+    ),
+  };
+}
+
+const UNICAST_MAC = /^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$/;
+
+/**
+ * Whether another agent's claim on the node is still served: on this machine and boot, whether
+ * its process runs; elsewhere, whether its heartbeat is younger than the grace period.
+ */
+function claimLive(claim: AgentClaim, heartbeat: Heartbeat | undefined, options: AgentOptions): boolean {
+  if (claim.bootId === bootId()) return processRunning(claim);
+  return heartbeat !== undefined && heartbeat.agent === claim.id && Date.now() - heartbeat.at < options.peerGraceSeconds * 1000;
+}
