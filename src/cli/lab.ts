@@ -2,6 +2,8 @@
 import { Option, type Command } from "commander";
 import { checkLab } from "../lab/check.js";
 import { labDown } from "../lab/down.js";
+import { kubeletLabPods, runLabKubelet } from "../lab/kubelet.js";
+import { parseRelayAddress, startRelay } from "../lab/relay.js";
 import { execInNetns } from "../lab/exec.js";
 import { labPodAdd, labPodRm } from "../lab/pods.js";
 import { labServicePorts, type LabServicePort } from "../lab/services.js";
@@ -43,6 +45,7 @@ export function registerLabCommands(program: Command): void {
     .option("--subnets <n>", "underlay subnets joined by a router, 1 or 2 (nodes alternate between them)", "1")
     .option("--store <spec>", "cluster store for the agents (default: sqlite: in the lab's directory), or etcd://HOST:PORT")
     .option("--pod-labels <k=v,…>", "labels of the pods' Pod objects, which Services select", "app=probe")
+    .option("--kubernetes", "a real Kubernetes control plane on a control host: Nodes, Pods, Services and EndpointSlices from its API server")
     .action(async (text: LabOptionsText) => {
       const options = parseLabOptions(text);
       try {
@@ -91,7 +94,9 @@ export function registerLabCommands(program: Command): void {
       if (state.phase !== "up") {
         throw new Error(`lab ${JSON.stringify(state.name)} is not up yet: its \`lab up\` is still running, or ended without finishing (then \`trellis lab down --name ${state.name}\` removes it)`);
       }
-      const report = await checkLab(state, await servicesOf(state));
+      // A Kubernetes lab's pods are the ones its kubelets run now (Deployments' too).
+      const current: LabState = state.kubernetes ? { ...state, pods: kubeletLabPods(state) } : state;
+      const report = await checkLab(current, await servicesOf(current));
       process.stdout.write(options.json ? `${JSON.stringify(report, null, 2)}\n` : renderCheckReport(report));
       if (!report.ok) process.exitCode = 1;
     });
@@ -120,6 +125,39 @@ export function registerLabCommands(program: Command): void {
       const argv = command[0] === "--" ? command.slice(1) : command;
       if (argv.length === 0) throw new Error("lab exec: give the command after --, such as `trellis lab exec node1-pod0 -- ip address`");
       process.exitCode = await execInNetns(netns, argv);
+    });
+  lab
+    .command("kubeconfig")
+    .description("print the path of the admin kubeconfig of a Kubernetes lab (for kubectl on this machine)")
+    .addOption(nameOption())
+    .action((options: { name: string }) => {
+      const state = requireLabState(checkLabName(options.name));
+      if (!state.kubernetes) throw new Error(`lab ${JSON.stringify(state.name)} is not a Kubernetes lab (made without --kubernetes): its cluster is in ${state.store}`);
+      out(state.kubernetes.adminKubeconfig);
+    });
+  lab
+    .command("kubelet", { hidden: true })
+    .description("the network part of a kubelet for one node of a Kubernetes lab (lab up starts it)")
+    .addOption(nameOption())
+    .requiredOption("--node <node>", "the lab node whose Pods it runs")
+    .action(async (options: { name: string; node: string }) => {
+      const state = requireLabState(checkLabName(options.name));
+      const kubeconfig = state.kubernetes?.nodeKubeconfigs[options.node];
+      if (!kubeconfig) throw new Error(`lab ${JSON.stringify(state.name)} has no Kubernetes node ${JSON.stringify(options.node)}`);
+      await runLabKubelet(state, options.node, kubeconfig);
+    });
+  lab
+    .command("relay", { hidden: true })
+    .description("relay bytes from one socket address to another (lab up starts two for the API server)")
+    .requiredOption("--listen <address>", "tcp:HOST:PORT or unix:/PATH")
+    .requiredOption("--to <address>", "tcp:HOST:PORT or unix:/PATH")
+    .action(async (options: { listen: string; to: string }) => {
+      const { address } = await startRelay(parseRelayAddress(options.listen, "listen"), parseRelayAddress(options.to, "target"));
+      out(`ready ${address}`);
+      await new Promise<void>((resolve) => {
+        process.once("SIGTERM", resolve);
+        process.once("SIGINT", resolve);
+      });
     });
   lab
     .command("down")

@@ -6,10 +6,14 @@ import { MAX_PROBE_REPEAT, probeTcp, probeUdp, runProbes, serveProbes, type Prob
 export function registerProbeCommands(program: Command): void {
   const probe = program.command("probe").description("traffic probes the lab runs in its namespaces");
   probe
-    .command("serve <port>")
-    .description("answer every TCP connection and UDP datagram on PORT with the source address it came from and this server's name")
+    .command("serve <ports>")
+    .description("answer every TCP connection and UDP datagram on each of PORTS (PORT[,PORT…]) with the source address it came from and this server's name")
     .option("--name <name>", "the name the server answers with", hostname())
-    .action((port: string, options: { name: string }) => serveProbes(parseWholeNumber("port", port, 1, 65535), options.name));
+    .action((ports: string, options: { name: string }) => {
+      const list = [...new Set(ports.split(",").map((port) => parseWholeNumber("port", port, 1, 65535)))];
+      if (list.length > 64) throw new Error(`probe serve: ${list.length} ports given; at most 64`);
+      return serveProbes(list, options.name);
+    });
   probe
     .command("connect <address> <port>")
     .description("send to a probe server over TCP (or UDP) and print the source address it saw")

@@ -27,6 +27,8 @@ export interface CniAttachment {
   /** CNI_NETNS: the pod's namespace. */
   readonly podNetns: string;
   readonly ifname: string;
+  /** CNI_ARGS, as a Kubernetes runtime passes them (K8S_POD_NAMESPACE, K8S_POD_NAME, …). */
+  readonly args?: Readonly<Record<string, string>>;
 }
 
 const BUILTIN_CNI_PATH = ["/opt/cni/bin", "/usr/lib/cni"];
@@ -131,6 +133,11 @@ function execPlugin(
     CNI_IFNAME: attachment.ifname,
     CNI_PATH: labCniPath().join(":"),
   });
+  if (attachment.args) {
+    const pairs = Object.entries(attachment.args);
+    if (pairs.some(([key, value]) => /[;=\0\n]/.test(key + value))) return Promise.reject(new Error(`CNI ${command} of ${attachment.containerId}: a CNI_ARGS key or value holds ";", "=" or a newline`));
+    env.CNI_ARGS = pairs.map(([key, value]) => `${key}=${value}`).join(";");
+  }
   const what = `CNI ${command} of ${attachment.containerId} by plugin ${plugin.type}`;
   const argv = pluginCommand(plugin.type);
   return new Promise((resolve, reject) => {

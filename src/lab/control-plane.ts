@@ -68,18 +68,36 @@ export function controlPlaneServer(spec: Pick<ControlPlaneSpec, "address" | "por
   return `https://${host}:${spec.ports.apiserver}`;
 }
 
+const EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "3650"];
+
+/** A certificate and key signed by the control plane's CA: `pki/NAME.crt` and `pki/NAME.key` in `dir`. */
+export async function issueCertificate(dir: string, name: string, subject: string, extensions: readonly string[]): Promise<{ cert: string; key: string }> {
+  const path = (file: string) => join(dir, "pki", file);
+  await run("openssl", ["req", "-x509", ...EC_KEY, "-CA", path("ca.crt"), "-CAkey", path("ca.key"), "-keyout", path(`${name}.key`), "-out", path(`${name}.crt`),
+    "-subj", subject, "-addext", "basicConstraints=critical,CA:FALSE", "-addext", "keyUsage=critical,digitalSignature,keyEncipherment",
+    ...extensions.flatMap((extension) => ["-addext", extension])]);
+  return { cert: path(`${name}.crt`), key: path(`${name}.key`) };
+}
+
+/**
+ * A kubeconfig for a client certificate with `subject` (`/O=group/CN=user`), written to
+ * `dir/NAME.kubeconfig` for `server`.
+ */
+export async function clientKubeconfig(dir: string, name: string, subject: string, user: string, server: string): Promise<string> {
+  const { cert, key } = await issueCertificate(dir, name, subject, ["extendedKeyUsage=clientAuth"]);
+  const file = join(dir, `${name}.kubeconfig`);
+  writeFileSync(file, kubeconfigText(server, join(dir, "pki", "ca.crt"), user, cert, key), { mode: 0o600 });
+  return file;
+}
+
 /** Makes the certificates, keys and kubeconfigs (each certificate valid ten years). */
 export async function writeControlPlaneFiles(spec: ControlPlaneSpec): Promise<ControlPlaneFiles> {
   const pki = join(spec.dir, "pki");
   mkdirSync(pki, { recursive: true, mode: 0o700 });
   const path = (name: string) => join(pki, name);
-  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "3650"];
-  await run("openssl", ["req", "-x509", ...ec, "-keyout", path("ca.key"), "-out", path("ca.crt"), "-subj", "/CN=trellis-lab-ca",
+  await run("openssl", ["req", "-x509", ...EC_KEY, "-keyout", path("ca.key"), "-out", path("ca.crt"), "-subj", "/CN=trellis-lab-ca",
     "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
-  const issue = (name: string, subject: string, extensions: readonly string[]) =>
-    run("openssl", ["req", "-x509", ...ec, "-CA", path("ca.crt"), "-CAkey", path("ca.key"), "-keyout", path(`${name}.key`), "-out", path(`${name}.crt`),
-      "-subj", subject, "-addext", "basicConstraints=critical,CA:FALSE", "-addext", "keyUsage=critical,digitalSignature,keyEncipherment",
-      ...extensions.flatMap((extension) => ["-addext", extension])]);
+  const issue = (name: string, subject: string, extensions: readonly string[]) => issueCertificate(spec.dir, name, subject, extensions);
   const serviceIps = spec.serviceCidrs.map((cidr) => formatIp(nthAddress(cidr, 1n)));
   const sans = [
     ...new Set([formatIp(spec.address), "127.0.0.1", "::1", ...serviceIps].map((ip) => `IP:${ip}`)),

@@ -7,6 +7,8 @@ import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync } from "node:f
 import { join } from "node:path";
 import { deleteNamedNetns, listNamedNetns, namedNetnsPath, namedNetnsPids } from "../linux/named-netns.js";
 import { delNetworkList, readNetworkList } from "./cni-runtime.js";
+import { HOST_NETNS, LOCAL_RELAY } from "./kube-lab.js";
+import { readKubeletPods } from "./kubelet.js";
 import { isLabProcess, stopProcesses } from "./processes.js";
 import { mapConcurrently } from "./concurrently.js";
 import { LAB_ROOT, labDir, nodeCniConfDir, readLabState, type LabProcess, type LabState } from "./state.js";
@@ -27,21 +29,24 @@ export async function labDown(name: string, settings: LabDownSettings): Promise<
     out(`${(error as Error).message.split(";")[0]}; removing the lab by its namespace names`);
   }
   const namespaces = new Set(listNamedNetns().filter((netns) => isLabNetnsName(name, netns)));
-  const pods = [...namespaces].filter((netns) => /-node[0-9]+-pod[0-9]+$/.test(netns)).sort();
+  const pods = [...namespaces].filter((netns) => /-(node[0-9]+-pod[0-9]+|kp-[0-9a-f]{8})$/.test(netns)).sort();
   const nodes = [...namespaces].filter((netns) => /-node[0-9]+$/.test(netns)).sort();
-  const others = [labNetnsName(name, "external"), labNetnsName(name, "underlay")].filter((netns) => namespaces.has(netns));
+  const others = [labNetnsName(name, "external"), labNetnsName(name, "control"), labNetnsName(name, "underlay")].filter((netns) => namespaces.has(netns));
   if (!state && namespaces.size === 0 && !existsSync(labDir(name))) {
     out(`no lab named ${JSON.stringify(name)}: nothing to remove`);
     return;
   }
 
-  // Pods first, then CNI DEL while the agents and nodes are still there, then the rest.
+  // The lab kubelets first (they would attach pods again), then pods, then CNI DEL while the
+  // agents and nodes are still there, then the rest.
+  const kubeletsStopped = await stopLabProcesses([], Object.values(state?.kubernetes?.kubelets ?? {}).map((kubelet) => recorded(kubelet, HOST_NETNS)));
   const podStopped = await stopLabProcesses(pods, (state?.pods ?? []).map((pod) => recorded(pod.probe, pod.netnsPath)));
   const released = await releasePods(name, state, pods, out);
   const hostRecords = [
     ...(state?.nodes ?? []).map((node) => recorded(node.agent, node.netnsPath)),
     recorded(state?.external.probe, state?.external.netnsPath),
     recorded(state?.etcd, state?.external.netnsPath),
+    ...Object.entries(state?.kubernetes?.processes ?? {}).map(([role, proc]) => recorded(proc, role === LOCAL_RELAY ? HOST_NETNS : state?.control?.netnsPath)),
   ];
   const agentsStopped = await stopLabProcesses([...nodes, ...others], hostRecords);
   // Anything still living in a lab namespace (a `lab exec` left running, say) keeps it alive.
@@ -52,7 +57,7 @@ export async function labDown(name: string, settings: LabDownSettings): Promise<
   rmSync(labDir(name), { recursive: true, force: true });
   removeSharedPluginLinks();
   out(
-    `lab ${name} removed: ${namespaces.size} namespaces, ${podStopped + agentsStopped + straysStopped} processes` +
+    `lab ${name} removed: ${namespaces.size} namespaces, ${kubeletsStopped + podStopped + agentsStopped + straysStopped} processes` +
       `${released > 0 ? `, ${released} pods released through CNI DEL` : ""}, ${labDir(name)}`,
   );
 }
@@ -82,14 +87,18 @@ async function stopLabProcesses(netnsNames: readonly string[], recordedPids: Rea
 
 /** CNI DEL of every pod whose node still has its conflist, so the node's CNI state ends clean; best effort. */
 async function releasePods(name: string, state: LabState | undefined, podNetnsNames: readonly string[], out: (line: string) => void): Promise<number> {
+  // A Kubernetes pod's node and container id are in its node's kubelet record.
+  const kubeletPods = new Map((state?.nodes ?? []).flatMap((node) => readKubeletPods(state!, node.name).map((pod) => [pod.netnsName, { node: node.name, pod }] as const)));
   const results = await mapConcurrently(podNetnsNames, DEL_CONCURRENCY, async (netnsName) => {
-    const node = /-(node[0-9]+)-pod[0-9]+$/.exec(netnsName)![1];
+    const kubelet = kubeletPods.get(netnsName);
+    const node = kubelet?.node ?? /-(node[0-9]+)-pod[0-9]+$/.exec(netnsName)?.[1];
+    if (node === undefined) return false;
     const nodeNetns = namedNetnsPath(labNetnsName(name, node));
     try {
       const list = existsSync(nodeNetns) ? readNetworkList(nodeCniConfDir(name, node)) : undefined;
       if (!list) return false;
-      const cached = state?.pods.find((pod) => pod.netnsName === netnsName)?.cniResult;
-      await delNetworkList(list, { nodeNetns, containerId: netnsName, podNetns: namedNetnsPath(netnsName), ifname: "eth0" }, cached);
+      const cached = kubelet?.pod.cniResult ?? state?.pods.find((pod) => pod.netnsName === netnsName)?.cniResult;
+      await delNetworkList(list, { nodeNetns, containerId: kubelet?.pod.containerId ?? netnsName, podNetns: namedNetnsPath(netnsName), ifname: "eth0" }, cached);
       return true;
     } catch (error) {
       out(`CNI DEL of ${netnsName} failed (the namespace goes anyway): ${(error as Error).message}`);

@@ -63,26 +63,28 @@ function unmapped(address: string | undefined): string {
  * once both listen. TCP: a line `SOURCE NAME` right away, then `received N` once the client
  * half-closes. UDP: one datagram back, `SOURCE NAME N`.
  */
-export function serveProbes(port: number, name: string): Promise<never> {
+export function serveProbes(ports: readonly number[], name: string): Promise<never> {
   return new Promise((_, reject) => {
-    const tcp = createServer({ allowHalfOpen: true }, (socket) => {
-      let received = 0;
-      socket.setTimeout(30_000, () => socket.destroy());
-      socket.on("error", () => socket.destroy());
-      socket.write(`${unmapped(socket.remoteAddress)} ${name}\n`);
-      socket.on("data", (chunk: Buffer) => (received += chunk.length));
-      socket.on("end", () => socket.end(`received ${received}\n`));
-    });
-    const udp = createSocket({ type: "udp6", ipv6Only: false });
-    udp.on("message", (message, peer) => udp.send(`${unmapped(peer.address)} ${name} ${message.length}\n`, peer.port, peer.address));
-    tcp.on("error", reject);
-    udp.on("error", reject);
     let listening = 0;
     const ready = () => {
-      if (++listening === 2) process.stdout.write("ready\n");
+      if (++listening === 2 * ports.length) process.stdout.write("ready\n");
     };
-    tcp.listen(port, "::", ready);
-    udp.bind(port, "::", ready);
+    for (const port of ports) {
+      const tcp = createServer({ allowHalfOpen: true }, (socket) => {
+        let received = 0;
+        socket.setTimeout(30_000, () => socket.destroy());
+        socket.on("error", () => socket.destroy());
+        socket.write(`${unmapped(socket.remoteAddress)} ${name}\n`);
+        socket.on("data", (chunk: Buffer) => (received += chunk.length));
+        socket.on("end", () => socket.end(`received ${received}\n`));
+      });
+      const udp = createSocket({ type: "udp6", ipv6Only: false });
+      udp.on("message", (message, peer) => udp.send(`${unmapped(peer.address)} ${name} ${message.length}\n`, peer.port, peer.address));
+      tcp.on("error", reject);
+      udp.on("error", reject);
+      tcp.listen(port, "::", ready);
+      udp.bind(port, "::", ready);
+    }
   });
 }
 

@@ -7,6 +7,7 @@ import { MANAGED_BY_TRELLIS } from "../cluster/objects/endpoints-controller.js";
 import { resolveServicePorts, sliceOwner } from "../cluster/objects/service-endpoints.js";
 import { LABEL_MANAGED_BY, type EndpointSlice, type Pod, type Service } from "../cluster/objects/types.js";
 import { parsePrefix, prefixContains, tryParseIp } from "../net/ip.js";
+import { labKubectl } from "./kube-lab.js";
 import { labStoreObjects } from "./store-access.js";
 import type { LabState } from "./state.js";
 
@@ -27,6 +28,12 @@ export interface LabServicePort {
 }
 
 export async function labServicePorts(state: LabState): Promise<LabServicePort[]> {
+  if (state.kubernetes) {
+    // The EndpointSlice controller's slices are the endpoints of every Service.
+    const list = async <T>(resource: string) => (JSON.parse(await labKubectl(state.kubernetes!, ["get", resource, "-A", "-o", "json"])) as { items: T[] }).items;
+    const [services, slices] = await Promise.all([list<Service>("services"), list<EndpointSlice>("endpointslices")]);
+    return servicePortsOf(state, services, undefined, slices);
+  }
   const [services, pods, slices] = await Promise.all([
     labStoreObjects<Service>(state, "services"),
     labStoreObjects<Pod>(state, "pods"),
@@ -36,7 +43,8 @@ export async function labServicePorts(state: LabState): Promise<LabServicePort[]
   return servicePortsOf(state, services, pods, slices.filter((slice) => slice.metadata.labels?.[LABEL_MANAGED_BY] !== MANAGED_BY_TRELLIS));
 }
 
-export function servicePortsOf(state: LabState, services: readonly Service[], pods: readonly Pod[], slices: readonly EndpointSlice[]): LabServicePort[] {
+/** `pods` undefined: every Service's endpoints are its slices' (a real EndpointSlice controller made them). */
+export function servicePortsOf(state: LabState, services: readonly Service[], pods: readonly Pod[] | undefined, slices: readonly EndpointSlice[]): LabServicePort[] {
   const podByAddress = new Map(state.pods.flatMap((pod) => pod.addresses.map((address) => [address, pod] as const)));
   const applied = new Map<string, EndpointSlice[]>();
   for (const slice of slices) {
@@ -52,9 +60,13 @@ export function servicePortsOf(state: LabState, services: readonly Service[], po
     for (const { spec: port, protocol, endpoints: resolved } of resolveServicePorts(service, pods, applied.get(name) ?? [])) {
       if (protocol !== "TCP" && protocol !== "UDP") continue;
       const endpoints = new Map<string, { pod: string; node: string }>();
+      // Only ready endpoints that are lab pods answering on the port: the probe port, or in a
+      // Kubernetes lab any port (its kubelet serves every port a Pod declares).
+      const labPod = (endpoint: (typeof resolved)[number]) => (endpoint.ready && (state.kubernetes || endpoint.port === state.probePort) ? podByAddress.get(endpoint.address) : undefined);
+      // A Service served by something else (the API server behind `kubernetes`) cannot be judged.
+      if (state.kubernetes && resolved.some((endpoint) => endpoint.ready && !labPod(endpoint))) continue;
       for (const endpoint of resolved) {
-        // Only ready endpoints that are lab pods answering on their probe port.
-        const pod = endpoint.ready && endpoint.port === state.probePort ? podByAddress.get(endpoint.address) : undefined;
+        const pod = labPod(endpoint);
         if (pod) endpoints.set(pod.name, { pod: pod.name, node: pod.node });
       }
       ports.push({

@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "
 import { join } from "node:path";
 import { listNamedNetns } from "../linux/named-netns.js";
 import type { Family } from "../net/ip.js";
+import type { LabKubernetes } from "./kube-lab.js";
 import { isLabNetnsName, type LabFamily, type LabMode, type LabPodSpec, type UnderlayHost, type UnderlaySubnet } from "./topology.js";
 
 export const LAB_ROOT = "/run/trellis/lab";
@@ -70,6 +71,10 @@ export interface LabState {
   externalIps?: { readonly ranges: readonly string[]; readonly node: string };
   /** The etcd the lab runs on its external host (`--store etcd`). */
   etcd?: LabProcess & { readonly dataDir: string };
+  /** A lab on a real Kubernetes control plane (`--kubernetes`): its `control` host. */
+  readonly control?: LabExternalState;
+  /** A lab on a real Kubernetes control plane: its processes, kubeconfigs and kubelets. */
+  kubernetes?: LabKubernetes;
 }
 
 /** Where the agent of `node` writes its conflist. */
@@ -116,12 +121,12 @@ export function requireLabState(name: string): LabState {
   throw new Error(`no lab named ${JSON.stringify(name)} is up (no ${stateFile(name)}); ${how}`);
 }
 
-/** Looks a member up by the name `status` shows: `node1`, `node1-pod0`, `external` or `underlay`. */
+/** Looks a member up by the name `status` shows: `node1`, `node1-pod0`, `external`, `control` or `underlay`. */
 export function labMemberNetns(state: LabState, member: string): string {
   if (member === "underlay") return state.underlay.netnsPath;
-  const found = [...state.nodes, ...state.pods, state.external].find((candidate) => candidate.name === member);
+  const found = [...state.nodes, ...state.pods, state.external, ...(state.control ? [state.control] : [])].find((candidate) => candidate.name === member);
   if (!found) {
-    const names = ["underlay", "external", ...state.nodes.map((node) => node.name), ...state.pods.map((pod) => pod.name)];
+    const names = ["underlay", "external", ...(state.control ? ["control"] : []), ...state.nodes.map((node) => node.name), ...state.pods.map((pod) => pod.name)];
     throw new Error(`lab ${JSON.stringify(state.name)} has no member ${JSON.stringify(member)}; its members are ${names.join(", ")}`);
   }
   return found.netnsPath;

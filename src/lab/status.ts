@@ -1,10 +1,12 @@
 /**
  * `lab status`: what a lab holds and whether its processes run. The JSON form is a contract for
  * scripts: `{name, store, nodes: [{name, netns, addresses, podCidrs, agentPid, agentRunning}],
- * pods: [{name, node, netns, addresses}], external: {netns, addresses}}`, netns as paths; other
+ * pods: [{name, node, netns, addresses}], external: {netns, addresses}}`, netns as paths (in a
+ * Kubernetes lab, pods are every Pod its kubelets run, and `kubernetes` is added); other
  * fields may be added, none of these removed.
  */
 import { networkListSubnets, readNetworkList } from "./cni-runtime.js";
+import { kubeletLabPods } from "./kubelet.js";
 import { isLabProcess } from "./processes.js";
 import type { LabState } from "./state.js";
 import type { LabFamily, LabMode } from "./topology.js";
@@ -41,6 +43,13 @@ export interface LabStatus {
     readonly probeRunning: boolean;
   }>;
   readonly external: { readonly netns: string; readonly addresses: readonly string[]; readonly probePid: number | null; readonly probeRunning: boolean };
+  /** A Kubernetes lab (`--kubernetes`): the API server as this machine reaches it, the admin kubeconfig, and every control-plane process and lab kubelet. */
+  readonly kubernetes?: {
+    readonly server: string;
+    readonly kubeconfig: string;
+    readonly control: { readonly netns: string; readonly addresses: readonly string[] };
+    readonly processes: Readonly<Record<string, { readonly pid: number; readonly running: boolean; readonly log: string }>>;
+  };
   /** Present when the lab runs its own etcd (`--store etcd`): stop it with SIGSTOP or SIGKILL to take the store away. */
   readonly etcd?: { readonly pid: number; readonly running: boolean; readonly argv: readonly string[]; readonly log: string; readonly dataDir: string; readonly netns: string };
   readonly underlay: { readonly netns: string; readonly subnets: ReadonlyArray<{ readonly bridge: string; readonly prefixes: readonly string[]; readonly router: readonly string[] }> };
@@ -68,7 +77,7 @@ export function labStatus(state: LabState): LabStatus {
       agentArgv: node.agent?.argv ?? [],
       cniConfDir: node.cniConfDir,
     })),
-    pods: state.pods.map((pod) => ({
+    pods: (state.kubernetes ? kubeletLabPods(state) : state.pods).map((pod) => ({
       name: pod.name,
       node: pod.node,
       netns: pod.netnsPath,
@@ -85,6 +94,21 @@ export function labStatus(state: LabState): LabStatus {
     },
     ...(state.etcd
       ? { etcd: { pid: state.etcd.pid, running: isLabProcess(state.etcd, state.external.netnsPath), argv: state.etcd.argv, log: state.etcd.log, dataDir: state.etcd.dataDir, netns: state.external.netnsPath } }
+      : {}),
+    ...(state.kubernetes
+      ? {
+          kubernetes: {
+            server: state.kubernetes.localServer,
+            kubeconfig: state.kubernetes.adminKubeconfig,
+            control: { netns: state.control!.netnsPath, addresses: state.control!.addresses },
+            processes: Object.fromEntries(
+              Object.entries({ ...state.kubernetes.processes, ...Object.fromEntries(Object.entries(state.kubernetes.kubelets).map(([node, proc]) => [`kubelet-${node}`, proc])) }).map(([role, proc]) => [
+                role,
+                { pid: proc.pid, running: isLabProcess(proc), log: proc.log },
+              ]),
+            ),
+          },
+        }
       : {}),
     underlay: {
       netns: state.underlay.netnsPath,

@@ -5,7 +5,16 @@ import { isLabNetnsName, labLayout, parseLabOptions } from "./topology.js";
 
 describe("lab/topology", () => {
   it("defaults to 3 dual-stack nodes with 2 pods each, mode auto, one subnet, named lab", () => {
-    assert.deepEqual(parseLabOptions({}), { name: "lab", nodes: 3, podsPerNode: 2, family: "dual", mode: "auto", subnets: 1, store: undefined, podLabels: { app: "probe" } });
+    assert.deepEqual(parseLabOptions({}), { name: "lab", nodes: 3, podsPerNode: 2, family: "dual", mode: "auto", subnets: 1, store: undefined, podLabels: { app: "probe" }, kubernetes: false });
+  });
+
+  it("refuses a Trellis store for a Kubernetes lab, and names the control host and Kubernetes pods' namespaces as the lab's", () => {
+    assert.throws(() => parseLabOptions({ kubernetes: true, store: "etcd" }), (error: Error) => /^--store etcd and --kubernetes: a Kubernetes lab keeps its cluster in its own API server, not in a Trellis store$/.test(error.message));
+    const layout = labLayout(parseLabOptions({ kubernetes: true, name: "k" }));
+    assert.deepEqual(layout.control?.addresses, ["198.18.0.2", "fd00:198:18::2"]);
+    assert.equal(labLayout(parseLabOptions({ name: "k" })).control, undefined);
+    assert.ok(isLabNetnsName("k", "k-control") && isLabNetnsName("k", "k-kp-0123abcd"));
+    assert.ok(!isLabNetnsName("k", "k-kp-0123") && !isLabNetnsName("k", "k-kp-0123abcd-x"));
   });
 
   it("names every bad value and what is allowed, all at once", () => {

@@ -38,6 +38,8 @@ export interface LabOptions {
   readonly store?: string;
   /** Labels of every lab pod's Pod object, besides trellis.dev/lab-pod. */
   readonly podLabels: Readonly<Record<string, string>>;
+  /** A real Kubernetes control plane on a `control` host instead of the Trellis store. */
+  readonly kubernetes: boolean;
 }
 
 /** Options as the command line gives them: text, unchecked. */
@@ -50,6 +52,7 @@ export interface LabOptionsText {
   readonly subnets?: string;
   readonly store?: string;
   readonly podLabels?: string;
+  readonly kubernetes?: boolean;
 }
 
 const NAME = /^[a-z]([a-z0-9-]*[a-z0-9])?$/;
@@ -87,8 +90,10 @@ export function parseLabOptions(text: LabOptionsText): LabOptions {
   const subnets = attempt(() => oneOf("--subnets", text.subnets ?? "1", ["1", "2"] as const));
   const store = text.store === undefined ? undefined : attempt(() => checkStore(text.store!));
   const podLabels = attempt(() => parsePodLabels(text.podLabels ?? DEFAULT_POD_LABELS));
+  const kubernetes = text.kubernetes === true;
+  if (kubernetes && store !== undefined) problems.push(`--store ${text.store} and --kubernetes: a Kubernetes lab keeps its cluster in its own API server, not in a Trellis store`);
   if (problems.length > 0) throw new Error(problems.join("\n"));
-  return { name: name!, nodes: nodes!, podsPerNode: podsPerNode!, family: family!, mode: mode!, subnets: Number(subnets) as 1 | 2, store, podLabels: podLabels! };
+  return { name: name!, nodes: nodes!, podsPerNode: podsPerNode!, family: family!, mode: mode!, subnets: Number(subnets) as 1 | 2, store, podLabels: podLabels!, kubernetes };
 }
 
 function wholeNumber(option: string, text: string, min: number, max: number): number {
@@ -138,7 +143,7 @@ export function labNetnsName(lab: string, member: string): string {
 /** Whether a namespace name is one a lab of this name makes (and no other lab's). */
 export function isLabNetnsName(lab: string, netnsName: string): boolean {
   if (!netnsName.startsWith(`${lab}-`)) return false;
-  return /^(underlay|external|node[0-9]+|node[0-9]+-pod[0-9]+)$/.test(netnsName.slice(lab.length + 1));
+  return /^(underlay|external|control|node[0-9]+|node[0-9]+-pod[0-9]+|kp-[0-9a-f]{8})$/.test(netnsName.slice(lab.length + 1));
 }
 
 export interface UnderlaySubnet {
@@ -178,6 +183,8 @@ export interface LabLayout {
   readonly subnets: readonly UnderlaySubnet[];
   readonly nodes: readonly UnderlayHost[];
   readonly external: UnderlayHost;
+  /** The control plane's host, in a Kubernetes lab. */
+  readonly control?: UnderlayHost;
   readonly pods: readonly LabPodSpec[];
   /** The cluster plan file's text (canonical JSON). */
   readonly planText: string;
@@ -196,6 +203,7 @@ export const LAB_EXTERNAL_IPS: Readonly<Record<Family, string>> = { 4: "198.19.0
 const NODE_MASK_SIZE = { ipv4: 24, ipv6: 64 };
 const ROUTER_HOST = 1;
 const EXTERNAL_HOST = 200;
+const CONTROL_HOST = 2;
 const FIRST_NODE_HOST = 10;
 
 /** Every name and address of a lab. The IPv6 host part reads like the IPv4 one: .11 and ::11. */
@@ -236,6 +244,7 @@ export function labLayout(options: LabOptions): LabLayout {
     subnets,
     nodes,
     external: host("external", 0, EXTERNAL_HOST),
+    ...(options.kubernetes ? { control: host("control", 0, CONTROL_HOST) } : {}),
     pods,
     planText: labPlanText(families),
   };

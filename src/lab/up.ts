@@ -10,7 +10,9 @@ import { addNetworkList, CONFLIST_FILE, networkListSubnets, readNetworkList, res
 import { labDown } from "./down.js";
 import { logTail, sleep, startDetached, type StartedProcess } from "./processes.js";
 import { mapConcurrently } from "./concurrently.js";
-import { recordLabPods } from "./pod-objects.js";
+import { HOST_NETNS, KUBE_LAB_CIDRS, labKubectl, startKubeControlPlane } from "./kube-lab.js";
+import { readKubeletPods } from "./kubelet.js";
+import { LAB_POD_LABEL, recordLabPods } from "./pod-objects.js";
 import { selfInvocation } from "./probe.js";
 import { labDir, nodeCniConfDir, nodeCniDataDir, readLabState, saveLabState, type LabNodeState, type LabPodState, type LabState } from "./state.js";
 import { isLabNetnsName, LAB_ETCD, LAB_EXTERNAL_IPS, labLayout, PROBE_PORT, type LabLayout, type LabOptions } from "./topology.js";
@@ -47,7 +49,7 @@ export async function labUp(options: LabOptions, settings: LabUpSettings): Promi
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
   try {
-    await build(state, layout, options.store === LAB_ETCD, settings, controller.signal);
+    await build(state, layout, options.store === LAB_ETCD, settings, controller.signal, options.kubernetes);
     state.phase = "up";
     saveLabState(state);
     out(`lab ${state.name} is up (${((Date.now() - started) / 1000).toFixed(1)} s)`);
@@ -79,7 +81,7 @@ function initialState(options: LabOptions, layout: LabLayout): LabState {
     phase: "building",
     createdAt: new Date().toISOString(),
     dir,
-    store: options.store === LAB_ETCD ? `etcd://${hostPort(layout.external.addresses[0], ETCD_CLIENT_PORT)}` : (options.store ?? `sqlite:${join(dir, "cluster.db")}`),
+    store: options.kubernetes ? "kubernetes" : options.store === LAB_ETCD ? `etcd://${hostPort(layout.external.addresses[0], ETCD_CLIENT_PORT)}` : (options.store ?? `sqlite:${join(dir, "cluster.db")}`),
     planFile: join(dir, "plan.json"),
     family: options.family,
     families: layout.families,
@@ -90,10 +92,11 @@ function initialState(options: LabOptions, layout: LabLayout): LabState {
     nodes: layout.nodes.map((node) => ({ ...withPath(node), cniConfDir: nodeCniConfDir(options.name, node.name), cniDataDir: nodeCniDataDir(options.name, node.name) })),
     pods: layout.pods.map((pod) => ({ ...withPath(pod), addresses: [] })),
     external: withPath(layout.external),
+    ...(layout.control ? { control: withPath(layout.control) } : {}),
   };
 }
 
-async function build(state: LabState, layout: LabLayout, runEtcd: boolean, settings: LabUpSettings, signal: AbortSignal): Promise<void> {
+async function build(state: LabState, layout: LabLayout, runEtcd: boolean, settings: LabUpSettings, signal: AbortSignal, kubernetes: boolean): Promise<void> {
   const { out } = settings;
   const step = () => signal.throwIfAborted();
   const stack = state.families.length === 2 ? "dual-stack (IPv4 first)" : state.family === "ipv4" ? "IPv4 only" : "IPv6 only";
@@ -105,7 +108,7 @@ async function build(state: LabState, layout: LabLayout, runEtcd: boolean, setti
 
   await buildUnderlay(state.underlay.netnsName, subnets);
   for (const subnet of subnets) out(`underlay ${state.underlay.netnsName}: ${subnet.bridge} ${subnet.prefixes.join(" ")}, router ${subnet.router.join(" ")}`);
-  for (const host of [...state.nodes, state.external]) {
+  for (const host of [...state.nodes, state.external, ...(state.control ? [state.control] : [])]) {
     step();
     await attachUnderlayHost(state.underlay.netnsName, subnets, host);
     out(`${host.name} ${host.netnsName}: eth0 ${host.interfaceAddresses.join(" ")} on ${subnets[host.subnet].bridge}`);
@@ -132,11 +135,22 @@ async function build(state: LabState, layout: LabLayout, runEtcd: boolean, setti
     out(`etcd on external: ${state.store} (pid ${state.etcd!.pid}, data in ${state.etcd!.dataDir})`);
   }
 
+  if (kubernetes) {
+    step();
+    await startKubeControlPlane(state, state.control!, () => saveLabState(state), signal, out);
+  }
+
   step();
   const agents = startAgents(state);
   saveLabState(state);
   out(`agents started (${state.nodes.map((node) => `${node.name} pid ${node.agent!.pid}`).join(", ")}); waiting for each to register its node and write ${CONFLIST_FILE}`);
   await waitForConflists(state, agents, out, signal);
+
+  if (kubernetes) {
+    step();
+    await startKubelets(state, signal, out);
+    return;
+  }
 
   step();
   out(`pods: CNI ADD through each node's ${CONFLIST_FILE}, as containerd would`);
@@ -220,6 +234,9 @@ async function waitForLogLine(proc: StartedProcess, text: string, signal: AbortS
 
 function startAgents(state: LabState): Map<LabNodeState, StartedProcess> {
   const agents = new Map<LabNodeState, StartedProcess>();
+  const datastore = state.kubernetes
+    ? ["--datastore", "kubernetes", "--kubeconfig", state.kubernetes.agentKubeconfig, "--cluster-cidr", state.families.map((family) => KUBE_LAB_CIDRS[family].pods).join(",")]
+    : ["--store", state.store, "--plan", state.planFile];
   for (const node of state.nodes) {
     mkdirSync(node.cniConfDir, { recursive: true });
     mkdirSync(node.cniDataDir, { recursive: true });
@@ -228,8 +245,7 @@ function startAgents(state: LabState): Map<LabNodeState, StartedProcess> {
       "agent",
       "--node-name", node.name,
       "--node-ip", node.addresses.join(","),
-      "--store", state.store,
-      "--plan", state.planFile,
+      ...datastore,
       "--mode", state.mode,
       "--cni-conf-dir", node.cniConfDir,
       "--cni-data-dir", node.cniDataDir,
@@ -277,4 +293,54 @@ async function waitForConflists(state: LabState, agents: ReadonlyMap<LabNodeStat
     }
     await sleep(100);
   }
+}
+
+/**
+ * Starts each node's lab kubelet, then gives every lab pod a Pod object bound to its node (as the
+ * scheduler would have) and waits until the kubelets have attached them and reported them Ready.
+ */
+async function startKubelets(state: LabState, signal: AbortSignal, out: (line: string) => void): Promise<void> {
+  const kube = state.kubernetes!;
+  for (const node of state.nodes) {
+    const kubelet = startDetached(HOST_NETNS, [...selfInvocation(), "lab", "kubelet", "--name", state.name, "--node", node.name], join(state.dir, node.name, "kubelet.log"));
+    kube.kubelets[node.name] = forState(kubelet);
+  }
+  saveLabState(state);
+  out(`lab kubelets started (${state.nodes.map((node) => `${node.name} pid ${kube.kubelets[node.name].pid}`).join(", ")}): each attaches the Pods bound to its node`);
+  const manifests = state.pods.map((pod) => JSON.stringify({
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: { name: pod.name, namespace: "default", labels: { ...state.podLabels, [LAB_POD_LABEL]: pod.name } },
+    spec: {
+      nodeName: pod.node,
+      containers: [{ name: "probe", image: "trellis-probe", ports: [{ name: "probe", containerPort: state.probePort, protocol: "TCP" }, { name: "probe-udp", containerPort: state.probePort, protocol: "UDP" }] }],
+    },
+  }));
+  await labKubectl(kube, ["apply", "-f", "-"], manifests.join("\n---\n"));
+  const deadline = Date.now() + AGENT_READY_TIMEOUT_MS;
+  for (;;) {
+    signal.throwIfAborted();
+    const records = state.nodes.flatMap((node) => readKubeletPods(state, node.name).map((record) => ({ record, node: node.name })));
+    const ready = state.pods.map((pod) => records.find(({ record, node }) => record.namespace === "default" && record.name === pod.name && node === pod.node && record.reported));
+    if (ready.every((found) => found !== undefined)) {
+      const attached = state.pods.map((pod, i) => {
+        const { record } = ready[i]!;
+        return { ...pod, netnsName: record.netnsName, netnsPath: record.netnsPath, containerId: record.containerId, addresses: record.addresses, cniResult: record.cniResult, probe: record.probe };
+      });
+      state.pods.splice(0, state.pods.length, ...attached);
+      saveLabState(state);
+      for (const pod of state.pods) out(`  ${pod.name} ${pod.netnsName}: ${pod.addresses.join(" ")}`);
+      break;
+    }
+    if (Date.now() > deadline) {
+      const missing = state.pods.filter((_, i) => !ready[i]).map((pod) => pod.name);
+      throw new Error(`the lab kubelets did not run ${missing.join(", ")} within ${AGENT_READY_TIMEOUT_MS / 1000} s; see ${state.nodes.map((node) => join(state.dir, node.name, "kubelet.log")).join(", ")}`);
+    }
+    await sleep(200);
+  }
+  for (const pod of state.pods) {
+    const probe = pod.probe;
+    if (probe) await waitForLogLine({ ...probe, ended: () => undefined }, "ready\n", signal);
+  }
+  out(`pods are Kubernetes Pods, probe servers on port ${state.probePort}: \`kubectl --kubeconfig ${kube.adminKubeconfig} get pods -o wide\``);
 }

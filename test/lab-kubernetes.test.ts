@@ -1,0 +1,110 @@
+/**
+ * `lab up --kubernetes`: the lab as a real cluster. The real scheduler, ReplicaSet, Deployment
+ * and EndpointSlice controllers do their part; the lab's kubelets attach pods through CNI; the
+ * agents and their proxies follow the API. Driven through kubectl (built with the control plane)
+ * with the kubeconfig `lab kubeconfig` prints, as a user of the lab would, and checked with
+ * `lab check`, ported from the sig-network e2e checks: pod to pod on both families, node to pod,
+ * Services (basic, multi-port, NodePort, session affinity, TCP and UDP on one port), endpoints
+ * following a Deployment scaled up and down, and no pod address handed out twice.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { KUBE_BIN } from "./support/kube.js";
+import { downAll, labCheck, labName, runTrellis, waitFor } from "./support/lab.js";
+
+after(() => downAll());
+
+interface PodJson {
+  metadata: { name: string; labels?: Record<string, string> };
+  spec: { nodeName?: string };
+  status: { phase?: string; podIP?: string; podIPs?: Array<{ ip: string }> };
+}
+
+describe("lab up --kubernetes: a real control plane, kubectl and lab check", { timeout: 900_000 }, () => {
+  const name = labName("k8s");
+  let kubeconfig = "";
+  const kubectl = (args: readonly string[], input?: string) => {
+    const run = spawnSync(join(KUBE_BIN, "kubectl"), ["--kubeconfig", kubeconfig, ...args], { encoding: "utf8", input, timeout: 120_000 });
+    if (run.status !== 0) throw new Error(`kubectl ${args.join(" ")} failed: ${run.stderr}`);
+    return run.stdout;
+  };
+  const pods = (selector: string) => (JSON.parse(kubectl(["get", "pods", "-l", selector, "-o", "json"])) as { items: PodJson[] }).items;
+  const failures = (check: ReturnType<typeof labCheck>) => check.probes.filter((probe) => !probe.ok).map((probe) => `${probe.from} -> ${probe.to} ${probe.kind}: ${probe.error}`);
+
+  before(() => {
+    const up = runTrellis(["lab", "up", "--kubernetes", "--name", name, "--nodes", "2", "--pods-per-node", "1", "--mode", "vxlan"], 600_000);
+    assert.equal(up.status, 0, up.stdout + up.stderr);
+    kubeconfig = runTrellis(["lab", "kubeconfig", "--name", name]).stdout.trim();
+    assert.ok(existsSync(kubeconfig), `lab kubeconfig printed ${kubeconfig}`);
+  });
+
+  it("registers every node with dual-stack pod CIDRs, and every pod has both families, podIP first", () => {
+    const nodes = (JSON.parse(kubectl(["get", "nodes", "-o", "json"])) as { items: Array<{ metadata: { name: string; annotations?: Record<string, string> }; spec: { podCIDRs?: string[] }; status: { conditions: Array<{ type: string; status: string }> } }> }).items;
+    assert.deepEqual(nodes.map((node) => node.metadata.name).sort(), ["node1", "node2"]);
+    for (const node of nodes) {
+      assert.equal(node.spec.podCIDRs?.length, 2, `${node.metadata.name} has a pod CIDR per family`);
+      assert.ok(node.metadata.annotations?.["trellis.dev/node-addresses"], `${node.metadata.name}'s agent published its addresses`);
+      assert.deepEqual(node.status.conditions.filter((condition) => ["Ready", "NetworkUnavailable"].includes(condition.type)).map((condition) => `${condition.type}=${condition.status}`).sort(), ["NetworkUnavailable=False", "Ready=True"]);
+    }
+    // Bug caught (the dual-stack e2e check): podIP not podIPs[0], or one family missing.
+    for (const pod of pods("app=probe")) {
+      assert.equal(pod.status.phase, "Running");
+      assert.equal(pod.status.podIPs?.length, 2, `${pod.metadata.name} has both families`);
+      assert.equal(pod.status.podIP, pod.status.podIPs![0].ip);
+      assert.ok(!pod.status.podIP!.includes(":"), "IPv4 is the primary family");
+    }
+  });
+
+  it("lab check passes: pod to pod on both families (ICMP, TCP with the source seen), node to pod, pod to external", () => {
+    const check = labCheck(name);
+    assert.deepEqual(failures(check), []);
+    assert.ok(check.total > 0);
+  });
+
+  it("a Deployment exposed with kubectl: basic, multi-port, NodePort, affinity, dual-stack and UDP Services, following scale up and down", async () => {
+    kubectl(["create", "deployment", "web", "--image=trellis-probe", "--port=8080", "--replicas=3"]);
+    kubectl(["expose", "deployment", "web", "--port=80", "--target-port=8080"]);
+    kubectl(["apply", "-f", "-"], [
+      "apiVersion: v1\nkind: Service\nmetadata: {name: web-multi}\nspec:\n  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  selector: {app: web}\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n  - {name: probe, port: 81, targetPort: 7777}\n  - {name: probe-udp, port: 81, protocol: UDP, targetPort: 7777}\n",
+      "apiVersion: v1\nkind: Service\nmetadata: {name: web-sticky}\nspec:\n  sessionAffinity: ClientIP\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    ].join("---\n"));
+    const running = (count: number) => pods("app=web").filter((pod) => pod.status.phase === "Running" && pod.status.podIPs?.length === 2).length === count;
+    await waitFor("3 web pods running", () => running(3), 60_000);
+    let check = labCheck(name);
+    await waitFor("lab check passes with the Services", () => failures((check = labCheck(name))).length === 0, 60_000).catch(() => undefined);
+    assert.deepEqual(failures(check), []);
+    const served = (service: string) => new Set(check.probes.filter((probe) => probe.to === `svc/${service}` && probe.ok).map((probe) => (probe as { answeredBy?: string }).answeredBy));
+    // Bug caught: endpoints not taken from the EndpointSlice controller's slices (no Service answers).
+    assert.ok(served("web").size >= 2, `web answered by ${[...served("web")].join(", ")}`);
+    assert.ok(check.probes.some((probe) => probe.to === "svc/web-multi" && probe.kind === "udp" && probe.ok), "the UDP port beside the TCP one answers");
+    assert.ok(check.probes.some((probe) => probe.to === "svc/web-multi" && probe.from === "external" && probe.ok), "the NodePort answers from outside");
+    assert.ok(check.probes.some((probe) => probe.to === "svc/web-multi" && probe.kind === "tcp" && (probe as { family?: string }).family === "IPv6" && probe.ok), "the secondary family's ClusterIP answers");
+
+    kubectl(["scale", "deployment", "web", "--replicas=5"]);
+    await waitFor("5 web pods running", () => running(5), 60_000);
+    await waitFor("lab check passes after scaling up", () => failures((check = labCheck(name))).length === 0, 60_000).catch(() => undefined);
+    assert.deepEqual(failures(check), []);
+    const addresses = pods("app=web").flatMap((pod) => pod.status.podIPs!.map((ip) => ip.ip));
+    assert.equal(new Set(addresses).size, addresses.length, "no pod address handed out twice");
+
+    kubectl(["scale", "deployment", "web", "--replicas=1"]);
+    await waitFor("1 web pod left", () => pods("app=web").length === 1 && running(1), 60_000);
+    await waitFor("lab check passes after scaling down", () => failures((check = labCheck(name))).length === 0, 60_000).catch(() => undefined);
+    assert.deepEqual(failures(check), []);
+    // Bug caught: the kubelet's DEL not run for deleted pods (their namespaces left behind).
+    const status = JSON.parse(runTrellis(["lab", "status", "--name", name, "--json"]).stdout) as { pods: Array<{ name: string }> };
+    assert.equal(status.pods.filter((pod) => pod.name.startsWith("web-")).length, 1);
+  });
+
+  it("lab down removes the control plane, the kubelets and every pod namespace", () => {
+    const down = runTrellis(["lab", "down", "--name", name], 120_000);
+    assert.equal(down.status, 0, down.stderr);
+    const left = spawnSync("ip", ["netns", "list"], { encoding: "utf8" }).stdout.split("\n").filter((line) => line.startsWith(`${name}-`));
+    assert.deepEqual(left, []);
+    const processes = spawnSync("pgrep", ["-f", `--name ${name}`], { encoding: "utf8" }).stdout.trim();
+    assert.equal(processes, "", "no lab process left");
+  });
+});
