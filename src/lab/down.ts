@@ -7,7 +7,7 @@ import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync } from "node:f
 import { join } from "node:path";
 import { deleteNamedNetns, listNamedNetns, namedNetnsPath, namedNetnsPids } from "../linux/named-netns.js";
 import { delNetworkList, readNetworkList } from "./cni-runtime.js";
-import { HOST_NETNS, LOCAL_RELAY } from "./kube-lab.js";
+import { LOCAL_RELAY } from "./kube-lab.js";
 import { readKubeletPods } from "./kubelet.js";
 import { isLabProcess, stopProcesses } from "./processes.js";
 import { mapConcurrently } from "./concurrently.js";
@@ -39,14 +39,14 @@ export async function labDown(name: string, settings: LabDownSettings): Promise<
 
   // The lab kubelets first (they would attach pods again), then pods, then CNI DEL while the
   // agents and nodes are still there, then the rest.
-  const kubeletsStopped = await stopLabProcesses([], Object.values(state?.kubernetes?.kubelets ?? {}).map((kubelet) => recorded(kubelet, HOST_NETNS)));
+  const kubeletsStopped = await stopLabProcesses([], Object.values(state?.kubernetes?.kubelets ?? {}).map((kubelet) => recordedHere(kubelet)));
   const podStopped = await stopLabProcesses(pods, (state?.pods ?? []).map((pod) => recorded(pod.probe, pod.netnsPath)));
   const released = await releasePods(name, state, pods, out);
   const hostRecords = [
     ...(state?.nodes ?? []).map((node) => recorded(node.agent, node.netnsPath)),
     recorded(state?.external.probe, state?.external.netnsPath),
     recorded(state?.etcd, state?.external.netnsPath),
-    ...Object.entries(state?.kubernetes?.processes ?? {}).map(([role, proc]) => recorded(proc, role === LOCAL_RELAY ? HOST_NETNS : state?.control?.netnsPath)),
+    ...Object.entries(state?.kubernetes?.processes ?? {}).map(([role, proc]) => (role === LOCAL_RELAY ? recordedHere(proc) : recorded(proc, state?.control?.netnsPath))),
   ];
   const agentsStopped = await stopLabProcesses([...nodes, ...others], hostRecords);
   // Anything still living in a lab namespace (a `lab exec` left running, say) keeps it alive.
@@ -65,6 +65,11 @@ export async function labDown(name: string, settings: LabDownSettings): Promise<
 /** A process the state recorded, if it still runs as the lab started it. */
 function recorded(proc: LabProcess | undefined, netnsPath: string | undefined): number | undefined {
   return proc && isLabProcess(proc, netnsPath) ? proc.pid : undefined;
+}
+
+/** A process the lab started in the machine's own namespace, if it still runs as started (its command line). */
+function recordedHere(proc: LabProcess | undefined): number | undefined {
+  return proc && isLabProcess(proc) ? proc.pid : undefined;
 }
 
 /**

@@ -24,8 +24,6 @@ export const KUBE_LAB_CIDRS: Readonly<Record<Family, { pods: string; services: s
 /** The relay that runs in the machine's own namespace (the others run on `control`). */
 export const LOCAL_RELAY = "relay-local";
 
-/** The network namespace of the machine itself (init's), for the lab's processes that run there. */
-export const HOST_NETNS = "/proc/1/ns/net";
 
 export interface LabKubernetes {
   /** The API server as the lab's members reach it: `https://CONTROL:6443`. */
@@ -127,7 +125,7 @@ export async function startKubeControlPlane(state: LabState, control: { readonly
   kube.processes["relay-control"] = inner.process;
   save();
   await waitForRelay(inner.started, signal);
-  const outer = startRelay(HOST_NETNS, "tcp:127.0.0.1:0", `unix:${socket}`, join(dir, "relay-local.log"));
+  const outer = startRelay(undefined, "tcp:127.0.0.1:0", `unix:${socket}`, join(dir, "relay-local.log"));
   kube.processes[LOCAL_RELAY] = outer.process;
   save();
   const local = await waitForRelay(outer.started, signal);
@@ -151,7 +149,7 @@ export async function startKubeControlPlane(state: LabState, control: { readonly
   return kube;
 }
 
-/** A Node as its kubelet would register it: labels, then a status with addresses, capacity and Ready. */
+/** A Node as its kubelet would register it: labels, then a status with addresses, capacity and Ready, untainted. */
 async function registerNode(kube: LabKubernetes, name: string, addresses: readonly string[]): Promise<void> {
   await labKubectl(kube, ["apply", "-f", "-"], JSON.stringify({
     apiVersion: "v1",
@@ -169,6 +167,9 @@ async function registerNode(kube: LabKubernetes, name: string, addresses: readon
       nodeInfo: { kubeletVersion: "v1.37.2", containerRuntimeVersion: "trellis-lab://1", operatingSystem: "linux", architecture: "amd64", kernelVersion: "", osImage: "trellis lab", kubeProxyVersion: "", machineID: "", systemUUID: "", bootID: "" },
     },
   })]);
+  // The API server taints a new Node not-ready; the node lifecycle controller (which needs
+  // kubelet heartbeats, so the lab does not run it) would lift the taint once the Node is Ready.
+  await labKubectl(kube, ["patch", "node", name, "--type=merge", "-p", JSON.stringify({ spec: { taints: null } })]);
 }
 
 async function waitForApiserver(apiserver: StartedProcess, kubeconfig: string, binDir: string, netnsPath: string, signal: AbortSignal): Promise<void> {
@@ -189,7 +190,8 @@ async function waitForApiserver(apiserver: StartedProcess, kubeconfig: string, b
   throw new Error(`kube-apiserver not ready after 120 s (${last}); the end of ${apiserver.log}:\n${logTail(apiserver.log)}`);
 }
 
-function startRelay(netnsPath: string, listen: string, to: string, log: string): { process: LabProcess; started: StartedProcess } {
+/** A relay in the namespace at `netnsPath` (undefined: the machine's own, where `lab up` runs). */
+function startRelay(netnsPath: string | undefined, listen: string, to: string, log: string): { process: LabProcess; started: StartedProcess } {
   const started = startDetached(netnsPath, [...selfInvocation(), "lab", "relay", "--listen", listen, "--to", to], log);
   return { process: { pid: started.pid, argv: started.argv, log: started.log }, started };
 }

@@ -13,13 +13,15 @@ export interface StartedProcess extends LabProcess {
 }
 
 /**
- * Starts `argv` inside the namespace at `netnsPath`, in its own session, with stdout and stderr
- * appended to `log`. nsenter execs the command in place, so the pid is the command's own.
+ * Starts `argv` inside the namespace at `netnsPath` (undefined: this process's own), in its own
+ * session, with stdout and stderr appended to `log`. nsenter execs the command in place, so the
+ * pid is the command's own.
  */
-export function startDetached(netnsPath: string, argv: readonly string[], log: string): StartedProcess {
+export function startDetached(netnsPath: string | undefined, argv: readonly string[], log: string): StartedProcess {
   const fd = openSync(log, "a");
   try {
-    const child = spawn("nsenter", [`--net=${netnsPath}`, "--", ...argv], { detached: true, stdio: ["ignore", fd, fd] });
+    const command = netnsPath === undefined ? [...argv] : ["nsenter", `--net=${netnsPath}`, "--", ...argv];
+    const child = spawn(command[0], command.slice(1), { detached: true, stdio: ["ignore", fd, fd] });
     if (child.pid === undefined) throw new Error(`cannot start ${argv.join(" ")} in ${netnsPath}`);
     let ended: string | undefined;
     child.on("error", () => undefined);

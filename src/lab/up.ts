@@ -10,7 +10,7 @@ import { addNetworkList, CONFLIST_FILE, networkListSubnets, readNetworkList, res
 import { labDown } from "./down.js";
 import { logTail, sleep, startDetached, type StartedProcess } from "./processes.js";
 import { mapConcurrently } from "./concurrently.js";
-import { HOST_NETNS, KUBE_LAB_CIDRS, labKubectl, startKubeControlPlane } from "./kube-lab.js";
+import { KUBE_LAB_CIDRS, labKubectl, startKubeControlPlane } from "./kube-lab.js";
 import { readKubeletPods } from "./kubelet.js";
 import { LAB_POD_LABEL, recordLabPods } from "./pod-objects.js";
 import { selfInvocation } from "./probe.js";
@@ -302,7 +302,7 @@ async function waitForConflists(state: LabState, agents: ReadonlyMap<LabNodeStat
 async function startKubelets(state: LabState, signal: AbortSignal, out: (line: string) => void): Promise<void> {
   const kube = state.kubernetes!;
   for (const node of state.nodes) {
-    const kubelet = startDetached(HOST_NETNS, [...selfInvocation(), "lab", "kubelet", "--name", state.name, "--node", node.name], join(state.dir, node.name, "kubelet.log"));
+    const kubelet = startDetached(undefined, [...selfInvocation(), "lab", "kubelet", "--name", state.name, "--node", node.name], join(state.dir, node.name, "kubelet.log"));
     kube.kubelets[node.name] = forState(kubelet);
   }
   saveLabState(state);
