@@ -1,5 +1,5 @@
 /*
- * nft-events: prints each nftables rule the kernel reports added in this network namespace, as
+ * nft-events: prints each nftables rule and set element the kernel reports added in this network namespace, as
  * one line of hexadecimal (the netlink message), as soon as it arrives. bench/svc.ts uses it to
  * see a change's DNAT rule go live; `nft monitor` would do, but it reads the whole ruleset before
  * it reports anything, minutes at 10,000 Services, on a CPU the measurement needs.
@@ -41,7 +41,9 @@ int main(void) {
     }
     int length = (int)got;
     for (struct nlmsghdr *message = (struct nlmsghdr *)buffer; NLMSG_OK(message, (unsigned)length); message = NLMSG_NEXT(message, length)) {
-      if ((message->nlmsg_type & 0xff) != NFT_MSG_NEWRULE || message->nlmsg_type >> 8 != NFNL_SUBSYS_NFTABLES) continue;
+      /* Rules, and set elements: kube-proxy puts a Service's endpoints in an anonymous map of its rule. */
+      int type = message->nlmsg_type & 0xff;
+      if ((type != NFT_MSG_NEWRULE && type != NFT_MSG_NEWSETELEM) || message->nlmsg_type >> 8 != NFNL_SUBSYS_NFTABLES) continue;
       const unsigned char *bytes = (const unsigned char *)message;
       for (unsigned i = 0; i < message->nlmsg_len; i++) printf("%02x", bytes[i]);
       printf("\n");

@@ -20,6 +20,8 @@
  *   npm run bench:svc -- [--services 10000] [--endpoints 5] [--changes 100] [--connects 3000]
  *                        [--chunk 1000] [--restarts 3]
  *   TRELLIS_BENCH_SERVICES=50 npm run bench:svc     (a small run: --services defaults to it)
+ *   npm run bench:svc -- --kubernetes [--services N] [--changes N] [--connects N] [--restarts N]
+ *                                     (the Trellis proxy against kube-proxy: bench/svc-kube.ts)
  */
 import { execFile, execFileSync, spawn } from "node:child_process";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, statSync, writeFileSync } from "node:fs";
@@ -35,6 +37,11 @@ import { inNetns, sweepStaleNamespaces, type TestNetns } from "../test/support/n
 import { nativePluginDir } from "../test/support/node-agent.js";
 import { addressesOf, TRELLIS, type PodAttachmentResult } from "../test/support/trellis-cni.js";
 import { gitCommit } from "./commit.js";
+import { kubeComparisonRows, runKubeComparison, type KubeComparison } from "./svc-kube.js";
+import {
+  connectTimes, dnatRulePattern, latency, metricValue, residentMemory, round, ruleEvents, sum, WARMUP_CONNECTS,
+  type LatencyStats, type Memory, type Target,
+} from "./svc-support.js";
 import { newMade, removeOnExit, type Made } from "./net-support.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
@@ -58,26 +65,16 @@ const FILLER_ADDRESSES = 1 << 15;
 /** The address change k puts in a slice: 10.250.64.0/18, used by nothing else. */
 const CHANGE_BASE = (10 << 24) | (250 << 16) | (64 << 8);
 const MAX_SERVICES = 60_000;
-const WARMUP_CONNECTS = 100;
 const LIVE_TIMEOUT_MS = 600_000;
 
 interface BenchOptions {
+  kubernetes: boolean;
   services: number;
   endpoints: number;
   changes: number;
   connects: number;
   chunk: number;
   restarts: number;
-}
-
-export interface LatencyStats {
-  n: number;
-  p50: number;
-  p95: number;
-  p99: number;
-  mean: number;
-  min: number;
-  max: number;
 }
 
 interface DispatchPoint {
@@ -135,18 +132,6 @@ interface HistogramDelta {
   p99AtMostMs: number;
 }
 
-interface Memory {
-  rssMiB: number;
-  peakRssMiB: number;
-  anonMiB: number;
-  fileMiB: number;
-}
-
-interface Target {
-  host: string;
-  port: number;
-}
-
 interface Row {
   figure: string;
   value: string;
@@ -174,6 +159,8 @@ export interface SvcBenchReport {
   goals?: Record<string, boolean>;
   errors: string[];
   table?: Row[];
+  /** `--kubernetes`: the Trellis proxy against kube-proxy on a Kubernetes lab. */
+  kubernetes?: KubeComparison;
 }
 
 /** The node, its agent and pods, and where everything of theirs lives. */
@@ -203,7 +190,10 @@ async function main(): Promise<void> {
   if (report.machine.loadStart[0]! > report.machine.cpus / 2) say(`warning: load average ${report.machine.loadStart[0]} on ${report.machine.cpus} CPUs; figures will suffer`);
   try {
     sweepStaleNamespaces();
-    await measure(options, report, made, say);
+    if (options.kubernetes) {
+      report.kubernetes = await runKubeComparison(options, made, say);
+      report.table = kubeComparisonRows(report.kubernetes);
+    } else await measure(options, report, made, say);
   } catch (error) {
     report.errors.push((error as Error).message);
     say(`FAILED: ${(error as Error).message}`);
@@ -232,9 +222,9 @@ async function main(): Promise<void> {
     await remove();
   }
   report.machine.loadEnd = roundedLoad();
-  report.ratios = ratios(report);
-  report.goals = goals(report);
-  report.table = tableRows(report);
+  report.ratios = report.kubernetes?.ratios ?? ratios(report);
+  report.goals = report.kubernetes?.goals ?? goals(report);
+  report.table = report.kubernetes ? kubeComparisonRows(report.kubernetes) : tableRows(report);
   printTable(report);
   const out = join(ROOT, "bench/results", `svc-${startedAt.replace(/[:.]/g, "-")}.json`);
   mkdirSync(dirname(out), { recursive: true });
@@ -508,43 +498,6 @@ async function dispatchAt(client: TestNetns, services: number, clusterIp: Target
   return { services, clusterIpUs, directUs, ratio: round(clusterIpUs.p50 / directUs.p50, 3) };
 }
 
-/**
- * Sequential TCP connects from `from`, `connects` to each target after a warm-up, alternating
- * which target goes first; µs from connect() to the handshake done, per target. Each connection
- * is reset at once, so no TIME_WAIT piles up on either side.
- */
-async function connectTimes(from: TestNetns, targets: readonly Target[], connects: number, timeoutMs: number): Promise<number[][]> {
-  const script = `
-const net = require("net");
-const { targets, connects, warmup, timeoutMs } = JSON.parse(process.argv[1]);
-const once = (t) => new Promise((resolve, reject) => {
-  const started = process.hrtime.bigint();
-  const socket = net.connect({ host: t.host, port: t.port });
-  const timer = setTimeout(() => { socket.destroy(); reject(new Error(t.host + ":" + t.port + ": no answer within " + timeoutMs + " ms")); }, timeoutMs);
-  socket.once("connect", () => { const us = Number(process.hrtime.bigint() - started) / 1000; clearTimeout(timer); socket.resetAndDestroy(); resolve(us); });
-  socket.on("error", (e) => { clearTimeout(timer); reject(new Error(t.host + ":" + t.port + ": " + e.message)); });
-});
-(async () => {
-  const samples = targets.map(() => []);
-  for (let i = 0; i < warmup + connects; i++) {
-    const order = i % 2 ? [...targets.keys()].reverse() : [...targets.keys()];
-    for (const k of order) { const us = await once(targets[k]); if (i >= warmup) samples[k].push(Math.round(us * 10) / 10); }
-  }
-  process.stdout.write(JSON.stringify(samples));
-})().catch((e) => { console.error(e.message); process.exit(1); });`;
-  const warmup = connects > 1 ? WARMUP_CONNECTS : 0;
-  try {
-    const { stdout } = await execFileAsync("nsenter", [`--net=${from.path}`, process.execPath, "-e", script, JSON.stringify({ targets, connects, warmup, timeoutMs })], {
-      maxBuffer: 64 * 1024 * 1024,
-      timeout: 600_000,
-    });
-    return JSON.parse(stdout) as number[][];
-  } catch (error) {
-    const { stderr = "" } = error as { stderr?: string };
-    throw new Error(`connects from ${from.name} failed: ${stderr.trim() || (error as Error).message}`);
-  }
-}
-
 /** `trellis apply -f FILE --store …`: the CLI a user runs. Asynchronous, so that rule events are stamped as they come. */
 async function trellisApply(cluster: Cluster, documents: readonly object[]): Promise<void> {
   const file = join(cluster.dir, "apply.json");
@@ -585,69 +538,6 @@ async function serviceIpElements(node: TestNetns): Promise<number> {
   const { stdout } = await execFileAsync("nsenter", [`--net=${node.path}`, "nft", "-j", "list", "maps", "ip"], { maxBuffer: 256 * 1024 * 1024 });
   const maps = (JSON.parse(stdout) as { nftables: Array<{ map?: { table: string; name: string; elem?: unknown[] } }> }).nftables.flatMap((item) => item.map ?? []);
   return maps.filter((map) => map.name === "service-ips" && map.table.startsWith("trellis-proxy-")).reduce((sum, map) => sum + (map.elem?.length ?? 0), 0);
-}
-
-interface RuleEvents {
-  /** Where the rules reported so far end. */
-  mark(): number;
-  /** Resolves with when (ms since the epoch) the first rule after `from` matching `pattern` came. */
-  until(pattern: RegExp, from: number, timeoutMs: number, failure: () => string | undefined): Promise<number>;
-  stop(): void;
-}
-
-/**
- * bench/nft-events.c in the node: each rule the kernel reports added, as the hex of its netlink
- * message, stamped on arrival (the kernel reports it once the transaction is committed). `nft
- * monitor` would print rules as text, but reads the whole ruleset first: minutes of a CPU at
- * 10,000 Services.
- */
-async function ruleEvents(node: TestNetns, dir: string, made: Made): Promise<RuleEvents> {
-  const program = join(dir, "nft-events");
-  execFileSync(process.env.CC ?? "cc", ["-O2", "-Wall", "-o", program, join(dirname(fileURLToPath(import.meta.url)), "nft-events.c")], { stdio: "inherit" });
-  const child = spawn("nsenter", [`--net=${node.path}`, program], { stdio: ["ignore", "pipe", "inherit"] });
-  made.children.add(child);
-  const lines: Array<{ at: number; text: string }> = [];
-  let partial = "";
-  child.stdout!.on("data", (chunk: Buffer) => {
-    const at = performance.timeOrigin + performance.now();
-    const parts = (partial + chunk.toString("utf8")).split("\n");
-    partial = parts.pop()!;
-    for (const text of parts) lines.push({ at, text });
-  });
-  const deadline = Date.now() + 10_000;
-  while (!lines.some((line) => line.text === "ready")) {
-    if (child.exitCode !== null) throw new Error(`nft-events in ${node.name} exited ${child.exitCode}`);
-    if (Date.now() > deadline) throw new Error(`nft-events in ${node.name} did not start within 10 s`);
-    await sleep(10);
-  }
-  return {
-    mark: () => lines.length,
-    async until(pattern, from, timeoutMs, failure) {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        const hit = lines.slice(from).find((line) => pattern.test(line.text));
-        if (hit) return hit.at;
-        const lost = lines.slice(from).find((line) => line.text.startsWith("lost"));
-        if (lost) throw new Error(`nft-events ${lost.text}: the kernel dropped events`);
-        from = lines.length;
-        const reason = failure();
-        if (reason) throw new Error(reason);
-        if (Date.now() > deadline) throw new Error(`the kernel reported no rule matching ${pattern} within ${timeoutMs} ms`);
-        // Lines are stamped as they arrive: how often this looks does not change the figure.
-        await sleep(5);
-      }
-    },
-    stop() {
-      child.kill("SIGTERM");
-      made.children.delete(child);
-    },
-  };
-}
-
-/** A rule's netlink message (hex) that DNATs to `address`:`port`: the address, then the port, each at a byte boundary. */
-function dnatRulePattern(address: string, port: number): RegExp {
-  const hex = (bytes: number[]) => bytes.map((byte) => byte.toString(16).padStart(2, "0")).join("");
-  return new RegExp(`^(?:..)*?${hex(address.split(".").map(Number))}(?:..)*?${hex([port >> 8, port & 255])}`);
 }
 
 /** One "service rules synced" line: when it ended, how long it took (and its compute and its write), whether it wrote everything. */
@@ -737,10 +627,6 @@ async function agentMetrics(node: TestNetns): Promise<string> {
   return stdout;
 }
 
-function metricValue(text: string, name: string): number {
-  return Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? NaN);
-}
-
 function histogramDelta(before: string, after: string, name: string): HistogramDelta {
   const buckets = (text: string) => [...text.matchAll(new RegExp(`^${name}_bucket\\{le="([^"]+)"\\} (\\S+)$`, "gm"))].map((m) => ({ le: Number(m[1]), count: Number(m[2]) }));
   const [b, a] = [buckets(before), buckets(after)];
@@ -755,36 +641,6 @@ function nftablesGauges(text: string): Record<string, number> {
   const gauges: Record<string, number> = { servicePorts: metricValue(text, "trellis_proxy_service_ports") };
   for (const m of text.matchAll(/^trellis_proxy_nftables_(chains|rules|elements)\{family="(IPv[46])"\} (\S+)$/gm)) gauges[`${m[2]} ${m[1]}`] = Number(m[3]);
   return gauges;
-}
-
-function residentMemory(pid: number): Memory {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const mib = (field: string) => Math.round(Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN) / 102.4) / 10;
-  return { rssMiB: mib("VmRSS"), peakRssMiB: mib("VmHWM"), anonMiB: mib("RssAnon"), fileMiB: mib("RssFile") };
-}
-
-/** Nearest-rank percentiles. */
-export function latency(samples: readonly number[]): LatencyStats {
-  const sorted = [...samples].sort((a, b) => a - b);
-  const at = (q: number): number => sorted[Math.max(0, Math.ceil(q * sorted.length) - 1)] ?? NaN;
-  return {
-    n: sorted.length,
-    p50: round(at(0.5), 1),
-    p95: round(at(0.95), 1),
-    p99: round(at(0.99), 1),
-    mean: round(sum(sorted) / sorted.length, 1),
-    min: round(sorted[0] ?? NaN, 1),
-    max: round(sorted.at(-1) ?? NaN, 1),
-  };
-}
-
-function sum(values: readonly number[]): number {
-  return values.reduce((total, x) => total + x, 0);
-}
-
-function round(x: number, digits: number): number {
-  const scale = 10 ** digits;
-  return Math.round(x * scale) / scale;
 }
 
 function ratios(report: SvcBenchReport): Record<string, number> {
@@ -929,6 +785,8 @@ function parseOptions(argv: string[]): BenchOptions {
       // too): a Service and its slice take about 5, so 25 is the most one file can hold.
       chunk: { type: "string", default: "1000" },
       restarts: { type: "string", default: "3" },
+      // The Trellis proxy against kube-proxy on a Kubernetes lab (bench/svc-kube.ts) instead.
+      kubernetes: { type: "boolean", default: false },
     },
   });
   const whole = (name: string, text: string, min: number, max: number): number => {
@@ -944,6 +802,7 @@ function parseOptions(argv: string[]): BenchOptions {
     connects: whole("connects", values.connects, 100, 100_000),
     chunk: whole("chunk", values.chunk, 1, 10_000),
     restarts: whole("restarts", values.restarts, 1, 20),
+    kubernetes: values.kubernetes === true,
   };
 }
 

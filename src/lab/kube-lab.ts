@@ -55,10 +55,10 @@ export function kubeBinDir(): string {
 /** deploy/trellis.yaml of the checkout this trellis was built from. */
 export function deployManifest(): string {
   const self = selfInvocation();
-  const candidates = [resolve(dirname(self[self.length - 1]), "..", "deploy", "trellis.yaml"), resolve(import.meta.dirname ?? ".", "..", "..", "deploy", "trellis.yaml")];
-  const found = candidates.find((path) => existsSync(path));
-  if (!found) throw new Error(`deploy/trellis.yaml is not beside this trellis (looked in ${candidates.join(", ")})`);
-  return found;
+  // dist/trellis, or src/main.ts when run from the sources: the checkout is one level up either way.
+  const path = resolve(dirname(self[self.length - 1]), "..", "deploy", "trellis.yaml");
+  if (!existsSync(path)) throw new Error(`deploy/trellis.yaml is not in the checkout this trellis was built from (no ${path})`);
+  return path;
 }
 
 /** Why a Kubernetes lab cannot be made here, or undefined. */

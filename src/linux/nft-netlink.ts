@@ -270,6 +270,20 @@ export class NftBatchWriter {
 
 type SetId = (name: string) => number | undefined;
 
+// The word sequences rules start with, made once (a rule is matched against several of them).
+const FORMS: Record<Family, { daddrProtoPortVmap: readonly string[] }> = {
+  4: { daddrProtoPortVmap: ["ip", "daddr", ".", "meta", "l4proto", ".", "th", "dport", "vmap"] },
+  6: { daddrProtoPortVmap: ["ip6", "daddr", ".", "meta", "l4proto", ".", "th", "dport", "vmap"] },
+};
+const PROTO_PORT_VMAP = ["meta", "l4proto", ".", "th", "dport", "vmap"] as const;
+const META_L4PROTO = ["meta", "l4proto"] as const;
+const CT_STATE_NEW = ["ct", "state", "new"] as const;
+const NUMGEN_RANDOM_MOD = ["numgen", "random", "mod"] as const;
+const FIB_SADDR_LOCAL = ["fib", "saddr", "type", "local"] as const;
+const META_MARK_AND = ["meta", "mark", "&"] as const;
+const EQUALS = ["=="] as const;
+const PROTOCOL_BYTES: Record<string, Buffer> = Object.fromEntries(Object.entries(PROTOCOLS).map(([name, number]) => [name, Buffer.from([number])]));
+
 /**
  * One rule's expressions, written into the open expression list. Each form below is a rule the
  * Service proxy writes; the expressions are nft 1.0.6's for it.
@@ -278,10 +292,14 @@ function compileRule(w: Writer, family: Family, rule: string, setId: SetId): voi
   const address = ADDRESS[family];
   const ip = address.payload;
   const words = rule.split(" ");
+  const forms = FORMS[family];
   let i = 0;
-  const at = (...expected: string[]) => expected.every((word, k) => words[i + k] === word);
-  const take = (...expected: string[]) => {
-    if (!at(...expected)) return false;
+  const at = (expected: readonly string[]) => {
+    for (let k = 0; k < expected.length; k++) if (words[i + k] !== expected[k]) return false;
+    return true;
+  };
+  const take = (expected: readonly string[]) => {
+    if (!at(expected)) return false;
     i += expected.length;
     return true;
   };
@@ -307,17 +325,17 @@ function compileRule(w: Writer, family: Family, rule: string, setId: SetId): voi
 
   // Matches, left to right.
   for (;;) {
-    if (take(ip, "daddr", ".", "meta", "l4proto", ".", "th", "dport", "vmap")) {
+    if (take(forms.daddrProtoPortVmap)) {
       // A concatenation: address, protocol and port side by side in 4-byte register slots.
       payload(w, 1, address.daddr, address.length, 1);
       meta(w, 16, register(address.length));
       payload(w, 2, 2, 2, register(address.length + 4));
       lookup(next(), { dreg: 0 });
-    } else if (take("meta", "l4proto", ".", "th", "dport", "vmap")) {
+    } else if (take(PROTO_PORT_VMAP)) {
       meta(w, 16, 1);
       payload(w, 2, 2, 2, register(4));
       lookup(next(), { dreg: 0 });
-    } else if (at(ip, "daddr") || at(ip, "saddr")) {
+    } else if (words[i] === ip && (words[i + 1] === "daddr" || words[i + 1] === "saddr")) {
       const field = words[i + 1] === "daddr" ? address.daddr : address.saddr;
       i += 2;
       payload(w, 1, field, address.length, 1);
@@ -325,21 +343,21 @@ function compileRule(w: Writer, family: Family, rule: string, setId: SetId): voi
       if (operand === "!=") lookup(next(), { invert: true });
       else if (operand.startsWith("@")) lookup(operand);
       else cmp(w, 0, addressBytes(family, operand, rule));
-    } else if (take("meta", "l4proto")) {
-      const protocol = PROTOCOLS[next()];
+    } else if (take(META_L4PROTO)) {
+      const protocol = PROTOCOL_BYTES[next()];
       if (protocol === undefined) throw new NftUnsupported(`rule ${JSON.stringify(rule)}: unknown protocol`);
       meta(w, 16, 1);
-      cmp(w, 0, Buffer.from([protocol]));
-    } else if (take("ct", "state", "new")) {
+      cmp(w, 0, protocol);
+    } else if (take(CT_STATE_NEW)) {
       expr(w, "ct", () => {
         w.u32(1, 1);
         w.u32(2, 0);
       });
       bitwise(w, hostU32(8), hostU32(0));
       cmp(w, 1, hostU32(0));
-    } else if (take("numgen", "random", "mod")) {
+    } else if (take(NUMGEN_RANDOM_MOD)) {
       const modulus = integer(next(), 1, 0xffffffff, rule);
-      if (!take("==")) throw new NftUnsupported(`rule ${JSON.stringify(rule)}: numgen without a comparison`);
+      if (!take(EQUALS)) throw new NftUnsupported(`rule ${JSON.stringify(rule)}: numgen without a comparison`);
       const value = integer(next(), 0, modulus - 1, rule);
       expr(w, "numgen", () => {
         w.u32(1, 1);
@@ -348,16 +366,16 @@ function compileRule(w: Writer, family: Family, rule: string, setId: SetId): voi
         w.u32(4, 0);
       });
       cmp(w, 0, hostU32(value));
-    } else if (take("fib", "saddr", "type", "local")) {
+    } else if (take(FIB_SADDR_LOCAL)) {
       expr(w, "fib", () => {
         w.u32(1, 1);
         w.u32(2, 3);
         w.u32(3, 1);
       });
       cmp(w, 0, hostU32(2));
-    } else if (take("meta", "mark", "&")) {
+    } else if (take(META_MARK_AND)) {
       const mask = integer(next(), 0, 0xffffffff, rule);
-      if (!take("==")) throw new NftUnsupported(`rule ${JSON.stringify(rule)}: mark test without a comparison`);
+      if (!take(EQUALS)) throw new NftUnsupported(`rule ${JSON.stringify(rule)}: mark test without a comparison`);
       const value = integer(next(), 0, 0xffffffff, rule);
       meta(w, 3, 1);
       bitwise(w, hostU32(mask), hostU32(0));
@@ -602,7 +620,14 @@ function prefixBounds(fields: SetShape["key"], text: string): [Buffer, Buffer] {
 
 // ---- values -------------------------------------------------------------------------------
 
+/** A dotted quad as written by the proxy: four decimal octets, no leading zeros. */
+const DOTTED_QUAD = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
+
 function addressBytes(family: Family, text: string, context: string): Buffer {
+  if (family === 4) {
+    const quad = DOTTED_QUAD.exec(text);
+    if (quad) return Buffer.from([Number(quad[1]), Number(quad[2]), Number(quad[3]), Number(quad[4])]);
+  }
   let parsed;
   try {
     parsed = parseIp(text);
@@ -620,9 +645,16 @@ function addressBytes(family: Family, text: string, context: string): Buffer {
   return bytes;
 }
 
+const portCache = new Map<number, Buffer>();
+
+/** A port in network order (shared: callers only read it). */
 function portBytes(port: number): Buffer {
-  const bytes = Buffer.alloc(2);
-  bytes.writeUInt16BE(port);
+  let bytes = portCache.get(port);
+  if (!bytes) {
+    bytes = Buffer.alloc(2);
+    bytes.writeUInt16BE(port);
+    portCache.set(port, bytes);
+  }
   return bytes;
 }
 
@@ -639,8 +671,14 @@ function integer(text: string, min: number, max: number, context: string): numbe
   return value;
 }
 
+/** Names already checked: a full sync names each table and chain thousands of times. */
+const checkedNames = new Set<string>();
+
 function checkName(what: string, name: string): string {
+  if (checkedNames.has(name)) return name;
   if (!NAME.test(name)) throw new NftUnsupported(`${what} name ${JSON.stringify(name)}`);
+  if (checkedNames.size > 1_000_000) checkedNames.clear();
+  checkedNames.add(name);
   return name;
 }
 
@@ -649,6 +687,8 @@ function align4(length: number): number {
 }
 
 // ---- netlink framing ----------------------------------------------------------------------
+
+const encodedStrings = new Map<string, Buffer>();
 
 /** Netlink messages and attributes written into one growing buffer; lengths are filled in when each ends. */
 class Writer {
@@ -694,15 +734,24 @@ class Writer {
 
   bytes(type: number, value: Uint8Array): void {
     const start = this.reserve(4 + value.length);
-    this.buffer.set(value, start + 4);
+    // Most values are 1 to 16 bytes: a loop beats a typed-array copy's set-up at that size.
+    if (value.length <= 32) for (let k = 0; k < value.length; k++) this.buffer[start + 4 + k] = value[k];
+    else this.buffer.set(value, start + 4);
     this.close(start, type);
   }
 
+  /** A NUL-terminated string attribute; names repeat thousands of times in a batch, so their bytes are kept. */
   string(type: number, text: string): void {
-    const length = Buffer.byteLength(text);
-    const start = this.reserve(4 + length + 1);
-    this.buffer.write(text, start + 4);
-    this.buffer[start + 4 + length] = 0;
+    let encoded = encodedStrings.get(text);
+    if (!encoded) {
+      encoded = Buffer.from(text, "utf8");
+      if (encodedStrings.size > 1_000_000) encodedStrings.clear();
+      encodedStrings.set(text, encoded);
+    }
+    const start = this.reserve(4 + encoded.length + 1);
+    if (encoded.length <= 32) for (let k = 0; k < encoded.length; k++) this.buffer[start + 4 + k] = encoded[k];
+    else this.buffer.set(encoded, start + 4);
+    this.buffer[start + 4 + encoded.length] = 0;
     this.close(start, type);
   }
 
