@@ -148,15 +148,13 @@ describe("lab up --kubernetes: a real control plane, kubectl and lab check", { t
     // Started again as lab up started it; lab down stops it with everything in the node's namespace.
     const restarted = spawn("nsenter", [`--net=${node.netns}`, "--", ...node.agentArgv], { detached: true, stdio: "ignore" });
     restarted.unref();
-    {
-      await waitFor("6 web pods running", () => pods("app=web").filter((pod) => pod.status.phase === "Running" && pod.status.podIPs?.length === 2).length === 6, 90_000);
-      const addresses = pods().flatMap((pod) => pod.status.podIPs?.map((ip) => ip.ip) ?? []);
-      // Bug caught: an address handed out twice when ADDs fall back to the standalone plugin while the agent is down.
-      assert.equal(new Set(addresses).size, addresses.length, `addresses: ${addresses.join(" ")}`);
-      let check = labCheck(name);
-      await waitFor("lab check passes after the restart", () => failures((check = labCheck(name))).length === 0, 60_000).catch(() => undefined);
-      assert.deepEqual(failures(check), []);
-    }
+    await waitFor("6 web pods running", () => pods("app=web").filter((pod) => pod.status.phase === "Running" && pod.status.podIPs?.length === 2).length === 6, 90_000);
+    const addresses = pods().flatMap((pod) => pod.status.podIPs?.map((ip) => ip.ip) ?? []);
+    // Bug caught: an address handed out twice when ADDs fall back to the standalone plugin while the agent is down.
+    assert.equal(new Set(addresses).size, addresses.length, `addresses: ${addresses.join(" ")}`);
+    let check = labCheck(name);
+    await waitFor("lab check passes after the restart", () => failures((check = labCheck(name))).length === 0, 60_000).catch(() => undefined);
+    assert.deepEqual(failures(check), []);
   });
 
   it("lab down removes the control plane, the kubelets and every pod namespace", () => {
