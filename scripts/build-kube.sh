@@ -3,16 +3,25 @@
 # kube-controller-manager, kube-scheduler, kube-proxy and kubectl from k8s.io/kubernetes at the
 # release test/kube/controlplane/go.mod pins, and etcd from test/kube/etcd/go.mod, into
 # test/kube/bin. Go's module and build caches make a second run cost seconds; a run whose
-# inputs match the stamp of the last one costs nothing.
+# inputs match the stamp of the last one costs nothing. Debian's own kubectl (kubernetes-client,
+# 1.20) is unpacked beside them as kubectl-debian, not installed: the tests drive the lab with it,
+# and the machine's own kubectl, if it has one, stays as it is.
 set -euo pipefail
 cd "$(dirname "$0")/../test/kube"
 bin=$PWD/bin
+mkdir -p "$bin"
+if [[ ! -x $bin/kubectl-debian ]]; then
+  unpack=$(mktemp -d)
+  trap 'rm -rf "$unpack"' EXIT
+  (cd "$unpack" && { apt-get download kubernetes-client >/dev/null 2>&1 || { apt-get update -qq && apt-get download kubernetes-client >/dev/null; }; })
+  dpkg -x "$unpack"/kubernetes-client_*.deb "$unpack/root"
+  install -m 0755 "$unpack/root/usr/bin/kubectl" "$bin/kubectl-debian"
+fi
 inputs=$(cat controlplane/go.mod controlplane/go.sum etcd/go.mod etcd/go.sum ../../scripts/build-kube.sh | sha256sum | cut -d' ' -f1)
 if [[ -f $bin/.stamp && $(cat "$bin/.stamp") == "$inputs" ]]; then
   exit 0
 fi
 command -v go >/dev/null || { echo "build-kube: go is not installed (Go 1.26 builds the test control plane)" >&2; exit 1; }
-mkdir -p "$bin"
 rm -f "$bin/.stamp"
 release=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" { print $3 }' controlplane/go.mod)
 [[ $release =~ ^v([0-9]+)\.([0-9]+)\.[0-9]+$ ]] || { echo "build-kube: no k8s.io/kubernetes release in controlplane/go.mod" >&2; exit 1; }

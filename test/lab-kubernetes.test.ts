@@ -1,8 +1,9 @@
 /**
  * `lab up --kubernetes`: the lab as a real cluster. The real scheduler, ReplicaSet, Deployment
  * and EndpointSlice controllers do their part; the lab's kubelets attach pods through CNI; the
- * agents and their proxies follow the API. Driven through kubectl (built with the control plane)
- * with the kubeconfig `lab kubeconfig` prints, as a user of the lab would, and checked with
+ * agents and their proxies follow the API. Driven through Debian's own kubectl (kubernetes-client
+ * 1.20, unpacked by scripts/build-kube.sh) with the kubeconfig `lab kubeconfig` prints, as a user
+ * of the lab would, and checked with
  * `lab check`, ported from the sig-network e2e checks: pod to pod on both families, node to pod,
  * Services (basic, multi-port, NodePort, session affinity, TCP and UDP on one port), endpoints
  * following a Deployment scaled up and down, and no pod address handed out twice.
@@ -27,7 +28,7 @@ describe("lab up --kubernetes: a real control plane, kubectl and lab check", { t
   const name = labName("k8s");
   let kubeconfig = "";
   const kubectl = (args: readonly string[], input?: string) => {
-    const run = spawnSync(join(KUBE_BIN, "kubectl"), ["--kubeconfig", kubeconfig, ...args], { encoding: "utf8", input, timeout: 120_000 });
+    const run = spawnSync(join(KUBE_BIN, "kubectl-debian"), ["--kubeconfig", kubeconfig, ...args], { encoding: "utf8", input, timeout: 120_000 });
     if (run.status !== 0) throw new Error(`kubectl ${args.join(" ")} failed: ${run.stderr}`);
     return run.stdout;
   };

@@ -11,10 +11,10 @@ import { agentLogEntries, agentRoutes, downAll, labName, labStatus, runTrellis }
 after(downAll);
 
 const runs = [
-  { tag: "vx", mode: "vxlan", family: "dual", probes: 168 },
-  { tag: "au", mode: "auto", family: "dual", probes: 168 },
-  { tag: "v4", mode: "auto", family: "ipv4", probes: 84 },
-  { tag: "v6", mode: "auto", family: "ipv6", probes: 84 },
+  { tag: "vx", mode: "vxlan", family: "dual", probes: 300 },
+  { tag: "au", mode: "auto", family: "dual", probes: 300 },
+  { tag: "v4", mode: "auto", family: "ipv4", probes: 150 },
+  { tag: "v6", mode: "auto", family: "ipv6", probes: 150 },
 ];
 
 describe("trellis lab across two underlay subnets", () => {

@@ -60,7 +60,7 @@ describe("trellis lab", () => {
     const name = labName("a");
     const up = trellis(["lab", "up", "--name", name, "--mode", "direct", "--nodes", "3", "--pods-per-node", "2", "--family", "dual", "--subnets", "1"]);
     assert.equal(up.status, 0, up.stdout + up.stderr);
-    assert.match(up.stdout, /PASS: 168\/168 probes ok/);
+    assert.match(up.stdout, /PASS: 300\/300 probes ok/);
 
     const statusRun = trellis(["lab", "status", "--name", name, "--json"]);
     assert.equal(statusRun.status, 0, statusRun.stderr);
@@ -92,9 +92,10 @@ describe("trellis lab", () => {
     assert.equal(check.status, 0, check.stdout + check.stderr);
     const report = JSON.parse(check.stdout) as CheckJson;
     assert.equal(report.ok, true);
-    assert.equal(report.total, 168);
-    const sourced = report.probes.filter((probe) => probe.kind === "tcp");
-    assert.equal(sourced.length, 6 * 5 * 2 + 6 * 2);
+    // pod to pod: 6 x 5 x 2 families x ICMP, TCP, UDP; pod to external: 6 x 2; node to pod: 3 x 6 x 2 x 3
+    assert.equal(report.total, 180 + 12 + 108);
+    const sourced = report.probes.filter((probe) => probe.expectedSource !== undefined);
+    assert.equal(sourced.length, 6 * 5 * 2 * 2 + 6 * 2);
     for (const probe of sourced) assert.equal(probe.seenSource, probe.expectedSource, JSON.stringify(probe));
 
     const [pod] = status.pods;

@@ -37,7 +37,7 @@ describe("lab check report", () => {
       "failures:",
       "  node1-pod0 -> node2-pod0 TCP IPv4 10.244.2.2: wrong source address 198.18.0.11 (expected 10.244.1.2)",
       "  node1-pod0 -> node2-pod0 ICMP IPv6 10.244.2.2: timeout: no echo reply within 3000 ms",
-      "FAIL: 3/5 probes ok in 1.2 s (pod to pod: ICMP, and TCP seeing the sender's pod IP; node to pod: ICMP; pod to external: TCP seeing the pod's node address)",
+      "FAIL: 3/5 probes ok in 1.2 s (pod to pod: ICMP, and TCP and UDP seeing the sender's pod IP; node to pod: ICMP, TCP and UDP; pod to external: TCP seeing the pod's node address)",
       "",
     ].join("\n"));
   });

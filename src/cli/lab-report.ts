@@ -32,7 +32,7 @@ export function renderCheckReport(report: CheckReport): string {
   }
   lines.push(
     `${report.ok ? "PASS" : "FAIL"}: ${report.total - report.failed}/${report.total} probes ok in ${report.seconds.toFixed(1)} s ` +
-      "(pod to pod: ICMP, and TCP seeing the sender's pod IP; node to pod: ICMP; pod to external: TCP seeing the pod's node address" +
+      "(pod to pod: ICMP, and TCP and UDP seeing the sender's pod IP; node to pod: ICMP, TCP and UDP; pod to external: TCP seeing the pod's node address" +
       (report.destinations.some((name) => name.startsWith("svc/"))
         ? "; pod to Service: every ClusterIP and port answered by an endpoint seeing the pod's IP, or refused at once without endpoints; external to NodePorts)\n"
         : ")\n"),

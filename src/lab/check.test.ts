@@ -30,10 +30,12 @@ function labState(options: Record<string, string>): LabState {
 }
 
 describe("lab/check", () => {
-  it("plans pod to pod ICMP and TCP per family, node to pod ICMP, pod to external TCP expecting the node address", () => {
+  it("plans pod to pod ICMP, TCP and UDP per family, node to pod the same, pod to external TCP expecting the node address", () => {
     const plans = planProbes(labState({ name: "t", nodes: "2", podsPerNode: "2", mode: "direct" }));
-    // 4 pods x 3 peers x 2 families x 2 kinds, 4 pods x 2 families to external, 2 nodes x 4 pods x 2 families
-    assert.equal(plans.length, 48 + 8 + 16);
+    // 4 pods x 3 peers x 2 families x 3 kinds, 4 pods x 2 families to external, 2 nodes x 4 pods x 2 families x 3 kinds
+    assert.equal(plans.length, 72 + 8 + 48);
+    const udp = plans.find((plan) => plan.from === "node1-pod0" && plan.to === "node2-pod1" && plan.kind === "udp" && plan.family === "IPv4");
+    assert.equal(udp?.expectedSource, "10.244.1.2", "UDP sees the sender's pod IP too");
     const tcp = plans.find((plan) => plan.from === "node1-pod0" && plan.to === "node2-pod1" && plan.kind === "tcp" && plan.family === "IPv6");
     assert.deepEqual(tcp, {
       from: "node1-pod0", to: "node2-pod1", fromNode: "node1", toNode: "node2", kind: "tcp", family: "IPv6", address: "fd00:10:244:2::3",
@@ -44,7 +46,9 @@ describe("lab/check", () => {
       ["198.18.0.200", "198.18.0.12", "external"],
       ["fd00:198:18::200", "fd00:198:18::12", "external"],
     ]);
-    assert.ok(plans.filter((plan) => plan.from === "node1").every((plan) => plan.kind === "icmp"));
+    const fromNode = plans.filter((plan) => plan.from === "node1");
+    assert.deepEqual([...new Set(fromNode.map((plan) => plan.kind))].sort(), ["icmp", "tcp", "udp"]);
+    assert.ok(fromNode.every((plan) => plan.expectedSource === undefined && (plan.kind === "icmp" || plan.expectedServer === plan.to)), "a node's source address is not judged");
     assert.ok(!plans.some((plan) => plan.from === plan.to));
   });
 

@@ -121,6 +121,7 @@ export function planProbes(state: LabState, services: readonly LabServicePort[] 
         const ends = { from: from.name, to: to.name, fromNode: from.node, toNode: to.node };
         plans.push({ ...ends, kind: "icmp", family, address, note });
         plans.push({ ...ends, kind: "tcp", family, address, expectedSource: sameFamily(from.addresses, address), expectedServer: to.name, note });
+        plans.push({ ...ends, kind: "udp", family, address, expectedSource: sameFamily(from.addresses, address), expectedServer: to.name, note });
       }
     }
     for (const address of state.external.addresses) {
@@ -195,7 +196,12 @@ export function planProbes(state: LabState, services: readonly LabServicePort[] 
   for (const from of state.nodes) {
     for (const to of state.pods) {
       const note = crossSubnetNote(from.name, to.node);
-      for (const address of to.addresses) plans.push({ from: from.name, to: to.name, fromNode: from.name, toNode: to.node, kind: "icmp", family: familyOf(address), address, note });
+      // The node's source address depends on the route (bridge, underlay or VXLAN): not checked.
+      for (const address of to.addresses) {
+        for (const kind of ["icmp", "tcp", "udp"] as const) {
+          plans.push({ from: from.name, to: to.name, fromNode: from.name, toNode: to.node, kind, family: familyOf(address), address, ...(kind === "icmp" ? {} : { expectedServer: to.name }), note });
+        }
+      }
     }
   }
   return plans;
