@@ -62,7 +62,7 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
     const log = join(dir, `${nodeName}.log`);
     const argv = [
       `--net=${namedNetnsPath(`${TAG}${name}`)}`, "--", TRELLIS_STANDALONE, "agent", "--datastore", "kubernetes", "--kubeconfig", config, "--cluster-cidr", CLUSTER_CIDR,
-      "--node-name", nodeName, "--node-ip", address.join(","), "--mode", "direct", "--proxy-sync-interval", "0", "--metrics-bind-address", "off", "--resync-interval", "2",
+      "--node-name", nodeName, ...(address.length ? ["--node-ip", address.join(",")] : []), "--mode", "direct", "--proxy-sync-interval", "0", "--metrics-bind-address", "off", "--resync-interval", "2",
       "--cni-conf-dir", join(dir, nodeName, "net.d"), "--cni-data-dir", join(dir, nodeName, "cni"), "--cni-socket", join(dir, nodeName, "cni.sock"),
     ];
     const fd = openSync(log, "a");
@@ -85,9 +85,12 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
     kubeconfig = join(dir, "trellis.kubeconfig");
     writeFileSync(kubeconfig, tokenKubeconfigText(plane.files.server, plane.files.caCert, "trellis", join(dir, "token")));
     for (const member of NODES) await kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "Node", metadata: { name: member.name } }));
+    // node2's agent gets no --node-ip: it takes the InternalIPs its Node's status lists (as a
+    // kubelet would have set them), in their order, IPv6 first here.
+    await kubectl(["patch", "node", "node2", "--subresource=status", "--type=merge", "-p", JSON.stringify({ status: { addresses: [{ type: "InternalIP", address: "fd00:198:18::12" }, { type: "InternalIP", address: "198.18.0.12" }, { type: "Hostname", address: "node2" }] } })]);
     for (const member of NODES) {
       mkdirSync(join(dir, member.name), { recursive: true });
-      startAgent(member.name, member.name, member.addresses, kubeconfig);
+      startAgent(member.name, member.name, member.name === "node2" ? [] : member.addresses, kubeconfig);
     }
   });
 
@@ -106,6 +109,8 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
     }, 60_000);
     const [one, two] = await Promise.all(NODES.map((member) => node(member.name)));
     assert.equal(one.metadata.annotations!["trellis.dev/node-addresses"], "198.18.0.11,fd00:198:18::11");
+    // Bug caught: the Node's status.addresses ignored for the default route's (which lists IPv4 first).
+    assert.equal(two.metadata.annotations!["trellis.dev/node-addresses"], "fd00:198:18::12,198.18.0.12");
     assert.equal(two.spec.podCIDRs?.length, 2, "node IPAM gave a pod CIDR per family");
     assert.equal(two.status?.conditions?.find((condition) => condition.type === "NetworkUnavailable")?.reason, "TrellisIsUp");
     // Bug caught: peers read from the wrong field (status, not spec.podCIDRs), or routed via an address of the wrong family.

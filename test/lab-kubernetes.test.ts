@@ -70,7 +70,7 @@ describe("lab up --kubernetes: a real control plane, kubectl and lab check", { t
     kubectl(["expose", "deployment", "web", "--port=80", "--target-port=8080"]);
     kubectl(["apply", "-f", "-"], [
       "apiVersion: v1\nkind: Service\nmetadata: {name: web-multi}\nspec:\n  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  selector: {app: web}\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n  - {name: probe, port: 81, targetPort: 7777}\n  - {name: probe-udp, port: 81, protocol: UDP, targetPort: 7777}\n",
-      "apiVersion: v1\nkind: Service\nmetadata: {name: web-sticky}\nspec:\n  sessionAffinity: ClientIP\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n",
+      "apiVersion: v1\nkind: Service\nmetadata: {name: web-sticky}\nspec:\n  type: NodePort\n  sessionAffinity: ClientIP\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n",
     ].join("---\n"));
     const running = (count: number) => pods("app=web").filter((pod) => pod.status.phase === "Running" && pod.status.podIPs?.length === 2).length === count;
     await waitFor("3 web pods running", () => running(3), 60_000);
@@ -82,6 +82,9 @@ describe("lab up --kubernetes: a real control plane, kubectl and lab check", { t
     assert.ok(served("web").size >= 2, `web answered by ${[...served("web")].join(", ")}`);
     assert.ok(check.probes.some((probe) => probe.to === "svc/web-multi" && probe.kind === "udp" && probe.ok), "the UDP port beside the TCP one answers");
     assert.ok(check.probes.some((probe) => probe.to === "svc/web-multi" && probe.from === "external" && probe.ok), "the NodePort answers from outside");
+    // Bug caught: affinity kept for pods' ClusterIP connections but not through a NodePort.
+    const stickyNodePort = check.probes.filter((probe) => probe.to === "svc/web-sticky" && probe.from === "external" && (probe as { expectOneServerOf?: number }).expectOneServerOf === 20);
+    assert.ok(stickyNodePort.length > 0 && stickyNodePort.every((probe) => probe.ok), JSON.stringify(stickyNodePort));
     assert.ok(check.probes.some((probe) => probe.to === "svc/web-multi" && probe.kind === "tcp" && (probe as { family?: string }).family === "IPv6" && probe.ok), "the secondary family's ClusterIP answers");
 
     kubectl(["scale", "deployment", "web", "--replicas=5"]);

@@ -16,7 +16,7 @@ import {
 import { stopSpawnHelper, useSpawnHelper } from "../linux/exec.js";
 import { keepIpWarm, linkDeletionsSettled } from "../linux/iproute.js";
 import { nftApply, nftListTable } from "../linux/nftables.js";
-import { formatIp, formatPrefix, type IpPrefix } from "../net/ip.js";
+import { formatIp, formatPrefix, type IpAddress, type IpPrefix } from "../net/ip.js";
 import { repairBridge } from "../podnet/bridge.js";
 import { openPodNet } from "../podnet/handle.js";
 import { BRIDGE_NAME, CONFLIST_NAME, renderConflist, writeConflist } from "./conflist.js";
@@ -45,11 +45,22 @@ export interface RunningAgent {
 
 /** Checks the node, registers it with its datastore and starts the loops; rejects, having written nothing, on bad input. */
 export async function startAgent(options: AgentOptions, log: Logger): Promise<RunningAgent> {
-  const nodeIps = options.nodeIps.length ? options.nodeIps : await defaultRouteAddresses();
-  if (!nodeIps.length) throw new Error("this node has no default route to take its addresses from: give them with --node-ip");
-  const detected = await findUnderlay(nodeIps);
-  const underlay: Underlay = { ...detected, mtu: options.mtu ?? detected.mtu };
-  const feed = options.datastore === "kubernetes" ? await openKubeFeed(options, log, nodeIps, underlay) : await openStoreFeed(options, log, nodeIps, underlay);
+  const underlayOf = async (nodeIps: readonly IpAddress[]): Promise<Underlay> => {
+    const detected = await findUnderlay(nodeIps);
+    return { ...detected, mtu: options.mtu ?? detected.mtu };
+  };
+  let feed: ClusterFeed;
+  let nodeIps: readonly IpAddress[];
+  let underlay: Underlay;
+  if (options.datastore === "kubernetes") {
+    // The Node's InternalIPs are the node's addresses unless --node-ip says otherwise.
+    ({ feed, nodeIps, underlay } = await openKubeFeed(options, log, underlayOf));
+  } else {
+    nodeIps = options.nodeIps.length ? options.nodeIps : await defaultRouteAddresses();
+    if (!nodeIps.length) throw new Error("this node has no default route to take its addresses from: give them with --node-ip");
+    underlay = await underlayOf(nodeIps);
+    feed = await openStoreFeed(options, log, nodeIps, underlay);
+  }
   log("info", "node claimed", {
     node: feed.self.name,
     datastore: feed.description,

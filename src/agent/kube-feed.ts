@@ -9,9 +9,10 @@ import { vtepMac, vxlanFamilies, type NodeEndpoint, type Underlay } from "../dat
 import { KubeApiError, KubeClient } from "../kube/client.js";
 import { inClusterConnection, loadKubeconfig } from "../kube/config.js";
 import { inform, type Informer } from "../kube/informer.js";
-import { markNetworkAvailable, nodePodCidrs, nodeRouting, publishNodeNetwork, type KubeNode } from "../kube/nodes.js";
-import { formatPrefix, prefixContainsPrefix, type IpAddress } from "../net/ip.js";
+import { markNetworkAvailable, nodeInternalIps, nodePodCidrs, nodeRouting, publishNodeNetwork, type KubeNode } from "../kube/nodes.js";
+import { formatIp, formatPrefix, prefixContainsPrefix, type IpAddress } from "../net/ip.js";
 import type { ClusterFeed, FeedEvents } from "./feed.js";
+import { defaultRouteAddresses } from "./host.js";
 import type { Logger } from "./log.js";
 import type { AgentOptions } from "./options.js";
 import { kubeProxySource } from "./proxy-source.js";
@@ -19,11 +20,29 @@ import { kubeProxySource } from "./proxy-source.js";
 /** How often the agent looks again for its Node or its pod CIDRs while they are not there. */
 const NODE_POLL_MS = 1_000;
 
-export async function openKubeFeed(options: AgentOptions, log: Logger, nodeIps: readonly IpAddress[], underlay: Underlay): Promise<ClusterFeed> {
+/**
+ * Waits for the Node, takes its addresses (`--node-ip`, else its InternalIPs, else the default
+ * route's) and underlay, and publishes; rejects, having published nothing, on bad input.
+ */
+export async function openKubeFeed(
+  options: AgentOptions,
+  log: Logger,
+  underlayOf: (nodeIps: readonly IpAddress[]) => Promise<Underlay>,
+): Promise<{ feed: ClusterFeed; nodeIps: IpAddress[]; underlay: Underlay }> {
   const connection = options.kubeconfig ? loadKubeconfig(options.kubeconfig) : inClusterConnection();
   const client = new KubeClient(connection);
   try {
     const node = await waitForNode(client, options.nodeName, log);
+    const internal = nodeInternalIps(node);
+    const nodeIps = options.nodeIps.length ? [...options.nodeIps] : internal.length ? internal : await defaultRouteAddresses();
+    if (!nodeIps.length) throw new Error(`node ${options.nodeName} has no InternalIP in its status.addresses and this node has no default route: give its addresses with --node-ip`);
+    let underlay: Underlay;
+    try {
+      underlay = await underlayOf(nodeIps);
+    } catch (error) {
+      if (options.nodeIps.length || !internal.length) throw error;
+      throw new Error(`node ${options.nodeName}'s InternalIPs ${internal.map(formatIp).join(",")} (status.addresses) are not this host's: ${(error as Error).message}`);
+    }
     const podCidrs = nodePodCidrs(node);
     for (const cidr of podCidrs) {
       if (!options.clusterCidrs.some((cluster) => prefixContainsPrefix(cluster, cidr))) {
@@ -33,7 +52,7 @@ export async function openKubeFeed(options: AgentOptions, log: Logger, nodeIps: 
     const vteps = vxlanFamilies(options.mode, nodeIps).map((family) => ({ family, mac: vtepMac(options.nodeName, family) }));
     await publishNodeNetwork(client, options.nodeName, { addresses: nodeIps, vteps, mode: options.mode, mtu: underlay.mtu });
     const self: NodeEndpoint = { name: options.nodeName, addresses: [...nodeIps], podCidrs, vteps };
-    return kubeFeed(options, log, client, self);
+    return { feed: kubeFeed(options, log, client, self), nodeIps, underlay };
   } catch (error) {
     client.close();
     throw error instanceof KubeApiError ? new Error(`${error.message}${rightsHint(error)}`) : error;

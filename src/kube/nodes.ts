@@ -54,6 +54,17 @@ export function nodePodCidrs(node: KubeNode): IpPrefix[] {
   });
 }
 
+/** The Node's InternalIP addresses (`status.addresses`, as the kubelet set them), the first of each family, in order. */
+export function nodeInternalIps(node: KubeNode): IpAddress[] {
+  const found: IpAddress[] = [];
+  for (const entry of node.status?.addresses ?? []) {
+    if (entry?.type !== "InternalIP" || typeof entry.address !== "string") continue;
+    const ip = tryParseIp(entry.address);
+    if (ip && !found.some((other) => other.family === ip.family)) found.push(ip);
+  }
+  return found;
+}
+
 /**
  * How to route to a Node's pods, read from what its agent published. Nodes come from other
  * agents and from people: anything that does not parse is left out, so one bad Node can cost

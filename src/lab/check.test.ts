@@ -91,5 +91,8 @@ describe("lab/check", () => {
     };
     const plans = planProbes(state, [sticky]).filter((plan) => plan.expectOneServerOf !== undefined);
     assert.deepEqual(plans.map((plan) => [plan.from, plan.address, plan.expectOneServerOf]), [["node1-pod0", "10.96.0.20", 20], ["node2-pod0", "10.96.0.20", 20]]);
+    // Through a NodePort too: from external, on each node's address.
+    const viaNodePort = planProbes(state, [{ ...sticky, nodePort: 30080 }]).filter((plan) => plan.expectOneServerOf !== undefined && plan.from === "external");
+    assert.deepEqual(viaNodePort.map((plan) => [plan.toNode, plan.address, plan.port, plan.expectOneServerOf]), [["node1", "198.18.0.11", 30080, 20], ["node2", "198.18.0.12", 30080, 20]]);
   });
 });

@@ -173,6 +173,13 @@ export function planProbes(state: LabState, services: readonly LabServicePort[] 
           expectedServers: port.externalTrafficPolicy === "Local" ? local : port.endpoints.map((endpoint) => endpoint.pod),
           ...(port.externalTrafficPolicy === "Local" ? { expectedSource: sameFamily(state.external.addresses, address) } : {}),
         });
+        // ClientIP affinity through a NodePort: external's connections in a row, one endpoint for them all.
+        if (port.sessionAffinity) {
+          plans.push({
+            from: "external", to: serviceColumn(port), fromNode: "external", toNode: node.name, kind: port.protocol === "UDP" ? "udp" : "tcp", family: familyOf(address), address, port: port.nodePort,
+            expectedServers: port.externalTrafficPolicy === "Local" ? local : port.endpoints.map((endpoint) => endpoint.pod), expectOneServerOf: AFFINITY_CONNECTS,
+          });
+        }
       }
     }
   }
