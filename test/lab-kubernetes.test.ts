@@ -161,6 +161,22 @@ describe("lab up --kubernetes: a real control plane, kubectl and lab check", { t
     assert.deepEqual(failures(check), []);
   });
 
+  it("lab pod add and rm make and delete a Pod through the API server, run by the node's lab kubelet", () => {
+    const added = runTrellis(["lab", "pod", "add", "extra", "--node", "node2", "--label", "app=extra", "--name", name]);
+    assert.equal(added.status, 0, added.stdout + added.stderr);
+    const pod = JSON.parse(kubectl(["get", "pod", "extra", "-o", "json"])) as PodJson;
+    assert.deepEqual([pod.spec.nodeName, pod.status.phase, pod.metadata.labels?.app, pod.status.podIPs?.length], ["node2", "Running", "extra", 2]);
+    // Bug caught: lab pod add writing to a Trellis store the Kubernetes lab does not have.
+    assert.match(runTrellis(["lab", "pod", "add", "extra", "--node", "node1", "--name", name]).stderr, /already has a pod named extra/);
+    const netns = (JSON.parse(runTrellis(["lab", "status", "--name", name, "--json"]).stdout) as { pods: Array<{ name: string; netns: string }> }).pods.find((each) => each.name === "extra")?.netns;
+    assert.ok(netns && existsSync(netns), "its namespace exists");
+    const removed = runTrellis(["lab", "pod", "rm", "extra", "--name", name]);
+    assert.equal(removed.status, 0, removed.stderr);
+    assert.deepEqual(pods("app=extra"), []);
+    assert.ok(!existsSync(netns), "its namespace is gone");
+    assert.match(runTrellis(["lab", "pod", "rm", "extra", "--name", name]).stderr, /runs no Pod "extra"/);
+  });
+
   it("lab down removes the control plane, the kubelets and every pod namespace", () => {
     const down = runTrellis(["lab", "down", "--name", name], 120_000);
     assert.equal(down.status, 0, down.stderr);

@@ -68,6 +68,19 @@ export function kubeLabUnavailable(): string | undefined {
   return missing.length ? `${missing.join(", ")} not in ${bin}: build them with scripts/build-kube.sh (or set TRELLIS_KUBE_BIN)` : undefined;
 }
 
+/** A lab pod as a Pod bound to its node (as the scheduler would have bound it), serving the probe port. */
+export function labKubePod(state: Pick<LabState, "probePort">, name: string, node: string, labels: Readonly<Record<string, string>>): object {
+  return {
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: { name, namespace: "default", labels },
+    spec: {
+      nodeName: node,
+      containers: [{ name: "probe", image: "trellis-probe", ports: [{ name: "probe", containerPort: state.probePort, protocol: "TCP" }, { name: "probe-udp", containerPort: state.probePort, protocol: "UDP" }] }],
+    },
+  };
+}
+
 /** kubectl with the machine's admin kubeconfig. */
 export async function labKubectl(kube: Pick<LabKubernetes, "adminKubeconfig" | "binDir">, args: readonly string[], input?: string): Promise<string> {
   const { stdout } = await run(join(kube.binDir, "kubectl"), ["--kubeconfig", kube.adminKubeconfig, ...args], { input, timeoutMs: 120_000 });

@@ -1,13 +1,18 @@
 /**
  * `trellis lab pod add NAME --node N [--label k=v]…` and `lab pod rm NAME`: a pod joins or leaves
  * a running lab as a kubelet would add or remove one: namespace, CNI ADD or DEL through its
- * node's conflist, its probe server, and its Pod object in the lab's store.
+ * node's conflist, its probe server, and its Pod object in the lab's store. On a Kubernetes lab
+ * the Pod is made (or deleted) through the API server, bound to its node, and the node's lab
+ * kubelet does the rest.
  */
+import { join } from "node:path";
 import { isDns1123Label } from "../cluster/objects/syntax.js";
 import { deleteNamedNetns, namedNetnsPath } from "../linux/named-netns.js";
 import { delNetworkList, readNetworkList } from "./cni-runtime.js";
-import { labPodObject, recordLabPods } from "./pod-objects.js";
-import { isLabProcess, stopProcesses } from "./processes.js";
+import { labKubectl, labKubePod } from "./kube-lab.js";
+import { kubeletLabPods } from "./kubelet.js";
+import { LAB_POD_LABEL, labPodObject, recordLabPods } from "./pod-objects.js";
+import { isLabProcess, sleep, stopProcesses } from "./processes.js";
 import { labStore } from "./store-access.js";
 import { labNetnsName, MAX_PODS_PER_NODE, parsePodLabels } from "./topology.js";
 import { saveLabState, type LabPodState, type LabState } from "./state.js";
@@ -20,6 +25,7 @@ export async function labPodAdd(state: LabState, name: string, nodeName: string,
   const node = state.nodes.find((candidate) => candidate.name === nodeName);
   if (!node) throw new Error(`lab ${state.name} has no node ${JSON.stringify(nodeName)}; its nodes are ${state.nodes.map((candidate) => candidate.name).join(", ")}`);
   const labels = labelTexts.length ? parsePodLabels(labelTexts.join(",")) : undefined;
+  if (state.kubernetes) return kubePodAdd(state, name, node.name, labels, out);
   // The namespace is named by node and slot, as those of `lab up` are, so `lab down` finds it.
   const used = new Set(state.pods.filter((pod) => pod.node === node.name).map((pod) => pod.netnsName));
   const slot = Array.from({ length: MAX_PODS_PER_NODE }, (_, i) => i).find((i) => !used.has(labNetnsName(state.name, `${node.name}-pod${i}`)));
@@ -36,6 +42,15 @@ export async function labPodAdd(state: LabState, name: string, nodeName: string,
 }
 
 export async function labPodRm(state: LabState, name: string, out: (line: string) => void): Promise<void> {
+  if (state.kubernetes) {
+    if (!kubeletLabPods(state).some((pod) => pod.name === name)) throw new Error(`lab ${state.name} runs no Pod ${JSON.stringify(name)} in namespace default; its pods are ${kubeletLabPods(state).map((pod) => pod.name).join(", ")}`);
+    // The kubelet of its node runs CNI DEL and removes its namespace, then deletes the Pod for good.
+    await labKubectl(state.kubernetes, ["delete", "pod", name, "--namespace", "default", "--wait=true", "--timeout=60s"]);
+    state.pods.splice(0, state.pods.length, ...state.pods.filter((pod) => pod.name !== name));
+    saveLabState(state);
+    out(`pod ${name} removed: Pod deleted through the API server, CNI DEL and its namespace by its node's lab kubelet`);
+    return;
+  }
   const pod = state.pods.find((candidate) => candidate.name === name);
   if (!pod) throw new Error(`lab ${state.name} has no pod ${JSON.stringify(name)}; its pods are ${state.pods.map((candidate) => candidate.name).join(", ")}`);
   // The Pod object first: its Services stop sending to it before it goes.
@@ -50,4 +65,23 @@ export async function labPodRm(state: LabState, name: string, out: (line: string
   state.pods.splice(state.pods.indexOf(pod), 1);
   saveLabState(state);
   out(`pod ${name} removed: Pod object deleted, CNI DEL on ${node.name}, namespace ${pod.netnsName} gone`);
+}
+
+/** A Pod bound to `node` through the API server; resolves once that node's lab kubelet runs it. */
+async function kubePodAdd(state: LabState, name: string, node: string, labels: Readonly<Record<string, string>> | undefined, out: (line: string) => void): Promise<LabPodState> {
+  const kube = state.kubernetes!;
+  const manifest = labKubePod(state, name, node, { ...(labels ?? state.podLabels), [LAB_POD_LABEL]: name });
+  await labKubectl(kube, ["create", "-f", "-"], JSON.stringify(manifest)).catch((error: Error) => {
+    throw /AlreadyExists|already exists/.test(error.message) ? new Error(`lab ${state.name} already has a pod named ${name}; \`trellis lab pod rm --name ${state.name} ${name}\` removes it`) : error;
+  });
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const pod = kubeletLabPods(state).find((candidate) => candidate.name === name && candidate.node === node);
+    if (pod) {
+      out(`pod ${name} on ${node}: ${pod.addresses.join(" ")}, a Pod run by ${node}'s lab kubelet`);
+      return pod;
+    }
+    if (Date.now() > deadline) throw new Error(`the lab kubelet of ${node} did not run Pod ${name} within 60 s; see ${join(state.dir, node, "kubelet.log")}`);
+    await sleep(200);
+  }
 }

@@ -10,7 +10,7 @@ import { addNetworkList, CONFLIST_FILE, networkListSubnets, readNetworkList, res
 import { labDown } from "./down.js";
 import { logTail, sleep, startDetached, type StartedProcess } from "./processes.js";
 import { mapConcurrently } from "./concurrently.js";
-import { KUBE_LAB_CIDRS, labKubectl, startKubeControlPlane } from "./kube-lab.js";
+import { KUBE_LAB_CIDRS, labKubectl, labKubePod, startKubeControlPlane } from "./kube-lab.js";
 import { readKubeletPods } from "./kubelet.js";
 import { LAB_POD_LABEL, recordLabPods } from "./pod-objects.js";
 import { selfInvocation } from "./probe.js";
@@ -307,15 +307,7 @@ async function startKubelets(state: LabState, signal: AbortSignal, out: (line: s
   }
   saveLabState(state);
   out(`lab kubelets started (${state.nodes.map((node) => `${node.name} pid ${kube.kubelets[node.name].pid}`).join(", ")}): each attaches the Pods bound to its node`);
-  const manifests = state.pods.map((pod) => JSON.stringify({
-    apiVersion: "v1",
-    kind: "Pod",
-    metadata: { name: pod.name, namespace: "default", labels: { ...state.podLabels, [LAB_POD_LABEL]: pod.name } },
-    spec: {
-      nodeName: pod.node,
-      containers: [{ name: "probe", image: "trellis-probe", ports: [{ name: "probe", containerPort: state.probePort, protocol: "TCP" }, { name: "probe-udp", containerPort: state.probePort, protocol: "UDP" }] }],
-    },
-  }));
+  const manifests = state.pods.map((pod) => JSON.stringify(labKubePod(state, pod.name, pod.node, { ...state.podLabels, [LAB_POD_LABEL]: pod.name })));
   await labKubectl(kube, ["apply", "-f", "-"], manifests.join("\n---\n"));
   const deadline = Date.now() + AGENT_READY_TIMEOUT_MS;
   for (;;) {
