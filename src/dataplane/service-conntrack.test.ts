@@ -32,6 +32,13 @@ describe("dataplane/service-conntrack", () => {
     assert.deepEqual(show(staleUdpFlows([before], [after])), ["4 *:30053 <- *", "4 10.96.0.10:53 <- *", "6 *:30053 <- *", "6 fd00:10:96::a:53 <- *"]);
   });
 
+  // Bug caught: a client that sent to a UDP Service before its rules existed keeps a flow that
+  // leads nowhere (seen: the Kubernetes lab's UDP client never heard its first server pod).
+  test("a UDP port new to the proxy, with endpoints: every flow to its addresses and NodePort", () => {
+    assert.deepEqual(show(staleUdpFlows([], [dns([endpoint("10.244.1.5")])])), ["4 *:30053 <- *", "4 10.96.0.10:53 <- *", "6 *:30053 <- *", "6 fd00:10:96::a:53 <- *"]);
+    assert.deepEqual(staleUdpFlows([], [dns([])]), [], "none while it has no endpoint");
+  });
+
   // Bug caught: flows deleted for TCP (its connections end themselves; deleting breaks live ones),
   // or for an unchanged port.
   test("nothing for TCP, nor for an unchanged UDP port; a removed UDP port's endpoints go", () => {

@@ -5,7 +5,8 @@
  * kube-proxy does (kubernetes#19029, #48370):
  * - an endpoint that left a UDP port: its flows to that port's addresses and NodePort go;
  * - a UDP port that had no usable endpoint and now has one: every flow to it goes, so the
- *   next datagram is DNAT'ed afresh.
+ *   next datagram is DNAT'ed afresh. A port new to the proxy counts as one that had none: a
+ *   client that sent before its rules existed has a flow that leads nowhere.
  * TCP and SCTP end their flows themselves (a reset from nowhere, or the client's retry).
  */
 import { formatIp, type IpAddress } from "../net/ip.js";
@@ -28,14 +29,16 @@ export function staleUdpFlows(previous: readonly ProxyServicePort[], next: reado
     if (port.protocol !== "UDP") continue;
     const old = before.get(key(port));
     before.delete(key(port));
-    if (!old) continue;
-    const wasUsable = usable(old.endpoints).length > 0;
+    const wasUsable = old !== undefined && usable(old.endpoints).length > 0;
     const nowUsable = usable(port.endpoints);
     if (!wasUsable && nowUsable.length > 0) {
-      for (const address of addressesOf(old)) add({ protocol: "udp", family: address.family, origDst: address, origPortDst: old.port });
-      if (old.nodePort !== undefined) for (const family of familiesOf(old)) add({ protocol: "udp", family, origPortDst: old.nodePort });
+      for (const stale of old ? [old, port] : [port]) {
+        for (const address of addressesOf(stale)) add({ protocol: "udp", family: address.family, origDst: address, origPortDst: stale.port });
+        if (stale.nodePort !== undefined) for (const family of familiesOf(stale)) add({ protocol: "udp", family, origPortDst: stale.nodePort });
+      }
       continue;
     }
+    if (!old) continue;
     const remaining = new Set(nowUsable.map(endpointKey));
     for (const gone of usable(old.endpoints).filter((endpoint) => !remaining.has(endpointKey(endpoint)))) removeEndpointFlows(old, gone, add);
   }
