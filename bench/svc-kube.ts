@@ -19,11 +19,9 @@
  * both proxies sync at every change (`--proxy-sync-interval 0`; kube-proxy's nftables
  * `minSyncPeriod: 1ms`, as its 0 means its default of 1 s).
  */
-import { execFile } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { execFileSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { PROXY_TABLE_NAMES } from "../src/dataplane/service-proxy.js";
 import { KubeApiError, KubeClient } from "../src/kube/client.js";
 import { encodeNftBatch } from "../src/linux/nft-netlink.js";
@@ -33,9 +31,8 @@ import { logTail, sleep, startDetached, stopProcesses, type StartedProcess } fro
 import { KUBE_BIN } from "../test/support/kube.js";
 import { labName, labStatus, runTrellis } from "../test/support/lab.js";
 import type { Made } from "./net-support.js";
-import { connectTimes, dnatRulePattern, latency, metricValue, residentMemory, round, ruleEvents, type LatencyStats, type Memory, type Netns } from "./svc-support.js";
+import { connectTimes, dnatRulePattern, latency, metricsOf, metricValue, residentMemory, round, ruleEvents, type LatencyStats, type Memory, type Netns } from "./svc-support.js";
 
-const execFileAsync = promisify(execFile);
 
 export interface KubeComparisonOptions {
   readonly services: number;
@@ -136,7 +133,7 @@ export async function runKubeComparison(options: KubeComparisonOptions, made: Ma
 
     // kube-proxy's turn: the agent keeps routes and CNI only; its tables go.
     await restartAgent(lab, [...lab.agentArgv, "--no-proxy"]);
-    await deleteProxyTables(lab.node);
+    deleteProxyTables(lab.node);
     // Only a configuration file sets the nftables proxy's minimum sync period; 0s there means the
     // default (1 s, seen), so 1 ms: every change synced at once, as the Trellis agent is set to.
     const config = join(lab.dir, "kube-proxy.yaml");
@@ -268,12 +265,6 @@ async function untilFirstSync(node: Netns, proxy: ProxyUnderTest, timeoutMs: num
   }
 }
 
-async function metricsOf(node: Netns, url: string): Promise<string> {
-  const script = `require("http").get(process.argv[1],(res)=>{let d="";res.on("data",(c)=>d+=c);res.on("end",()=>process.stdout.write(d))}).on("error",(e)=>{console.error(e.message);process.exit(1)})`;
-  const { stdout } = await execFileAsync("nsenter", [`--net=${node.path}`, process.execPath, "-e", script, url], { maxBuffer: 16 * 1024 * 1024 });
-  return stdout;
-}
-
 async function restartAgent(lab: Lab, argv: readonly string[]): Promise<number> {
   await stopProcesses([lab.agentPid]);
   const agent = startDetached(lab.node.path, argv, join("/run/trellis/lab", lab.name, "node1", "agent.log"));
@@ -282,18 +273,12 @@ async function restartAgent(lab: Lab, argv: readonly string[]): Promise<number> 
 }
 
 /**
- * Deletes the Trellis proxy's tables through its netlink writer: `nft` lists the whole ruleset
- * before any command, minutes at 10,000 Services.
+ * Deletes the Trellis proxy's tables through its netlink writer (the batch on its stdin): `nft`
+ * lists the whole ruleset before any command, minutes at 10,000 Services.
  */
-async function deleteProxyTables(node: Netns): Promise<void> {
+function deleteProxyTables(node: Netns): void {
   const ops = ([4, 6] as const).flatMap((family) => PROXY_TABLE_NAMES.flatMap((table) => [{ op: "add table" as const, family, table }, { op: "delete table" as const, family, table }]));
-  await execFileAsync("nsenter", [`--net=${node.path}`, "sh", "-c", `exec "$0" < "$1"`, NFT_WRITER, await writeBatch(encodeNftBatch(ops))]);
-}
-
-async function writeBatch(batch: Buffer): Promise<string> {
-  const file = join(tmpdir(), `trellis-bench-delete-${process.pid}.batch`);
-  writeFileSync(file, batch);
-  return file;
+  execFileSync("nsenter", [`--net=${node.path}`, NFT_WRITER], { input: encodeNftBatch(ops), stdio: ["pipe", "ignore", "inherit"] });
 }
 
 /** The Service selecting the server pod; resolves with its ClusterIP. */
@@ -370,13 +355,4 @@ export function kubeComparisonRows(report: KubeComparison): Array<{ figure: stri
   });
   rows.push({ figure: "resident memory", value: `Trellis agent ${trellis.memory.rssMiB} MiB, kube-proxy ${kubeProxy.memory.rssMiB} MiB`, goal: "", result: "" });
   return rows;
-}
-
-/** The kube-proxy log's tail, for a failure. */
-export function kubeProxyLog(name: string): string {
-  try {
-    return readFileSync(join("/run/trellis/lab", name, "kubernetes", "kube-proxy.log"), "utf8").slice(-3000);
-  } catch {
-    return "";
-  }
 }

@@ -185,3 +185,9 @@ export function round(x: number, digits: number): number {
   return Math.round(x * scale) / scale;
 }
 
+/** GET `url` from inside the namespace at `node` (a metrics endpoint on its loopback); resolves with the body. */
+export async function metricsOf(node: Netns, url: string): Promise<string> {
+  const script = `require("http").get(process.argv[1],(res)=>{let d="";res.on("data",(c)=>d+=c);res.on("end",()=>process.stdout.write(d))}).on("error",(e)=>{console.error(e.message);process.exit(1)})`;
+  const { stdout } = await execFileAsync("nsenter", [`--net=${node.path}`, process.execPath, "-e", script, url], { maxBuffer: 16 * 1024 * 1024 });
+  return stdout;
+}

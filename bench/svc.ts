@@ -39,7 +39,7 @@ import { addressesOf, TRELLIS, type PodAttachmentResult } from "../test/support/
 import { gitCommit } from "./commit.js";
 import { kubeComparisonRows, runKubeComparison, type KubeComparison } from "./svc-kube.js";
 import {
-  connectTimes, dnatRulePattern, latency, metricValue, residentMemory, round, ruleEvents, sum, WARMUP_CONNECTS,
+  connectTimes, dnatRulePattern, latency, metricsOf, metricValue, residentMemory, round, ruleEvents, sum,
   type LatencyStats, type Memory, type Target,
 } from "./svc-support.js";
 import { newMade, removeOnExit, type Made } from "./net-support.js";
@@ -621,10 +621,8 @@ async function waitForAgent(cluster: Cluster, what: string, condition: () => boo
   }
 }
 
-async function agentMetrics(node: TestNetns): Promise<string> {
-  const script = `require("http").get(process.argv[1],(res)=>{let d="";res.on("data",(c)=>d+=c);res.on("end",()=>process.stdout.write(d))}).on("error",(e)=>{console.error(e.message);process.exit(1)})`;
-  const { stdout } = await execFileAsync("nsenter", [`--net=${node.path}`, process.execPath, "-e", script, METRICS_URL], { maxBuffer: 16 * 1024 * 1024 });
-  return stdout;
+function agentMetrics(node: TestNetns): Promise<string> {
+  return metricsOf(node, METRICS_URL);
 }
 
 function histogramDelta(before: string, after: string, name: string): HistogramDelta {

@@ -23,12 +23,15 @@ export interface ProxySink {
   failed(error: Error, retryInMs: number): void;
 }
 
+/**
+ * Where a Service with a selector gets its endpoints: `pods`, worked out from the Pods as the
+ * EndpointSlice controller would (the Trellis store has no such controller); `slices`, from the
+ * EndpointSlices alone (the Kubernetes API's controller writes them).
+ */
+export type EndpointSource = "pods" | "slices";
+
 export interface ProxySource {
-  /**
-   * True: a Service with a selector gets its endpoints from the Pods (the Trellis store has no
-   * EndpointSlice controller). False: from the EndpointSlices alone.
-   */
-  readonly endpointsFromPods: boolean;
+  readonly endpoints: EndpointSource;
   follow(sink: ProxySink): ProxyFollow;
 }
 
@@ -67,7 +70,7 @@ export function putStored(sink: Pick<ProxySink, "service" | "slice" | "pod">, pr
 /** Services, EndpointSlices and Pods from the Trellis store. */
 export function storeProxySource(store: KvStore): ProxySource {
   return {
-    endpointsFromPods: true,
+    endpoints: "pods",
     follow(sink) {
       const watches: KvWatch[] = [];
       let stopped = false;
@@ -127,7 +130,7 @@ const TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time";
 /** Services and EndpointSlices from the Kubernetes API. */
 export function kubeProxySource(client: KubeClient): ProxySource {
   return {
-    endpointsFromPods: false,
+    endpoints: "slices",
     follow(sink) {
       const synced = new Set<string>();
       const informers: Informer[] = [];

@@ -96,7 +96,7 @@ describe("ServiceIndex", () => {
   it("with the Kubernetes API's slices, takes a selector Service's endpoints from its slices, not the Pods", () => {
     // Catches: the proxy on the Kubernetes API working endpoints out from Pods it never watches
     // (every selector Service without endpoints), or ignoring the EndpointSlice controller's slices.
-    const index = new ServiceIndex(false);
+    const index = new ServiceIndex("slices");
     put(index, SERVICES_PREFIX, ...service("web", { selector: { app: "web" } }));
     put(index, PODS_PREFIX, ...pod("p1", "10.244.0.5", { app: "web" }));
     put(index, ENDPOINTSLICES_PREFIX, ...slice("web-abc", "web", ["10.244.0.9"]));
@@ -136,7 +136,7 @@ describe("ServiceIndex", () => {
     // Catches: a deleted Service's rules kept, a broken stored value throwing out of the watch
     // loop, a name nft refuses failing every sync of every Service.
     const refused: string[] = [];
-    const index = new ServiceIndex(true, (reason) => refused.push(reason));
+    const index = new ServiceIndex("pods", (reason) => refused.push(reason));
     const time = "2026-11-27T10:00:00.123Z";
     assert.equal(put(index, SERVICES_PREFIX, ...service("a", { annotations: { [APPLIED_AT]: time } })), Date.parse(time));
     put(index, SERVICES_PREFIX, ...service("headless", { clusterIP: "None" }));

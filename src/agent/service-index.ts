@@ -11,16 +11,15 @@ import { hasSelector, resolveServicePorts, sliceOwner } from "../cluster/objects
 import type { EndpointSlice, Pod, Service } from "../cluster/objects/types.js";
 import { checkServicePort, type ProxyServicePort, type ServiceProtocol } from "../dataplane/service-proxy.js";
 import { tryParseIp, type IpAddress } from "../net/ip.js";
+import type { EndpointSource } from "./proxy-source.js";
 
 export class ServiceIndex {
   /**
-   * `endpointsFromPods`: a Service with a selector gets its endpoints from the Pods, as the
-   * EndpointSlice controller would make them (the Trellis store); otherwise from the slices
-   * alone (the Kubernetes API, whose controller writes them). `refused` hears of each port left
-   * out because the ruleset could not hold it.
+   * `endpoints` (see EndpointSource): where a Service with a selector gets its endpoints.
+   * `refused` hears of each port left out because the ruleset could not hold it.
    */
   constructor(
-    private readonly endpointsFromPods = true,
+    private readonly endpoints: EndpointSource = "pods",
     private readonly refused: (reason: string) => void = () => undefined,
   ) {}
 
@@ -142,7 +141,7 @@ export class ServiceIndex {
     if (!spec || spec.clusterIP === "None" || (spec.type as string) === "ExternalName" || !spec.ports?.length) return [];
     const namespace = service.metadata.namespace ?? "default";
     const key = `${namespace}/${service.metadata.name}`;
-    const pods = !this.endpointsFromPods ? undefined : hasSelector(service) ? [...(this.podsByNamespace.get(namespace) ?? [])].map((podKey) => this.pods.get(podKey)!) : [];
+    const pods = this.endpoints === "slices" ? undefined : hasSelector(service) ? [...(this.podsByNamespace.get(namespace) ?? [])].map((podKey) => this.pods.get(podKey)!) : [];
     const applied = [...(this.slicesByOwner.get(key) ?? [])].map((sliceKey) => this.slices.get(sliceKey)!);
     const clusterIPs = addresses(spec.clusterIPs);
     const externalIPs = addresses(spec.externalIPs);

@@ -61,7 +61,7 @@ const MAX_RETRY_DELAY_MS = 60_000;
 
 export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
   const { source, node, log } = options;
-  const index = new ServiceIndex(source.endpointsFromPods, (reason) => log("warn", "a Service port is left out of the rules", { reason }));
+  const index = new ServiceIndex(source.endpoints, (reason) => log("warn", "a Service port is left out of the rules", { reason }));
   let stopped = false;
   let listed = false;
   /** The ruleset the store asks for, kept up to date port by port. */

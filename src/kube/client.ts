@@ -54,7 +54,7 @@ const DEFAULT_TIMEOUT_MS = 30_000;
 
 export class KubeClient {
   private readonly agent: HttpAgent;
-  private readonly watches = new Set<IncomingMessage | { destroy(): void }>();
+  private readonly watches = new Set<{ destroy(): void }>();
 
   constructor(readonly connection: KubeConnection) {
     const Agent = this.secure ? HttpsAgent : HttpAgent;

@@ -11,7 +11,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { stringify as stringifyYaml } from "yaml";
 import { run } from "../linux/exec.js";
-import { formatIp, formatPrefix, nthAddress, type IpAddress, type IpPrefix } from "../net/ip.js";
+import { formatHostPort, formatIp, formatPrefix, nthAddress, type IpAddress, type IpPrefix } from "../net/ip.js";
 
 export interface ControlPlaneSpec {
   /** Where certificates, kubeconfigs, etcd's data and the logs go. */
@@ -64,8 +64,7 @@ export const CONTROLLERS = [
 
 /** The address a client of the control plane dials: `https://ADDRESS:PORT`. */
 export function controlPlaneServer(spec: Pick<ControlPlaneSpec, "address" | "ports">): string {
-  const host = spec.address.family === 6 ? `[${formatIp(spec.address)}]` : formatIp(spec.address);
-  return `https://${host}:${spec.ports.apiserver}`;
+  return `https://${formatHostPort(formatIp(spec.address), spec.ports.apiserver)}`;
 }
 
 const EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "3650"];
@@ -160,9 +159,8 @@ export function tokenKubeconfigText(server: string, caCert: string, user: string
 /** The four commands, in start order. */
 export function controlPlaneCommands(spec: ControlPlaneSpec, files: ControlPlaneFiles): ControlPlaneCommand[] {
   const address = formatIp(spec.address);
-  const host = spec.address.family === 6 ? `[${address}]` : address;
-  const etcdClient = `http://${host}:${spec.ports.etcdClient}`;
-  const etcdPeer = `http://${host}:${spec.ports.etcdPeer}`;
+  const etcdClient = `http://${formatHostPort(address, spec.ports.etcdClient)}`;
+  const etcdPeer = `http://${formatHostPort(address, spec.ports.etcdPeer)}`;
   const loopback = spec.address.family === 4 ? address.startsWith("127.") : address === "::1";
   const serviceCidrs = spec.serviceCidrs.map(formatPrefix).join(",");
   const bin = (name: string) => join(spec.binDir, name);

@@ -9,7 +9,7 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { run } from "../linux/exec.js";
-import { parseIp, parsePrefix, type Family } from "../net/ip.js";
+import { formatHostPort, parseIp, parsePrefix, type Family } from "../net/ip.js";
 import { clientKubeconfig, controlPlaneCommands, kubeconfigText, tokenKubeconfigText, writeControlPlaneFiles, type ControlPlaneSpec } from "./control-plane.js";
 import { logTail, sleep, startDetached, type StartedProcess } from "./processes.js";
 import { selfInvocation } from "./probe.js";
@@ -109,7 +109,6 @@ export async function startKubeControlPlane(state: LabState, control: { readonly
   };
   const files = await writeControlPlaneFiles(spec);
   const nodeKubeconfigs: Record<string, string> = {};
-  for (const node of state.nodes) nodeKubeconfigs[node.name] = "";
   const kube: LabKubernetes = {
     server: files.server,
     localServer: "",
@@ -134,11 +133,11 @@ export async function startKubeControlPlane(state: LabState, control: { readonly
 
   // The machine's kubectl reaches the API server through the lab's directory.
   const socket = join(dir, "apiserver.sock");
-  const inner = startRelay(control.netnsPath, `unix:${socket}`, `tcp:${hostPort(control.addresses[0], 6443)}`, join(dir, "relay-control.log"));
+  const inner = startRelayProcess(control.netnsPath, `unix:${socket}`, `tcp:${formatHostPort(control.addresses[0], 6443)}`, join(dir, "relay-control.log"));
   kube.processes["relay-control"] = inner.process;
   save();
   await waitForRelay(inner.started, signal);
-  const outer = startRelay(undefined, "tcp:127.0.0.1:0", `unix:${socket}`, join(dir, "relay-local.log"));
+  const outer = startRelayProcess(undefined, "tcp:127.0.0.1:0", `unix:${socket}`, join(dir, "relay-local.log"));
   kube.processes[LOCAL_RELAY] = outer.process;
   save();
   const local = await waitForRelay(outer.started, signal);
@@ -204,7 +203,7 @@ async function waitForApiserver(apiserver: StartedProcess, kubeconfig: string, b
 }
 
 /** A relay in the namespace at `netnsPath` (undefined: the machine's own, where `lab up` runs). */
-function startRelay(netnsPath: string | undefined, listen: string, to: string, log: string): { process: LabProcess; started: StartedProcess } {
+function startRelayProcess(netnsPath: string | undefined, listen: string, to: string, log: string): { process: LabProcess; started: StartedProcess } {
   const started = startDetached(netnsPath, [...selfInvocation(), "lab", "relay", "--listen", listen, "--to", to], log);
   return { process: { pid: started.pid, argv: started.argv, log: started.log }, started };
 }
@@ -221,8 +220,4 @@ async function waitForRelay(relay: StartedProcess, signal: AbortSignal): Promise
     if (Date.now() > deadline) throw new Error(`the relay ${relay.argv.join(" ")} is not listening after 30 s: ${logTail(relay.log)}`);
     await sleep(50);
   }
-}
-
-function hostPort(address: string, port: number): string {
-  return address.includes(":") ? `[${address}]:${port}` : `${address}:${port}`;
 }

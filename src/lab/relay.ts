@@ -7,6 +7,7 @@
  */
 import { chmodSync, rmSync } from "node:fs";
 import { connect, createServer, type AddressInfo, type Server } from "node:net";
+import { formatHostPort } from "../net/ip.js";
 
 export type RelayAddress = { readonly kind: "tcp"; readonly host: string; readonly port: number } | { readonly kind: "unix"; readonly path: string };
 
@@ -47,5 +48,5 @@ export async function startRelay(listen: RelayAddress, target: RelayAddress): Pr
     return { server, address: `unix:${listen.path}` };
   }
   const bound = server.address() as AddressInfo;
-  return { server, address: bound.family === "IPv6" ? `[${bound.address}]:${bound.port}` : `${bound.address}:${bound.port}` };
+  return { server, address: formatHostPort(bound.address, bound.port) };
 }

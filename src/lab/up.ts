@@ -6,6 +6,7 @@
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { addNamedNetns, listNamedNetns, namedNetnsPath } from "../linux/named-netns.js";
+import { formatHostPort } from "../net/ip.js";
 import { addNetworkList, CONFLIST_FILE, networkListSubnets, readNetworkList, resultAddresses } from "./cni-runtime.js";
 import { labDown } from "./down.js";
 import { logTail, sleep, startDetached, type StartedProcess } from "./processes.js";
@@ -81,7 +82,7 @@ function initialState(options: LabOptions, layout: LabLayout): LabState {
     phase: "building",
     createdAt: new Date().toISOString(),
     dir,
-    store: options.kubernetes ? "kubernetes" : options.store === LAB_ETCD ? `etcd://${hostPort(layout.external.addresses[0], ETCD_CLIENT_PORT)}` : (options.store ?? `sqlite:${join(dir, "cluster.db")}`),
+    store: options.kubernetes ? "kubernetes" : options.store === LAB_ETCD ? `etcd://${formatHostPort(layout.external.addresses[0], ETCD_CLIENT_PORT)}` : (options.store ?? `sqlite:${join(dir, "cluster.db")}`),
     planFile: join(dir, "plan.json"),
     family: options.family,
     families: layout.families,
@@ -190,14 +191,10 @@ function forState(proc: StartedProcess) {
   return { pid: proc.pid, argv: proc.argv, log: proc.log };
 }
 
-function hostPort(address: string, port: number): string {
-  return address.includes(":") ? `[${address}]:${port}` : `${address}:${port}`;
-}
-
 /** Starts etcd in the external namespace, serving clients on the external host's address. */
 async function startEtcd(state: LabState, signal: AbortSignal): Promise<void> {
   const dataDir = join(state.dir, "etcd");
-  const client = `http://${hostPort(state.external.addresses[0], ETCD_CLIENT_PORT)}`;
+  const client = `http://${formatHostPort(state.external.addresses[0], ETCD_CLIENT_PORT)}`;
   // Peers talk over the external host's own loopback: a one-member cluster.
   const peer = "http://127.0.0.1:2380";
   const argv = [

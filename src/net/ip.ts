@@ -102,6 +102,11 @@ export function formatIp(ip: IpAddress): string {
   return ip.family === 4 ? formatIpv4(ip.value) : formatIpv6(ip.value);
 }
 
+/** `HOST:PORT`, an IPv6 address in brackets (`[fd00::2]:6443`), as URLs and socket addresses write it. */
+export function formatHostPort(host: string, port: number): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
 export function formatPrefix(prefix: IpPrefix): string {
   return `${formatIp({ family: prefix.family, value: prefix.network })}/${prefix.length}`;
 }

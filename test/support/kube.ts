@@ -17,12 +17,6 @@ import { freeLoopbackPort } from "./etcd.js";
 
 export const KUBE_BIN = process.env.TRELLIS_KUBE_BIN ?? resolve(import.meta.dirname, "../kube/bin");
 
-/** Why the control plane cannot run here, or undefined when it can. */
-export function kubeUnavailable(): string | undefined {
-  const missing = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"].filter((name) => !existsSync(join(KUBE_BIN, name)));
-  return missing.length ? `${missing.join(", ")} not built in ${KUBE_BIN} (run scripts/build-kube.sh)` : undefined;
-}
-
 export interface TestControlPlane {
   readonly spec: ControlPlaneSpec;
   readonly files: ControlPlaneFiles;
