@@ -8,10 +8,13 @@
  * messages it refused (no message asks for an acknowledgement), by the time sendmsg returns.
  * Exit 0: applied. Exit 1: refused; stderr says which message (by sequence number) and why.
  * Exit 2: not sent (bad input, no socket). It acts in the network namespace it runs in.
- * With --serve it takes batch after batch instead (see serve()).
+ * With --serve it takes batch after batch instead (see serve()); with --tables it writes nothing
+ * and lists the namespace's tables instead (see list_tables()).
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netlink.h>
 #include <stdint.h>
@@ -196,10 +199,106 @@ static int serve(void) {
   }
 }
 
+/* nft's name for a table family; NULL for one it has none for. */
+static const char *family_name(unsigned family) {
+  switch (family) {
+    case NFPROTO_INET: return "inet";
+    case NFPROTO_IPV4: return "ip";
+    case NFPROTO_ARP: return "arp";
+    case NFPROTO_NETDEV: return "netdev";
+    case NFPROTO_BRIDGE: return "bridge";
+    case NFPROTO_IPV6: return "ip6";
+    default: return NULL;
+  }
+}
+
+/* Whether a table name is one nft could print as a word: [A-Za-z0-9_./-], at most 255 bytes. */
+static int plain_name(const char *name, size_t length) {
+  if (length == 0 || length > 255) return 0;
+  for (size_t i = 0; i < length; i++) {
+    char c = name[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '/' || c == '-')) return 0;
+  }
+  return 1;
+}
+
+/*
+ * --tables: one line "FAMILY NAME" per table of the namespace, from one netlink dump of the
+ * tables alone. (`nft list tables` reads every chain, rule and set first: more than 30 s at
+ * 10,000 Services.) A table whose family or name nft could not print as a word is left out.
+ * A dump overtaken by a change is taken again. Exit 0 listed, 2 cannot.
+ */
+static int list_tables(void) {
+  char why[256];
+  int fd = open_socket(why, sizeof why);
+  if (fd < 0) {
+    fprintf(stderr, "%s\n", why);
+    return 2;
+  }
+  static unsigned char answer[1 << 16];
+  static char out[1 << 20];
+  for (int attempt = 0; attempt < 10; attempt++) {
+    size_t used = 0;
+    int interrupted = 0, done = 0;
+    struct {
+      struct nlmsghdr header;
+      struct nfgenmsg message;
+    } request = {
+        .header = {.nlmsg_len = sizeof request, .nlmsg_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, .nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP, .nlmsg_seq = (unsigned)attempt + 1},
+        .message = {.nfgen_family = NFPROTO_UNSPEC, .version = NFNETLINK_V0},
+    };
+    struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+    if (sendto(fd, &request, sizeof request, 0, (struct sockaddr *)&kernel, sizeof kernel) != (ssize_t)sizeof request) {
+      fprintf(stderr, "cannot ask for the tables: %s\n", strerror(errno));
+      return 2;
+    }
+    while (!done) {
+      ssize_t got = recv(fd, answer, sizeof answer, 0);
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) {
+        fprintf(stderr, "cannot read the tables: %s\n", got < 0 ? strerror(errno) : "the socket closed");
+        return 2;
+      }
+      int left = (int)got;
+      for (struct nlmsghdr *message = (struct nlmsghdr *)answer; NLMSG_OK(message, (unsigned)left); message = NLMSG_NEXT(message, left)) {
+        if (message->nlmsg_seq != (unsigned)attempt + 1) continue;
+        if (message->nlmsg_flags & NLM_F_DUMP_INTR) interrupted = 1;
+        if (message->nlmsg_type == NLMSG_DONE) {
+          done = 1;
+          break;
+        }
+        if (message->nlmsg_type == NLMSG_ERROR) {
+          const struct nlmsgerr *error = NLMSG_DATA(message);
+          fprintf(stderr, "the kernel did not list the tables: %s\n", strerror(-error->error));
+          return 2;
+        }
+        if (message->nlmsg_len < NLMSG_LENGTH(sizeof(struct nfgenmsg))) continue;
+        const struct nfgenmsg *table = NLMSG_DATA(message);
+        const char *family = family_name(table->nfgen_family);
+        int length = (int)message->nlmsg_len - NLMSG_LENGTH(sizeof(struct nfgenmsg));
+        const struct nlattr *attribute = (const struct nlattr *)((const char *)table + NLMSG_ALIGN(sizeof *table));
+        for (; length >= (int)sizeof *attribute && attribute->nla_len >= sizeof *attribute && attribute->nla_len <= length;
+             length -= NLA_ALIGN(attribute->nla_len), attribute = (const struct nlattr *)((const char *)attribute + NLA_ALIGN(attribute->nla_len))) {
+          if ((attribute->nla_type & NLA_TYPE_MASK) != NFTA_TABLE_NAME) continue;
+          const char *name = (const char *)attribute + NLA_HDRLEN;
+          size_t name_length = strnlen(name, attribute->nla_len - NLA_HDRLEN);
+          if (!family || !plain_name(name, name_length) || used + name_length + 16 > sizeof out) break;
+          used += (size_t)snprintf(out + used, sizeof out - used, "%s %.*s\n", family, (int)name_length, name);
+          break;
+        }
+      }
+    }
+    if (!interrupted) return write_full(1, out, used) < 0 ? 2 : 0;
+  }
+  fprintf(stderr, "the tables kept changing while they were listed\n");
+  return 2;
+}
+
 int main(int argc, char **argv) {
   if (argc == 2 && strcmp(argv[1], "--serve") == 0) return serve();
+  if (argc == 2 && strcmp(argv[1], "--tables") == 0) return list_tables();
   if (argc != 1) {
-    fprintf(stderr, "usage: trellis-nft-batch [--serve] (the batch on stdin)\n");
+    fprintf(stderr, "usage: trellis-nft-batch [--serve | --tables] (a batch on stdin, unless --tables)\n");
     return 2;
   }
   size_t length = 0;

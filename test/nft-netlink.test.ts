@@ -143,6 +143,29 @@ describe("trellis-nft-batch", () => {
     assert.throws(() => encodeNftBatch([{ op: "add chain", family: 4, table: PROXY_TABLE, name: "bad name" }]), NftUnsupported);
   });
 
+  it("lists the namespace's tables (--tables) as nft does, leaving out a name nft could not print", async () => {
+    // Catches: a table missed or made up by the dump (the agent would not rewrite a table deleted by hand,
+    // or would trust one that is not there), a family named otherwise than nft names it, or a forged
+    // name (one carrying a newline and a second "FAMILY NAME") taken for a table.
+    const ns = pool.create("nftt");
+    const forged = encodeNftBatch([{ op: "add table", family: 4, table: "zzzzzzzzzzzzzzzzzz" }]);
+    const at = forged.indexOf("zzzzzzzzzzzzzzzzzz");
+    forged.write("x y\nip trellis-pr", at, "latin1");
+    const setup = spawnSync("nsenter", [`--net=${ns.path}`, WRITER], { input: forged, encoding: "utf8" });
+    assert.equal(setup.status, 0, setup.stderr);
+    inNetns(ns, "nft", ["-f", file("tables.nft", "add table ip trellis-proxy\nadd table ip6 trellis-proxy-1f\nadd table inet other\nadd table netdev dev.t/x\n")]);
+    const wrapper = file("tables.sh", `#!/bin/sh\nexec nsenter --net=${ns.path} ${WRITER} "$@"\n`);
+    chmodSync(wrapper, 0o755);
+    const tables = await new NftBatchWriter(wrapper).listTables();
+    assert.deepEqual([...tables].sort(), ["inet other", "ip trellis-proxy", "ip6 trellis-proxy-1f", "netdev dev.t/x"]);
+    const listed = inNetns(ns, "nft", ["list", "tables"]);
+    assert.match(listed, /x y/, "the forged table exists");
+    const byNft = listed.split("\n").filter((line) => line.startsWith("table ")).map((line) => line.replace(/^table /, ""));
+    assert.deepEqual([...tables].sort(), byNft.filter((line) => !line.includes("x y")).sort());
+    const missing = new NftBatchWriter(file("no-such-writer", "")).listTables();
+    await assert.rejects(missing, NftWriteError);
+  });
+
   it("kept running (--serve), applies batch after batch, reports a refusal and goes on, and starts again after it is killed", async () => {
     // Catches: a serving writer that stops after a refused batch, answers the wrong caller, or
     // leaves the agent with no writer once its process died.

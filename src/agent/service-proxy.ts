@@ -110,7 +110,7 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
     changeTimes = [];
     try {
       if (written && checkTables) {
-        const tables = new Set(await nftListTables());
+        const tables = new Set(writer ? await writer.listTables() : await nftListTables());
         const missing = [...state!.ruleset().tables.keys()].filter((ref) => !tables.has(ref));
         if (missing.length) {
           log("warn", "service proxy tables missing; writing them whole", { tables: missing });
