@@ -189,17 +189,28 @@ class SqliteKvStore implements KvStore {
     const high = prefixEnd(prefix);
     let next = fromRevision;
     let timer: NodeJS.Timeout | undefined;
+    /** A look asked for by a write, on the next turn of the event loop. */
+    let woken: NodeJS.Immediate | undefined;
     const stopTimer = (): void => {
       if (timer) clearTimeout(timer);
       timer = undefined;
+      if (woken) clearImmediate(woken);
+      woken = undefined;
       this.watchers.delete(watcher);
       if (this.watchers.size === 0) this.stopFileWatch();
     };
-    /** A write to the file (by any process): look now rather than at the next poll. */
+    /**
+     * A write to the file (by any process): look now rather than at the next poll. (Not with
+     * setTimeout(poll, 0), which waits a whole millisecond, Node's shortest timeout.)
+     */
     const wake = (): void => {
       if (timer && !queue.stopped) {
         clearTimeout(timer);
-        timer = setTimeout(poll, 0);
+        timer = undefined;
+        woken = setImmediate(() => {
+          woken = undefined;
+          poll();
+        });
       }
     };
     const watcher = { stop: stopTimer, wake };
