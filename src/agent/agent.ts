@@ -8,14 +8,14 @@
  */
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { desiredMasquerade, parseMasqueradeTable, renderMasqueradeChange } from "../dataplane/masquerade.js";
+import { BASE_CHAIN as MASQUERADE_BASE_CHAIN, desiredMasquerade, parseMasqueradeTable, renderMasqueradeChange } from "../dataplane/masquerade.js";
 import {
   desiredPeerNetwork, desiredVxlanDevices, diffNodeNetwork, joinPeerNetworks, podMtu,
   type NodeEndpoint, type NodeNetwork, type NodeNetworkChange, type ObservedNodeNetwork, type Underlay,
 } from "../dataplane/node-network.js";
 import { stopSpawnHelper, useSpawnHelper } from "../linux/exec.js";
 import { keepIpWarm, linkDeletionsSettled } from "../linux/iproute.js";
-import { nftApply, nftListTable } from "../linux/nftables.js";
+import { nftApply, nftListChains, nftListTable } from "../linux/nftables.js";
 import { formatIp, formatPrefix, type IpAddress, type IpPrefix } from "../net/ip.js";
 import { repairBridge } from "../podnet/bridge.js";
 import { openPodNet } from "../podnet/handle.js";
@@ -247,7 +247,12 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     wantFullMasquerade = false;
     const desired = desiredMasquerade([{ network: "pods", sources: selfEndpoint.podCidrs, exclusions }]);
     masqueradeFor = key;
-    const script = renderMasqueradeChange(AGENT_MASQUERADE_TABLE, desired, parseMasqueradeTable(await nftListTable("inet", AGENT_MASQUERADE_TABLE)));
+    // The table holds the base chain and the desired chains; they are listed one by one (nft
+    // lists a chain without reading the whole namespace, which holds the Service proxy's tens of
+    // thousands of chains). The whole table only when one is missing: a repair.
+    const chains = await nftListChains("inet", AGENT_MASQUERADE_TABLE, [MASQUERADE_BASE_CHAIN, ...desired.chains.keys()]);
+    const observed = parseMasqueradeTable(chains ?? (await nftListTable("inet", AGENT_MASQUERADE_TABLE)));
+    const script = renderMasqueradeChange(AGENT_MASQUERADE_TABLE, desired, observed);
     if (script) {
       await nftApply(script);
       logger("info", "masquerade updated", { table: `inet ${AGENT_MASQUERADE_TABLE}` });

@@ -16,6 +16,26 @@ export async function nftListTable(family: string, table: string, netns?: string
   }
 }
 
+/**
+ * The named chains of a table, each with its rules, as nft's JSON objects; undefined when the
+ * table or one of the chains does not exist. nft lists one chain without reading the rest of the
+ * namespace: about 10 ms, where `list table` takes 0.4 s beside 10,000 Services' chains (nft
+ * 1.0.6 reads every chain of every table first). Sets and chains not named are not listed.
+ */
+export async function nftListChains(family: string, table: string, chains: readonly string[], netns?: string): Promise<unknown[] | undefined> {
+  const items: unknown[] = [];
+  for (const chain of chains) {
+    try {
+      const { stdout } = await run("nft", ["-j", "list", "chain", family, table, chain], { netns });
+      items.push(...(JSON.parse(stdout) as { nftables: unknown[] }).nftables);
+    } catch (error) {
+      if (error instanceof Error && /No such file or directory/.test(error.message)) return undefined;
+      throw error;
+    }
+  }
+  return items;
+}
+
 /** The tables this namespace holds, as `FAMILY NAME` (`ip trellis-proxy`). */
 export async function nftListTables(netns?: string): Promise<string[]> {
   const { stdout } = await run("nft", ["list", "tables"], { netns });
