@@ -3,7 +3,7 @@
  * notifications (bench/nft-events.c), a process's memory, a metric's value, sample summaries.
  */
 import { execFile, execFileSync, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
@@ -159,6 +159,38 @@ export function residentMemory(pid: number): Memory {
   const status = readFileSync(`/proc/${pid}/status`, "utf8");
   const mib = (field: string) => Math.round(Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN) / 102.4) / 10;
   return { rssMiB: mib("VmRSS"), peakRssMiB: mib("VmHWM"), anonMiB: mib("RssAnon"), fileMiB: mib("RssFile") };
+}
+
+/**
+ * CPU seconds used so far by a process and every process below it (user and system, the
+ * children it reaped included): the agent, its spawn helper and the commands they ran.
+ */
+export function processTreeCpuSeconds(pid: number): number {
+  const ticks = 100; // USER_HZ, which /proc/PID/stat counts in on Linux
+  const children = new Map<number, number[]>();
+  const own = new Map<number, number>();
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+    } catch {
+      continue; // ended meanwhile
+    }
+    // The command name is in parentheses and may hold spaces: the fields follow its last ")".
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const ppid = Number(fields[1]);
+    children.set(ppid, [...(children.get(ppid) ?? []), Number(entry)]);
+    own.set(Number(entry), Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]));
+  }
+  let total = 0;
+  const pending = [pid];
+  while (pending.length) {
+    const next = pending.pop()!;
+    total += own.get(next) ?? 0;
+    pending.push(...(children.get(next) ?? []));
+  }
+  return total / ticks;
 }
 
 /** Nearest-rank percentiles. */

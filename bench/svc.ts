@@ -6,7 +6,7 @@
  * - sync: all the Services (5 endpoints each) added by `trellis apply`, 1,000 to a file; one
  *   EndpointSlice changed, from the store write (its trellis.dev/applied-at) to the new rule in
  *   the kernel (its netlink notification, bench/nft-events.c), over many changes; the full sync of a restarted agent; the
- *   agent's resident memory.
+ *   agent's resident memory; its CPU while nothing changes, resyncing every 2 s with masquerade on.
  *
  * One node namespace runs `dist/trellis agent` (its own SQLite store and plan, direct mode, no
  * masquerade, Service rules synced at every change, debug log so that every sync logs its
@@ -39,7 +39,7 @@ import { addressesOf, TRELLIS, type PodAttachmentResult } from "../test/support/
 import { gitCommit } from "./commit.js";
 import { kubeComparisonRows, runKubeComparison, type KubeComparison } from "./svc-kube.js";
 import {
-  connectTimes, dnatRulePattern, latency, metricsOf, metricValue, residentMemory, round, ruleEvents, sum,
+  connectTimes, dnatRulePattern, latency, metricsOf, metricValue, processTreeCpuSeconds, residentMemory, round, ruleEvents, sum,
   type LatencyStats, type Memory, type Target,
 } from "./svc-support.js";
 import { newMade, removeOnExit, type Made } from "./net-support.js";
@@ -139,6 +139,15 @@ interface Row {
   result: string;
 }
 
+interface IdleFigures {
+  resyncSeconds: number;
+  windowSeconds: number;
+  /** CPU seconds of the agent and every process below it, over the window. */
+  cpuSeconds: number;
+  /** Of one CPU. */
+  percent: number;
+}
+
 export interface SvcBenchReport {
   benchmark: "svc";
   startedAt: string;
@@ -153,6 +162,8 @@ export interface SvcBenchReport {
   fullSync?: FullSyncFigures;
   /** The agent holding every Service: before and after the changes, and after the last restart's full sync. */
   memory?: { beforeChanges: Memory; steady: Memory; afterFullSync?: Memory };
+  /** The agent's CPU while nothing changes, its periodic resync and masquerade check on. */
+  idle?: IdleFigures;
   /** The proxy's own gauges once every Service is in: what the kernel holds. */
   nftables?: Record<string, number>;
   ratios?: Record<string, number>;
@@ -276,6 +287,7 @@ async function measure(options: BenchOptions, report: SvcBenchReport, made: Made
   const full = await measureFullSync(cluster, options, made, baseElements + options.services - 1, say);
   report.fullSync = full.figures;
   report.memory.afterFullSync = full.memory;
+  report.idle = await measureIdle(cluster, made, say);
   await connectTimes(client.netns, [{ host: clusterIP, port: SERVICE_PORT }], 1, 10_000).catch((error: Error) => {
     throw new Error(`the ClusterIP no longer answers after the restarts: ${error.message}`);
   });
@@ -488,6 +500,33 @@ async function measureFullSync(cluster: Cluster, options: BenchOptions, made: Ma
     say(`restart ${r}/${options.restarts}: rules live ${entry.at - started} ms after start, full sync ${entry.durationMs} ms, RSS ${memory.rssMiB} MiB (peak ${memory.peakRssMiB})`);
   }
   return { figures: { startToLiveMs: latency(startToLive), syncMs: latency(syncMs) }, memory: memory! };
+}
+
+const IDLE_RESYNC_SECONDS = 2;
+const IDLE_WINDOW_SECONDS = 20;
+
+/**
+ * The agent started again as a node runs it, masquerade on, with a resync every 2 s (every
+ * check of its tables against the kernel), then left alone: the CPU it and everything it runs
+ * (nft included) use over 20 s while nothing changes. At 10,000 Services a check that reads the
+ * namespace with nft costs a CPU for seconds.
+ */
+async function measureIdle(cluster: Cluster, made: Made, say: (line: string) => void): Promise<IdleFigures> {
+  await stopProcesses([cluster.agent.pid]);
+  made.agents.delete(cluster.agent);
+  const argv = cluster.agentArgv.filter((arg) => arg !== "--no-masquerade");
+  argv[argv.indexOf("--resync-interval") + 1] = String(IDLE_RESYNC_SECONDS);
+  const started = Date.now();
+  cluster.agent = startDetached(cluster.node.path, argv, cluster.log.path);
+  made.agents.add(cluster.agent);
+  await waitForAgent(cluster, "the idle agent's full sync", () => cluster.log.syncs().some((entry) => entry.at >= started && entry.full), LIVE_TIMEOUT_MS);
+  await sleep(2 * IDLE_RESYNC_SECONDS * 1000);
+  const before = processTreeCpuSeconds(cluster.agent.pid);
+  await sleep(IDLE_WINDOW_SECONDS * 1000);
+  const cpuSeconds = round(processTreeCpuSeconds(cluster.agent.pid) - before, 2);
+  const figures = { resyncSeconds: IDLE_RESYNC_SECONDS, windowSeconds: IDLE_WINDOW_SECONDS, cpuSeconds, percent: round((100 * cpuSeconds) / IDLE_WINDOW_SECONDS, 1) };
+  say(`idle agent (resync every ${IDLE_RESYNC_SECONDS} s, masquerade on): ${cpuSeconds} CPU s over ${IDLE_WINDOW_SECONDS} s, ${figures.percent} % of one CPU`);
+  return figures;
 }
 
 /** Connects through the ClusterIP and straight to the pod, interleaved, in one client process in the client pod. */
@@ -711,6 +750,10 @@ function tableRows(report: SvcBenchReport): Row[] {
     rows.push({ figure: `agent RSS with ${n}, after the changes`, value: `${m.steady.rssMiB} MiB (peak ${m.steady.peakRssMiB})${after}`, goal: `< ${GOALS.rssMB} MB`, result: verdict(goal("agent RSS")) });
     rows.push({ figure: "  of it anonymous / file pages (the executable's, shared)", value: `${m.steady.anonMiB} / ${m.steady.fileMiB} MiB`, goal: "", result: "reported" });
     rows.push({ figure: "  before the changes: RSS / anonymous", value: `${m.beforeChanges.rssMiB} / ${m.beforeChanges.anonMiB} MiB`, goal: "", result: "reported" });
+  }
+  if (report.idle) {
+    const idle = report.idle;
+    rows.push({ figure: `idle agent with ${n}, resync every ${idle.resyncSeconds} s, masquerade on`, value: `${idle.percent} % of one CPU (${idle.cpuSeconds} s over ${idle.windowSeconds} s)`, goal: "", result: "reported" });
   }
   for (const step of report.bulk) {
     rows.push({
