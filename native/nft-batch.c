@@ -282,7 +282,11 @@ static int list_tables(void) {
           if ((attribute->nla_type & NLA_TYPE_MASK) != NFTA_TABLE_NAME) continue;
           const char *name = (const char *)attribute + NLA_HDRLEN;
           size_t name_length = strnlen(name, attribute->nla_len - NLA_HDRLEN);
-          if (!family || !plain_name(name, name_length) || used + name_length + 16 > sizeof out) break;
+          if (!family || !plain_name(name, name_length)) break;
+          if (used + name_length + 16 > sizeof out) {
+            fprintf(stderr, "the namespace holds more tables than %zu bytes of names\n", sizeof out);
+            return 2;
+          }
           used += (size_t)snprintf(out + used, sizeof out - used, "%s %.*s\n", family, (int)name_length, name);
           break;
         }
