@@ -25,9 +25,22 @@ import {
 import { openSqlite, type SqliteDatabase } from "./sqlite.js";
 import { createWatchQueue } from "./watch-queue.js";
 
+/**
+ * After inotify wakes a watcher, this many looks follow QUICK_LOOK_MS apart: a commit becomes
+ * visible to readers a moment after its last write to the log (see wake()).
+ */
+const QUICK_LOOKS_AFTER_WAKE = 5;
+const QUICK_LOOK_MS = 2;
+
 export interface SqliteStoreOptions {
-  /** How often watchers look for new changes. */
+  /** How often watchers look for new changes when inotify cannot wake them (20 ms). */
   readonly pollIntervalMs?: number;
+  /**
+   * How often they look anyway while inotify wakes them at each write (1 s): a net under the
+   * wake-ups, not the way changes arrive. Every look is a read transaction; at 20 ms, the agent's
+   * four watchers made 200 a second for nothing.
+   */
+  readonly wokenPollIntervalMs?: number;
   /** Changes kept for watchers; older ones are compacted away every `compactEvery` revisions. */
   readonly retainRevisions?: number;
   readonly compactEvery?: number;
@@ -83,6 +96,7 @@ export function openSqliteStore(path: string, options: SqliteStoreOptions = {}):
   const db = openDatabase(file, spec);
   return new SqliteKvStore(spec, file, db, {
     pollIntervalMs: options.pollIntervalMs ?? 20,
+    wokenPollIntervalMs: options.wokenPollIntervalMs ?? 1_000,
     retainRevisions: options.retainRevisions ?? 10_000,
     compactEvery: options.compactEvery ?? 1_000,
   });
@@ -191,6 +205,8 @@ class SqliteKvStore implements KvStore {
     let timer: NodeJS.Timeout | undefined;
     /** A look asked for by a write, on the next turn of the event loop. */
     let woken: NodeJS.Immediate | undefined;
+    /** Looks still to come at the short interval after a wake-up. */
+    let quickLooks = 0;
     const stopTimer = (): void => {
       if (timer) clearTimeout(timer);
       timer = undefined;
@@ -204,6 +220,10 @@ class SqliteKvStore implements KvStore {
      * setTimeout(poll, 0), which waits a whole millisecond, Node's shortest timeout.)
      */
     const wake = (): void => {
+      // A write lands in the log before its commit is visible to readers (that last step is in
+      // shared memory, which inotify does not see): the look it triggers may come too early, so
+      // a few more follow soon after.
+      quickLooks = QUICK_LOOKS_AFTER_WAKE;
       if (timer && !queue.stopped) {
         clearTimeout(timer);
         timer = undefined;
@@ -233,7 +253,9 @@ class SqliteKvStore implements KvStore {
         queue.fail(error instanceof Error ? error : new Error(String(error)));
         return;
       }
-      timer = setTimeout(poll, this.options.pollIntervalMs);
+      const { pollIntervalMs, wokenPollIntervalMs } = this.options;
+      const interval = !this.fileWatch ? pollIntervalMs : quickLooks-- > 0 ? Math.min(QUICK_LOOK_MS, pollIntervalMs) : Math.max(pollIntervalMs, wokenPollIntervalMs);
+      timer = setTimeout(poll, interval);
     };
     this.watchers.add(watcher);
     this.startFileWatch();
