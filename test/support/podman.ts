@@ -108,6 +108,9 @@ async function startHolder(netns: TestNetns, dir: string): Promise<ChildProcess>
     "fi",
     `mount -n --bind ${join(dir, "netns")} /run/netns`,
     `mount -n --bind ${join(dir, "cni-cache")} /var/lib/cni`,
+    // podman keeps its locks in /dev/shm/libpod_lock: a tmpfs of this namespace's own, gone
+    // with it, rather than a file left in the machine's.
+    "mount -n -t tmpfs -o mode=1777,size=16m trellis-test-shm /dev/shm",
     "echo ready",
     "read -r _ || true",
   ].join("\n");
