@@ -89,6 +89,14 @@ static int open_socket(char *why, size_t why_size) {
   return fd;
 }
 
+/* open_socket, saying on stderr why it could not. */
+static int open_socket_or_say(void) {
+  char why[256];
+  int fd = open_socket(why, sizeof why);
+  if (fd < 0) fprintf(stderr, "%s\n", why);
+  return fd;
+}
+
 /*
  * Sends one batch and collects the kernel's refusals into `why` ("" when it took the batch).
  * Returns 0 (applied), 1 (refused) or 2 (not sent).
@@ -167,11 +175,8 @@ static int write_full(int fd, const void *buffer, size_t length) {
  */
 static int serve(void) {
   char why[4096];
-  int fd = open_socket(why, sizeof why);
-  if (fd < 0) {
-    fprintf(stderr, "%s\n", why);
-    return 2;
-  }
+  int fd = open_socket_or_say();
+  if (fd < 0) return 2;
   unsigned char *batch = NULL;
   size_t capacity = 0;
   for (;;) {
@@ -229,12 +234,8 @@ static int plain_name(const char *name, size_t length) {
  * A dump overtaken by a change is taken again. Exit 0 listed, 2 cannot.
  */
 static int list_tables(void) {
-  char why[256];
-  int fd = open_socket(why, sizeof why);
-  if (fd < 0) {
-    fprintf(stderr, "%s\n", why);
-    return 2;
-  }
+  int fd = open_socket_or_say();
+  if (fd < 0) return 2;
   static unsigned char answer[1 << 16];
   static char out[1 << 20];
   for (int attempt = 0; attempt < 10; attempt++) {
@@ -308,12 +309,9 @@ int main(int argc, char **argv) {
   size_t length = 0;
   unsigned char *batch = read_batch(&length);
   if (!batch) return 2;
+  int fd = open_socket_or_say();
+  if (fd < 0) return 2;
   char why[4096];
-  int fd = open_socket(why, sizeof why);
-  if (fd < 0) {
-    fprintf(stderr, "%s\n", why);
-    return 2;
-  }
   int status = apply(fd, batch, length, why, sizeof why);
   if (why[0]) fprintf(stderr, "%s\n", why);
   return status;

@@ -9,9 +9,10 @@
  * what the text would have written. Anything else is refused with NftUnsupported, and the
  * caller writes that change with `nft -f` instead.
  */
-import { execFile, spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { existsSync } from "node:fs";
 import { parseIp, type Family } from "../net/ip.js";
+import { run } from "./exec.js";
 
 export interface NftBaseChain {
   readonly type: "nat" | "filter";
@@ -235,13 +236,13 @@ export class NftBatchWriter {
    * tables alone (`--tables`): `nft list tables` reads every chain, rule and set first, more than
    * 30 s at 10,000 Services. Rejects with the program's message when it cannot list.
    */
-  listTables(): Promise<string[]> {
-    return new Promise((resolve, reject) => {
-      execFile(this.path, ["--tables"], { encoding: "utf8", maxBuffer: 4 << 20, timeout: 10_000 }, (error, stdout, stderr) => {
-        if (error) reject(new NftWriteError(`${this.path} --tables could not list the tables: ${stderr.trim() || error.message}`));
-        else resolve(stdout.split("\n").filter((line) => line !== ""));
-      });
-    });
+  async listTables(): Promise<string[]> {
+    try {
+      const { stdout } = await run(this.path, ["--tables"], { timeoutMs: 10_000 });
+      return stdout.split("\n").filter((line) => line !== "");
+    } catch (error) {
+      throw new NftWriteError(`${this.path} --tables could not list the tables: ${error instanceof Error ? error.message : String(error)}`);
+    }
   }
 
   /** Ends the writer (it exits when its input ends). */

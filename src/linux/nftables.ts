@@ -7,13 +7,7 @@ export async function nftApply(script: string, netns?: string): Promise<void> {
 
 /** Lists a table as nft's JSON objects; returns undefined if the table does not exist. */
 export async function nftListTable(family: string, table: string, netns?: string): Promise<unknown[] | undefined> {
-  try {
-    const { stdout } = await run("nft", ["-j", "list", "table", family, table], { netns });
-    return (JSON.parse(stdout) as { nftables: unknown[] }).nftables;
-  } catch (error) {
-    if (error instanceof Error && /No such file or directory/.test(error.message)) return undefined;
-    throw error;
-  }
+  return nftJson(["list", "table", family, table], netns);
 }
 
 /**
@@ -25,15 +19,22 @@ export async function nftListTable(family: string, table: string, netns?: string
 export async function nftListChains(family: string, table: string, chains: readonly string[], netns?: string): Promise<unknown[] | undefined> {
   const items: unknown[] = [];
   for (const chain of chains) {
-    try {
-      const { stdout } = await run("nft", ["-j", "list", "chain", family, table, chain], { netns });
-      items.push(...(JSON.parse(stdout) as { nftables: unknown[] }).nftables);
-    } catch (error) {
-      if (error instanceof Error && /No such file or directory/.test(error.message)) return undefined;
-      throw error;
-    }
+    const listed = await nftJson(["list", "chain", family, table, chain], netns);
+    if (!listed) return undefined;
+    items.push(...listed);
   }
   return items;
+}
+
+/** `nft -j ARGS` as its JSON objects; undefined when what it lists does not exist. */
+async function nftJson(args: readonly string[], netns?: string): Promise<unknown[] | undefined> {
+  try {
+    const { stdout } = await run("nft", ["-j", ...args], { netns });
+    return (JSON.parse(stdout) as { nftables: unknown[] }).nftables;
+  } catch (error) {
+    if (error instanceof Error && /No such file or directory/.test(error.message)) return undefined;
+    throw error;
+  }
 }
 
 /** The tables this namespace holds, as `FAMILY NAME` (`ip trellis-proxy`). */
