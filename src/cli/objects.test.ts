@@ -1,6 +1,8 @@
 // Runs the built dist/trellis, as `npm test` builds it first, against SQLite and a test etcd.
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { existsSync, truncateSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { cliFixture, runTrellis, TRELLIS, type CliBackend, type CliFixture } from "../../test/support/cli-cluster.js";
 
@@ -141,3 +143,57 @@ for (const backend of ["sqlite", "etcd"] as CliBackend[]) {
     });
   });
 }
+
+// What apply and delete read is bounded before any store is opened, so one backend is enough.
+describe("trellis apply -f and delete -f: a bound on what is read", () => {
+  let fixture: CliFixture;
+  let env: Record<string, string>;
+  let storeFile: string;
+  before(async () => {
+    fixture = await cliFixture("sqlite");
+    const spec = await fixture.freshSpec();
+    storeFile = spec.slice("sqlite:".length);
+    env = { TRELLIS_STORE: spec, TRELLIS_PLAN: fixture.plan("dual.yaml", DUAL) };
+  });
+  after(async () => {
+    await fixture?.cleanup();
+  });
+
+  /** Runs a shell command line with TRELLIS set; one that reads without end is killed (SIGKILL) and fails the test instead of hanging it. */
+  function shell(line: string) {
+    const { TRELLIS_STORE: _store, TRELLIS_PLAN: _plan, ...inherited } = process.env;
+    return spawnSync("sh", ["-c", line], { env: { ...inherited, ...env, TRELLIS }, encoding: "utf8", timeout: 30_000 });
+  }
+
+  // Bug caught: the whole input read before its size was checked: `-f /dev/zero` and
+  // `yes | trellis apply -f -` grew until killed (10 GB in 30 s), or the message not naming the
+  // input and the limit, or stdin left open so the process never exits.
+  test("refuses -f /dev/zero and an endless stdin at the limit, naming them, and exits", () => {
+    const zero = shell('timeout -s KILL 15 "$TRELLIS" apply -f /dev/zero');
+    assert.equal(zero.status, 1, zero.stderr);
+    assert.match(zero.stderr, /^trellis: "\/dev\/zero" is larger than 64 MiB, the most trellis apply reads: split it and apply the parts one after another\n$/);
+    const endless = shell('yes | timeout -s KILL 15 "$TRELLIS" apply -f -');
+    assert.equal(endless.status, 1, endless.stderr);
+    assert.match(endless.stderr, /^trellis: stdin is larger than 64 MiB, the most trellis apply reads: /);
+    const deleting = shell('yes | timeout -s KILL 15 "$TRELLIS" delete -f -');
+    assert.equal(deleting.status, 1, deleting.stderr);
+    assert.match(deleting.stderr, /^trellis: stdin is larger than 64 MiB, the most trellis delete reads: split it and delete the parts one after another\n$/);
+    assert.equal(existsSync(storeFile), false, "no store was opened, so nothing was written");
+  });
+
+  // Bug caught: the limit applied to each file alone, so that many -f files add up without
+  // bound; or a good manifest given before the refused one applied anyway.
+  test("bounds all the -f inputs together, and keeps nothing of that apply", () => {
+    const good = join(fixture.dir, "good.yaml");
+    writeFileSync(good, "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}\n");
+    const [first, second] = [join(fixture.dir, "first.yaml"), join(fixture.dir, "second.yaml")];
+    for (const file of [first, second]) {
+      writeFileSync(file, "");
+      truncateSync(file, 40 * 2 ** 20);
+    }
+    const run = shell(`timeout -s KILL 15 "$TRELLIS" apply -f ${good} -f ${first} -f ${second}`);
+    assert.equal(run.status, 1, run.stderr);
+    assert.equal(run.stderr, `trellis: ${JSON.stringify(second)} takes the input past 64 MiB, the most trellis apply reads from all its -f files together: apply them in several runs\n`);
+    assert.equal(existsSync(storeFile), false, "the good Service was not applied");
+  });
+});

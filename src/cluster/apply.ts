@@ -132,7 +132,7 @@ async function inTransactions(cluster: Cluster, count: number, verb: string, sta
         }
         return { ...view.transaction(), result: chunk };
       });
-      outcomes.push(...committed.result);
+      for (const outcome of committed.result) outcomes.push(outcome);
       revision = committed.revision;
     } catch (error) {
       if (start === 0 || !(error instanceof Error)) throw error;

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { objectKind, parseManifests } from "./manifests.js";
+import { parse } from "yaml";
+import { MAX_YAML_DOCUMENT_CHARS, objectKind, parseManifests } from "./manifests.js";
 
 describe("manifests: parsing", () => {
   // Catches documents after the first dropped, or empty and comment-only documents returned as null objects.
@@ -62,6 +63,68 @@ describe("manifests: parsing", () => {
   it("refuses a document that is not a mapping, naming it", () => {
     assert.throws(() => parseManifests("apiVersion: v1\nkind: Pod\n---\n- a\n- b\n", "x.yaml"), /^Error: x\.yaml: document 2 \(line 4\) is a list, not a Kubernetes object/);
     assert.throws(() => parseManifests("just text\n", "y.yaml"), /y\.yaml: document 1 \(line 1\) is the string "just text", not a Kubernetes object/);
+  });
+});
+
+describe("manifests: large inputs and the JSON path", () => {
+  // Bug caught: `objects.push(...items)` on a List of 130,000 items ("Maximum call stack size
+  // exceeded"), or a JSON List read through the YAML parser's tree (3.7 GB for 43 MB).
+  it("reads a JSON List of 130,000 items", () => {
+    const items = Array.from({ length: 130_000 }, (_, i) => ({ metadata: { name: `s${i}` } }));
+    const objects = parseManifests(JSON.stringify({ apiVersion: "v1", kind: "ServiceList", items }), "big.json");
+    assert.equal(objects.length, 130_000);
+    assert.deepEqual(objects[129_999], { apiVersion: "v1", kind: "Service", metadata: { name: "s129999" } });
+  });
+
+  // Bug caught: the stream, composed one document at a time, dropping or renumbering documents.
+  it("reads a YAML stream of many documents", () => {
+    const documents = Array.from({ length: 2_000 }, (_, i) => `apiVersion: v1\nkind: Pod\nmetadata: {name: p${i}}\n`);
+    const stream = parseManifests(`---\n${documents.join("---\n")}`, "pods.yaml");
+    assert.equal(stream.length, 2_000);
+    assert.deepEqual(stream[1_999], { apiVersion: "v1", kind: "Pod", metadata: { name: "p1999" } });
+    assert.throws(() => parseManifests(`---\n${documents.join("---\n")}---\n---\n- not an object\n`, "pods.yaml"), /^Error: pods\.yaml: document 2002 \(line 8003\) is a list, not a Kubernetes object/);
+  });
+
+  // Bug caught: JSON.parse reading a value otherwise than the YAML parser did (escapes, numbers,
+  // nesting), or a YAML flow mapping, which starts with { too, refused as broken JSON.
+  it("reads JSON as the YAML parser reads it, and a YAML flow mapping as YAML", () => {
+    const json = '\n  {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a\\u00e9\\n\\"}", "labels": {"": "x"}},\n "x": [1.5, -1E-5, 1e3, 12345678901234567890, true, null, "\\ud83d\\ude00", [[{}]]]}\n';
+    assert.deepEqual(parseManifests(json, "a.json"), [parse(json)]);
+    assert.deepEqual(parseManifests("{apiVersion: v1, kind: Pod, metadata: {name: a}}\n", "a.yaml"), [{ apiVersion: "v1", kind: "Pod", metadata: { name: "a" } }]);
+    assert.throws(() => parseManifests('\n\n[{"kind": "Pod"}]', "l.json"), /^Error: l\.json: document 1 \(line 3\) is a list, not a Kubernetes object/);
+  });
+
+  // Bug caught: JSON.parse keeping the last of a repeated key silently, where the YAML parser
+  // refused it with the key's line and column; or a JSON syntax error reported without them.
+  it("refuses a key repeated in a JSON object, and broken JSON, with line and column", () => {
+    const repeated = '{\n  "a": 1,\n  "b": {"x": 1, "y": [{"q": 1, "\\u0071": 2}]},\n  "a": 2\n}\n';
+    assert.throws(() => parseManifests(repeated, "r.json"), {
+      message: "cannot parse r.json:\n  YAML syntax error at line 3, column 32: Map keys must be unique\n  YAML syntax error at line 4, column 3: Map keys must be unique",
+    });
+    assert.throws(() => parseManifests('{\n  "kind": "Pod",\n  "metadata": {"name": "a"\n}\n', "b.json"), /^Error: cannot parse b\.json:\n {2}YAML syntax error at line \d+, column \d+: /);
+  });
+
+  // Bug caught: every syntax error no longer reported first when documents are read one at a
+  // time (a later document's syntax error hidden behind an earlier document's shape).
+  it("reports the syntax errors of every document before anything else", () => {
+    assert.throws(() => parseManifests("- a\n---\nb: [\n---\nc: {\n", "s.yaml"), (error: Error) => {
+      assert.match(error.message, /^cannot parse s\.yaml:\n {2}YAML syntax error at line 4, column 1: .*\n {2}YAML syntax error at line 6, column 1: /);
+      return true;
+    });
+  });
+
+  // Bug caught: one YAML document too large for the yaml package's tree running the process out
+  // of heap (a 61 MB YAML List aborted at 4.3 GB), or the bound applied to the whole stream.
+  it("refuses one YAML document larger than it reads, naming it and the way out, but not many small ones", () => {
+    const item = "- {metadata: {name: a-name-of-some-length}}\n";
+    const items = item.repeat(Math.ceil(MAX_YAML_DOCUMENT_CHARS / item.length) + 1);
+    assert.throws(
+      () => parseManifests(`apiVersion: v1\nkind: Pod\n---\napiVersion: v1\nkind: PodList\nitems:\n${items}`, "huge.yaml"),
+      new RegExp(`^Error: huge\\.yaml: the YAML document at line 3 is [\\d.]+ MiB, more than the ${MAX_YAML_DOCUMENT_CHARS / 2 ** 20} MiB Trellis reads as one YAML document .*: give a List as JSON, or its items as separate documents between --- lines$`),
+    );
+    assert.throws(() => parseManifests(`{"items": [\n${items}`, "huge.json"), /Trellis reads as one YAML document .*; it is not JSON either: .* at line 2, column 2$/);
+    const many = "---\n# padding\n".repeat(Math.ceil(MAX_YAML_DOCUMENT_CHARS / 14) + 1);
+    assert.deepEqual(parseManifests(many, "many.yaml"), []);
   });
 });
 
