@@ -35,6 +35,14 @@ const cases: BadCase[] = [
   { name: "container id far too long", env: { CNI_CONTAINERID: "c".repeat(100_000) }, stdin: (v) => v, code: 4, msg: /^CNI_CONTAINERID is 100000 characters long; at most 256 are allowed$/ },
   { name: "netns that is a regular file", env: { CNI_NETNS: "/etc/hostname" }, stdin: (v) => v, code: 4, msg: /^CNI_NETNS \/etc\/hostname is not a network namespace$/ },
   { name: "netns that is a directory", env: { CNI_NETNS: "/var/run/netns" }, stdin: (v) => v, code: 4, msg: /^CNI_NETNS \/var\/run\/netns is not a network namespace$/ },
+  // Bug caught: any file on nsfs passed as a network namespace, so these failed late with 103.
+  // Through the agent, /proc/self is the agent process: its namespaces, the same refusal.
+  { name: "netns that is a mount namespace", env: { CNI_NETNS: "/proc/self/ns/mnt" }, stdin: (v) => v, code: 4, msg: /^CNI_NETNS \/proc\/self\/ns\/mnt is a mnt namespace, not a network namespace$/ },
+  { name: "netns that is a pid namespace", env: { CNI_NETNS: "/proc/self/ns/pid" }, stdin: (v) => v, code: 4, msg: /^CNI_NETNS \/proc\/self\/ns\/pid is a pid namespace, not a network namespace$/ },
+  { name: "netns that is a user namespace", env: { CNI_NETNS: "/proc/self/ns/user" }, stdin: (v) => v, code: 4, msg: /^CNI_NETNS \/proc\/self\/ns\/user is a user namespace, not a network namespace$/ },
+  // Bug caught: CHECK entering any nsfs file and failing with 103 (setns: Invalid argument), or
+  // reporting a namespace it could not open as "the pod's network namespace does not exist".
+  { name: "CHECK with a mount namespace", env: { CNI_COMMAND: "CHECK", CNI_NETNS: "/proc/self/ns/mnt" }, stdin: (v) => ({ ...v, prevResult: { cniVersion: "1.1.0", ips: [] } }), code: 4, msg: /^CNI_NETNS \/proc\/self\/ns\/mnt is a mnt namespace, not a network namespace$/ },
   { name: "ifname dot-dot", env: { CNI_IFNAME: ".." }, stdin: (v) => v, code: 4, msg: /^CNI_IFNAME "\.\." is invalid: "\.\." is not allowed$/ },
   { name: "CNI_ARGS without =", env: { CNI_ARGS: "IP" }, stdin: (v) => v, code: 4, msg: /^CNI_ARGS entry "IP" is not KEY=VALUE$/ },
   { name: "not JSON", stdin: "{cniVersion: 1", code: 6, msg: /^network configuration on stdin is not valid JSON/ },

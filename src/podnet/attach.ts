@@ -368,8 +368,10 @@ async function observePod(spec: PodAttachmentSpec, netnsPath: string): Promise<O
   let netns: NetnsHandle;
   try {
     netns = openNetns(netnsPath);
-  } catch {
-    return { hostVeth, bridge };
+  } catch (error) {
+    // A pod whose namespace is gone fails CHECK; a path that is no network namespace is the runtime's mistake.
+    if (error instanceof NetnsError && error.problem === "missing") return { hostVeth, bridge };
+    throw asCniNetnsError(error);
   }
   try {
     const routes = await ipBatch([["route", "show", "table", "all", "root", "0.0.0.0/0"], ["route", "show", "table", "all", "root", "::/0"]], { netns, json: true });
@@ -409,9 +411,12 @@ function openPodNetns(path: string): NetnsHandle {
   try {
     return openNetns(path);
   } catch (error) {
-    if (error instanceof NetnsError) throw new CniError(CniCode.invalidEnvironment, `CNI_NETNS ${error.message}`);
-    throw error;
+    throw asCniNetnsError(error);
   }
+}
+
+function asCniNetnsError(error: unknown): unknown {
+  return error instanceof NetnsError ? new CniError(CniCode.invalidEnvironment, `CNI_NETNS ${error.message}`) : error;
 }
 
 /** Pods with IPv6 need links of at least 1280 bytes (RFC 8200); a smaller MTU would strip their addresses. */
