@@ -14,7 +14,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { KUBE_BIN } from "./support/kube.js";
-import { downAll, labCheck, labName, runTrellis, waitFor } from "./support/lab.js";
+import { downAll, labCheck, labExec, labName, labStatus, runTrellis, waitFor } from "./support/lab.js";
 
 after(() => downAll());
 
@@ -175,6 +175,30 @@ describe("lab up --kubernetes: a real control plane, kubectl and lab check", { t
     assert.deepEqual(pods("app=extra"), []);
     assert.ok(!existsSync(netns), "its namespace is gone");
     assert.match(runTrellis(["lab", "pod", "rm", "extra", "--name", name]).stderr, /runs no Pod "extra"/);
+  });
+
+  // Bug caught: a pod named after a node accepted by lab pod add; a Pod made with kubectl and
+  // called node1 listed as "node1", so that `lab exec node1` could mean the node or the pod;
+  // pods added after lab up unknown to `lab exec`.
+  it("a name means one member: lab pod add refuses a host's name, a kubectl Pod called node1 is default/node1", async () => {
+    const statusBefore = runTrellis(["lab", "status", "--name", name, "--json"]).stdout;
+    const refused = runTrellis(["lab", "pod", "add", "node1", "--node", "node2", "--name", name]);
+    assert.notEqual(refused.status, 0);
+    assert.ok(refused.stderr.includes('pod name "node1" is taken by the lab\'s node node1; lab members are named uniquely: nodes node1, node2, external, underlay, control, and its pods'), refused.stderr);
+    assert.ok(runTrellis(["lab", "pod", "add", "control", "--node", "node2", "--name", name]).stderr.includes('pod name "control" is taken by the lab\'s control-plane host'));
+    assert.equal(runTrellis(["lab", "status", "--name", name, "--json"]).stdout, statusBefore, "the refused pods changed nothing");
+    kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "Pod", metadata: { name: "node1" }, spec: { nodeName: "node2", containers: [{ name: "probe", image: "trellis-probe" }] } }));
+    try {
+      let listed: Array<{ name: string; addresses: string[] }> = [];
+      await waitFor("the kubectl Pod node1 runs", () => (listed = labStatus(name).pods.filter((pod) => pod.name.endsWith("node1"))).length === 1, 60_000);
+      assert.equal(listed[0].name, "default/node1");
+      assert.match(labExec(name, "node1", ["ip", "-o", "-4", "address", "show", "dev", "eth0"]), /inet 198\.18\.0\.11\//, "node1 is still the node");
+      assert.ok(labExec(name, "default/node1", ["ip", "-o", "-4", "address", "show", "dev", "eth0"]).includes(`inet ${listed[0].addresses[0]}/`), "default/node1 is the Pod");
+      const removed = runTrellis(["lab", "pod", "rm", "default/node1", "--name", name]);
+      assert.equal(removed.status, 0, removed.stderr);
+    } finally {
+      spawnSync(join(KUBE_BIN, "kubectl-debian"), ["--kubeconfig", kubeconfig, "delete", "pod", "node1", "--ignore-not-found", "--wait=false"]);
+    }
   });
 
   it("lab down removes the control plane, the kubelets and every pod namespace", () => {

@@ -107,6 +107,19 @@ describe("trellis lab", () => {
     assert.notEqual(unknown.status, 0);
     assert.match(unknown.stderr, /has no member "node9"; its members are underlay, external, node1/);
 
+    // Bug caught: `lab pod add external --node node1` accepted, after which `lab exec external` ran in the pod.
+    const statusBefore = trellis(["lab", "status", "--name", name, "--json"]).stdout;
+    for (const [podName, holder] of [["external", "taken by the lab's external host"], ["node2", "taken by the lab's node node2"], ["underlay", "taken by the lab's underlay"], ["control", "kept for the control-plane host of Kubernetes labs"]]) {
+      const refused = trellis(["lab", "pod", "add", podName, "--node", "node1", "--name", name]);
+      assert.notEqual(refused.status, 0, podName);
+      assert.ok(refused.stderr.includes(`pod name "${podName}" is ${holder}`), refused.stderr);
+      assert.ok(refused.stderr.includes("lab members are named uniquely: nodes node1…node3, external, underlay, and its pods"), refused.stderr);
+    }
+    assert.equal(trellis(["lab", "status", "--name", name, "--json"]).stdout, statusBefore, "the refused pods changed nothing");
+    assert.equal(labNamespaces(name).length, 11, "no namespace was made for them");
+    const external = trellis(["lab", "exec", "--name", name, "external", "--", "ip", "-o", "address", "show", "dev", "eth0"]);
+    assert.ok(external.stdout.includes("inet 198.18.0.200/24"), external.stdout + external.stderr);
+
     const again = trellis(["lab", "up", "--name", name]);
     assert.notEqual(again.status, 0);
     assert.match(again.stderr, new RegExp(`a lab named "${name}" is already up .*trellis lab down --name ${name}`));

@@ -121,7 +121,9 @@ export function registerLabCommands(program: Command): void {
       if (command[0] !== "--" && command[0].startsWith("-")) {
         throw new Error(`lab exec: ${command[0]} after the member name is taken as the command; options go first: trellis lab exec --name NAME ${member} -- COMMAND…`);
       }
-      const netns = labMemberNetns(requireLabState(checkLabName(options.name)), member);
+      const state = requireLabState(checkLabName(options.name));
+      // A Kubernetes lab's pods are the ones its kubelets run now, named as `lab status` names them.
+      const netns = labMemberNetns(state.kubernetes ? { ...state, pods: kubeletLabPods(state) } : state, member);
       const argv = command[0] === "--" ? command.slice(1) : command;
       if (argv.length === 0) throw new Error("lab exec: give the command after --, such as `trellis lab exec node1-pod0 -- ip address`");
       process.exitCode = await execInNetns(netns, argv);

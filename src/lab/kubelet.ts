@@ -18,6 +18,7 @@ import { addNetworkList, delNetworkList, readNetworkList, resultAddresses } from
 import { isLabProcess, startDetached, stopProcesses } from "./processes.js";
 import { selfInvocation } from "./probe.js";
 import type { LabPodState, LabProcess, LabState } from "./state.js";
+import { kubePodMemberName } from "./topology.js";
 
 export interface KubeletPod {
   readonly uid: string;
@@ -61,15 +62,16 @@ function writeKubeletPods(state: LabState, node: string, pods: Iterable<KubeletP
 }
 
 /**
- * Every pod the lab's kubelets run, as the lab's other commands see pods: named as Kubernetes
- * names them (`NAME` in namespace default, `NAMESPACE/NAME` elsewhere), node by node.
+ * Every pod the lab's kubelets run, as the lab's other commands see pods, named by
+ * `kubePodMemberName` (`NAME`, or `NAMESPACE/NAME`), node by node.
  */
 export function kubeletLabPods(state: LabState): LabPodState[] {
+  const nodes = state.nodes.map((node) => node.name);
   return state.nodes.flatMap((node) =>
     readKubeletPods(state, node.name)
       .filter((pod) => pod.reported)
       .map((pod) => ({
-        name: pod.namespace === "default" ? pod.name : `${pod.namespace}/${pod.name}`,
+        name: kubePodMemberName(pod.namespace, pod.name, nodes),
         node: node.name,
         netnsName: pod.netnsName,
         netnsPath: pod.netnsPath,

@@ -14,14 +14,17 @@ import { kubeletLabPods } from "./kubelet.js";
 import { LAB_POD_LABEL, labPodObject, recordLabPods } from "./pod-objects.js";
 import { isLabProcess, sleep, stopProcesses } from "./processes.js";
 import { labStore } from "./store-access.js";
-import { labNetnsName, MAX_PODS_PER_NODE, parsePodLabels } from "./topology.js";
+import { labNetnsName, MAX_PODS_PER_NODE, parsePodLabels, podNameConflict } from "./topology.js";
 import { saveLabState, type LabPodState, type LabState } from "./state.js";
 import { attachLabPod, waitForProbeServer } from "./up.js";
 
 export async function labPodAdd(state: LabState, name: string, nodeName: string, labelTexts: readonly string[], out: (line: string) => void): Promise<LabPodState> {
   const problems = isDns1123Label(name);
   if (problems.length) throw new Error(`pod name ${JSON.stringify(name)} is invalid: ${problems.join("; ")}`);
-  if (state.pods.some((pod) => pod.name === name)) throw new Error(`lab ${state.name} already has a pod named ${name}; \`trellis lab pod rm --name ${state.name} ${name}\` removes it`);
+  const conflict = podNameConflict(name, state.nodes.map((node) => node.name), state.kubernetes !== undefined);
+  if (conflict) throw new Error(conflict);
+  // A Kubernetes lab's pods are the ones its kubelets run now, whoever made them.
+  if ((state.kubernetes ? kubeletLabPods(state) : state.pods).some((pod) => pod.name === name)) throw new Error(`lab ${state.name} already has a pod named ${name}; \`trellis lab pod rm --name ${state.name} ${name}\` removes it`);
   const node = state.nodes.find((candidate) => candidate.name === nodeName);
   if (!node) throw new Error(`lab ${state.name} has no node ${JSON.stringify(nodeName)}; its nodes are ${state.nodes.map((candidate) => candidate.name).join(", ")}`);
   const labels = labelTexts.length ? parsePodLabels(labelTexts.join(",")) : undefined;
@@ -43,9 +46,12 @@ export async function labPodAdd(state: LabState, name: string, nodeName: string,
 
 export async function labPodRm(state: LabState, name: string, out: (line: string) => void): Promise<void> {
   if (state.kubernetes) {
-    if (!kubeletLabPods(state).some((pod) => pod.name === name)) throw new Error(`lab ${state.name} runs no Pod ${JSON.stringify(name)} in namespace default; its pods are ${kubeletLabPods(state).map((pod) => pod.name).join(", ")}`);
+    const running = kubeletLabPods(state);
+    if (!running.some((pod) => pod.name === name)) throw new Error(`lab ${state.name} runs no Pod ${JSON.stringify(name)}; its pods are ${running.map((pod) => pod.name).join(", ")}`);
+    // Named as `lab status` names it: NAME in namespace default, or NAMESPACE/NAME.
+    const [namespace, podName] = name.includes("/") ? name.split("/") : ["default", name];
     // The kubelet of its node runs CNI DEL and removes its namespace, then deletes the Pod for good.
-    await labKubectl(state.kubernetes, ["delete", "pod", name, "--namespace", "default", "--wait=true", "--timeout=60s"]);
+    await labKubectl(state.kubernetes, ["delete", "pod", podName, "--namespace", namespace, "--wait=true", "--timeout=60s"]);
     state.pods.splice(0, state.pods.length, ...state.pods.filter((pod) => pod.name !== name));
     saveLabState(state);
     out(`pod ${name} removed: Pod deleted through the API server, CNI DEL and its namespace by its node's lab kubelet`);

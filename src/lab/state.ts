@@ -124,7 +124,8 @@ export function requireLabState(name: string): LabState {
 /** Looks a member up by the name `status` shows: `node1`, `node1-pod0`, `external`, `control` or `underlay`. */
 export function labMemberNetns(state: LabState, member: string): string {
   if (member === "underlay") return state.underlay.netnsPath;
-  const found = [...state.nodes, ...state.pods, state.external, ...(state.control ? [state.control] : [])].find((candidate) => candidate.name === member);
+  // Hosts before pods: a pod that took a host's name (in a lab made before that was refused) never hides the host.
+  const found = [...state.nodes, state.external, ...(state.control ? [state.control] : []), ...state.pods].find((candidate) => candidate.name === member);
   if (!found) {
     const names = ["underlay", "external", ...(state.control ? ["control"] : []), ...state.nodes.map((node) => node.name), ...state.pods.map((pod) => pod.name)];
     throw new Error(`lab ${JSON.stringify(state.name)} has no member ${JSON.stringify(member)}; its members are ${names.join(", ")}`);

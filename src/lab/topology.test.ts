@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { validatePlanText } from "../plan/plan.js";
-import { isLabNetnsName, labLayout, parseLabOptions } from "./topology.js";
+import { isLabNetnsName, kubePodMemberName, labLayout, parseLabOptions, podNameConflict } from "./topology.js";
 
 describe("lab/topology", () => {
   it("defaults to 3 dual-stack nodes with 2 pods each, mode auto, one subnet, named lab", () => {
@@ -103,7 +103,7 @@ describe("lab/topology", () => {
     assert.deepEqual(JSON.parse(v4.planText).serviceCidrs, ["10.96.0.0/16"]);
   });
 
-  it("writes a plan that `trellis plan check` accepts: pods /24 and /64 per node, Services, IPv4 first", () => {
+  it("writes a plan that `trellis plan check` accepts: pods /24 and /64 per node, Services, IPv4 first, the underlay as node CIDRs", () => {
     const { planText } = labLayout(parseLabOptions({}));
     const { plan, problems } = validatePlanText(planText);
     assert.deepEqual(problems, []);
@@ -115,6 +115,27 @@ describe("lab/topology", () => {
       nodeMaskSize: { ipv4: 24, ipv6: 64 },
       nodePortRange: "30000-32767",
     });
+  });
+
+  // Bug caught: `lab pod add external --node node1` accepted, after which `lab exec external` ran in the pod.
+  it("keeps every host's name from pods: the nodes, external, underlay and control", () => {
+    const nodes = ["node1", "node2", "node3"];
+    assert.equal(podNameConflict("external", nodes, false), 'pod name "external" is taken by the lab\'s external host; lab members are named uniquely: nodes node1…node3, external, underlay, and its pods');
+    assert.equal(podNameConflict("node2", nodes, false), 'pod name "node2" is taken by the lab\'s node node2; lab members are named uniquely: nodes node1…node3, external, underlay, and its pods');
+    assert.match(podNameConflict("underlay", nodes, false)!, /^pod name "underlay" is taken by the lab's underlay, the namespace joining its nodes; /);
+    assert.match(podNameConflict("control", nodes, false)!, /^pod name "control" is kept for the control-plane host of Kubernetes labs; /);
+    assert.equal(podNameConflict("control", ["node1"], true), 'pod name "control" is taken by the lab\'s control-plane host; lab members are named uniquely: node node1, external, underlay, control, and its pods');
+    assert.match(podNameConflict("node1", ["node1", "node2"], false)!, /: nodes node1, node2, external, underlay, and its pods$/);
+    for (const free of ["node4", "node1-pod0", "web", "externals", "constructor", "__proto__"]) assert.equal(podNameConflict(free, nodes, true), undefined, free);
+  });
+
+  // Bug caught: a Pod made with kubectl and called node1 listed as "node1", so `lab exec node1` could mean either.
+  it("names a Kubernetes Pod by its name, or with its namespace where the name is another's or not in default", () => {
+    const nodes = ["node1", "node2"];
+    assert.equal(kubePodMemberName("default", "web-1", nodes), "web-1");
+    assert.equal(kubePodMemberName("kube-system", "coredns", nodes), "kube-system/coredns");
+    for (const host of ["node1", "node2", "external", "underlay", "control"]) assert.equal(kubePodMemberName("default", host, nodes), `default/${host}`);
+    assert.equal(kubePodMemberName("default", "node3", nodes), "node3");
   });
 
   it("recognizes its own namespaces and never another lab's", () => {

@@ -146,6 +146,43 @@ export function isLabNetnsName(lab: string, netnsName: string): boolean {
   return /^(underlay|external|control|node[0-9]+|node[0-9]+-pod[0-9]+|kp-[0-9a-f]{8})$/.test(netnsName.slice(lab.length + 1));
 }
 
+/**
+ * The lab's hosts other than its nodes, by the name `lab status` and `lab exec` give them, and
+ * what holds each. `control` is kept on every lab, so that no lab has a pod by that name.
+ */
+const LAB_HOSTS: Readonly<Record<string, (kubernetes: boolean) => string>> = {
+  external: () => "taken by the lab's external host",
+  underlay: () => "taken by the lab's underlay, the namespace joining its nodes",
+  control: (kubernetes) => (kubernetes ? "taken by the lab's control-plane host" : "kept for the control-plane host of Kubernetes labs"),
+};
+
+/** Whether `name` names one of the lab's hosts: a node of `nodes`, external, underlay or control. */
+function isLabHostName(name: string, nodes: readonly string[]): boolean {
+  return nodes.includes(name) || Object.hasOwn(LAB_HOSTS, name);
+}
+
+/**
+ * Why a new pod cannot be called `name`: a node's or another host's name, since `lab exec NAME`
+ * must mean one member. Undefined when no host has it (other pods are the caller's to check).
+ */
+export function podNameConflict(name: string, nodes: readonly string[], kubernetes: boolean): string | undefined {
+  const holder = nodes.includes(name) ? `taken by the lab's node ${name}` : Object.hasOwn(LAB_HOSTS, name) ? LAB_HOSTS[name](kubernetes) : undefined;
+  if (holder === undefined) return undefined;
+  const numbered = nodes.length > 2 && nodes.every((node, i) => node === `node${i + 1}`);
+  const nodeNames = numbered ? `${nodes[0]}…${nodes[nodes.length - 1]}` : nodes.join(", ");
+  const members = [`${nodes.length === 1 ? "node" : "nodes"} ${nodeNames}`, "external", "underlay", ...(kubernetes ? ["control"] : []), "and its pods"];
+  return `pod name ${JSON.stringify(name)} is ${holder}; lab members are named uniquely: ${members.join(", ")}`;
+}
+
+/**
+ * The name a Kubernetes Pod goes by in `lab status`, `lab check` and `lab exec`: NAME in namespace
+ * default, NAMESPACE/NAME elsewhere, and default/NAME when NAME is a host's (a Pod made with
+ * kubectl can be called node1), so that every name means one member.
+ */
+export function kubePodMemberName(namespace: string, name: string, nodes: readonly string[]): string {
+  return namespace === "default" && !isLabHostName(name, nodes) ? name : `${namespace}/${name}`;
+}
+
 export interface UnderlaySubnet {
   readonly index: number;
   /** The bridge in the underlay namespace that is this subnet's L2 segment. */
@@ -250,7 +287,10 @@ export function labLayout(options: LabOptions): LabLayout {
   };
 }
 
-/** The plan: pod and Service CIDRs of the families in use, primary family first. */
+/**
+ * The plan: pod and Service CIDRs of the families in use, primary family first, and the
+ * underlay's ranges as node CIDRs (a node address outside them is refused by every agent).
+ */
 function labPlanText(families: readonly Family[]): string {
   const { plan, problems } = validatePlan({
     podCidrs: families.map((family) => POD_CIDRS[family]),
