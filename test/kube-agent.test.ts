@@ -2,8 +2,10 @@
  * The agent with `--datastore kubernetes` against a real control plane. A test underlay holds
  * three hosts: `control` (etcd, kube-apiserver, kube-controller-manager with node IPAM and the
  * EndpointSlice controller, kube-scheduler) and two nodes, each running `trellis agent` in its
- * namespace with the ServiceAccount token of deploy/trellis.yaml, so the manifest's RBAC is what
- * is proved sufficient. Nothing runs in the machine's own namespace but kubectl's parent.
+ * namespace with a token of deploy/trellis.yaml's ServiceAccount bound to its Node (as a DaemonSet
+ * pod's is bound to its pod on its node), so the manifest's RBAC is what is proved sufficient, and
+ * its admission policy what holds each agent to its own Node. Nothing runs in the machine's own
+ * namespace but kubectl's parent.
  */
 import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
@@ -15,6 +17,7 @@ import { tokenKubeconfigText } from "../src/lab/control-plane.js";
 import { attachUnderlayHost, buildUnderlay } from "../src/lab/underlay.js";
 import { deleteNamedNetns, namedNetnsPath } from "../src/linux/named-netns.js";
 import { startTestControlPlane, type TestControlPlane } from "./support/kube.js";
+import { requestsAs, type KubeAnswer, type KubeRequest } from "./support/kube-as.js";
 import { TRELLIS_STANDALONE } from "./support/node-agent.js";
 
 const TAG = `trk${process.pid % 100000}`;
@@ -34,16 +37,17 @@ const CLUSTER_CIDR = "10.244.0.0/16,fd00:10:244::/56";
 const MANIFEST = resolve(import.meta.dirname, "../deploy/trellis.yaml");
 
 interface KubeNodeJson {
-  metadata: { name: string; annotations?: Record<string, string> };
+  metadata: { name: string; annotations?: Record<string, string>; labels?: Record<string, string> };
   spec: { podCIDRs?: string[] };
-  status?: { conditions?: Array<{ type: string; status: string; reason?: string }> };
+  status?: { addresses?: Array<{ type: string; address: string }>; conditions?: Array<{ type: string; status: string; reason?: string }> };
 }
 
 describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeout: 900_000 }, () => {
   let plane: TestControlPlane | undefined;
   const dir = mkdtempSync(join(tmpdir(), "trellis-kube-agent-"));
   const agents = new Map<string, { child: ChildProcess; log: string; argv: string[] }>();
-  let kubeconfig = "";
+  /** Each agent's kubeconfig, by node. */
+  const kubeconfigs = new Map<string, string>();
 
   const kubectl = (args: readonly string[], input?: string) => plane!.kubectl(args, input);
   const node = async (name: string) => JSON.parse(await kubectl(["get", "node", name, "-o", "json"])) as KubeNodeJson;
@@ -76,21 +80,31 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
   const ruleset = (name: string) => inNode(name, ["nft", "list", "ruleset"]);
 
   before(async () => {
+  /** A kubeconfig of the trellis ServiceAccount with a token made by `kubectl create token ...args`. */
+  const tokenKubeconfig = async (name: string, args: readonly string[]) => {
+    writeFileSync(join(dir, `${name}.token`), (await kubectl(["create", "token", "trellis", "-n", "trellis-system", ...args])).trim(), { mode: 0o600 });
+    const config = join(dir, `${name}.kubeconfig`);
+    writeFileSync(config, tokenKubeconfigText(plane!.files.server, plane!.files.caCert, "trellis", join(dir, `${name}.token`)));
+    return config;
+  };
+  const statusPatch = (nodeName: string, body: object, contentType: KubeRequest["contentType"] = "application/merge-patch+json"): KubeRequest =>
+    ({ method: "PATCH", path: `/api/v1/nodes/${nodeName}/status`, body, contentType });
+  const as = (config: string, requests: readonly KubeRequest[]) => requestsAs(namedNetnsPath(CONTROL.netnsName), config, requests);
+  const refusal = (answer: KubeAnswer) => `${answer.status} ${answer.message ?? ""}`;
     await buildUnderlay(UNDERLAY, [SUBNET]);
     for (const member of [CONTROL, ...NODES]) await attachUnderlayHost(UNDERLAY, [SUBNET], member);
     plane = await startTestControlPlane({ controllers: true, netns: { path: namedNetnsPath(CONTROL.netnsName), address: CONTROL.addresses[0] } });
     await kubectl(["apply", "-f", "-"], readFileSync(MANIFEST, "utf8"));
-    const token = (await kubectl(["create", "token", "trellis", "-n", "trellis-system", "--duration=2h"])).trim();
-    writeFileSync(join(dir, "token"), token, { mode: 0o600 });
-    kubeconfig = join(dir, "trellis.kubeconfig");
-    writeFileSync(kubeconfig, tokenKubeconfigText(plane.files.server, plane.files.caCert, "trellis", join(dir, "token")));
-    for (const member of NODES) await kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "Node", metadata: { name: member.name } }));
+    for (const member of NODES) {
+      await kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "Node", metadata: { name: member.name } }));
+      kubeconfigs.set(member.name, await tokenKubeconfig(`trellis-${member.name}`, ["--bound-object-kind", "Node", "--bound-object-name", member.name, "--duration=2h"]));
+    }
     // node2's agent gets no --node-ip: it takes the InternalIPs its Node's status lists (as a
     // kubelet would have set them), in their order, IPv6 first here.
     await kubectl(["patch", "node", "node2", "--subresource=status", "--type=merge", "-p", JSON.stringify({ status: { addresses: [{ type: "InternalIP", address: "fd00:198:18::12" }, { type: "InternalIP", address: "198.18.0.12" }, { type: "Hostname", address: "node2" }] } })]);
     for (const member of NODES) {
       mkdirSync(join(dir, member.name), { recursive: true });
-      startAgent(member.name, member.name, member.name === "node2" ? [] : member.addresses, kubeconfig);
+      startAgent(member.name, member.name, member.name === "node2" ? [] : member.addresses, kubeconfigs.get(member.name)!);
     }
   });
 

@@ -1,8 +1,10 @@
 /**
  * The lab as a real Kubernetes cluster (`lab up --kubernetes`): the control plane runs on the
  * lab's `control` host; each lab node is a Node object (registered and given a status here, as
- * its kubelet would); the agents use the API with the ServiceAccount of deploy/trellis.yaml; a
- * lab kubelet per node plays the network part of a kubelet (kubelet.ts). The machine's kubectl
+ * its kubelet would); each agent uses the API with the ServiceAccount of deploy/trellis.yaml and a
+ * token bound to its Node, as a DaemonSet pod's token is bound to its pod on its node, so the
+ * manifest's admission policy holds it to its own Node; a lab kubelet per node plays the network
+ * part of a kubelet (kubelet.ts). The machine's kubectl
  * reaches the API server through two relays (relay.ts) with the admin kubeconfig `lab
  * kubeconfig` prints.
  */
@@ -34,8 +36,8 @@ export interface LabKubernetes {
   readonly adminKubeconfig: string;
   /** Admin kubeconfig for the lab's own namespaces. */
   readonly inLabAdminKubeconfig: string;
-  /** The agents' kubeconfig: the trellis ServiceAccount's token. */
-  readonly agentKubeconfig: string;
+  /** Each node's agent kubeconfig (the trellis ServiceAccount, a token bound to that Node), by node. */
+  readonly agentKubeconfigs: Readonly<Record<string, string>>;
   /** Each node's kubelet kubeconfig (system:node:NAME), by node. */
   readonly nodeKubeconfigs: Readonly<Record<string, string>>;
   /** etcd, the control plane and the relays, by name. */
@@ -109,12 +111,13 @@ export async function startKubeControlPlane(state: LabState, control: { readonly
   };
   const files = await writeControlPlaneFiles(spec);
   const nodeKubeconfigs: Record<string, string> = {};
+  const agentKubeconfigs: Record<string, string> = {};
   const kube: LabKubernetes = {
     server: files.server,
     localServer: "",
     adminKubeconfig: join(dir, "local-admin.kubeconfig"),
     inLabAdminKubeconfig: files.adminKubeconfig,
-    agentKubeconfig: join(dir, "trellis.kubeconfig"),
+    agentKubeconfigs,
     nodeKubeconfigs,
     processes: {},
     kubelets: {},
@@ -147,18 +150,31 @@ export async function startKubeControlPlane(state: LabState, control: { readonly
 
   // The agents' rights are the manifest's, and only those.
   await labKubectl(kube, ["apply", "-f", deployManifest()]);
-  const token = (await labKubectl(kube, ["create", "token", "trellis", "-n", "trellis-system", "--duration=8760h"])).trim();
-  writeFileSync(join(dir, "trellis.token"), token, { mode: 0o600 });
-  writeFileSync(kube.agentKubeconfig, tokenKubeconfigText(kube.server, files.caCert, "trellis", join(dir, "trellis.token")), { mode: 0o600 });
-  out("deploy/trellis.yaml applied; the agents use its ServiceAccount's token");
+  out("deploy/trellis.yaml applied");
 
   for (const node of state.nodes) {
     nodeKubeconfigs[node.name] = await clientKubeconfig(dir, `kubelet-${node.name}`, `/O=system:nodes/CN=system:node:${node.name}`, `system:node:${node.name}`, kube.localServer);
     await registerNode(kube, node.name, node.addresses);
+    agentKubeconfigs[node.name] = await agentKubeconfig(kube, dir, files.caCert, node.name);
   }
   save();
-  out(`nodes registered: ${state.nodes.map((node) => node.name).join(", ")} (node IPAM gives their pod CIDRs)`);
+  out(`nodes registered: ${state.nodes.map((node) => node.name).join(", ")} (node IPAM gives their pod CIDRs); each agent has a token of the trellis ServiceAccount bound to its Node`);
   return kube;
+}
+
+/**
+ * A kubeconfig for the agent of `node`: the trellis ServiceAccount's token bound to the Node, so
+ * it carries the node's name (authentication.kubernetes.io/node-name), as a DaemonSet pod's does.
+ * The Node must exist; the token lasts a year (the API server caps it only when started with
+ * --service-account-max-token-expiration) and ends with the Node.
+ */
+async function agentKubeconfig(kube: LabKubernetes, dir: string, caCert: string, node: string): Promise<string> {
+  const token = (await labKubectl(kube, ["create", "token", "trellis", "-n", "trellis-system", "--bound-object-kind", "Node", "--bound-object-name", node, "--duration=8760h"])).trim();
+  const tokenFile = join(dir, `trellis-${node}.token`);
+  writeFileSync(tokenFile, token, { mode: 0o600 });
+  const file = join(dir, `trellis-${node}.kubeconfig`);
+  writeFileSync(file, tokenKubeconfigText(kube.server, caCert, "trellis", tokenFile), { mode: 0o600 });
+  return file;
 }
 
 /** A Node as its kubelet would register it: labels, then a status with addresses, capacity and Ready, untainted. */

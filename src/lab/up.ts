@@ -231,8 +231,9 @@ async function waitForLogLine(proc: StartedProcess, text: string, signal: AbortS
 
 function startAgents(state: LabState): Map<LabNodeState, StartedProcess> {
   const agents = new Map<LabNodeState, StartedProcess>();
-  const datastore = state.kubernetes
-    ? ["--datastore", "kubernetes", "--kubeconfig", state.kubernetes.agentKubeconfig, "--cluster-cidr", state.families.map((family) => KUBE_LAB_CIDRS[family].pods).join(",")]
+  const kube = state.kubernetes;
+  const datastore = (node: LabNodeState) => kube
+    ? ["--datastore", "kubernetes", "--kubeconfig", kube.agentKubeconfigs[node.name], "--cluster-cidr", state.families.map((family) => KUBE_LAB_CIDRS[family].pods).join(",")]
     : ["--store", state.store, "--plan", state.planFile];
   for (const node of state.nodes) {
     mkdirSync(node.cniConfDir, { recursive: true });
@@ -242,7 +243,7 @@ function startAgents(state: LabState): Map<LabNodeState, StartedProcess> {
       "agent",
       "--node-name", node.name,
       "--node-ip", node.addresses.join(","),
-      ...datastore,
+      ...datastore(node),
       "--mode", state.mode,
       "--cni-conf-dir", node.cniConfDir,
       "--cni-data-dir", node.cniDataDir,
