@@ -10,9 +10,13 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { execCniPluginOk, pluginConfig, type CniConfList } from "./support/cni-exec.js";
+import { mostDescriptorsWhile, openDescriptors, startConnectionFlood } from "./support/connection-flood.js";
 import { inNetns, NetnsPool, sweepStaleNamespaces, type TestNetns } from "./support/netns.js";
 import { AGENT_UNDERLAY, nativePluginDir, NODE_ADDRESSES, startNodeAgent, TRELLIS_STANDALONE, type NodeAgent } from "./support/node-agent.js";
 import { addressesOf, probe, type PodAttachmentResult } from "./support/trellis-cni.js";
+import { HEALTH_CHECK_MAX_CONNECTIONS } from "../src/agent/health-checks.js";
+import { AGENT_HTTP_MAX_CONNECTIONS } from "../src/agent/http.js";
+import { SYNC_STUCK_AFTER_SECONDS } from "../src/agent/service-proxy.js";
 
 /** Polls until `check` holds (every 50 ms, at most `timeoutMs`); returns how long it took. */
 async function eventually(what: string, check: () => boolean, timeoutMs = 10_000): Promise<number> {
@@ -46,7 +50,36 @@ describe("Services through the agent's nftables proxy", () => {
     status: { phase: "Running", podIP: pod.addresses[0], podIPs: pod.addresses.map((ip) => ({ ip })), conditions: [{ type: "Ready", status: "True" }] },
   });
   const service = (name: string, spec: object) => ({ apiVersion: "v1", kind: "Service", metadata: { name }, spec });
+  /** The agent's netlink writer's process id, as text ("" when none runs). */
+  const writerPid = () => spawnSync("pgrep", ["-P", String(agent.process.pid), "-f", "trellis-nft-batch"], { encoding: "utf8" }).stdout.trim();
   const clusterIPs = (name: string): string[] => (JSON.parse(trellis(["get", "services", name, "-o", "json"])) as { spec: { clusterIPs: string[] } }).spec.clusterIPs;
+  const healthCheckPort = (name: string): number => (JSON.parse(trellis(["get", "services", name, "-o", "json"])) as { spec: { healthCheckNodePort: number } }).spec.healthCheckNodePort;
+  /** One HTTP request from `netns` (5 s at most); throws when it gets no answer. */
+  const httpGet = (netns: TestNetns, host: string, port: number, path: string, method = "GET") => {
+    const script = `const r=require("http").request({host:process.argv[1],port:Number(process.argv[2]),path:process.argv[3],method:process.argv[4]},(res)=>{let d="";res.on("data",(c)=>d+=c);res.on("end",()=>process.stdout.write(res.statusCode+"\\n"+d))});r.setTimeout(5000,()=>r.destroy(new Error("no answer within 5 s")));r.on("error",(e)=>{console.error(e.message);process.exit(1)});r.end()`;
+    const [status, ...body] = inNetns(netns, process.execPath, ["-e", script, host, String(port), path, method]).split("\n");
+    return { status: Number(status), body: body.join("\n") };
+  };
+  /** The status of a health check port's answer to a load balancer on the underlay; undefined: none. */
+  const healthStatus = (port: number): number | undefined => {
+    try {
+      return httpGet(external, NODE_ADDRESSES[0], port, "/healthz").status;
+    } catch {
+      return undefined;
+    }
+  };
+  /** The agent's /metrics, /healthz and /readyz, on the node's loopback. */
+  const agentHttp = (path: string, method = "GET") => httpGet(node, "127.0.0.1", 9656, path, method);
+  /** One sample of the agent's metrics, by its name and labels as written (`name{label="value"}`). */
+  const metric = (sample: string) => {
+    const line = agentHttp("/metrics").body.split("\n").find((text) => text.startsWith(`${sample} `));
+    return line === undefined ? undefined : Number(line.slice(sample.length + 1));
+  };
+  /** Whether a TCP connection to a node address and port from outside is refused. */
+  const refused = (port: number): boolean => {
+    const script = `require("net").connect({host:process.argv[1],port:Number(process.argv[2])}).on("connect",()=>{console.log("connected");process.exit(0)}).on("error",(e)=>{console.log(e.code);process.exit(0)})`;
+    return inNetns(external, process.execPath, ["-e", script, NODE_ADDRESSES[0], String(port)]).trim() === "ECONNREFUSED";
+  };
 
   before(async () => {
     sweepStaleNamespaces();
@@ -146,17 +179,10 @@ describe("Services through the agent's nftables proxy", () => {
     const answer = probe(external, "198.18.251.10", 80);
     assert.equal(answer.source, "198.18.250.2", "Local keeps the client's own address");
     const health = (name: string) => {
-      const port = (JSON.parse(trellis(["get", "services", name, "-o", "json"])) as { spec: { healthCheckNodePort: number } }).spec.healthCheckNodePort;
-      const script = `require("http").get({host:process.argv[1],port:Number(process.argv[2]),path:"/healthz"},(res)=>{let d="";res.on("data",(c)=>d+=c);res.on("end",()=>process.stdout.write(res.statusCode+" "+d))}).on("error",(e)=>{console.error(e.message);process.exit(1)})`;
-      return inNetns(external, process.execPath, ["-e", script, NODE_ADDRESSES[0], String(port)]).trim();
+      const answer = httpGet(external, NODE_ADDRESSES[0], healthCheckPort(name), "/healthz");
+      return `${answer.status} ${answer.body.trim()}`;
     };
-    await eventually("the health check port answers", () => {
-      try {
-        return health("lb-local").startsWith("200");
-      } catch {
-        return false;
-      }
-    });
+    await eventually("the health check port answers", () => healthStatus(healthCheckPort("lb-local")) === 200);
     assert.equal(health("lb-local"), '200 {"service":{"namespace":"default","name":"lb-local"},"localEndpoints":2,"serviceProxyHealthy":true}');
     assert.equal(health("lb-none"), '503 {"service":{"namespace":"default","name":"lb-none"},"localEndpoints":0,"serviceProxyHealthy":true}');
   });
@@ -275,7 +301,6 @@ describe("Services through the agent's nftables proxy", () => {
   // Bug caught: an agent whose netlink writer died (kill -9) never starting another, so that no
   // rule is written again.
   it("goes on programming Services after its netlink writer is killed", async () => {
-    const writerPid = () => spawnSync("pgrep", ["-P", String(agent.process.pid), "-f", "trellis-nft-batch"], { encoding: "utf8" }).stdout.trim();
     const first = writerPid();
     assert.match(first, /^\d+$/, "the agent runs one writer");
     process.kill(Number(first), "SIGKILL");
@@ -292,26 +317,22 @@ describe("Services through the agent's nftables proxy", () => {
   // Bugs caught: no metrics (or not in Prometheus' format), a programming latency never
   // observed, readiness not served, a write method accepted.
   it("serves /metrics, /healthz and /readyz on the node's loopback", () => {
-    const get = (path: string, method = "GET") => {
-      const script = `const r=require("http").request({host:"127.0.0.1",port:9656,path:process.argv[1],method:process.argv[2]},(res)=>{let d="";res.on("data",(c)=>d+=c);res.on("end",()=>process.stdout.write(res.statusCode+"\\n"+d))});r.on("error",(e)=>{console.error(e.message);process.exit(1)});r.end()`;
-      const [status, ...body] = inNetns(node, process.execPath, ["-e", script, path, method]).split("\n");
-      return { status: Number(status), body: body.join("\n") };
-    };
-    assert.deepEqual(get("/readyz"), { status: 200, body: "ok\n" });
-    assert.deepEqual(get("/healthz"), { status: 200, body: "ok\n" });
-    const metrics = get("/metrics").body;
+    assert.deepEqual(agentHttp("/readyz"), { status: 200, body: "ok\n" });
+    assert.deepEqual(agentHttp("/healthz"), { status: 200, body: "ok\n" });
+    const metrics = agentHttp("/metrics").body;
     const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(metrics)?.[1]);
     assert.ok(value("trellis_sync_proxy_rules_duration_seconds_count") > 0, metrics);
     assert.ok(value("trellis_network_programming_duration_seconds_count") > 0, "changes applied through the store were timed to the kernel");
     assert.ok(value("trellis_network_programming_duration_seconds_sum") / value("trellis_network_programming_duration_seconds_count") < 5);
     assert.match(metrics, /^trellis_proxy_nftables_rules\{family="IPv4"\} [1-9][0-9]*$/m);
     assert.match(metrics, /^# TYPE trellis_sync_proxy_rules_duration_seconds histogram$/m);
+    assert.equal(value("trellis_proxy_sync_running_seconds"), 0, "no sync runs between changes");
     // Every change so far went as a netlink batch: none fell back to nft, which reads the whole
     // ruleset back before each change (0.6 s at 10,000 Services).
     assert.ok(value('trellis_proxy_rule_writes_total\\{writer="netlink"\\}') >= 4, metrics);
     assert.equal(value('trellis_proxy_rule_writes_total\\{writer="nft"\\}'), 0);
-    assert.equal(get("/metrics", "POST").status, 405);
-    assert.equal(get("/nothing").status, 404);
+    assert.equal(agentHttp("/metrics", "POST").status, 405);
+    assert.equal(agentHttp("/nothing").status, 404);
   });
 
   // Bug caught: a restarting agent that flushes the Service rules before writing them again
@@ -346,5 +367,117 @@ describe("Services through the agent's nftables proxy", () => {
     inNetns(node, "nft", ["-f", "-"], { input: before.map((line) => `delete ${line.trim()}\n`).join("") });
     await eventually("the tables are back", () => tables().join() === before.join(), 5000);
     assert.ok(probe(pods[2].netns, ip, 80).ok, "the ClusterIP answers again");
+  });
+
+  const localLoadBalancer = (name: string) => service(name, { type: "LoadBalancer", externalTrafficPolicy: "Local", selector: { app: "web" }, ports: [{ port: 80, targetPort: 8080 }] });
+  const apply = (...objects: object[]) => trellis(["apply", "-f", "-"], objects.map((m) => JSON.stringify(m)).join("\n---\n"));
+  const remove = (...objects: object[]) => trellis(["delete", "-f", "-"], objects.map((m) => JSON.stringify(m)).join("\n---\n"));
+  /** Cleanup that leaves alone what a failed test never made. */
+  const removeAny = (...objects: object[]) => {
+    for (const object of objects) spawnSync(TRELLIS_STANDALONE, ["delete", "-f", "-", "--store", store], { input: JSON.stringify(object), timeout: 60_000 });
+  };
+
+  // Bug caught (hostile-client review, 6): closing a health check server waited for its clients
+  // (server.close() waits for every open connection, and stops timing out half-sent headers), so
+  // five clients stalled half-way through a request header held the Service proxy's sync, and
+  // with it every later Service change, for as long as they stayed (6.5 minutes in the review).
+  it("goes on programming Services after a Service is deleted while clients stall on its health check port", async () => {
+    apply(localLoadBalancer("hc-stall"));
+    const port = healthCheckPort("hc-stall");
+    await eventually("hc-stall's health check answers", () => healthStatus(port) === 200);
+    const stalled = startConnectionFlood(external, NODE_ADDRESSES[0], port, 5, "GET /healthz HTTP/1.1\r\nHost: node\r\n");
+    const next = service("hc-next", { selector: { app: "web" }, ports: [{ port: 80, targetPort: 8080 }] });
+    try {
+      assert.equal((await stalled.settled).connected, 5);
+      remove(localLoadBalancer("hc-stall"));
+      apply(next);
+      const [ip] = clusterIPs("hc-next");
+      await eventually("a Service applied after the deletion answers", () => probe(pods[2].netns, ip, 80).ok, 5000);
+      await eventually("the health check port is closed", () => refused(port), 5000);
+      await eventually("the stalled clients are disconnected", () => stalled.counts().open === 0, 5000);
+      assert.equal(agentHttp("/healthz").status, 200);
+    } finally {
+      stalled.stop();
+      removeAny(next, localLoadBalancer("hc-stall"));
+    }
+  });
+
+  // Bug caught (hostile-client review, 7): idle connections to a health check port held without
+  // bound, each a descriptor of the agent (21,000 of them made its route syncs fail with EMFILE
+  // and /healthz answer 503); and a load balancer's probe left unanswered behind them.
+  it("holds a bounded number of descriptors under 3,000 idle connections to a health check port, and keeps working", { timeout: 120_000 }, async () => {
+    apply(localLoadBalancer("hc-flood"));
+    const port = healthCheckPort("hc-flood");
+    await eventually("hc-flood's health check answers", () => healthStatus(port) === 200);
+    const pid = agent.process.pid!;
+    const before = openDescriptors(pid);
+    const flood = startConnectionFlood(external, NODE_ADDRESSES[0], port, 3000);
+    const next = service("hc-flood-next", { selector: { app: "web" }, ports: [{ port: 80, targetPort: 8080 }] });
+    try {
+      const most = await mostDescriptorsWhile(pid, flood.settled);
+      const counts = await flood.settled;
+      assert.ok(counts.connected >= 2000, `the flood made ${counts.connected} connections (${counts.failed} failed)`);
+      // The cap, and some room for what the agent opens meanwhile (a command, a store read).
+      assert.ok(most <= before + HEALTH_CHECK_MAX_CONNECTIONS + 50, `${most} descriptors at most during the flood; ${before} before it`);
+      apply(next);
+      const [ip] = clusterIPs("hc-flood-next");
+      await eventually("a Service applied during the flood answers", () => probe(pods[2].netns, ip, 80).ok, 5000);
+      assert.deepEqual(agentHttp("/healthz"), { status: 200, body: "ok\n" });
+      await eventually("a load balancer's probe is answered", () => healthStatus(port) === 200, 15_000);
+      assert.ok(metric('trellis_health_check_connections_closed_total{reason="dropped"}')! >= counts.connected - HEALTH_CHECK_MAX_CONNECTIONS, "the closings are counted");
+    } finally {
+      flood.stop();
+      removeAny(next, localLoadBalancer("hc-flood"));
+    }
+  });
+
+  // Bug caught: the metrics server held idle connections without bound too (any local process
+  // can open them), so a flood took the agent's descriptors and left kubelet's /healthz probe
+  // unanswered: a liveness probe then restarts a healthy agent.
+  it("answers /healthz on its metrics port under 2,000 idle connections, holding a bounded number of descriptors", { timeout: 120_000 }, async () => {
+    const pid = agent.process.pid!;
+    const before = openDescriptors(pid);
+    const flood = startConnectionFlood(node, "127.0.0.1", 9656, 2000);
+    try {
+      const most = await mostDescriptorsWhile(pid, flood.settled);
+      assert.ok((await flood.settled).connected >= 1000);
+      assert.ok(most <= before + AGENT_HTTP_MAX_CONNECTIONS + 50, `${most} descriptors at most during the flood; ${before} before it`);
+      await eventually("/healthz answers", () => {
+        try {
+          return agentHttp("/healthz").status === 200;
+        } catch {
+          return false;
+        }
+      }, 15_000);
+      assert.ok(metric('trellis_metrics_connections_closed_total{reason="dropped"}')! >= 1000, "the closings are counted");
+    } finally {
+      flood.stop();
+    }
+  });
+
+  // Bug caught (hostile-client review, 6): a Service proxy sync stuck for minutes while /healthz
+  // answered 200, so nothing (kubelet's liveness probe, an operator) learnt of it. Here the sync
+  // waits on a stopped netlink writer, which has no deadline of its own. It takes a minute: the
+  // bound is SYNC_STUCK_AFTER_SECONDS.
+  it("answers 503 on /healthz, naming the Service proxy's sync, once a sync has run past its bound", { timeout: 240_000 }, async () => {
+    const running = () => Number(/^trellis_proxy_sync_running_seconds (\S+)$/m.exec(agentHttp("/metrics").body)?.[1]);
+    const writer = writerPid();
+    assert.match(writer, /^\d+$/, "the agent runs one writer");
+    const stuck = service("stuck", { selector: { app: "web" }, ports: [{ port: 80, targetPort: 8080 }] });
+    process.kill(Number(writer), "SIGSTOP");
+    try {
+      apply(stuck);
+      await eventually("a sync runs", () => running() > 0, 5_000);
+      assert.equal(agentHttp("/healthz").status, 200, "within its bound, healthy");
+      await eventually("/healthz fails", () => agentHttp("/healthz").status === 503, (SYNC_STUCK_AFTER_SECONDS + 30) * 1000);
+      assert.match(agentHttp("/healthz").body, /^the Service proxy's sync has run for \d+ s \(more than \d+ s: it is stuck\)$/m);
+      assert.ok(running() > SYNC_STUCK_AFTER_SECONDS);
+    } finally {
+      process.kill(Number(writer), "SIGCONT");
+    }
+    await eventually("/healthz recovers", () => agentHttp("/healthz").status === 200, 10_000);
+    const [ip] = clusterIPs("stuck");
+    await eventually("the Service applied meanwhile answers", () => probe(pods[2].netns, ip, 80).ok, 10_000);
+    remove(stuck);
   });
 });

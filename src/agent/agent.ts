@@ -113,7 +113,11 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
           ].join(""),
         unhealthy: () => {
           const age = (Date.now() - lastRoutesSyncAt) / 1000;
-          return lastRoutesSyncAt > 0 && age > 3 * options.resyncSeconds ? `the routes were last synced ${Math.round(age)} s ago (resync every ${options.resyncSeconds} s)` : undefined;
+          const problems = [
+            lastRoutesSyncAt > 0 && age > 3 * options.resyncSeconds ? `the routes were last synced ${Math.round(age)} s ago (resync every ${options.resyncSeconds} s)` : undefined,
+            proxy?.unhealthy(),
+          ].filter((problem) => problem !== undefined);
+          return problems.length ? problems.join("; ") : undefined;
         },
         notReady: () => {
           if (!routesProgrammed) return "the routes to the other nodes are not programmed yet";
@@ -295,7 +299,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     keepIpWarm(false);
     void (syncing ?? Promise.resolve())
       .then(() => proxy?.stop())
-      .then(() => new Promise<void>((resolve) => (http ? http.close(() => resolve()) : resolve())))
+      .then(() => http?.close())
       .then(() => cniServer.close())
       // A DEL answers once its veth is unlisted; the kernel may still be freeing it, and the
       // ip that asked is let finish rather than orphaned.

@@ -6,7 +6,9 @@
  * The socket is root-only (mode 0600 in a root-owned directory). Every message is a 4-byte
  * big-endian length and that many bytes of JSON; a request over 1 MiB, truncated or malformed
  * gets a CNI error and the connection is closed; a client that goes away mid-ADD has the ADD
- * rolled back. Nothing a client sends can stop the server.
+ * rolled back. Nothing a client sends can stop the server, and no client holds it: connections
+ * are capped, a request must arrive whole soon after connecting, an answered client that keeps
+ * its end open is let go, and closing the server waits only for calls in progress.
  */
 import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
@@ -17,8 +19,24 @@ import { openPodNet, type PodNet } from "../podnet/handle.js";
 import type { Logger } from "./log.js";
 
 export const MAX_REQUEST_BYTES = 1 << 20;
-/** A client must send its whole request within this time. */
-const REQUEST_TIMEOUT_MS = 30_000;
+export interface CniServerLimits {
+  /**
+   * Connections held at once; more are closed as they come (the plugin then answers 11, try
+   * again later). Each pod has at most one call in progress and nodes run at most a few hundred
+   * pods (kubelet's default is 110; the largest cloud defaults are near 750): 1,024 is above any
+   * legitimate burst, and a bounded share of the agent's descriptors.
+   */
+  readonly maxConnections: number;
+  /**
+   * A client must send its whole request within this time of connecting, however it spaces its
+   * bytes: 10 s. The plugin has read its whole stdin before it connects and sends it at once.
+   */
+  readonly requestTimeoutMs: number;
+  /** An answered client that has not closed its end after this long is disconnected: 5 s. */
+  readonly answeredLingerMs: number;
+}
+
+export const CNI_SERVER_LIMITS: CniServerLimits = { maxConnections: 1_024, requestTimeoutMs: 10_000, answeredLingerMs: 5_000 };
 
 export interface CniServer {
   readonly path: string;
@@ -48,14 +66,30 @@ export function cachedPodNets(): PodNetSource & { closeAll(): void } {
 }
 
 /** Listens on `path`; a stale socket file (no one answering) is replaced, a live one refused. */
-export async function startCniServer(path: string, source: PodNetSource, notReady: () => string | undefined, log: Logger): Promise<CniServer> {
+export async function startCniServer(path: string, source: PodNetSource, notReady: () => string | undefined, log: Logger, limits = CNI_SERVER_LIMITS): Promise<CniServer> {
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   if (existsSync(path)) {
     if (!lstatSync(path).isSocket()) throw new Error(`--cni-socket ${path} exists and is not a socket`);
     if (await answers(path)) throw new Error(`--cni-socket ${path} is served by another process; stop it, or give this agent another socket`);
     unlinkSync(path);
   }
-  const server = createServer((socket) => serve(socket, source, notReady, log));
+  /** Each connection, and whether a call of it is in progress. */
+  const connections = new Map<Socket, { busy: boolean }>();
+  const server = createServer((socket) => {
+    const connection = { busy: false };
+    connections.set(socket, connection);
+    socket.once("close", () => connections.delete(socket));
+    serve(socket, connection, source, notReady, log, limits);
+  });
+  server.maxConnections = limits.maxConnections;
+  let dropped = 0;
+  let loggedAt = 0;
+  server.on("drop", () => {
+    dropped++;
+    if (Date.now() - loggedAt < 60_000) return;
+    loggedAt = Date.now();
+    log("warn", "too many connections to the CNI socket at once; new ones are closed until some end", { max: limits.maxConnections, droppedSinceStart: dropped });
+  });
   server.on("error", (error) => log("error", "CNI socket error", { path, error: String(error) }));
   // The socket is created with mode 0600: no moment where another user could connect.
   const umask = process.umask(0o177);
@@ -72,29 +106,33 @@ export async function startCniServer(path: string, source: PodNetSource, notRead
   }
   chmodSync(path, 0o600);
   log("info", "serving CNI", { socket: path });
-  return { path, close: () => closeServer(server, path) };
+  return { path, close: () => closeServer(server, path, connections) };
 }
 
-function serve(socket: Socket, source: PodNetSource, notReady: () => string | undefined, log: Logger): void {
+function serve(socket: Socket, connection: { busy: boolean }, source: PodNetSource, notReady: () => string | undefined, log: Logger, limits: CniServerLimits): void {
   const chunks: Buffer[] = [];
   let received = 0;
   let expected: number | undefined;
   let answered = false;
   const controller = new AbortController();
-  socket.setTimeout(REQUEST_TIMEOUT_MS, () => {
-    if (!answered) refuse(new CniError(CniCode.ioFailure, `the request did not arrive within ${REQUEST_TIMEOUT_MS / 1000} s`));
-  });
+  let deadline = setTimeout(() => {
+    if (!answered) refuse(new CniError(CniCode.ioFailure, `the request did not arrive whole within ${limits.requestTimeoutMs / 1000} s of connecting`));
+  }, limits.requestTimeoutMs);
   socket.on("error", () => undefined);
   // A client gone before its answer: the work in progress is rolled back.
   socket.on("close", () => {
+    clearTimeout(deadline);
     if (!answered) controller.abort();
   });
   const send = (reply: CniReply) => {
+    connection.busy = false;
     if (socket.destroyed) return;
     const body = Buffer.from(JSON.stringify(reply));
     const size = Buffer.alloc(4);
     size.writeUInt32BE(body.length);
     socket.end(Buffer.concat([size, body]));
+    clearTimeout(deadline);
+    deadline = setTimeout(() => socket.destroy(), limits.answeredLingerMs);
   };
   const refuse = (error: CniError) => {
     answered = true;
@@ -112,12 +150,13 @@ function serve(socket: Socket, source: PodNetSource, notReady: () => string | un
     if (expected === undefined || received < expected + 4) return;
     if (received > expected + 4) return refuse(new CniError(CniCode.decodeFailure, "the request holds more bytes than its length says"));
     answered = true;
-    socket.setTimeout(0);
+    clearTimeout(deadline);
     const request = parseRequest(Buffer.concat(chunks).subarray(4));
     if (request instanceof CniError) {
       answered = false;
       return refuse(request);
     }
+    connection.busy = true;
     const started = performance.now();
     handleCniRequest({ ...request, signal: controller.signal, agentNotReady: notReady }, source)
       .catch((error: unknown): CniReply => ({ exitCode: 1, stdout: `${formatCniError(new CniError(CniCode.internal, String(error)), "1.1.0")}\n`, stderr: "" }))
@@ -177,9 +216,11 @@ function answers(path: string): Promise<boolean> {
   });
 }
 
-function closeServer(server: Server, path: string): Promise<void> {
+/** Stops listening; waits for the calls in progress, and for no other client. */
+function closeServer(server: Server, path: string, connections: ReadonlyMap<Socket, { busy: boolean }>): Promise<void> {
   return new Promise((resolve) => {
     server.close(() => resolve());
+    for (const [socket, connection] of connections) if (!connection.busy) socket.destroy();
     try {
       unlinkSync(path);
     } catch {

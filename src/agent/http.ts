@@ -1,10 +1,21 @@
 /**
  * The agent's HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the agent's loops are
  * alive) and `/readyz` (routes programmed and the Service rules synced once). Read-only: GET
- * and HEAD only, no request body read, short timeouts; bound to loopback unless told otherwise.
+ * and HEAD only, no request body read, one request a connection, connections capped and
+ * short-lived (connection-limits.ts); bound to loopback unless told otherwise.
  */
-import { createServer, type Server } from "node:http";
+import { closeNow, connectionCap, connectionCounts, createLimitedHttpServer, listen } from "./connection-limits.js";
 import type { Logger } from "./log.js";
+import { renderGauge } from "./metrics.js";
+
+/**
+ * Connections the endpoint holds at once. Its clients are Prometheus (a scrape every 10–60 s)
+ * and kubelet's probes (one every few seconds each), each a request of milliseconds: a few at
+ * once. 64 is far above that and a few descriptors of the agent's.
+ */
+export const AGENT_HTTP_MAX_CONNECTIONS = 64;
+/** How long a connection lives from accept: a scrape or probe is answered in milliseconds, and gives up after 1–10 s. */
+export const AGENT_HTTP_CONNECTION_LIFETIME_MS = 10_000;
 
 export interface AgentHttpHandlers {
   metrics(): string;
@@ -14,8 +25,21 @@ export interface AgentHttpHandlers {
   notReady(): string | undefined;
 }
 
-export async function startAgentHttp(host: string, port: number, handlers: AgentHttpHandlers, log: Logger): Promise<Server> {
-  const server = createServer((request, response) => {
+export interface AgentHttp {
+  /** Stops serving, closing every connection at once. */
+  close(): void;
+}
+
+export async function startAgentHttp(host: string, port: number, handlers: AgentHttpHandlers, log: Logger): Promise<AgentHttp> {
+  const counts = connectionCounts();
+  const limits = { caps: [connectionCap(AGENT_HTTP_MAX_CONNECTIONS)], lifetimeMs: AGENT_HTTP_CONNECTION_LIFETIME_MS, counts, what: "the metrics endpoint", log };
+  const metrics = () =>
+    handlers.metrics() +
+    renderGauge("trellis_metrics_connections_closed_total", "Connections to this endpoint the agent closed before their clients did: to make room under its cap (dropped), or at the end of their lifetime (expired).", [
+      { labels: { reason: "dropped" }, value: counts.dropped },
+      { labels: { reason: "expired" }, value: counts.expired },
+    ], "counter");
+  const server = createLimitedHttpServer(limits, (request, response) => {
     const send = (status: number, body: string, type = "text/plain; charset=utf-8") => {
       response.writeHead(status, { "content-type": type, "content-length": Buffer.byteLength(body), connection: "close" });
       response.end(request.method === "HEAD" ? undefined : body);
@@ -23,7 +47,7 @@ export async function startAgentHttp(host: string, port: number, handlers: Agent
     try {
       if (request.method !== "GET" && request.method !== "HEAD") return send(405, "only GET and HEAD\n");
       const path = (request.url ?? "").split("?")[0];
-      if (path === "/metrics") return send(200, handlers.metrics(), "text/plain; version=0.0.4; charset=utf-8");
+      if (path === "/metrics") return send(200, metrics(), "text/plain; version=0.0.4; charset=utf-8");
       if (path === "/healthz" || path === "/readyz") {
         const problem = path === "/healthz" ? handlers.unhealthy() : handlers.notReady();
         return problem === undefined ? send(200, "ok\n") : send(503, `${problem}\n`);
@@ -34,16 +58,6 @@ export async function startAgentHttp(host: string, port: number, handlers: Agent
       if (!response.headersSent) send(500, "internal error\n");
     }
   });
-  server.headersTimeout = 5_000;
-  server.requestTimeout = 10_000;
-  server.keepAliveTimeout = 1_000;
-  server.maxHeadersCount = 50;
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(port, host, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-  return server;
+  await listen(server, port, host, limits);
+  return { close: () => closeNow(server) };
 }

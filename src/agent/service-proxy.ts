@@ -6,17 +6,16 @@
  * sync writes only what changed. Syncs are at least `minSyncIntervalMs` apart; changes made
  * meanwhile go in the next one together.
  */
-import { createServer, type Server } from "node:http";
 import {
   proxyFullOps, proxyRulesetCounts, ProxyState, renderProxyFull, renderProxyOps,
-  type ProxyNode, type ProxyOp, type ProxyServicePort,
+  type ProxyNode, type ProxyOp,
 } from "../dataplane/service-proxy.js";
 import { staleUdpFlows, type StaleFlow } from "../dataplane/service-conntrack.js";
 import { deleteConntrack } from "../linux/conntrack.js";
 import { encodeNftBatch, NftBatchWriter, NftUnsupported, NftWriteError } from "../linux/nft-netlink.js";
 import { CommandError } from "../linux/exec.js";
 import { nftApply, nftListTables } from "../linux/nftables.js";
-import { formatIp } from "../net/ip.js";
+import { localEndpointCounts, startHealthCheckServers } from "./health-checks.js";
 import type { Logger } from "./log.js";
 import { Histogram, PROGRAMMING_BUCKETS, renderGauge, SYNC_BUCKETS } from "./metrics.js";
 import type { ProxyFollow, ProxySource } from "./proxy-source.js";
@@ -33,6 +32,8 @@ export interface ServiceProxyOptions {
    * Services); otherwise, and for anything it does not encode, with `nft -f`.
    */
   readonly nftWriter?: string;
+  /** When a running sync counts as stuck; `SYNC_STUCK_AFTER_SECONDS` unless given (tests). */
+  readonly syncStuckAfterSeconds?: number;
 }
 
 export interface ServiceProxy {
@@ -45,6 +46,10 @@ export interface ServiceProxy {
   stats(): ProxyStats;
   /** Whether the rules have been written once since start. */
   synced(): boolean;
+  /** How long the sync running now has run, in seconds; 0 when none runs. */
+  syncRunningSeconds(): number;
+  /** undefined while healthy, else why not: a sync has run for longer than any should. */
+  unhealthy(): string | undefined;
   /** Its metrics in Prometheus' text format. */
   metrics(): string;
 }
@@ -58,6 +63,14 @@ export interface ProxyStats {
 /** After a failed sync, the next is tried this much later, doubling up to the maximum. */
 const FIRST_RETRY_DELAY_MS = 1_000;
 const MAX_RETRY_DELAY_MS = 60_000;
+
+/**
+ * A sync that has run this long is stuck, and the agent's /healthz says so. A full sync at
+ * 10,000 Services takes 3–5 s here, and what an honest sync waits on has its own deadline
+ * (listing the tables 10 s, an nft transaction 30 s): only a sync waiting on something without
+ * one gets past 60 s (as syncs waiting for health check clients to leave once did).
+ */
+export const SYNC_STUCK_AFTER_SECONDS = 60;
 
 export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
   const { source, node, log } = options;
@@ -76,6 +89,8 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
   /** Cancels the next sync, when one is scheduled. */
   let scheduled: (() => void) | undefined;
   let running: Promise<void> | undefined;
+  /** When the running sync started (performance.now()). */
+  let runningSince: number | undefined;
   let pending = false;
   let lastSyncAt = 0;
   let stats: ProxyStats = { syncs: 0, lastSyncMs: 0, servicePorts: 0 };
@@ -96,8 +111,10 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
     const wait = Math.max(0, lastSyncAt + options.minSyncIntervalMs - Date.now());
     const start = () => {
       scheduled = undefined;
+      runningSince = performance.now();
       running = sync().finally(() => {
         running = undefined;
+        runningSince = undefined;
         if (pending) requestSync();
       });
     };
@@ -211,7 +228,9 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
     await nftApply(full ? renderProxyFull(state!.ruleset()) : renderProxyOps(ops));
     return "nft";
   };
-  const healthChecks = healthCheckServers(log);
+  const healthChecks = startHealthCheckServers({ log });
+  const runningSeconds = () => (runningSince === undefined ? 0 : (performance.now() - runningSince) / 1000);
+  const stuckAfterSeconds = options.syncStuckAfterSeconds ?? SYNC_STUCK_AFTER_SECONDS;
   const clearFlows = async (flows: readonly StaleFlow[]) => {
     let deleted = 0;
     const failures: string[] = [];
@@ -271,6 +290,11 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
     },
     stats: () => stats,
     synced: () => stats.syncs > 0,
+    syncRunningSeconds: runningSeconds,
+    unhealthy: () => {
+      const seconds = runningSeconds();
+      return seconds > stuckAfterSeconds ? `the Service proxy's sync has run for ${Math.round(seconds)} s (more than ${stuckAfterSeconds} s: it is stuck)` : undefined;
+    },
     metrics: () =>
       [
         syncDuration.render(),
@@ -280,8 +304,10 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
         renderGauge("trellis_proxy_rule_writes_total", "Syncs that wrote rules, by writer: netlink (trellis-nft-batch) or nft.", (["netlink", "nft"] as const).map((writer) => ({ labels: { writer }, value: writes[writer] })), "counter"),
         renderGauge("trellis_proxy_service_ports", "Service ports the rules implement.", [{ value: stats.servicePorts }]),
         renderGauge("trellis_proxy_sync_running", "1 while a sync of the Service rules runs.", [{ value: running ? 1 : 0 }]),
+        renderGauge("trellis_proxy_sync_running_seconds", `How long the sync of the Service rules running now has run; 0 when none runs. Past ${stuckAfterSeconds} s, /healthz fails.`, [{ value: runningSeconds() }]),
         renderGauge("trellis_proxy_sync_pending", "1 while a change waits for the next sync.", [{ value: pending || scheduled ? 1 : 0 }]),
         renderGauge("trellis_proxy_changes_waiting", "Store changes not yet in a finished sync.", [{ value: changeTimes.length }]),
+        healthChecks.metrics(),
         ...(() => {
           // Counted when asked for: a walk of every chain, too slow to do at each sync of a large cluster.
           const counts = state && written ? proxyRulesetCounts(state.ruleset()) : [];
@@ -290,66 +316,5 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
           );
         })(),
       ].join(""),
-  };
-}
-
-export interface HealthCheck {
-  readonly namespace: string;
-  readonly name: string;
-  readonly localEndpoints: number;
-}
-
-/** Per health check port, its Service and how many of its ready endpoints run on this node. */
-export function localEndpointCounts(ports: readonly ProxyServicePort[], nodeName: string): Map<number, HealthCheck> {
-  const local = new Map<number, { namespace: string; name: string; addresses: Set<string> }>();
-  for (const port of ports) {
-    if (port.healthCheckNodePort === undefined) continue;
-    const entry = local.get(port.healthCheckNodePort) ?? { namespace: port.namespace, name: port.name, addresses: new Set<string>() };
-    for (const endpoint of port.endpoints) if (endpoint.ready && endpoint.nodeName === nodeName) entry.addresses.add(formatIp(endpoint.address));
-    local.set(port.healthCheckNodePort, entry);
-  }
-  return new Map([...local].map(([port, entry]) => [port, { namespace: entry.namespace, name: entry.name, localEndpoints: entry.addresses.size }]));
-}
-
-/**
- * The HTTP servers load balancers probe on a Service's healthCheckNodePort, answering as
- * kube-proxy does: 200 while this node has a local endpoint, 503 without, and a JSON body with
- * the Service and the count. One server per port, on every address of the node.
- */
-function healthCheckServers(log: Logger) {
-  const servers = new Map<number, { server: Server; check: HealthCheck }>();
-  return {
-    async update(wanted: ReadonlyMap<number, HealthCheck>): Promise<void> {
-      for (const [port, running] of servers) {
-        if (wanted.has(port)) continue;
-        servers.delete(port);
-        await new Promise<void>((resolve) => running.server.close(() => resolve()));
-      }
-      for (const [port, check] of wanted) {
-        const running = servers.get(port);
-        if (running) {
-          running.check = check;
-          continue;
-        }
-        const entry = { server: createServer(), check };
-        entry.server.on("request", (request, response) => {
-          const { namespace, name, localEndpoints } = entry.check;
-          const body = `${JSON.stringify({ service: { namespace, name }, localEndpoints, serviceProxyHealthy: true })}\n`;
-          response.writeHead(localEndpoints > 0 ? 200 : 503, { "content-type": "application/json", "x-content-type-options": "nosniff", "content-length": Buffer.byteLength(body), connection: "close" });
-          response.end(request.method === "HEAD" ? undefined : body);
-        });
-        entry.server.headersTimeout = 5_000;
-        entry.server.requestTimeout = 10_000;
-        servers.set(port, entry);
-        await new Promise<void>((resolve) => {
-          entry.server.once("error", (error) => {
-            servers.delete(port);
-            log("error", "cannot serve a health check port", { port, service: `${check.namespace}/${check.name}`, error: String(error) });
-            resolve();
-          });
-          entry.server.listen(port, "::", () => resolve());
-        });
-      }
-    },
   };
 }
