@@ -479,6 +479,25 @@ describe("desiredProxyRuleset", () => {
     assert.equal(elements(t, "service-ips")["203.0.113.10 . tcp . 80"], `goto ${chainName(t, "ext", "default/a/tcp/http")}`);
   });
 
+  it("gives a key two ports claim to a ClusterIP over an external address, then to the older Service", () => {
+    // Catches: a tenant's Service (older, and in a namespace that sorts first) taking another
+    // Service's ClusterIP traffic through its externalIPs; a newer Service taking an external
+    // address and port that an older one serves.
+    const ports = [
+      servicePort({ name: "victim", clusterIPs: ips("10.96.0.11"), createdAt: "2026-12-02T00:00:00Z" }),
+      servicePort({ namespace: "aaa", name: "tenant", clusterIPs: ips("10.96.0.12"), externalIPs: ips("10.96.0.11", "203.0.113.10"), createdAt: "2026-12-01T00:00:00Z" }),
+      servicePort({ namespace: "a", name: "newer", clusterIPs: ips("10.96.0.13"), externalIPs: ips("203.0.113.10"), createdAt: "2026-12-03T00:00:00Z" }),
+    ];
+    const t = table(desired(ports), 4);
+    assert.equal(elements(t, "service-ips")["10.96.0.11 . tcp . 80"], `goto ${chainName(t, "svc", "default/victim/tcp/http")}`);
+    assert.equal(elements(t, "service-ips")["203.0.113.10 . tcp . 80"], `goto ${chainName(t, "ext", "aaa/tenant/tcp/http")}`);
+    // Port by port, the same: the victim's ClusterIP comes after the tenant's claim, and takes it.
+    const state = new ProxyState(NODE, ports.slice(1));
+    assert.equal(elements(table(state.ruleset(), 4), "service-ips")["10.96.0.11 . tcp . 80"], `goto ${chainName(t, "ext", "aaa/tenant/tcp/http")}`);
+    state.update([], [ports[0]]);
+    assert.deepEqual(state.ruleset(), desired(ports));
+  });
+
   it("names chains uniquely within nft's limit, for the longest names Kubernetes allows and IPv6 endpoints", () => {
     // Catches: a truncated or colliding chain name sending one Service's traffic to another's endpoints, or nft refusing a name.
     const long = "a".repeat(63);
@@ -550,7 +569,9 @@ describe("ProxyState", () => {
     return servicePort({
       name,
       clusterIPs: pick() < 0.2 ? ips(`fd00:10:96::${n}`) : pick() < 0.5 ? ips(`10.96.0.${n}`, `fd00:10:96::${n}`) : ips(`10.96.0.${n}`),
-      externalIPs: pick() < 0.4 ? ips("203.0.113.10") : [],
+      // Now and then another port's ClusterIP, which must stay that port's whichever came first.
+      externalIPs: pick() < 0.4 ? ips("203.0.113.10") : pick() < 0.2 ? ips(`10.96.0.${1 + Math.floor(pick() * 4)}`) : [],
+      createdAt: `2026-12-0${1 + Math.floor(pick() * 3)}T00:00:00Z`,
       nodePort: pick() < 0.4 ? 30000 + n : undefined,
       protocol: pick() < 0.3 ? "UDP" : "TCP",
       sessionAffinityTimeoutSeconds: pick() < 0.3 ? 60 * n : undefined,

@@ -60,6 +60,8 @@ export interface ProxyServicePort {
   readonly endpoints: readonly ProxyEndpoint[];
   /** The Service's health check port (type LoadBalancer, externalTrafficPolicy Local); served by the agent, not by rules. */
   readonly healthCheckNodePort?: number;
+  /** The Service's creation time (RFC 3339): where two ports claim one map key, the older keeps it. */
+  readonly createdAt?: string;
 }
 
 export interface ProxyNode {
@@ -166,8 +168,8 @@ interface PortPart {
 interface PortFragment {
   readonly chains: ReadonlyArray<readonly [string, readonly string[]]>;
   readonly sets: ReadonlyArray<readonly [string, ProxySet]>;
-  /** Elements of the shared maps, as [map, key, value], in the order the port claims them. */
-  readonly elements: ReadonlyArray<readonly [string, string, string]>;
+  /** Elements of the shared maps, as [map, key, value, rank], in the order the port claims them; see `claimRank`. */
+  readonly elements: ReadonlyArray<readonly [string, string, string, string]>;
 }
 
 /** The maps every Service port adds elements to. */
@@ -176,9 +178,10 @@ const SHARED_MAPS = ["service-ips", "service-nodeports", "no-endpoint-services",
 const FRONT_MAPS: ReadonlySet<string> = new Set(["no-endpoint-services", "no-endpoint-nodeports"]);
 
 /**
- * The ruleset that implements `ports` on `node`. Ports are taken in (namespace, name, protocol,
- * port name) order, so the input's order does not matter; where two ports claim the same
- * address, protocol and port (or the same NodePort), the first in that order keeps it.
+ * The ruleset that implements `ports` on `node`. The input's order does not matter: where two
+ * ports claim the same address, protocol and port (or the same NodePort), a ClusterIP keeps it
+ * over an external address, then the older Service, then the first in (namespace, name,
+ * protocol, port name) order.
  */
 export function desiredProxyRuleset(node: ProxyNode, ports: readonly ProxyServicePort[]): ProxyRuleset {
   return new ProxyState(node, ports).ruleset();
@@ -223,16 +226,18 @@ export class ProxyState {
         this.members.set(shard.ref, (this.members.get(shard.ref) ?? 0) + 1);
         for (const [name, rules] of fragment.chains) shard.table.chains.set(name, rules);
         for (const [name, definition] of fragment.sets) shard.table.sets.set(name, definition as ProxySet & { elements: Map<string, string> });
-        for (const [map, key, value] of fragment.elements) {
+        for (const [map, key, value, rank] of fragment.elements) {
           const claimed = `${map} ${key}`;
           const list = claims.get(claimed);
-          const claim = { id: part.names.id, value, table: FRONT_MAPS.has(map) ? tableRef(family, PROXY_TABLE) : shard.ref };
+          const claim = { id: part.names.id, rank, value, table: FRONT_MAPS.has(map) ? tableRef(family, PROXY_TABLE) : shard.ref };
           if (list) list.push(claim);
-          else {
-            claims.set(claimed, [claim]);
-            this.tables.get(claim.table)!.sets.get(map)!.elements.set(key, value);
-          }
+          else claims.set(claimed, [claim]);
         }
+      }
+      for (const [claimed, list] of claims) {
+        if (list.length > 1) list.sort((a, b) => compareText(a.rank, b.rank));
+        const [map, key] = splitClaim(claimed);
+        this.tables.get(list[0].table)!.sets.get(map)!.elements.set(key, list[0].value);
       }
       this.claims.set(family, claims);
     }
@@ -356,13 +361,12 @@ export class ProxyState {
       }
     });
     coming.forEach((entry, i) => {
-      for (const [map, key, value] of newFragments[i].elements) {
+      for (const [map, key, value, rank] of newFragments[i].elements) {
         const claimed = `${map} ${key}`;
         const list = claims.get(claimed) ?? [];
-        const id = entry.part.names.id;
         let at = 0;
-        while (at < list.length && compareText(list[at].id, id) < 0) at++;
-        list.splice(at, 0, { id, value, table: FRONT_MAPS.has(map) ? front : shardRef(family, entry.part) });
+        while (at < list.length && compareText(list[at].rank, rank) < 0) at++;
+        list.splice(at, 0, { id: entry.part.names.id, rank, value, table: FRONT_MAPS.has(map) ? front : shardRef(family, entry.part) });
         claims.set(claimed, list);
       }
     });
@@ -425,6 +429,8 @@ export class ProxyState {
 
 interface Claim {
   readonly id: string;
+  /** Orders the claims of one key: the lowest holds it (`claimRank`). */
+  readonly rank: string;
   readonly value: string;
   /** The table the element goes in when this claim holds the key. */
   readonly table: string;
@@ -472,11 +478,23 @@ function portFragment(family: Family, node: ProxyNode, port: ProxyServicePort, n
   };
   addServicePort(draft, family, node, port, names);
   const shared = new Set<string>(SHARED_MAPS);
+  const clusterKeys = new Set(port.clusterIPs.map((ip) => `${formatIp(ip)} . `));
+  const isClusterKey = (key: string) => clusterKeys.has(key.slice(0, key.indexOf(" . ") + 3));
   return {
     chains: [...draft.chains],
     sets: [...draft.sets].filter(([name]) => !shared.has(name)),
-    elements: SHARED_MAPS.flatMap((map) => [...draft.sets.get(map)!.elements].map(([key, value]) => [map, key, value] as const)),
+    elements: SHARED_MAPS.flatMap((map) => [...draft.sets.get(map)!.elements].map(([key, value]) => [map, key, value, claimRank(port, names, isClusterKey(key))] as const)),
   };
+}
+
+/**
+ * How a port's claim of a map key ranks against other ports' claims of it: a ClusterIP before
+ * any external address or NodePort (a Service's externalIPs can never take another's ClusterIP
+ * traffic), then the older Service (a newer one cannot take an address or port already served),
+ * then the port's id.
+ */
+function claimRank(port: ProxyServicePort, names: PortNames, clusterIP: boolean): string {
+  return `${clusterIP ? 0 : 1} ${port.createdAt ?? "~"} ${names.id}`;
 }
 
 /**
