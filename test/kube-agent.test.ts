@@ -67,6 +67,8 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
     const argv = [
       `--net=${namedNetnsPath(`${TAG}${name}`)}`, "--", TRELLIS_STANDALONE, "agent", "--datastore", "kubernetes", "--kubeconfig", config, "--cluster-cidr", CLUSTER_CIDR,
       "--node-name", nodeName, ...(address.length ? ["--node-ip", address.join(",")] : []), "--mode", "direct", "--proxy-sync-interval", "0", "--metrics-bind-address", "off", "--resync-interval", "2",
+      // Wider than any cluster should allow, so that what is refused for what it is (a ClusterIP, a node, the API server) shows.
+      "--external-ip-cidrs", "10.0.0.0/8,198.18.0.0/15,fd00::/8",
       "--cni-conf-dir", join(dir, nodeName, "net.d"), "--cni-data-dir", join(dir, nodeName, "cni"), "--cni-socket", join(dir, nodeName, "cni.sock"),
     ];
     const fd = openSync(log, "a");
@@ -78,8 +80,6 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
     return child;
   };
   const ruleset = (name: string) => inNode(name, ["nft", "list", "ruleset"]);
-
-  before(async () => {
   /** A kubeconfig of the trellis ServiceAccount with a token made by `kubectl create token ...args`. */
   const tokenKubeconfig = async (name: string, args: readonly string[]) => {
     writeFileSync(join(dir, `${name}.token`), (await kubectl(["create", "token", "trellis", "-n", "trellis-system", ...args])).trim(), { mode: 0o600 });
@@ -91,6 +91,8 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
     ({ method: "PATCH", path: `/api/v1/nodes/${nodeName}/status`, body, contentType });
   const as = (config: string, requests: readonly KubeRequest[]) => requestsAs(namedNetnsPath(CONTROL.netnsName), config, requests);
   const refusal = (answer: KubeAnswer) => `${answer.status} ${answer.message ?? ""}`;
+
+  before(async () => {
     await buildUnderlay(UNDERLAY, [SUBNET]);
     for (const member of [CONTROL, ...NODES]) await attachUnderlayHost(UNDERLAY, [SUBNET], member);
     plane = await startTestControlPlane({ controllers: true, netns: { path: namedNetnsPath(CONTROL.netnsName), address: CONTROL.addresses[0] } });
@@ -153,6 +155,143 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
         return service.spec.clusterIPs.every((ip) => rules.includes(ip)) && rules.includes("10.244.0.77");
       });
     }
+  });
+
+  it("holds an agent to its own Node: node1's token cannot change node2's published addresses", async () => {
+    await until("node2 published", async () => Boolean((await node("node2")).metadata.annotations?.["trellis.dev/node-addresses"]));
+    const [answer] = await as(kubeconfigs.get("node1")!, [statusPatch("node2", { metadata: { annotations: { "trellis.dev/node-addresses": "198.18.0.66" } } })]);
+    // Bug caught: any agent can rewrite any Node (the ClusterRole's nodes/status patch unchecked),
+    // or the policy compares the Node with something other than the token's node.
+    assert.equal(answer.status, 403, refusal(answer));
+    assert.match(answer.message!, /ValidatingAdmissionPolicy 'trellis-agent-own-node' .*denied request: the trellis agent of node node1 may change only its own Node; this is node2/);
+    assert.equal((await node("node2")).metadata.annotations!["trellis.dev/node-addresses"], "fd00:198:18::12,198.18.0.12");
+  });
+
+  it("lets an agent change its own trellis.dev/ annotations and NetworkUnavailable condition, and nothing else of its Node", async () => {
+    const earlier = await node("node1");
+    const now = new Date().toISOString().replace(/\.\d+Z$/, "Z");
+    const allowed = await as(kubeconfigs.get("node1")!, [
+      statusPatch("node1", { metadata: { annotations: { "trellis.dev/test-mark": "1" } } }),
+      statusPatch("node1", { metadata: { annotations: { "trellis.dev/test-mark": null } } }),
+      statusPatch("node1", { status: { conditions: [{ type: "NetworkUnavailable", status: "False", reason: "TrellisIsUp", message: "the Trellis agent routes to every peer's pods", lastHeartbeatTime: now }] } }, "application/strategic-merge-patch+json"),
+    ]);
+    // Bug caught: a policy so tight the agent cannot publish (adding, removing a trellis.dev/ key) or clear NetworkUnavailable.
+    assert.deepEqual(allowed.map((answer) => answer.status), [200, 200, 200], allowed.map(refusal).join("\n"));
+    const refused = await as(kubeconfigs.get("node1")!, [
+      statusPatch("node1", { metadata: { annotations: { "example.com/owner": "node1's agent" } } }),
+      statusPatch("node1", { metadata: { labels: { "node-role.kubernetes.io/control-plane": "" } } }),
+      statusPatch("node1", { status: { addresses: [{ type: "InternalIP", address: "198.18.0.66" }] } }, "application/strategic-merge-patch+json"),
+      statusPatch("node1", { status: { conditions: [{ type: "Ready", status: "False", reason: "AgentSaysSo" }] } }, "application/strategic-merge-patch+json"),
+      statusPatch("node1", { metadata: { annotations: { "trellis.dev/node-addresses": "198.18.0.66" }, labels: { "example.com/pool": "a" } } }),
+    ]);
+    // Bug caught: the agent's token can change what is not the network's on its own Node: another
+    // owner's annotation, a label (what schedules pods there), the addresses the kubelet reported,
+    // another condition; or an allowed change carries a forbidden one through.
+    assert.deepEqual(refused.map((answer) => answer.status), [403, 403, 403, 403, 403], refused.map(refusal).join("\n"));
+    assert.match(refused[0].message!, /may change only trellis\.dev\/ annotations of Node node1; this request changes example\.com\/owner$/);
+    assert.match(refused[1].message!, /may change only trellis\.dev\/ annotations and the NetworkUnavailable condition of Node node1; this request changes metadata\.labels$/);
+    assert.match(refused[2].message!, /this request changes status\.addresses$/);
+    assert.match(refused[3].message!, /may change only the NetworkUnavailable condition of Node node1; this request changes Ready$/);
+    assert.match(refused[4].message!, /this request changes metadata\.labels$/);
+    const later = await node("node1");
+    assert.deepEqual(later.metadata.annotations, earlier.metadata.annotations, "node1's annotations are as they were");
+    assert.deepEqual(later.metadata.labels, earlier.metadata.labels);
+    assert.deepEqual(later.status?.addresses, earlier.status?.addresses);
+    assert.equal(later.status?.conditions?.some((condition) => condition.type === "Ready"), false);
+  });
+
+  it("refuses the trellis ServiceAccount's token bound to no node on every Node", async () => {
+    const unbound = await tokenKubeconfig("trellis-unbound", ["--duration=10m"]);
+    const answers = await as(unbound, NODES.map((member) => statusPatch(member.name, { metadata: { annotations: { "trellis.dev/node-addresses": "198.18.0.66" } } })));
+    // Bug caught: a token without authentication.kubernetes.io/node-name (an empty name) let through, e.g. by
+    // comparing the Node's name with a missing extra that reads as "", or by checking the node only when present.
+    for (const [index, answer] of answers.entries()) {
+      assert.equal(answer.status, 403, refusal(answer));
+      assert.match(answer.message!, new RegExp(`a trellis agent token bound to no node may change no Node \\(this is ${NODES[index].name}\\)`));
+    }
+  });
+
+  /** Every route of a node's main table, both families. */
+  const mainRoutes = (name: string) => inNode(name, ["ip", "-4", "route", "show", "table", "main"]) + inNode(name, ["ip", "-6", "route", "show", "table", "main"]);
+  const refusedBy = (nodeName: string, object: string, reason: string) =>
+    readFileSync(agents.get(nodeName)!.log, "utf8").split("\n").filter((line) => line.startsWith("{")).map((line) => JSON.parse(line) as Record<string, unknown>)
+      .some((entry) => entry.msg === "refused" && entry.object === object && entry.reason === reason);
+  /** Events (events.k8s.io) about `name` in `namespace`, as `REASON: NOTE`. */
+  const eventsAbout = async (namespace: string, name: string) =>
+    ((JSON.parse(await kubectl(["get", "events.events.k8s.io", "-n", namespace, "-o", "json"])) as { items: Array<{ reason: string; note: string; regarding: { name: string } }> }).items)
+      .filter((event) => event.regarding.name === name).map((event) => `${event.reason}: ${event.note}`);
+  const settle = () => new Promise((resolveWait) => setTimeout(resolveWait, 4_500));
+
+  // Bugs caught: a Node's spec.podCIDRs installed unchecked (overlapping node1's, outside the
+  // cluster, over the underlay: `route replace` overwrites the kernel's routes), its published
+  // addresses taken although its kubelet reports others, and none of it said where an operator
+  // looks (the agent's log, Events on the Node).
+  it("refuses hostile Nodes (another's pod CIDR, outside the cluster, over the underlay, addresses not its own), changing no route, with Events", async () => {
+    const before = new Map(NODES.map((member) => [member.name, mainRoutes(member.name)]));
+    const victim = (await node("node1")).spec.podCIDRs!;
+    const hostile = [
+      { name: "thief", podCIDRs: victim, addresses: "198.18.0.21", reason: "pod-cidr-conflict", event: "PodCIDRConflict" },
+      { name: "wide", podCIDRs: ["192.0.0.0/8"], addresses: "198.18.0.22", reason: "pod-cidr-outside-cluster", event: "PodCIDROutsideCluster" },
+      { name: "under", podCIDRs: ["198.18.0.0/24"], addresses: "198.18.0.23", reason: "pod-cidr-outside-cluster", event: "PodCIDROutsideCluster" },
+      { name: "liar", podCIDRs: ["10.244.200.0/24"], addresses: "198.18.0.200", status: "198.18.0.24", reason: "address-not-in-status", event: "AddressNotInStatus" },
+    ];
+    for (const entry of hostile) {
+      await kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "Node", metadata: { name: entry.name, annotations: { "trellis.dev/node-addresses": entry.addresses } }, spec: { podCIDR: entry.podCIDRs[0], podCIDRs: entry.podCIDRs } }));
+      if (entry.status) await kubectl(["patch", "node", entry.name, "--subresource=status", "--type=merge", "-p", JSON.stringify({ status: { addresses: [{ type: "InternalIP", address: entry.status }] } })]);
+    }
+    for (const entry of hostile) {
+      await until(`both agents refuse ${entry.name} (${entry.reason})`, () => NODES.every((member) => refusedBy(member.name, entry.name, entry.reason)));
+      await until(`an Event on Node ${entry.name}`, async () => (await eventsAbout("default", entry.name)).some((event) => event.startsWith(`${entry.event}: node ${entry.name}: `)));
+    }
+    assert.match((await eventsAbout("default", "thief")).join("\n"), new RegExp(`PodCIDRConflict: node thief: pod CIDR ${victim[0].replace(/[.]/g, "\\.")} overlaps`));
+    await settle();
+    for (const member of NODES) assert.equal(mainRoutes(member.name), before.get(member.name), `${member.name}'s routes did not change`);
+    for (const entry of hostile) await kubectl(["delete", "node", entry.name]);
+    await settle();
+    for (const member of NODES) assert.equal(mainRoutes(member.name), before.get(member.name), `${member.name}'s routes are as they were after the Nodes went`);
+  });
+
+  // Bugs caught: a tenant's externalIPs or load-balancer ingress set to another Service's
+  // ClusterIP, the API server's address or a pod's taking that traffic on every node; two
+  // Services on one external address and port, the one whose name sorts first winning.
+  it("serves no external address that is a ClusterIP, the API server's or a pod's, and gives one claimed twice to the older Service", async () => {
+    const web = JSON.parse(await kubectl(["get", "service", "web", "-o", "json"])) as { spec: { clusterIPs: string[] } };
+    await kubectl(["create", "namespace", "tenant"]);
+    await kubectl(["apply", "-f", "-"], JSON.stringify({
+      apiVersion: "v1", kind: "Service", metadata: { name: "grab", namespace: "tenant" },
+      spec: { type: "LoadBalancer", ports: [{ name: "http", port: 80 }, { name: "api", port: 6443 }], externalIPs: [web.spec.clusterIPs[0], "198.18.0.2", "10.244.0.77", "198.19.0.5"] },
+    }));
+    await kubectl(["patch", "service", "grab", "-n", "tenant", "--subresource=status", "--type=merge", "-p", JSON.stringify({ status: { loadBalancer: { ingress: [{ ip: "10.244.0.77" }] } } })]);
+    await kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "Service", metadata: { name: "zz-first", namespace: "tenant" }, spec: { ports: [{ port: 80 }], externalIPs: ["198.19.0.10"] } }));
+    // creationTimestamp counts seconds.
+    await new Promise((resolveWait) => setTimeout(resolveWait, 1_100));
+    await kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "Service", metadata: { name: "aa-second", namespace: "tenant" }, spec: { ports: [{ port: 80 }], externalIPs: ["198.19.0.10"] } }));
+    // Endpoints, so that each served address leads to its Service's own chain (without, to a reject).
+    await kubectl(["apply", "-f", "-"], ["grab", "zz-first", "aa-second"].map((service) => JSON.stringify({
+      apiVersion: "discovery.k8s.io/v1", kind: "EndpointSlice", metadata: { name: `${service}-1`, namespace: "tenant", labels: { "kubernetes.io/service-name": service } },
+      addressType: "IPv4", endpoints: [{ addresses: ["10.244.0.78"], conditions: { ready: true } }],
+      ports: service === "grab" ? [{ name: "http", port: 8080, protocol: "TCP" }, { name: "api", port: 8443, protocol: "TCP" }] : [{ port: 8080, protocol: "TCP" }],
+    })).join("\n"));
+    for (const member of NODES) {
+      await until(`${member.name} serves grab's one allowed external address and zz-first's`, () => {
+        const rules = ruleset(member.name);
+        return /198\.19\.0\.5 \. tcp \. 80 : goto ext-[0-9a-f]+-tenant\/grab\/tcp\/http/.test(rules) && /198\.19\.0\.10 \. tcp \. 80 : goto ext-[0-9a-f]+-tenant\/zz-first\//.test(rules);
+      });
+      const rules = ruleset(member.name);
+      assert.match(rules, new RegExp(`${web.spec.clusterIPs[0].replace(/[.]/g, "\\.")} \\. tcp \\. 80 : goto svc-[0-9a-f]+-default/web/`), "web's ClusterIP still leads to web");
+      assert.doesNotMatch(rules, /198\.18\.0\.2 \. tcp \. 6443/, "the API server's address is not taken");
+      assert.doesNotMatch(rules, /10\.244\.0\.77 \. tcp/, "no pod address is taken");
+      assert.doesNotMatch(rules, /198\.19\.0\.10 \. tcp \. 80 : goto ext-[0-9a-f]+-tenant\/aa-second\//, "the newer claim is not served");
+      for (const reason of ["external-ip-reserved", "external-ip-taken"]) {
+        assert.ok(refusedBy(member.name, reason === "external-ip-taken" ? "tenant/aa-second" : "tenant/grab", reason), `${member.name} logged ${reason}`);
+      }
+    }
+    await until("Events on the tenant's Services", async () => (await eventsAbout("tenant", "grab")).length >= 1 && (await eventsAbout("tenant", "aa-second")).length >= 1);
+    assert.match((await eventsAbout("tenant", "grab")).join("\n"), new RegExp(`ExternalIPReserved: Service tenant/grab: externalIPs ${web.spec.clusterIPs[0].replace(/[.]/g, "\\.")} is the ClusterIP of Service default/web`));
+    assert.match((await eventsAbout("tenant", "aa-second")).join("\n"), /ExternalIPTaken: Service tenant\/aa-second: 198\.19\.0\.10 port 80\/TCP is taken by Service tenant\/zz-first/);
+    await kubectl(["delete", "service", "zz-first", "-n", "tenant"]);
+    for (const member of NODES) await until(`${member.name} gives 198.19.0.10 to aa-second once zz-first is gone`, () => /198\.19\.0\.10 \. tcp \. 80 : goto ext-[0-9a-f]+-tenant\/aa-second\//.test(ruleset(member.name)));
+    await kubectl(["delete", "namespace", "tenant", "--wait=false"]);
   });
 
   it("follows the API through an API server killed and restarted, without restarting", async () => {

@@ -223,6 +223,28 @@ describe("Services through the agent's nftables proxy", () => {
     trellis(["delete", "-f", "-"], JSON.stringify(service("ext", {})));
   });
 
+  // Bugs caught: a tenant's Service (in a namespace that sorts first, so it held a shared map key
+  // before another Service's) whose externalIPs name another Service's ClusterIP, this node's
+  // address or a pod's takes that traffic on every node; one outside --external-ip-cidrs is served.
+  it("gives a tenant's externalIPs none of another Service's ClusterIP traffic, nor the node's or a pod's", async () => {
+    const [webIp] = clusterIPs("web");
+    const grab = { apiVersion: "v1", kind: "Service", metadata: { name: "grab", namespace: "aaa" }, spec: { externalIPs: [webIp, NODE_ADDRESSES[0], pods[2].addresses[0], "203.0.113.9", "198.18.251.30"], ports: [{ port: 80, targetPort: 8080 }] } };
+    const grabSlice = { ...slice("grab-1", "grab", [{ pod: 0, ready: true }]), metadata: { name: "grab-1", namespace: "aaa", labels: { "kubernetes.io/service-name": "grab" } } };
+    trellis(["apply", "-f", "-"], [grab, grabSlice].map((m) => JSON.stringify(m)).join("\n---\n"));
+    const rules = () => inNetns(node, "nft", ["list", "ruleset"]);
+    await eventually("the one allowed external address is served", () => rules().includes("198.18.251.30 . tcp . 80 : goto ext-"));
+    for (const taken of [`${webIp} . tcp . 80 : goto ext-`, `${NODE_ADDRESSES[0]} . tcp . 80`, `${pods[2].addresses[0]} . tcp . 80`, "203.0.113.9"]) {
+      assert.ok(!rules().includes(taken), `no element ${taken}`);
+    }
+    assert.deepEqual([...servers20(pods[2].netns, webIp, 80)].sort(), ["pod-0", "pod-1"], "web's ClusterIP is still balanced over web's endpoints, not sent to grab's one");
+    assert.equal(probe(external, NODE_ADDRESSES[0], 80).ok, false, "nothing answers on the node's address");
+    assert.equal(probe(pods[1].netns, pods[2].addresses[0], 80).ok, false, "nothing answers on the pod's address");
+    const refused = readFileSync(agent.log, "utf8").split("\n").filter((line) => line.includes('"msg":"refused"') && line.includes('"object":"aaa/grab"'));
+    assert.equal(refused.filter((line) => line.includes('"reason":"external-ip-reserved"')).length, 3, refused.join("\n"));
+    assert.match(refused.join("\n"), /externalIPs 203\.0\.113\.9 is outside --external-ip-cidrs 198\.18\.251\.0\/24,fd00:198:251::\/64/);
+    trellis(["delete", "-f", "-"], [grab, grabSlice].map((m) => JSON.stringify(m)).join("\n---\n"));
+  });
+
   // Bugs caught: internalTrafficPolicy Local sending to another node's endpoint, or hanging
   // (instead of refusing) when this node has none.
   it("sends internalTrafficPolicy Local traffic to this node's endpoints only, and refuses it at once without one", async () => {

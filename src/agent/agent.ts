@@ -8,10 +8,11 @@
  */
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
+import type { ExternalAddressPolicy } from "../dataplane/external-addresses.js";
 import { BASE_CHAIN as MASQUERADE_BASE_CHAIN, desiredMasquerade, parseMasqueradeTable, renderMasqueradeChange } from "../dataplane/masquerade.js";
 import {
-  desiredPeerNetwork, desiredVxlanDevices, diffNodeNetwork, joinPeerNetworks, podMtu,
-  type NodeEndpoint, type NodeNetwork, type NodeNetworkChange, type ObservedNodeNetwork, type Underlay,
+  desiredPeerNetwork, desiredVxlanDevices, diffNodeNetwork, joinPeerNetworks, leaveOutForeign, podMtu,
+  type ForeignRoute, type NodeEndpoint, type NodeNetwork, type NodeNetworkChange, type ObservedNodeNetwork, type Underlay,
 } from "../dataplane/node-network.js";
 import { stopSpawnHelper, useSpawnHelper } from "../linux/exec.js";
 import { keepIpWarm, linkDeletionsSettled } from "../linux/iproute.js";
@@ -29,6 +30,7 @@ import type { Logger } from "./log.js";
 import type { AgentOptions } from "./options.js";
 import { startAgentHttp } from "./http.js";
 import { renderGauge } from "./metrics.js";
+import { Rejections } from "./rejections.js";
 import { startServiceProxy } from "./service-proxy.js";
 import { openStoreFeed } from "./store-feed.js";
 
@@ -52,14 +54,15 @@ export async function startAgent(options: AgentOptions, log: Logger): Promise<Ru
   let feed: ClusterFeed;
   let nodeIps: readonly IpAddress[];
   let underlay: Underlay;
+  const rejections = new Rejections(log);
   if (options.datastore === "kubernetes") {
     // The Node's InternalIPs are the node's addresses unless --node-ip says otherwise.
-    ({ feed, nodeIps, underlay } = await openKubeFeed(options, log, underlayOf));
+    ({ feed, nodeIps, underlay } = await openKubeFeed(options, log, underlayOf, rejections));
   } else {
     nodeIps = options.nodeIps.length ? options.nodeIps : await defaultRouteAddresses();
     if (!nodeIps.length) throw new Error("this node has no default route to take its addresses from: give them with --node-ip");
     underlay = await underlayOf(nodeIps);
-    feed = await openStoreFeed(options, log, nodeIps, underlay);
+    feed = await openStoreFeed(options, log, nodeIps, underlay, rejections);
   }
   log("info", "node claimed", {
     node: feed.self.name,
@@ -71,10 +74,10 @@ export async function startAgent(options: AgentOptions, log: Logger): Promise<Ru
     podMtu: podMtu(options.mode, underlay),
     mode: options.mode,
   });
-  return runLoops(options, log, feed, underlay);
+  return runLoops(options, log, feed, underlay, rejections);
 }
 
-async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, underlay: Underlay): Promise<RunningAgent> {
+async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, underlay: Underlay, rejections: Rejections): Promise<RunningAgent> {
   const timers: NodeJS.Timeout[] = [];
   let stopped = false;
   let syncing: Promise<void> | undefined;
@@ -98,6 +101,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
         minSyncIntervalMs: options.proxySyncIntervalMs,
         log,
         nftWriter: join(dirname(process.execPath), NFT_WRITER),
+        rejections,
       })
     : undefined;
   const cniServer = await startCniServer(options.cniSocket, podNets, () => (routesProgrammed ? undefined : "its routes to the other nodes are not programmed yet"), log);
@@ -109,6 +113,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
             renderGauge("trellis_sync_routes_last_timestamp_seconds", "When the node's routes were last synced.", [{ value: lastRoutesSyncAt / 1000 }]),
             renderGauge("trellis_peers", "Peer nodes this node routes to.", [{ value: feed.livePeers().length }]),
             renderGauge("process_resident_memory_bytes", "Resident memory of the agent.", [{ value: process.memoryUsage().rss }]),
+            rejections.metrics(),
             proxy?.metrics() ?? "",
           ].join(""),
         unhealthy: () => {
@@ -140,6 +145,8 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
   const changed = new Set<string>();
   /** Each peer's part of the desired state as last applied; undefined until a full sync applied it all. */
   let applied: Map<string, NodeNetwork> | undefined;
+  /** The kernel's routes that are not the agent's, as the last full sync saw them: partial syncs keep clear of them too. */
+  let foreign: readonly ForeignRoute[] = [];
   const devices = desiredVxlanDevices(selfEndpoint, underlay, options.mode);
   const requestSync = (full: boolean, peer?: string) => {
     if (stopped || !feed.listed()) return;
@@ -166,10 +173,14 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
   const syncNodeNetwork = async (full: boolean, names: readonly string[]) => {
     const started = performance.now();
     const live = feed.livePeers();
+    // Node addresses are what no Service's external address may be: they change with the peers.
+    proxy?.setExternalPolicy(externalAddressPolicy(options, feed, live));
     let change: NodeNetworkChange;
     if (full || !applied) {
       const parts = new Map(live.map((peer) => [peer.name, partOf(peer)]));
-      change = diffNodeNetwork(joinPeerNetworks(devices, [...parts.values()]), await observeNodeNetwork());
+      const observed = await observeNodeNetwork();
+      foreign = observed.foreign;
+      change = diffNodeNetwork(joinPeerNetworks(devices, [...parts.values()]), observed);
       applied = parts;
     } else {
       const before = names.map((name) => applied!.get(name)).filter((part) => part !== undefined);
@@ -177,7 +188,8 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
         const peer = feed.livePeer(name);
         return peer ? [partOf(peer)] : [];
       });
-      change = diffNodeNetwork(joinPeerNetworks(devices, after), asObserved(joinPeerNetworks(devices, before)));
+      // What the last sync applied, less what it left out for the kernel's own routes.
+      change = diffNodeNetwork(joinPeerNetworks(devices, after), asObserved(leaveOutForeign(joinPeerNetworks(devices, before), foreign).desired, foreign));
       for (const name of names) {
         const peer = feed.livePeer(name);
         if (peer) applied.set(name, partOf(peer));
@@ -206,6 +218,12 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
       if (!reportedUnroutable.has(key)) log("warn", "peer unreachable", { peer: entry.peer, podCidr: formatPrefix(entry.podCidr), reason: entry.reason });
     }
     reportedUnroutable = new Set(unroutable.keys());
+    // A peer route the kernel's own routes stand in the way of is refused, not forced.
+    const { blocked } = leaveOutForeign(desired, foreign);
+    rejections.report("routes", blocked.map((entry) => {
+      const peer = live.find((candidate) => candidate.podCidrs.some((cidr) => formatPrefix(cidr) === formatPrefix(entry.dst)))?.name ?? formatPrefix(entry.dst);
+      return { kind: "Node", name: peer, reason: "pod-cidr-route-conflict", message: `node ${peer}: no route to its pod CIDR ${formatPrefix(entry.dst)}: ${entry.reason}` };
+    }));
     if (options.masquerade) await syncAgentMasquerade(live, log);
     if (full) {
       const families = new Set(selfEndpoint.podCidrs.map((cidr) => cidr.family));
@@ -317,7 +335,14 @@ const SPAWN_HELPER = "trellis-spawn";
 /** The Service proxy's netlink writer, beside the trellis executable. */
 const NFT_WRITER = "trellis-nft-batch";
 
-/** What the last sync applied, as if read back from the kernel. */
-function asObserved(network: NodeNetwork): ObservedNodeNetwork {
-  return { vxlan: network.vxlan.map((device) => ({ ...device, up: true })), routes: network.routes, neighbors: network.neighbors, fdb: network.fdb };
+/** Where Services' external addresses may be, and what they may not be: this node's, its peers', the datastore's. */
+function externalAddressPolicy(options: AgentOptions, feed: ClusterFeed, peers: readonly NodeEndpoint[]): ExternalAddressPolicy {
+  const reserved = new Map(feed.datastoreAddresses);
+  for (const node of [feed.self, ...peers]) for (const address of node.addresses) reserved.set(formatIp(address), `node ${node.name}'s address`);
+  return { allowed: options.externalIpCidrs, podCidrs: feed.clusterPodCidrs, serviceCidrs: feed.serviceCidrs, reserved };
+}
+
+/** What the last sync applied, as if read back from the kernel (with the other routes it saw). */
+function asObserved(network: NodeNetwork, foreign: readonly ForeignRoute[]): ObservedNodeNetwork {
+  return { vxlan: network.vxlan.map((device) => ({ ...device, up: true })), routes: network.routes, neighbors: network.neighbors, fdb: network.fdb, foreign };
 }

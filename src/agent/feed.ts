@@ -25,6 +25,10 @@ export interface ClusterFeed {
   readonly clusterPodCidrs: readonly IpPrefix[];
   /** The cluster's Service CIDRs, when the datastore knows them. */
   readonly serviceCidrs: readonly IpPrefix[];
+  /** The plan's node CIDRs, when the datastore knows them. */
+  readonly nodeCidrs: readonly IpPrefix[];
+  /** The datastore's own addresses (the API server's, etcd's), by `formatIp`, with what each is: no Service may take one. */
+  readonly datastoreAddresses: ReadonlyMap<string, string>;
   /** Whether the peer list has been read once: routes are synced only after it. */
   listed(): boolean;
   /** The peers to route to now. */

@@ -4,14 +4,15 @@
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import {
-  parseFdb, parseNeighbors, parsePeerRoutes, parseVxlanDevices, ROUTE_PROTOCOL, type NodeNetworkChange, type ObservedNodeNetwork,
+  parseFdb, parseForeignRoutes, parseNeighbors, parsePeerRoutes, parseVxlanDevices, type NodeNetworkChange, type ObservedNodeNetwork,
 } from "../dataplane/node-network.js";
 import { bridgeBatch, bridgeJson, ipBatch, ipJson, localLinkNames } from "../linux/iproute.js";
 
 export async function observeNodeNetwork(): Promise<ObservedNodeNetwork> {
   const [devices, routes, neighbors] = await Promise.all([
     ipJson(["-details", "link", "show", "type", "vxlan"]),
-    ipJson(["route", "show", "table", "all", "proto", String(ROUTE_PROTOCOL)]),
+    // Every route, not only the agent's: the others are what it must never replace or shadow.
+    ipJson(["route", "show", "table", "all"]),
     ipJson(["neigh", "show", "nud", "permanent"]),
   ]);
   const vxlan = parseVxlanDevices(devices);
@@ -20,6 +21,7 @@ export async function observeNodeNetwork(): Promise<ObservedNodeNetwork> {
   return {
     vxlan,
     routes: parsePeerRoutes(routes),
+    foreign: parseForeignRoutes(routes),
     neighbors: vxlan.flatMap((device) => parseNeighbors(permanent.filter((entry) => entry.dev === device.name), device.name)),
     fdb,
   };

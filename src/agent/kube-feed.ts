@@ -2,20 +2,26 @@
  * The agent on the Kubernetes API. Its Node must exist (the kubelet, or the lab, makes it) and
  * have its pod CIDRs from node IPAM; the agent waits for both. It then publishes what peers need
  * as annotations, follows every Node, routes to each that a Trellis agent has published, and
- * marks its own Node's network available once its routes are in place. Services and
- * EndpointSlices come from the API too; ClusterIPs and NodePorts are the API server's.
+ * marks its own Node's network available once its routes are in place. Every other Node is an
+ * untrusted claim the PeerBook admits or refuses (the older Node keeping what two claim); what
+ * is refused is also written as an Event on the Node. Services and EndpointSlices come from the
+ * API too; ClusterIPs and NodePorts are the API server's.
  */
 import { vtepMac, vxlanFamilies, type NodeEndpoint, type Underlay } from "../dataplane/node-network.js";
+import type { PeerClaim } from "../dataplane/peer-admission.js";
 import { KubeApiError, KubeClient } from "../kube/client.js";
 import { inClusterConnection, loadKubeconfig } from "../kube/config.js";
+import { EventRecorder } from "../kube/events.js";
 import { inform, type Informer } from "../kube/informer.js";
-import { markNetworkAvailable, nodeInternalIps, nodePodCidrs, nodeRouting, publishNodeNetwork, type KubeNode } from "../kube/nodes.js";
-import { formatIp, formatPrefix, prefixContainsPrefix, type IpAddress } from "../net/ip.js";
+import { markNetworkAvailable, nodeInternalIps, nodePodCidrs, nodePodCidrTexts, nodePublication, nodeStatusAddresses, publishNodeNetwork, type KubeNode } from "../kube/nodes.js";
+import { formatIp, formatPrefix, prefixContainsPrefix, tryParseIp, type IpAddress } from "../net/ip.js";
 import type { ClusterFeed, FeedEvents } from "./feed.js";
 import { defaultRouteAddresses } from "./host.js";
 import type { Logger } from "./log.js";
 import type { AgentOptions } from "./options.js";
+import { PeerBook } from "./peer-book.js";
 import { kubeProxySource } from "./proxy-source.js";
+import type { Rejection, Rejections } from "./rejections.js";
 
 /** How often the agent looks again for its Node or its pod CIDRs while they are not there. */
 const NODE_POLL_MS = 1_000;
@@ -28,6 +34,7 @@ export async function openKubeFeed(
   options: AgentOptions,
   log: Logger,
   underlayOf: (nodeIps: readonly IpAddress[]) => Promise<Underlay>,
+  rejections: Rejections,
 ): Promise<{ feed: ClusterFeed; nodeIps: IpAddress[]; underlay: Underlay }> {
   const connection = options.kubeconfig ? loadKubeconfig(options.kubeconfig) : inClusterConnection();
   const client = new KubeClient(connection);
@@ -50,9 +57,9 @@ export async function openKubeFeed(
       }
     }
     const vteps = vxlanFamilies(options.mode, nodeIps).map((family) => ({ family, mac: vtepMac(options.nodeName, family) }));
-    await publishNodeNetwork(client, options.nodeName, { addresses: nodeIps, vteps, mode: options.mode, mtu: underlay.mtu });
+    await publishNodeNetwork(client, options.nodeName, { addresses: nodeIps, nodeIpGiven: options.nodeIps.length > 0, vteps, mode: options.mode, mtu: underlay.mtu });
     const self: NodeEndpoint = { name: options.nodeName, addresses: [...nodeIps], podCidrs, vteps };
-    return { feed: kubeFeed(options, log, client, self), nodeIps, underlay };
+    return { feed: kubeFeed(options, log, client, self, underlay, rejections), nodeIps, underlay };
   } catch (error) {
     client.close();
     throw error instanceof KubeApiError ? new Error(`${error.message}${rightsHint(error)}`) : error;
@@ -77,8 +84,14 @@ async function waitForNode(client: KubeClient, name: string, log: Logger): Promi
   }
 }
 
-function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: NodeEndpoint): ClusterFeed {
-  const peers = new Map<string, NodeEndpoint>();
+function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: NodeEndpoint, underlay: Underlay, rejections: Rejections): ClusterFeed {
+  const book = new PeerBook({ self, clusterPodCidrs: options.clusterCidrs, serviceCidrs: [], nodeCidrs: [], connected: underlay.addresses.map((entry) => entry.prefix) }, rejections);
+  let eventsFailing = false;
+  const recorder = new EventRecorder(client, self.name, (error) => {
+    if (!eventsFailing) log("warn", "cannot write an Event about a refused object; going on without it", { error: `${error.message}${error instanceof KubeApiError ? rightsHint(error) : ""}` });
+    eventsFailing = true;
+  });
+  rejections.publishWith((rejection: Rejection) => recorder.record({ regarding: rejection, reason: eventReason(rejection.reason), note: rejection.message }));
   let events: FeedEvents | undefined;
   let listed = false;
   let failing = false;
@@ -90,9 +103,11 @@ function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: 
     self,
     clusterPodCidrs: options.clusterCidrs,
     serviceCidrs: [],
+    nodeCidrs: [],
+    datastoreAddresses: serverAddresses(client.connection.server),
     listed: () => listed,
-    livePeers: () => [...peers.values()],
-    livePeer: (name) => peers.get(name),
+    livePeers: () => book.all(),
+    livePeer: (name) => book.get(name),
     follow(handlers) {
       events = handlers;
       informer = inform<KubeNode>(client, "/api/v1/nodes", {
@@ -104,11 +119,10 @@ function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: 
             }
             return;
           }
-          const routing = node && nodeRouting(node);
-          // A Node no Trellis agent has published for is no peer yet: it comes with the annotations.
-          if (routing) peers.set(name, routing);
-          else if (!peers.delete(name)) return;
-          if (listed) events?.changed(name);
+          // A Node no Trellis agent has published for is no peer yet: it comes with the
+          // annotations. Its pod CIDRs count as taken meanwhile.
+          if (!book.put(name, node && nodeClaim(node)) || !listed) return;
+          for (const changed of book.settle()) events?.changed(changed);
         },
         synced() {
           if (failing) {
@@ -117,6 +131,7 @@ function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: 
             events?.reconnected();
           }
           listed = true;
+          book.settle();
           events?.changed();
         },
         failed(error, retryInMs) {
@@ -143,9 +158,44 @@ function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: 
     services: kubeProxySource(client),
     async close() {
       informer?.stop();
+      recorder.stop();
       client.close();
     },
   };
+}
+
+/** The API server's address, when the kubeconfig names it by one (its other addresses are the endpoints of default/kubernetes, which the proxy reserves itself). */
+function serverAddresses(server: string): Map<string, string> {
+  let host = "";
+  try {
+    host = new URL(server).hostname.replace(/^\[(.*)\]$/, "$1");
+  } catch {
+    return new Map();
+  }
+  const ip = tryParseIp(host);
+  return new Map(ip ? [[formatIp(ip), `the API server's address (${server})`]] : []);
+}
+
+/** What a Node claims, as written; the PeerBook checks it. */
+function nodeClaim(node: KubeNode): PeerClaim {
+  const published = nodePublication(node);
+  const created = Date.parse(node.metadata.creationTimestamp ?? "");
+  return {
+    name: node.metadata.name,
+    // A Node without a creation time (never, from an API server) counts as the newest.
+    since: Number.isFinite(created) ? created : Number.MAX_SAFE_INTEGER,
+    published: published !== undefined,
+    podCidrs: nodePodCidrTexts(node),
+    addresses: published?.addresses ?? [],
+    vteps: published?.vteps ?? [],
+    status: { addresses: nodeStatusAddresses(node), nodeIpGiven: published?.nodeIpGiven ?? false },
+  };
+}
+
+/** A refusal's reason as an Event's: `pod-cidr-conflict` is `PodCIDRConflict`. */
+function eventReason(reason: string): string {
+  const words: Record<string, string> = { cidr: "CIDR", ip: "IP", ips: "IPs", mac: "MAC", vtep: "VTEP", api: "API" };
+  return reason.split("-").map((word) => words[word] ?? word.charAt(0).toUpperCase() + word.slice(1)).join("");
 }
 
 /** For a refusal of rights: where the agent's rights come from. */

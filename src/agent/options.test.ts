@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { hostname } from "node:os";
 import { describe, test } from "node:test";
 import { checkNodeName } from "../cluster/node-cidrs.js";
-import { parseIp } from "../net/ip.js";
+import { parseIp, parsePrefix } from "../net/ip.js";
 import { DEFAULT_STORE_SPEC } from "../store/open.js";
 import { AGENT_DEFAULTS, parseAgentOptions, type AgentFlags, type AgentOptions } from "./options.js";
 
@@ -43,6 +43,7 @@ describe("parseAgentOptions", () => {
       proxy: true,
       proxySyncIntervalMs: 1000,
       metricsAddress: { host: "127.0.0.1", port: 9656 },
+      externalIpCidrs: [],
     } satisfies AgentOptions);
   });
 
@@ -72,6 +73,7 @@ describe("parseAgentOptions", () => {
         proxy: "false",
         proxySyncInterval: "0.25",
         metricsBindAddress: "[fd00::1]:9100",
+        externalIpCidrs: "198.19.0.0/24, fd00:198:19::/64",
       }),
     );
     assert.deepEqual(parsed, {
@@ -94,6 +96,7 @@ describe("parseAgentOptions", () => {
       proxy: false,
       proxySyncIntervalMs: 250,
       metricsAddress: { host: "fd00::1", port: 9100 },
+      externalIpCidrs: [parsePrefix("198.19.0.0/24"), parsePrefix("fd00:198:19::/64")],
     } satisfies AgentOptions);
     assert.equal(parseAgentOptions(flags({ metricsBindAddress: "off" })).metricsAddress, undefined, "off serves nothing");
     assert.deepEqual(
@@ -147,6 +150,8 @@ describe("parseAgentOptions", () => {
     ["--datastore kubernetes without --cluster-cidr", { datastore: "kubernetes" }, /^--cluster-cidr is needed with --datastore kubernetes: give the cluster's pod CIDRs, one per family, as kube-controller-manager's --cluster-cidr \(e\.g\. 10\.244\.0\.0\/16,fd00:10:244::\/56\)$/],
     ["a --cluster-cidr with host bits", { datastore: "kubernetes", clusterCidr: "10.244.0.1/16" }, /^--cluster-cidr "10\.244\.0\.1\/16" is not a network prefix such as 10\.244\.0\.0\/16$/],
     ["two IPv4 --cluster-cidrs", { datastore: "kubernetes", clusterCidr: "10.244.0.0/16,10.245.0.0/16" }, /^--cluster-cidr 10\.244\.0\.0\/16,10\.245\.0\.0\/16 must hold at most one prefix per family$/],
+    ["an --external-ip-cidrs address with host bits", { externalIpCidrs: "198.19.0.1/24" }, /^--external-ip-cidrs "198\.19\.0\.1\/24" is not a network prefix: give where Services' external addresses may be/],
+    ["an --external-ip-cidrs word", { externalIpCidrs: "all" }, /^--external-ip-cidrs "all" is not a network prefix/],
     ["--plan with --datastore kubernetes", { datastore: "kubernetes", clusterCidr: "10.244.0.0/16", plan: "/etc/plan.yaml" }, /^--plan is for the Trellis store: with --datastore kubernetes the API server and node IPAM hold the cluster's addresses$/],
     ["--kubeconfig with a newline", { datastore: "kubernetes", clusterCidr: "10.244.0.0/16", kubeconfig: "/etc/a\nb" }, /^--kubeconfig "\/etc\/a\\nb" is not a file name$/],
     ["--cluster-cidr with the Trellis store", { clusterCidr: "10.244.0.0/16" }, /^--kubeconfig and --cluster-cidr are for --datastore kubernetes; the Trellis store has the cluster's addresses in its plan$/],

@@ -44,6 +44,8 @@ export interface AgentOptions {
   readonly proxySyncIntervalMs: number;
   /** Where /metrics, /healthz and /readyz are served; undefined: nowhere. */
   readonly metricsAddress?: { readonly host: string; readonly port: number };
+  /** Where Services' external addresses (externalIPs, load-balancer ingress) may be; empty: nowhere. */
+  readonly externalIpCidrs: readonly IpPrefix[];
 }
 
 /** Raw values as commander hands them over (flag, else environment variable, else default). */
@@ -68,6 +70,7 @@ export interface AgentFlags {
   proxy: boolean | string;
   proxySyncInterval: string;
   metricsBindAddress: string;
+  externalIpCidrs?: string;
 }
 
 export const DATASTORES = ["trellis", "kubernetes"] as const;
@@ -130,6 +133,7 @@ export function parseAgentOptions(flags: AgentFlags): AgentOptions {
     throw new Error(`--proxy-sync-interval ${JSON.stringify(flags.proxySyncInterval)} is not a number of seconds from 0 to 60 (at most 3 decimals, e.g. 0.25)`);
   }
   const metricsAddress = parseBindAddress(flags.metricsBindAddress);
+  const externalIpCidrs = parseExternalIpCidrs(flags.externalIpCidrs);
   if (!(LOG_LEVELS as readonly string[]).includes(flags.logLevel)) {
     throw new Error(`--log-level ${JSON.stringify(flags.logLevel)} is not a log level: expected one of ${LOG_LEVELS.join(", ")}`);
   }
@@ -154,7 +158,25 @@ export function parseAgentOptions(flags: AgentFlags): AgentOptions {
     proxy,
     proxySyncIntervalMs: Math.round(Number(flags.proxySyncInterval) * 1000),
     ...(metricsAddress ? { metricsAddress } : {}),
+    externalIpCidrs,
   };
+}
+
+/** Most prefixes `--external-ip-cidrs` takes: far more than any cluster's pools. */
+const MAX_EXTERNAL_IP_CIDRS = 64;
+
+/** `--external-ip-cidrs`: network prefixes, comma-separated; none (the default) allows no external address. */
+function parseExternalIpCidrs(text: string | undefined): IpPrefix[] {
+  if (text === undefined || text.trim() === "") return [];
+  const parts = text.split(",");
+  if (parts.length > MAX_EXTERNAL_IP_CIDRS) throw new Error(`--external-ip-cidrs holds ${parts.length} prefixes: at most ${MAX_EXTERNAL_IP_CIDRS}`);
+  return parts.map((part) => {
+    const parsed = tryParseInterfaceAddress(part.trim());
+    if (!parsed || parsed.address.value !== parsed.prefix.network) {
+      throw new Error(`--external-ip-cidrs ${JSON.stringify(part.slice(0, 100))} is not a network prefix: give where Services' external addresses may be, e.g. 198.19.0.0/24,fd00:198:19::/64`);
+    }
+    return parsed.prefix;
+  });
 }
 
 /** `--cluster-cidr`: one or two prefixes, at most one per family, not overlapping. */

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { APPLIED_AT, ENDPOINTSLICES_PREFIX, PODS_PREFIX } from "../cluster/apply.js";
 import { SERVICES_PREFIX } from "../cluster/services.js";
-import { formatIp } from "../net/ip.js";
+import { formatIp, parsePrefix } from "../net/ip.js";
 import { putStored } from "./proxy-source.js";
 import { ServiceIndex } from "./service-index.js";
 
@@ -136,7 +136,7 @@ describe("ServiceIndex", () => {
     // Catches: a deleted Service's rules kept, a broken stored value throwing out of the watch
     // loop, a name nft refuses failing every sync of every Service.
     const refused: string[] = [];
-    const index = new ServiceIndex("pods", (reason) => refused.push(reason));
+    const index = new ServiceIndex("pods", (_, rejections) => refused.push(...rejections.map((rejection) => rejection.message)));
     const time = "2026-11-27T10:00:00.123Z";
     assert.equal(put(index, SERVICES_PREFIX, ...service("a", { annotations: { [APPLIED_AT]: time } })), Date.parse(time));
     put(index, SERVICES_PREFIX, ...service("headless", { clusterIP: "None" }));
@@ -153,5 +153,101 @@ describe("ServiceIndex", () => {
     assert.deepEqual(endpointsOf(index), { "default/sel": [] });
     index.clear();
     assert.deepEqual(index.all(), []);
+  });
+});
+
+describe("ServiceIndex: external addresses", () => {
+  const POLICY = {
+    allowed: [parsePrefix("198.19.0.0/24")],
+    podCidrs: [parsePrefix("10.244.0.0/16")],
+    serviceCidrs: [],
+    reserved: new Map([["198.18.0.11", "node node1's address"]]),
+  };
+  function external(name: string, clusterIP: string, externalIPs: string[], created = "2026-12-01T00:00:00Z", loadBalancer: string[] = []) {
+    return [
+      `${SERVICES_PREFIX}default/${name}`,
+      JSON.stringify({
+        apiVersion: "v1", kind: "Service",
+        metadata: { name, namespace: "default", creationTimestamp: created },
+        spec: { type: loadBalancer.length ? "LoadBalancer" : "ClusterIP", clusterIP, clusterIPs: [clusterIP], ports: [{ protocol: "TCP", port: 80, targetPort: 8080 }], externalIPs },
+        ...(loadBalancer.length ? { status: { loadBalancer: { ingress: loadBalancer.map((ip) => ({ ip })) } } } : {}),
+      }),
+    ] as const;
+  }
+  const served = (index: ServiceIndex) =>
+    Object.fromEntries(index.all().map((port) => [port.name, [...port.externalIPs, ...port.loadBalancerIPs].map(formatIp)]));
+
+  // Bugs caught: a tenant's externalIPs set to another Service's ClusterIP, a node's address or a
+  // pod's, or anywhere at all, taking that traffic from every node (and from every pod).
+  it("serves an external address only inside the allowed CIDRs and when it is no ClusterIP, node, pod or special address", () => {
+    const refusals = new Map<string, string[]>();
+    const index = new ServiceIndex("pods", (key, rejections) => refusals.set(key, rejections.map((rejection) => `${rejection.reason}: ${rejection.message}`)));
+    index.setExternalPolicy(POLICY);
+    put(index, SERVICES_PREFIX, ...external("victim", "10.96.0.11", []));
+    put(index, SERVICES_PREFIX, ...external("tenant", "10.96.0.10", ["10.96.0.11", "198.18.0.11", "10.244.1.5", "8.8.8.8", "127.0.0.1", "198.19.0.10"], undefined, ["10.96.0.11", "198.19.0.11"]));
+    assert.deepEqual(served(index), { victim: [], tenant: ["198.19.0.10", "198.19.0.11"] });
+    assert.deepEqual(refusals.get("default/tenant"), [
+      "external-ip-reserved: Service default/tenant: externalIPs 10.96.0.11 is the ClusterIP of Service default/victim; it is not served",
+      "external-ip-reserved: Service default/tenant: externalIPs 198.18.0.11 is node node1's address; it is not served",
+      "external-ip-reserved: Service default/tenant: externalIPs 10.244.1.5 lies in the pod CIDR 10.244.0.0/16; it is not served",
+      "external-ip-not-allowed: Service default/tenant: externalIPs 8.8.8.8 is outside --external-ip-cidrs 198.19.0.0/24; it is not served",
+      "external-ip-reserved: Service default/tenant: externalIPs 127.0.0.1 is a loopback address; it is not served",
+      "external-ip-reserved: Service default/tenant: status.loadBalancer.ingress 10.96.0.11 is the ClusterIP of Service default/victim; it is not served",
+    ]);
+    assert.deepEqual(refusals.get("default/victim"), []);
+  });
+
+  // Bug caught: the check made once, when the tenant's Service is written: a ClusterIP or node
+  // address that comes later (or a policy that changes) never takes the address back.
+  it("works a Service out again when a ClusterIP it names comes or goes, and when the policy changes", () => {
+    const index = new ServiceIndex();
+    index.setExternalPolicy(POLICY);
+    put(index, SERVICES_PREFIX, ...external("tenant", "10.96.0.10", ["198.19.0.20", "198.19.0.21"]));
+    assert.deepEqual(served(index), { tenant: ["198.19.0.20", "198.19.0.21"] });
+    put(index, SERVICES_PREFIX, ...external("odd", "198.19.0.20", []));
+    const change = index.changes();
+    assert.deepEqual(change.added.map((port) => `${port.name} ${port.externalIPs.map(formatIp).join(",")}`).sort(), ["odd ", "tenant 198.19.0.21"]);
+    put(index, SERVICES_PREFIX, `${SERVICES_PREFIX}default/odd`, undefined);
+    assert.deepEqual(served(index), { tenant: ["198.19.0.20", "198.19.0.21"] });
+    index.setExternalPolicy({ ...POLICY, reserved: new Map([...POLICY.reserved, ["198.19.0.21", "node node9's address"]]) });
+    assert.equal(index.changed, true);
+    assert.deepEqual(served(index), { tenant: ["198.19.0.20"] });
+    index.setExternalPolicy({ ...POLICY, reserved: new Map([...POLICY.reserved, ["198.19.0.21", "node node9's address"]]) });
+    assert.equal(index.changed, false, "the same policy again marks nothing");
+  });
+
+  // Bug caught: two Services claiming one external address and port, the first in name order
+  // winning, so a new Service in namespace "aaa" takes an address another Service serves.
+  it("gives an external address and port claimed twice to the older Service, and to the other once the older goes", () => {
+    const refusals = new Map<string, string[]>();
+    const index = new ServiceIndex("pods", (key, rejections) => refusals.set(key, rejections.map((rejection) => rejection.message)));
+    index.setExternalPolicy(POLICY);
+    put(index, SERVICES_PREFIX, ...external("zz-old", "10.96.0.20", ["198.19.0.30"], "2026-12-01T00:00:00Z"));
+    put(index, SERVICES_PREFIX, ...external("aa-new", "10.96.0.21", ["198.19.0.30"], "2026-12-02T00:00:00Z"));
+    assert.deepEqual(served(index), { "zz-old": ["198.19.0.30"], "aa-new": [] });
+    assert.deepEqual(refusals.get("default/aa-new"), ["Service default/aa-new: 198.19.0.30 port 80/TCP is taken by Service default/zz-old, which claimed it earlier; it is not served"]);
+    put(index, SERVICES_PREFIX, `${SERVICES_PREFIX}default/zz-old`, undefined);
+    const change = index.changes();
+    assert.deepEqual(change.added.map((port) => `${port.name} ${port.externalIPs.map(formatIp).join(",")}`), ["aa-new 198.19.0.30"]);
+    assert.deepEqual(change.removed.map((port) => port.name).sort(), ["aa-new", "zz-old"], "each Service once, however often it was worked out");
+    assert.deepEqual(refusals.get("default/aa-new"), []);
+  });
+
+  // Bug caught: externalIPs set to the API server's address taking every node's connections to
+  // the API server (the agents' own, the kubelets').
+  it("on the Kubernetes API, refuses the API server's addresses: the endpoints of default/kubernetes", () => {
+    const index = new ServiceIndex("slices");
+    index.setExternalPolicy(POLICY);
+    put(index, SERVICES_PREFIX, ...external("tenant", "10.96.0.10", ["198.19.0.40", "198.19.0.41"]));
+    assert.deepEqual(served(index), { tenant: ["198.19.0.40", "198.19.0.41"] });
+    put(index, SERVICES_PREFIX, ...service("kubernetes", { clusterIP: "10.96.0.1" }));
+    put(index, ENDPOINTSLICES_PREFIX, ...slice("kubernetes", "kubernetes", ["198.19.0.40"]));
+    assert.deepEqual(served(index), { kubernetes: [], tenant: ["198.19.0.41"] });
+  });
+
+  it("serves no external address at all before a policy is given", () => {
+    const index = new ServiceIndex();
+    put(index, SERVICES_PREFIX, ...external("tenant", "10.96.0.10", ["198.19.0.20"]));
+    assert.deepEqual(served(index), { tenant: [] });
   });
 });

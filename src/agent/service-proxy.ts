@@ -16,9 +16,11 @@ import { encodeNftBatch, NftBatchWriter, NftUnsupported, NftWriteError } from ".
 import { CommandError } from "../linux/exec.js";
 import { nftApply, nftListTables } from "../linux/nftables.js";
 import { localEndpointCounts, startHealthCheckServers } from "./health-checks.js";
+import type { ExternalAddressPolicy } from "../dataplane/external-addresses.js";
 import type { Logger } from "./log.js";
 import { Histogram, PROGRAMMING_BUCKETS, renderGauge, SYNC_BUCKETS } from "./metrics.js";
 import type { ProxyFollow, ProxySource } from "./proxy-source.js";
+import type { Rejections } from "./rejections.js";
 import { ServiceIndex } from "./service-index.js";
 
 export interface ServiceProxyOptions {
@@ -34,11 +36,15 @@ export interface ServiceProxyOptions {
   readonly nftWriter?: string;
   /** When a running sync counts as stuck; `SYNC_STUCK_AFTER_SECONDS` unless given (tests). */
   readonly syncStuckAfterSeconds?: number;
+  /** Where what the proxy refuses of a Service (an external address, a port) is said. */
+  readonly rejections: Rejections;
 }
 
 export interface ServiceProxy {
   /** A full rewrite at the next sync if the tables are not what was last written (deleted by hand). */
   resync(): void;
+  /** Where Services' external addresses may be and what they may not be; the Services this changes are synced again. */
+  setExternalPolicy(policy: ExternalAddressPolicy): void;
   /** Lists and watches anew (after the datastore was away). */
   relist(): void;
   stop(): Promise<void>;
@@ -74,7 +80,7 @@ export const SYNC_STUCK_AFTER_SECONDS = 60;
 
 export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
   const { source, node, log } = options;
-  const index = new ServiceIndex(source.endpoints, (reason) => log("warn", "a Service port is left out of the rules", { reason }));
+  const index = new ServiceIndex(source.endpoints, (service, refused) => options.rejections.report(`Service ${service}`, refused));
   let stopped = false;
   let listed = false;
   /** The ruleset the store asks for, kept up to date port by port. */
@@ -104,8 +110,10 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
   /** Syncs that wrote rules, by how. */
   const writes = { netlink: 0, nft: 0 };
 
+  /** The first sync waits for the agent's word on external addresses (which needs the peers' addresses). */
+  let policyGiven = false;
   const requestSync = () => {
-    if (stopped || !listed) return;
+    if (stopped || !listed || !policyGiven) return;
     pending = true;
     if (running || scheduled) return;
     const wait = Math.max(0, lastSyncAt + options.minSyncIntervalMs - Date.now());
@@ -273,6 +281,13 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
     failed: (error, retryInMs) => log("warn", "service proxy lost its datastore; keeping the rules as they are and listing again", { error: error.message, retryInSeconds: retryInMs / 1000 }),
   });
   return {
+    setExternalPolicy(policy) {
+      index.setExternalPolicy(policy);
+      if (index.changed || !policyGiven) {
+        policyGiven = true;
+        requestSync();
+      }
+    },
     resync() {
       checkTables = true;
       requestSync();

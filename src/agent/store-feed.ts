@@ -1,34 +1,38 @@
 /**
  * The agent on the Trellis store (SQLite or etcd): it claims its node (one live agent per node),
  * publishes what peers need to route to its pods, beats a heartbeat, and follows every node and
- * heartbeat. A peer whose heartbeat has not changed for the grace period loses its routes;
- * while the store itself is unreachable no peer is judged by its heartbeat.
+ * heartbeat. Node records are untrusted (anyone who can write the store can write one): each is
+ * a claim the PeerBook admits or refuses against the plan and the other nodes, the older record
+ * keeping what two claim. A peer whose heartbeat has not changed for the grace period loses its
+ * routes; while the store itself is unreachable no peer is judged by its heartbeat.
  */
 import { claimNode, writeHeartbeat, type Heartbeat } from "../cluster/node-agents.js";
 import { HEARTBEATS_PREFIX, NODES_PREFIX, parseNode, type AgentClaim, type NodeRecord } from "../cluster/node-cidrs.js";
 import { openCluster, type Cluster } from "../cluster/state.js";
 import { vtepMac, vxlanFamilies, type NodeEndpoint, type Underlay } from "../dataplane/node-network.js";
+import type { PeerClaim } from "../dataplane/peer-admission.js";
 import { bootId, processRunning } from "../linux/process.js";
 import { formatIp, tryParseInterfaceAddress, tryParseIp, type Family, type IpAddress } from "../net/ip.js";
 import { loadPlan } from "../plan/plan.js";
 import type { KvStore, KvWatch } from "../store/kv.js";
-import { openStore, requireExistingStore } from "../store/open.js";
+import { openStore, parseStoreSpec, requireExistingStore } from "../store/open.js";
 import type { ClusterFeed, FeedEvents } from "./feed.js";
 import { agentClaim } from "./host.js";
 import type { Logger } from "./log.js";
 import type { AgentOptions } from "./options.js";
+import { PeerBook } from "./peer-book.js";
 import { storeProxySource } from "./proxy-source.js";
+import type { Rejections } from "./rejections.js";
 
-interface Peer {
-  /** The record parsed once, when it changed. */
-  endpoint: NodeEndpoint;
+/** How a published peer's heartbeat is judged. */
+interface Liveness {
   /** Local time its heartbeat last changed (or the store came back): peers are judged by change, not by clock. */
   lastBeat: number;
   heartbeat?: string;
 }
 
 /** Claims the node in the store; rejects, having written nothing, on bad input or a live claim. */
-export async function openStoreFeed(options: AgentOptions, log: Logger, nodeIps: readonly IpAddress[], underlay: Underlay): Promise<ClusterFeed> {
+export async function openStoreFeed(options: AgentOptions, log: Logger, nodeIps: readonly IpAddress[], underlay: Underlay, rejections: Rejections): Promise<ClusterFeed> {
   const plan = options.plan === undefined ? undefined : await loadPlan(options.plan);
   requireExistingStore(options.store, plan !== undefined);
   const store = await openStore(options.store);
@@ -52,11 +56,23 @@ export async function openStoreFeed(options: AgentOptions, log: Logger, nodeIps:
     await store.close();
     throw error;
   }
-  return storeFeed(options, log, store, cluster, claim, self);
+  return storeFeed(options, log, store, cluster, claim, self, underlay, rejections);
 }
 
-function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: Cluster, claim: AgentClaim, self: NodeRecord): ClusterFeed {
-  const peers = new Map<string, Peer>();
+function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: Cluster, claim: AgentClaim, self: NodeRecord, underlay: Underlay, rejections: Rejections): ClusterFeed {
+  const selfEndpoint = endpointOf(self);
+  const book = new PeerBook(
+    {
+      self: selfEndpoint,
+      clusterPodCidrs: cluster.plan.podCidrs,
+      serviceCidrs: cluster.plan.serviceCidrs,
+      nodeCidrs: cluster.plan.nodeCidrs,
+      connected: underlay.addresses.map((entry) => entry.prefix),
+    },
+    rejections,
+  );
+  /** Per published peer (admitted or not), its heartbeat. */
+  const peers = new Map<string, Liveness>();
   const watches: KvWatch[] = [];
   let events: FeedEvents | undefined;
   let stopped = false;
@@ -64,7 +80,17 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
   let listed = false;
   let beatTimer: NodeJS.Timeout | undefined;
 
-  const isLive = (peer: Peer | undefined, now: number) => peer !== undefined && (!storeUp || now - peer.lastBeat <= options.peerGraceSeconds * 1000);
+  const isLive = (peer: Liveness | undefined, now: number) => peer !== undefined && (!storeUp || now - peer.lastBeat <= options.peerGraceSeconds * 1000);
+  /** A node record came or changed (undefined: went): its claim is settled against the others; the peers whose routes change are told. */
+  const putRecord = (name: string, record: NodeRecord | undefined, createRevision: number) => {
+    if (record?.network) {
+      if (!peers.has(name)) peers.set(name, { lastBeat: Date.now() });
+    } else {
+      peers.delete(name);
+    }
+    if (!book.put(name, record && claimOf(name, record, book.claim(name)?.since ?? createRevision))) return;
+    for (const changed of book.settle()) events?.changed(changed);
+  };
 
   /**
    * Our own heartbeat is also how we learn the store is gone (an etcd watch just waits through an
@@ -111,12 +137,17 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
         const [nodes, beats] = await Promise.all([store.list(NODES_PREFIX), store.list(HEARTBEATS_PREFIX)]);
         const now = Date.now();
         peers.clear();
+        book.clear();
         for (const entry of nodes.entries) {
+          const name = entry.key.slice(NODES_PREFIX.length);
           const record = readNode(entry.value, log);
+          if (!record || name === self.name) continue;
           // A node its agent has not claimed yet (pod CIDRs allocated, addresses not yet
-          // published) is no peer yet: it comes in with the claim.
-          if (record && record.name !== self.name && record.network) peers.set(record.name, { endpoint: endpointOf(record), lastBeat: now });
+          // published) is no peer yet: it comes in with the claim. Its pod CIDRs count as taken.
+          book.put(name, claimOf(name, record, entry.createRevision));
+          if (record.network) peers.set(name, { lastBeat: now });
         }
+        book.settle();
         if (!nodes.entries.some((entry) => entry.key === `${NODES_PREFIX}${self.name}`)) throw new SelfRemoved();
         for (const entry of beats.entries) {
           const peer = peers.get(entry.key.slice(HEARTBEATS_PREFIX.length));
@@ -166,19 +197,12 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
         continue;
       }
       if (event.type === "delete") {
-        peers.delete(name);
         log("info", "peer removed", { peer: name });
+        putRecord(name, undefined, event.revision);
       } else {
         const record = readNode(event.value, log);
-        if (!record) continue;
-        if (!record.network) {
-          if (peers.delete(name)) events?.changed(name);
-          continue;
-        }
-        const known = peers.get(name);
-        peers.set(name, { endpoint: endpointOf(record), lastBeat: known?.lastBeat ?? Date.now(), heartbeat: known?.heartbeat });
+        putRecord(name, record, event.revision);
       }
-      events?.changed(name);
     }
     throw new Error("the node watch ended");
   };
@@ -199,17 +223,18 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
 
   return {
     description: store.spec,
-    self: endpointOf(self),
+    self: selfEndpoint,
     clusterPodCidrs: cluster.plan.podCidrs,
     serviceCidrs: cluster.plan.serviceCidrs,
+    nodeCidrs: cluster.plan.nodeCidrs,
+    datastoreAddresses: storeAddresses(store.spec),
     listed: () => listed,
     livePeers() {
       const now = Date.now();
-      return [...peers.values()].filter((peer) => isLive(peer, now)).map((peer) => peer.endpoint);
+      return book.all().filter((endpoint) => isLive(peers.get(endpoint.name), now));
     },
     livePeer(name) {
-      const peer = peers.get(name);
-      return isLive(peer, Date.now()) ? peer!.endpoint : undefined;
+      return isLive(peers.get(name), Date.now()) ? book.get(name) : undefined;
     },
     follow(handlers) {
       events = handlers;
@@ -231,6 +256,13 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
 
 class SelfRemoved extends Error {}
 
+/** An etcd store's address, when it is given as one (SQLite has none). */
+function storeAddresses(spec: string): Map<string, string> {
+  const parsed = parseStoreSpec(spec);
+  const ip = parsed.kind === "etcd" ? tryParseIp(parsed.endpoint.host) : undefined;
+  return new Map(ip ? [[formatIp(ip), `the etcd store's address (${spec})`]] : []);
+}
+
 /** A node record from the store, or undefined (and a warning) when it is not one. */
 function readNode(value: string, log: Logger): NodeRecord | undefined {
   try {
@@ -244,10 +276,26 @@ function readNode(value: string, log: Logger): NodeRecord | undefined {
 }
 
 /**
- * What a node record says about routing to its pods. Records come from other processes and
- * hosts: anything that does not parse (a pod CIDR, an address, a MAC) is left out, so one bad
- * record can cost its own routes but never break the sync for every peer.
+ * What the record under /nodes/NAME claims, as written: the PeerBook checks every value. The name
+ * is the key's (the record's own `name` field is not trusted); `since` is the store revision that
+ * created the record, so an older node keeps what a newer one also claims.
  */
+function claimOf(name: string, record: NodeRecord, since: number): PeerClaim {
+  const list = (value: unknown): unknown[] => (Array.isArray(value) ? value : []);
+  return {
+    name,
+    since,
+    published: typeof record.network === "object" && record.network !== null,
+    podCidrs: list(record.podCidrs) as string[],
+    addresses: list(record.network?.addresses) as string[],
+    vteps: list(record.network?.vteps).flatMap((vtep) => {
+      const entry = vtep as { family?: unknown; mac?: unknown } | null;
+      return entry && (entry.family === 4 || entry.family === 6) ? [{ family: entry.family as Family, mac: String(entry.mac) }] : [];
+    }),
+  };
+}
+
+/** This node's own record, as it claimed it. */
 function endpointOf(record: NodeRecord): NodeEndpoint {
   const list = <T>(value: unknown): T[] => (Array.isArray(value) ? (value as T[]) : []);
   return {

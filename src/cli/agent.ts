@@ -29,6 +29,7 @@ export function registerAgentCommand(program: Command): void {
     .addOption(new Option("--proxy", "implement Services with nftables (default)").env("TRELLIS_PROXY").default(true))
     .addOption(new Option("--no-proxy", "leave Services to another proxy"))
     .addOption(new Option("--proxy-sync-interval <seconds>", "least time between two syncs of the Service rules (0 for every change at once)").env("TRELLIS_PROXY_SYNC_INTERVAL").default(AGENT_DEFAULTS.proxySyncInterval))
+    .addOption(new Option("--external-ip-cidrs <cidr[,cidr…]>", "where Services' externalIPs and load-balancer addresses may be (default: nowhere)").env("TRELLIS_EXTERNAL_IP_CIDRS"))
     .addOption(new Option("--metrics-bind-address <host:port>", "where /metrics, /healthz and /readyz are served over HTTP, or off").env("TRELLIS_METRICS_BIND_ADDRESS").default(AGENT_DEFAULTS.metricsBindAddress))
     .addOption(new Option("--log-level <level>", "debug also logs every sync with its duration").env("TRELLIS_LOG_LEVEL").default(AGENT_DEFAULTS.logLevel))
     .action(async (flags: AgentFlags) => {

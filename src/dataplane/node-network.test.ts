@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { parseInterfaceAddress, parseIp, parsePrefix, type Family } from "../net/ip.js";
+import { formatPrefix, parseInterfaceAddress, parseIp, parsePrefix, type Family } from "../net/ip.js";
 import {
   desiredPeerNetwork,
   desiredVxlanDevices,
@@ -9,6 +9,7 @@ import {
   diffNodeNetwork,
   parseFdb,
   parseNeighbors,
+  parseForeignRoutes,
   parsePeerRoutes,
   parseVxlanDevices,
   podMtu,
@@ -301,7 +302,7 @@ const LINK_DOWN_JSON = JSON.parse(
 );
 /** `ip -j route show table all proto 153`; a `proto static` route was there too, filtered out by the kernel. */
 const ROUTES_JSON = JSON.parse(
-  `[{"dst":"10.244.7.0/24","gateway":"198.18.0.11","dev":"u0","table":"100","flags":[]},{"dst":"10.244.1.0/24","gateway":"198.18.0.11","dev":"u0","flags":[]},{"dst":"10.244.2.0/24","gateway":"10.244.2.0","dev":"trellis-vx4","flags":["onlink"]},{"dst":"fd00:10:244:7::/64","gateway":"fd00:198:18::11","dev":"u0","table":"100","metric":1024,"flags":[],"pref":"medium"},{"dst":"fd00:10:244:1::/64","gateway":"fd00:198:18::11","dev":"u0","metric":1024,"flags":[],"pref":"medium"},{"dst":"fd00:10:244:2::/64","gateway":"fd00:10:244:2::","dev":"trellis-vx6","metric":1024,"flags":["onlink"],"pref":"medium"}]`,
+  `[{"dst":"10.244.7.0/24","gateway":"198.18.0.11","dev":"u0","table":"100","flags":[],"protocol":"153"},{"dst":"10.244.1.0/24","gateway":"198.18.0.11","dev":"u0","flags":[],"protocol":"153"},{"dst":"10.244.2.0/24","gateway":"10.244.2.0","dev":"trellis-vx4","flags":["onlink"],"protocol":"153"},{"dst":"default","gateway":"198.18.0.1","dev":"u0","protocol":"static","flags":[]},{"dst":"10.244.3.0/24","gateway":"198.18.0.13","dev":"u0","protocol":"bird","flags":[]},{"dst":"198.18.0.0/24","dev":"u0","protocol":"kernel","scope":"link","prefsrc":"198.18.0.10","flags":[]},{"type":"local","dst":"198.18.0.10","dev":"u0","table":"local","protocol":"kernel","scope":"host","prefsrc":"198.18.0.10","flags":[]},{"dst":"10.244.8.0/24","gateway":"198.18.0.11","dev":"u0","table":"100","protocol":"static","flags":[]},{"type":"unreachable","dst":"10.244.9.0/24","protocol":"static","flags":[]},{"dst":"fd00:198:18::/64","dev":"u0","protocol":"kernel","metric":256,"flags":[],"pref":"medium"},{"dst":"fd00:10:244:7::/64","gateway":"fd00:198:18::11","dev":"u0","table":"100","metric":1024,"flags":[],"pref":"medium","protocol":"153"},{"dst":"fd00:10:244:1::/64","gateway":"fd00:198:18::11","dev":"u0","metric":1024,"flags":[],"pref":"medium","protocol":"153"},{"dst":"fd00:10:244:2::/64","gateway":"fd00:10:244:2::","dev":"trellis-vx6","metric":1024,"flags":["onlink"],"pref":"medium","protocol":"153"}]`,
 );
 /** `ip -j neigh show nud permanent`. */
 const NEIGHBORS_JSON = JSON.parse(
@@ -334,13 +335,22 @@ describe("parsers (real iproute2 JSON)", () => {
 
   // Bug caught: a proto-153 route of another table (a VRF, policy routing) taken for the
   // agent's, and deleted or "fixed" in the main table.
-  test("parsePeerRoutes reads both families of the main table and ignores other tables", () => {
+  test("parsePeerRoutes reads the agent's routes of both families in the main table, and no other protocol's or table's", () => {
     assert.deepEqual(parsePeerRoutes(ROUTES_JSON), [
       route("10.244.1.0/24", "198.18.0.11", "u0", false),
       route("10.244.2.0/24", "10.244.2.0", "trellis-vx4", true),
       route("fd00:10:244:1::/64", "fd00:198:18::11", "u0", false),
       route("fd00:10:244:2::/64", "fd00:10:244:2::", "trellis-vx6", true),
     ]);
+  });
+
+  // Bug caught: a route of the kernel or another daemon left out of what the agent must never
+  // replace, or a route of another table (which a peer route cannot clash with) kept in it.
+  test("parseForeignRoutes reads the main table's other unicast routes, connected ones marked", () => {
+    assert.deepEqual(
+      parseForeignRoutes(ROUTES_JSON).map((entry) => `${formatPrefix(entry.dst)} ${entry.protocol}${entry.connected ? " connected" : ""}`),
+      ["10.244.3.0/24 bird", "198.18.0.0/24 kernel connected", "fd00:198:18::/64 kernel connected"],
+    );
   });
 
   // Bug caught: permanent neighbours of other interfaces counted as the agent's (and removed).
@@ -373,7 +383,7 @@ const APPLIED_AUTO_DUAL = {
     `[{"ifindex":4,"ifname":"trellis-vx4","flags":["BROADCAST","MULTICAST","UP","LOWER_UP"],"mtu":1450,"qdisc":"noqueue","operstate":"UNKNOWN","linkmode":"DEFAULT","group":"default","txqlen":1000,"link_type":"ether","address":"76:cb:d0:e7:23:db","broadcast":"ff:ff:ff:ff:ff:ff","promiscuity":0,"allmulti":0,"min_mtu":68,"max_mtu":65535,"linkinfo":{"info_kind":"vxlan","info_data":{"id":1,"local":"198.18.0.10","link":"eth0","port_range":{"low":0,"high":0},"port":8472,"learning":false,"ttl":0,"df":"unset","ageing":300,"udp_csum":true,"udp_zero_csum6_tx":false,"udp_zero_csum6_rx":false}},"inet6_addr_gen_mode":"eui64","num_tx_queues":1,"num_rx_queues":1,"gso_max_size":65536,"gso_max_segs":65535,"tso_max_size":524280,"tso_max_segs":65535,"gro_max_size":65536},{"ifindex":5,"ifname":"trellis-vx6","flags":["BROADCAST","MULTICAST","UP","LOWER_UP"],"mtu":1430,"qdisc":"noqueue","operstate":"UNKNOWN","linkmode":"DEFAULT","group":"default","txqlen":1000,"link_type":"ether","address":"c2:ff:15:3a:79:14","broadcast":"ff:ff:ff:ff:ff:ff","promiscuity":0,"allmulti":0,"min_mtu":68,"max_mtu":65535,"linkinfo":{"info_kind":"vxlan","info_data":{"id":1,"local6":"fd00:198:18::10","link":"eth0","port_range":{"low":0,"high":0},"port":8472,"learning":false,"ttl":0,"df":"unset","ageing":300,"udp_csum":true,"udp_zero_csum6_tx":false,"udp_zero_csum6_rx":false}},"inet6_addr_gen_mode":"eui64","num_tx_queues":1,"num_rx_queues":1,"gso_max_size":65536,"gso_max_segs":65535,"tso_max_size":524280,"tso_max_segs":65535,"gro_max_size":65536}]`,
   ),
   routes: JSON.parse(
-    `[{"dst":"10.244.1.0/24","gateway":"198.18.0.11","dev":"eth0","flags":[]},{"dst":"10.244.2.0/24","gateway":"10.244.2.0","dev":"trellis-vx4","flags":["onlink"]},{"dst":"fd00:10:244:1::/64","gateway":"fd00:198:18::11","dev":"eth0","metric":1024,"flags":[],"pref":"medium"},{"dst":"fd00:10:244:2::/64","gateway":"fd00:10:244:2::","dev":"trellis-vx6","metric":1024,"flags":["onlink"],"pref":"medium"}]`,
+    `[{"dst":"10.244.1.0/24","gateway":"198.18.0.11","dev":"eth0","protocol":"153","flags":[]},{"dst":"10.244.2.0/24","gateway":"10.244.2.0","dev":"trellis-vx4","protocol":"153","flags":["onlink"]},{"dst":"198.18.0.0/24","dev":"eth0","protocol":"kernel","scope":"link","prefsrc":"198.18.0.10","flags":[]},{"type":"local","dst":"198.18.0.10","dev":"eth0","table":"local","protocol":"kernel","scope":"host","prefsrc":"198.18.0.10","flags":[]},{"type":"broadcast","dst":"198.18.0.255","dev":"eth0","table":"local","protocol":"kernel","scope":"link","prefsrc":"198.18.0.10","flags":[]},{"dst":"fd00:10:244:1::/64","gateway":"fd00:198:18::11","dev":"eth0","protocol":"153","metric":1024,"flags":[],"pref":"medium"},{"dst":"fd00:10:244:2::/64","gateway":"fd00:10:244:2::","dev":"trellis-vx6","protocol":"153","metric":1024,"flags":["onlink"],"pref":"medium"},{"dst":"fd00:198:18::/64","dev":"eth0","protocol":"kernel","metric":256,"flags":[],"pref":"medium"},{"dst":"fe80::/64","dev":"eth1","protocol":"kernel","metric":256,"flags":[],"pref":"medium"},{"dst":"fe80::/64","dev":"eth0","protocol":"kernel","metric":256,"flags":[],"pref":"medium"},{"dst":"fe80::/64","dev":"trellis-vx4","protocol":"kernel","metric":256,"flags":[],"pref":"medium"},{"dst":"fe80::/64","dev":"trellis-vx6","protocol":"kernel","metric":256,"flags":[],"pref":"medium"},{"type":"local","dst":"fd00:198:18::10","dev":"eth0","table":"local","protocol":"kernel","metric":0,"flags":[],"pref":"medium"},{"type":"multicast","dst":"ff00::/8","dev":"eth1","table":"local","protocol":"kernel","metric":256,"flags":[],"pref":"medium"},{"type":"multicast","dst":"ff00::/8","dev":"eth0","table":"local","protocol":"kernel","metric":256,"flags":[],"pref":"medium"},{"type":"multicast","dst":"ff00::/8","dev":"trellis-vx4","table":"local","protocol":"kernel","metric":256,"flags":[],"pref":"medium"},{"type":"multicast","dst":"ff00::/8","dev":"trellis-vx6","table":"local","protocol":"kernel","metric":256,"flags":[],"pref":"medium"}]`,
   ),
   neighbors: JSON.parse(
     `[{"dst":"10.244.2.0","dev":"trellis-vx4","lladdr":"0e:00:91:40:73:9d","state":["PERMANENT"]},{"dst":"fd00:10:244:2::","dev":"trellis-vx6","lladdr":"1a:54:09:48:67:e8","state":["PERMANENT"]}]`,
@@ -386,10 +396,10 @@ const APPLIED_AUTO_DUAL = {
 
 /** What the kernel would show holding exactly `desired`, devices up. */
 function observedOf(desired: NodeNetwork): ObservedNodeNetwork {
-  return { vxlan: desired.vxlan.map((entry) => ({ ...entry, up: true })), routes: desired.routes, neighbors: desired.neighbors, fdb: desired.fdb };
+  return { vxlan: desired.vxlan.map((entry) => ({ ...entry, up: true })), routes: desired.routes, neighbors: desired.neighbors, fdb: desired.fdb, foreign: [] };
 }
 
-const NO_CHANGE = { ip: [], bridge: [], summary: [] };
+const NO_CHANGE = { ip: [], bridge: [], summary: [], blocked: [] };
 const MAC_A4 = vtepMac("node-a", 4);
 const MAC_C4 = vtepMac("node-c", 4);
 const ADD_VX4 = ["link", "add", "trellis-vx4", "address", MAC_A4, "mtu", "1450", "type", "vxlan", "id", "1", "local", "198.18.0.10", "dev", "eth0", "dstport", "8472", "nolearning"];
@@ -428,21 +438,52 @@ describe("diffNodeNetwork", () => {
       routes: parsePeerRoutes(APPLIED_AUTO_DUAL.routes),
       neighbors: vxlan.flatMap((entry) => parseNeighbors(APPLIED_AUTO_DUAL.neighbors.filter((neigh: { dev: string }) => neigh.dev === entry.name), entry.name)),
       fdb: vxlan.flatMap((entry) => parseFdb(APPLIED_AUTO_DUAL.fdb[entry.name], entry.name)),
+      foreign: parseForeignRoutes(APPLIED_AUTO_DUAL.routes),
     };
     assert.deepEqual(diffNodeNetwork(desired, observed), NO_CHANGE);
   });
 
   // Bug caught: a missing route not restored, or restored without the agent's protocol (then never cleaned up).
-  test("missing routes: one `route replace … proto 153` each, onlink where VXLAN carries it", () => {
+  test("missing routes: one `route add … proto 153` each (never replace: the kernel refuses it over a route not of the agent's), onlink where VXLAN carries it", () => {
     const observed = { ...observedOf(desired), routes: [directB6, vxlanC6] };
     assert.deepEqual(diffNodeNetwork(desired, observed), {
       ip: [
-        ["route", "replace", "10.244.1.0/24", "via", "198.18.0.11", "dev", "eth0", "proto", "153"],
-        ["route", "replace", "10.244.2.0/24", "via", "10.244.2.0", "dev", "trellis-vx4", "onlink", "proto", "153"],
+        ["route", "add", "10.244.1.0/24", "via", "198.18.0.11", "dev", "eth0", "proto", "153"],
+        ["route", "add", "10.244.2.0/24", "via", "10.244.2.0", "dev", "trellis-vx4", "onlink", "proto", "153"],
       ],
       bridge: [],
       summary: ["route 10.244.1.0/24 via 198.18.0.11 dev eth0", "route 10.244.2.0/24 via 10.244.2.0 dev trellis-vx4"],
+      blocked: [],
     });
+  });
+
+  // Bug caught: a peer claiming a destination the kernel already routes (this node's own pod
+  // CIDR, a connected subnet, an operator's static route) has `route replace` overwrite that
+  // route, taking its traffic; and withdrawing the peer later leaves the original route gone.
+  test("a desired route whose destination another route holds is left out and reported, its neighbour too", () => {
+    const foreign = [
+      { dst: parsePrefix("10.244.1.0/24"), protocol: "kernel", connected: true },
+      { dst: parsePrefix("10.244.2.0/24"), protocol: "static", connected: false },
+    ];
+    const change = diffNodeNetwork(desired, { ...observedOf(desired), routes: [directB6, vxlanC6], neighbors: desired.neighbors.slice(1), foreign });
+    assert.deepEqual(change.ip, [], "neither route is added, nor the neighbour through which the VXLAN one would go");
+    assert.deepEqual(change.blocked.map((entry) => `${formatPrefix(entry.dst)}: ${entry.reason}`), [
+      "10.244.1.0/24: this node already has a route to 10.244.1.0/24 (proto kernel) that is not Trellis's; it is never replaced",
+      "10.244.2.0/24: this node already has a route to 10.244.2.0/24 (proto static) that is not Trellis's; it is never replaced",
+    ]);
+  });
+
+  // Bug caught: a pod CIDR inside a connected subnet (a /25 of the underlay's /24) routed
+  // through a peer: the more specific route takes traffic to that part of the subnet's hosts.
+  test("a desired route overlapping a connected subnet is left out; a covering route with a gateway does not block", () => {
+    const foreign = [
+      { dst: parsePrefix("10.244.1.0/25"), protocol: "kernel", connected: true },
+      { dst: parsePrefix("10.0.0.0/8"), protocol: "static", connected: false },
+    ];
+    const change = diffNodeNetwork(desired, { ...observedOf(desired), foreign });
+    assert.deepEqual(change.ip, [["route", "del", "10.244.1.0/24", "proto", "153"]], "the agent's own route there is withdrawn, by its protocol only");
+    assert.deepEqual(change.blocked.map((entry) => formatPrefix(entry.dst)), ["10.244.1.0/24"]);
+    assert.match(change.blocked[0].reason, /overlaps 10\.244\.1\.0\/25, a subnet connected to this node \(proto kernel\)/);
   });
 
   // Bug caught: a changed route deleted then added (a window with no route), or left wrong.
@@ -458,13 +499,14 @@ describe("diffNodeNetwork", () => {
       ],
       bridge: [],
       summary: ["route 10.244.1.0/24 via 198.18.0.11 dev eth0 (replaced)", "route 10.244.2.0/24 via 10.244.2.0 dev trellis-vx4 (replaced)"],
+      blocked: [],
     });
   });
 
   // Bug caught: routes to a removed peer's pods left behind (traffic black-holed to a reused address).
   test("an extra proto-153 route is deleted", () => {
     const observed = { ...observedOf(desired), routes: [...desired.routes, route("10.244.9.0/24", "198.18.0.19", "eth0", false)] };
-    assert.deepEqual(diffNodeNetwork(desired, observed), { ip: [["route", "del", "10.244.9.0/24", "proto", "153"]], bridge: [], summary: ["withdraw route 10.244.9.0/24"] });
+    assert.deepEqual(diffNodeNetwork(desired, observed), { ip: [["route", "del", "10.244.9.0/24", "proto", "153"]], bridge: [], summary: ["withdraw route 10.244.9.0/24"], blocked: [] });
   });
 
   // Bug caught: a device keeping an old local address (after the node's IP changed) and sending from it.
@@ -475,6 +517,7 @@ describe("diffNodeNetwork", () => {
       routes: [directB4, directB6, vxlanC6],
       neighbors: desired.neighbors.filter((entry) => entry.dev === "trellis-vx6"),
       fdb: desired.fdb.filter((entry) => entry.dev === "trellis-vx6"),
+      foreign: [],
     };
     assert.deepEqual(diffNodeNetwork(desired, observed), {
       ip: [
@@ -482,7 +525,7 @@ describe("diffNodeNetwork", () => {
         ADD_VX4,
         ["link", "set", "dev", "trellis-vx4", "up"],
         ["neigh", "replace", "10.244.2.0", "lladdr", MAC_C4, "dev", "trellis-vx4", "nud", "permanent"],
-        ["route", "replace", "10.244.2.0/24", "via", "10.244.2.0", "dev", "trellis-vx4", "onlink", "proto", "153"],
+        ["route", "add", "10.244.2.0/24", "via", "10.244.2.0", "dev", "trellis-vx4", "onlink", "proto", "153"],
       ],
       bridge: [["fdb", "replace", MAC_C4, "dev", "trellis-vx4", "dst", "198.18.1.12", "self", "permanent"]],
       summary: [
@@ -492,6 +535,7 @@ describe("diffNodeNetwork", () => {
         `neighbour 10.244.2.0 is ${MAC_C4} on trellis-vx4`,
         "route 10.244.2.0/24 via 10.244.2.0 dev trellis-vx4",
       ],
+      blocked: [],
     });
   });
 
@@ -510,7 +554,7 @@ describe("diffNodeNetwork", () => {
           ADD_VX4,
           ["link", "set", "dev", "trellis-vx4", "up"],
           ["neigh", "replace", "10.244.2.0", "lladdr", MAC_C4, "dev", "trellis-vx4", "nud", "permanent"],
-          ["route", "replace", "10.244.2.0/24", "via", "10.244.2.0", "dev", "trellis-vx4", "onlink", "proto", "153"],
+          ["route", "add", "10.244.2.0/24", "via", "10.244.2.0", "dev", "trellis-vx4", "onlink", "proto", "153"],
         ],
         bridge: [["fdb", "replace", MAC_C4, "dev", "trellis-vx4", "dst", "198.18.1.12", "self", "permanent"]],
       },
@@ -544,6 +588,7 @@ describe("diffNodeNetwork", () => {
         ["fdb", "del", MAC_C4, "dev", "trellis-vx4", "dst", "198.18.1.99", "self"],
       ],
       summary: [`fdb ${MAC_C4} -> 198.18.1.12 on trellis-vx4`, `remove fdb ${MAC_C4} -> 198.18.1.99 on trellis-vx4`],
+      blocked: [],
     });
   });
 
@@ -556,7 +601,7 @@ describe("diffNodeNetwork", () => {
     assert.deepEqual(ipv4Only, network([device(4)], [direct(B, 4), direct(D, 4)]));
     assert.deepEqual(diffNodeNetwork(ipv4Only, observedOf(desired)), {
       ip: [
-        ["route", "replace", "10.244.3.0/24", "via", "198.18.0.13", "dev", "eth0", "proto", "153"],
+        ["route", "add", "10.244.3.0/24", "via", "198.18.0.13", "dev", "eth0", "proto", "153"],
         ["route", "del", "fd00:10:244:1::/64", "proto", "153"],
         ["route", "del", "10.244.2.0/24", "proto", "153"],
         ["route", "del", "fd00:10:244:2::/64", "proto", "153"],
@@ -573,6 +618,7 @@ describe("diffNodeNetwork", () => {
         "withdraw route fd00:10:244:2::/64",
         "remove neighbour 10.244.2.0 on trellis-vx4",
       ],
+      blocked: [],
     });
   });
 
@@ -584,7 +630,7 @@ describe("diffNodeNetwork", () => {
       ["route", "replace", "10.244.1.0/24", "via", "198.18.0.11", "dev", "eth0", "proto", "153"],
       // An IPv6 route changing device is deleted first, in the same batch (see the test below).
       ["route", "del", "fd00:10:244:1::/64", "proto", "153"],
-      ["route", "replace", "fd00:10:244:1::/64", "via", "fd00:198:18::11", "dev", "eth0", "proto", "153"],
+      ["route", "add", "fd00:10:244:1::/64", "via", "fd00:198:18::11", "dev", "eth0", "proto", "153"],
       ["route", "del", "10.244.2.0/24", "proto", "153"],
       ["route", "del", "fd00:10:244:2::/64", "proto", "153"],
       ["link", "delete", "dev", "trellis-vx4"],
@@ -604,7 +650,7 @@ describe("diffNodeNetwork", () => {
       change.ip.filter((command) => command[0] === "route" && command[2] === "fd00:10:244:1::/64"),
       [
         ["route", "del", "fd00:10:244:1::/64", "proto", "153"],
-        ["route", "replace", "fd00:10:244:1::/64", "via", "fd00:10:244:1::", "dev", "trellis-vx6", "onlink", "proto", "153"],
+        ["route", "add", "fd00:10:244:1::/64", "via", "fd00:10:244:1::", "dev", "trellis-vx6", "onlink", "proto", "153"],
       ],
     );
   });
@@ -622,7 +668,7 @@ describe("partial sync", () => {
       const full = desiredNodeNetwork(self, underlay, peers, mode);
       assert.deepEqual(joinPeerNetworks(devices, peers.map((peer) => desiredPeerNetwork(underlay, devices, peer, mode))), full);
       const withoutC = desiredNodeNetwork(self, underlay, [peers[0]], mode);
-      const observed = { vxlan: devices.map((device) => ({ ...device, up: true })), routes: withoutC.routes, neighbors: withoutC.neighbors, fdb: withoutC.fdb };
+      const observed = { vxlan: devices.map((device) => ({ ...device, up: true })), routes: withoutC.routes, neighbors: withoutC.neighbors, fdb: withoutC.fdb, foreign: [] };
       const cPart = desiredPeerNetwork(underlay, devices, peers[1], mode);
       const partial = diffNodeNetwork(joinPeerNetworks(devices, [cPart]), { ...observed, routes: [], neighbors: [], fdb: [] });
       assert.deepEqual(partial, diffNodeNetwork(full, observed), "adding C alone is what the full diff does");

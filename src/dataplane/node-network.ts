@@ -4,10 +4,11 @@
  * (flannel's layout: an onlink route via the peer pod CIDR's first address, a permanent
  * neighbour entry for it, and an FDB entry sending its VTEP MAC to the peer's node address).
  * What the kernel holds is parsed into the same shapes; the diff is the ip and bridge commands
- * that change only what differs. Nothing here runs a command.
+ * that change only what differs, and never a route that is not the agent's: a route the kernel
+ * or anyone else made is neither replaced nor shadowed by a peer's. Nothing here runs a command.
  */
 import { createHash } from "node:crypto";
-import { familyName, formatIp, formatPrefix, prefixContains, prefixOf, sameIp, tryParseIp, type Family, type IpAddress, type IpInterfaceAddress, type IpPrefix } from "../net/ip.js";
+import { familyName, formatIp, formatPrefix, prefixContains, prefixesOverlap, prefixOf, sameIp, tryParseIp, type Family, type IpAddress, type IpInterfaceAddress, type IpPrefix } from "../net/ip.js";
 
 export type RoutingMode = "direct" | "vxlan" | "auto";
 export const ROUTING_MODES: readonly RoutingMode[] = ["direct", "vxlan", "auto"];
@@ -57,6 +58,15 @@ export interface PeerRoute {
   readonly via: IpAddress;
   readonly dev: string;
   readonly onlink: boolean;
+}
+
+/** A route in the main table that is not the agent's (the kernel's connected routes, an operator's, another daemon's). */
+export interface ForeignRoute {
+  readonly dst: IpPrefix;
+  /** As ip names it: kernel, boot, static, a number. */
+  readonly protocol: string;
+  /** Straight to a link, no gateway: a connected subnet. */
+  readonly connected: boolean;
 }
 
 export interface NeighborEntry {
@@ -192,6 +202,8 @@ export interface ObservedNodeNetwork {
   readonly neighbors: readonly NeighborEntry[];
   /** Permanent FDB entries with a destination on the agent's VXLAN devices. */
   readonly fdb: readonly FdbEntry[];
+  /** The main table's other routes: the agent never replaces one, nor routes a peer into a connected one. */
+  readonly foreign: readonly ForeignRoute[];
 }
 
 /** Parses `ip -d -j link show type vxlan` into the agent's devices (others are ignored). */
@@ -207,18 +219,40 @@ export function parseVxlanDevices(json: unknown): VxlanDevice[] {
   });
 }
 
-/** Parses `ip -j route show table all proto ROUTE_PROTOCOL` (both families). */
+/** Parses `ip -j route show table all` (both families): the agent's routes (protocol ROUTE_PROTOCOL) in the main table. */
 export function parsePeerRoutes(json: unknown): PeerRoute[] {
   if (!Array.isArray(json)) return [];
   return json.flatMap((route: any) => {
-    const [text, length] = String(route?.dst ?? "").split("/");
-    const address = tryParseIp(text);
+    if (!isMainTableRoute(route) || String(route.protocol) !== String(ROUTE_PROTOCOL)) return [];
+    const dst = routeDestination(route);
     const via = tryParseIp(route?.gateway ?? "");
-    if (!address || !via || typeof route.dev !== "string") return [];
-    if (route.table !== undefined && route.table !== "main") return [];
-    const dst = prefixOf(address, length === undefined ? (address.family === 4 ? 32 : 128) : Number(length));
+    if (!dst || !via || typeof route.dev !== "string") return [];
     return [{ dst, via, dev: route.dev, onlink: Array.isArray(route.flags) && route.flags.includes("onlink") }];
   });
+}
+
+/** Parses `ip -j route show table all`: the main table's unicast routes that are not the agent's (default routes left out: a peer's never is one). */
+export function parseForeignRoutes(json: unknown): ForeignRoute[] {
+  if (!Array.isArray(json)) return [];
+  return json.flatMap((route: any) => {
+    if (!isMainTableRoute(route) || String(route.protocol) === String(ROUTE_PROTOCOL) || route.dst === "default") return [];
+    if (route.type !== undefined && route.type !== "unicast") return [];
+    const dst = routeDestination(route);
+    if (!dst) return [];
+    return [{ dst, protocol: String(route.protocol ?? "boot"), connected: route.gateway === undefined && route.nexthops === undefined && route.via === undefined }];
+  });
+}
+
+function isMainTableRoute(route: any): boolean {
+  return typeof route === "object" && route !== null && (route.table === undefined || route.table === "main");
+}
+
+function routeDestination(route: any): IpPrefix | undefined {
+  const [text, length] = String(route?.dst ?? "").split("/");
+  const address = tryParseIp(text);
+  if (!address) return undefined;
+  const bits = length === undefined ? (address.family === 4 ? 32 : 128) : Number(length);
+  return Number.isInteger(bits) ? prefixOf(address, bits) : undefined;
 }
 
 /** Parses `ip -j neigh show nud permanent` for one device. */
@@ -248,6 +282,8 @@ export interface NodeNetworkChange {
   readonly bridge: string[][];
   /** One line per change, for the log. */
   readonly summary: string[];
+  /** Peer routes left out because a route that is not the agent's holds or covers their destination. */
+  readonly blocked: ReadonlyArray<{ readonly dst: IpPrefix; readonly reason: string }>;
 }
 
 /**
@@ -255,11 +291,12 @@ export interface NodeNetworkChange {
  * is right is never replaced (established traffic sees no gap), a changed one is replaced in
  * place, and only the agent's own objects are removed.
  */
-export function diffNodeNetwork(desired: NodeNetwork, observedState: ObservedNodeNetwork): NodeNetworkChange {
+export function diffNodeNetwork(desiredState: NodeNetwork, observedState: ObservedNodeNetwork): NodeNetworkChange {
   const ip: string[][] = [];
   const bridge: string[][] = [];
   const summary: string[] = [];
   const removals: string[][] = [];
+  const { desired, blocked } = leaveOutForeign(desiredState, observedState.foreign);
   let observed = observedState;
   const observedDevices = new Map(observed.vxlan.map((device) => [device.name, device]));
   const desiredDevices = new Set(desired.vxlan.map((device) => device.name));
@@ -324,7 +361,10 @@ export function diffNodeNetwork(desired: NodeNetwork, observedState: ObservedNod
     if (have && sameRoute(have, route)) continue;
     // Linux refuses to replace an IPv6 route in place with one through another device.
     if (have && have.dev !== route.dev && route.dst.family === 6) ip.push(["route", "del", formatPrefix(route.dst), "proto", String(ROUTE_PROTOCOL)]);
-    ip.push(["route", "replace", formatPrefix(route.dst), "via", formatIp(route.via), "dev", route.dev, ...(route.onlink ? ["onlink"] : []), "proto", String(ROUTE_PROTOCOL)]);
+    // Only a route of the agent's is replaced; a new one is added, which the kernel refuses
+    // (rather than overwrites) if a route to that destination appeared since the last look.
+    const verb = have && !(have.dev !== route.dev && route.dst.family === 6) ? "replace" : "add";
+    ip.push(["route", verb, formatPrefix(route.dst), "via", formatIp(route.via), "dev", route.dev, ...(route.onlink ? ["onlink"] : []), "proto", String(ROUTE_PROTOCOL)]);
     summary.push(`route ${formatPrefix(route.dst)} via ${formatIp(route.via)} dev ${route.dev}${have ? " (replaced)" : ""}`);
   }
   for (const route of observed.routes) {
@@ -337,7 +377,35 @@ export function diffNodeNetwork(desired: NodeNetwork, observedState: ObservedNod
     removals.push(["neigh", "del", formatIp(entry.address), "dev", entry.dev]);
     summary.push(`remove neighbour ${formatIp(entry.address)} on ${entry.dev}`);
   }
-  return { ip: [...ip, ...sortRemovals(removals)], bridge, summary };
+  return { ip: [...ip, ...sortRemovals(removals)], bridge, summary, blocked };
+}
+
+/**
+ * `desired` less the routes (and their VXLAN neighbours) that a route not of the agent's stands
+ * in the way of: one to the same destination (replacing it would take that traffic), or a
+ * connected subnet overlapping it (a route into it would take part of that subnet's traffic).
+ */
+export function leaveOutForeign(desired: NodeNetwork, foreign: readonly ForeignRoute[]): { desired: NodeNetwork; blocked: Array<{ dst: IpPrefix; reason: string }> } {
+  if (!foreign.length) return { desired, blocked: [] };
+  const exact = new Map(foreign.map((route) => [formatPrefix(route.dst), route]));
+  const connected = foreign.filter((route) => route.connected);
+  const blocked: Array<{ dst: IpPrefix; reason: string }> = [];
+  const gone = new Set<string>();
+  const routes = desired.routes.filter((route) => {
+    const same = exact.get(formatPrefix(route.dst));
+    const covering = same ? undefined : connected.find((other) => prefixesOverlap(other.dst, route.dst));
+    const holder = same ?? covering;
+    if (!holder) return true;
+    const reason = same
+      ? `this node already has a route to ${formatPrefix(route.dst)} (proto ${same.protocol}) that is not Trellis's; it is never replaced`
+      : `it overlaps ${formatPrefix(holder.dst)}, a subnet connected to this node (proto ${holder.protocol})`;
+    blocked.push({ dst: route.dst, reason });
+    gone.add(`${route.dev} ${formatIp(route.via)}`);
+    return false;
+  });
+  if (!blocked.length) return { desired, blocked };
+  const neighbors = desired.neighbors.filter((entry) => !gone.has(`${entry.dev} ${formatIp(entry.address)}`));
+  return { desired: { ...desired, routes, neighbors }, blocked };
 }
 
 /** Routes first, then neighbours, then devices: nothing is removed while something still uses it. */

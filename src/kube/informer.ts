@@ -13,6 +13,7 @@ export interface KubeObjectMeta {
   readonly namespace?: string;
   readonly resourceVersion?: string;
   readonly uid?: string;
+  readonly creationTimestamp?: string;
   readonly labels?: Readonly<Record<string, string>>;
   readonly annotations?: Readonly<Record<string, string>>;
 }

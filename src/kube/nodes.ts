@@ -23,6 +23,11 @@ export const NODE_ANNOTATIONS = {
   addresses: "trellis.dev/node-addresses",
   /** The node's VXLAN tunnel endpoint MAC, per underlay family it runs VXLAN on. */
   vtepMac: { 4: "trellis.dev/vtep-mac-ipv4", 6: "trellis.dev/vtep-mac-ipv6" },
+  /**
+   * `node-ip` when the agent was given its addresses (`--node-ip`), which then need not be among
+   * the Node's status.addresses; absent when they are the Node's own InternalIPs (or its default route's).
+   */
+  addressesFrom: "trellis.dev/node-addresses-from",
   /** The routing mode and underlay MTU, for people reading the Node. */
   mode: "trellis.dev/routing-mode",
   mtu: "trellis.dev/underlay-mtu",
@@ -30,25 +35,30 @@ export const NODE_ANNOTATIONS = {
 
 export interface NodeNetworkAnnotations {
   readonly addresses: readonly IpAddress[];
+  /** Whether they were given with --node-ip. */
+  readonly nodeIpGiven: boolean;
   readonly vteps: ReadonlyArray<{ readonly family: Family; readonly mac: string }>;
   readonly mode: string;
   readonly mtu: number;
 }
 
-/** What a Node says about routing to its pods; undefined until its agent has published. */
-export interface NodeRouting {
-  readonly name: string;
-  readonly addresses: readonly IpAddress[];
-  readonly podCidrs: readonly IpPrefix[];
+/** What a Node's agent published for its peers, as written (every value unchecked); undefined until it has. */
+export interface NodePublication {
+  readonly addresses: readonly string[];
+  readonly nodeIpGiven: boolean;
   readonly vteps: ReadonlyArray<{ readonly family: Family; readonly mac: string }>;
 }
 
-const UNICAST_MAC = /^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$/;
+/** The Node's pod CIDRs as written (`spec.podCIDRs`, else the older `spec.podCIDR`). */
+export function nodePodCidrTexts(node: KubeNode): readonly string[] {
+  const cidrs = node.spec?.podCIDRs;
+  if (Array.isArray(cidrs) && cidrs.length) return cidrs;
+  return typeof node.spec?.podCIDR === "string" && node.spec.podCIDR ? [node.spec.podCIDR] : [];
+}
 
 /** The Node's pod CIDRs (`spec.podCIDRs`, else the older `spec.podCIDR`), the unparsable left out. */
 export function nodePodCidrs(node: KubeNode): IpPrefix[] {
-  const texts = node.spec?.podCIDRs?.length ? node.spec.podCIDRs : node.spec?.podCIDR ? [node.spec.podCIDR] : [];
-  return texts.flatMap((text) => {
+  return nodePodCidrTexts(node).flatMap((text) => {
     const parsed = typeof text === "string" ? tryParseInterfaceAddress(text) : undefined;
     return parsed && parsed.address.value === parsed.prefix.network ? [parsed.prefix] : [];
   });
@@ -65,21 +75,26 @@ export function nodeInternalIps(node: KubeNode): IpAddress[] {
   return found;
 }
 
+/** The Node's addresses of every type but Hostname (status.addresses, as its kubelet set them), the unparsable left out. */
+export function nodeStatusAddresses(node: KubeNode): IpAddress[] {
+  const entries = node.status?.addresses;
+  if (!Array.isArray(entries)) return [];
+  return entries.flatMap((entry) => (entry?.type !== "Hostname" && typeof entry?.address === "string" ? (tryParseIp(entry.address) ?? []) : []));
+}
+
 /**
- * How to route to a Node's pods, read from what its agent published. Nodes come from other
- * agents and from people: anything that does not parse is left out, so one bad Node can cost
- * its own routes but never the others'.
+ * What a Node's agent published, as written: Nodes come from other agents and from people, so
+ * the caller checks every value (agent/peer-book.ts) before anything is routed.
  */
-export function nodeRouting(node: KubeNode): NodeRouting | undefined {
+export function nodePublication(node: KubeNode): NodePublication | undefined {
   const annotations = node.metadata.annotations ?? {};
   const published = annotations[NODE_ANNOTATIONS.addresses];
   if (typeof published !== "string") return undefined;
-  const addresses = published.split(",").flatMap((text) => tryParseIp(text.trim()) ?? []);
   const vteps = ([4, 6] as const).flatMap((family) => {
     const mac = annotations[NODE_ANNOTATIONS.vtepMac[family]];
-    return typeof mac === "string" && UNICAST_MAC.test(mac) ? [{ family, mac: mac.toLowerCase() }] : [];
+    return typeof mac === "string" ? [{ family, mac }] : [];
   });
-  return { name: node.metadata.name, addresses, podCidrs: nodePodCidrs(node), vteps };
+  return { addresses: published === "" ? [] : published.split(","), nodeIpGiven: annotations[NODE_ANNOTATIONS.addressesFrom] === "node-ip", vteps };
 }
 
 /** The annotations for `network`, with null for each Trellis annotation it no longer has (a merge patch removes those). */
@@ -87,6 +102,7 @@ export function nodeAnnotations(network: NodeNetworkAnnotations): Record<string,
   const vtep = (family: Family) => network.vteps.find((entry) => entry.family === family)?.mac ?? null;
   return {
     [NODE_ANNOTATIONS.addresses]: network.addresses.map(formatIp).join(","),
+    [NODE_ANNOTATIONS.addressesFrom]: network.nodeIpGiven ? "node-ip" : null,
     [NODE_ANNOTATIONS.vtepMac[4]]: vtep(4),
     [NODE_ANNOTATIONS.vtepMac[6]]: vtep(6),
     [NODE_ANNOTATIONS.mode]: network.mode,

@@ -111,7 +111,7 @@ describe("lab/topology", () => {
     assert.deepEqual(JSON.parse(planText), {
       podCidrs: ["10.244.0.0/16", "fd00:10:244::/56"],
       serviceCidrs: ["10.96.0.0/16", "fd00:10:96::/112"],
-      nodeCidrs: [],
+      nodeCidrs: ["198.18.0.0/16", "fd00:198:18::/48"],
       nodeMaskSize: { ipv4: 24, ipv6: 64 },
       nodePortRange: "30000-32767",
     });

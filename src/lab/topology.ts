@@ -295,6 +295,7 @@ function labPlanText(families: readonly Family[]): string {
   const { plan, problems } = validatePlan({
     podCidrs: families.map((family) => POD_CIDRS[family]),
     serviceCidrs: families.map((family) => SERVICE_CIDRS[family]),
+    nodeCidrs: families.map((family) => formatPrefix(UNDERLAY[family])),
     nodeMaskSize: Object.fromEntries(families.map((family) => (family === 4 ? ["ipv4", NODE_MASK_SIZE.ipv4] : ["ipv6", NODE_MASK_SIZE.ipv6]))),
   });
   if (!plan) throw new Error(`the lab's own cluster plan is invalid: ${problems.join("; ")}`);

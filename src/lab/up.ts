@@ -249,6 +249,8 @@ function startAgents(state: LabState): Map<LabNodeState, StartedProcess> {
       "--cni-data-dir", node.cniDataDir,
       "--cni-socket", join(labDir(state.name), node.name, "cni.sock"),
       "--resync-interval", "2",
+      // The addresses the underlay's router sends to the nodes: Services may take them as external addresses.
+      "--external-ip-cidrs", state.families.map((family) => LAB_EXTERNAL_IPS[family]).join(","),
     ];
     const agent = startDetached(node.netnsPath, argv, join(state.dir, node.name, "agent.log"));
     node.agent = forState(agent);

@@ -32,6 +32,9 @@ export const AGENT_UNDERLAY = ["tragent0", "tragent1"];
 
 export const NODE_ADDRESSES = ["198.18.250.1", "fd00:198:250::1"];
 
+/** Where the test agent lets Services have external addresses (`--external-ip-cidrs`). */
+export const EXTERNAL_IP_CIDRS = ["198.18.251.0/24", "fd00:198:251::/64"];
+
 export interface NodeAgent {
   readonly socket: string;
   readonly dir: string;
@@ -129,6 +132,8 @@ async function launch(node: TestNetns, options: NodeAgentOptions): Promise<NodeA
     "--mode", options.mode ?? "direct", "--no-masquerade", ...(options.resyncSeconds === undefined ? [] : ["--resync-interval", String(options.resyncSeconds)]),
     ...(options.proxySyncInterval === undefined ? [] : ["--proxy-sync-interval", String(options.proxySyncInterval)]),
     "--cni-conf-dir", confDir, "--cni-data-dir", join(dir, "cni"), "--cni-socket", socket,
+    // Where the tests' Services may have external and load-balancer addresses.
+    "--external-ip-cidrs", EXTERNAL_IP_CIDRS.join(","),
   ];
   let child = start(argv, log);
   await waitUntilServing(child, options.untilSocket ? socket : join(confDir, "10-trellis.conflist"), log);
