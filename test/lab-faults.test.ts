@@ -167,7 +167,11 @@ describe("a lab whose store holds bad node records", { timeout: 300_000 }, () =>
     }
     await waitFor("node1 warns about the record that is not JSON", () => agentLogEntries(status.nodes[0].agentLog, "a node record in the store is not valid JSON of a node; it is ignored").length > 0, 5000);
     await new Promise((resolve) => setTimeout(resolve, 2500));
-    assert.deepEqual(agentRoutes(name, "node1"), before, "the good peers' routes are untouched, and the VXLAN peer without a usable VTEP gets none");
+    // The record's one valid pod CIDR is routed to its own address, over VXLAN with the MAC its
+    // name gives (its published one is text, reported and ignored); its other pod CIDR is refused.
+    assert.deepEqual(agentRoutes(name, "node1"), [...before, "10.244.99.0/24 via 10.244.99.0 dev trellis-vx4"].sort(), "the good peers' routes are untouched");
+    const refused = agentLogEntries(status.nodes[0].agentLog, "refused").filter((entry) => entry.object === "evil").map((entry) => entry.reason);
+    assert.deepEqual(refused.sort(), ["pod-cidr-invalid", "vtep-mac-mismatch"]);
     assert.ok(labStatus(name).nodes.every((node) => node.agentRunning));
     const check = labCheck(name);
     assert.equal(check.ok, true, JSON.stringify(check.probes.filter((probe) => !probe.ok)));
