@@ -8,7 +8,6 @@
  */
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
-import type { ExternalAddressPolicy } from "../dataplane/external-addresses.js";
 import { BASE_CHAIN as MASQUERADE_BASE_CHAIN, desiredMasquerade, parseMasqueradeTable, renderMasqueradeChange } from "../dataplane/masquerade.js";
 import {
   desiredPeerNetwork, desiredVxlanDevices, diffNodeNetwork, joinPeerNetworks, leaveOutForeign, podMtu,
@@ -174,7 +173,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     const started = performance.now();
     const live = feed.livePeers();
     // Node addresses are what no Service's external address may be: they change with the peers.
-    proxy?.setExternalPolicy(externalAddressPolicy(options, feed, live));
+    proxy?.setExternalPolicy({ allowed: options.externalIpCidrs, podCidrs: feed.clusterPodCidrs, serviceCidrs: feed.serviceCidrs, reserved: feed.reservedAddresses() });
     let change: NodeNetworkChange;
     if (full || !applied) {
       const parts = new Map(live.map((peer) => [peer.name, partOf(peer)]));
@@ -334,13 +333,6 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
 const SPAWN_HELPER = "trellis-spawn";
 /** The Service proxy's netlink writer, beside the trellis executable. */
 const NFT_WRITER = "trellis-nft-batch";
-
-/** Where Services' external addresses may be, and what they may not be: this node's, its peers', the datastore's. */
-function externalAddressPolicy(options: AgentOptions, feed: ClusterFeed, peers: readonly NodeEndpoint[]): ExternalAddressPolicy {
-  const reserved = new Map(feed.datastoreAddresses);
-  for (const node of [feed.self, ...peers]) for (const address of node.addresses) reserved.set(formatIp(address), `node ${node.name}'s address`);
-  return { allowed: options.externalIpCidrs, podCidrs: feed.clusterPodCidrs, serviceCidrs: feed.serviceCidrs, reserved };
-}
 
 /** What the last sync applied, as if read back from the kernel (with the other routes it saw). */
 function asObserved(network: NodeNetwork, foreign: readonly ForeignRoute[]): ObservedNodeNetwork {

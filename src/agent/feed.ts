@@ -27,8 +27,8 @@ export interface ClusterFeed {
   readonly serviceCidrs: readonly IpPrefix[];
   /** The plan's node CIDRs, when the datastore knows them. */
   readonly nodeCidrs: readonly IpPrefix[];
-  /** The datastore's own addresses (the API server's, etcd's), by `formatIp`, with what each is: no Service may take one. */
-  readonly datastoreAddresses: ReadonlyMap<string, string>;
+  /** What no Service may take as an external address (every node's address, the datastore's), by `formatIp`, with what each is; the same map while nothing changes. */
+  reservedAddresses(): ReadonlyMap<string, string>;
   /** Whether the peer list has been read once: routes are synced only after it. */
   listed(): boolean;
   /** The peers to route to now. */

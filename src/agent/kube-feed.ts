@@ -85,7 +85,11 @@ async function waitForNode(client: KubeClient, name: string, log: Logger): Promi
 }
 
 function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: NodeEndpoint, underlay: Underlay, rejections: Rejections): ClusterFeed {
-  const book = new PeerBook({ self, clusterPodCidrs: options.clusterCidrs, serviceCidrs: [], nodeCidrs: [], connected: underlay.addresses.map((entry) => entry.prefix) }, rejections);
+  const book = new PeerBook(
+    { self, clusterPodCidrs: options.clusterCidrs, serviceCidrs: [], nodeCidrs: [], connected: underlay.addresses.map((entry) => entry.prefix) },
+    rejections,
+    serverAddresses(client.connection.server),
+  );
   let eventsFailing = false;
   const recorder = new EventRecorder(client, self.name, (error) => {
     if (!eventsFailing) log("warn", "cannot write an Event about a refused object; going on without it", { error: `${error.message}${error instanceof KubeApiError ? rightsHint(error) : ""}` });
@@ -104,7 +108,7 @@ function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: 
     clusterPodCidrs: options.clusterCidrs,
     serviceCidrs: [],
     nodeCidrs: [],
-    datastoreAddresses: serverAddresses(client.connection.server),
+    reservedAddresses: () => book.reservedAddresses(),
     listed: () => listed,
     livePeers: () => book.all(),
     livePeer: (name) => book.get(name),

@@ -323,6 +323,7 @@ function loadBalancerIngress(service: Service): string[] {
 function samePolicy(a: ExternalAddressPolicy, b: ExternalAddressPolicy): boolean {
   const prefixes = (list: ExternalAddressPolicy["allowed"]) => list.map((prefix) => `${prefix.family}/${prefix.network}/${prefix.length}`).join(",");
   if (prefixes(a.allowed) !== prefixes(b.allowed) || prefixes(a.podCidrs) !== prefixes(b.podCidrs) || prefixes(a.serviceCidrs) !== prefixes(b.serviceCidrs)) return false;
+  if (a.reserved === b.reserved) return true;
   if (a.reserved.size !== b.reserved.size) return false;
   for (const [address, what] of a.reserved) if (b.reserved.get(address) !== what) return false;
   return true;

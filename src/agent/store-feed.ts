@@ -70,6 +70,7 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
       connected: underlay.addresses.map((entry) => entry.prefix),
     },
     rejections,
+    storeAddresses(store.spec),
   );
   /** Per published peer (admitted or not), its heartbeat. */
   const peers = new Map<string, Liveness>();
@@ -88,7 +89,7 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
     } else {
       peers.delete(name);
     }
-    if (!book.put(name, record && claimOf(name, record, book.claim(name)?.since ?? createRevision))) return;
+    if (!book.put(name, record && claimOf(name, record, book.since(name) ?? createRevision))) return;
     for (const changed of book.settle()) events?.changed(changed);
   };
 
@@ -227,7 +228,7 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
     clusterPodCidrs: cluster.plan.podCidrs,
     serviceCidrs: cluster.plan.serviceCidrs,
     nodeCidrs: cluster.plan.nodeCidrs,
-    datastoreAddresses: storeAddresses(store.spec),
+    reservedAddresses: () => book.reservedAddresses(),
     listed: () => listed,
     livePeers() {
       const now = Date.now();

@@ -387,12 +387,14 @@ export function diffNodeNetwork(desiredState: NodeNetwork, observedState: Observ
  */
 export function leaveOutForeign(desired: NodeNetwork, foreign: readonly ForeignRoute[]): { desired: NodeNetwork; blocked: Array<{ dst: IpPrefix; reason: string }> } {
   if (!foreign.length) return { desired, blocked: [] };
-  const exact = new Map(foreign.map((route) => [formatPrefix(route.dst), route]));
+  // By network (a bigint, compared by value): no text is made for the thousands of peer routes.
+  const byNetwork = new Map<bigint, ForeignRoute[]>();
+  for (const route of foreign) byNetwork.set(route.dst.network, [...(byNetwork.get(route.dst.network) ?? []), route]);
   const connected = foreign.filter((route) => route.connected);
   const blocked: Array<{ dst: IpPrefix; reason: string }> = [];
   const gone = new Set<string>();
   const routes = desired.routes.filter((route) => {
-    const same = exact.get(formatPrefix(route.dst));
+    const same = byNetwork.get(route.dst.network)?.find((other) => other.dst.family === route.dst.family && other.dst.length === route.dst.length);
     const covering = same ? undefined : connected.find((other) => prefixesOverlap(other.dst, route.dst));
     const holder = same ?? covering;
     if (!holder) return true;

@@ -70,31 +70,103 @@ export interface PeerAdmission {
 export const MAX_NODE_ADDRESSES = 2;
 
 /**
+ * A claim checked against the plan alone: what other claims cannot change. Worked out once per
+ * claim (parsing, and the VTEP MACs' hashes, cost more than the rest of admission together at
+ * 1,000 peers), so that a change to one claim re-admits the others from this.
+ */
+export interface PreparedClaim {
+  readonly name: string;
+  readonly since: number;
+  readonly published: boolean;
+  /** The pod CIDRs the plan allows, with their address intervals. */
+  readonly podCidrs: ReadonlyArray<{ readonly prefix: IpPrefix; readonly first: bigint; readonly last: bigint }>;
+  /** The addresses the plan allows, each with its text. */
+  readonly addresses: ReadonlyArray<{ readonly ip: IpAddress; readonly shown: string }>;
+  /** The VTEPs, their MACs derived from the name. */
+  readonly vteps: ReadonlyArray<{ readonly family: Family; readonly mac: string }>;
+  /** What the plan refuses of it (said only of a published claim). */
+  readonly refusals: readonly PeerRefusal[];
+  /** The peer as routed to when no other claim takes anything of it. */
+  readonly endpoint: NodeEndpoint;
+}
+
+/**
  * Checks every claim, the oldest first, each against the plan, this node, and what the claims
  * before it kept. This node's own pod CIDRs and addresses are never given up to a peer.
  */
 export function admitPeers(plan: PeerPlan, claims: Iterable<PeerClaim>): PeerAdmission {
-  const ordered = [...claims].filter((claim) => claim.name !== plan.self.name).sort((a, b) => a.since - b.since || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  return admitPrepared(plan, [...claims].map((claim) => prepareClaim(plan, claim)));
+}
+
+/** `admitPeers` from claims already checked against the plan (by `prepareClaim` with the same plan). */
+export function admitPrepared(plan: PeerPlan, prepared: Iterable<PreparedClaim>): PeerAdmission {
+  const ordered = [...prepared].filter((claim) => claim.name !== plan.self.name).sort((a, b) => a.since - b.since || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const refusals: PeerRefusal[] = [];
   const peers = new Map<string, NodeEndpoint>();
   const podCidrs = new PrefixClaims();
-  for (const cidr of plan.self.podCidrs) podCidrs.add(cidr, "this node");
+  for (const cidr of plan.self.podCidrs) podCidrs.add(cidr, prefixInterval(cidr), "this node");
   const addresses = new Map<string, string>(plan.self.addresses.map((ip) => [formatIp(ip), "this node"]));
   const macs = new Map<string, string>(plan.self.vteps.map((vtep) => [vtep.mac, "this node"]));
+  const holder = (owner: string, what: string) => (owner === "this node" ? `this node's ${what}` : `node ${owner}'s ${what}`);
   for (const claim of ordered) {
+    if (claim.published) for (const refusal of claim.refusals) refusals.push(refusal);
     const refuse = (reason: PeerRefusalReason, message: string) => {
       if (claim.published) refusals.push({ peer: claim.name, reason, message: `node ${claim.name}: ${message}` });
     };
-    const kept = admitPodCidrs(plan, claim, podCidrs, refuse);
+    const kept = claim.podCidrs.filter((cidr) => {
+      const taken = podCidrs.overlapping(cidr);
+      if (taken) {
+        refuse("pod-cidr-conflict", `pod CIDR ${formatPrefix(cidr.prefix)} overlaps ${holder(taken.owner, "pod CIDR")} ${formatPrefix(taken.prefix)}, claimed earlier; the older claim keeps it`);
+        return false;
+      }
+      podCidrs.add(cidr.prefix, cidr, claim.name);
+      return true;
+    });
     if (!claim.published) continue;
-    const keptAddresses = admitAddresses(plan, claim, addresses, refuse);
-    const vteps = admitVteps(claim, macs, refuse);
-    peers.set(claim.name, { name: claim.name, addresses: keptAddresses, podCidrs: kept, vteps });
+    const keptAddresses = claim.addresses.filter(({ shown }) => {
+      const owner = addresses.get(shown);
+      if (owner) {
+        refuse("address-conflict", `node address ${shown} is ${owner === "this node" ? "this node's own" : `node ${owner}'s, claimed earlier`}; the older claim keeps it`);
+        return false;
+      }
+      addresses.set(shown, claim.name);
+      return true;
+    });
+    const vteps = claim.vteps.filter(({ family, mac }) => {
+      const owner = macs.get(mac);
+      if (owner) {
+        refuse("vtep-mac-conflict", `its ${familyName(family)} VTEP MAC ${mac} is ${owner === "this node" ? "this node's own" : `node ${owner}'s, claimed earlier`}; it is not routed over VXLAN on ${familyName(family)}`);
+        return false;
+      }
+      macs.set(mac, claim.name);
+      return true;
+    });
+    const whole = kept.length === claim.podCidrs.length && keptAddresses.length === claim.addresses.length && vteps.length === claim.vteps.length;
+    peers.set(claim.name, whole ? claim.endpoint : { name: claim.name, podCidrs: kept.map((cidr) => cidr.prefix), addresses: keptAddresses.map((entry) => entry.ip), vteps });
   }
   return { peers, refusals };
 }
 
-function admitPodCidrs(plan: PeerPlan, claim: PeerClaim, taken: PrefixClaims, refuse: (reason: PeerRefusalReason, message: string) => void): IpPrefix[] {
+/** Checks a claim against the plan alone (see PreparedClaim). */
+export function prepareClaim(plan: PeerPlan, claim: PeerClaim): PreparedClaim {
+  const refusals: PeerRefusal[] = [];
+  const refuse = (reason: PeerRefusalReason, message: string) => refusals.push({ peer: claim.name, reason, message: `node ${claim.name}: ${message}` });
+  const podCidrs = preparePodCidrs(plan, claim, refuse).map((prefix) => ({ prefix, ...prefixInterval(prefix) }));
+  const addresses = claim.published ? prepareAddresses(plan, claim, refuse) : [];
+  const vteps = claim.published ? prepareVteps(claim, refuse) : [];
+  return {
+    name: claim.name,
+    since: claim.since,
+    published: claim.published,
+    podCidrs,
+    addresses,
+    vteps,
+    refusals,
+    endpoint: { name: claim.name, podCidrs: podCidrs.map((cidr) => cidr.prefix), addresses: addresses.map((entry) => entry.ip), vteps },
+  };
+}
+
+function preparePodCidrs(plan: PeerPlan, claim: PeerClaim, refuse: (reason: PeerRefusalReason, message: string) => void): IpPrefix[] {
   if (claim.podCidrs.length > 2) {
     refuse("pod-cidr-invalid", `claims ${claim.podCidrs.length} pod CIDRs; a node has at most one per family`);
     return [];
@@ -109,40 +181,32 @@ function admitPodCidrs(plan: PeerPlan, claim: PeerClaim, taken: PrefixClaims, re
     refuse("pod-cidr-invalid", `pod CIDRs ${parsed.map(formatPrefix).join(", ")} are not one per family`);
     return [];
   }
-  const kept: IpPrefix[] = [];
-  for (const cidr of parsed) {
+  return parsed.filter((cidr) => {
     const shown = formatPrefix(cidr);
     if (!plan.clusterPodCidrs.some((cluster) => prefixContainsPrefix(cluster, cidr))) {
       refuse("pod-cidr-outside-cluster", `pod CIDR ${shown} is outside the cluster's pod CIDRs ${listPrefixes(plan.clusterPodCidrs)}`);
-      continue;
+      return false;
     }
     const service = plan.serviceCidrs.find((prefix) => prefixesOverlap(prefix, cidr));
     if (service) {
       refuse("pod-cidr-reserved", `pod CIDR ${shown} overlaps the Service CIDR ${formatPrefix(service)}`);
-      continue;
+      return false;
     }
     const connected = plan.connected.find((prefix) => prefixesOverlap(prefix, cidr));
     if (connected) {
       refuse("pod-cidr-reserved", `pod CIDR ${shown} overlaps ${formatPrefix(connected)}, a subnet connected to this node`);
-      continue;
+      return false;
     }
     const address = plan.self.addresses.find((ip) => prefixContains(cidr, ip));
     if (address) {
       refuse("pod-cidr-reserved", `pod CIDR ${shown} holds this node's address ${formatIp(address)}`);
-      continue;
+      return false;
     }
-    const holder = taken.overlapping(cidr);
-    if (holder) {
-      refuse("pod-cidr-conflict", `pod CIDR ${shown} overlaps ${holder.owner === "this node" ? "this node's" : `node ${holder.owner}'s`} pod CIDR ${formatPrefix(holder.prefix)}, claimed earlier; the older claim keeps it`);
-      continue;
-    }
-    taken.add(cidr, claim.name);
-    kept.push(cidr);
-  }
-  return kept;
+    return true;
+  });
 }
 
-function admitAddresses(plan: PeerPlan, claim: PeerClaim, taken: Map<string, string>, refuse: (reason: PeerRefusalReason, message: string) => void): IpAddress[] {
+function prepareAddresses(plan: PeerPlan, claim: PeerClaim, refuse: (reason: PeerRefusalReason, message: string) => void): Array<{ ip: IpAddress; shown: string }> {
   if (claim.addresses.length > MAX_NODE_ADDRESSES) {
     refuse("address-count", `publishes ${claim.addresses.length} node addresses; a node has at most one per family`);
     return [];
@@ -157,25 +221,16 @@ function admitAddresses(plan: PeerPlan, claim: PeerClaim, taken: Map<string, str
     refuse("address-count", `node addresses ${parsed.map(formatIp).join(", ")} are not one per family`);
     return [];
   }
-  const kept: IpAddress[] = [];
-  for (const ip of parsed) {
+  return parsed.flatMap((ip) => {
     const shown = formatIp(ip);
     const problem = addressProblem(plan, claim, ip);
     if (problem) {
       refuse(problem.reason, `node address ${shown} ${problem.why}`);
-      continue;
+      return [];
     }
-    const holder = taken.get(shown);
-    if (holder) {
-      refuse("address-conflict", `node address ${shown} is ${holder === "this node" ? "this node's own" : `node ${holder}'s, claimed earlier`}; the older claim keeps it`);
-      continue;
-    }
-    taken.set(shown, claim.name);
-    kept.push(ip);
-  }
-  return kept;
+    return [{ ip, shown }];
+  });
 }
-
 function addressProblem(plan: PeerPlan, claim: PeerClaim, ip: IpAddress): { reason: PeerRefusalReason; why: string } | undefined {
   const special = specialRangeOf(ip);
   if (special) return { reason: "address-reserved", why: `is a ${special.use} address` };
@@ -198,7 +253,7 @@ function addressProblem(plan: PeerPlan, claim: PeerClaim, ip: IpAddress): { reas
 }
 
 /** The VTEP MAC of each family the peer runs VXLAN on, derived from its name; a published one that differs is said and ignored. */
-function admitVteps(claim: PeerClaim, taken: Map<string, string>, refuse: (reason: PeerRefusalReason, message: string) => void): Array<{ family: Family; mac: string }> {
+function prepareVteps(claim: PeerClaim, refuse: (reason: PeerRefusalReason, message: string) => void): Array<{ family: Family; mac: string }> {
   const vteps: Array<{ family: Family; mac: string }> = [];
   for (const family of [4, 6] as const) {
     const published = claim.vteps.find((vtep) => vtep.family === family);
@@ -207,12 +262,6 @@ function admitVteps(claim: PeerClaim, taken: Map<string, string>, refuse: (reaso
     if (typeof published.mac !== "string" || published.mac.toLowerCase() !== mac) {
       refuse("vtep-mac-mismatch", `publishes VTEP MAC ${quote(published.mac)} for ${familyName(family)}; peers use the one its name gives, ${mac}`);
     }
-    const holder = taken.get(mac);
-    if (holder) {
-      refuse("vtep-mac-conflict", `its ${familyName(family)} VTEP MAC ${mac} is ${holder === "this node" ? "this node's own" : `node ${holder}'s, claimed earlier`}; it is not routed over VXLAN on ${familyName(family)}`);
-      continue;
-    }
-    taken.set(mac, claim.name);
     vteps.push({ family, mac });
   }
   return vteps;
@@ -225,18 +274,16 @@ function admitVteps(claim: PeerClaim, taken: Map<string, string>, refuse: (reaso
 class PrefixClaims {
   private readonly byFamily = new Map<Family, Array<{ first: bigint; last: bigint; prefix: IpPrefix; owner: string }>>();
 
-  add(prefix: IpPrefix, owner: string): void {
+  add(prefix: IpPrefix, interval: { readonly first: bigint; readonly last: bigint }, owner: string): void {
     const list = this.list(prefix.family);
-    const { first, last } = prefixInterval(prefix);
-    list.splice(this.firstEndingAtOrAfter(list, first), 0, { first, last, prefix, owner });
+    list.splice(this.firstEndingAtOrAfter(list, interval.first), 0, { first: interval.first, last: interval.last, prefix, owner });
   }
 
-  /** The claimed prefix overlapping `prefix`, if one does. */
-  overlapping(prefix: IpPrefix): { prefix: IpPrefix; owner: string } | undefined {
-    const list = this.list(prefix.family);
-    const { first, last } = prefixInterval(prefix);
-    const candidate = list[this.firstEndingAtOrAfter(list, first)];
-    return candidate && candidate.first <= last ? candidate : undefined;
+  /** The claimed prefix overlapping `cidr` (a prefix with its interval), if one does. */
+  overlapping(cidr: { readonly prefix: IpPrefix; readonly first: bigint; readonly last: bigint }): { prefix: IpPrefix; owner: string } | undefined {
+    const list = this.list(cidr.prefix.family);
+    const candidate = list[this.firstEndingAtOrAfter(list, cidr.first)];
+    return candidate && candidate.first <= cidr.last ? candidate : undefined;
   }
 
   private list(family: Family) {
