@@ -10,9 +10,10 @@
  */
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { startDetached } from "../src/lab/processes.js";
 import { KUBE_BIN } from "./support/kube.js";
 import { downAll, labCheck, labExec, labName, labStatus, runTrellis, waitFor } from "./support/lab.js";
 
@@ -149,9 +150,8 @@ describe("lab up --kubernetes: a real control plane, kubectl and lab check", { t
     process.kill(node.agentPid, "SIGKILL");
     kubectl(["scale", "deployment", "web", "--replicas=6"]);
     await new Promise((resolveWait) => setTimeout(resolveWait, 2_000));
-    // Started again as lab up started it; lab down stops it with everything in the node's namespace.
-    const restarted = spawn("nsenter", [`--net=${node.netns}`, "--", ...node.agentArgv], { detached: true, stdio: "ignore" });
-    restarted.unref();
+    // Started again as lab up started it, logging where it did; lab down stops it with everything in the node's namespace.
+    startDetached(node.netns, node.agentArgv, node.agentLog);
     await waitFor("6 web pods running", () => pods("app=web").filter((pod) => pod.status.phase === "Running" && pod.status.podIPs?.length === 2).length === 6, 90_000);
     const addresses = pods().flatMap((pod) => pod.status.podIPs?.map((ip) => ip.ip) ?? []);
     // Bug caught: an address handed out twice when ADDs fall back to the standalone plugin while the agent is down.
@@ -198,6 +198,34 @@ describe("lab up --kubernetes: a real control plane, kubectl and lab check", { t
       assert.equal(removed.status, 0, removed.stderr);
     } finally {
       spawnSync(join(KUBE_BIN, "kubectl-debian"), ["--kubeconfig", kubeconfig, "delete", "pod", "node1", "--ignore-not-found", "--wait=false"]);
+    }
+  });
+
+  // Bugs caught (on the lab, with the manifest's RBAC and Node-bound tokens): a Node claiming
+  // node1's pod CIDRs routed to by node2 (node1's pods' traffic sent to the thief) or replacing
+  // node1's route to its own pods; a tenant's externalIPs naming another Service's ClusterIP
+  // taking its traffic; neither said as an Event.
+  it("a hostile Node and a tenant's externalIPs take nothing: routes, rules and lab check unchanged, Events written", async () => {
+    const status = labStatus(name);
+    const routes = () => status.nodes.map((node) => ["-4", "-6"].map((family) => labExec(name, node.name, ["ip", family, "route", "show", "table", "main"])).join("")).join("\n");
+    const before = routes();
+    const node1 = JSON.parse(kubectl(["get", "node", "node1", "-o", "json"])) as { spec: { podCIDRs: string[] } };
+    kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "Service", metadata: { name: "victim" }, spec: { selector: { app: "probe" }, ports: [{ port: 80, targetPort: 7777 }] } }));
+    const victim = JSON.parse(kubectl(["get", "service", "victim", "-o", "json"])) as { spec: { clusterIP: string } };
+    kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "Node", metadata: { name: "thief", annotations: { "trellis.dev/node-addresses": "198.18.0.30" } }, spec: { podCIDR: node1.spec.podCIDRs[0], podCIDRs: node1.spec.podCIDRs } }));
+    kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "Service", metadata: { name: "grab" }, spec: { selector: { app: "probe" }, externalIPs: [victim.spec.clusterIP], ports: [{ port: 80, targetPort: 7777 }] } }));
+    const refused = (object: string, reason: string) => status.nodes.every((node) => readFileSync(node.agentLog, "utf8").split("\n").some((line) => line.includes('"msg":"refused"') && line.includes(`"object":"${object}"`) && line.includes(`"reason":"${reason}"`)));
+    try {
+      await waitFor("every agent refuses the thief and the grab", () => refused("thief", "pod-cidr-conflict") && refused("default/grab", "external-ip-reserved"), 30_000);
+      const events = () => (JSON.parse(kubectl(["get", "events", "--all-namespaces", "-o", "json"])) as { items: Array<{ reason: string; involvedObject: { name: string } }> }).items;
+      await waitFor("Events on the Node and the Service", () => events().some((event) => event.involvedObject.name === "thief" && event.reason === "PodCIDRConflict") && events().some((event) => event.involvedObject.name === "grab" && event.reason === "ExternalIPReserved"), 30_000);
+      await new Promise((resolve) => setTimeout(resolve, 4_500));
+      assert.equal(routes(), before, "no node's routes changed");
+      for (const node of status.nodes) assert.match(labExec(name, node.name, ["nft", "list", "ruleset"]), new RegExp(`${victim.spec.clusterIP.replace(/[.]/g, "\\.")} \\. tcp \\. 80 : goto svc-[0-9a-f]+-default/victim/`), `${node.name}: the victim's ClusterIP leads to the victim`);
+      assert.deepEqual(failures(labCheck(name)), []);
+    } finally {
+      kubectl(["delete", "node", "thief", "--ignore-not-found"]);
+      kubectl(["delete", "service", "grab", "victim", "--ignore-not-found"]);
     }
   });
 
