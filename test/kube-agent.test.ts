@@ -342,4 +342,19 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
     assert.match(log, /deploy\/trellis\.yaml's ClusterRole lists what it needs/);
     await kubectl(["delete", "node", "lesser"]);
   });
+
+  it("with a token bound to no node, stops with a log line naming the admission policy, not the ClusterRole", async () => {
+    const unbound = await tokenKubeconfig("trellis-unbound-agent", ["--duration=10m"]);
+    await kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "Node", metadata: { name: "unbound" } }));
+    mkdirSync(join(dir, "unbound"), { recursive: true });
+    const child = startAgent("node2", "unbound", ["198.18.0.12"], unbound);
+    const code = await new Promise<number | null>((resolveExit) => child.once("exit", resolveExit));
+    assert.equal(code, 1);
+    const log = readFileSync(agents.get("unbound")!.log, "utf8");
+    // Bug caught: a refusal by the admission policy blamed on the ClusterRole, sending the operator to the wrong fix.
+    assert.match(log, /a trellis agent token bound to no node may change no Node/);
+    assert.match(log, /deploy\/trellis\.yaml's admission policy trellis-agent-own-node refused it/);
+    assert.doesNotMatch(log, /ClusterRole lists what it needs/);
+    await kubectl(["delete", "node", "unbound"]);
+  });
 });

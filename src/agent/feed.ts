@@ -25,8 +25,6 @@ export interface ClusterFeed {
   readonly clusterPodCidrs: readonly IpPrefix[];
   /** The cluster's Service CIDRs, when the datastore knows them. */
   readonly serviceCidrs: readonly IpPrefix[];
-  /** The plan's node CIDRs, when the datastore knows them. */
-  readonly nodeCidrs: readonly IpPrefix[];
   /** What no Service may take as an external address (every node's address, the datastore's), by `formatIp`, with what each is; the same map while nothing changes. */
   reservedAddresses(): ReadonlyMap<string, string>;
   /** Whether the peer list has been read once: routes are synced only after it. */

@@ -107,7 +107,6 @@ function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: 
     self,
     clusterPodCidrs: options.clusterCidrs,
     serviceCidrs: [],
-    nodeCidrs: [],
     reservedAddresses: () => book.reservedAddresses(),
     listed: () => listed,
     livePeers: () => book.all(),
@@ -202,7 +201,11 @@ function eventReason(reason: string): string {
   return reason.split("-").map((word) => words[word] ?? word.charAt(0).toUpperCase() + word.slice(1)).join("");
 }
 
-/** For a refusal of rights: where the agent's rights come from. */
+/** For a refusal of rights: where the agent's rights come from (its ClusterRole, or the admission policy that holds it to its own Node). */
 function rightsHint(error: KubeApiError): string {
-  return error.status === 403 ? " (the agent's identity lacks this right: deploy/trellis.yaml's ClusterRole lists what it needs)" : "";
+  if (error.status !== 403) return "";
+  if (/ValidatingAdmissionPolicy/.test(error.message)) {
+    return " (deploy/trellis.yaml's admission policy trellis-agent-own-node refused it: the agent may change only its own Node, and its token must be bound to its pod or its Node)";
+  }
+  return " (the agent's identity lacks this right: deploy/trellis.yaml's ClusterRole lists what it needs)";
 }

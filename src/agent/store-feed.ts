@@ -227,7 +227,6 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
     self: selfEndpoint,
     clusterPodCidrs: cluster.plan.podCidrs,
     serviceCidrs: cluster.plan.serviceCidrs,
-    nodeCidrs: cluster.plan.nodeCidrs,
     reservedAddresses: () => book.reservedAddresses(),
     listed: () => listed,
     livePeers() {
