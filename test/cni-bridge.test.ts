@@ -38,6 +38,16 @@ for (const [mode, ranges] of Object.entries(modes)) {
       state.remove();
     });
 
+    // Bug caught: the bridge's link-local address in duplicate address detection for 1-2 s after
+    // its first pod gave it carrier, while the node cannot solicit its pods for traffic it
+    // forwards: a hostPort connection from outside to a new node's first pods waited for TCP's
+    // retransmission (4 test runs in 10 failed their 2 s probe).
+    it("leaves no IPv6 address of the bridge tentative once its first pods are attached", { skip: ranges.some(([range]) => range.subnet.includes(":")) ? false : "no IPv6 range" }, () => {
+      const [bridge] = JSON.parse(inNetns(node, "ip", ["-6", "-j", "address", "show", "dev", "trellis0"])) as Array<{ addr_info: Array<{ local: string; tentative?: boolean }> }>;
+      assert.ok(bridge.addr_info.some((address) => address.local.startsWith("fe80:")), "the bridge has its link-local address");
+      assert.deepEqual(bridge.addr_info.filter((address) => address.tentative).map((address) => address.local), []);
+    });
+
     it("gives each pod one address per family, with interfaces, gateway and routes in the result", () => {
       const families = ranges.length;
       for (const result of results) {

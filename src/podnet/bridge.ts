@@ -114,11 +114,21 @@ export async function repairBridge(net: PodNet, bridge: string): Promise<void> {
   }
 }
 
-/** Switches IPv6 on for a node interface (a node may disable it for new interfaces by default). */
+/**
+ * Switches IPv6 on for the pod bridge (a node may disable it for new interfaces by default),
+ * without duplicate address detection: the bridge's link-local address would otherwise stay
+ * tentative for 1-2 s after its first pod gives it carrier, and meanwhile the node cannot
+ * solicit its pods' addresses for traffic it forwards (a hostPort or Service connection from
+ * outside to a new node's first pods waited for TCP's retransmission, or failed). Its own
+ * addresses are unique on it by construction: the gateways are the ranges' and nodad, its MAC
+ * random, the pods' derived from their addresses.
+ */
 export function enableIpv6(ifname: string): void {
-  const path = `/proc/sys/net/ipv6/conf/${ifname}/disable_ipv6`;
   try {
-    if (readFileSync(path, "utf8").trim() !== "0") writeFileSync(path, "0");
+    for (const [setting, value] of [["accept_dad", "0"], ["disable_ipv6", "0"]] as const) {
+      const path = `/proc/sys/net/ipv6/conf/${ifname}/${setting}`;
+      if (readFileSync(path, "utf8").trim() !== value) writeFileSync(path, value);
+    }
   } catch (error) {
     throw new CniError(CniCode.dataplaneFailure, `cannot enable IPv6 on ${ifname}: ${(error as Error).message}`);
   }
