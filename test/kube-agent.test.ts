@@ -221,6 +221,14 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
     ((JSON.parse(await kubectl(["get", "events.events.k8s.io", "-n", namespace, "-o", "json"])) as { items: Array<{ reason: string; note: string; regarding: { name: string } }> }).items)
       .filter((event) => event.regarding.name === name).map((event) => `${event.reason}: ${event.note}`);
   const settle = () => new Promise((resolveWait) => setTimeout(resolveWait, 4_500));
+  /** Makes Node `nodeName` and runs an agent for it (in node2's namespace) with `config` until it exits: its exit code and log. */
+  const agentOnNewNode = async (nodeName: string, config: string) => {
+    await kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "Node", metadata: { name: nodeName } }));
+    mkdirSync(join(dir, nodeName), { recursive: true });
+    const child = startAgent("node2", nodeName, ["198.18.0.12"], config);
+    const code = await new Promise<number | null>((resolveExit) => child.once("exit", resolveExit));
+    return { code, log: readFileSync(agents.get(nodeName)!.log, "utf8") };
+  };
 
   // Bugs caught: a Node's spec.podCIDRs installed unchecked (overlapping node1's, outside the
   // cluster, over the underlay: `route replace` overwrites the kernel's routes), its published
@@ -331,12 +339,8 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
     writeFileSync(join(dir, "lesser-token"), (await kubectl(["create", "token", "trellis-lesser", "-n", "trellis-system"])).trim(), { mode: 0o600 });
     const config = join(dir, "lesser.kubeconfig");
     writeFileSync(config, tokenKubeconfigText(plane!.files.server, plane!.files.caCert, "trellis-lesser", join(dir, "lesser-token")));
-    await kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "Node", metadata: { name: "lesser" } }));
-    mkdirSync(join(dir, "lesser"), { recursive: true });
-    const child = startAgent("node2", "lesser", ["198.18.0.12"], config);
-    const code = await new Promise<number | null>((resolveExit) => child.once("exit", resolveExit));
+    const { code, log } = await agentOnNewNode("lesser", config);
     assert.equal(code, 1);
-    const log = readFileSync(agents.get("lesser")!.log, "utf8");
     // Bug caught: a refusal swallowed (an agent that runs without publishing), or logged without what was refused.
     assert.match(log, /cannot patch resource "nodes\/status"/);
     assert.match(log, /deploy\/trellis\.yaml's ClusterRole lists what it needs/);
@@ -345,12 +349,8 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
 
   it("with a token bound to no node, stops with a log line naming the admission policy, not the ClusterRole", async () => {
     const unbound = await tokenKubeconfig("trellis-unbound-agent", ["--duration=10m"]);
-    await kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "Node", metadata: { name: "unbound" } }));
-    mkdirSync(join(dir, "unbound"), { recursive: true });
-    const child = startAgent("node2", "unbound", ["198.18.0.12"], unbound);
-    const code = await new Promise<number | null>((resolveExit) => child.once("exit", resolveExit));
+    const { code, log } = await agentOnNewNode("unbound", unbound);
     assert.equal(code, 1);
-    const log = readFileSync(agents.get("unbound")!.log, "utf8");
     // Bug caught: a refusal by the admission policy blamed on the ClusterRole, sending the operator to the wrong fix.
     assert.match(log, /a trellis agent token bound to no node may change no Node/);
     assert.match(log, /deploy\/trellis\.yaml's admission policy trellis-agent-own-node refused it/);
