@@ -1,8 +1,9 @@
 # The image deploy/trellis.yaml runs: trellis (one self-contained executable: the agent, the CLI
 # and the standalone CNI plugin), the native plugin and the agent's helpers, and the kernel tools
 # the agent drives. Build from the repository root: docker build -t trellis:0.1.0 .
-FROM node:20-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+# The build stage runs the Node.js release package.json pins (engines); the build refuses any other.
+FROM node:26.12.1-bookworm-slim AS build
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev binutils && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund

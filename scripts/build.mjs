@@ -1,19 +1,28 @@
-// Builds dist/trellis: one self-contained executable (a Node.js single executable application).
-// The bundle (dist/trellis.cjs) is injected into a copy of this Node binary with its V8 code
-// cache, and the better-sqlite3 native addon travels inside as an asset (see src/store/sqlite.ts).
+// Builds dist/trellis: one self-contained executable (a Node.js single executable application)
+// made by the Node.js release the project pins (package.json `engines`, installed by `npm ci`
+// from the registry's node-linux-* package, first on `npm run`'s PATH). The bundle
+// (dist/trellis.cjs) goes into a copy of that binary with its V8 code cache, and the
+// better-sqlite3 native addon travels inside as an asset (see src/store/sqlite.ts).
 // A runtime starts the plugin once per pod, so start-up time matters: the code cache spares
 // compiling the bundle at every call, and the binary needs no Node.js on the node.
 import { build } from "esbuild";
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, copyFileSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
-import { inject } from "postject";
 import { etcd3ProtoPlugin } from "./esbuild-etcd3-proto.mjs";
 
+const pinned = JSON.parse(readFileSync("package.json", "utf8")).engines.node;
+if (process.version !== `v${pinned}`) {
+  throw new Error(
+    `dist/trellis is built by Node.js ${pinned} (package.json engines), but this is ${process.version} at ${process.execPath}: ` +
+      `run the build through npm (npm run build), which puts node_modules/.bin/node first on PATH; npm ci installs it (node-linux-${process.arch})`,
+  );
+}
+
 const require = createRequire(import.meta.url);
-const addonPath = join(dirname(require.resolve("better-sqlite3/package.json")), "build/Release/better_sqlite3.node");
+const addonPath = join(dirname(require.resolve("better-sqlite3/package.json")), `prebuilds/linux-${process.arch}.node`);
 // Known at build time so a CNI call finds the extracted addon without hashing 2 MB first.
 const addonSha = createHash("sha256").update(readFileSync(addonPath)).digest("hex").slice(0, 16);
 
@@ -24,7 +33,7 @@ await build({
   bundle: true,
   platform: "node",
   format: "cjs",
-  target: "node20",
+  target: `node${pinned.split(".")[0]}`,
   legalComments: "none",
   // Identifiers stay readable in stack traces.
   minifyWhitespace: true,
@@ -34,32 +43,32 @@ await build({
   define: { TRELLIS_ADDON_SHA: JSON.stringify(addonSha) },
 });
 
+// Built beside and renamed into place, so a running lab or test never execs half a binary.
+const building = `dist/trellis.building-${process.pid}`;
+rmSync(building, { force: true });
+// The official binary carries its debug information (a third of its size); the executable ships
+// without it, as distributions ship Node.js. Exported symbols (.dynsym) stay.
+const stripped = `dist/node.stripped-${process.pid}`;
+try {
+  execFileSync("strip", ["--strip-all", "-o", stripped, process.execPath], { stdio: ["ignore", "inherit", "inherit"] });
+} catch (error) {
+  throw new Error(`stripping ${process.execPath} needs strip (Debian: binutils, which gcc brings): ${error.message}`);
+}
 const seaConfig = {
   main: "dist/trellis.cjs",
-  output: "dist/trellis.blob",
+  executable: stripped,
+  output: building,
   disableExperimentalSEAWarning: true,
   useCodeCache: true,
   assets: { "better_sqlite3.node": addonPath },
 };
 writeFileSync("dist/sea-config.json", JSON.stringify(seaConfig, null, 2));
-execFileSync(process.execPath, ["--experimental-sea-config", "dist/sea-config.json"], { stdio: "pipe" });
-
-// Built beside and renamed into place, so a running lab or test never execs half a binary.
-const building = `dist/trellis.building-${process.pid}`;
-rmSync(building, { force: true });
-copyFileSync(process.execPath, building);
-chmodSync(building, 0o755);
-// postject warns once per ELF note section it does not rewrite; those notes are irrelevant here.
-const warn = console.warn;
-console.warn = (...args) => String(args[0]).includes("Can't find string offset for section name") || warn(...args);
 try {
-  await inject(building, "NODE_SEA_BLOB", readFileSync("dist/trellis.blob"), {
-    sentinelFuse: "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2",
-  });
+  execFileSync(process.execPath, ["--build-sea", "dist/sea-config.json"], { stdio: "pipe" });
 } finally {
-  console.warn = warn;
+  rmSync(stripped, { force: true });
 }
-rmSync("dist/trellis.blob");
+chmodSync(building, 0o755);
 renameSync(building, "dist/trellis");
 console.log(`built dist/trellis (${process.version} single executable with the sqlite addon)`);
 

@@ -21,6 +21,18 @@ if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-npm ci --no-audit --no-fund
+# npm and everything it runs use the Node.js release the project pins (package.json engines),
+# not the machine's own node, which may be older: the registry's node-linux-<arch> package is
+# that release's official binary and headers. It is kept under .cache/, outside node_modules
+# (which npm ci replaces); npm ci then installs the same release as a dependency, first on
+# `npm run`'s PATH for the build, the tests and the benchmarks. A native addon would build
+# against its headers (nodedir), with no download.
+version=$(node -p 'require("./package.json").engines.node')
+platform=linux-$(node -p process.arch)
+runtime=$PWD/.cache/node-v$version-$platform/node_modules/node-$platform
+if [[ ! -x $runtime/bin/node || $("$runtime/bin/node" --version 2>/dev/null) != "v$version" ]]; then
+  npm install --prefix "$PWD/.cache/node-v$version-$platform" --no-save --no-package-lock --ignore-scripts --no-audit --no-fund "node-$platform@$version"
+fi
+PATH="$runtime/bin:$PATH" npm_config_nodedir=$runtime npm ci --no-audit --no-fund
 # The real Kubernetes control plane the tests run against, built with Go (cached after the first run).
 bash scripts/build-kube.sh

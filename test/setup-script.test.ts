@@ -24,17 +24,29 @@ const SERVICE_TOOLS = ["systemctl", "service", "invoke-rc.d", "deb-systemd-invok
 const STUBS = ["dpkg-query", "apt-get", "npm", ...SERVICE_TOOLS];
 const POLICY = "/usr/sbin/policy-rc.d";
 
-/** Each stub appends one line: its name, then its arguments, separated by US (0x1f), then PWD and DEBIAN_FRONTEND. */
+/**
+ * Each stub appends one line: its name, then its arguments, separated by US (0x1f), then PWD,
+ * DEBIAN_FRONTEND, and for npm the node it would run on (the first node on PATH) and nodedir.
+ */
 const STUB = `#!/bin/bash
 {
   printf '%s' "$(basename "$0")"
   printf '\\x1f%s' "$@"
-  printf '\\x1e%s\\x1e%s\\n' "$PWD" "\${DEBIAN_FRONTEND-}"
+  printf '\\x1e%s\\x1e%s' "$PWD" "\${DEBIAN_FRONTEND-}"
+  if [[ $(basename "$0") == npm ]]; then printf '\\x1e%s\\x1e%s' "$(type -P node)" "\${npm_config_nodedir-}"; fi
+  printf '\\n'
 } >>"$STUB_LOG"
 if [[ $(basename "$0") == apt-get && -n \${STUB_PROBE_POLICY-} ]]; then
   # What invoke-rc.d would be told during this apt-get run: 101 forbids starting a service.
   if [[ -x ${POLICY} ]]; then status=0; ${POLICY} containerd start || status=$?; else status=absent; fi
   printf 'policy-rc.d\\x1f%s\\x1e%s\\x1e\\n' "$status" "$PWD" >>"$STUB_LOG"
+fi
+if [[ $(basename "$0") == npm && $1 == install && $2 == --prefix ]]; then
+  # Stands in for the registry's node-linux-<arch> package: a node that reports that version.
+  package="\${!#}"
+  mkdir -p "$3/node_modules/\${package%@*}/bin"
+  printf '#!/bin/sh\\necho v%s\\n' "\${package##*@}" >"$3/node_modules/\${package%@*}/bin/node"
+  chmod 0755 "$3/node_modules/\${package%@*}/bin/node"
 fi
 if [[ $(basename "$0") == dpkg-query ]]; then
   package="\${!#}"
@@ -54,6 +66,9 @@ interface Call {
   readonly args: string[];
   readonly cwd: string;
   readonly debianFrontend: string;
+  /** npm only: the node it runs on, and the headers a native addon would build against. */
+  readonly node?: string;
+  readonly nodedir?: string;
 }
 
 interface Layout {
@@ -67,6 +82,8 @@ function makeLayout(): Layout {
   const root = realpathSync(mkdtempSync(join(tmpdir(), "trellis-setup-")));
   mkdirSync(join(root, "scripts"));
   copyFileSync(SCRIPT, join(root, "scripts", "setup-debian.sh"));
+  // The script reads the pinned Node.js release from it.
+  copyFileSync(join(import.meta.dirname, "..", "package.json"), join(root, "package.json"));
   // The control-plane build is its own script: here a stub that records being run, and where.
   writeFileSync(join(root, "scripts", "build-kube.sh"), `printf 'build-kube\\x1e%s\\x1e\\n' "$PWD" >>"$STUB_LOG"\n`);
   const bin = join(root, "stub-bin");
@@ -103,10 +120,35 @@ exit $status`;
     .split("\n")
     .filter(Boolean)
     .map((line) => {
-      const [call, cwd, debianFrontend] = line.split("\x1e");
+      const [call, cwd, debianFrontend, node, nodedir] = line.split("\x1e");
       const [command, ...args] = call.split("\x1f");
-      return { command, args, cwd, debianFrontend };
+      return node === undefined ? { command, args, cwd, debianFrontend } : { command, args, cwd, debianFrontend, node, nodedir };
     });
+}
+
+const PINNED = JSON.parse(readFileSync(join(import.meta.dirname, "..", "package.json"), "utf8")).engines.node as string;
+const PLATFORM = `linux-${process.arch}`;
+
+/** The npm calls of a run: fetching the pinned Node.js release (unless already there), then npm ci on it. */
+function npmCalls(root: string, fetch: boolean): Call[] {
+  const prefix = join(root, ".cache", `node-v${PINNED}-${PLATFORM}`);
+  const runtime = join(prefix, "node_modules", `node-${PLATFORM}`);
+  const node = join(runtime, "bin", "node");
+  const install = ["install", "--prefix", prefix, "--no-save", "--no-package-lock", "--ignore-scripts", "--no-audit", "--no-fund", `node-${PLATFORM}@${PINNED}`];
+  return [
+    ...(fetch ? [{ command: "npm", args: install, cwd: root, debianFrontend: "", node: realNode(), nodedir: "" }] : []),
+    // Catches: npm ci run on the machine's own (older) node, or a native addon built against
+    // other headers than the pinned release's (the user's npmrc may name the system's).
+    { command: "npm", args: ["ci", "--no-audit", "--no-fund"], cwd: root, debianFrontend: "", node, nodedir: runtime },
+  ];
+}
+
+/** The node first on the test's PATH, which the script's first npm call runs on. */
+function realNode(): string {
+  for (const dir of (process.env.PATH ?? "").split(":")) {
+    if (dir && existsSync(join(dir, "node"))) return join(dir, "node");
+  }
+  return "";
 }
 
 const serviceCalls = (calls: readonly Call[]) => calls.filter((call) => SERVICE_TOOLS.includes(call.command));
@@ -120,9 +162,10 @@ describe("scripts/setup-debian.sh", () => {
     rmSync(layout.root, { recursive: true, force: true });
   });
 
-  it("with every package installed, runs only npm ci in the repository and touches no service", async () => {
+  it("with every package installed, runs only npm (on the pinned Node.js) in the repository and touches no service", async () => {
     // Catches: a service stopped or disabled even when nothing is installed, apt-get run needlessly,
     // npm ci run outside the repository (the script must cd to its own ../).
+    rmSync(join(layout.root, ".cache"), { recursive: true, force: true });
     const calls = await runSetup(layout, []);
     assert.deepEqual(serviceCalls(calls), []);
     assert.deepEqual(
@@ -132,10 +175,16 @@ describe("scripts/setup-debian.sh", () => {
     assert.deepEqual(
       calls.filter((call) => call.command !== "dpkg-query"),
       [
-        { command: "npm", args: ["ci", "--no-audit", "--no-fund"], cwd: layout.root, debianFrontend: "" },
+        ...npmCalls(layout.root, true),
         // Catches: the control plane the tests need not built by the setup.
         { command: "build-kube", args: [], cwd: layout.root, debianFrontend: "" },
       ],
+    );
+    // Catches: the release fetched again at every run.
+    const again = await runSetup(layout, []);
+    assert.deepEqual(
+      again.filter((call) => call.command === "npm"),
+      npmCalls(layout.root, false),
     );
   });
 
@@ -150,6 +199,7 @@ describe("scripts/setup-debian.sh", () => {
     }
     const before = { content: readFileSync(POLICY), mode: statSync(POLICY).mode, mtimeMs: statSync(POLICY).mtimeMs };
     const missing = ["containerd", "etcd-server", "iperf3"];
+    const fetched = existsSync(join(layout.root, ".cache"));
     const calls = await runSetup(layout, missing);
     // Catches: `systemctl disable --now etcd containerd` (or any stop/restart) coming back.
     assert.deepEqual(serviceCalls(calls), []);
@@ -160,7 +210,7 @@ describe("scripts/setup-debian.sh", () => {
         // Catches: installing the whole list (reinstalls and upgrades a node's own containerd) or
         // prompting (no noninteractive frontend).
         { command: "apt-get", args: ["install", "-y", "-qq", "--no-install-recommends", ...missing], cwd: layout.root, debianFrontend: "noninteractive" },
-        { command: "npm", args: ["ci", "--no-audit", "--no-fund"], cwd: layout.root, debianFrontend: "" },
+        ...npmCalls(layout.root, !fetched),
         { command: "build-kube", args: [], cwd: layout.root, debianFrontend: "" },
       ],
     );
@@ -179,6 +229,7 @@ describe("scripts/setup-debian.sh", () => {
       t.skip("needs root for a private mount namespace");
       return;
     }
+    rmSync(join(layout.root, ".cache"), { recursive: true, force: true });
     const calls = await runSetup(layout, ["etcd-server"], { privateSbin: true });
     assert.deepEqual(serviceCalls(calls), []);
     assert.deepEqual(
@@ -188,7 +239,7 @@ describe("scripts/setup-debian.sh", () => {
         ["policy-rc.d", "101"],
         ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "etcd-server"],
         ["policy-rc.d", "101"],
-        ["npm", "ci", "--no-audit", "--no-fund"],
+        ...npmCalls(layout.root, true).map((call) => [call.command, ...call.args]),
         ["build-kube"],
         ["after", "absent"],
       ],
