@@ -33,7 +33,8 @@ export function parseManifests(text: string, source: string): unknown[] {
     } catch (error) {
       if (!(error instanceof SyntaxError)) throw error;
       // A YAML flow mapping, or broken JSON: the YAML parser reads it or reports its line and column.
-      notJson = error.message.replace(/at position (\d+)$/, (_, offset: string) => {
+      // V8 says "at position N" (Node.js 26 adds "(line L column C)"): one form, ours.
+      notJson = error.message.replace(/at position (\d+)(?: \(line \d+ column \d+\))?$/, (_, offset: string) => {
         const [{ line, col }] = linePositions(text, [Number(offset)]);
         return `at line ${line}, column ${col}`;
       });
