@@ -190,8 +190,6 @@ async function main(): Promise<void> {
   const options = parseOptions(process.argv.slice(2));
   if (process.getuid?.() !== 0) throw new Error("bench:svc needs root: it creates network namespaces and starts an agent in them");
   if (!existsSync(TRELLIS)) throw new Error(`${TRELLIS} does not exist; run npm run build (npm run bench:svc does)`);
-  // The agent and the CLI keep their extracted SQLite addon beside dist/, as the tests' do.
-  process.env.TRELLIS_NATIVE_DIR ??= join(ROOT, "dist/native");
   const made = newMade();
   const { remove, interrupted } = removeOnExit(made);
 

@@ -1,16 +1,13 @@
 // Builds dist/trellis: one self-contained executable (a Node.js single executable application)
 // made by the Node.js release the project pins (package.json `engines`, installed by `npm ci`
 // from the registry's node-linux-* package, first on `npm run`'s PATH). The bundle
-// (dist/trellis.cjs) goes into a copy of that binary with its V8 code cache, and the
-// better-sqlite3 native addon travels inside as an asset (see src/store/sqlite.ts).
+// (dist/trellis.cjs) goes into a copy of that binary with its V8 code cache; SQLite is Node's own
+// (node:sqlite), so no native addon travels with it.
 // A runtime starts the plugin once per pod, so start-up time matters: the code cache spares
 // compiling the bundle at every call, and the binary needs no Node.js on the node.
 import { build } from "esbuild";
 import { execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import { chmodSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
 import { etcd3ProtoPlugin } from "./esbuild-etcd3-proto.mjs";
 
 const pinned = JSON.parse(readFileSync("package.json", "utf8")).engines.node;
@@ -20,11 +17,6 @@ if (process.version !== `v${pinned}`) {
       `run the build through npm (npm run build), which puts node_modules/.bin/node first on PATH; npm ci installs it (node-linux-${process.arch})`,
   );
 }
-
-const require = createRequire(import.meta.url);
-const addonPath = join(dirname(require.resolve("better-sqlite3/package.json")), `prebuilds/linux-${process.arch}.node`);
-// Known at build time so a CNI call finds the extracted addon without hashing 2 MB first.
-const addonSha = createHash("sha256").update(readFileSync(addonPath)).digest("hex").slice(0, 16);
 
 mkdirSync("dist", { recursive: true });
 await build({
@@ -40,7 +32,6 @@ await build({
   minifySyntax: true,
   logLevel: "warning",
   plugins: [etcd3ProtoPlugin],
-  define: { TRELLIS_ADDON_SHA: JSON.stringify(addonSha) },
 });
 
 // Built beside and renamed into place, so a running lab or test never execs half a binary.
@@ -60,7 +51,6 @@ const seaConfig = {
   output: building,
   disableExperimentalSEAWarning: true,
   useCodeCache: true,
-  assets: { "better_sqlite3.node": addonPath },
 };
 writeFileSync("dist/sea-config.json", JSON.stringify(seaConfig, null, 2));
 try {
@@ -70,7 +60,7 @@ try {
 }
 chmodSync(building, 0o755);
 renameSync(building, "dist/trellis");
-console.log(`built dist/trellis (${process.version} single executable with the sqlite addon)`);
+console.log(`built dist/trellis (${process.version} single executable)`);
 
 // The native CNI plugin: a small static C program that forwards each call to the node's agent
 // (native/cni-plugin.c). C rather than Go: it starts in a quarter of the time, on every CNI call.

@@ -25,7 +25,7 @@ describe("trellis agent with bad input", () => {
     spawnSync("nsenter", [`--net=${node.path}`, TRELLIS, "agent", "--node-name", "node1", "--cni-conf-dir", join(dir.path, "net.d"), "--cni-data-dir", join(dir.path, "cni"), "--cni-socket", join(dir.path, "cni.sock"), ...args], {
       encoding: "utf8",
       timeout: 30_000,
-      env: { PATH: process.env.PATH!, TRELLIS_NATIVE_DIR: process.env.TRELLIS_NATIVE_DIR ?? "", ...env },
+      env: { PATH: process.env.PATH!, ...env },
     });
 
   before(() => {
@@ -90,7 +90,7 @@ describe("trellis agent with bad input", () => {
   // the moment its pod CIDRs are allocated) logged as unreachable by every peer, for good.
   it("does not call a node no agent has claimed yet unreachable", async () => {
     assert.equal(running?.exitCode, null, "the agent of the test before runs");
-    const added = spawnSync(TRELLIS, ["node", "add", "node7", "--store", store], { encoding: "utf8", env: { PATH: process.env.PATH!, TRELLIS_NATIVE_DIR: process.env.TRELLIS_NATIVE_DIR ?? "" } });
+    const added = spawnSync(TRELLIS, ["node", "add", "node7", "--store", store], { encoding: "utf8", env: { PATH: process.env.PATH! } });
     assert.equal(added.status, 0, added.stderr);
     await new Promise((resolve) => setTimeout(resolve, 1500));
     assert.doesNotMatch(log, /peer unreachable/);

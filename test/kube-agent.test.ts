@@ -73,7 +73,6 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
     ];
     const fd = openSync(log, "a");
     const env: Record<string, string> = { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin" };
-    if (process.env.TRELLIS_NATIVE_DIR) env.TRELLIS_NATIVE_DIR = process.env.TRELLIS_NATIVE_DIR;
     const child = spawn("nsenter", argv, { stdio: ["ignore", fd, fd], env });
     closeSync(fd);
     agents.set(nodeName, { child, log, argv });

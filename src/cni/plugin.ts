@@ -9,6 +9,7 @@ import { addPod, checkPod, delPod, gcPods, podStatus } from "../podnet/attach.js
 import { CniCode, CniError, formatCniError } from "../podnet/errors.js";
 import type { PodNet } from "../podnet/handle.js";
 import type { PodNetwork } from "../podnet/network.js";
+import { isSqliteBusy, sqliteResult } from "../store/sqlite.js";
 import { versionHasCheck, type NetConf, parseNetConf } from "./config.js";
 import { delegatedIpam, toPodAddress, toPodRoute } from "./delegate.js";
 import { parseCniEnv, type CniEnv } from "./env.js";
@@ -192,9 +193,8 @@ function versionOf(stdin: string): string | undefined {
 function toCniError(error: unknown): CniError {
   if (error instanceof CniError) return error;
   if (error instanceof CommandError) return new CniError(CniCode.dataplaneFailure, error.message);
-  if (error instanceof Error && "code" in error && typeof error.code === "string" && error.code.startsWith("SQLITE_")) {
-    const busy = error.code === "SQLITE_BUSY" || error.code === "SQLITE_LOCKED";
-    return new CniError(busy ? CniCode.tryAgainLater : CniCode.stateFailure, `node state database: ${error.message}`);
+  if (sqliteResult(error)) {
+    return new CniError(isSqliteBusy(error) ? CniCode.tryAgainLater : CniCode.stateFailure, `node state database: ${(error as Error).message}`);
   }
   return new CniError(CniCode.internal, error instanceof Error ? error.message : String(error));
 }

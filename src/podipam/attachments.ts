@@ -66,16 +66,16 @@ export function findAttachment(db: SqliteDatabase, key: AttachmentKey): Attachme
 }
 
 export function listAttachments(db: SqliteDatabase, network: string): Attachment[] {
-  const rows = db.prepare("SELECT * FROM attachments WHERE network = ? ORDER BY id").all(network) as AttachmentRow[];
+  const rows = db.prepare<[string], AttachmentRow>("SELECT * FROM attachments WHERE network = ? ORDER BY id").all(network);
   return rows.map(toAttachment);
 }
 
 export function listAllAttachments(db: SqliteDatabase): Attachment[] {
-  return (db.prepare("SELECT * FROM attachments ORDER BY id").all() as AttachmentRow[]).map(toAttachment);
+  return db.prepare<[], AttachmentRow>("SELECT * FROM attachments ORDER BY id").all().map(toAttachment);
 }
 
 export function attachmentsOnBridge(db: SqliteDatabase, bridge: string): Attachment[] {
-  return (db.prepare("SELECT * FROM attachments WHERE bridge = ? ORDER BY id").all(bridge) as AttachmentRow[]).map(toAttachment);
+  return db.prepare<[string], AttachmentRow>("SELECT * FROM attachments WHERE bridge = ? ORDER BY id").all(bridge).map(toAttachment);
 }
 
 /** Inserts the record and returns its id. */

@@ -53,7 +53,7 @@ function assertRefused(open: () => unknown, message: string): void {
 const userVersion = (path: string): number => {
   const db = openSqlite(path, { readonly: true });
   try {
-    return db.pragma("user_version", { simple: true }) as number;
+    return db.pragma("user_version") as number;
   } finally {
     db.close();
   }
@@ -87,7 +87,7 @@ describe("podipam/state", () => {
     mkdirSync(dir);
     const old = openSqlite(join(dir, "state.db"));
     old.exec(SCHEMA_V1);
-    old.pragma("user_version = 1");
+    old.exec("PRAGMA user_version = 1");
     const attach = old.prepare("INSERT INTO attachments (network, container_id, ifname, host_ifname, netns, created_at) VALUES (?, ?, ?, ?, ?, ?)");
     attach.run("net", "later", "eth0", "trvbbbbbbbbbbbb", "/var/run/netns/later", 2000);
     attach.run("net", "first", "eth0", "trvaaaaaaaaaaaa", "/var/run/netns/first", 1000);
@@ -100,7 +100,7 @@ describe("podipam/state", () => {
 
     const db = openPodState(dir);
     try {
-      assert.equal(db.pragma("user_version", { simple: true }), 2);
+      assert.equal(db.pragma("user_version"), 2);
       assert.deepEqual(
         listAllAttachments(db).map(({ id, ...rest }) => ({ ...rest, idIsNumber: typeof id === "number" })),
         [
@@ -139,7 +139,7 @@ describe("podipam/state", () => {
     const path = join(dir, "state.db");
     const newer = openSqlite(path);
     newer.exec("CREATE TABLE future (x TEXT); INSERT INTO future VALUES ('kept');");
-    newer.pragma("user_version = 3");
+    newer.exec("PRAGMA user_version = 3");
     newer.close();
     assertRefused(
       () => openPodState(dir),
@@ -147,8 +147,8 @@ describe("podipam/state", () => {
     );
     assert.equal(userVersion(path), 3);
     const check = openSqlite(path, { readonly: true });
-    assert.deepEqual(check.prepare("SELECT x FROM future").all(), [{ x: "kept" }]);
-    assert.deepEqual(check.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all(), [{ name: "future" }]);
+    assert.deepEqual(check.prepare<[], { x: string }>("SELECT x FROM future").all().map((row) => row.x), ["kept"]);
+    assert.deepEqual(check.prepare<[], { name: string }>("SELECT name FROM sqlite_master WHERE type = 'table'").all().map((row) => row.name), ["future"]);
     check.close();
   });
 

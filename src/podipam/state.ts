@@ -88,9 +88,9 @@ export function openPodState(dir: string, field = "ipam.dataDir"): SqliteDatabas
 }
 
 function migrate(db: SqliteDatabase, dir: string): void {
-  const version = () => db.pragma("user_version", { simple: true }) as number;
+  const version = () => db.pragma("user_version") as number;
   if (version() === SCHEMA_VERSION) return;
-  db.transaction(() => {
+  db.immediate(() => {
     const current = version();
     if (current > SCHEMA_VERSION) {
       throw new PodStateError(
@@ -99,8 +99,8 @@ function migrate(db: SqliteDatabase, dir: string): void {
     }
     if (current === 0) db.exec(SCHEMA_V2);
     if (current === 1) db.exec(MIGRATE_V1_TO_V2);
-    db.pragma(`user_version = ${SCHEMA_VERSION}`);
-  }).immediate();
+    db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
+  });
 }
 
 /** Kernel filesystems where a state file cannot live (and where some calls never return). */

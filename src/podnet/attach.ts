@@ -62,7 +62,7 @@ export async function addPod(net: PodNet, request: AddRequest): Promise<AttachRe
         if (reservation.record.masquerade) await syncMasquerade(net, `ADD of ${describe(key)}`);
         if (reservation.record.portMappings) await syncHostPorts(net, `ADD of ${describe(key)}`);
         throwIfAborted(request, key);
-        const completed = net.db.transaction(() => completeAttachment(net.db, reservation.id, reservation.record)).immediate();
+        const completed = net.db.immediate(() => completeAttachment(net.db, reservation.id, reservation.record));
         if (!completed) {
           throw new CniError(CniCode.tryAgainLater, `the record of ${describe(key)} was removed (by GC or DEL) while its ADD ran; nothing of this ADD was kept, try again`);
         }
@@ -103,10 +103,10 @@ export async function delPod(net: PodNet, request: AttachmentRequest): Promise<v
     await removeHostVeth(record?.hostIfname ?? hostVethName(key.network, key.containerId, key.ifname), `DEL of ${describe(key)}`);
     reachFaultPoint(net, "del-unlinked");
     if (request.network.ipam.kind === "delegated") await request.network.ipam.plugin.del();
-    net.db.transaction(() => {
+    net.db.immediate(() => {
       releasePodIps(net.db, key);
       if (record) deleteAttachmentById(net.db, record.id);
-    }).immediate();
+    });
     if (record?.spec.masquerade) await syncMasquerade(net, `DEL of ${describe(key)}`);
     if (record?.spec.portMappings) await syncHostPorts(net, `DEL of ${describe(key)}`);
   });
@@ -156,7 +156,7 @@ export async function gcPods(net: PodNet, request: GcRequest): Promise<void> {
   const failures: string[] = [];
   // Listed before the state is read: a veth seen here had its record written before it was created.
   const links = parseIpLinks(await ipJson(["link", "show"]));
-  const { released, owned } = net.db.transaction(() => {
+  const { released, owned } = net.db.immediate(() => {
     const stale = listAttachments(net.db, network.name).filter((attachment) => !valid.has(attachment.hostIfname) && !addRunning(net, attachment));
     for (const attachment of stale) {
       releasePodIps(net.db, attachment);
@@ -164,7 +164,7 @@ export async function gcPods(net: PodNet, request: GcRequest): Promise<void> {
     }
     releaseOrphanLeases(net.db, network.name);
     return { released: stale, owned: new Set(listAllAttachments(net.db).map((attachment) => attachment.hostIfname)) };
-  }).immediate();
+  });
   reachFaultPoint(net, "gc-released");
   const alias = hostVethAlias(network.name);
   const strays = links.filter((link) => link.alias === alias && !owned.has(link.name) && !valid.has(link.name)).map((link) => link.name);
@@ -192,7 +192,7 @@ export async function gcPods(net: PodNet, request: GcRequest): Promise<void> {
  */
 export async function podStatus(net: PodNet, network: PodNetwork): Promise<void> {
   try {
-    net.db.transaction(() => undefined).immediate();
+    net.db.immediate(() => undefined);
   } catch (error) {
     throw new CniError(CniCode.notAvailable, `node state in ${net.stateDir} is not writable: ${errorMessage(error)}`);
   }
@@ -236,7 +236,7 @@ async function reserve(net: PodNet, request: AddRequest, key: AttachmentKey): Pr
   };
   if (network.ipam.kind === "builtin") {
     const ipam = network.ipam;
-    const reservation = net.db.transaction(() => {
+    const reserve = () => net.db.immediate(() => {
       takeOver(findAttachment(net.db, key));
       refuseHostPortConflict(net.db, request.portMappings, () => false);
       const id = insertAttachment(net.db, fresh);
@@ -246,7 +246,7 @@ async function reserve(net: PodNet, request: AddRequest, key: AttachmentKey): Pr
       return { id, addresses, routes: [...ipam.routes], record };
     });
     try {
-      const reserved = reservation.immediate();
+      const reserved = reserve();
       net.adding.add(reserved.id);
       return reserved;
     } catch (error) {
@@ -254,22 +254,22 @@ async function reserve(net: PodNet, request: AddRequest, key: AttachmentKey): Pr
     }
   }
   const plugin = network.ipam.plugin;
-  const id = net.db.transaction(() => {
+  const id = net.db.immediate(() => {
     takeOver(findAttachment(net.db, key));
     refuseHostPortConflict(net.db, request.portMappings, () => false);
     return insertAttachment(net.db, fresh);
-  }).immediate();
+  });
   // Marked before the delegate runs: a GC served by this same process meanwhile must leave it alone.
   net.adding.add(id);
   try {
     const { addresses, routes } = await plugin.add();
     if (!addresses.length) throw new CniError(CniCode.delegateFailure, `ipam plugin ${plugin.type} returned no IP addresses`);
     const record = { addresses: recordAddresses(addresses), hairpin: network.hairpin, masquerade: masqueradeOf(network, addresses), portMappings: recordPortMappings(request.portMappings) };
-    net.db.transaction(() => updateAttachmentSpec(net.db, id, record)).immediate();
+    net.db.immediate(() => updateAttachmentSpec(net.db, id, record));
     return { id, addresses, routes, record };
   } catch (error) {
     net.adding.delete(id);
-    net.db.transaction(() => deleteAttachmentById(net.db, id)).immediate();
+    net.db.immediate(() => deleteAttachmentById(net.db, id));
     await plugin.del().catch(() => undefined);
     throw error;
   }
@@ -278,11 +278,11 @@ async function reserve(net: PodNet, request: AddRequest, key: AttachmentKey): Pr
 /** Undoes an ADD: the veth pair, then the record and leases (only if the record is still this ADD's). */
 async function rollback(net: PodNet, request: AddRequest, key: AttachmentKey, reservation: Reservation): Promise<void> {
   await removeHostVeth(hostVethName(key.network, key.containerId, key.ifname), `undoing the ADD of ${describe(key)}`);
-  const removed = net.db.transaction(() => {
+  const removed = net.db.immediate(() => {
     if (!deleteAttachmentById(net.db, reservation.id)) return false;
     releasePodIps(net.db, key);
     return true;
-  }).immediate();
+  });
   if (request.network.ipam.kind === "delegated" && removed) await request.network.ipam.plugin.del();
   if (reservation.record.masquerade) await syncMasquerade(net, `undoing the ADD of ${describe(key)}`);
   if (reservation.record.portMappings) await syncHostPorts(net, `undoing the ADD of ${describe(key)}`);

@@ -5,7 +5,7 @@
 import { createHash } from "node:crypto";
 import { join, normalize } from "node:path";
 import { DEFAULT_STATE_DIR, openPodState, PodStateError } from "../podipam/state.js";
-import { openSqlite, type SqliteDatabase } from "../store/sqlite.js";
+import { openSqlite, sqliteResult, type SqliteDatabase } from "../store/sqlite.js";
 import { CniCode, CniError } from "./errors.js";
 import { keyedMutex, type KeyedMutex } from "./locks.js";
 
@@ -75,7 +75,7 @@ export async function withNodeLock<T>(net: PodNet, task: () => Promise<T>): Prom
       // Opening (its switch to WAL) waits out other processes like any open; only taking the
       // lock is polled, so that waits for nobody.
       lock = openSqlite(join(net.stateDir, "node-lock.db"));
-      lock.pragma("busy_timeout = 0");
+      lock.exec("PRAGMA busy_timeout = 0");
       lockConnections.set(net, lock);
     }
     await acquire(lock);
@@ -98,8 +98,8 @@ async function acquire(lock: SqliteDatabase): Promise<void> {
     } catch (error) {
       // SQLITE_BUSY, or an extended form of it (SQLITE_BUSY_RECOVERY while another process
       // recovers the new lock file's WAL).
-      if (!String((error as { code?: string }).code).startsWith("SQLITE_BUSY")) throw error;
-      if (Date.now() > deadline) throw new CniError(CniCode.tryAgainLater, `the node lock of ${lock.name} has been held for over ${LOCK_WAIT_MS / 1000} s`);
+      if (sqliteResult(error) !== "SQLITE_BUSY") throw error;
+      if (Date.now() > deadline) throw new CniError(CniCode.tryAgainLater, `the node lock of ${lock.path} has been held for over ${LOCK_WAIT_MS / 1000} s`);
       await new Promise((resolve) => setTimeout(resolve, pause));
     }
   }

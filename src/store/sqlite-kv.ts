@@ -112,7 +112,7 @@ function openDatabase(file: string, spec: string): SqliteDatabase {
   try {
     if (statSync(file, { throwIfNoEntry: false })?.isDirectory()) throw new Error(`${file} is a directory, not a database file`);
     const db = openSqlite(file);
-    db.transaction(() => db.exec(SCHEMA)).immediate();
+    db.immediate(() => db.exec(SCHEMA));
     return db;
   } catch (error) {
     throw new Error(`store ${spec} cannot be opened: ${describeFsError(error)}`);
@@ -157,17 +157,16 @@ class SqliteKvStore implements KvStore {
         "SELECT revision, key, deleted, value FROM changes WHERE revision >= ? AND revision < ? AND key >= ? ORDER BY revision, seq",
       ),
     };
-    const transaction = db.transaction((request: KvTxn) => this.applyInTransaction(request));
-    this.applyTxn = (request) => transaction.immediate(request);
-    this.readList = db.transaction((prefix: string, options: KvListOptions) => this.listInTransaction(prefix, options)).deferred;
-    this.readChanges = db.transaction((from: number, low: string, high: string | undefined) => {
+    this.applyTxn = (request) => db.immediate(() => this.applyInTransaction(request));
+    this.readList = (prefix, options) => db.deferred(() => this.listInTransaction(prefix, options));
+    this.readChanges = (from, low, high) => db.deferred(() => {
       const revision = this.metaValue("revision");
       const compacted = this.metaValue("compacted");
       if (from < compacted) return { rows: [], next: from, compacted };
       const until = Math.min(revision + 1, from + WATCH_WINDOW);
       const rows = high === undefined ? this.statements.changesOpen.all(from, until, low) : this.statements.changesBounded.all(from, until, low, high);
       return { rows, next: Math.max(from, until), compacted };
-    }).deferred;
+    });
   }
 
   async get(key: string): Promise<KvEntry | undefined> {
@@ -288,13 +287,11 @@ class SqliteKvStore implements KvStore {
 
   async compact(revision: number): Promise<void> {
     this.checkOpen();
-    this.db
-      .transaction(() => {
-        const current = this.metaValue("revision");
-        if (revision > current) throw new Error(`cannot compact ${this.spec} at revision ${revision}: the store is only at revision ${current}`);
-        this.compactTo(revision);
-      })
-      .immediate();
+    this.db.immediate(() => {
+      const current = this.metaValue("revision");
+      if (revision > current) throw new Error(`cannot compact ${this.spec} at revision ${revision}: the store is only at revision ${current}`);
+      this.compactTo(revision);
+    });
   }
 
   async close(): Promise<void> {

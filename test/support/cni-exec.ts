@@ -59,14 +59,9 @@ export function pluginConfig(list: CniConfList, index: number, prevResult?: unkn
   return config;
 }
 
-/**
- * What a plugin inherits besides the CNI variables: PATH, and TRELLIS_NATIVE_DIR so that the
- * test run's trellis keeps its extracted addon under dist/ instead of /var/lib/trellis.
- */
+/** What a plugin inherits besides the CNI variables: PATH. */
 export function pluginBaseEnv(): Record<string, string> {
-  const env: Record<string, string> = { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin" };
-  if (process.env.TRELLIS_NATIVE_DIR) env.TRELLIS_NATIVE_DIR = process.env.TRELLIS_NATIVE_DIR;
-  return env;
+  return { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin" };
 }
 
 /** Execs the plugin once; never rejects for a non-zero exit, only when it cannot be started. */

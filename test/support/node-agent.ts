@@ -160,7 +160,6 @@ function start(argv: string[], log: string): ChildProcess {
   const fd = openSync(log, "a");
   try {
     const env: Record<string, string> = { PATH: process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin" };
-    if (process.env.TRELLIS_NATIVE_DIR) env.TRELLIS_NATIVE_DIR = process.env.TRELLIS_NATIVE_DIR;
     const child = spawn("nsenter", argv, { stdio: ["ignore", fd, fd], env });
     live.add(child);
     child.once("exit", () => live.delete(child));
