@@ -355,6 +355,10 @@ describe("Services through the agent's nftables proxy", () => {
     assert.equal(value('trellis_proxy_rule_writes_total\\{writer="nft"\\}'), 0);
     assert.equal(agentHttp("/metrics", "POST").status, 405);
     assert.equal(agentHttp("/nothing").status, 404);
+    // Bug caught: the agent's executable built from another Node.js release than the pinned one
+    // (an end-of-life runtime shipped without anyone seeing it).
+    const pinned = JSON.parse(readFileSync(join(import.meta.dirname, "..", "package.json"), "utf8")).engines.node as string;
+    assert.match(metrics, new RegExp(`^trellis_build_info\\{version="[^"]+",nodejs="v${pinned.replace(/\./g, "\\.")}",sqlite="3\\.[0-9.]+",openssl="[^"]+"\\} 1$`, "m"));
   });
 
   // Bug caught: a restarting agent that flushes the Service rules before writing them again

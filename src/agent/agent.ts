@@ -19,6 +19,7 @@ import { nftApply, nftListChains, nftListTable } from "../linux/nftables.js";
 import { formatIp, formatPrefix, type IpAddress, type IpPrefix } from "../net/ip.js";
 import { repairBridge } from "../podnet/bridge.js";
 import { openPodNet } from "../podnet/handle.js";
+import { buildInfoMetric } from "./build-info.js";
 import { BRIDGE_NAME, CONFLIST_NAME, renderConflist, writeConflist } from "./conflist.js";
 import { cachedPodNets, startCniServer } from "./cni-server.js";
 import type { ClusterFeed } from "./feed.js";
@@ -113,6 +114,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
             renderGauge("trellis_peers", "Peer nodes this node routes to.", [{ value: feed.livePeers().length }]),
             renderGauge("process_resident_memory_bytes", "Resident memory of the agent.", [{ value: process.memoryUsage().rss }]),
             rejections.metrics(),
+            buildInfoMetric(),
             proxy?.metrics() ?? "",
           ].join(""),
         unhealthy: () => {

@@ -9,6 +9,7 @@ import { registerPlanCommands } from "./plan.js";
 import { registerPodCommands } from "./pods.js";
 import { registerProbeCommands } from "./probe.js";
 import { registerServiceCommands } from "./service.js";
+import { registerVersionCommand } from "./version.js";
 
 export async function runCli(argv: string[]): Promise<number> {
   const program = new Command("trellis")
@@ -26,6 +27,7 @@ export async function runCli(argv: string[]): Promise<number> {
   registerNodeCommands(program);
   registerObjectCommands(program);
   registerServiceCommands(program);
+  registerVersionCommand(program);
   try {
     await program.parseAsync(argv, { from: "user" });
     return typeof process.exitCode === "number" ? process.exitCode : 0;
