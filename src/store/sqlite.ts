@@ -59,10 +59,6 @@ export class SqliteDatabase {
     return this.db.location() ?? ":memory:";
   }
 
-  get open(): boolean {
-    return this.db.isOpen;
-  }
-
   prepare<Params extends SqliteValue[] = SqliteValue[], Row = Record<string, unknown>>(sql: string): SqliteStatement<Params, Row> {
     return this.db.prepare(sql) as unknown as SqliteStatement<Params, Row>;
   }
