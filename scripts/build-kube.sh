@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds the real Kubernetes control plane the tests run against: kube-apiserver,
-# kube-controller-manager, kube-scheduler, kube-proxy and kubectl from k8s.io/kubernetes at the
-# release test/kube/controlplane/go.mod pins, and etcd from test/kube/etcd/go.mod, into
-# test/kube/bin. Go's module and build caches make a second run cost seconds; a run whose
+# Builds the real Kubernetes the tests run against, into test/kube/bin: kube-apiserver,
+# kube-controller-manager, kube-scheduler, kube-proxy, kubectl, kubelet, the upstream e2e suite
+# (e2e.test), its runner (ginkgo) and its test server (agnhost) from k8s.io/kubernetes at the release
+# test/kube/controlplane/go.mod pins; etcd from test/kube/etcd/go.mod; CoreDNS from
+# test/kube/coredns/go.mod; and the pod sandbox's pause program from test/kube/pause/pause.c. Go's module and build caches make a second run cost seconds; a run whose
 # inputs match the stamp of the last one costs nothing. Debian's own kubectl (kubernetes-client,
 # 1.20) is unpacked beside them as kubectl-debian, not installed: the tests drive the lab with it,
 # and the machine's own kubectl, if it has one, stays as it is.
@@ -17,7 +18,7 @@ if [[ ! -x $bin/kubectl-debian ]]; then
   dpkg -x "$unpack"/kubernetes-client_*.deb "$unpack/root"
   install -m 0755 "$unpack/root/usr/bin/kubectl" "$bin/kubectl-debian"
 fi
-inputs=$(cat controlplane/go.mod controlplane/go.sum etcd/go.mod etcd/go.sum ../../scripts/build-kube.sh | sha256sum | cut -d' ' -f1)
+inputs=$(cat controlplane/go.mod controlplane/go.sum etcd/go.mod etcd/go.sum coredns/go.mod coredns/go.sum pause/pause.c ../../scripts/build-kube.sh | sha256sum | cut -d' ' -f1)
 if [[ -f $bin/.stamp && $(cat "$bin/.stamp") == "$inputs" ]]; then
   exit 0
 fi
@@ -34,6 +35,12 @@ done
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
 (cd controlplane && go build -trimpath -ldflags "$ldflags" -o "$bin/" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl)
+  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl \
+  k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/test/images/agnhost)
+(cd controlplane && go test -c -trimpath -ldflags "$ldflags" -o "$bin/e2e.test" k8s.io/kubernetes/test/e2e)
+# The suite's runner, to run its specs in parallel processes (the release's own ginkgo).
+(cd controlplane && go build -trimpath -ldflags "-s -w" -o "$bin/ginkgo" github.com/onsi/ginkgo/v2/ginkgo)
 (cd etcd && go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3)
+(cd coredns && go build -trimpath -ldflags "-s -w" -o "$bin/coredns" github.com/coredns/coredns)
+gcc -static -Os -s -o "$bin/pause" pause/pause.c
 echo "$inputs" >"$bin/.stamp"
