@@ -2,6 +2,8 @@
 import { Option, type Command } from "commander";
 import { checkLab } from "../lab/check.js";
 import { labDown } from "../lab/down.js";
+import { checkSpecRegex, E2E_LEFT_OUT, renderE2eSummary, runLabE2e } from "../lab/e2e.js";
+import { realLabView } from "../lab/real-lab.js";
 import { kubeletLabPods, runLabKubelet } from "../lab/kubelet.js";
 import { parseRelayAddress, startRelay } from "../lab/relay.js";
 import { execInNetns } from "../lab/exec.js";
@@ -46,10 +48,11 @@ export function registerLabCommands(program: Command): void {
     .option("--store <spec>", "cluster store for the agents (default: sqlite: in the lab's directory), or etcd://HOST:PORT")
     .option("--pod-labels <k=v,…>", "labels of the pods' Pod objects, which Services select", "app=probe")
     .option("--kubernetes", "a real Kubernetes control plane on a control host: Nodes, Pods, Services and EndpointSlices from its API server")
+    .option("--kubelet", "real nodes (implies --kubernetes): containerd and a kubelet on every node, Trellis installed from deploy/trellis.yaml as a DaemonSet, CoreDNS")
     .action(async (text: LabOptionsText) => {
       const options = parseLabOptions(text);
       try {
-        const state = await labUp(options, { out });
+        const state = await currentLabState(await labUp(options, { out }));
         out("checking connectivity:");
         const report = await checkLab(state, await servicesOf(state));
         process.stdout.write(renderCheckReport(report));
@@ -94,8 +97,7 @@ export function registerLabCommands(program: Command): void {
       if (state.phase !== "up") {
         throw new Error(`lab ${JSON.stringify(state.name)} is not up yet: its \`lab up\` is still running, or ended without finishing (then \`trellis lab down --name ${state.name}\` removes it)`);
       }
-      // A Kubernetes lab's pods are the ones its kubelets run now (Deployments' too).
-      const current: LabState = state.kubernetes ? { ...state, pods: kubeletLabPods(state) } : state;
+      const current = await currentLabState(state);
       const report = await checkLab(current, await servicesOf(current));
       process.stdout.write(options.json ? `${JSON.stringify(report, null, 2)}\n` : renderCheckReport(report));
       if (!report.ok) process.exitCode = 1;
@@ -105,8 +107,9 @@ export function registerLabCommands(program: Command): void {
     .description("the lab's nodes, pods, addresses and processes")
     .addOption(nameOption())
     .option("--json", "print JSON (a stable shape for scripts)")
-    .action((options: { name: string; json?: boolean }) => {
-      const status = labStatus(requireLabState(checkLabName(options.name)));
+    .action(async (options: { name: string; json?: boolean }) => {
+      const state = requireLabState(checkLabName(options.name));
+      const status = labStatus(state.realNodes && state.phase === "up" ? await currentLabState(state) : state);
       process.stdout.write(options.json ? `${JSON.stringify(status, null, 2)}\n` : renderLabStatus(status));
     });
   lab
@@ -122,11 +125,33 @@ export function registerLabCommands(program: Command): void {
         throw new Error(`lab exec: ${command[0]} after the member name is taken as the command; options go first: trellis lab exec --name NAME ${member} -- COMMAND…`);
       }
       const state = requireLabState(checkLabName(options.name));
-      // A Kubernetes lab's pods are the ones its kubelets run now, named as `lab status` names them.
-      const netns = labMemberNetns(state.kubernetes ? { ...state, pods: kubeletLabPods(state) } : state, member);
+      const netns = labMemberNetns(await currentLabState(state), member);
       const argv = command[0] === "--" ? command.slice(1) : command;
       if (argv.length === 0) throw new Error("lab exec: give the command after --, such as `trellis lab exec node1-pod0 -- ip address`");
       process.exitCode = await execInNetns(netns, argv);
+    });
+  lab
+    .command("e2e")
+    .description("run the upstream Kubernetes e2e suite against a lab of real nodes (--kubelet): the sig-network target set unless --focus says otherwise")
+    .addOption(nameOption())
+    .option("--focus <regex>", "the specs to run (default: the target set, `trellis lab e2e --list-left-out` names what it leaves out)")
+    .option("--skip <regex>", "specs to leave out (default: those the target set leaves out, each for a reason)")
+    .option("--parallel <n>", "parallel processes of the suite, 1 to 8", "3")
+    .option("--list-left-out", "print the specs the target set leaves out and why, and run nothing")
+    .option("--json", "print the summary as JSON")
+    .action(async (options: { name: string; focus?: string; skip?: string; parallel: string; listLeftOut?: boolean; json?: boolean }) => {
+      if (options.listLeftOut) {
+        for (const entry of E2E_LEFT_OUT) out(`${entry.pattern}: ${entry.reason}`);
+        return;
+      }
+      const parallel = Number(options.parallel);
+      if (!/^[1-8]$/.test(options.parallel)) throw new Error(`--parallel ${JSON.stringify(options.parallel)} is invalid: expected a whole number from 1 to 8`);
+      const focus = options.focus === undefined ? undefined : checkSpecRegex("--focus", options.focus);
+      const skip = options.skip === undefined ? undefined : checkSpecRegex("--skip", options.skip);
+      const state = requireLabState(checkLabName(options.name));
+      const summary = await runLabE2e(state, { focus, skip, parallel, out: (line) => process.stderr.write(`${line}\n`) });
+      process.stdout.write(options.json ? `${JSON.stringify(summary, null, 2)}\n` : renderE2eSummary(summary));
+      if (summary.failed > 0) process.exitCode = 1;
     });
   lab
     .command("kubeconfig")
@@ -172,4 +197,13 @@ export function registerLabCommands(program: Command): void {
 
 function nameFlag(name: string): string {
   return name === DEFAULT_LAB_NAME ? "" : ` --name ${name}`;
+}
+
+/**
+ * The lab as it is now: a Kubernetes lab's pods are the ones its kubelets run (Deployments' too),
+ * named as `lab status` names them; real nodes' agents are their agent pods' processes.
+ */
+async function currentLabState(state: LabState): Promise<LabState> {
+  if (state.realNodes) return realLabView(state);
+  return state.kubernetes ? { ...state, pods: kubeletLabPods(state) } : state;
 }

@@ -26,6 +26,11 @@ export interface ControlPlaneSpec {
   readonly serviceCidrs: readonly IpPrefix[];
   readonly nodeMaskSizes: { readonly 4: number; readonly 6: number };
   readonly nodePortRange: string;
+  /**
+   * Real kubelets join (`lab up --kubelet`): the API server gets a client certificate for them
+   * (logs, exec, port-forward) and NodeRestriction, and the controllers that need kubelets run.
+   */
+  readonly kubelets?: boolean;
 }
 
 export interface ControlPlaneFiles {
@@ -41,6 +46,8 @@ export interface ControlPlaneFiles {
   readonly serviceAccountPublicKey: string;
   readonly apiserverCert: string;
   readonly apiserverKey: string;
+  readonly kubeletClientCert: string;
+  readonly kubeletClientKey: string;
 }
 
 export interface ControlPlaneCommand {
@@ -49,7 +56,7 @@ export interface ControlPlaneCommand {
   readonly log: string;
 }
 
-/** The controllers the control plane runs; none that needs a kubelet (node lifecycle would taint every node). */
+/** The controllers the control plane always runs: none that needs a kubelet (node lifecycle would taint every node without one). */
 export const CONTROLLERS = [
   "node-ipam-controller",
   "endpointslice-controller",
@@ -60,6 +67,21 @@ export const CONTROLLERS = [
   "serviceaccount-token-controller",
   "garbage-collector-controller",
   "namespace-controller",
+] as const;
+
+/** The controllers a cluster of real kubelets needs besides: node health and taints, evictions, the CA its pods mount, and the workloads the e2e suite makes. */
+export const KUBELET_CONTROLLERS = [
+  "node-lifecycle-controller",
+  "taint-eviction-controller",
+  "root-ca-certificate-publisher-controller",
+  "pod-garbage-collector-controller",
+  "endpoints-controller",
+  "ttl-controller",
+  "daemonset-controller",
+  "replicationcontroller-controller",
+  "job-controller",
+  "statefulset-controller",
+  "clusterrole-aggregation-controller",
 ] as const;
 
 /** The address a client of the control plane dials: `https://ADDRESS:PORT`. */
@@ -109,6 +131,8 @@ export async function writeControlPlaneFiles(spec: ControlPlaneSpec): Promise<Co
     issue("controller-manager", "/CN=system:kube-controller-manager", client),
     issue("scheduler", "/CN=system:kube-scheduler", client),
     issue("kube-proxy", "/CN=system:kube-proxy", client),
+    // The API server's identity toward kubelets (logs, exec): a cluster administrator's.
+    issue("apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client", client),
     run("openssl", ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", path("sa.key")]),
   ]);
   await run("openssl", ["pkey", "-in", path("sa.key"), "-pubout", "-out", path("sa.pub")]);
@@ -129,6 +153,8 @@ export async function writeControlPlaneFiles(spec: ControlPlaneSpec): Promise<Co
     serviceAccountPublicKey: path("sa.pub"),
     apiserverCert: path("apiserver.crt"),
     apiserverKey: path("apiserver.key"),
+    kubeletClientCert: path("apiserver-kubelet-client.crt"),
+    kubeletClientKey: path("apiserver-kubelet-client.key"),
   };
 }
 
@@ -183,13 +209,18 @@ export function controlPlaneCommands(spec: ControlPlaneSpec, files: ControlPlane
         `--tls-cert-file=${files.apiserverCert}`, `--tls-private-key-file=${files.apiserverKey}`, `--client-ca-file=${files.caCert}`,
         `--service-cluster-ip-range=${serviceCidrs}`, `--service-node-port-range=${spec.nodePortRange}`, "--authorization-mode=Node,RBAC",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local", `--service-account-key-file=${files.serviceAccountPublicKey}`,
-        `--service-account-signing-key-file=${files.serviceAccountKey}`, "--allow-privileged=true", "--profiling=false", `--cert-dir=${join(spec.dir, "pki")}`],
+        `--service-account-signing-key-file=${files.serviceAccountKey}`, "--allow-privileged=true", "--profiling=false", `--cert-dir=${join(spec.dir, "pki")}`,
+        ...(spec.kubelets
+          ? [`--kubelet-client-certificate=${files.kubeletClientCert}`, `--kubelet-client-key=${files.kubeletClientKey}`,
+            // Lab nodes' names resolve nowhere: dial their addresses.
+            "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname", "--enable-admission-plugins=NodeRestriction"]
+          : [])],
     },
     {
       name: "kube-controller-manager",
       log: log("kube-controller-manager"),
       argv: [bin("kube-controller-manager"), `--kubeconfig=${files.controllerManagerKubeconfig}`, `--authentication-kubeconfig=${files.controllerManagerKubeconfig}`,
-        `--authorization-kubeconfig=${files.controllerManagerKubeconfig}`, "--leader-elect=false", `--controllers=${CONTROLLERS.join(",")}`,
+        `--authorization-kubeconfig=${files.controllerManagerKubeconfig}`, "--leader-elect=false", `--controllers=${[...CONTROLLERS, ...(spec.kubelets ? KUBELET_CONTROLLERS : [])].join(",")}`,
         "--allocate-node-cidrs=true", `--cluster-cidr=${spec.podCidrs.map(formatPrefix).join(",")}`, ...masks, `--service-cluster-ip-range=${serviceCidrs}`,
         `--root-ca-file=${files.caCert}`, `--service-account-private-key-file=${files.serviceAccountKey}`, "--use-service-account-credentials=true",
         `--bind-address=${address}`, "--secure-port=0", "--profiling=false", "--concurrent-endpoint-syncs=5", "--concurrent-service-endpoint-syncs=5"],

@@ -9,6 +9,7 @@ import { deleteNamedNetns, listNamedNetns, namedNetnsPath, namedNetnsPids } from
 import { delNetworkList, readNetworkList } from "./cni-runtime.js";
 import { LOCAL_RELAY } from "./kube-lab.js";
 import { readKubeletPods } from "./kubelet.js";
+import { stopRealNodes } from "./real-nodes.js";
 import { isLabProcess, stopProcesses } from "./processes.js";
 import { mapConcurrently } from "./concurrently.js";
 import { LAB_ROOT, labDir, nodeCniConfDir, readLabState, type LabProcess, type LabState } from "./state.js";
@@ -40,6 +41,8 @@ export async function labDown(name: string, settings: LabDownSettings): Promise<
   // The lab kubelets first (they would attach pods again), then pods, then CNI DEL while the
   // agents and nodes are still there, then the rest.
   const kubeletsStopped = await stopLabProcesses([], Object.values(state?.kubernetes?.kubelets ?? {}).map((kubelet) => recordedHere(kubelet)));
+  // Real nodes: everything in their control groups, then their mounts; their pods' CNI state goes with the lab's directory.
+  const realStopped = await stopRealNodes(name, state, labDir(name));
   const podStopped = await stopLabProcesses(pods, (state?.pods ?? []).map((pod) => recorded(pod.probe, pod.netnsPath)));
   const released = await releasePods(name, state, pods, out);
   const hostRecords = [
@@ -57,7 +60,7 @@ export async function labDown(name: string, settings: LabDownSettings): Promise<
   rmSync(labDir(name), { recursive: true, force: true });
   removeSharedPluginLinks();
   out(
-    `lab ${name} removed: ${namespaces.size} namespaces, ${kubeletsStopped + podStopped + agentsStopped + straysStopped} processes` +
+    `lab ${name} removed: ${namespaces.size} namespaces, ${kubeletsStopped + realStopped + podStopped + agentsStopped + straysStopped} processes` +
       `${released > 0 ? `, ${released} pods released through CNI DEL` : ""}, ${labDir(name)}`,
   );
 }

@@ -45,6 +45,8 @@ export interface LabKubernetes {
   /** Each node's lab kubelet, by node. */
   readonly kubelets: Record<string, LabProcess>;
   readonly binDir: string;
+  /** The cluster's CA certificate (absent in labs made before it was recorded). */
+  readonly caCert?: string;
 }
 
 /** Where the built control plane is: TRELLIS_KUBE_BIN, else test/kube/bin of the checkout this trellis was built from. */
@@ -93,7 +95,7 @@ export async function labKubectl(kube: Pick<LabKubernetes, "adminKubeconfig" | "
  * Starts the control plane on `control`, the relays, the RBAC of deploy/trellis.yaml, and the
  * Node objects; records every process in `state.kubernetes` as it goes (`save` after each).
  */
-export async function startKubeControlPlane(state: LabState, control: { readonly netnsPath: string; readonly addresses: readonly string[] }, save: () => void, signal: AbortSignal, out: (line: string) => void): Promise<LabKubernetes> {
+export async function startKubeControlPlane(state: LabState, control: { readonly netnsPath: string; readonly addresses: readonly string[] }, save: () => void, signal: AbortSignal, out: (line: string) => void, kubelets = false): Promise<LabKubernetes> {
   const unavailable = kubeLabUnavailable();
   if (unavailable) throw new Error(`lab up --kubernetes: ${unavailable}`);
   const binDir = kubeBinDir();
@@ -108,6 +110,7 @@ export async function startKubeControlPlane(state: LabState, control: { readonly
     serviceCidrs: state.families.map((family) => parsePrefix(KUBE_LAB_CIDRS[family].services)),
     nodeMaskSizes: { 4: KUBE_LAB_CIDRS[4].mask, 6: KUBE_LAB_CIDRS[6].mask },
     nodePortRange: "30000-32767",
+    kubelets,
   };
   const files = await writeControlPlaneFiles(spec);
   const nodeKubeconfigs: Record<string, string> = {};
@@ -122,6 +125,7 @@ export async function startKubeControlPlane(state: LabState, control: { readonly
     processes: {},
     kubelets: {},
     binDir,
+    caCert: files.caCert,
   };
   state.kubernetes = kube;
   save();
@@ -148,6 +152,14 @@ export async function startKubeControlPlane(state: LabState, control: { readonly
   writeFileSync(kube.adminKubeconfig, kubeconfigText(kube.localServer, files.caCert, "trellis-admin", join(dir, "pki", "admin.crt"), join(dir, "pki", "admin.key")), { mode: 0o600 });
   save();
 
+  if (kubelets) {
+    // Real kubelets register their Nodes themselves, and Trellis is installed as a user installs it (real-lab.ts).
+    for (const node of state.nodes) {
+      nodeKubeconfigs[node.name] = await clientKubeconfig(dir, `kubelet-${node.name}`, `/O=system:nodes/CN=system:node:${node.name}`, `system:node:${node.name}`, kube.server);
+    }
+    save();
+    return kube;
+  }
   // The agents' rights are the manifest's, and only those.
   await labKubectl(kube, ["apply", "-f", deployManifest()]);
   out("deploy/trellis.yaml applied");

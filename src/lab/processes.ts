@@ -12,15 +12,27 @@ export interface StartedProcess extends LabProcess {
   ended(): string | undefined;
 }
 
+export interface DetachedOptions {
+  /** A mount namespace to run in too (a file that keeps one, as `unshare --mount=FILE` makes). */
+  readonly mountNs?: string;
+  /** `cgroup.procs` files the process joins before the command starts, so its children start there too. */
+  readonly cgroupProcs?: readonly string[];
+}
+
+/** Joins the groups named before `--`, then execs what follows: the pid stays the command's. */
+const JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ >"$1" || exit 1; shift; done; shift; exec "$@"';
+
 /**
  * Starts `argv` inside the namespace at `netnsPath` (undefined: this process's own), in its own
- * session, with stdout and stderr appended to `log`. nsenter execs the command in place, so the
- * pid is the command's own.
+ * session, with stdout and stderr appended to `log`. nsenter (and the shell that joins control
+ * groups) exec the command in place, so the pid is the command's own.
  */
-export function startDetached(netnsPath: string | undefined, argv: readonly string[], log: string): StartedProcess {
+export function startDetached(netnsPath: string | undefined, argv: readonly string[], log: string, options: DetachedOptions = {}): StartedProcess {
   const fd = openSync(log, "a");
   try {
-    const command = netnsPath === undefined ? [...argv] : ["nsenter", `--net=${netnsPath}`, "--", ...argv];
+    const joined = options.cgroupProcs?.length ? ["sh", "-c", JOIN_CGROUPS, "sh", ...options.cgroupProcs, "--", ...argv] : [...argv];
+    const namespaces = [...(options.mountNs ? [`--mount=${options.mountNs}`] : []), ...(netnsPath === undefined ? [] : [`--net=${netnsPath}`])];
+    const command = namespaces.length === 0 ? joined : ["nsenter", ...namespaces, "--", ...joined];
     const child = spawn(command[0], command.slice(1), { detached: true, stdio: ["ignore", fd, fd] });
     if (child.pid === undefined) throw new Error(`cannot start ${argv.join(" ")} in ${netnsPath}`);
     let ended: string | undefined;

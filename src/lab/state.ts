@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { listNamedNetns } from "../linux/named-netns.js";
 import type { Family } from "../net/ip.js";
 import type { LabKubernetes } from "./kube-lab.js";
+import type { RealNodeRuntime, RealNodesState } from "./real-nodes.js";
 import { isLabNetnsName, type LabFamily, type LabMode, type LabPodSpec, type UnderlayHost, type UnderlaySubnet } from "./topology.js";
 
 export const LAB_ROOT = "/run/trellis/lab";
@@ -31,6 +32,8 @@ export interface LabNodeState extends UnderlayHost {
   /** The CNI state directory the agent names in the conflist. */
   readonly cniDataDir: string;
   agent?: LabProcess;
+  /** Its containerd and kubelet, on a lab of real nodes (`--kubelet`). */
+  runtime?: RealNodeRuntime;
 }
 
 export interface LabPodState extends LabPodSpec {
@@ -75,6 +78,8 @@ export interface LabState {
   readonly control?: LabExternalState;
   /** A lab on a real Kubernetes control plane: its processes, kubeconfigs and kubelets. */
   kubernetes?: LabKubernetes;
+  /** A lab of real nodes (`--kubelet`): what the nodes share. */
+  realNodes?: RealNodesState;
 }
 
 /** Where the agent of `node` writes its conflist. */

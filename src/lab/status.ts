@@ -5,10 +5,11 @@
  * Kubernetes lab, pods are every Pod its kubelets run, and `kubernetes` is added); other
  * fields may be added, none of these removed.
  */
+import { existsSync } from "node:fs";
 import { networkListSubnets, readNetworkList } from "./cni-runtime.js";
 import { kubeletLabPods } from "./kubelet.js";
 import { isLabProcess } from "./processes.js";
-import type { LabState } from "./state.js";
+import type { LabProcess, LabState } from "./state.js";
 import type { LabFamily, LabMode } from "./topology.js";
 
 export interface LabStatus {
@@ -77,15 +78,19 @@ export function labStatus(state: LabState): LabStatus {
       agentArgv: node.agent?.argv ?? [],
       cniConfDir: node.cniConfDir,
     })),
-    pods: (state.kubernetes ? kubeletLabPods(state) : state.pods).map((pod) => ({
-      name: pod.name,
-      node: pod.node,
-      netns: pod.netnsPath,
-      addresses: pod.addresses,
-      containerId: pod.containerId,
-      probePid: pod.probe?.pid ?? null,
-      probeRunning: pod.probe !== undefined && isLabProcess(pod.probe, pod.netnsPath),
-    })),
+    pods: (state.kubernetes && !state.realNodes ? kubeletLabPods(state) : state.pods).map((pod) => {
+      // A real node's pod is a container: its process is the one whose namespace the path names.
+      const containerPid = state.realNodes ? Number(/^\/proc\/([0-9]+)\//.exec(pod.netnsPath)?.[1]) : NaN;
+      return {
+        name: pod.name,
+        node: pod.node,
+        netns: pod.netnsPath,
+        addresses: pod.addresses,
+        containerId: pod.containerId,
+        probePid: Number.isInteger(containerPid) ? containerPid : (pod.probe?.pid ?? null),
+        probeRunning: Number.isInteger(containerPid) ? existsSync(`/proc/${containerPid}`) : pod.probe !== undefined && isLabProcess(pod.probe, pod.netnsPath),
+      };
+    }),
     external: {
       netns: state.external.netnsPath,
       addresses: state.external.addresses,
@@ -102,7 +107,7 @@ export function labStatus(state: LabState): LabStatus {
             kubeconfig: state.kubernetes.adminKubeconfig,
             control: { netns: state.control!.netnsPath, addresses: state.control!.addresses },
             processes: Object.fromEntries(
-              Object.entries({ ...state.kubernetes.processes, ...Object.fromEntries(Object.entries(state.kubernetes.kubelets).map(([node, proc]) => [`kubelet-${node}`, proc])) }).map(([role, proc]) => [
+              Object.entries({ ...state.kubernetes.processes, ...Object.fromEntries(Object.entries(state.kubernetes.kubelets).map(([node, proc]) => [`kubelet-${node}`, proc])), ...realNodeProcesses(state) }).map(([role, proc]) => [
                 role,
                 { pid: proc.pid, running: isLabProcess(proc), log: proc.log },
               ]),
@@ -115,6 +120,16 @@ export function labStatus(state: LabState): LabStatus {
       subnets: state.underlay.subnets.map(({ bridge, prefixes, router }) => ({ bridge, prefixes, router })),
     },
   };
+}
+
+/** Each real node's containerd and kubelet, by `containerd-NODE` and `kubelet-NODE`. */
+function realNodeProcesses(state: LabState): Record<string, LabProcess> {
+  const processes: Record<string, LabProcess> = {};
+  for (const node of state.nodes) {
+    if (node.runtime?.containerd) processes[`containerd-${node.name}`] = node.runtime.containerd;
+    if (node.runtime?.kubelet) processes[`kubelet-${node.name}`] = node.runtime.kubelet;
+  }
+  return processes;
 }
 
 /** The pod CIDRs the node's agent put in its conflist; none while it has written none. */

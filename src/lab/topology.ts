@@ -40,6 +40,8 @@ export interface LabOptions {
   readonly podLabels: Readonly<Record<string, string>>;
   /** A real Kubernetes control plane on a `control` host instead of the Trellis store. */
   readonly kubernetes: boolean;
+  /** Real nodes: containerd and a kubelet on every node, Trellis installed from deploy/trellis.yaml (implies kubernetes). */
+  readonly kubelet: boolean;
 }
 
 /** Options as the command line gives them: text, unchecked. */
@@ -53,6 +55,7 @@ export interface LabOptionsText {
   readonly store?: string;
   readonly podLabels?: string;
   readonly kubernetes?: boolean;
+  readonly kubelet?: boolean;
 }
 
 const NAME = /^[a-z]([a-z0-9-]*[a-z0-9])?$/;
@@ -90,10 +93,11 @@ export function parseLabOptions(text: LabOptionsText): LabOptions {
   const subnets = attempt(() => oneOf("--subnets", text.subnets ?? "1", ["1", "2"] as const));
   const store = text.store === undefined ? undefined : attempt(() => checkStore(text.store!));
   const podLabels = attempt(() => parsePodLabels(text.podLabels ?? DEFAULT_POD_LABELS));
-  const kubernetes = text.kubernetes === true;
-  if (kubernetes && store !== undefined) problems.push(`--store ${text.store} and --kubernetes: a Kubernetes lab keeps its cluster in its own API server, not in a Trellis store`);
+  const kubelet = text.kubelet === true;
+  const kubernetes = text.kubernetes === true || kubelet;
+  if (kubernetes && store !== undefined) problems.push(`--store ${text.store} and --${kubelet ? "kubelet" : "kubernetes"}: a Kubernetes lab keeps its cluster in its own API server, not in a Trellis store`);
   if (problems.length > 0) throw new Error(problems.join("\n"));
-  return { name: name!, nodes: nodes!, podsPerNode: podsPerNode!, family: family!, mode: mode!, subnets: Number(subnets) as 1 | 2, store, podLabels: podLabels!, kubernetes };
+  return { name: name!, nodes: nodes!, podsPerNode: podsPerNode!, family: family!, mode: mode!, subnets: Number(subnets) as 1 | 2, store, podLabels: podLabels!, kubernetes, kubelet };
 }
 
 function wholeNumber(option: string, text: string, min: number, max: number): number {

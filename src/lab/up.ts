@@ -13,6 +13,7 @@ import { logTail, sleep, startDetached, type StartedProcess } from "./processes.
 import { mapConcurrently } from "./concurrently.js";
 import { KUBE_LAB_CIDRS, labKubectl, labKubePod, startKubeControlPlane } from "./kube-lab.js";
 import { readKubeletPods } from "./kubelet.js";
+import { startRealLab } from "./real-lab.js";
 import { LAB_POD_LABEL, recordLabPods } from "./pod-objects.js";
 import { selfInvocation } from "./probe.js";
 import { labDir, nodeCniConfDir, nodeCniDataDir, readLabState, saveLabState, type LabNodeState, type LabPodState, type LabState } from "./state.js";
@@ -50,7 +51,7 @@ export async function labUp(options: LabOptions, settings: LabUpSettings): Promi
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
   try {
-    await build(state, layout, options.store === LAB_ETCD, settings, controller.signal, options.kubernetes);
+    await build(state, layout, options.store === LAB_ETCD, settings, controller.signal, options.kubernetes, options.kubelet);
     state.phase = "up";
     saveLabState(state);
     out(`lab ${state.name} is up (${((Date.now() - started) / 1000).toFixed(1)} s)`);
@@ -90,14 +91,19 @@ function initialState(options: LabOptions, layout: LabLayout): LabState {
     probePort: PROBE_PORT,
     podLabels: options.podLabels,
     underlay: { netnsName: layout.underlayNetns, netnsPath: namedNetnsPath(layout.underlayNetns), subnets: layout.subnets },
-    nodes: layout.nodes.map((node) => ({ ...withPath(node), cniConfDir: nodeCniConfDir(options.name, node.name), cniDataDir: nodeCniDataDir(options.name, node.name) })),
+    nodes: layout.nodes.map((node) => ({
+      ...withPath(node),
+      // A real node's conflist and CNI state are where its agent pod writes them: the node view's /etc/cni/net.d and /var/lib/cni.
+      cniConfDir: options.kubelet ? join(dir, node.name, "fs", "etc-cni-net.d") : nodeCniConfDir(options.name, node.name),
+      cniDataDir: options.kubelet ? join(dir, node.name, "fs", "var-lib-cni", "trellis") : nodeCniDataDir(options.name, node.name),
+    })),
     pods: layout.pods.map((pod) => ({ ...withPath(pod), addresses: [] })),
     external: withPath(layout.external),
     ...(layout.control ? { control: withPath(layout.control) } : {}),
   };
 }
 
-async function build(state: LabState, layout: LabLayout, runEtcd: boolean, settings: LabUpSettings, signal: AbortSignal, kubernetes: boolean): Promise<void> {
+async function build(state: LabState, layout: LabLayout, runEtcd: boolean, settings: LabUpSettings, signal: AbortSignal, kubernetes: boolean, kubelet: boolean): Promise<void> {
   const { out } = settings;
   const step = () => signal.throwIfAborted();
   const stack = state.families.length === 2 ? "dual-stack (IPv4 first)" : state.family === "ipv4" ? "IPv4 only" : "IPv6 only";
@@ -138,7 +144,12 @@ async function build(state: LabState, layout: LabLayout, runEtcd: boolean, setti
 
   if (kubernetes) {
     step();
-    await startKubeControlPlane(state, state.control!, () => saveLabState(state), signal, out);
+    await startKubeControlPlane(state, state.control!, () => saveLabState(state), signal, out, kubelet);
+  }
+  if (kubelet) {
+    step();
+    await startRealLab(state, () => saveLabState(state), signal, out);
+    return;
   }
 
   step();
