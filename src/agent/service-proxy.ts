@@ -164,7 +164,7 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
         const { removed, added } = index.changes();
         const change = state.update(removed, added);
         // Once the rules no longer lead there, the UDP flows that still do are deleted.
-        for (const flow of staleUdpFlows(removed, added)) staleFlows.push(flow);
+        for (const flow of staleUdpFlows(removed, added, node.name)) staleFlows.push(flow);
         if ([...removed, ...added].some((port) => port.healthCheckNodePort !== undefined)) healthChanged = true;
         ops = written ? change : proxyFullOps(state.ruleset());
       }

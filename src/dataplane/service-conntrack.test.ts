@@ -55,4 +55,24 @@ describe("dataplane/service-conntrack", () => {
     const after = dns([endpoint("10.244.1.5", { ready: false, serving: true, terminating: true })]);
     assert.deepEqual(staleUdpFlows([before], [after]), []);
   });
+
+  // Bug caught (upstream e2e "Conntrack should be able to preserve UDP traffic when server pod
+  // cycles for a ClusterIP service with InternalTrafficPolicy set to Local"): while node2 had no
+  // endpoint of its own, its client's datagrams to the ClusterIP left undnatted and made a flow;
+  // the port had endpoints elsewhere all along, so the new local endpoint cleared nothing.
+  test("internalTrafficPolicy Local: this node's own endpoint coming back clears the flows to the ClusterIPs", () => {
+    const policy = { internalTrafficPolicy: "Local" as const };
+    const away = dns([endpoint("10.244.1.5", { nodeName: "node1" }), endpoint("10.244.2.7", { nodeName: "node2", ready: false, serving: false })], policy);
+    const back = dns([endpoint("10.244.1.5", { nodeName: "node1" }), endpoint("10.244.2.9", { nodeName: "node2" })], policy);
+    assert.deepEqual(show(staleUdpFlows([away], [back], "node2")), ["4 10.96.0.10:53 <- *", "6 fd00:10:96::a:53 <- *"]);
+    // node1 had its endpoint all along: nothing of its clients' moves.
+    assert.deepEqual(staleUdpFlows([away], [back], "node1"), []);
+  });
+
+  test("externalTrafficPolicy Local: this node's own endpoint coming back clears the flows to the NodePort, not the ClusterIPs", () => {
+    const policy = { externalTrafficPolicy: "Local" as const };
+    const away = dns([endpoint("10.244.1.5", { nodeName: "node1" })], policy);
+    const back = dns([endpoint("10.244.1.5", { nodeName: "node1" }), endpoint("10.244.2.9", { nodeName: "node2" })], policy);
+    assert.deepEqual(show(staleUdpFlows([away], [back], "node2")), ["4 *:30053 <- *", "6 *:30053 <- *"]);
+  });
 });

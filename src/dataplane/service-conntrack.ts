@@ -6,7 +6,9 @@
  * - an endpoint that left a UDP port: its flows to that port's addresses and NodePort go;
  * - a UDP port that had no usable endpoint and now has one: every flow to it goes, so the
  *   next datagram is DNAT'ed afresh. A port new to the proxy counts as one that had none: a
- *   client that sent before its rules existed has a flow that leads nowhere.
+ *   client that sent before its rules existed has a flow that leads nowhere. Under a Local
+ *   traffic policy "usable" means on this node, for the addresses that policy governs
+ *   (internal: the ClusterIPs; external: NodePorts, external and load-balancer addresses).
  * TCP and SCTP end their flows themselves (a reset from nowhere, or the client's retry).
  */
 import { formatIp, type IpAddress } from "../net/ip.js";
@@ -20,7 +22,7 @@ export interface StaleFlow {
   readonly replySrc?: IpAddress;
 }
 
-export function staleUdpFlows(previous: readonly ProxyServicePort[], next: readonly ProxyServicePort[]): StaleFlow[] {
+export function staleUdpFlows(previous: readonly ProxyServicePort[], next: readonly ProxyServicePort[], node?: string): StaleFlow[] {
   const key = (port: ProxyServicePort) => `${port.namespace}/${port.name}/${port.portName}`;
   const before = new Map(previous.filter((port) => port.protocol === "UDP").map((port) => [key(port), port]));
   const flows = new Map<string, StaleFlow>();
@@ -29,22 +31,30 @@ export function staleUdpFlows(previous: readonly ProxyServicePort[], next: reado
     if (port.protocol !== "UDP") continue;
     const old = before.get(key(port));
     before.delete(key(port));
-    const wasUsable = old !== undefined && usable(old.endpoints).length > 0;
-    const nowUsable = usable(port.endpoints);
-    if (!wasUsable && nowUsable.length > 0) {
+    // Whether this node had somewhere to send the port's traffic, and has now: under a Local
+    // traffic policy only its own endpoints count (a client here whose datagrams led nowhere
+    // while the node had none keeps a flow that leads nowhere, though other nodes had some).
+    for (const path of ["internal", "external"] as const) {
+      const wasUsable = old !== undefined && usableFrom(old, path, node).length > 0;
+      if (wasUsable || usableFrom(port, path, node).length === 0) continue;
       for (const stale of old ? [old, port] : [port]) {
-        for (const address of addressesOf(stale)) add({ protocol: "udp", family: address.family, origDst: address, origPortDst: stale.port });
-        if (stale.nodePort !== undefined) for (const family of familiesOf(stale)) add({ protocol: "udp", family, origPortDst: stale.nodePort });
+        for (const address of path === "internal" ? stale.clusterIPs : [...stale.externalIPs, ...stale.loadBalancerIPs]) add({ protocol: "udp", family: address.family, origDst: address, origPortDst: stale.port });
+        if (path === "external" && stale.nodePort !== undefined) for (const family of familiesOf(stale)) add({ protocol: "udp", family, origPortDst: stale.nodePort });
       }
-      continue;
     }
     if (!old) continue;
-    const remaining = new Set(nowUsable.map(endpointKey));
+    const remaining = new Set(usable(port.endpoints).map(endpointKey));
     for (const gone of usable(old.endpoints).filter((endpoint) => !remaining.has(endpointKey(endpoint)))) removeEndpointFlows(old, gone, add);
   }
   // Ports that went away altogether: their endpoints' flows go with them.
   for (const old of before.values()) for (const gone of usable(old.endpoints)) removeEndpointFlows(old, gone, add);
   return [...flows.values()];
+}
+
+/** The endpoints a port's traffic from this node's clients (internal) or from outside (external) can go to. */
+function usableFrom(port: ProxyServicePort, path: "internal" | "external", node: string | undefined): ProxyEndpoint[] {
+  const local = (path === "internal" ? port.internalTrafficPolicy : port.externalTrafficPolicy) === "Local" && node !== undefined;
+  return usable(local ? port.endpoints.filter((endpoint) => endpoint.nodeName === node) : port.endpoints);
 }
 
 function removeEndpointFlows(port: ProxyServicePort, endpoint: ProxyEndpoint, add: (flow: StaleFlow) => void): void {
