@@ -49,6 +49,8 @@ export function registerLabCommands(program: Command): void {
     .option("--pod-labels <k=v,…>", "labels of the pods' Pod objects, which Services select", "app=probe")
     .option("--kubernetes", "a real Kubernetes control plane on a control host: Nodes, Pods, Services and EndpointSlices from its API server")
     .option("--kubelet", "real nodes (implies --kubernetes): containerd and a kubelet on every node, Trellis installed from deploy/trellis.yaml as a DaemonSet, CoreDNS")
+    .option("--kube-proxy", "real nodes whose Services come from kube-proxy (nftables mode) with the agents' proxy off (implies --kubelet)")
+    .option("--reference-cni", "real nodes networked by the reference CNI plugins (bridge, host-local, portmap) and kube-proxy, without Trellis: the baseline (implies --kube-proxy)")
     .action(async (text: LabOptionsText) => {
       const options = parseLabOptions(text);
       try {

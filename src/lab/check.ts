@@ -90,7 +90,8 @@ export async function checkLab(state: LabState, services: readonly LabServicePor
     total: probes.length,
     failed,
     seconds: (Date.now() - started) / 1000,
-    agents: state.nodes.map((node) => ({ node: node.name, pid: node.agent?.pid ?? null, running: node.agent !== undefined && isLabProcess(node.agent, node.netnsPath) })),
+    // The baseline of real nodes (the reference plugins) has no agents.
+    agents: state.realNodes?.network === "reference" ? [] : state.nodes.map((node) => ({ node: node.name, pid: node.agent?.pid ?? null, running: node.agent !== undefined && isLabProcess(node.agent, node.netnsPath) })),
     sources: sources.map((source) => source.name),
     destinations: [...state.pods.map((pod) => pod.name), ...new Set(services.map((port) => serviceColumn(port))), "external"],
     probes,

@@ -13,6 +13,8 @@ import { run } from "../linux/exec.js";
 export interface ImageSpec {
   /** The image's reference, `registry/repository:tag`. */
   readonly ref: string;
+  /** Further references to the same image (other tags its users ask for). */
+  readonly moreRefs?: readonly string[];
   /** Programs copied with every shared library they load: `from` on this machine, `to` in the image. */
   readonly programs?: ReadonlyArray<{ readonly from: string; readonly to: string }>;
   /** Files copied as they are (data, static programs). */
@@ -150,7 +152,7 @@ async function writeDockerArchive(spec: ImageSpec, root: string, work: string, f
   });
   const configName = `${createHash("sha256").update(config).digest("hex")}.json`;
   writeFileSync(join(out, configName), config);
-  writeFileSync(join(out, "manifest.json"), JSON.stringify([{ Config: configName, RepoTags: [spec.ref], Layers: ["layer/layer.tar"] }]));
+  writeFileSync(join(out, "manifest.json"), JSON.stringify([{ Config: configName, RepoTags: [spec.ref, ...(spec.moreRefs ?? [])], Layers: ["layer/layer.tar"] }]));
   await run("tar", ["--owner=0", "--group=0", "--numeric-owner", "-C", out, "-cf", file, "manifest.json", configName, "layer/layer.tar"]);
 }
 

@@ -15,26 +15,49 @@ import { selfInvocation } from "./probe.js";
 /** The machine's programs the images take (Debian packages: dash, netcat-openbsd, curl, wget, bind9-dnsutils, iproute2, …). */
 const DASH = "/usr/bin/dash";
 const BUSYBOX = "/usr/bin/busybox";
+const NGINX_CONF = `user root;
+worker_processes 1;
+pid /run/nginx.pid;
+error_log stderr;
+events { worker_connections 256; }
+http {
+  access_log off;
+  client_body_temp_path /tmp/client_body;
+  proxy_temp_path /tmp/proxy;
+  fastcgi_temp_path /tmp/fastcgi;
+  uwsgi_temp_path /tmp/uwsgi;
+  scgi_temp_path /tmp/scgi;
+  server {
+    listen 80;
+    listen [::]:80;
+    root /usr/share/nginx/html;
+  }
+}
+`;
 
 export interface LabImages {
   readonly pause: ImageArchive;
   readonly agnhost: ImageArchive;
   readonly busybox: ImageArchive;
+  readonly glibcDnsTesting: ImageArchive;
+  readonly nginx: ImageArchive;
+  readonly regressionIssue74839: ImageArchive;
   readonly coredns: ImageArchive;
   readonly trellis: ImageArchive;
 }
 
-/** The refs the e2e suite runs, by repository name (`agnhost` → `registry.k8s.io/e2e-test-images/agnhost:2.66.1`). */
-export async function e2eImageRefs(binDir: string): Promise<Map<string, string>> {
+/**
+ * The refs the e2e suite runs, by repository name, every tag it lists (`agnhost` →
+ * `registry.k8s.io/e2e-test-images/agnhost:2.66.1` and the previous `…:2.55`): the suite asks
+ * for more than one tag of some (nginx's current and next), and the lab serves each.
+ */
+export async function e2eImageRefs(binDir: string): Promise<Map<string, string[]>> {
   const { stdout } = await run(join(binDir, "e2e.test"), ["--list-images"], { timeoutMs: 60_000 });
-  const refs = new Map<string, string>();
-  // Several tags of one repository are listed (a previous agnhost, say): the suite's current one is
-  // the one its framework names; for the repositories here that is the highest version.
+  const refs = new Map<string, string[]>();
   for (const ref of stdout.split("\n").map((line) => line.trim()).filter((line) => line.startsWith("registry.k8s.io/"))) {
     const repository = ref.slice(0, ref.lastIndexOf(":"));
     const name = repository.slice(repository.lastIndexOf("/") + 1);
-    const known = refs.get(name);
-    if (!known || compareVersions(ref.slice(ref.lastIndexOf(":") + 1), known.slice(known.lastIndexOf(":") + 1)) > 0) refs.set(name, ref);
+    refs.set(name, [...(refs.get(name) ?? []), ref].sort((a, b) => compareVersions(b.slice(b.lastIndexOf(":") + 1), a.slice(a.lastIndexOf(":") + 1))));
   }
   return refs;
 }
@@ -75,10 +98,10 @@ export async function busyboxLinks(except: ReadonlySet<string>): Promise<Array<{
 /** Builds (or finds in `cacheDir`) every image a real-node lab runs. */
 export async function buildLabImages(binDir: string, cacheDir: string): Promise<LabImages> {
   const refs = await e2eImageRefs(binDir);
-  const ref = (name: string) => {
+  const tags = (name: string) => {
     const found = refs.get(name);
-    if (!found) throw new Error(`${join(binDir, "e2e.test")} --list-images names no ${name} image`);
-    return found;
+    if (!found?.length) throw new Error(`${join(binDir, "e2e.test")} --list-images names no ${name} image`);
+    return { ref: found[0], moreRefs: found.slice(1) };
   };
   const self = selfInvocation();
   if (self.length !== 1) throw new Error("the lab's Trellis image is made from the built executable: run dist/trellis (npm run build), not the sources");
@@ -90,16 +113,37 @@ export async function buildLabImages(binDir: string, cacheDir: string): Promise<
     ["ip", "/usr/sbin/ip"], ["ping", "/usr/bin/ping"],
   ]);
   const specs: Record<keyof LabImages, ImageSpec> = {
-    pause: { ref: ref("pause"), files: [{ from: join(binDir, "pause"), to: "/pause" }], entrypoint: ["/pause"] },
+    pause: { ...tags("pause"), files: [{ from: join(binDir, "pause"), to: "/pause" }], entrypoint: ["/pause"] },
     agnhost: {
-      ref: ref("agnhost"),
+      ...tags("agnhost"),
       files: [{ from: join(binDir, "agnhost"), to: "/agnhost" }, { from: BUSYBOX, to: "/bin/busybox" }],
       programs: [...agnhostPrograms].map(([name, from]) => ({ from, to: `/usr/bin/${name}` })),
       links: await busyboxLinks(new Set(agnhostPrograms.keys())),
       entrypoint: ["/agnhost"],
       cmd: ["pause"],
     },
-    busybox: { ref: ref("busybox"), files: [{ from: BUSYBOX, to: "/bin/busybox" }], links: await busyboxLinks(new Set()), cmd: ["sh"] },
+    busybox: { ...tags("busybox"), files: [{ from: BUSYBOX, to: "/bin/busybox" }], links: await busyboxLinks(new Set()), cmd: ["sh"] },
+    // Debian's glibc resolver beside dig (upstream builds it from debian:bookworm-slim and dnsutils).
+    glibcDnsTesting: {
+      ...tags("glibc-dns-testing"),
+      files: [{ from: BUSYBOX, to: "/bin/busybox" }],
+      programs: [{ from: DASH, to: "/usr/bin/sh" }, { from: "/usr/bin/dig", to: "/usr/bin/dig" }, { from: "/usr/bin/getent", to: "/usr/bin/getent" }],
+      links: await busyboxLinks(new Set(["sh", "dig", "getent"])),
+      cmd: ["sh"],
+    },
+    // Debian's nginx, serving on port 80 in both families as the suite's image does.
+    nginx: {
+      ...tags("nginx"),
+      programs: [{ from: "/usr/sbin/nginx", to: "/usr/sbin/nginx" }],
+      texts: [
+        { path: "/etc/nginx/nginx.conf", text: NGINX_CONF },
+        { path: "/var/log/nginx/.keep", text: "" },
+        { path: "/var/lib/nginx/.keep", text: "" },
+        { path: "/usr/share/nginx/html/index.html", text: "<html><body>nginx</body></html>\n" },
+      ],
+      entrypoint: ["/usr/sbin/nginx", "-g", "daemon off;"],
+    },
+    regressionIssue74839: { ...tags("regression-issue-74839"), files: [{ from: join(binDir, "regression-issue-74839"), to: "/regression-issue-74839" }], entrypoint: ["/regression-issue-74839"] },
     coredns: { ref: `registry.k8s.io/coredns/coredns:${corednsVersion(binDir)}`, files: [{ from: join(binDir, "coredns"), to: "/coredns" }], entrypoint: ["/coredns"] },
     trellis: {
       ref: manifestTrellisImage(),

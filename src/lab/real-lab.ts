@@ -13,7 +13,8 @@ import { deployManifest, KUBE_LAB_CIDRS, labKubectl, type LabKubernetes } from "
 import { buildLabImages } from "./lab-images.js";
 import { LAB_POD_LABEL } from "./pod-objects.js";
 import { sleep, type StartedProcess } from "./processes.js";
-import { podAgentPid, podPid, prepareRealNodes, startRealKubelet, startRealNodeRuntime, waitForKubelet } from "./real-nodes.js";
+import { podAgentPid, podPid, prepareRealNodes, startRealKubelet, startRealKubeProxy, startRealNodeRuntime, waitForKubelet, writeReferenceNetwork } from "./real-nodes.js";
+import { routeInUnderlay } from "./underlay.js";
 import type { LabPodState, LabState } from "./state.js";
 import { kubePodMemberName, LAB_EXTERNAL_IPS } from "./topology.js";
 
@@ -24,12 +25,19 @@ export function clusterDnsAddresses(state: Pick<LabState, "families">): string[]
 
 const NODE_CONCURRENCY = 3;
 
-export async function startRealLab(state: LabState, save: () => void, signal: AbortSignal, out: (line: string) => void): Promise<void> {
+export interface RealLabChoice {
+  /** kube-proxy serves the Services; the agents' proxy is off. */
+  readonly kubeProxy: boolean;
+  /** The reference CNI plugins network the nodes; Trellis is not installed. */
+  readonly referenceCni: boolean;
+}
+
+export async function startRealLab(state: LabState, save: () => void, signal: AbortSignal, out: (line: string) => void, choice: RealLabChoice): Promise<void> {
   const kube = state.kubernetes!;
   let started = Date.now();
   const images = await buildLabImages(kube.binDir, join(kube.binDir, "..", "images"));
   out(`images (${((Date.now() - started) / 1000).toFixed(1)} s): ${Object.values(images).map((image) => image.ref).join(", ")}`);
-  await prepareRealNodes(state, Object.values(images));
+  await prepareRealNodes(state, Object.values(images), { network: choice.referenceCni ? "reference" : "trellis", kubeProxy: choice.kubeProxy });
   save();
 
   started = Date.now();
@@ -51,11 +59,23 @@ export async function startRealLab(state: LabState, save: () => void, signal: Ab
   });
   out(`kubelets started; Nodes registered: ${state.nodes.map((node) => `${node.name} (kubelet pid ${node.runtime!.kubelet!.pid})`).join(", ")}`);
 
+  const clusterCidrs = state.families.map((family) => KUBE_LAB_CIDRS[family].pods);
+  if (choice.kubeProxy) {
+    for (const node of state.nodes) startRealKubeProxy(state, node, join(state.dir, "kubernetes", "kube-proxy.kubeconfig"), clusterCidrs);
+    save();
+    out(`kube-proxy (nftables) on every node: ${state.nodes.map((node) => `${node.name} pid ${node.runtime!.kubeProxy!.pid}`).join(", ")}`);
+  }
   started = Date.now();
-  await installTrellis(state, kube);
+  if (choice.referenceCni) {
+    await installReferenceNetwork(state, kube);
+  } else {
+    await installTrellis(state, kube, !choice.kubeProxy);
+    await labKubectl(kube, ["-n", "trellis-system", "rollout", "status", "daemonset/trellis", "--timeout=120s"]);
+  }
   await labKubectl(kube, ["wait", "--for=condition=Ready", "node", "--all", "--timeout=120s"]);
-  await labKubectl(kube, ["-n", "trellis-system", "rollout", "status", "daemonset/trellis", "--timeout=120s"]);
-  out(`Trellis installed from deploy/trellis.yaml (image ${images.trellis.ref}); every node network-ready (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+  out(choice.referenceCni
+    ? `the reference plugins (bridge, host-local, portmap) network every node, routes through the underlay's router; every node network-ready (${((Date.now() - started) / 1000).toFixed(1)} s)`
+    : `Trellis installed from deploy/trellis.yaml (image ${images.trellis.ref}${choice.kubeProxy ? ", its proxy off" : ""}); every node network-ready (${((Date.now() - started) / 1000).toFixed(1)} s)`);
 
   await labKubectl(kube, ["apply", "-f", "-"], coreDnsManifest(state, images.coredns.ref));
   await labKubectl(kube, ["-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=120s"]);
@@ -70,13 +90,15 @@ export async function startRealLab(state: LabState, save: () => void, signal: Ab
  * deploy/trellis.yaml with what a user sets for this cluster: the cluster CIDRs of the lab's
  * families, the lab's external-address ranges and routing mode, and the API server's address.
  */
-export function labTrellisManifest(state: Pick<LabState, "families" | "mode">, manifestText: string): string {
+export function labTrellisManifest(state: Pick<LabState, "families" | "mode">, manifestText: string, proxy = true): string {
   const documents = parseAllDocuments(manifestText).map((document) => document.toJS() as Record<string, unknown>);
   for (const object of documents) {
     if (object?.kind !== "DaemonSet") continue;
-    const spec = (object.spec as { template: { spec: { containers: Array<{ name: string; env?: Array<{ name: string; value?: string }> }> } } }).template.spec;
+    const spec = (object.spec as { template: { spec: { containers: Array<{ name: string; command?: string[]; env?: Array<{ name: string; value?: string }> }> } } }).template.spec;
     const agent = spec.containers.find((container) => container.name === "agent");
     if (!agent) throw new Error("deploy/trellis.yaml's DaemonSet has no container named agent");
+    // With another proxy serving the Services, the agent leaves them alone.
+    if (!proxy) agent.command = [...(agent.command ?? []), "--no-proxy"];
     const values: Record<string, string> = {
       TRELLIS_CLUSTER_CIDR: state.families.map((family) => KUBE_LAB_CIDRS[family].pods).join(","),
       TRELLIS_EXTERNAL_IP_CIDRS: state.families.map((family) => LAB_EXTERNAL_IPS[family]).join(","),
@@ -93,9 +115,9 @@ export function labTrellisManifest(state: Pick<LabState, "families" | "mode">, m
   return documents.map((object) => JSON.stringify(object)).join("\n---\n");
 }
 
-async function installTrellis(state: LabState, kube: LabKubernetes): Promise<void> {
+async function installTrellis(state: LabState, kube: LabKubernetes, proxy: boolean): Promise<void> {
   const control = state.control!.addresses[0];
-  const manifest = labTrellisManifest(state, readFileSync(deployManifest(), "utf8"));
+  const manifest = labTrellisManifest(state, readFileSync(deployManifest(), "utf8"), proxy);
   await labKubectl(kube, ["apply", "-f", "-"], manifest);
   await labKubectl(kube, ["apply", "-f", "-"], JSON.stringify({
     apiVersion: "v1",
@@ -103,6 +125,22 @@ async function installTrellis(state: LabState, kube: LabKubernetes): Promise<voi
     metadata: { name: "trellis-apiserver", namespace: "trellis-system" },
     data: { KUBERNETES_SERVICE_HOST: control, KUBERNETES_SERVICE_PORT: "6443" },
   }));
+}
+
+/**
+ * The baseline's network: each node's conflist from its Node's pod CIDRs (node IPAM gave them),
+ * and a route per pod CIDR on the underlay's router to its node, as a cloud's route table does.
+ */
+async function installReferenceNetwork(state: LabState, kube: LabKubernetes): Promise<void> {
+  const nodes = (JSON.parse(await labKubectl(kube, ["get", "nodes", "-o", "json"])) as { items: Array<{ metadata: { name: string }; spec: { podCIDRs?: string[] } }> }).items;
+  const routes: Array<{ range: string; via: string }> = [];
+  for (const node of state.nodes) {
+    const podCidrs = nodes.find((item) => item.metadata.name === node.name)?.spec.podCIDRs ?? [];
+    if (podCidrs.length !== state.families.length) throw new Error(`node ${node.name} has pod CIDRs ${podCidrs.join(", ") || "none"}; node IPAM should give one per family`);
+    await writeReferenceNetwork(node, podCidrs, state.families.map((family) => KUBE_LAB_CIDRS[family].pods));
+    for (const cidr of podCidrs) routes.push({ range: cidr, via: node.addresses[state.families.indexOf(cidr.includes(":") ? 6 : 4)] });
+  }
+  await routeInUnderlay(state.underlay.netnsName, routes);
 }
 
 /** A lab probe pod: Trellis's image serving the probe port, bound to its node. */

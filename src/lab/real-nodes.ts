@@ -33,6 +33,8 @@ export const NODE_VIEW_DIRS: ReadonlyArray<{ readonly path: string; readonly dir
 
 /** The plugins of the reference set a node has before any network plugin is installed (the runtime's own loopback). */
 const NODE_BASE_PLUGINS = ["loopback"];
+/** The reference plugins the baseline networks nodes with. */
+const REFERENCE_PLUGINS = ["bridge", "host-local", "portmap"];
 const REFERENCE_PLUGIN_DIR = "/usr/lib/cni";
 
 /** What a real node's runtime is, in the lab's state. */
@@ -48,6 +50,7 @@ export interface RealNodeRuntime {
   readonly containerdSocket: string;
   containerd?: LabProcess;
   kubelet?: LabProcess;
+  kubeProxy?: LabProcess;
 }
 
 /** What every real node of a lab shares, in the lab's state. */
@@ -60,6 +63,10 @@ export interface RealNodesState {
   readonly createdDirs: string[];
   /** The images each node's containerd imported. */
   readonly images: readonly ImageArchive[];
+  /** What networks the nodes: Trellis (deploy/trellis.yaml), or the reference CNI plugins (the baseline). */
+  readonly network: "trellis" | "reference";
+  /** Whether kube-proxy serves the Services (the agents' proxy off) rather than Trellis. */
+  readonly kubeProxy: boolean;
 }
 
 export function labCgroup(lab: string): string {
@@ -67,8 +74,8 @@ export function labCgroup(lab: string): string {
 }
 
 /** The machine-wide part: the lab's group, the mount point for namespace files, the standard directories. */
-export async function prepareRealNodes(state: LabState, images: readonly ImageArchive[]): Promise<RealNodesState> {
-  const real: RealNodesState = { cgroup: labCgroup(state.name), mountDir: join(state.dir, "mnt"), createdDirs: [], images };
+export async function prepareRealNodes(state: LabState, images: readonly ImageArchive[], choice: Pick<RealNodesState, "network" | "kubeProxy">): Promise<RealNodesState> {
+  const real: RealNodesState = { cgroup: labCgroup(state.name), mountDir: join(state.dir, "mnt"), createdDirs: [], images, ...choice };
   state.realNodes = real;
   for (const { path } of NODE_VIEW_DIRS) {
     // Parents first, so that each created directory is recorded and removed deepest first.
@@ -115,7 +122,7 @@ export async function startRealNodeRuntime(state: LabState, node: LabNodeState, 
   node.runtime = runtime;
   save();
   for (const { dir: name } of NODE_VIEW_DIRS) mkdirSync(join(dir, "fs", name), { recursive: true });
-  for (const plugin of NODE_BASE_PLUGINS) {
+  for (const plugin of real.network === "reference" ? [...NODE_BASE_PLUGINS, ...REFERENCE_PLUGINS] : NODE_BASE_PLUGINS) {
     const target = join(dir, "fs", "opt-cni-bin", plugin);
     copyFileSync(join(REFERENCE_PLUGIN_DIR, plugin), target);
     chmodSync(target, 0o755);
@@ -264,6 +271,55 @@ export function kubeletConfig(runtime: RealNodeRuntime, dir: string, address: st
     serializeImagePulls: false,
     maxPods: 110,
   });
+}
+
+/** Starts kube-proxy (nftables mode) on the node, as the node's daemon, with the lab's kube-proxy identity. */
+export function startRealKubeProxy(state: LabState, node: LabNodeState, kubeconfig: string, clusterCidrs: readonly string[]): StartedProcess {
+  const runtime = node.runtime!;
+  const config = join(runtime.dir, "kube-proxy.yaml");
+  writeFileSync(config, stringifyYaml({
+    apiVersion: "kubeproxy.config.k8s.io/v1alpha1",
+    kind: "KubeProxyConfiguration",
+    mode: "nftables",
+    clientConnection: { kubeconfig },
+    hostnameOverride: node.name,
+    clusterCIDR: clusterCidrs.join(","),
+    // The node's namespace cannot set the machine-wide conntrack table size.
+    conntrack: { maxPerCore: 0 },
+  }));
+  const proxy = startDetached(node.netnsPath, [join(state.kubernetes!.binDir, "kube-proxy"), `--config=${config}`, "--v=1"], join(runtime.dir, "kube-proxy.log"), { mountNs: runtime.mountNs, cgroupProcs: createCgroup(runtime.daemonCgroup) });
+  runtime.kubeProxy = { pid: proxy.pid, argv: proxy.argv, log: proxy.log };
+  return proxy;
+}
+
+/**
+ * The baseline's network on a node: the reference bridge plugin with host-local addresses from
+ * the Node's pod CIDRs and portmap, as a conflist in the node's /etc/cni/net.d; traffic leaving
+ * the cluster masqueraded (nftables), as a plugin for Kubernetes must; no NAT between pods.
+ */
+export async function writeReferenceNetwork(node: LabNodeState, podCidrs: readonly string[], clusterCidrs: readonly string[]): Promise<void> {
+  const runtime = node.runtime!;
+  const conflist = {
+    cniVersion: "1.0.0",
+    name: "reference",
+    plugins: [
+      {
+        type: "bridge",
+        bridge: "cni0",
+        isGateway: true,
+        hairpinMode: true,
+        ipam: { type: "host-local", ranges: podCidrs.map((subnet) => [{ subnet }]), routes: podCidrs.map((cidr) => ({ dst: cidr.includes(":") ? "::/0" : "0.0.0.0/0" })) },
+      },
+      { type: "portmap", capabilities: { portMappings: true } },
+    ],
+  };
+  const rules = clusterCidrs.map((cidr) => {
+    const family = cidr.includes(":") ? "ip6" : "ip";
+    return `    ${family} saddr ${cidr} ${family} daddr != ${cidr} oifname "eth0" masquerade`;
+  });
+  await run("nft", ["-f", "-"], { netns: node.netnsPath, input: `table inet trellis-lab-reference {\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n${rules.join("\n")}\n  }\n}\n` });
+  for (const key of ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"]) await run("sysctl", ["-q", "-w", `${key}=1`], { netns: node.netnsPath });
+  writeFileSync(join(runtime.dir, "fs", "etc-cni-net.d", "10-reference.conflist"), `${JSON.stringify(conflist, null, 2)}\n`);
 }
 
 /** Waits until the kubelet answers on its healthz port inside the node. */

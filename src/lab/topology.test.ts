@@ -5,7 +5,7 @@ import { isLabNetnsName, kubePodMemberName, labLayout, parseLabOptions, podNameC
 
 describe("lab/topology", () => {
   it("defaults to 3 dual-stack nodes with 2 pods each, mode auto, one subnet, named lab", () => {
-    assert.deepEqual(parseLabOptions({}), { name: "lab", nodes: 3, podsPerNode: 2, family: "dual", mode: "auto", subnets: 1, store: undefined, podLabels: { app: "probe" }, kubernetes: false, kubelet: false });
+    assert.deepEqual(parseLabOptions({}), { name: "lab", nodes: 3, podsPerNode: 2, family: "dual", mode: "auto", subnets: 1, store: undefined, podLabels: { app: "probe" }, kubernetes: false, kubelet: false, kubeProxy: false, referenceCni: false });
   });
 
   it("--kubelet makes a Kubernetes lab (real nodes need the control plane) and refuses a Trellis store by its own name", () => {
@@ -14,6 +14,9 @@ describe("lab/topology", () => {
     assert.equal(options.kubernetes, true);
     assert.ok(labLayout(options).control);
     assert.throws(() => parseLabOptions({ kubelet: true, store: "etcd" }), (error: Error) => /^--store etcd and --kubelet: a Kubernetes lab keeps its cluster in its own API server/.test(error.message));
+    // The baseline needs real nodes and a Service proxy: each flag brings what it stands on.
+    assert.deepEqual(((options) => [options.kubernetes, options.kubelet, options.kubeProxy])(parseLabOptions({ referenceCni: true })), [true, true, true]);
+    assert.deepEqual(((options) => [options.kubelet, options.referenceCni])(parseLabOptions({ kubeProxy: true })), [true, false]);
   });
 
   it("refuses a Trellis store for a Kubernetes lab, and names the control host and Kubernetes pods' namespaces as the lab's", () => {

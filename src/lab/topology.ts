@@ -42,6 +42,10 @@ export interface LabOptions {
   readonly kubernetes: boolean;
   /** Real nodes: containerd and a kubelet on every node, Trellis installed from deploy/trellis.yaml (implies kubernetes). */
   readonly kubelet: boolean;
+  /** Real nodes' Services from kube-proxy (nftables mode), the agents' proxy off (implies kubelet). */
+  readonly kubeProxy: boolean;
+  /** Real nodes networked by the reference CNI plugins (bridge, host-local, portmap) instead of Trellis, the baseline (implies kubeProxy). */
+  readonly referenceCni: boolean;
 }
 
 /** Options as the command line gives them: text, unchecked. */
@@ -56,6 +60,8 @@ export interface LabOptionsText {
   readonly podLabels?: string;
   readonly kubernetes?: boolean;
   readonly kubelet?: boolean;
+  readonly kubeProxy?: boolean;
+  readonly referenceCni?: boolean;
 }
 
 const NAME = /^[a-z]([a-z0-9-]*[a-z0-9])?$/;
@@ -93,11 +99,14 @@ export function parseLabOptions(text: LabOptionsText): LabOptions {
   const subnets = attempt(() => oneOf("--subnets", text.subnets ?? "1", ["1", "2"] as const));
   const store = text.store === undefined ? undefined : attempt(() => checkStore(text.store!));
   const podLabels = attempt(() => parsePodLabels(text.podLabels ?? DEFAULT_POD_LABELS));
-  const kubelet = text.kubelet === true;
+  const referenceCni = text.referenceCni === true;
+  const kubeProxy = text.kubeProxy === true || referenceCni;
+  const kubelet = text.kubelet === true || kubeProxy;
   const kubernetes = text.kubernetes === true || kubelet;
-  if (kubernetes && store !== undefined) problems.push(`--store ${text.store} and --${kubelet ? "kubelet" : "kubernetes"}: a Kubernetes lab keeps its cluster in its own API server, not in a Trellis store`);
+  const flag = referenceCni ? "reference-cni" : kubeProxy ? "kube-proxy" : kubelet ? "kubelet" : "kubernetes";
+  if (kubernetes && store !== undefined) problems.push(`--store ${text.store} and --${flag}: a Kubernetes lab keeps its cluster in its own API server, not in a Trellis store`);
   if (problems.length > 0) throw new Error(problems.join("\n"));
-  return { name: name!, nodes: nodes!, podsPerNode: podsPerNode!, family: family!, mode: mode!, subnets: Number(subnets) as 1 | 2, store, podLabels: podLabels!, kubernetes, kubelet };
+  return { name: name!, nodes: nodes!, podsPerNode: podsPerNode!, family: family!, mode: mode!, subnets: Number(subnets) as 1 | 2, store, podLabels: podLabels!, kubernetes, kubelet, kubeProxy, referenceCni };
 }
 
 function wholeNumber(option: string, text: string, min: number, max: number): number {

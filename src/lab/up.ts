@@ -51,7 +51,7 @@ export async function labUp(options: LabOptions, settings: LabUpSettings): Promi
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
   try {
-    await build(state, layout, options.store === LAB_ETCD, settings, controller.signal, options.kubernetes, options.kubelet);
+    await build(state, layout, options, settings, controller.signal);
     state.phase = "up";
     saveLabState(state);
     out(`lab ${state.name} is up (${((Date.now() - started) / 1000).toFixed(1)} s)`);
@@ -103,7 +103,9 @@ function initialState(options: LabOptions, layout: LabLayout): LabState {
   };
 }
 
-async function build(state: LabState, layout: LabLayout, runEtcd: boolean, settings: LabUpSettings, signal: AbortSignal, kubernetes: boolean, kubelet: boolean): Promise<void> {
+async function build(state: LabState, layout: LabLayout, options: LabOptions, settings: LabUpSettings, signal: AbortSignal): Promise<void> {
+  const { kubernetes, kubelet } = options;
+  const runEtcd = options.store === LAB_ETCD;
   const { out } = settings;
   const step = () => signal.throwIfAborted();
   const stack = state.families.length === 2 ? "dual-stack (IPv4 first)" : state.family === "ipv4" ? "IPv4 only" : "IPv6 only";
@@ -148,7 +150,7 @@ async function build(state: LabState, layout: LabLayout, runEtcd: boolean, setti
   }
   if (kubelet) {
     step();
-    await startRealLab(state, () => saveLabState(state), signal, out);
+    await startRealLab(state, () => saveLabState(state), signal, out, { kubeProxy: options.kubeProxy, referenceCni: options.referenceCni });
     return;
   }
 
