@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes the tests run against, into test/kube/bin: kube-apiserver,
 # kube-controller-manager, kube-scheduler, kube-proxy, kubectl, kubelet, the upstream e2e suite
-# (e2e.test), its runner (ginkgo) and its test server (agnhost) from k8s.io/kubernetes at the release
+# (e2e.test), its runner (ginkgo) and its test programs (agnhost, regression-issue-74839) from k8s.io/kubernetes at the release
 # test/kube/controlplane/go.mod pins; etcd from test/kube/etcd/go.mod; CoreDNS from
 # test/kube/coredns/go.mod; and the pod sandbox's pause program from test/kube/pause/pause.c. Go's module and build caches make a second run cost seconds; a run whose
 # inputs match the stamp of the last one costs nothing. Debian's own kubectl (kubernetes-client,
@@ -36,7 +36,7 @@ export CGO_ENABLED=0 GOFLAGS=-mod=mod
 (cd controlplane && go build -trimpath -ldflags "$ldflags" -o "$bin/" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl \
-  k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/test/images/agnhost)
+  k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/test/images/agnhost k8s.io/kubernetes/test/images/regression-issue-74839)
 (cd controlplane && go test -c -trimpath -ldflags "$ldflags" -o "$bin/e2e.test" k8s.io/kubernetes/test/e2e)
 # The suite's runner, to run its specs in parallel processes (the release's own ginkgo).
 (cd controlplane && go build -trimpath -ldflags "-s -w" -o "$bin/ginkgo" github.com/onsi/ginkgo/v2/ginkgo)
