@@ -502,7 +502,8 @@ describe("desiredProxyRuleset", () => {
     // Catches: a truncated or colliding chain name sending one Service's traffic to another's endpoints, or nft refusing a name.
     const long = "a".repeat(63);
     const ports = [
-      servicePort({ namespace: long, name: long, portName: "p".repeat(15), clusterIPs: ips("fd00:10:96::a"), endpoints: [endpoint("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe", 65535)], sessionAffinityTimeoutSeconds: 10 }),
+      // Service port names are DNS labels of up to 63 (the upstream e2e names one "mutable-named-port").
+      servicePort({ namespace: long, name: long, portName: "p".repeat(63), protocol: "SCTP", clusterIPs: ips("fd00:10:96::a"), endpoints: [endpoint("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe", 65535)], sessionAffinityTimeoutSeconds: 10 }),
       servicePort({ namespace: "a-b", name: "c", clusterIPs: ips("fd00:10:96::b"), endpoints: [endpoint("::ffff:1.2.3.4"), endpoint("0:0:0:ffff:1:2:3:4")] }),
       servicePort({ namespace: "a", name: "b-c", clusterIPs: ips("fd00:10:96::c") }),
     ];
@@ -524,7 +525,9 @@ describe("desiredProxyRuleset", () => {
     assert.throws(() => node([servicePort({ endpoints: [endpoint("10.244.1.5", 1.5)] })]), /endpoint 10\.244\.1\.5 port 1\.5 is outside 1-65535/);
     assert.throws(() => node([servicePort({ namespace: "Default" })]), /namespace "Default" is not a DNS label/);
     assert.throws(() => node([servicePort({ name: "web/x" })]), /name "web\/x" is not a DNS label/);
-    assert.throws(() => node([servicePort({ portName: "a-very-long-port-name" })]), /port name "a-very-long-port-name" is not an IANA service name/);
+    assert.throws(() => node([servicePort({ portName: "p".repeat(64) })]), /port name "p{64}" is not a DNS label/);
+    assert.throws(() => node([servicePort({ portName: "Http" })]), /port name "Http" is not a DNS label/);
+    assert.doesNotThrow(() => node([servicePort({ portName: "mutable-named-port" })]));
     assert.throws(() => node([servicePort({ protocol: "ICMP" as "TCP" })]), /protocol "ICMP" is not TCP, UDP or SCTP/);
     assert.throws(() => node([servicePort({ sessionAffinityTimeoutSeconds: 0 })]), /session affinity timeout 0 is outside 1-86400/);
     assert.throws(() => node([servicePort({ clusterIPs: [{ family: 4, value: 1n << 32n }] })]), /4294967296 is not an IPv4 address/);

@@ -141,7 +141,8 @@ const REJECT = "goto reject-chain";
 const NAME_MAX = 255;
 const NAME = /^[A-Za-z_.][A-Za-z0-9_./-]*$/;
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
-const PORT_NAME = /^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$/;
+/** A port's part of its chain and set names, at most: nft's 255 less the longest prefix and endpoint suffix. */
+const MAX_BASE_LENGTH = 255 - "aff-".length - "__ffff_ffff_ffff_ffff_ffff_ffff_ffff_ffff/65535".length;
 const MAX_AFFINITY_SECONDS = 86400;
 
 const FRONT_BASE_CHAINS: ReadonlyMap<string, ProxyBaseChain> = new Map<string, ProxyBaseChain>([
@@ -949,8 +950,12 @@ function portNames(namespace: string, name: string, protocol: ServiceProtocol, p
   const lower = protocol.toLowerCase();
   // "/" cannot occur in namespaces, names or port names, so the id (and every name built on it) is unique per port.
   const id = `${namespace}/${name}/${lower}/${portName}`;
-  const hash = createHash("sha256").update(id).digest("hex").slice(0, 8);
-  const base = `${hash}-${id}`;
+  const digest = createHash("sha256").update(id).digest("hex");
+  const hash = digest.slice(0, 8);
+  // Names are the hash and the id, readable in `nft list`. The longest derived name adds 51
+  // characters (`aff-` and an endpoint's `__ADDRESS/PORT`) and nft takes 255: an id too long for
+  // that (names of 63 each) keeps its first characters beside 64 bits of its hash, still unique.
+  const base = hash.length + 1 + id.length <= MAX_BASE_LENGTH ? `${hash}-${id}` : `${digest.slice(0, 16)}-${id.slice(0, MAX_BASE_LENGTH - 17)}`;
   return { id, protocol: lower, base, shard: Number.parseInt(hash.slice(0, 4), 16) % SHARDS, cluster: `svc-${base}`, local: `local-${base}`, external: `ext-${base}` };
 }
 
@@ -972,8 +977,10 @@ function validatePort(port: ProxyServicePort): PortNames {
   const what = `service port ${port.namespace}/${port.name}:${port.portName || port.port}`;
   if (!DNS_LABEL.test(port.namespace)) throw new Error(`${what}: namespace ${JSON.stringify(port.namespace)} is not a DNS label (lowercase letters, digits and "-", at most 63)`);
   if (!DNS_LABEL.test(port.name)) throw new Error(`${what}: name ${JSON.stringify(port.name)} is not a DNS label (lowercase letters, digits and "-", at most 63)`);
-  if (port.portName !== "" && !PORT_NAME.test(port.portName)) {
-    throw new Error(`${what}: port name ${JSON.stringify(port.portName)} is not an IANA service name (lowercase letters, digits and "-", at most 15)`);
+  // A Service's port names are DNS labels (the API validates them so); only container port names,
+  // which targetPorts name, are IANA service names of at most 15.
+  if (port.portName !== "" && !DNS_LABEL.test(port.portName)) {
+    throw new Error(`${what}: port name ${JSON.stringify(port.portName)} is not a DNS label (lowercase letters, digits and "-", at most 63)`);
   }
   if (port.protocol !== "TCP" && port.protocol !== "UDP" && port.protocol !== "SCTP") throw new Error(`${what}: protocol ${JSON.stringify(port.protocol)} is not TCP, UDP or SCTP`);
   checkedInteger(`${what}: port`, port.port, 1, 65535);
