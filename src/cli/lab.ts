@@ -4,12 +4,13 @@ import { checkLab } from "../lab/check.js";
 import { labDown } from "../lab/down.js";
 import { checkSpecRegex, E2E_LEFT_OUT, renderE2eSummary, runLabE2e } from "../lab/e2e.js";
 import { realLabView } from "../lab/real-lab.js";
+import { NODE_COMPONENTS, startNodeComponent, stopNodeComponent, type NodeComponent } from "../lab/real-nodes.js";
 import { kubeletLabPods, runLabKubelet } from "../lab/kubelet.js";
 import { parseRelayAddress, startRelay } from "../lab/relay.js";
 import { execInNetns } from "../lab/exec.js";
 import { labPodAdd, labPodRm } from "../lab/pods.js";
 import { labServicePorts, type LabServicePort } from "../lab/services.js";
-import { labMemberNetns, requireLabState, type LabState } from "../lab/state.js";
+import { labMemberNetns, requireLabState, saveLabState, type LabState } from "../lab/state.js";
 import { labStatus } from "../lab/status.js";
 import { checkLabName, DEFAULT_LAB_NAME, LAB_FAMILIES, LAB_MODES, MAX_NODES, MAX_PODS_PER_NODE, parseLabOptions, type LabOptionsText } from "../lab/topology.js";
 import { LabInterrupted, labUp } from "../lab/up.js";
@@ -88,6 +89,32 @@ export function registerLabCommands(program: Command): void {
     .addOption(nameOption())
     .action(async (podName: string, options: { name: string }) => {
       await labPodRm(requireLabState(checkLabName(options.name)), podName, out);
+    });
+  const node = lab.command("node").description("stop or start a real node's kubelet, containerd or kube-proxy (a lab made with --kubelet), as an outage would");
+  const componentOption = () => new Option("--component <name>", "the daemon").choices(NODE_COMPONENTS).default("kubelet");
+  node
+    .command("stop")
+    .description("stop a daemon of a real node; what it started keeps running")
+    .argument("<node>", "node1, node2, …")
+    .addOption(componentOption())
+    .option("--kill", "SIGKILL instead of SIGTERM")
+    .addOption(nameOption())
+    .action(async (nodeName: string, options: { name: string; component: NodeComponent; kill?: boolean }) => {
+      const state = requireLabState(checkLabName(options.name));
+      const pid = await stopNodeComponent(state, nodeName, options.component, options.kill === true);
+      out(pid === undefined ? `the ${options.component} of ${nodeName} was not running` : `stopped the ${options.component} of ${nodeName} (pid ${pid}${options.kill ? ", SIGKILL" : ""})`);
+    });
+  node
+    .command("start")
+    .description("start a stopped daemon of a real node again, as the lab first started it")
+    .argument("<node>", "node1, node2, …")
+    .addOption(componentOption())
+    .addOption(nameOption())
+    .action((nodeName: string, options: { name: string; component: NodeComponent }) => {
+      const state = requireLabState(checkLabName(options.name));
+      const started = startNodeComponent(state, nodeName, options.component);
+      saveLabState(state);
+      out(`started the ${options.component} of ${nodeName} (pid ${started.pid})`);
     });
   lab
     .command("check")

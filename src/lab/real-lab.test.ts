@@ -30,6 +30,8 @@ describe("lab/real-lab", () => {
     assert.equal(env.TRELLIS_EXTERNAL_IP_CIDRS, "fd00:198:19::/64");
     assert.equal(env.TRELLIS_MODE, "vxlan");
     assert.equal(env.TRELLIS_METRICS_BIND_ADDRESS, "127.0.0.1:9656", "the manifest's other values stay");
+    const dual = daemonSet(labTrellisManifest({ families: [4, 6], mode: "auto" }, MANIFEST)).containers.find((container) => container.name === "agent")!;
+    assert.equal(dual.env?.find((entry) => entry.name === "TRELLIS_EXTERNAL_IP_CIDRS")?.value, "198.19.0.0/24,fd00:198:19::/64,203.0.113.0/24", "the e2e suite's external range beside the lab's");
     const kinds = text.split("\n---\n").map((part) => (JSON.parse(part) as { kind: string }).kind);
     const original = parseAllDocuments(MANIFEST).map((document) => (document.toJS() as { kind: string }).kind);
     assert.deepEqual(kinds, original);

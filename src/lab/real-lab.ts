@@ -14,7 +14,7 @@ import { buildLabImages } from "./lab-images.js";
 import { LAB_POD_LABEL } from "./pod-objects.js";
 import { sleep, type StartedProcess } from "./processes.js";
 import { podAgentPid, podPid, prepareRealNodes, startRealKubelet, startRealKubeProxy, startRealNodeRuntime, waitForKubelet, writeReferenceNetwork } from "./real-nodes.js";
-import { routeInUnderlay } from "./underlay.js";
+import { routeInHost, routeInUnderlay } from "./underlay.js";
 import type { LabPodState, LabState } from "./state.js";
 import { kubePodMemberName, LAB_EXTERNAL_IPS } from "./topology.js";
 
@@ -24,6 +24,12 @@ export function clusterDnsAddresses(state: Pick<LabState, "families">): string[]
 }
 
 const NODE_CONCURRENCY = 3;
+/**
+ * The documentation range (TEST-NET-3) the upstream e2e suite gives Services as external and
+ * load-balancer addresses: a cluster that serves external IPs lets its operator name the ranges
+ * they may come from, and the lab names this one beside its own.
+ */
+const E2E_EXTERNAL_IPS = "203.0.113.0/24";
 
 export interface RealLabChoice {
   /** kube-proxy serves the Services; the agents' proxy is off. */
@@ -58,6 +64,7 @@ export async function startRealLab(state: LabState, save: () => void, signal: Ab
     return state.nodes.every((node) => names.includes(node.name));
   });
   out(`kubelets started; Nodes registered: ${state.nodes.map((node) => `${node.name} (kubelet pid ${node.runtime!.kubelet!.pid})`).join(", ")}`);
+  await routeControlToPods(state, kube, signal);
 
   const clusterCidrs = state.families.map((family) => KUBE_LAB_CIDRS[family].pods);
   if (choice.kubeProxy) {
@@ -101,7 +108,7 @@ export function labTrellisManifest(state: Pick<LabState, "families" | "mode">, m
     if (!proxy) agent.command = [...(agent.command ?? []), "--no-proxy"];
     const values: Record<string, string> = {
       TRELLIS_CLUSTER_CIDR: state.families.map((family) => KUBE_LAB_CIDRS[family].pods).join(","),
-      TRELLIS_EXTERNAL_IP_CIDRS: state.families.map((family) => LAB_EXTERNAL_IPS[family]).join(","),
+      TRELLIS_EXTERNAL_IP_CIDRS: [...state.families.map((family) => LAB_EXTERNAL_IPS[family]), ...(state.families.includes(4) ? [E2E_EXTERNAL_IPS] : [])].join(","),
       TRELLIS_MODE: state.mode,
     };
     const env = agent.env ?? [];
@@ -141,6 +148,33 @@ async function installReferenceNetwork(state: LabState, kube: LabKubernetes): Pr
     for (const cidr of podCidrs) routes.push({ range: cidr, via: node.addresses[state.families.indexOf(cidr.includes(":") ? 6 : 4)] });
   }
   await routeInUnderlay(state.underlay.netnsName, routes);
+}
+
+/**
+ * The API server proxies to pods (pods/proxy, services/proxy, which the e2e suite's DNS and Proxy
+ * specs use), so the control host reaches each node's pod CIDRs, as a control-plane host that is
+ * no node does through its network's routes: straight to a node on its own subnet, otherwise
+ * through the underlay's router. Nodes' pods reach each other by the plugin's own routes, never
+ * these.
+ */
+async function routeControlToPods(state: LabState, kube: LabKubernetes, signal: AbortSignal): Promise<void> {
+  const control = state.control!;
+  type NodeList = { items: Array<{ metadata: { name: string }; spec: { podCIDRs?: string[] } }> };
+  let nodes: NodeList["items"] = [];
+  await waitFor(signal, 60_000, "every Node given its pod CIDRs by node IPAM", async () => {
+    nodes = (JSON.parse(await labKubectl(kube, ["get", "nodes", "-o", "json"])) as NodeList).items;
+    return state.nodes.every((node) => nodes.find((item) => item.metadata.name === node.name)?.spec.podCIDRs?.length === state.families.length);
+  });
+  const onLink: Array<{ range: string; via: string }> = [];
+  const viaRouter: Array<{ range: string; via: string }> = [];
+  for (const node of state.nodes) {
+    for (const cidr of nodes.find((item) => item.metadata.name === node.name)?.spec.podCIDRs ?? []) {
+      const via = node.addresses[state.families.indexOf(cidr.includes(":") ? 6 : 4)];
+      (node.subnet === control.subnet ? onLink : viaRouter).push({ range: cidr, via });
+    }
+  }
+  await routeInHost(control.netnsName, onLink);
+  if (viaRouter.length > 0) await routeInUnderlay(state.underlay.netnsName, viaRouter);
 }
 
 /** A lab probe pod: Trellis's image serving the probe port, bound to its node. */

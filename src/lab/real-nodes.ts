@@ -17,7 +17,7 @@ import { stringify as stringifyYaml } from "yaml";
 import { cgroupHierarchies, cgroupPids, createCgroup, removeCgroup } from "../linux/cgroups.js";
 import { run } from "../linux/exec.js";
 import type { ImageArchive } from "./images.js";
-import { logTail, sleep, startDetached, stopProcesses, type StartedProcess } from "./processes.js";
+import { isLabProcess, logTail, sleep, startDetached, stopProcesses, type StartedProcess } from "./processes.js";
 import type { LabNodeState, LabProcess, LabState } from "./state.js";
 
 /** The standard paths a node's view has of its own, and the directory of the node in the lab that backs each. */
@@ -426,4 +426,50 @@ export async function stopRealNodes(lab: string, state: LabState | undefined, la
   if (left.length > 0) throw new Error(`control groups of lab ${lab} still hold processes: ${left.slice(0, 3).join(", ")}`);
   removeCreatedDirs(state?.realNodes?.createdDirs ?? []);
   return stopped;
+}
+
+/** The daemons of a real node that `lab node stop` and `lab node start` take down and bring back. */
+export const NODE_COMPONENTS = ["kubelet", "containerd", "kube-proxy"] as const;
+export type NodeComponent = (typeof NODE_COMPONENTS)[number];
+
+function componentRecord(runtime: RealNodeRuntime, component: NodeComponent): LabProcess | undefined {
+  return component === "kubelet" ? runtime.kubelet : component === "containerd" ? runtime.containerd : runtime.kubeProxy;
+}
+
+function realNodeRuntime(state: LabState, nodeName: string, component: NodeComponent): { node: LabNodeState; runtime: RealNodeRuntime; record: LabProcess } {
+  const node = state.nodes.find((candidate) => candidate.name === nodeName);
+  if (!node) throw new Error(`lab ${JSON.stringify(state.name)} has no node ${JSON.stringify(nodeName)}; its nodes are ${state.nodes.map((candidate) => candidate.name).join(", ")}`);
+  if (!node.runtime) throw new Error(`node ${node.name} of lab ${JSON.stringify(state.name)} is not a real node (made without --kubelet)`);
+  const record = componentRecord(node.runtime, component);
+  if (!record) throw new Error(`node ${node.name} runs no ${component}${component === "kube-proxy" ? " (the lab was made without --kube-proxy)" : ""}`);
+  return { node, runtime: node.runtime, record };
+}
+
+/**
+ * Stops a real node's daemon (SIGTERM, or SIGKILL with `kill`), checking first that the pid is
+ * still the process the lab started. What it started (containers, their shims) keeps running.
+ * Resolves with the pid stopped, or undefined when it was not running.
+ */
+export async function stopNodeComponent(state: LabState, nodeName: string, component: NodeComponent, kill: boolean): Promise<number | undefined> {
+  const { node, record } = realNodeRuntime(state, nodeName, component);
+  if (!isLabProcess(record, node.netnsPath)) return undefined;
+  if (kill) {
+    process.kill(record.pid, "SIGKILL");
+    for (let i = 0; i < 100 && isLabProcess(record, node.netnsPath); i++) await sleep(20);
+  } else {
+    await stopProcesses([record.pid]);
+  }
+  return record.pid;
+}
+
+/** Starts a real node's daemon again as the lab first started it; refuses while it runs. */
+export function startNodeComponent(state: LabState, nodeName: string, component: NodeComponent): LabProcess {
+  const { node, runtime, record } = realNodeRuntime(state, nodeName, component);
+  if (isLabProcess(record, node.netnsPath)) throw new Error(`the ${component} of ${node.name} is running (pid ${record.pid}): \`trellis lab node stop\` it first`);
+  const started = startDetached(node.netnsPath, record.argv, record.log, { mountNs: runtime.mountNs, cgroupProcs: createCgroup(runtime.daemonCgroup) });
+  const fresh: LabProcess = { pid: started.pid, argv: started.argv, log: started.log };
+  if (component === "kubelet") runtime.kubelet = fresh;
+  else if (component === "containerd") runtime.containerd = fresh;
+  else runtime.kubeProxy = fresh;
+  return fresh;
 }

@@ -43,7 +43,12 @@ export async function attachUnderlayHost(underlayNetnsName: string, subnets: rea
 
 /** Routes `ranges` in the underlay namespace via `via` (one address per range, same family). */
 export async function routeInUnderlay(underlayNetnsName: string, routes: ReadonlyArray<{ readonly range: string; readonly via: string }>): Promise<void> {
-  await inNetns(underlayNetnsName, routes.map(({ range, via }): IpCommand => ["route", "replace", range, "via", via]));
+  await routeInHost(underlayNetnsName, routes);
+}
+
+/** Routes `ranges` in a lab host's namespace via `via` (one address per range, same family). */
+export async function routeInHost(netnsName: string, routes: ReadonlyArray<{ readonly range: string; readonly via: string }>): Promise<void> {
+  await inNetns(netnsName, routes.map(({ range, via }): IpCommand => ["route", "replace", range, "via", via]));
 }
 
 /** IPv6 addresses skip duplicate address detection: the lab's addresses are unique by construction. */
