@@ -43,7 +43,14 @@ describe("cni/config", () => {
     const mappings = parse([{ hostPort: 80, containerPort: 8080 }, { hostPort: 53, containerPort: 53, protocol: "UDP", hostIP: "" }, { hostPort: 443, containerPort: 443, protocol: "sctp", hostIP: "fd00::1" }]);
     assert.deepEqual(mappings.map((m) => [m.hostPort, m.containerPort, m.protocol, m.hostIP && formatIp(m.hostIP)]), [[80, 8080, "tcp", undefined], [53, 53, "udp", undefined], [443, 443, "sctp", "fd00::1"]]);
     assert.deepEqual(parse(undefined), []);
+    // Bug caught (upstream e2e HostPort spec on real nodes): containerd 1.6 sends Go's field names,
+    // {"HostPort":54323,"ContainerPort":8080,"Protocol":"tcp","HostIP":"127.0.0.1"}, and every
+    // pod with a hostPort failed its sandbox with "hostPort undefined is invalid".
+    const containerd = parse([{ HostPort: 54323, ContainerPort: 8080, Protocol: "tcp", HostIP: "127.0.0.1" }]);
+    assert.deepEqual(containerd.map((m) => [m.hostPort, m.containerPort, m.protocol, m.hostIP && formatIp(m.hostIP)]), [[54323, 8080, "tcp", "127.0.0.1"]]);
     const refused: Array<[unknown, RegExp]> = [
+      [[{ hostPort: 80, HostPort: 81, containerPort: 80 }], /^runtimeConfig\.portMappings\[0\] has "hostPort" and "HostPort": give hostPort once$/],
+      [[{ HostPort: 80, HOSTPORT: 81, containerPort: 80 }], /^runtimeConfig\.portMappings\[0\] has "HostPort" and "HOSTPORT": give hostPort once$/],
       ["80", /^runtimeConfig\.portMappings is not a list/],
       [[{ hostPort: 0, containerPort: 80 }], /^runtimeConfig\.portMappings\[0\]\.hostPort 0 is invalid: expected an integer from 1 to 65535$/],
       [[{ hostPort: 80, containerPort: "80" }], /^runtimeConfig\.portMappings\[0\]\.containerPort "80" is invalid/],

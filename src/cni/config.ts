@@ -291,6 +291,19 @@ function requestedMac(runtimeConfig: Record<string, unknown>, args: Record<strin
 /** At most this many port mappings per pod: far above any real pod, and a bound on the rules one ADD writes. */
 const MAX_PORT_MAPPINGS = 1024;
 
+/**
+ * A field of a runtime's object as Go's encoding/json finds it: by its exact name, else by the
+ * one key equal to it but for case. containerd 1.6 (go-cni) sends port mappings with Go's field
+ * names (`HostPort`, `ContainerPort`, `Protocol`, `HostIP`), and the reference plugins, in Go,
+ * read them so. Two keys differing only in case leave the field ambiguous (Go would take the
+ * last), and are refused.
+ */
+function goField(item: Record<string, unknown>, key: string, where: string): unknown {
+  const matches = Object.keys(item).filter((candidate) => candidate.toLowerCase() === key.toLowerCase());
+  if (matches.length > 1) throw invalid(`${where} has ${matches.map((match) => JSON.stringify(match)).join(" and ")}: give ${key} once`);
+  return matches.length === 1 ? item[matches[0]] : undefined;
+}
+
 function parsePortMappings(value: unknown): HostPortMapping[] {
   if (value === undefined || value === null) return [];
   if (!Array.isArray(value)) throw invalid("runtimeConfig.portMappings is not a list of {hostPort, containerPort, protocol, hostIP} objects");
@@ -299,17 +312,19 @@ function parsePortMappings(value: unknown): HostPortMapping[] {
     const where = `runtimeConfig.portMappings[${index}]`;
     if (!isObject(item)) throw invalid(`${where} is not an object with hostPort, containerPort, protocol and hostIP`);
     const port = (key: "hostPort" | "containerPort") => {
-      const number = item[key];
+      const number = goField(item, key, where);
       if (!Number.isInteger(number) || (number as number) < 1 || (number as number) > 65535) throw invalid(`${where}.${key} ${JSON.stringify(number)} is invalid: expected an integer from 1 to 65535`);
       return number as number;
     };
-    const protocolText = item.protocol === undefined || item.protocol === "" ? "tcp" : item.protocol;
+    const protocolValue = goField(item, "protocol", where);
+    const protocolText = protocolValue === undefined || protocolValue === "" ? "tcp" : protocolValue;
     const protocol = typeof protocolText === "string" ? protocolText.toLowerCase() : "";
-    if (protocol !== "tcp" && protocol !== "udp" && protocol !== "sctp") throw invalid(`${where}.protocol ${JSON.stringify(item.protocol)} is invalid: expected tcp, udp or sctp`);
+    if (protocol !== "tcp" && protocol !== "udp" && protocol !== "sctp") throw invalid(`${where}.protocol ${JSON.stringify(protocolValue)} is invalid: expected tcp, udp or sctp`);
+    const hostIpValue = goField(item, "hostIP", where);
     let hostIP: IpAddress | undefined;
-    if (item.hostIP !== undefined && item.hostIP !== "" && item.hostIP !== "0.0.0.0" && item.hostIP !== "::") {
-      hostIP = typeof item.hostIP === "string" ? tryParseIp(item.hostIP) : undefined;
-      if (!hostIP) throw invalid(`${where}.hostIP ${JSON.stringify(item.hostIP)} is not an IP address (leave it out or give "" for every address of the node)`);
+    if (hostIpValue !== undefined && hostIpValue !== "" && hostIpValue !== "0.0.0.0" && hostIpValue !== "::") {
+      hostIP = typeof hostIpValue === "string" ? tryParseIp(hostIpValue) : undefined;
+      if (!hostIP) throw invalid(`${where}.hostIP ${JSON.stringify(hostIpValue)} is not an IP address (leave it out or give "" for every address of the node)`);
     }
     return { hostPort: port("hostPort"), containerPort: port("containerPort"), protocol, ...(hostIP ? { hostIP } : {}) };
   });
