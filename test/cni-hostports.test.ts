@@ -5,7 +5,7 @@
  * conflicts; DEL and GC take the rules away.
  */
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 import { inNetns, NetnsPool, sweepStaleNamespaces, type TestNetns } from "./support/netns.js";
 import { addPod, addressesOf, cniSuite, hostVeths, probe, recordedPods, tempDir, trellis, TRELLIS, type PodAttachmentResult } from "./support/trellis-cni.js";
@@ -40,6 +40,7 @@ describe(cniSuite("hostPort: the portMappings capability"), () => {
     inNetns(node, "ip", ["address", "add", "198.18.252.11/24", "dev", "trhp0"]);
     inNetns(node, "ip", ["address", "add", "fd00:198:252::1/64", "dev", "trhp0", "nodad"]);
     inNetns(node, "ip", ["link", "set", "trhp0", "up"]);
+    inNetns(node, "ip", ["link", "set", "lo", "up"]);
     inNetns(external, "ip", ["address", "add", "198.18.252.2/24", "dev", "trhp1"]);
     inNetns(external, "ip", ["address", "add", "fd00:198:252::2/64", "dev", "trhp1", "nodad"]);
     inNetns(external, "ip", ["link", "set", "trhp1", "up"]);
@@ -47,6 +48,8 @@ describe(cniSuite("hostPort: the portMappings capability"), () => {
     await add("dns", [{ hostPort: 8080, containerPort: 7777, protocol: "udp" }]);
     await add("pinned-a", [{ hostPort: 9090, containerPort: 7777, protocol: "tcp", hostIP: "198.18.252.11" }]);
     await add("pinned-b", [{ hostPort: 9090, containerPort: 7777, protocol: "TCP", hostIP: "198.18.252.1" }]);
+    // As containerd 1.6 sends them: Go's field names.
+    await add("loopback", [{ HostPort: 9191, ContainerPort: 7777, Protocol: "tcp", HostIP: "127.0.0.1" }]);
   });
 
   after(() => {
@@ -68,6 +71,17 @@ describe(cniSuite("hostPort: the portMappings capability"), () => {
     assert.equal(probe(external, "198.18.252.11", 9090).server, "pinned-a");
     assert.equal(probe(external, "198.18.252.1", 9090).server, "pinned-b");
     assert.equal(probe(external, "fd00:198:252::1", 9090).ok, false, "a mapping pinned to an IPv4 hostIP answers on no IPv6 address");
+  });
+
+  // Bugs caught (upstream HostPort conformance spec): a mapping pinned to 127.0.0.1 never
+  // answering the node's own clients, since the node's output chain skipped loopback; or a
+  // mapping without a hostIP appearing on the node's loopback unasked.
+  it("answers the node's own clients on a loopback hostIP, and a mapping without one not on loopback", () => {
+    const connect = (address: string, port: number) =>
+      spawnSync("nsenter", [`--net=${node.path}`, "nc", "-s", "198.18.252.1", "-w", "2", "-N", address, String(port)], { encoding: "utf8", input: "", timeout: 10_000 }).stdout.split("\n")[0];
+    assert.match(connect("127.0.0.1", 9191), /^198\.18\.252\.1 loopback$/m);
+    assert.equal(connect("127.0.0.1", 8080), "", "the wildcard mapping of web is not on loopback");
+    assert.equal(probe(external, "198.18.252.1", 9191).ok, false, "a loopback mapping is not on the node's other addresses");
   });
 
   // Bug caught: a pod reaching a hostPort on its own node (its own, or another pod's) getting no

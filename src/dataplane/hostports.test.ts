@@ -29,10 +29,10 @@ describe("dataplane/hostports", () => {
     const rules = lines.filter((line) => line.includes(" dnat "));
     assert.deepEqual(rules, [
       "ip daddr 198.18.0.11 meta l4proto tcp th dport 9090 meta mark set meta mark | 0x00002000 dnat ip to 10.244.1.7:90",
-      "meta nfproto ipv4 meta l4proto tcp th dport 8080 meta mark set meta mark | 0x00002000 dnat ip to 10.244.1.5:80",
-      "meta nfproto ipv6 meta l4proto tcp th dport 8080 meta mark set meta mark | 0x00002000 dnat ip6 to [fd00:10:244:1::5]:80",
-      "meta nfproto ipv4 meta l4proto udp th dport 8080 meta mark set meta mark | 0x00002000 dnat ip to 10.244.1.6:53",
-      "meta nfproto ipv6 meta l4proto udp th dport 8080 meta mark set meta mark | 0x00002000 dnat ip6 to [fd00:10:244:1::6]:53",
+      "ip daddr != 127.0.0.0/8 meta l4proto tcp th dport 8080 meta mark set meta mark | 0x00002000 dnat ip to 10.244.1.5:80",
+      "ip6 daddr != ::1 meta l4proto tcp th dport 8080 meta mark set meta mark | 0x00002000 dnat ip6 to [fd00:10:244:1::5]:80",
+      "ip daddr != 127.0.0.0/8 meta l4proto udp th dport 8080 meta mark set meta mark | 0x00002000 dnat ip to 10.244.1.6:53",
+      "ip6 daddr != ::1 meta l4proto udp th dport 8080 meta mark set meta mark | 0x00002000 dnat ip6 to [fd00:10:244:1::6]:53",
     ]);
     assert.ok(lines.includes("meta mark & 0x00002000 == 0x00002000 ip saddr { 10.244.1.0/24 } masquerade"));
     assert.ok(lines.includes("fib daddr type local jump hostports"));

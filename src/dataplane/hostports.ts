@@ -56,13 +56,10 @@ export function renderHostPorts(table: string, contributions: readonly HostPortC
   const subnets = (family: Family) => mergePrefixes(contributions.flatMap((contribution) => contribution.subnets.filter((prefix) => prefix.family === family)));
   lines.push(`table inet ${table} {`);
   lines.push("  chain prerouting {", "    type nat hook prerouting priority -101; policy accept;", "    fib daddr type local jump hostports", "  }");
-  lines.push(
-    "  chain output {",
-    "    type nat hook output priority -101; policy accept;",
-    "    meta nfproto ipv4 ip daddr != 127.0.0.0/8 fib daddr type local jump hostports",
-    "    meta nfproto ipv6 ip6 daddr != ::1 fib daddr type local jump hostports",
-    "  }",
-  );
+  // The node's own clients: a mapping pinned to a loopback hostIP answers them there (the
+  // upstream HostPort conformance spec dials 127.0.0.1 from the node); one without a hostIP does
+  // not, so a hostPort never appears on the node's loopback unasked.
+  lines.push("  chain output {", "    type nat hook output priority -101; policy accept;", "    fib daddr type local jump hostports", "  }");
   lines.push("  chain hostports {", ...rules.map((rule) => `    ${rule}`), "  }");
   lines.push("  chain postrouting {", "    type nat hook postrouting priority 99; policy accept;");
   for (const family of [4, 6] as const) {
@@ -85,7 +82,7 @@ function mappingRules(contributions: readonly HostPortContribution[]): string[] 
         if (mapping.hostIP && mapping.hostIP.family !== address.family) continue;
         const payload = address.family === 4 ? "ip" : "ip6";
         const to = address.family === 4 ? `${formatIp(address)}:${mapping.containerPort}` : `[${formatIp(address)}]:${mapping.containerPort}`;
-        const match = mapping.hostIP ? `${payload} daddr ${formatIp(mapping.hostIP)}` : `meta nfproto ${address.family === 4 ? "ipv4" : "ipv6"}`;
+        const match = mapping.hostIP ? `${payload} daddr ${formatIp(mapping.hostIP)}` : address.family === 4 ? "ip daddr != 127.0.0.0/8" : "ip6 daddr != ::1";
         const rule = `${match} meta l4proto ${mapping.protocol} th dport ${mapping.hostPort} meta mark set meta mark | ${MARK} dnat ${payload} to ${to}`;
         (mapping.hostIP ? specific : wildcard).push(rule);
       }

@@ -158,8 +158,10 @@ export function parseJunit(xml: string): E2eSpec[] {
     if (status === "passed") specs.push({ name, status, seconds });
     else if (status === "skipped") specs.push({ name, status, seconds, message: unescapeXml(skippedMessage!).slice(0, 500) });
     else {
-      const failure = /<(failure|error)\s+message="([^"]*)"/.exec(body)?.[2];
-      specs.push({ name, status: "failed", seconds, message: unescapeXml(failure ?? status ?? "failed").slice(0, 2000) });
+      // Ginkgo leaves the attribute empty and writes the failure as the element's text.
+      const failure = /<(failure|error)\s+message="([^"]*)"[^>]*>([^<]*)/.exec(body);
+      const message = unescapeXml(failure?.[2] || failure?.[3] || status || "failed").trim();
+      specs.push({ name, status: "failed", seconds, message: message.slice(0, 2000) });
     }
   }
   return specs;

@@ -12,7 +12,7 @@ import { mapConcurrently } from "./concurrently.js";
 import { deployManifest, KUBE_LAB_CIDRS, labKubectl, type LabKubernetes } from "./kube-lab.js";
 import { buildLabImages } from "./lab-images.js";
 import { LAB_POD_LABEL } from "./pod-objects.js";
-import { sleep, type StartedProcess } from "./processes.js";
+import { logTail, sleep, type StartedProcess } from "./processes.js";
 import { podAgentPid, podPid, prepareRealNodes, startRealKubelet, startRealKubeProxy, startRealNodeRuntime, waitForKubelet, writeReferenceNetwork } from "./real-nodes.js";
 import { routeInHost, routeInUnderlay } from "./underlay.js";
 import type { LabPodState, LabState } from "./state.js";
@@ -59,10 +59,16 @@ export async function startRealLab(state: LabState, save: () => void, signal: Ab
   }
   save();
   for (const node of state.nodes) await waitForKubelet(node, kubelets.get(node.name)!, signal);
-  await waitFor(signal, 60_000, "every Node registered by its kubelet", async () => {
-    const names = (await labKubectl(kube, ["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"])).split(/\s+/);
-    return state.nodes.every((node) => names.includes(node.name));
-  });
+  let registered: string[] = [];
+  try {
+    await waitFor(signal, 60_000, "every Node registered by its kubelet", async () => {
+      registered = (await labKubectl(kube, ["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"])).split(/\s+/);
+      return state.nodes.every((node) => registered.includes(node.name));
+    });
+  } catch (error) {
+    const missing = state.nodes.find((node) => !registered.includes(node.name));
+    throw missing ? new Error(`${(error as Error).message}; the end of ${missing.name}'s kubelet log:\n${logTail(missing.runtime!.kubelet!.log, 30)}`) : error;
+  }
   out(`kubelets started; Nodes registered: ${state.nodes.map((node) => `${node.name} (kubelet pid ${node.runtime!.kubelet!.pid})`).join(", ")}`);
   await routeControlToPods(state, kube, signal);
 
