@@ -43,4 +43,7 @@ export CGO_ENABLED=0 GOFLAGS=-mod=mod
 (cd etcd && go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3)
 (cd coredns && go build -trimpath -ldflags "-s -w" -o "$bin/coredns" github.com/coredns/coredns)
 gcc -static -Os -s -o "$bin/pause" pause/pause.c
+# agnhost's porter serves TLS with the key pair its image carries.
+agnhost_src=$(cd controlplane && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost
+install -m 0644 "$agnhost_src/porter/localhost.crt" "$agnhost_src/porter/localhost.key" "$bin/"
 echo "$inputs" >"$bin/.stamp"

@@ -21,7 +21,7 @@ export interface ImageSpec {
   readonly files?: ReadonlyArray<{ readonly from: string; readonly to: string }>;
   /** Symbolic links: `path` in the image points to `target`. */
   readonly links?: ReadonlyArray<{ readonly path: string; readonly target: string }>;
-  /** Small text files written into the image. */
+  /** Small text files written into the image (replacing one the image would have otherwise). */
   readonly texts?: ReadonlyArray<{ readonly path: string; readonly text: string }>;
   readonly entrypoint?: readonly string[];
   readonly cmd?: readonly string[];

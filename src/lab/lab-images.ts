@@ -110,15 +110,28 @@ export async function buildLabImages(binDir: string, cacheDir: string): Promise<
 
   const agnhostPrograms = new Map([
     ["sh", DASH], ["nc", "/usr/bin/nc.openbsd"], ["curl", "/usr/bin/curl"], ["wget", "/usr/bin/wget"], ["dig", "/usr/bin/dig"],
-    ["ip", "/usr/sbin/ip"], ["ping", "/usr/bin/ping"],
+    ["ip", "/usr/sbin/ip"], ["ping", "/usr/bin/ping"], ["bash", "/usr/bin/bash"],
   ]);
   const specs: Record<keyof LabImages, ImageSpec> = {
     pause: { ...tags("pause"), files: [{ from: join(binDir, "pause"), to: "/pause" }], entrypoint: ["/pause"] },
+    // What upstream's agnhost image holds beside the program: porter's TLS key pair, a CoreDNS,
+    // /uploads, the agnhost-2 name, and a user and group defined in the image.
     agnhost: {
       ...tags("agnhost"),
-      files: [{ from: join(binDir, "agnhost"), to: "/agnhost" }, { from: BUSYBOX, to: "/bin/busybox" }],
+      files: [
+        { from: join(binDir, "agnhost"), to: "/agnhost" },
+        { from: BUSYBOX, to: "/bin/busybox" },
+        { from: join(binDir, "localhost.crt"), to: "/localhost.crt" },
+        { from: join(binDir, "localhost.key"), to: "/localhost.key" },
+        { from: join(binDir, "coredns"), to: "/coredns" },
+      ],
       programs: [...agnhostPrograms].map(([name, from]) => ({ from, to: `/usr/bin/${name}` })),
-      links: await busyboxLinks(new Set(agnhostPrograms.keys())),
+      links: [...(await busyboxLinks(new Set(agnhostPrograms.keys()))), { path: "/agnhost-2", target: "agnhost" }],
+      texts: [
+        { path: "/uploads/.keep", text: "" },
+        { path: "/etc/passwd", text: "root:x:0:0:root:/root:/bin/sh\nuser-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n" },
+        { path: "/etc/group", text: "root:x:0:\nuser-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\nnogroup:x:65534:\n" },
+      ],
       entrypoint: ["/agnhost"],
       cmd: ["pause"],
     },
