@@ -11,14 +11,14 @@
  * namespace files (under the lab's directory), and a standard directory the node view needs
  * but the machine lacks is created empty, recorded, and removed by `lab down`.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync, copyFileSync, chmodSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { stringify as stringifyYaml } from "yaml";
 import { cgroupHierarchies, cgroupPids, createCgroup, removeCgroup } from "../linux/cgroups.js";
 import { run } from "../linux/exec.js";
 import type { ImageArchive } from "./images.js";
 import { isLabProcess, logTail, sleep, startDetached, stopProcesses, type StartedProcess } from "./processes.js";
-import type { LabNodeState, LabProcess, LabState } from "./state.js";
+import { LAB_ROOT, type LabNodeState, type LabProcess, type LabState } from "./state.js";
 
 /** The standard paths a node's view has of its own, and the directory of the node in the lab that backs each. */
 export const NODE_VIEW_DIRS: ReadonlyArray<{ readonly path: string; readonly dir: string }> = [
@@ -86,6 +86,8 @@ export async function prepareRealNodes(state: LabState, images: readonly ImageAr
       real.createdDirs.push(dir);
     }
   }
+  // Other labs' nodes mount on them too: the last lab of real nodes to go removes them (hostDirsLedger).
+  recordHostDirs(real.createdDirs);
   createCgroup(real.cgroup);
   mkdirSync(real.mountDir, { recursive: true });
   // A mount namespace can be kept by a bind mount only on a mount that propagates nowhere.
@@ -94,15 +96,51 @@ export async function prepareRealNodes(state: LabState, images: readonly ImageAr
   return real;
 }
 
-/** Removes the standard directories the lab created, deepest first, where they are still empty. */
-export function removeCreatedDirs(dirs: readonly string[]): void {
-  for (const dir of [...dirs].reverse()) {
+/**
+ * The standard directories labs of real nodes created, in creation order, kept beside the labs:
+ * a directory one lab made may be where another lab's nodes mount their own (removing it would
+ * take those mounts away), so only the last lab to go removes them.
+ */
+function hostDirsLedger(): string {
+  return join(LAB_ROOT, ".host-dirs.json");
+}
+
+function recordHostDirs(dirs: readonly string[]): void {
+  if (dirs.length === 0) return;
+  const known = readHostDirs();
+  writeFileSync(hostDirsLedger(), `${JSON.stringify([...known, ...dirs.filter((dir) => !known.includes(dir))])}\n`);
+}
+
+function readHostDirs(): string[] {
+  try {
+    const value = JSON.parse(readFileSync(hostDirsLedger(), "utf8")) as unknown;
+    return Array.isArray(value) ? value.filter((dir): dir is string => typeof dir === "string" && NODE_VIEW_DIRS.some(({ path }) => path === dir || path.startsWith(`${dir}/`))) : [];
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * Once no lab but `leaving` remains, removes the standard directories labs created (deepest
+ * first, where still empty) and the ledger; `alsoCreated` are this lab's, from its state.
+ */
+export function removeCreatedDirs(leaving: string, alsoCreated: readonly string[]): void {
+  let others: string[];
+  try {
+    others = readdirSync(LAB_ROOT).filter((entry) => !entry.startsWith(".") && entry !== leaving);
+  } catch {
+    others = [];
+  }
+  if (others.length > 0) return;
+  const dirs = [...new Set([...readHostDirs(), ...alsoCreated])].sort((a, b) => b.length - a.length);
+  for (const dir of dirs) {
     try {
       rmdirSync(dir);
     } catch {
       // not empty (something else uses it now), or gone
     }
   }
+  rmSync(hostDirsLedger(), { force: true });
 }
 
 /**
@@ -424,7 +462,7 @@ export async function stopRealNodes(lab: string, state: LabState | undefined, la
   }
   const left = removeCgroup(cgroup);
   if (left.length > 0) throw new Error(`control groups of lab ${lab} still hold processes: ${left.slice(0, 3).join(", ")}`);
-  removeCreatedDirs(state?.realNodes?.createdDirs ?? []);
+  removeCreatedDirs(lab, state?.realNodes?.createdDirs ?? []);
   return stopped;
 }
 
