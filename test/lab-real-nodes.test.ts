@@ -98,6 +98,20 @@ describe("lab up --kubelet: real kubelets and containerd, Trellis installed as a
     const answers = new Set<string>();
     for (let i = 0; i < 10; i++) answers.add(kubectl(["exec", "client", "--", "curl", "-s", "--max-time", "5", "http://web/hostname"]).trim());
     assert.ok([...answers].every((answer) => webPods.includes(answer)), `${[...answers].join(", ")} not among ${webPods.join(", ")}`);
+    // Bug caught (the upstream NodePort session affinity specs): a pod dialling another node's
+    // NodePort kept its own address, so an endpoint on the pod's own node answered it straight
+    // back, past the node that DNATed it, and the connection hung.
+    kubectl(["expose", "deployment", "web", "--name=web-np", "--type=NodePort", "--port=80", "--target-port=8080"]);
+    const nodePort = kubectl(["get", "service", "web-np", "-o", "jsonpath={.spec.ports[0].nodePort}"]).trim();
+    const nodeAddresses = labStatus(name).nodes.map((node) => node.addresses[0]);
+    const failed: string[] = [];
+    for (const address of nodeAddresses) {
+      for (let i = 0; i < 8; i++) {
+        const run = spawnSync(join(KUBE_BIN, "kubectl"), ["--kubeconfig", kubeconfig, "exec", "client", "--", "curl", "-s", "--max-time", "3", `http://${address}:${nodePort}/hostname`], { encoding: "utf8", timeout: 30_000 });
+        if (!webPods.includes(run.stdout.trim())) failed.push(`${address}:${nodePort} try ${i}: ${run.stdout.trim() || run.stderr.trim()}`);
+      }
+    }
+    assert.deepEqual(failed, []);
   });
 
   it("the upstream e2e suite: Granular Checks of pods and Services and HostPort pass on the real nodes", () => {

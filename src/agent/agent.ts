@@ -97,7 +97,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
   const proxy = options.proxy
     ? startServiceProxy({
         source: feed.services,
-        node: { name: selfEndpoint.name, addresses: selfEndpoint.addresses, podCidrs: feed.clusterPodCidrs },
+        node: { name: selfEndpoint.name, addresses: selfEndpoint.addresses, podCidrs: feed.clusterPodCidrs, ownPodCidrs: selfEndpoint.podCidrs },
         minSyncIntervalMs: options.proxySyncIntervalMs,
         log,
         nftWriter: join(dirname(process.execPath), NFT_WRITER),

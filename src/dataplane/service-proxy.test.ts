@@ -328,14 +328,18 @@ describe("desiredProxyRuleset", () => {
     assert.equal(rules(t, chainName(t, "ep", "default/sig/sctp/sctp__10.244.1.8/3868")).at(-1), "meta l4proto sctp dnat to 10.244.1.8:3868");
   });
 
-  it("sends a NodePort to the external chain, which masquerades under eTP=Cluster what does not come from a pod", () => {
+  it("sends a NodePort to the external chain, which masquerades under eTP=Cluster every client but this node's pods", () => {
     // Catches: NodePort traffic DNATed to another node without masquerade (the reply bypasses this
-    // node and the client drops it), or a pod's own address lost on its way to a NodePort or external IP.
+    // node and the client drops it), a pod client included: one on node2 dialling node1's NodePort
+    // whose endpoint is on node3 got its reply from node3's pod address and dropped it (the
+    // upstream NodePort session affinity specs).
     const t = table(desired([servicePort({ nodePort: 30080 })]), 4);
     const ext = chainName(t, "ext", "default/web/tcp/http");
     const svc = chainName(t, "svc", "default/web/tcp/http");
     assert.deepEqual(elements(t, "service-nodeports"), { "tcp . 30080": `goto ${ext}` });
-    assert.deepEqual(rules(t, ext), ["ip saddr != @pod-cidrs jump mark-for-masquerade", `goto ${svc}`]);
+    assert.deepEqual(rules(t, ext), ["ip saddr != @own-pod-cidrs jump mark-for-masquerade", `goto ${svc}`]);
+    const own = table(desiredProxyRuleset({ ...NODE, ownPodCidrs: [parsePrefix("10.244.1.0/24"), parsePrefix("fd00:10:244:1::/64")] }, [servicePort({ nodePort: 30080 })]), 4);
+    assert.deepEqual([...own.sets.get("own-pod-cidrs")!.elements.keys()], ["10.244.1.0/24"]);
     assert.deepEqual(elements(t, "service-ips"), { "10.96.0.10 . tcp . 80": `goto ${svc}` });
   });
 

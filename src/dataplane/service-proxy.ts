@@ -70,6 +70,8 @@ export interface ProxyNode {
   readonly addresses: readonly IpAddress[];
   /** The cluster's pod CIDRs: a source inside is "in the cluster". */
   readonly podCidrs: readonly IpPrefix[];
+  /** This node's own pod CIDRs: replies to its pods come back through it, so they need no masquerade to. */
+  readonly ownPodCidrs?: readonly IpPrefix[];
 }
 
 export interface ProxyBaseChain {
@@ -666,6 +668,7 @@ function shardTable(family: Family, node: ProxyNode, name: string): TableDraft {
   const podCidrs = mergePrefixes(node.podCidrs.filter((prefix) => prefix.family === family));
   const sets = new Map<string, ProxySet & { elements: Map<string, string> }>([
     ["pod-cidrs", set("set", address, ["interval"], podCidrs.map(formatPrefix))],
+    ["own-pod-cidrs", set("set", address, ["interval"], mergePrefixes((node.ownPodCidrs ?? []).filter((prefix) => prefix.family === family)).map(formatPrefix))],
     ["nodeport-ips", set("set", address, [], nodePortAddresses(family, node))],
     ["service-ips", set("map", `${address} . inet_proto . inet_service : verdict`, [], [])],
     ["service-nodeports", set("map", "inet_proto . inet_service : verdict", [], [])],
@@ -755,9 +758,12 @@ function addServicePort(table: TableDraft, family: Family, node: ProxyNode, port
           ...(hasLocal ? [`goto ${names.local}`] : []),
         ]
       : [
-          // Clients outside the cluster (the node itself included) are masqueraded, so that
-          // replies come back through this node; pods keep their address, as kube-proxy keeps it.
-          `${ip} saddr != @pod-cidrs jump mark-for-masquerade`,
+          // Clients are masqueraded, so that replies come back through this node to be
+          // un-DNATed; other nodes' pods too: the endpoint may be on a third node, and a pod's
+          // own address would send the reply straight to the pod's node, past this one (seen:
+          // the upstream NodePort session affinity specs). This node's own pods keep their
+          // address: their replies pass here anyway.
+          `${ip} saddr != @own-pod-cidrs jump mark-for-masquerade`,
           `goto ${names.cluster}`,
         ]);
   }
@@ -961,7 +967,7 @@ function portNames(namespace: string, name: string, protocol: ServiceProtocol, p
 
 function validateNode(node: ProxyNode): void {
   for (const ip of node.addresses) checkedAddress(`node ${node.name} address`, ip);
-  for (const prefix of node.podCidrs) {
+  for (const prefix of [...node.podCidrs, ...(node.ownPodCidrs ?? [])]) {
     const bits = familyBits(prefix.family);
     if (!Number.isInteger(prefix.length) || prefix.length < 0 || prefix.length > bits) throw new Error(`pod CIDR of node ${node.name} has length ${prefix.length}: expected 0-${bits}`);
     checkedAddress(`pod CIDR of node ${node.name}`, { family: prefix.family, value: prefix.network });
