@@ -13,14 +13,14 @@ function put(index: ServiceIndex, prefix: Prefix, key: string, value: string | u
   return putStored({ service: (k, o) => index.putService(k, o), slice: (k, o) => index.putSlice(k, o), pod: (k, o) => index.putPod(k, o) }, prefix, key, value);
 }
 
-function service(name: string, extra: { selector?: Record<string, string>; namespace?: string; clusterIP?: string; annotations?: Record<string, string> } = {}) {
+function service(name: string, extra: { selector?: Record<string, string>; namespace?: string; clusterIP?: string; annotations?: Record<string, string>; labels?: Record<string, string> } = {}) {
   const namespace = extra.namespace ?? "default";
   const clusterIP = extra.clusterIP ?? "10.96.0.10";
   return [
     `${SERVICES_PREFIX}${namespace}/${name}`,
     JSON.stringify({
       apiVersion: "v1", kind: "Service",
-      metadata: { name, namespace, ...(extra.annotations ? { annotations: extra.annotations } : {}) },
+      metadata: { name, namespace, ...(extra.annotations ? { annotations: extra.annotations } : {}), ...(extra.labels ? { labels: extra.labels } : {}) },
       spec: {
         type: "ClusterIP", clusterIP, clusterIPs: [clusterIP], ipFamilies: ["IPv4"], ipFamilyPolicy: "SingleStack",
         ports: [{ name: "http", protocol: "TCP", port: 80, targetPort: 8080 }],
@@ -153,6 +153,18 @@ describe("ServiceIndex", () => {
     assert.deepEqual(endpointsOf(index), { "default/sel": [] });
     index.clear();
     assert.deepEqual(index.all(), []);
+  });
+
+  it("leaves alone a Service labelled for another proxy or as headless, and serves it once the label goes", () => {
+    // Bug caught (upstream e2e "should implement service.kubernetes.io/headless" and
+    // ".../service-proxy-name"): such a Service kept answering on its ClusterIP through Trellis.
+    const index = new ServiceIndex("pods");
+    put(index, SERVICES_PREFIX, ...service("other", { labels: { "service.kubernetes.io/service-proxy-name": "foo-bar" } }));
+    put(index, SERVICES_PREFIX, ...service("quiet", { clusterIP: "10.96.0.11", labels: { "service.kubernetes.io/headless": "" } }));
+    put(index, SERVICES_PREFIX, ...service("mine", { clusterIP: "10.96.0.12" }));
+    assert.deepEqual(Object.keys(endpointsOf(index)), ["default/mine"]);
+    put(index, SERVICES_PREFIX, ...service("quiet", { clusterIP: "10.96.0.11" }));
+    assert.deepEqual(Object.keys(endpointsOf(index)).sort(), ["default/mine", "default/quiet"]);
   });
 });
 

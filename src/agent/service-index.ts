@@ -15,7 +15,7 @@
  */
 import { matchesSelector } from "../cluster/objects/endpoints-controller.js";
 import { hasSelector, resolveServicePorts, sliceOwner } from "../cluster/objects/service-endpoints.js";
-import type { EndpointSlice, Pod, Service } from "../cluster/objects/types.js";
+import { LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, type EndpointSlice, type Pod, type Service } from "../cluster/objects/types.js";
 import { externalAddressProblem, type ExternalAddressPolicy } from "../dataplane/external-addresses.js";
 import { checkServicePort, type ProxyServicePort, type ServiceProtocol } from "../dataplane/service-proxy.js";
 import { formatIp, tryParseIp, type IpAddress } from "../net/ip.js";
@@ -203,7 +203,11 @@ export class ServiceIndex {
     const rejections: Rejection[] = [];
     const namespace = service.metadata.namespace ?? "default";
     const refuse = (reason: string, message: string) => rejections.push({ kind: "Service", namespace, name: service.metadata.name, reason, message: `Service ${key}: ${message}` });
-    if (!spec || spec.clusterIP === "None" || (spec.type as string) === "ExternalName" || !spec.ports?.length) {
+    // A Service labelled for another proxy, or as headless, is no proxy's but that one's (kube-proxy
+    // watches with the same selector); its ClusterIP stays its own.
+    const labels = service.metadata.labels ?? {};
+    const otherProxy = Object.hasOwn(labels, LABEL_SERVICE_PROXY_NAME) || Object.hasOwn(labels, LABEL_HEADLESS);
+    if (!spec || spec.clusterIP === "None" || (spec.type as string) === "ExternalName" || !spec.ports?.length || otherProxy) {
       this.setClaims(key, []);
       this.refused(key, []);
       return [];

@@ -107,8 +107,10 @@ export type AddressType = (typeof ADDRESS_TYPES)[number];
 export const LABEL_SERVICE_NAME = "kubernetes.io/service-name";
 /** The label naming the controller that owns a slice. */
 export const LABEL_MANAGED_BY = "endpointslice.kubernetes.io/managed-by";
-/** Set on the slices of a Service without a ClusterIP. */
+/** Set on the slices of a Service without a ClusterIP; on a Service, it tells every proxy to leave it alone. */
 export const LABEL_HEADLESS = "service.kubernetes.io/headless";
+/** On a Service, the proxy that implements it: the default proxy (Trellis's, or kube-proxy) leaves it alone. */
+export const LABEL_SERVICE_PROXY_NAME = "service.kubernetes.io/service-proxy-name";
 
 /**
  * Always explicit after normalizing: the API leaves them optional and documents an absent
