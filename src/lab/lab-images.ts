@@ -110,7 +110,7 @@ export async function buildLabImages(binDir: string, cacheDir: string): Promise<
 
   const agnhostPrograms = new Map([
     ["sh", DASH], ["nc", "/usr/bin/nc.openbsd"], ["curl", "/usr/bin/curl"], ["wget", "/usr/bin/wget"], ["dig", "/usr/bin/dig"],
-    ["ip", "/usr/sbin/ip"], ["ping", "/usr/bin/ping"], ["bash", "/usr/bin/bash"],
+    ["ip", "/usr/sbin/ip"], ["ping", "/usr/bin/ping"], ["bash", "/usr/bin/bash"], ["getent", "/usr/bin/getent"],
   ]);
   const specs: Record<keyof LabImages, ImageSpec> = {
     pause: { ...tags("pause"), files: [{ from: join(binDir, "pause"), to: "/pause" }], entrypoint: ["/pause"] },
