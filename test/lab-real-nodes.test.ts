@@ -69,6 +69,11 @@ describe("lab up --kubelet: real kubelets and containerd, Trellis installed as a
       assert.equal(node.podCidrs.length, 2, "the agent's conflist carries both families' pod CIDRs");
       assert.ok(node.agentRunning, "lab status finds the agent pod's process");
     }
+    // kube-proxy's endpoints, answered by the agent in its place (load balancers' health checks).
+    const healthz = runTrellis(["lab", "exec", "--name", name, "node1", "--", "curl", "-s", "-i", "--max-time", "3", "http://127.0.0.1:10256/healthz"]);
+    assert.match(healthz.stdout, /^HTTP\/1\.1 200 OK/);
+    assert.match(healthz.stdout, /"lastUpdated":"[0-9-]+T/);
+    assert.equal(runTrellis(["lab", "exec", "--name", name, "node1", "--", "curl", "-s", "--max-time", "3", "http://127.0.0.1:10249/proxyMode"]).stdout, "nftables");
     // Bug caught: the agent pod's hostPath writing the machine's own /etc/cni/net.d.
     assert.ok(!(existsSync("/etc/cni/net.d") && readdirSync("/etc/cni/net.d").some((file) => /trellis/.test(file))));
   });

@@ -28,6 +28,7 @@ import { applyNodeNetwork, ensureForwarding, observeNodeNetwork } from "./kernel
 import { openKubeFeed } from "./kube-feed.js";
 import type { Logger } from "./log.js";
 import type { AgentOptions } from "./options.js";
+import { startProxyHealthz, startProxyStatus } from "./proxy-health.js";
 import { startAgentHttp } from "./http.js";
 import { renderGauge } from "./metrics.js";
 import { Rejections } from "./rejections.js";
@@ -105,6 +106,16 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
       })
     : undefined;
   const cniServer = await startCniServer(options.cniSocket, podNets, () => (routesProgrammed ? undefined : "its routes to the other nodes are not programmed yet"), log);
+  // kube-proxy's endpoints, for what asks a node's Service proxy there; not worth the node's network either.
+  const proxyEndpoints = proxy
+    ? await Promise.all([
+        options.proxyHealthzAddress && startProxyHealthz(options.proxyHealthzAddress.host, options.proxyHealthzAddress.port, { lastSyncAt: () => proxy.stats().lastSyncAt, unhealthy: () => proxy.unhealthy() }, log),
+        options.proxyStatusAddress && startProxyStatus(options.proxyStatusAddress.host, options.proxyStatusAddress.port, log),
+      ].map((started) => (started || Promise.resolve(undefined)).catch((error: unknown) => {
+        log("error", "cannot serve kube-proxy's health or status endpoint; going on without it", { error: String(error) });
+        return undefined;
+      })))
+    : [];
   const http = options.metricsAddress
     ? await startAgentHttp(options.metricsAddress.host, options.metricsAddress.port, {
         metrics: () =>
@@ -319,6 +330,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     void (syncing ?? Promise.resolve())
       .then(() => proxy?.stop())
       .then(() => http?.close())
+      .then(() => proxyEndpoints.forEach((endpoint) => endpoint?.close()))
       .then(() => cniServer.close())
       // A DEL answers once its veth is unlisted; the kernel may still be freeing it, and the
       // ip that asked is let finish rather than orphaned.

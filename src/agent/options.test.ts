@@ -99,6 +99,9 @@ describe("parseAgentOptions", () => {
       externalIpCidrs: [parsePrefix("198.19.0.0/24"), parsePrefix("fd00:198:19::/64")],
     } satisfies AgentOptions);
     assert.equal(parseAgentOptions(flags({ metricsBindAddress: "off" })).metricsAddress, undefined, "off serves nothing");
+    // kube-proxy's endpoints speak for the agent's proxy: with another proxy (--no-proxy) they stay off.
+    assert.deepEqual(parseAgentOptions(flags({ proxyHealthzBindAddress: "0.0.0.0:10256" })).proxyHealthzAddress, { host: "0.0.0.0", port: 10256 });
+    assert.equal(parseAgentOptions(flags({ proxyHealthzBindAddress: "0.0.0.0:10256", proxy: false })).proxyHealthzAddress, undefined);
     assert.deepEqual(
       ["1", "true", "0"].map((value) => parseAgentOptions(flags({ masquerade: value })).masquerade),
       [true, true, false],
@@ -140,6 +143,8 @@ describe("parseAgentOptions", () => {
     ["--metrics-bind-address without a port", { metricsBindAddress: "127.0.0.1" }, /^--metrics-bind-address "127\.0\.0\.1" is not HOST:PORT: expected an IPv4 address and port \(127\.0\.0\.1:9656\), \[IPv6\]:PORT \(\[::1\]:9656\), or off$/],
     ["--metrics-bind-address IPv6 without brackets", { metricsBindAddress: "::1:10249" }, /^--metrics-bind-address "::1:10249" is not HOST:PORT/],
     ["--metrics-bind-address a host name", { metricsBindAddress: "localhost:10249" }, /^--metrics-bind-address "localhost:10249" is not HOST:PORT/],
+    ["--proxy-healthz-bind-address a port out of range", { proxyHealthzBindAddress: "0.0.0.0:70000" }, /^--proxy-healthz-bind-address "0\.0\.0\.0:70000" is not HOST:PORT: expected an IPv4 address and port \(127\.0\.0\.1:10256\)/],
+    ["--proxy-status-bind-address with a newline", { proxyStatusBindAddress: "127.0.0.1:10249\n" }, /^--proxy-status-bind-address "127\.0\.0\.1:10249\\n" is not HOST:PORT/],
     ["--metrics-bind-address port 0", { metricsBindAddress: "127.0.0.1:0" }, /^--metrics-bind-address "127\.0\.0\.1:0" is not HOST:PORT/],
     ["TRELLIS_PROXY not a boolean", { proxy: "yes" }, /^TRELLIS_PROXY "yes" is not a boolean: expected true or false$/],
     ["unknown --log-level", { logLevel: "trace" }, /^--log-level "trace" is not a log level: expected one of debug, info, warn, error$/],

@@ -44,6 +44,10 @@ export interface AgentOptions {
   readonly proxySyncIntervalMs: number;
   /** Where /metrics, /healthz and /readyz are served; undefined: nowhere. */
   readonly metricsAddress?: { readonly host: string; readonly port: number };
+  /** Where kube-proxy's /healthz and /livez are served for the proxy (kube-proxy's 10256); undefined: nowhere. */
+  readonly proxyHealthzAddress?: { readonly host: string; readonly port: number };
+  /** Where kube-proxy's /proxyMode is served (kube-proxy's 10249); undefined: nowhere. */
+  readonly proxyStatusAddress?: { readonly host: string; readonly port: number };
   /** Where Services' external addresses (externalIPs, load-balancer ingress) may be; empty: nowhere. */
   readonly externalIpCidrs: readonly IpPrefix[];
 }
@@ -70,6 +74,8 @@ export interface AgentFlags {
   proxy: boolean | string;
   proxySyncInterval: string;
   metricsBindAddress: string;
+  proxyHealthzBindAddress: string;
+  proxyStatusBindAddress: string;
   externalIpCidrs?: string;
 }
 
@@ -88,6 +94,8 @@ export const AGENT_DEFAULTS = {
   logLevel: "info",
   proxySyncInterval: "1",
   metricsBindAddress: "127.0.0.1:9656",
+  proxyHealthzBindAddress: "off",
+  proxyStatusBindAddress: "off",
 } as const;
 
 export function parseAgentOptions(flags: AgentFlags): AgentOptions {
@@ -132,7 +140,10 @@ export function parseAgentOptions(flags: AgentFlags): AgentOptions {
   if (!/^[0-9]+(\.[0-9]{1,3})?$/.test(flags.proxySyncInterval) || Number(flags.proxySyncInterval) > 60) {
     throw new Error(`--proxy-sync-interval ${JSON.stringify(flags.proxySyncInterval)} is not a number of seconds from 0 to 60 (at most 3 decimals, e.g. 0.25)`);
   }
-  const metricsAddress = parseBindAddress(flags.metricsBindAddress);
+  const metricsAddress = parseBindAddress("--metrics-bind-address", flags.metricsBindAddress, 9656);
+  const proxyHealthzAddress = parseBindAddress("--proxy-healthz-bind-address", flags.proxyHealthzBindAddress, 10256);
+  const proxyStatusAddress = parseBindAddress("--proxy-status-bind-address", flags.proxyStatusBindAddress, 10249);
+
   const externalIpCidrs = parseExternalIpCidrs(flags.externalIpCidrs);
   if (!(LOG_LEVELS as readonly string[]).includes(flags.logLevel)) {
     throw new Error(`--log-level ${JSON.stringify(flags.logLevel)} is not a log level: expected one of ${LOG_LEVELS.join(", ")}`);
@@ -158,6 +169,9 @@ export function parseAgentOptions(flags: AgentFlags): AgentOptions {
     proxy,
     proxySyncIntervalMs: Math.round(Number(flags.proxySyncInterval) * 1000),
     ...(metricsAddress ? { metricsAddress } : {}),
+    // They speak for the agent's proxy: with --no-proxy, another proxy answers there.
+    ...(proxyHealthzAddress && proxy ? { proxyHealthzAddress } : {}),
+    ...(proxyStatusAddress && proxy ? { proxyStatusAddress } : {}),
     externalIpCidrs,
   };
 }
@@ -196,14 +210,14 @@ function parseClusterCidrs(text: string | undefined): IpPrefix[] {
 }
 
 /** `HOST:PORT` with an IPv4 address, `[IPv6]:PORT`, or `off`. */
-function parseBindAddress(text: string): { host: string; port: number } | undefined {
+function parseBindAddress(flag: string, text: string, examplePort: number): { host: string; port: number } | undefined {
   if (text === "off") return undefined;
   const match = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]+)):([0-9]{1,5})$/.exec(text);
   const host = match?.[1] ?? match?.[2];
   const ip = host === undefined ? undefined : tryParseIp(host);
   const port = Number(match?.[3]);
   if (!ip || (match?.[1] !== undefined) !== (ip.family === 6) || port < 1 || port > 65535) {
-    throw new Error(`--metrics-bind-address ${JSON.stringify(text)} is not HOST:PORT: expected an IPv4 address and port (127.0.0.1:9656), [IPv6]:PORT ([::1]:9656), or off`);
+    throw new Error(`${flag} ${JSON.stringify(text)} is not HOST:PORT: expected an IPv4 address and port (127.0.0.1:${examplePort}), [IPv6]:PORT ([::1]:${examplePort}), or off`);
   }
   return { host: formatIp(ip), port };
 }

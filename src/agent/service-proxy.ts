@@ -64,6 +64,8 @@ export interface ProxyStats {
   readonly syncs: number;
   readonly lastSyncMs: number;
   readonly servicePorts: number;
+  /** When the last sync ended (epoch ms); 0 before the first. */
+  readonly lastSyncAt: number;
 }
 
 /** After a failed sync, the next is tried this much later, doubling up to the maximum. */
@@ -99,7 +101,7 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
   let runningSince: number | undefined;
   let pending = false;
   let lastSyncAt = 0;
-  let stats: ProxyStats = { syncs: 0, lastSyncMs: 0, servicePorts: 0 };
+  let stats: ProxyStats = { syncs: 0, lastSyncMs: 0, servicePorts: 0, lastSyncAt: 0 };
   /** When the changes not yet in the kernel were written to the store (ms since the epoch). */
   let changeTimes: number[] = [];
   const syncDuration = new Histogram("trellis_sync_proxy_rules_duration_seconds", "How long one sync of the Service rules took (compute, render, nft, conntrack).", SYNC_BUCKETS);
@@ -183,7 +185,7 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
         healthChanged = false;
         await healthChecks.update(localEndpointCounts(index.all(), node.name));
       }
-      stats = { syncs: stats.syncs + 1, lastSyncMs: performance.now() - started, servicePorts: index.size };
+      stats = { syncs: stats.syncs + 1, lastSyncMs: performance.now() - started, servicePorts: index.size, lastSyncAt: Date.now() };
       syncDuration.observe(stats.lastSyncMs / 1000);
       const now = Date.now();
       for (const time of pendingChanges) programming.observe((now - time) / 1000);

@@ -31,6 +31,8 @@ export function registerAgentCommand(program: Command): void {
     .addOption(new Option("--proxy-sync-interval <seconds>", "least time between two syncs of the Service rules (0 for every change at once)").env("TRELLIS_PROXY_SYNC_INTERVAL").default(AGENT_DEFAULTS.proxySyncInterval))
     .addOption(new Option("--external-ip-cidrs <cidr[,cidr…]>", "where Services' externalIPs and load-balancer addresses may be (default: nowhere)").env("TRELLIS_EXTERNAL_IP_CIDRS"))
     .addOption(new Option("--metrics-bind-address <host:port>", "where /metrics, /healthz and /readyz are served over HTTP, or off").env("TRELLIS_METRICS_BIND_ADDRESS").default(AGENT_DEFAULTS.metricsBindAddress))
+    .addOption(new Option("--proxy-healthz-bind-address <host:port>", "where kube-proxy's /healthz and /livez are served for the Service proxy (what load balancers' health checks ask; kube-proxy's is 0.0.0.0:10256), or off").env("TRELLIS_PROXY_HEALTHZ_BIND_ADDRESS").default(AGENT_DEFAULTS.proxyHealthzBindAddress))
+    .addOption(new Option("--proxy-status-bind-address <host:port>", "where kube-proxy's /proxyMode is served (kube-proxy's is 127.0.0.1:10249), or off").env("TRELLIS_PROXY_STATUS_BIND_ADDRESS").default(AGENT_DEFAULTS.proxyStatusBindAddress))
     .addOption(new Option("--log-level <level>", "debug also logs every sync with its duration").env("TRELLIS_LOG_LEVEL").default(AGENT_DEFAULTS.logLevel))
     .action(async (flags: AgentFlags) => {
       const options = parseAgentOptions(flags);
