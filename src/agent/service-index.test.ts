@@ -165,6 +165,16 @@ describe("ServiceIndex", () => {
     assert.deepEqual(Object.keys(endpointsOf(index)), ["default/mine"]);
     put(index, SERVICES_PREFIX, ...service("quiet", { clusterIP: "10.96.0.11" }));
     assert.deepEqual(Object.keys(endpointsOf(index)).sort(), ["default/mine", "default/quiet"]);
+    // The upstream spec labels the EndpointSlice, not the Service: its endpoints go.
+    const slices = new ServiceIndex("slices");
+    put(slices, SERVICES_PREFIX, ...service("web"));
+    const [key, text] = slice("web-1", "web", ["10.244.1.5"]);
+    put(slices, ENDPOINTSLICES_PREFIX, key, text);
+    assert.deepEqual(endpointsOf(slices), { "default/web": ["10.244.1.5:9090"] });
+    const labelled = JSON.parse(text) as { metadata: { labels: Record<string, string> } };
+    labelled.metadata.labels["service.kubernetes.io/headless"] = "";
+    put(slices, ENDPOINTSLICES_PREFIX, key, JSON.stringify(labelled));
+    assert.deepEqual(endpointsOf(slices), { "default/web": [] });
   });
 });
 

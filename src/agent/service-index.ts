@@ -162,7 +162,10 @@ export class ServiceIndex {
   }
 
   /** An EndpointSlice, by any key unique among slices, came or changed (undefined: went). */
-  putSlice(storeKey: string, slice: EndpointSlice | undefined): void {
+  putSlice(storeKey: string, given: EndpointSlice | undefined): void {
+    // A slice labelled for another proxy, or as headless, is none of this proxy's (kube-proxy
+    // watches slices with the same selector as Services): as if it were gone.
+    const slice = given && !otherProxyLabelled(given.metadata?.labels) ? given : undefined;
     const before = this.slices.get(storeKey);
     const oldOwner = before && sliceOwner(before);
     if (oldOwner) {
@@ -205,9 +208,7 @@ export class ServiceIndex {
     const refuse = (reason: string, message: string) => rejections.push({ kind: "Service", namespace, name: service.metadata.name, reason, message: `Service ${key}: ${message}` });
     // A Service labelled for another proxy, or as headless, is no proxy's but that one's (kube-proxy
     // watches with the same selector); its ClusterIP stays its own.
-    const labels = service.metadata.labels ?? {};
-    const otherProxy = Object.hasOwn(labels, LABEL_SERVICE_PROXY_NAME) || Object.hasOwn(labels, LABEL_HEADLESS);
-    if (!spec || spec.clusterIP === "None" || (spec.type as string) === "ExternalName" || !spec.ports?.length || otherProxy) {
+    if (!spec || spec.clusterIP === "None" || (spec.type as string) === "ExternalName" || !spec.ports?.length || otherProxyLabelled(service.metadata.labels)) {
       this.setClaims(key, []);
       this.refused(key, []);
       return [];
@@ -341,4 +342,9 @@ function addTo(index: Map<string, Set<string>>, key: string, value: string): voi
 
 function addresses(list: readonly unknown[] | undefined): IpAddress[] {
   return (Array.isArray(list) ? list : []).flatMap((text) => (typeof text === "string" ? (tryParseIp(text) ?? []) : []));
+}
+
+/** Whether an object carries a label that gives it to another proxy, or marks it headless. */
+function otherProxyLabelled(labels: Readonly<Record<string, string>> | undefined): boolean {
+  return labels !== undefined && (Object.hasOwn(labels, LABEL_SERVICE_PROXY_NAME) || Object.hasOwn(labels, LABEL_HEADLESS));
 }
