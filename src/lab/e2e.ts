@@ -90,6 +90,9 @@ export async function runLabE2e(state: LabState, options: E2eOptions): Promise<E
   const suite = [
     `--kubeconfig=${kube.adminKubeconfig}`, "--provider=local", `--kubectl-path=${join(kube.binDir, "kubectl")}`, `--report-dir=${reportDir}`,
     `--e2e-output-dir=${reportDir}`, "--dump-logs-on-failure=false",
+    // Counted by the suite's first process only: the others would take -1 and skip every spec
+    // that needs two nodes ("Requires at least 2 nodes (not -1)").
+    `--num-nodes=${state.nodes.length}`,
   ];
   const ginkgo = [`--focus=${focus}`, `--skip=${skip}`, "--no-color", "--timeout=6h", "--poll-progress-after=10m"];
   const argv = options.parallel > 1
