@@ -109,17 +109,21 @@ describe("lab up --kubelet: real kubelets and containerd, Trellis installed as a
     kubectl(["expose", "deployment", "web", "--name=web-np", "--type=NodePort", "--port=80", "--target-port=8080"]);
     const nodePort = kubectl(["get", "service", "web-np", "-o", "jsonpath={.spec.ports[0].nodePort}"]).trim();
     const nodeAddresses = labStatus(name).nodes.map((node) => node.addresses[0]);
+    const dial = (address: string) =>
+      spawnSync(join(KUBE_BIN, "kubectl"), ["--kubeconfig", kubeconfig, "exec", "client", "--", "curl", "-s", "--max-time", "3", `http://${address}:${nodePort}/hostname`], { encoding: "utf8", timeout: 30_000 });
+    // Each agent programs the new NodePort once it sees the Service and its slice.
+    for (const address of nodeAddresses) await waitFor(`${address}:${nodePort} answering`, () => webPods.includes(dial(address).stdout.trim()), 30_000);
     const failed: string[] = [];
     for (const address of nodeAddresses) {
       for (let i = 0; i < 8; i++) {
-        const run = spawnSync(join(KUBE_BIN, "kubectl"), ["--kubeconfig", kubeconfig, "exec", "client", "--", "curl", "-s", "--max-time", "3", `http://${address}:${nodePort}/hostname`], { encoding: "utf8", timeout: 30_000 });
+        const run = dial(address);
         if (!webPods.includes(run.stdout.trim())) failed.push(`${address}:${nodePort} try ${i}: ${run.stdout.trim() || run.stderr.trim()}`);
       }
     }
     assert.deepEqual(failed, []);
   });
 
-  it("the upstream e2e suite: Granular Checks of pods and Services and HostPort pass on the real nodes", () => {
+  it("the upstream e2e suite: Granular Checks of pods and Services and HostPort pass on the real nodes", async () => {
     const focus = String.raw`Granular Checks: Pods should function for (intra|node)-pod communication: (http|udp)|Granular Checks: Services should function for pod-Service: (http|udp)|HostPort validates`;
     const run = runTrellis(["lab", "e2e", "--name", name, "--focus", focus, "--parallel", "3", "--json"], 900_000);
     const summary = JSON.parse(run.stdout || "{}") as { passed: number; failed: number; specs: Array<{ name: string; status: string; message?: string }>; reportDir: string };
@@ -128,6 +132,9 @@ describe("lab up --kubelet: real kubelets and containerd, Trellis installed as a
     // Bug caught: a focus that ran nothing (a summary of zero passes counts as success otherwise).
     assert.equal(summary.passed, 7, summary.specs.map((spec) => `${spec.status} ${spec.name}`).join("\n"));
     assert.ok(existsSync(join(summary.reportDir, "junit_01.xml")) && existsSync(join(summary.reportDir, "summary.txt")));
+    // The suite deletes its namespaces as it ends, in the background: the next checks would count their Services.
+    const e2eNamespaces = () => kubectl(["get", "namespaces", "-o", "jsonpath={.items[*].metadata.name}"]).split(/\s+/).filter((ns) => /^(nettest|hostport)-/.test(ns));
+    await waitFor("the suite's namespaces gone", () => e2eNamespaces().length === 0, 180_000);
   });
 
   it("the agent pod deleted and then its process killed: running pods keep their traffic, and new pods start once it is back", async () => {
