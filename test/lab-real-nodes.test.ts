@@ -293,3 +293,33 @@ describe("lab up --kubelet interrupted once its nodes run containerd", { timeout
     assert.deepEqual(left, []);
   });
 });
+
+describe("lab up --kube-proxy: Trellis's network beside kube-proxy on real nodes", { timeout: 600_000 }, () => {
+  it("installs the agent with --no-proxy, leaves Services to kube-proxy, and the lab's pods and Services work", async () => {
+    const name = labName("rnk");
+    const up = runTrellis(["lab", "up", "--kube-proxy", "--name", name, "--nodes", "2", "--pods-per-node", "1"], 600_000);
+    assert.equal(up.status, 0, up.stdout + up.stderr);
+    const kubeconfig = runTrellis(["lab", "kubeconfig", "--name", name]).stdout.trim();
+    const kubectl = (args: readonly string[]) => {
+      const run = spawnSync(join(KUBE_BIN, "kubectl"), ["--kubeconfig", kubeconfig, ...args], { encoding: "utf8", timeout: 120_000 });
+      if (run.status !== 0) throw new Error(`kubectl ${args.join(" ")} failed: ${run.stderr}`);
+      return run.stdout;
+    };
+    // Bug caught: two proxies writing one node's Service rules (the agent's proxy left on beside kube-proxy).
+    const command = JSON.parse(kubectl(["-n", "trellis-system", "get", "daemonset", "trellis", "-o", "jsonpath={.spec.template.spec.containers[0].command}"])) as string[];
+    assert.ok(command.includes("--no-proxy"), command.join(" "));
+    const status = labStatus(name) as ReturnType<typeof labStatus> & { kubernetes: { processes: Record<string, { running: boolean }> } };
+    for (const node of ["node1", "node2"]) assert.ok(status.kubernetes.processes[`kube-proxy-${node}`]?.running ?? false, `kube-proxy on ${node}`);
+    const tables = runTrellis(["lab", "exec", "--name", name, "node1", "--", "nft", "list", "tables"]).stdout;
+    assert.match(tables, /table ip kube-proxy/);
+    assert.doesNotMatch(tables, /trellis-proxy/);
+    // A Service over the lab's pods, answered through kube-proxy's rules from every pod.
+    kubectl(["expose", "pod", "node1-pod0", "--name=probe", "--port=7777"]);
+    await waitFor("lab check with the Service passes", () => failures(labCheck(name)).length === 0 && labCheck(name).probes.some((probe) => probe.to === "svc/probe" && probe.ok), 60_000);
+    assert.equal(runTrellis(["lab", "down", "--name", name], 180_000).status, 0);
+  });
+});
+
+function failures(check: ReturnType<typeof labCheck>): string[] {
+  return check.probes.filter((probe) => !probe.ok).map((probe) => `${probe.from} -> ${probe.to} ${probe.kind}: ${probe.error}`);
+}

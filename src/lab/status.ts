@@ -122,12 +122,13 @@ export function labStatus(state: LabState): LabStatus {
   };
 }
 
-/** Each real node's containerd and kubelet, by `containerd-NODE` and `kubelet-NODE`. */
+/** Each real node's containerd, kubelet and kube-proxy, by `containerd-NODE`, `kubelet-NODE` and `kube-proxy-NODE`. */
 function realNodeProcesses(state: LabState): Record<string, LabProcess> {
   const processes: Record<string, LabProcess> = {};
   for (const node of state.nodes) {
     if (node.runtime?.containerd) processes[`containerd-${node.name}`] = node.runtime.containerd;
     if (node.runtime?.kubelet) processes[`kubelet-${node.name}`] = node.runtime.kubelet;
+    if (node.runtime?.kubeProxy) processes[`kube-proxy-${node.name}`] = node.runtime.kubeProxy;
   }
   return processes;
 }
