@@ -41,6 +41,9 @@ describe("lab/e2e", () => {
     assert.equal(lines[3], "FAILED (1)");
     assert.match(lines[4], /^\s+20\.8 s {2}\[sig-network\] HostPort/);
     assert.match(lines[5], /timed out waiting for <pod>/);
+    // With the target set's own skip, every exclusion is named with its reason, SCTP first.
+    const target = renderE2eSummary({ lab: "l", focus: "f", skip: targetSkip(), passed: 0, failed: 0, skipped: 0, seconds: 1, reportDir: "/r", specs: [] });
+    assert.match(target, /LEFT OUT by the target set[^\n]*\n {2}SCTP: the kernel of this machine has no SCTP/);
   });
 
   it("the target set's focus and skip are valid expressions, and every left-out entry has a reason", () => {

@@ -175,6 +175,11 @@ export function renderE2eSummary(summary: E2eSummary): string {
     `e2e on lab ${summary.lab}: ${summary.passed} passed, ${summary.failed} failed, ${summary.skipped} skipped themselves, in ${Math.round(summary.seconds)} s`,
     `report: ${summary.reportDir}`,
   ];
+  // The target set's own exclusions, named with their reasons (SCTP among them: this kernel has none).
+  if (summary.skip === targetSkip()) {
+    lines.push("", "LEFT OUT by the target set (trellis lab e2e --list-left-out)");
+    for (const entry of E2E_LEFT_OUT) lines.push(`  ${entry.pattern}: ${entry.reason}`);
+  }
   for (const status of ["failed", "passed", "skipped"] as const) {
     const specs = summary.specs.filter((spec) => spec.status === status);
     if (specs.length === 0) continue;
