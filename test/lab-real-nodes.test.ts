@@ -245,20 +245,8 @@ describe("lab up --kubelet: real kubelets and containerd, Trellis installed as a
     const status = labStatus(name);
     const down = runTrellis(["lab", "down", "--name", name], 180_000);
     assert.equal(down.status, 0, down.stderr);
-    const labDir = join("/run/trellis/lab", name);
-    assert.ok(!existsSync(labDir));
     // Bug caught: containers and shims left running (they are no lab namespace's), or the node mount namespaces' files left mounted.
-    assert.deepEqual(readFileSync("/proc/self/mountinfo", "utf8").split("\n").filter((line) => line.includes(labDir)), []);
-    for (const hierarchy of readdirSync("/sys/fs/cgroup")) assert.ok(!existsSync(join("/sys/fs/cgroup", hierarchy, `trellis-lab-${name}`)), hierarchy);
-    const left = readdirSync("/proc").filter((pid) => /^[0-9]+$/.test(pid)).filter((pid) => {
-      try {
-        return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(labDir);
-      } catch {
-        return false;
-      }
-    });
-    assert.deepEqual(left, []);
-    assert.ok(!readdirSync("/var/run/netns").some((netns) => netns.startsWith(`${name}-`)));
+    assertLabGone(name);
     assert.deepEqual(["/opt/cni", "/var/lib/cni"].filter((dir) => existsSync(dir)), standardDirsBefore);
     assert.ok(status.nodes.length === 2);
   });
@@ -279,18 +267,7 @@ describe("lab up --kubelet interrupted once its nodes run containerd", { timeout
     const code = await new Promise<number | null>((resolve) => child.once("exit", (exitCode) => resolve(exitCode)));
     assert.equal(code, 130, output);
     assert.match(output, /interrupted; removing what was made/);
-    assert.ok(!existsSync(labDir));
-    assert.deepEqual(readFileSync("/proc/self/mountinfo", "utf8").split("\n").filter((line) => line.includes(labDir)), []);
-    for (const hierarchy of readdirSync("/sys/fs/cgroup")) assert.ok(!existsSync(join("/sys/fs/cgroup", hierarchy, `trellis-lab-${name}`)), hierarchy);
-    assert.ok(!readdirSync("/var/run/netns").some((netns) => netns.startsWith(`${name}-`)));
-    const left = readdirSync("/proc").filter((pid) => /^[0-9]+$/.test(pid)).filter((pid) => {
-      try {
-        return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(labDir);
-      } catch {
-        return false;
-      }
-    });
-    assert.deepEqual(left, []);
+    assertLabGone(name);
   });
 });
 
@@ -322,4 +299,21 @@ describe("lab up --kube-proxy: Trellis's network beside kube-proxy on real nodes
 
 function failures(check: ReturnType<typeof labCheck>): string[] {
   return check.probes.filter((probe) => !probe.ok).map((probe) => `${probe.from} -> ${probe.to} ${probe.kind}: ${probe.error}`);
+}
+
+/** Nothing of lab `name` is left: its directory, mounts, control groups, namespaces and processes. */
+function assertLabGone(name: string): void {
+  const labDir = join("/run/trellis/lab", name);
+  assert.ok(!existsSync(labDir));
+  assert.deepEqual(readFileSync("/proc/self/mountinfo", "utf8").split("\n").filter((line) => line.includes(labDir)), []);
+  for (const hierarchy of readdirSync("/sys/fs/cgroup")) assert.ok(!existsSync(join("/sys/fs/cgroup", hierarchy, `trellis-lab-${name}`)), hierarchy);
+  assert.ok(!readdirSync("/var/run/netns").some((netns) => netns.startsWith(`${name}-`)));
+  const left = readdirSync("/proc").filter((pid) => /^[0-9]+$/.test(pid)).filter((pid) => {
+    try {
+      return readFileSync(`/proc/${pid}/cmdline`, "utf8").includes(labDir);
+    } catch {
+      return false;
+    }
+  });
+  assert.deepEqual(left, []);
 }

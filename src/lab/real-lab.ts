@@ -15,7 +15,7 @@ import { LAB_POD_LABEL } from "./pod-objects.js";
 import { logTail, sleep, type StartedProcess } from "./processes.js";
 import { podAgentPid, podPid, prepareRealNodes, startRealKubelet, startRealKubeProxy, startRealNodeRuntime, waitForKubelet, writeReferenceNetwork } from "./real-nodes.js";
 import { routeInHost, routeInUnderlay } from "./underlay.js";
-import type { LabPodState, LabState } from "./state.js";
+import type { LabNodeState, LabPodState, LabState } from "./state.js";
 import { kubePodMemberName, LAB_EXTERNAL_IPS } from "./topology.js";
 
 /** The cluster DNS Service's address in each Service CIDR (the tenth, as kubeadm gives it). */
@@ -70,7 +70,8 @@ export async function startRealLab(state: LabState, save: () => void, signal: Ab
     throw missing ? new Error(`${(error as Error).message}; the end of ${missing.name}'s kubelet log:\n${logTail(missing.runtime!.kubelet!.log, 30)}`) : error;
   }
   out(`kubelets started; Nodes registered: ${state.nodes.map((node) => `${node.name} (kubelet pid ${node.runtime!.kubelet!.pid})`).join(", ")}`);
-  await routeControlToPods(state, kube, signal);
+  const podCidrs = await nodePodCidrs(state, kube, signal);
+  await routeControlToPods(state, podCidrs);
 
   const clusterCidrs = state.families.map((family) => KUBE_LAB_CIDRS[family].pods);
   if (choice.kubeProxy) {
@@ -80,7 +81,7 @@ export async function startRealLab(state: LabState, save: () => void, signal: Ab
   }
   started = Date.now();
   if (choice.referenceCni) {
-    await installReferenceNetwork(state, kube);
+    await installReferenceNetwork(state, podCidrs);
   } else {
     await installTrellis(state, kube, !choice.kubeProxy);
     await labKubectl(kube, ["-n", "trellis-system", "rollout", "status", "daemonset/trellis", "--timeout=120s"]);
@@ -140,18 +141,32 @@ async function installTrellis(state: LabState, kube: LabKubernetes, proxy: boole
   }));
 }
 
+/** Each lab node's pod CIDRs, once node IPAM has given every node one per family. */
+async function nodePodCidrs(state: LabState, kube: LabKubernetes, signal: AbortSignal): Promise<Map<string, string[]>> {
+  type NodeList = { items: Array<{ metadata: { name: string }; spec: { podCIDRs?: string[] } }> };
+  const cidrs = new Map<string, string[]>();
+  await waitFor(signal, 60_000, "every Node given its pod CIDRs by node IPAM", async () => {
+    for (const item of (JSON.parse(await labKubectl(kube, ["get", "nodes", "-o", "json"])) as NodeList).items) cidrs.set(item.metadata.name, item.spec.podCIDRs ?? []);
+    return state.nodes.every((node) => cidrs.get(node.name)?.length === state.families.length);
+  });
+  return cidrs;
+}
+
+/** A route to a node's pod CIDR: via the node's address of the CIDR's family. */
+function podCidrRoute(state: LabState, node: LabNodeState, cidr: string): { range: string; via: string } {
+  return { range: cidr, via: node.addresses[state.families.indexOf(cidr.includes(":") ? 6 : 4)] };
+}
+
 /**
  * The baseline's network: each node's conflist from its Node's pod CIDRs (node IPAM gave them),
  * and a route per pod CIDR on the underlay's router to its node, as a cloud's route table does.
  */
-async function installReferenceNetwork(state: LabState, kube: LabKubernetes): Promise<void> {
-  const nodes = (JSON.parse(await labKubectl(kube, ["get", "nodes", "-o", "json"])) as { items: Array<{ metadata: { name: string }; spec: { podCIDRs?: string[] } }> }).items;
+async function installReferenceNetwork(state: LabState, podCidrs: ReadonlyMap<string, readonly string[]>): Promise<void> {
   const routes: Array<{ range: string; via: string }> = [];
   for (const node of state.nodes) {
-    const podCidrs = nodes.find((item) => item.metadata.name === node.name)?.spec.podCIDRs ?? [];
-    if (podCidrs.length !== state.families.length) throw new Error(`node ${node.name} has pod CIDRs ${podCidrs.join(", ") || "none"}; node IPAM should give one per family`);
-    await writeReferenceNetwork(node, podCidrs, state.families.map((family) => KUBE_LAB_CIDRS[family].pods));
-    for (const cidr of podCidrs) routes.push({ range: cidr, via: node.addresses[state.families.indexOf(cidr.includes(":") ? 6 : 4)] });
+    const cidrs = podCidrs.get(node.name) ?? [];
+    await writeReferenceNetwork(node, cidrs, state.families.map((family) => KUBE_LAB_CIDRS[family].pods));
+    routes.push(...cidrs.map((cidr) => podCidrRoute(state, node, cidr)));
   }
   await routeInUnderlay(state.underlay.netnsName, routes);
 }
@@ -163,21 +178,12 @@ async function installReferenceNetwork(state: LabState, kube: LabKubernetes): Pr
  * through the underlay's router. Nodes' pods reach each other by the plugin's own routes, never
  * these.
  */
-async function routeControlToPods(state: LabState, kube: LabKubernetes, signal: AbortSignal): Promise<void> {
+async function routeControlToPods(state: LabState, podCidrs: ReadonlyMap<string, readonly string[]>): Promise<void> {
   const control = state.control!;
-  type NodeList = { items: Array<{ metadata: { name: string }; spec: { podCIDRs?: string[] } }> };
-  let nodes: NodeList["items"] = [];
-  await waitFor(signal, 60_000, "every Node given its pod CIDRs by node IPAM", async () => {
-    nodes = (JSON.parse(await labKubectl(kube, ["get", "nodes", "-o", "json"])) as NodeList).items;
-    return state.nodes.every((node) => nodes.find((item) => item.metadata.name === node.name)?.spec.podCIDRs?.length === state.families.length);
-  });
   const onLink: Array<{ range: string; via: string }> = [];
   const viaRouter: Array<{ range: string; via: string }> = [];
   for (const node of state.nodes) {
-    for (const cidr of nodes.find((item) => item.metadata.name === node.name)?.spec.podCIDRs ?? []) {
-      const via = node.addresses[state.families.indexOf(cidr.includes(":") ? 6 : 4)];
-      (node.subnet === control.subnet ? onLink : viaRouter).push({ range: cidr, via });
-    }
+    for (const cidr of podCidrs.get(node.name) ?? []) (node.subnet === control.subnet ? onLink : viaRouter).push(podCidrRoute(state, node, cidr));
   }
   await routeInHost(control.netnsName, onLink);
   if (viaRouter.length > 0) await routeInUnderlay(state.underlay.netnsName, viaRouter);

@@ -399,33 +399,21 @@ function podCgroupDirs(hierarchy: string, runtime: RealNodeRuntime, uid: string)
   return found;
 }
 
-/** The pids of a pod's processes on a real node, by container group (the sandbox's pause first among them). */
-function podPids(runtime: RealNodeRuntime, uid: string): number[][] {
+/** The pids of a pod's processes on a real node (every container's, the sandbox's pause among them). */
+function podPids(runtime: RealNodeRuntime, uid: string): number[] {
   const hierarchy = cgroupHierarchies().find((candidate) => candidate.controllers.includes("pids")) ?? cgroupHierarchies()[0];
   if (!hierarchy) return [];
-  const groups: number[][] = [];
-  for (const dir of podCgroupDirs(hierarchy.mountPoint, runtime, uid)) {
-    for (const entry of readdirSync(dir, { withFileTypes: true })) {
-      if (!entry.isDirectory()) continue;
-      try {
-        const pids = readFileSync(join(dir, entry.name, "cgroup.procs"), "utf8").split("\n").filter((line) => /^[0-9]+$/.test(line)).map(Number);
-        if (pids.length > 0) groups.push(pids);
-      } catch {
-        // gone meanwhile
-      }
-    }
-  }
-  return groups;
+  return podCgroupDirs(hierarchy.mountPoint, runtime, uid).flatMap((dir) => cgroupPids(dir.slice(hierarchy.mountPoint.length), [hierarchy]));
 }
 
 /** A pid of any process of the pod, for its network namespace: /proc/PID/ns/net. */
 export function podPid(runtime: RealNodeRuntime, uid: string): number | undefined {
-  return podPids(runtime, uid)[0]?.[0];
+  return podPids(runtime, uid)[0];
 }
 
 /** The pid of the trellis agent in an agent pod (the process running `trellis agent`). */
 export function podAgentPid(runtime: RealNodeRuntime, uid: string): number | undefined {
-  for (const pid of podPids(runtime, uid).flat()) {
+  for (const pid of podPids(runtime, uid)) {
     try {
       const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
       if (argv[1] === "agent") return pid;
