@@ -24,7 +24,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { PROXY_TABLE_NAMES } from "../src/dataplane/service-proxy.js";
 import { KubeApiError, KubeClient } from "../src/kube/client.js";
-import { encodeNftBatch } from "../src/linux/nft-netlink.js";
+import { encodeBatch } from "../src/nft/netlink.js";
 import { loadKubeconfig } from "../src/kube/config.js";
 import { mapConcurrently } from "../src/lab/concurrently.js";
 import { logTail, sleep, startDetached, stopProcesses, type StartedProcess } from "../src/lab/processes.js";
@@ -277,8 +277,8 @@ async function restartAgent(lab: Lab, argv: readonly string[]): Promise<number> 
  * lists the whole ruleset before any command, minutes at 10,000 Services.
  */
 function deleteProxyTables(node: Netns): void {
-  const ops = ([4, 6] as const).flatMap((family) => PROXY_TABLE_NAMES.flatMap((table) => [{ op: "add table" as const, family, table }, { op: "delete table" as const, family, table }]));
-  execFileSync("nsenter", [`--net=${node.path}`, NFT_WRITER], { input: encodeNftBatch(ops), stdio: ["pipe", "ignore", "inherit"] });
+  const ops = (["ip", "ip6"] as const).flatMap((family) => PROXY_TABLE_NAMES.flatMap((table) => [{ op: "add table" as const, family, table }, { op: "delete table" as const, family, table }]));
+  execFileSync("nsenter", [`--net=${node.path}`, NFT_WRITER], { input: encodeBatch(ops), stdio: ["pipe", "ignore", "inherit"] });
 }
 
 /** The Service selecting the server pod; resolves with its ClusterIP. */

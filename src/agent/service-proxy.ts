@@ -12,7 +12,7 @@ import {
 } from "../dataplane/service-proxy.js";
 import { staleUdpFlows, type StaleFlow } from "../dataplane/service-conntrack.js";
 import { deleteConntrack } from "../linux/conntrack.js";
-import { encodeNftBatch, NftBatchWriter, NftUnsupported, NftWriteError } from "../linux/nft-netlink.js";
+import { NftBatchWriter, NftWriteError } from "../linux/nft-netlink.js";
 import { CommandError } from "../linux/exec.js";
 import { nftApply, nftListTables } from "../linux/nftables.js";
 import { localEndpointCounts, startHealthCheckServers } from "./health-checks.js";
@@ -220,20 +220,11 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
   const batchWriter = options.nftWriter === undefined ? undefined : new NftBatchWriter(options.nftWriter);
   const writer = batchWriter?.available() ? batchWriter : undefined;
   if (writer) log("info", "service rules are written through the netlink writer", { path: writer.path });
-  /** One transaction, through the netlink writer when it encodes every step, else through nft. */
+  /** One transaction, through the netlink writer when it is there (it encodes every step the model has), else through nft. */
   const writeRules = async (ops: readonly ProxyOp[], full: boolean): Promise<"netlink" | "nft"> => {
     if (writer) {
-      let batch: Buffer | undefined;
-      try {
-        batch = encodeNftBatch(ops);
-      } catch (error) {
-        if (!(error instanceof NftUnsupported)) throw error;
-        log("debug", "a step is not one the netlink writer encodes; writing this change with nft", { reason: error.message });
-      }
-      if (batch) {
-        await writer.apply(batch);
-        return "netlink";
-      }
+      await writer.applyOps(ops);
+      return "netlink";
     }
     await nftApply(full ? renderProxyFull(state!.ruleset()) : renderProxyOps(ops));
     return "nft";

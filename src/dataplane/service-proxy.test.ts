@@ -2,8 +2,11 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { describe, it } from "node:test";
 import { parseIp, parsePrefix, type Family } from "../net/ip.js";
+import type { BaseChain as ProxyBaseChain, NftSet as ProxySet, Rule } from "../nft/model.js";
+import { goto, tableFamilyOf, verdictRule, verdictText } from "../nft/model.js";
+import { ruleText } from "../nft/text.js";
 import {
-  PROXY_TABLE, PROXY_TABLE_NAMES, SHARDS, type ProxyBaseChain, type ProxySet,
+  PROXY_TABLE, PROXY_TABLE_NAMES, SHARDS,
   desiredProxyRuleset, ProxyState, proxyRulesetCounts, renderProxyOps, renderProxyChange, renderProxyFull, type ProxyEndpoint, type ProxyNode, type ProxyRuleset, type ProxyServicePort, type ProxyTable,
 } from "./service-proxy.js";
 
@@ -41,15 +44,15 @@ const ips = (...texts: string[]) => texts.map(parseIp);
  * maps' elements together. Chains and sets of one name in several tables must be alike.
  */
 function table(ruleset: ProxyRuleset, family: Family): ProxyTable {
-  const tables = [...ruleset.tables.values()].filter((candidate) => candidate.family === family);
+  const tables = [...ruleset.tables.values()].filter((candidate) => candidate.family === tableFamilyOf(family));
   assert.ok(tables.some((candidate) => candidate.name === PROXY_TABLE), `no IPv${family} front table`);
-  const chains = new Map<string, readonly string[]>();
+  const chains = new Map<string, readonly Rule[]>();
   const sets = new Map<string, ProxySet>();
   const baseChains = new Map<string, ProxyBaseChain>();
   for (const one of tables) {
     for (const [name, base] of one.baseChains) baseChains.set(name, base);
     for (const [name, rules] of one.chains) {
-      if (chains.has(name)) assert.deepEqual(rules, chains.get(name), `chain ${name} differs between tables`);
+      if (chains.has(name)) assert.deepEqual(rules.map(ruleText), chains.get(name)!.map(ruleText), `chain ${name} differs between tables`);
       chains.set(name, rules);
     }
     for (const [name, definition] of one.sets) {
@@ -57,7 +60,7 @@ function table(ruleset: ProxyRuleset, family: Family): ProxyTable {
       sets.set(name, { ...definition, elements: new Map([...(known?.elements ?? []), ...definition.elements]) });
     }
   }
-  return { family, name: "all", baseChains, chains, sets };
+  return { family: tableFamilyOf(family), name: "all", baseChains, chains, sets };
 }
 
 /** The shard tables (names) a port's chains are in. */
@@ -83,11 +86,12 @@ function chainName(t: ProxyTable, kind: string, id: string): string {
 function rules(t: ProxyTable, name: string): readonly string[] {
   const found = t.chains.get(name);
   assert.ok(found, `no chain ${name}`);
-  return found;
+  return found.map(ruleText);
 }
 
+/** A set's or map's elements as text: key to verdict ("" in a set). */
 function elements(t: ProxyTable, set: string): Record<string, string> {
-  return Object.fromEntries(t.sets.get(set)!.elements);
+  return Object.fromEntries([...t.sets.get(set)!.elements].map(([id, element]) => [id, element.value ? verdictText(element.value) : ""]));
 }
 
 function serviceChains(t: ProxyTable): string[] {
@@ -233,7 +237,7 @@ describe("desiredProxyRuleset", () => {
     const ruleset = desired([servicePort()]);
     const front = ruleset.tables.get(`ip ${PROXY_TABLE}`)!;
     assert.deepEqual([...front.baseChains.keys()].sort(), ["filter-forward", "filter-input", "filter-output", "nat-postrouting"]);
-    const shards = [...ruleset.tables.values()].filter((candidate) => candidate.family === 4 && candidate.name !== PROXY_TABLE);
+    const shards = [...ruleset.tables.values()].filter((candidate) => candidate.family === "ip" && candidate.name !== PROXY_TABLE);
     assert.equal(shards.length, 1);
     assert.match(shards[0].name, /^trellis-proxy-[0-9a-f]{1,2}$/);
     assert.deepEqual([...shards[0].baseChains.keys()].sort(), ["nat-output", "nat-prerouting"]);
@@ -254,7 +258,10 @@ describe("desiredProxyRuleset", () => {
     assert.deepEqual(rules(t, "nat-prerouting"), ["jump services"]);
     assert.deepEqual(rules(t, "nat-output"), ["jump services"]);
     assert.deepEqual(rules(t, "nat-postrouting"), ["jump masquerading"]);
-    assert.deepEqual(rules(t, "masquerading"), ["meta mark & 0x00004000 == 0 return", "meta mark set meta mark ^ 0x00004000", "masquerade fully-random"]);
+    assert.deepEqual(rules(t, "masquerading"), [
+      "ct status dnat ip saddr . ip daddr . meta l4proto . th dport @hairpin-connections masquerade fully-random",
+      "meta mark & 0x00004000 == 0x00000000 return", "meta mark set meta mark ^ 0x00004000", "masquerade fully-random",
+    ]);
     assert.deepEqual(rules(t, "filter-input"), ["ct state new jump nodeport-endpoints-check", "ct state new jump service-endpoints-check"]);
     assert.deepEqual(rules(t, "filter-forward"), ["ct state new jump service-endpoints-check"]);
     assert.deepEqual(rules(t, "filter-output"), ["ct state new jump service-endpoints-check"]);
@@ -276,18 +283,14 @@ describe("desiredProxyRuleset", () => {
     })]);
     const [v4, v6] = [table(ruleset, 4), table(ruleset, 6)];
     const svc4 = chainName(v4, "svc", "default/web/tcp/http");
-    const [a, b] = [chainName(v4, "ep", "default/web/tcp/http__10.244.1.5/8080"), chainName(v4, "ep", "default/web/tcp/http__10.244.2.6/8080")];
     assert.deepEqual(elements(v4, "service-ips"), { "10.96.0.10 . tcp . 80": `goto ${svc4}` });
-    assert.deepEqual(rules(v4, svc4), [MASQ_V4, `numgen random mod 2 == 0 goto ${a}`, `goto ${b}`]);
-    assert.deepEqual(rules(v4, a), ["ip saddr 10.244.1.5 jump mark-for-masquerade", "meta l4proto tcp dnat to 10.244.1.5:8080"]);
-    assert.deepEqual(serviceChains(v4), [a, b, svc4].sort());
+    assert.deepEqual(rules(v4, svc4), [MASQ_V4, "meta l4proto tcp dnat ip addr . port to numgen random mod 2 map { 0 : 10.244.1.5 . 8080, 1 : 10.244.2.6 . 8080 }"]);
+    assert.deepEqual(serviceChains(v4), [svc4], "no endpoint chains without affinity");
 
     const svc6 = chainName(v6, "svc", "default/web/tcp/http");
-    const c = chainName(v6, "ep", "default/web/tcp/http__fd00_10_244_1__5/8080");
     assert.deepEqual(elements(v6, "service-ips"), { "fd00:10:96::a . tcp . 80": `goto ${svc6}` });
-    assert.deepEqual(rules(v6, svc6), ["ip6 daddr fd00:10:96::a ip6 saddr != @pod-cidrs jump mark-for-masquerade", `goto ${c}`]);
-    assert.deepEqual(rules(v6, c), ["ip6 saddr fd00:10:244:1::5 jump mark-for-masquerade", "meta l4proto tcp dnat to [fd00:10:244:1::5]:8080"]);
-    assert.deepEqual(serviceChains(v6), [c, svc6].sort());
+    assert.deepEqual(rules(v6, svc6), ["ip6 daddr fd00:10:96::a ip6 saddr != @pod-cidrs jump mark-for-masquerade", "meta l4proto tcp dnat ip6 to [fd00:10:244:1::5]:8080"]);
+    assert.deepEqual(serviceChains(v6), [svc6]);
   });
 
   it("leaves a single-stack Service, its NodePort included, out of the other family's table", () => {
@@ -310,9 +313,9 @@ describe("desiredProxyRuleset", () => {
     assert.deepEqual(elements(t, "service-ips"), {
       "10.96.0.10 . tcp . 80": `goto ${http}`, "10.96.0.10 . tcp . 9090": `goto ${metrics}`, "10.96.0.11 . tcp . 443": `goto ${solo}`,
     });
-    assert.deepEqual(rules(t, chainName(t, "ep", "default/web/tcp/http__10.244.1.5/8080")).at(-1), "meta l4proto tcp dnat to 10.244.1.5:8080");
-    assert.deepEqual(rules(t, chainName(t, "ep", "default/web/tcp/metrics__10.244.1.5/9100")).at(-1), "meta l4proto tcp dnat to 10.244.1.5:9100");
-    assert.deepEqual(rules(t, chainName(t, "ep", "default/solo/tcp/__10.244.1.9/8443")).at(-1), "meta l4proto tcp dnat to 10.244.1.9:8443");
+    assert.deepEqual(rules(t, http).at(-1), "meta l4proto tcp dnat ip to 10.244.1.5:8080");
+    assert.deepEqual(rules(t, metrics).at(-1), "meta l4proto tcp dnat ip to 10.244.1.5:9100");
+    assert.deepEqual(rules(t, solo).at(-1), "meta l4proto tcp dnat ip to 10.244.1.9:8443");
   });
 
   it("keys TCP, UDP and SCTP apart and DNATs each with its own protocol", () => {
@@ -323,9 +326,9 @@ describe("desiredProxyRuleset", () => {
       servicePort({ name: "sig", portName: "sctp", protocol: "SCTP", port: 3868, endpoints: [endpoint("10.244.1.8", 3868)] }),
     ]), 4);
     assert.deepEqual(Object.keys(elements(t, "service-ips")).sort(), ["10.96.0.10 . sctp . 3868", "10.96.0.10 . tcp . 53", "10.96.0.10 . udp . 53"]);
-    assert.equal(rules(t, chainName(t, "ep", "default/dns/udp/dns__10.244.1.7/53")).at(-1), "meta l4proto udp dnat to 10.244.1.7:53");
-    assert.equal(rules(t, chainName(t, "ep", "default/dns/tcp/dns-tcp__10.244.1.7/53")).at(-1), "meta l4proto tcp dnat to 10.244.1.7:53");
-    assert.equal(rules(t, chainName(t, "ep", "default/sig/sctp/sctp__10.244.1.8/3868")).at(-1), "meta l4proto sctp dnat to 10.244.1.8:3868");
+    assert.equal(rules(t, chainName(t, "svc", "default/dns/udp/dns")).at(-1), "meta l4proto udp dnat ip to 10.244.1.7:53");
+    assert.equal(rules(t, chainName(t, "svc", "default/dns/tcp/dns-tcp")).at(-1), "meta l4proto tcp dnat ip to 10.244.1.7:53");
+    assert.equal(rules(t, chainName(t, "svc", "default/sig/sctp/sctp")).at(-1), "meta l4proto sctp dnat ip to 10.244.1.8:3868");
   });
 
   it("sends a NodePort to the external chain, which masquerades under eTP=Cluster every client but this node's pods", () => {
@@ -361,9 +364,9 @@ describe("desiredProxyRuleset", () => {
     const svc = chainName(t, "svc", "default/web/tcp/http");
     const [a, b] = ["10.244.1.5", "10.244.2.6"].map((address) => chainName(t, "ep", `default/web/tcp/http__${address}/8080`));
     const [affA, affB] = ["10.244.1.5", "10.244.2.6"].map((address) => chainName(t, "aff", `default/web/tcp/http__${address}/8080`));
-    assert.deepEqual(t.sets.get(affA), { kind: "set", type: "ipv4_addr", flags: ["dynamic", "timeout"], timeoutSeconds: 600, elements: new Map() });
+    assert.deepEqual(t.sets.get(affA), { kind: "set", key: ["ipv4_addr"], flags: ["dynamic", "timeout"], timeoutSeconds: 600, elements: new Map() });
     assert.deepEqual(rules(t, svc), [MASQ_V4, `ip saddr @${affA} goto ${a}`, `ip saddr @${affB} goto ${b}`, `numgen random mod 2 == 0 goto ${a}`, `goto ${b}`]);
-    assert.deepEqual(rules(t, a), ["ip saddr 10.244.1.5 jump mark-for-masquerade", `update @${affA} { ip saddr }`, "meta l4proto tcp dnat to 10.244.1.5:8080"]);
+    assert.deepEqual(rules(t, a), [`update @${affA} { ip saddr }`, "meta l4proto tcp dnat ip to 10.244.1.5:8080"]);
     assert.ok(!renderProxyFull(desired([servicePort()])).includes("aff-"), "no affinity sets without ClientIP affinity");
   });
 
@@ -375,12 +378,11 @@ describe("desiredProxyRuleset", () => {
     });
     const t = table(desired([port]), 4);
     const [svc, local, ext] = ["svc", "local", "ext"].map((kind) => chainName(t, kind, "default/web/tcp/http"));
-    const [a, b] = ["10.244.1.5", "10.244.2.6"].map((address) => chainName(t, "ep", `default/web/tcp/http__${address}/8080`));
     assert.deepEqual(rules(t, ext), [
       `ip saddr @pod-cidrs goto ${svc}`, "fib saddr type local jump mark-for-masquerade", `fib saddr type local goto ${svc}`, `goto ${local}`,
     ]);
-    assert.deepEqual(rules(t, local), [`goto ${a}`]);
-    assert.deepEqual(rules(t, svc), [MASQ_V4, `numgen random mod 2 == 0 goto ${a}`, `goto ${b}`]);
+    assert.deepEqual(rules(t, local), ["meta l4proto tcp dnat ip to 10.244.1.5:8080"]);
+    assert.deepEqual(rules(t, svc), [MASQ_V4, "meta l4proto tcp dnat ip addr . port to numgen random mod 2 map { 0 : 10.244.1.5 . 8080, 1 : 10.244.2.6 . 8080 }"]);
     assert.deepEqual(elements(t, "service-nodeports"), { "tcp . 30080": `goto ${ext}` });
     assert.deepEqual(elements(t, "no-endpoint-nodeports"), {});
 
@@ -398,10 +400,9 @@ describe("desiredProxyRuleset", () => {
     // Catches: ClusterIP traffic leaving the node despite iTP=Local, or black-holed instead of refused.
     const local = table(desired([servicePort({ internalTrafficPolicy: "Local", endpoints: [endpoint("10.244.1.5", 8080, { nodeName: "node-a" }), endpoint("10.244.2.6")] })]), 4);
     const chain = chainName(local, "local", "default/web/tcp/http");
-    const a = chainName(local, "ep", "default/web/tcp/http__10.244.1.5/8080");
     assert.deepEqual(elements(local, "service-ips"), { "10.96.0.10 . tcp . 80": `goto ${chain}` });
-    assert.deepEqual(rules(local, chain), [MASQ_V4, `goto ${a}`]);
-    assert.deepEqual(serviceChains(local), [a, chain].sort(), "no cluster chain and no remote endpoint chain");
+    assert.deepEqual(rules(local, chain), [MASQ_V4, "meta l4proto tcp dnat ip to 10.244.1.5:8080"]);
+    assert.deepEqual(serviceChains(local), [chain], "no cluster chain");
 
     const remote = table(desired([servicePort({ internalTrafficPolicy: "Local" })]), 4);
     assert.deepEqual(elements(remote, "service-ips"), {});
@@ -429,19 +430,23 @@ describe("desiredProxyRuleset", () => {
     const draining = endpoint("10.244.1.5", 8080, { ready: false, serving: true, terminating: true });
     const gone = endpoint("10.244.1.6", 8080, { ready: false, serving: false, terminating: true });
     const t = table(desired([servicePort({ endpoints: [draining, gone] })]), 4);
-    assert.deepEqual(serviceChains(t), [chainName(t, "ep", "default/web/tcp/http__10.244.1.5/8080"), chainName(t, "svc", "default/web/tcp/http")].sort());
+    assert.deepEqual(rules(t, chainName(t, "svc", "default/web/tcp/http")).at(-1), "meta l4proto tcp dnat ip to 10.244.1.5:8080");
 
     const withReady = table(desired([servicePort({ endpoints: [draining, gone, endpoint("10.244.2.6")] })]), 4);
-    assert.deepEqual(serviceChains(withReady), [chainName(withReady, "ep", "default/web/tcp/http__10.244.2.6/8080"), chainName(withReady, "svc", "default/web/tcp/http")].sort());
+    assert.deepEqual(rules(withReady, chainName(withReady, "svc", "default/web/tcp/http")).at(-1), "meta l4proto tcp dnat ip to 10.244.2.6:8080");
   });
 
   it("picks each endpoint with probability 1/N and creates no map per Service", () => {
     // Catches: a cascade skewed toward the first endpoints, or a per-port anonymous map (quadratic kernel time at 10,000 Services).
     const addresses = ["10.244.1.1", "10.244.1.2", "10.244.1.3", "10.244.1.4", "10.244.1.5", "10.244.1.6", "10.244.1.7"];
     const t = table(desired([servicePort({ endpoints: addresses.map((address) => endpoint(address)) })]), 4);
+    const [dnat] = rules(t, chainName(t, "svc", "default/web/tcp/http")).slice(1);
+    assert.equal(dnat, `meta l4proto tcp dnat ip addr . port to numgen random mod 7 map { ${addresses.map((address, i) => `${i} : ${address} . 8080`).join(", ")} }`);
+    // With affinity, a cascade of numgen tests: 1/N, then 1/(N-1) of the rest, ...: uniform.
+    const sticky = table(desired([servicePort({ endpoints: addresses.map((address) => endpoint(address)), sessionAffinityTimeoutSeconds: 60 })]), 4);
     let rest = 1;
     const chance = new Map<string, number>();
-    for (const rule of rules(t, chainName(t, "svc", "default/web/tcp/http")).slice(1)) {
+    for (const rule of rules(sticky, chainName(sticky, "svc", "default/web/tcp/http")).slice(1 + addresses.length)) {
       const match = /^(?:numgen random mod (\d+) == 0 )?goto (\S+)$/.exec(rule);
       assert.ok(match, rule);
       const share = match[1] ? rest / Number(match[1]) : rest;
@@ -450,14 +455,20 @@ describe("desiredProxyRuleset", () => {
     }
     assert.equal(chance.size, addresses.length);
     for (const share of chance.values()) assert.ok(Math.abs(share - 1 / addresses.length) < 1e-12, String(share));
-    assert.ok(![...t.chains.values()].flat().some((rule) => rule.includes("vmap {")), "no anonymous map in a Service chain");
+    assert.ok(![...sticky.chains.values()].flat().some((rule) => ruleText(rule).includes("vmap {")), "no anonymous verdict map in a Service chain");
   });
 
   it("marks hairpin traffic and off-cluster ClusterIP clients for masquerade", () => {
     // Catches: a pod reaching itself through its Service getting a reply from its own address (dropped), or off-cluster clients' replies not coming back through the node.
-    const t = table(desired([servicePort()]), 4);
-    assert.equal(rules(t, chainName(t, "ep", "default/web/tcp/http__10.244.1.5/8080"))[0], "ip saddr 10.244.1.5 jump mark-for-masquerade");
+    const t = table(desired([servicePort({ endpoints: [endpoint("10.244.1.5", 8080, { nodeName: "node-a" }), endpoint("10.244.2.6")] })]), 4);
+    // Local endpoints only: a remote endpoint's hairpin connection never passes this node's postrouting.
+    assert.deepEqual(elements(t, "hairpin-connections"), { "10.244.1.5 . 10.244.1.5 . tcp . 8080": "" });
+    assert.equal(rules(t, "masquerading")[0], "ct status dnat ip saddr . ip daddr . meta l4proto . th dport @hairpin-connections masquerade fully-random");
     assert.equal(rules(t, chainName(t, "svc", "default/web/tcp/http"))[0], MASQ_V4);
+    // Two ports to one endpoint claim one element; it stays while either does.
+    const state = new ProxyState(NODE, [servicePort({ endpoints: [endpoint("10.244.1.5", 8080, { nodeName: "node-a" })] }), servicePort({ name: "other", endpoints: [endpoint("10.244.1.5", 8080, { nodeName: "node-a" })] })]);
+    state.update([servicePort({ name: "other", endpoints: [endpoint("10.244.1.5", 8080, { nodeName: "node-a" })] })], []);
+    assert.deepEqual(elements(table(state.ruleset(), 4), "hairpin-connections"), { "10.244.1.5 . 10.244.1.5 . tcp . 8080": "" });
     assert.deepEqual(rules(t, "mark-for-masquerade"), ["meta mark set meta mark | 0x00004000"]);
   });
 
@@ -508,7 +519,7 @@ describe("desiredProxyRuleset", () => {
     const ports = [
       // Service port names are DNS labels of up to 63 (the upstream e2e names one "mutable-named-port").
       servicePort({ namespace: long, name: long, portName: "p".repeat(63), protocol: "SCTP", clusterIPs: ips("fd00:10:96::a"), endpoints: [endpoint("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe", 65535)], sessionAffinityTimeoutSeconds: 10 }),
-      servicePort({ namespace: "a-b", name: "c", clusterIPs: ips("fd00:10:96::b"), endpoints: [endpoint("::ffff:1.2.3.4"), endpoint("0:0:0:ffff:1:2:3:4")] }),
+      servicePort({ namespace: "a-b", name: "c", clusterIPs: ips("fd00:10:96::b"), endpoints: [endpoint("::ffff:1.2.3.4"), endpoint("0:0:0:ffff:1:2:3:4")], sessionAffinityTimeoutSeconds: 60 }),
       servicePort({ namespace: "a", name: "b-c", clusterIPs: ips("fd00:10:96::c") }),
     ];
     const t = table(desired(ports), 6);
@@ -539,8 +550,8 @@ describe("desiredProxyRuleset", () => {
 
     const good = desiredProxyRuleset(NODE, [servicePort()]);
     const t = good.tables.get(`ip ${PROXY_TABLE}`)!;
-    const injected: ProxyRuleset = { tables: new Map([...good.tables, [`ip ${PROXY_TABLE}`, { ...t, chains: new Map([...t.chains, ["services", ["accept\nflush ruleset"]]]) }]]) };
-    assert.throws(() => renderProxyFull(injected), /nftables rule "accept\\nflush ruleset" is not allowed/);
+    const injected: ProxyRuleset = { tables: new Map([...good.tables, [`ip ${PROXY_TABLE}`, { ...t, chains: new Map([...t.chains, ["services", [verdictRule([], goto("x\nflush ruleset"))]]]) }]]) };
+    assert.throws(() => renderProxyFull(injected), /nftables chain name "x\\nflush ruleset" is not allowed/);
     const badName: ProxyRuleset = { tables: new Map([...good.tables, [`ip ${PROXY_TABLE}`, { ...t, chains: new Map([...t.chains, ["bad name", []]]) }]]) };
     assert.throws(() => renderProxyChange(good, badName), /nftables chain name "bad name" is not allowed/);
   });
@@ -548,11 +559,12 @@ describe("desiredProxyRuleset", () => {
   it("counts chains, rules and elements per family", () => {
     // Catches: the sync metrics reporting one family, or rules instead of elements.
     const ruleset = desired([servicePort({ clusterIPs: ips("10.96.0.10", "fd00:10:96::a"), endpoints: [endpoint("10.244.1.5"), endpoint("fd00:10:244:1::5")] })]);
-    // 12 fixed chains with 17 rules (front 8, shard 4); svc (2 rules) and one endpoint (2 rules);
-    // nodeport-ips in the front and the shard, pod-cidrs and one service-ips element in the shard.
+    // 12 fixed chains with 18 rules (front 8, shard 4); svc (2 rules: masquerade off-cluster
+    // clients, DNAT); nodeport-ips in the front and the shard, pod-cidrs and one service-ips
+    // element in the shard.
     assert.deepEqual(proxyRulesetCounts(ruleset), [
-      { family: 4, chains: 14, rules: 21, elements: 4 },
-      { family: 6, chains: 14, rules: 21, elements: 4 },
+      { family: 4, chains: 13, rules: 20, elements: 4 },
+      { family: 6, chains: 13, rules: 20, elements: 4 },
     ]);
   });
 });
@@ -677,16 +689,11 @@ describe("renderProxyChange", () => {
     const change = assertChangeArrives(before, after);
     const lines = norm(change).trimEnd().split("\n");
     const t = table(after, 4);
-    const added = chainName(t, "ep", "default/web/tcp/http__10.244.3.9/8080");
+    const svc = chainName(t, "svc", "default/web/tcp/http");
     assert.deepEqual(lines, [
-      `add chain ip trellis-proxy-S ${added}`,
-      `flush chain ip trellis-proxy-S ${chainName(t, "svc", "default/web/tcp/http")}`,
-      `add rule ip trellis-proxy-S ${added} ip saddr 10.244.3.9 jump mark-for-masquerade`,
-      `add rule ip trellis-proxy-S ${added} meta l4proto tcp dnat to 10.244.3.9:8080`,
-      `add rule ip trellis-proxy-S ${chainName(t, "svc", "default/web/tcp/http")} ${MASQ_V4}`,
-      `add rule ip trellis-proxy-S ${chainName(t, "svc", "default/web/tcp/http")} numgen random mod 3 == 0 goto ${chainName(t, "ep", "default/web/tcp/http__10.244.1.5/8080")}`,
-      `add rule ip trellis-proxy-S ${chainName(t, "svc", "default/web/tcp/http")} numgen random mod 2 == 0 goto ${chainName(t, "ep", "default/web/tcp/http__10.244.2.6/8080")}`,
-      `add rule ip trellis-proxy-S ${chainName(t, "svc", "default/web/tcp/http")} goto ${added}`,
+      `flush chain ip trellis-proxy-S ${svc}`,
+      `add rule ip trellis-proxy-S ${svc} ${MASQ_V4}`,
+      `add rule ip trellis-proxy-S ${svc} meta l4proto tcp dnat ip addr . port to numgen random mod 3 map { 0 : 10.244.1.5 . 8080, 1 : 10.244.2.6 . 8080, 2 : 10.244.3.9 . 8080 }`,
     ]);
   });
 
@@ -738,7 +745,7 @@ describe("renderProxyChange", () => {
     const moved = desired([web, api, dns, pad], { ...NODE, addresses: ips("198.18.0.2", "fd00:198:18::1"), podCidrs: [parsePrefix("10.244.0.0/16"), parsePrefix("10.250.0.0/16"), parsePrefix("fd00:10:244::/56")] });
     const change = assertChangeArrives(before, moved);
     const lines = change.trimEnd().split("\n");
-    const shards = [...before.tables.values()].filter((t) => t.family === 4 && t.name !== PROXY_TABLE).map((t) => t.name).sort((a, b) => PROXY_TABLE_NAMES.indexOf(a) - PROXY_TABLE_NAMES.indexOf(b));
+    const shards = [...before.tables.values()].filter((t) => t.family === "ip" && t.name !== PROXY_TABLE).map((t) => t.name).sort((a, b) => PROXY_TABLE_NAMES.indexOf(a) - PROXY_TABLE_NAMES.indexOf(b));
     assert.deepEqual(lines, [
       "delete element ip trellis-proxy nodeport-ips { 198.18.0.1 }",
       "add element ip trellis-proxy nodeport-ips { 198.18.0.2 }",
@@ -814,8 +821,8 @@ describe("scale", () => {
         `one Service changed: desired ${(t3 - t2).toFixed(0)} ms, change render ${(t4 - t3).toFixed(0)} ms (${change.split("\n").length - 1} lines); ` +
         `port by port (ProxyState.update): ${(t6 - t5).toFixed(1)} ms`,
     );
-    // The front's 8 fixed chains, each shard's 4, and a chain per Service and per endpoint.
-    assert.equal(counts.chains, 8 + 4 * SHARDS + services * (1 + perService));
+    // The front's 8 fixed chains, each shard's 4, and a chain per Service (none per endpoint without affinity).
+    assert.equal(counts.chains, 8 + 4 * SHARDS + services);
     assert.ok(change.split("\n").length < 10, change);
   });
 
