@@ -26,7 +26,7 @@ describe("dataplane/hostports", () => {
   test("renders DNAT per family, hostIP-specific first, and masquerade of pod clients only", () => {
     const script = renderHostPorts("trellis-hostports", [web, dns, pinned]);
     const lines = script.split("\n").map((line) => line.trim());
-    const rules = lines.filter((line) => line.includes(" dnat "));
+    const rules = lines.filter((line) => line.includes(" dnat ")).map((line) => line.replace(/^add rule inet trellis-hostports hostports /, ""));
     assert.deepEqual(rules, [
       "ip daddr 198.18.0.11 meta l4proto tcp th dport 9090 meta mark set meta mark | 0x00002000 dnat ip to 10.244.1.7:90",
       "ip daddr != 127.0.0.0/8 meta l4proto tcp th dport 8080 meta mark set meta mark | 0x00002000 dnat ip to 10.244.1.5:80",
@@ -34,8 +34,9 @@ describe("dataplane/hostports", () => {
       "ip daddr != 127.0.0.0/8 meta l4proto udp th dport 8080 meta mark set meta mark | 0x00002000 dnat ip to 10.244.1.6:53",
       "ip6 daddr != ::1 meta l4proto udp th dport 8080 meta mark set meta mark | 0x00002000 dnat ip6 to [fd00:10:244:1::6]:53",
     ]);
-    assert.ok(lines.includes("meta mark & 0x00002000 == 0x00002000 ip saddr { 10.244.1.0/24 } masquerade"));
-    assert.ok(lines.includes("fib daddr type local jump hostports"));
+    assert.ok(lines.includes("add rule inet trellis-hostports postrouting meta mark & 0x00002000 == 0x00002000 ip saddr @pod-subnets-ip masquerade"));
+    assert.ok(lines.includes("add element inet trellis-hostports pod-subnets-ip { 10.244.1.0/24 }"));
+    assert.ok(lines.includes("add rule inet trellis-hostports prerouting fib daddr type local jump hostports"));
     assert.equal(lines[0], "add table inet trellis-hostports", "written whole whether or not the table exists");
     const checked = nftCheck(script);
     if (checked !== undefined) assert.equal(checked, "", "nft accepts the script");

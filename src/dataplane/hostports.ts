@@ -7,7 +7,10 @@
  * is itself a pod of the node (it may reach its own hostPort) is masqueraded, so the answer
  * comes back the way the request went; other clients keep their address.
  */
-import { formatIp, formatPrefix, mergePrefixes, type Family, type IpAddress, type IpPrefix } from "../net/ip.js";
+import { formatIp, mergePrefixes, parsePrefix, type Family, type IpAddress, type IpPrefix } from "../net/ip.js";
+import { deleteTable, rewriteTable } from "../nft/diff.js";
+import { addressField, addressType, jump, newSet, rule, verdictRule, type Match, type NftSet, type Op, type Rule, type Table } from "../nft/model.js";
+import { renderOps } from "../nft/text.js";
 
 export type HostPortProtocol = "tcp" | "udp" | "sctp";
 
@@ -29,7 +32,6 @@ export interface HostPortContribution {
 
 /** The mark a hostPort DNAT leaves, for the masquerade of pod clients in postrouting. */
 export const HOSTPORT_MARK = 0x2000;
-const MARK = `0x${HOSTPORT_MARK.toString(16).padStart(8, "0")}`;
 
 /**
  * The first mapping of `mine` that another attachment already holds: same protocol and port,
@@ -47,44 +49,80 @@ export function hostPortConflict(others: readonly HostPortContribution[], mine: 
   return undefined;
 }
 
-/** A script that makes the table hold exactly these mappings (and removes it when there are none), in one transaction. */
-export function renderHostPorts(table: string, contributions: readonly HostPortContribution[]): string {
+/**
+ * The steps that make the table hold exactly these mappings, written whole in one transaction
+ * (and that remove it when there are none), whether or not it exists: through nftables' model,
+ * so the netlink writer can send them without nft's read of the whole namespace.
+ */
+export function hostPortOps(table: string, contributions: readonly HostPortContribution[]): Op[] {
   if (!/^[A-Za-z][A-Za-z0-9_-]*$/.test(table)) throw new Error(`nftables table name ${JSON.stringify(table)} is not a plain word`);
-  const lines = [`add table inet ${table}`, `delete table inet ${table}`];
-  const rules = mappingRules(contributions);
-  if (rules.length === 0) return lines.join("\n") + "\n";
-  const subnets = (family: Family) => mergePrefixes(contributions.flatMap((contribution) => contribution.subnets.filter((prefix) => prefix.family === family)));
-  lines.push(`table inet ${table} {`);
-  lines.push("  chain prerouting {", "    type nat hook prerouting priority -101; policy accept;", "    fib daddr type local jump hostports", "  }");
-  // The node's own clients: a mapping pinned to a loopback hostIP answers them there (the
-  // upstream HostPort conformance spec dials 127.0.0.1 from the node); one without a hostIP does
-  // not, so a hostPort never appears on the node's loopback unasked.
-  lines.push("  chain output {", "    type nat hook output priority -101; policy accept;", "    fib daddr type local jump hostports", "  }");
-  lines.push("  chain hostports {", ...rules.map((rule) => `    ${rule}`), "  }");
-  lines.push("  chain postrouting {", "    type nat hook postrouting priority 99; policy accept;");
-  for (const family of [4, 6] as const) {
-    const own = subnets(family);
-    if (own.length) lines.push(`    meta mark & ${MARK} == ${MARK} ${family === 4 ? "ip" : "ip6"} saddr { ${own.map(formatPrefix).join(", ")} } masquerade`);
-  }
-  lines.push("  }", "}");
-  return lines.join("\n") + "\n";
+  const desired = desiredHostPorts(table, contributions);
+  return desired ? rewriteTable(desired) : deleteTable("inet", table, false);
 }
 
+/** `hostPortOps` as an `nft -f` script. */
+export function renderHostPorts(table: string, contributions: readonly HostPortContribution[]): string {
+  return renderOps(hostPortOps(table, contributions));
+}
+
+/** The table these mappings need; undefined when there are none. */
+export function desiredHostPorts(table: string, contributions: readonly HostPortContribution[]): Table | undefined {
+  const rules = mappingRules(contributions);
+  if (rules.length === 0) return undefined;
+  const subnets = (family: Family) => mergePrefixes(contributions.flatMap((contribution) => contribution.subnets.filter((prefix) => prefix.family === family)));
+  const toLocal = verdictRule([{ match: "fib local", field: "daddr" }], jump("hostports"));
+  const postrouting: Rule[] = [];
+  const sets = new Map<string, NftSet>();
+  for (const family of [4, 6] as const) {
+    const own = subnets(family);
+    if (!own.length) continue;
+    const name = `pod-subnets-${family === 4 ? "ip" : "ip6"}`;
+    sets.set(name, newSet({ kind: "set", key: [addressType(family)], flags: ["interval"] }, own.map((prefix) => ({ key: [prefix] }))));
+    postrouting.push(rule([{ match: "mark", mask: HOSTPORT_MARK, value: HOSTPORT_MARK }, { match: "in set", key: [addressField(family, "saddr")], set: name }], { statement: "masquerade" }));
+  }
+  return {
+    family: "inet",
+    name: table,
+    baseChains: new Map([
+      ["prerouting", { type: "nat", hook: "prerouting", priority: -101 }],
+      ["output", { type: "nat", hook: "output", priority: -101 }],
+      ["postrouting", { type: "nat", hook: "postrouting", priority: 99 }],
+    ]),
+    chains: new Map([
+      ["prerouting", [toLocal]],
+      // The node's own clients: a mapping pinned to a loopback hostIP answers them there (the
+      // upstream HostPort conformance spec dials 127.0.0.1 from the node); one without a hostIP does
+      // not, so a hostPort never appears on the node's loopback unasked.
+      ["output", [toLocal]],
+      ["hostports", rules],
+      ["postrouting", postrouting],
+    ]),
+    sets,
+  };
+}
+
+const LOOPBACK: Record<Family, IpPrefix> = { 4: parsePrefix("127.0.0.0/8"), 6: parsePrefix("::1/128") };
+
 /** One DNAT rule per mapping and pod address of a family it answers in: hostIP-specific rules first. */
-function mappingRules(contributions: readonly HostPortContribution[]): string[] {
-  const specific: string[] = [];
-  const wildcard: string[] = [];
+function mappingRules(contributions: readonly HostPortContribution[]): Rule[] {
+  const specific: Rule[] = [];
+  const wildcard: Rule[] = [];
   for (const contribution of contributions) {
     for (const mapping of contribution.mappings) {
       checkPort(mapping.hostPort, "hostPort");
       checkPort(mapping.containerPort, "containerPort");
       for (const address of contribution.addresses) {
         if (mapping.hostIP && mapping.hostIP.family !== address.family) continue;
-        const payload = address.family === 4 ? "ip" : "ip6";
-        const to = address.family === 4 ? `${formatIp(address)}:${mapping.containerPort}` : `[${formatIp(address)}]:${mapping.containerPort}`;
-        const match = mapping.hostIP ? `${payload} daddr ${formatIp(mapping.hostIP)}` : address.family === 4 ? "ip daddr != 127.0.0.0/8" : "ip6 daddr != ::1";
-        const rule = `${match} meta l4proto ${mapping.protocol} th dport ${mapping.hostPort} meta mark set meta mark | ${MARK} dnat ${payload} to ${to}`;
-        (mapping.hostIP ? specific : wildcard).push(rule);
+        const daddr = addressField(address.family, "daddr");
+        const to: Match = mapping.hostIP
+          ? { match: "address", field: daddr, value: mapping.hostIP }
+          : { match: "address", field: daddr, value: LOOPBACK[address.family], negate: true };
+        const dnat = rule(
+          [to, { match: "protocol", protocol: mapping.protocol }, { match: "port", field: "th dport", port: mapping.hostPort }],
+          { statement: "mark", op: "or", bits: HOSTPORT_MARK },
+          { statement: "dnat", family: address.family, address, port: mapping.containerPort },
+        );
+        (mapping.hostIP ? specific : wildcard).push(dnat);
       }
     }
   }

@@ -3,7 +3,9 @@
  * per-attachment locks, the node-wide lock for shared kernel objects, and the test fault points.
  */
 import { createHash } from "node:crypto";
-import { join, normalize } from "node:path";
+import { existsSync } from "node:fs";
+import { dirname, join, normalize } from "node:path";
+import { NftBatchWriter } from "../linux/nft-netlink.js";
 import { DEFAULT_STATE_DIR, openPodState, PodStateError } from "../podipam/state.js";
 import { openSqlite, sqliteResult, type SqliteDatabase } from "../store/sqlite.js";
 import { CniCode, CniError } from "./errors.js";
@@ -19,6 +21,12 @@ export interface PodNetOptions {
   readonly field?: string;
   /** Kill this process with SIGKILL when the named step is reached: proves what a crash there leaves. */
   readonly faultPoint?: FaultPoint;
+  /**
+   * The netlink writer for the hostPort table (`trellis-nft-batch`); by default the one beside
+   * this executable, when it is there, else tables are written with `nft -f` (which reads the
+   * whole namespace first: 0.6 s beside 10,000 Services).
+   */
+  readonly nftWriter?: string;
 }
 
 export interface PodNet {
@@ -31,6 +39,8 @@ export interface PodNet {
   /** The nftables table holding this state directory's masquerade chains. */
   readonly masqueradeTable: string;
   readonly faultPoint?: FaultPoint;
+  /** The netlink writer, started on first use and ended by close(); undefined when there is none. */
+  readonly nftWriter?: NftBatchWriter;
   close(): void;
 }
 
@@ -53,7 +63,9 @@ export function openPodNet(stateDir: string, options: PodNetOptions = {}): PodNe
     adding: new Set(),
     masqueradeTable: masqueradeTableName(stateDir),
     faultPoint: options.faultPoint,
+    nftWriter: writerAt(options.nftWriter ?? join(dirname(process.execPath), "trellis-nft-batch")),
     close: () => {
+      net.nftWriter?.close();
       lockConnections.get(net)?.close();
       db.close();
     },
@@ -110,6 +122,10 @@ export function reachFaultPoint(net: PodNet, point: FaultPoint): void {
 }
 
 /** One table per state directory, so two directories on a node never rewrite each other's chains. */
+function writerAt(path: string): NftBatchWriter | undefined {
+  return existsSync(path) ? new NftBatchWriter(path) : undefined;
+}
+
 function masqueradeTableName(stateDir: string): string {
   const dir = normalize(stateDir).replace(/\/+$/, "");
   if (dir === DEFAULT_STATE_DIR) return "trellis-cni";

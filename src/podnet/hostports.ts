@@ -4,9 +4,11 @@
  * caller's own change to the state committed, so whichever sync runs last leaves the kernel
  * matching the last state. Only ADD, DEL and GC of pods with mappings (and GC) call it.
  */
-import { hostPortConflict, renderHostPorts, type HostPortContribution, type HostPortMapping, type HostPortProtocol } from "../dataplane/hostports.js";
+import { hostPortConflict, hostPortOps, type HostPortContribution, type HostPortMapping, type HostPortProtocol } from "../dataplane/hostports.js";
 import { CommandError } from "../linux/exec.js";
+import { NftWriteError } from "../linux/nft-netlink.js";
 import { nftApply } from "../linux/nftables.js";
+import { renderOps } from "../nft/text.js";
 import { formatIp, tryParseIp } from "../net/ip.js";
 import { listAllAttachments, type Attachment, type AttachmentSpecRecord } from "../podipam/attachments.js";
 import type { SqliteDatabase } from "../store/sqlite.js";
@@ -36,10 +38,12 @@ export async function syncHostPorts(net: PodNet, context: string): Promise<void>
   const table = hostPortTable(net);
   try {
     await withNodeLock(net, async () => {
-      await nftApply(renderHostPorts(table, listAllAttachments(net.db).flatMap(contribution)));
+      const ops = hostPortOps(table, listAllAttachments(net.db).flatMap(contribution));
+      if (net.nftWriter) await net.nftWriter.applyOps(ops);
+      else await nftApply(renderOps(ops));
     });
   } catch (error) {
-    if (error instanceof CommandError) throw new CniError(CniCode.dataplaneFailure, `${context}: updating nftables table inet ${table} failed: ${error.message}`);
+    if (error instanceof CommandError || error instanceof NftWriteError) throw new CniError(CniCode.dataplaneFailure, `${context}: updating nftables table inet ${table} failed: ${error.message}`);
     throw error;
   }
 }
