@@ -110,6 +110,7 @@ function familyTable(family: 4 | 6, name: string): Table {
     rule([{ match: "protocol", protocol: "tcp" }], { statement: "dnat", family, address: a("10.244.1.5", "fd00:10:244::5"), port: 8080 }),
     rule([{ match: "protocol", protocol: "udp" }], { statement: "dnat numgen", family, targets: [[a("10.244.1.5", "fd00:10:244::5"), 53], [a("10.244.2.6", "fd00:10:244::6"), 5353], [a("10.244.3.7", "fd00:10:244::7"), 53]] }),
     rule([{ match: "protocol", protocol: "sctp" }], { statement: "dnat numgen", family, targets: [[a("10.244.1.5", "fd00:10:244::5"), 9]] }),
+    rule([{ match: "protocol", protocol: "tcp" }], { statement: "dnat numgen map", family, modulus: 3, map: "targets" }),
   ];
   const post: Rule[] = [rule([], { statement: "masquerade" }), rule([], { statement: "masquerade", fullyRandom: true })];
   return table(family === 4 ? "ip" : "ip6", name, [["forward", filter, FILTER_FWD], ["prerouting", nat, NAT_PRE], ["postrouting", post, POST], ["target", [verdictRule([], ret)]]], [
@@ -121,6 +122,7 @@ function familyTable(family: 4 | 6, name: string): Table {
       { key: [a("10.96.0.11", "fd00:10:96::b"), "tcp", 80], value: drop },
     ])],
     ["nodeports", newSet({ kind: "map", key: ["inet_proto", "inet_service"], value: "verdict", flags: [] }, [{ key: ["tcp", 30080], value: jump("target") }])],
+    ["targets", newSet({ kind: "map", key: [], flags: [], targets: { family, modulus: 3 } }, [0, 1, 2].map((i) => ({ key: [i], target: [a(`10.244.4.${i + 1}`, `fd00:10:244::4:${i + 1}`), 8080 + i] as const })))],
   ]);
 }
 
@@ -162,6 +164,8 @@ describe("nftables model: nft -f text and the netlink batch", () => {
     assert.match(text, /ip daddr != 127\.0\.0\.0\/8 tcp dport 8080 meta mark set meta mark \| 0x00002000 dnat ip to 10\.244\.0\.5:80/);
     assert.match(text, /ct state established,related accept/);
     assert.match(text, /ct status dnat ip saddr \. ip daddr \. meta l4proto \. th dport @hairpin accept/);
+    assert.match(text, /typeof numgen random mod 3 : ip daddr \. th dport\n\t\telements = \{ 0 : 10\.244\.4\.1 \. 8080, 1 : 10\.244\.4\.2 \. 8081,/);
+    assert.match(text, /meta l4proto tcp dnat ip to numgen random mod 3 map @targets/);
   });
 
   it("change tables the same way: chains rewritten, elements replaced, sets redefined, chains and sets removed", () => {
@@ -179,6 +183,7 @@ describe("nftables model: nft -f text and the netlink batch", () => {
     sets.set("cidrs", newSet({ kind: "set", key: ["ipv4_addr"], flags: ["interval"] }, [{ key: [parsePrefix("10.244.0.0/16")] }]));
     sets.set("fresh", newSet({ kind: "set", key: ["ipv4_addr"], flags: [] }, [{ key: [ip4("192.0.2.1")] }]));
     sets.delete("hairpin");
+    sets.set("targets", newSet(before.sets.get("targets")!, [{ key: [0], target: [ip4("10.244.4.1"), 8080] }, { key: [1], target: [ip4("10.244.4.9"), 8080] }, { key: [2], target: [ip4("10.244.4.3"), 8082] }]));
     sets.set("affinity", newSet({ kind: "set", key: ["ipv4_addr"], flags: ["dynamic", "timeout"], timeoutSeconds: 60 }));
     const later: Table = { ...before, chains, sets };
     const change = tableOps(before, later);

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { describe, it } from "node:test";
-import { parseIp, parsePrefix, type Family } from "../net/ip.js";
+import { formatIp, parseIp, parsePrefix, type Family } from "../net/ip.js";
 import type { BaseChain as ProxyBaseChain, NftSet as ProxySet, Rule } from "../nft/model.js";
 import { goto, tableFamilyOf, verdictRule, verdictText } from "../nft/model.js";
 import { ruleText } from "../nft/text.js";
@@ -91,7 +91,13 @@ function rules(t: ProxyTable, name: string): readonly string[] {
 
 /** A set's or map's elements as text: key to verdict ("" in a set). */
 function elements(t: ProxyTable, set: string): Record<string, string> {
-  return Object.fromEntries([...t.sets.get(set)!.elements].map(([id, element]) => [id, element.value ? verdictText(element.value) : ""]));
+  return Object.fromEntries([...t.sets.get(set)!.elements].map(([id, element]) => [
+    id, element.value ? verdictText(element.value) : element.target ? `${formatIp(element.target[0])} . ${element.target[1]}` : "",
+  ]));
+}
+
+function t4Definition(t: ProxyTable, set: string): unknown {
+  return t.sets.get(set)!.targets;
 }
 
 function serviceChains(t: ProxyTable): string[] {
@@ -284,7 +290,9 @@ describe("desiredProxyRuleset", () => {
     const [v4, v6] = [table(ruleset, 4), table(ruleset, 6)];
     const svc4 = chainName(v4, "svc", "default/web/tcp/http");
     assert.deepEqual(elements(v4, "service-ips"), { "10.96.0.10 . tcp . 80": `goto ${svc4}` });
-    assert.deepEqual(rules(v4, svc4), [MASQ_V4, "meta l4proto tcp dnat ip addr . port to numgen random mod 2 map { 0 : 10.244.1.5 . 8080, 1 : 10.244.2.6 . 8080 }"]);
+    assert.deepEqual(rules(v4, svc4), [MASQ_V4, `meta l4proto tcp dnat ip addr . port to numgen random mod 2 map @eps-${svc4}`]);
+    assert.deepEqual(elements(v4, `eps-${svc4}`), { 0: "10.244.1.5 . 8080", 1: "10.244.2.6 . 8080" });
+    assert.deepEqual(t4Definition(v4, `eps-${svc4}`), { family: 4, modulus: 2 });
     assert.deepEqual(serviceChains(v4), [svc4], "no endpoint chains without affinity");
 
     const svc6 = chainName(v6, "svc", "default/web/tcp/http");
@@ -382,7 +390,8 @@ describe("desiredProxyRuleset", () => {
       `ip saddr @pod-cidrs goto ${svc}`, "fib saddr type local jump mark-for-masquerade", `fib saddr type local goto ${svc}`, `goto ${local}`,
     ]);
     assert.deepEqual(rules(t, local), ["meta l4proto tcp dnat ip to 10.244.1.5:8080"]);
-    assert.deepEqual(rules(t, svc), [MASQ_V4, "meta l4proto tcp dnat ip addr . port to numgen random mod 2 map { 0 : 10.244.1.5 . 8080, 1 : 10.244.2.6 . 8080 }"]);
+    assert.deepEqual(rules(t, svc), [MASQ_V4, `meta l4proto tcp dnat ip addr . port to numgen random mod 2 map @eps-${svc}`]);
+    assert.deepEqual(elements(t, `eps-${svc}`), { 0: "10.244.1.5 . 8080", 1: "10.244.2.6 . 8080" });
     assert.deepEqual(elements(t, "service-nodeports"), { "tcp . 30080": `goto ${ext}` });
     assert.deepEqual(elements(t, "no-endpoint-nodeports"), {});
 
@@ -440,8 +449,10 @@ describe("desiredProxyRuleset", () => {
     // Catches: a cascade skewed toward the first endpoints, or a per-port anonymous map (quadratic kernel time at 10,000 Services).
     const addresses = ["10.244.1.1", "10.244.1.2", "10.244.1.3", "10.244.1.4", "10.244.1.5", "10.244.1.6", "10.244.1.7"];
     const t = table(desired([servicePort({ endpoints: addresses.map((address) => endpoint(address)) })]), 4);
-    const [dnat] = rules(t, chainName(t, "svc", "default/web/tcp/http")).slice(1);
-    assert.equal(dnat, `meta l4proto tcp dnat ip addr . port to numgen random mod 7 map { ${addresses.map((address, i) => `${i} : ${address} . 8080`).join(", ")} }`);
+    const svc = chainName(t, "svc", "default/web/tcp/http");
+    const [dnat] = rules(t, svc).slice(1);
+    assert.equal(dnat, `meta l4proto tcp dnat ip addr . port to numgen random mod 7 map @eps-${svc}`);
+    assert.deepEqual(elements(t, `eps-${svc}`), Object.fromEntries(addresses.map((address, i) => [i, `${address} . 8080`])), "each numgen value 0-6 names one endpoint");
     // With affinity, a cascade of numgen tests: 1/N, then 1/(N-1) of the rest, ...: uniform.
     const sticky = table(desired([servicePort({ endpoints: addresses.map((address) => endpoint(address)), sessionAffinityTimeoutSeconds: 60 })]), 4);
     let rest = 1;
@@ -690,10 +701,20 @@ describe("renderProxyChange", () => {
     const lines = norm(change).trimEnd().split("\n");
     const t = table(after, 4);
     const svc = chainName(t, "svc", "default/web/tcp/http");
+    // A third endpoint: the modulus changes, so the map is made again with the chain that uses it.
     assert.deepEqual(lines, [
       `flush chain ip trellis-proxy-S ${svc}`,
+      `delete map ip trellis-proxy-S eps-${svc}`,
+      `add map ip trellis-proxy-S eps-${svc} { typeof numgen random mod 3 : ip daddr . th dport; }`,
       `add rule ip trellis-proxy-S ${svc} ${MASQ_V4}`,
-      `add rule ip trellis-proxy-S ${svc} meta l4proto tcp dnat ip addr . port to numgen random mod 3 map { 0 : 10.244.1.5 . 8080, 1 : 10.244.2.6 . 8080, 2 : 10.244.3.9 . 8080 }`,
+      `add rule ip trellis-proxy-S ${svc} meta l4proto tcp dnat ip addr . port to numgen random mod 3 map @eps-${svc}`,
+      `add element ip trellis-proxy-S eps-${svc} { 0 : 10.244.1.5 . 8080, 1 : 10.244.2.6 . 8080, 2 : 10.244.3.9 . 8080 }`,
+    ]);
+    // An endpoint replaced by another: one element, the chain untouched.
+    const replaced = desired([{ ...web, endpoints: [web.endpoints[0], endpoint("10.244.3.9")] }, api, dns, pad]);
+    assert.deepEqual(norm(assertChangeArrives(before, replaced)).trimEnd().split("\n"), [
+      `delete element ip trellis-proxy-S eps-${svc} { 1 }`,
+      `add element ip trellis-proxy-S eps-${svc} { 1 : 10.244.3.9 . 8080 }`,
     ]);
   });
 

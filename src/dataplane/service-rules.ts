@@ -2,7 +2,7 @@
  * Services as nftables rules, laid out as kube-proxy v1.37's nftables mode lays them out: fixed
  * chains dispatch through verdict maps keyed by destination, protocol and port, so a packet
  * costs one map lookup however many Services exist; a Service port's chain DNATs through a
- * numgen map (`dnat to numgen random mod N map { 0 : A . P, ... }`, a plain `dnat to` for one
+ * numgen map (`dnat to numgen random mod N map @eps-CHAIN`, a plain `dnat to` for one
  * endpoint); endpoint chains exist only where ClientIP affinity needs them; and a pod reaching
  * itself through a Service is found at postrouting, in a set of local endpoints' connections.
  * Pure: one port's rules, the fixed tables they go in.
@@ -16,16 +16,18 @@
  *                                        daddr @nodeport-ips, l4proto . dport vmap @service-nodeports
  *          svc-*  a port's cluster-wide endpoints   local-*  its endpoints on this node
  *          ext-*  NodePort, external and LB IP traffic
+ *          eps-*  a port chain's endpoints, by numgen value (a chain with two or more)
  *          ep-*, aff-*  one endpoint of a port with ClientIP affinity, and its set
  *
- * The numgen map is anonymous and data-valued (address . port), not a verdict map: the kernel
- * checks a table's verdict maps for loops at each rule it adds (198 s of kernel time for a
- * 10,000-Service x 5-endpoint write with a numgen vmap per port, kubernetes/kubernetes#139513),
- * and does not walk data maps. Its cost, measured here at 10,000 x 5 through the netlink writer
- * in a fresh namespace: a change 14-21 ms (the endpoint-chain cascade before it: 16-19 ms), but a
- * full write 5.6 s against the cascade's 1.0 s, 93 % of it in the kernel's
- * __nft_set_trans_bind, which walks the whole transaction for every anonymous set a rule binds:
- * quadratic in a full write. A named map per port does not bind that way; it is the next step.
+ * The numgen map is a named data map (`typeof numgen random mod N : ip daddr . th dport`), one
+ * per port chain, not a verdict map and not anonymous. Verdict maps: the kernel checks a table's
+ * verdict maps for loops at each rule it adds (198 s of kernel time for a 10,000-Service x
+ * 5-endpoint write with a numgen vmap per port, kubernetes/kubernetes#139513). Anonymous maps
+ * (kube-proxy's `map { 0 : A . P, ... }` in the rule): the kernel walks the whole transaction
+ * for every anonymous set it binds to a rule (__nft_set_trans_bind, 93 % of the time in perf),
+ * so a full write is quadratic: 5.6 s at 10,000 x 5 here, against 1.0 s for the chain-per-endpoint
+ * cascade before. A named map is found by name and bound without that walk; an endpoint replaced
+ * is two element changes, the chain untouched. Measured figures: bench/svc.ts and the issue note.
  * Affinity keeps a chain per endpoint: `ip saddr @aff-X goto ep-X` must come before the random
  * choice; the choice among those chains is a cascade of `numgen random mod K == 0 goto`
  * (1/N, then 1/(N-1) of the rest, ...: uniform), again without a verdict map.
@@ -235,7 +237,7 @@ export function portFragment(family: Family, node: ProxyNode, port: ProxyService
     [{ match: "address", field: `${ip} daddr`, value: clusterIP }, { match: "in set", key: [`${ip} saddr`], set: "pod-cidrs", negate: true }],
     MARK_FOR_MASQUERADE,
   ));
-  const dispatch = (chosen: readonly ProxyEndpoint[]): Rule[] => {
+  const dispatch = (chosen: readonly ProxyEndpoint[], chain: string): Rule[] => {
     if (affinity !== undefined) {
       return [
         ...chosen.map((endpoint) => verdictRule([{ match: "in set", key: [`${ip} saddr`], set: affinitySet(endpoint) }], goto(endpointChain(endpoint)))),
@@ -243,11 +245,14 @@ export function portFragment(family: Family, node: ProxyNode, port: ProxyService
       ];
     }
     if (chosen.length === 1) return [rule([l4], { statement: "dnat", family, address: chosen[0].address, port: chosen[0].port })];
-    return [rule([l4], { statement: "dnat numgen", family, targets: chosen.map((endpoint) => [endpoint.address, endpoint.port] as const) })];
+    const map = checkName("map", `eps-${chain}`);
+    const targets = chosen.map((endpoint, i): Element => ({ key: [i], target: [endpoint.address, endpoint.port] }));
+    sets.push([map, newSet({ kind: "map", key: [], flags: [], targets: { family, modulus: chosen.length } }, targets)]);
+    return [rule([l4], { statement: "dnat numgen map", family, modulus: chosen.length, map })];
   };
 
-  if (usesClusterChain) addChain(names.cluster, [...(internalLocal ? [] : masqueradeOffCluster), ...dispatch(clusterEndpoints)]);
-  if (usesLocalChain) addChain(names.local, [...(internalLocal ? masqueradeOffCluster : []), ...dispatch(localEndpoints)]);
+  if (usesClusterChain) addChain(names.cluster, [...(internalLocal ? [] : masqueradeOffCluster), ...dispatch(clusterEndpoints, names.cluster)]);
+  if (usesLocalChain) addChain(names.local, [...(internalLocal ? masqueradeOffCluster : []), ...dispatch(localEndpoints, names.local)]);
   if (usesExternalChain) {
     addChain(names.external, externalLocal
       ? [

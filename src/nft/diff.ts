@@ -3,7 +3,7 @@
  * chains and elements that differ. Pure; the same steps go to either encoding.
  */
 import {
-  sameBaseChain, sameSetDefinition, sameVerdict, type Element, type NftSet, type Op, type Rule, type Table, type TableFamily,
+  sameBaseChain, sameSetDefinition, sameValue, type Element, type NftSet, type Op, type Rule, type Table, type TableFamily,
 } from "./model.js";
 import { ruleText } from "./text.js";
 
@@ -99,7 +99,7 @@ export function sameRules(a: readonly Rule[], b: readonly Rule[]): boolean {
 }
 
 function sameElement(a: Element | undefined, b: Element): boolean {
-  return a !== undefined && (a === b || sameVerdict(a.value, b.value));
+  return a !== undefined && (a === b || sameValue(a, b));
 }
 
 /** Whether a rule names one of `sets` (a lookup, a vmap, an update). */
@@ -108,6 +108,7 @@ function refersToAny(rule: Rule, sets: ReadonlySet<string>): boolean {
   for (const statement of rule.statements) {
     if (statement.statement === "vmap" && sets.has(statement.map)) return true;
     if (statement.statement === "update" && sets.has(statement.set)) return true;
+    if (statement.statement === "dnat numgen map" && sets.has(statement.map)) return true;
   }
   return false;
 }

@@ -66,7 +66,12 @@ export type Statement =
    * `dnat ip addr . port to numgen random mod N map { 0 : A . P, ... }`: one of `targets`,
    * uniformly, through an anonymous map that lives and dies with the rule.
    */
-  | { readonly statement: "dnat numgen"; readonly family: Family; readonly targets: ReadonlyArray<readonly [IpAddress, number]> };
+  | { readonly statement: "dnat numgen"; readonly family: Family; readonly targets: ReadonlyArray<readonly [IpAddress, number]> }
+  /**
+   * `dnat ip addr . port to numgen random mod N map @MAP`: the same through a named targets map
+   * (a set whose `targets` is set), whose elements can change without the rule.
+   */
+  | { readonly statement: "dnat numgen map"; readonly family: Family; readonly modulus: number; readonly map: string };
 
 export interface Rule {
   readonly match: readonly Match[];
@@ -87,6 +92,8 @@ export interface Element {
   readonly key: readonly Datum[];
   /** A verdict map's value; absent in a set. */
   readonly value?: Verdict;
+  /** A targets map's value: address and port. */
+  readonly target?: readonly [IpAddress, number];
 }
 
 export interface SetDefinition {
@@ -97,6 +104,12 @@ export interface SetDefinition {
   /** `interval` (prefixes), `timeout` and `dynamic` (filled by `update`). */
   readonly flags: readonly ("interval" | "timeout" | "dynamic")[];
   readonly timeoutSeconds?: number;
+  /**
+   * A targets map: `typeof numgen random mod MODULUS : ip daddr . th dport`, keyed by the numgen
+   * value (an element's key is [index]), each element's `target` an address and port of `family`.
+   * `key` and `value` are then not used.
+   */
+  readonly targets?: { readonly family: Family; readonly modulus: number };
 }
 
 export interface NftSet extends SetDefinition {
@@ -220,7 +233,15 @@ export function sameVerdict(a: Verdict | undefined, b: Verdict | undefined): boo
 }
 
 export function sameSetDefinition(a: SetDefinition, b: SetDefinition): boolean {
-  return a.kind === b.kind && a.value === b.value && a.timeoutSeconds === b.timeoutSeconds && sameStrings(a.key, b.key) && sameStrings(a.flags, b.flags);
+  return a.kind === b.kind && a.value === b.value && a.timeoutSeconds === b.timeoutSeconds && sameStrings(a.key, b.key) && sameStrings(a.flags, b.flags)
+    && a.targets?.family === b.targets?.family && a.targets?.modulus === b.targets?.modulus;
+}
+
+/** Whether two elements of one key hold the same value. */
+export function sameValue(a: Element, b: Element): boolean {
+  if (!sameVerdict(a.value, b.value)) return false;
+  if (a.target === b.target) return true;
+  return !!a.target && !!b.target && a.target[1] === b.target[1] && a.target[0].family === b.target[0].family && a.target[0].value === b.target[0].value;
 }
 
 export function sameBaseChain(a: BaseChain | undefined, b: BaseChain | undefined): boolean {

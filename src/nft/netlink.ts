@@ -163,6 +163,14 @@ export function encodeBatch(ops: readonly Op[]): Buffer {
                   });
                   continue;
                 }
+                if (shape.targets) {
+                  const targets = shape.targets;
+                  w.nest(1, () => {
+                    w.nest(1, () => w.bytes(1, hostU32(targetIndex(element, targets.modulus))));
+                    if (adding) w.nest(2, () => w.bytes(1, targetData(element, targets.family)));
+                  });
+                  continue;
+                }
                 w.nest(1, () => {
                   w.nest(1, () => w.bytes(1, encodeKey(shape.key, element.key)));
                   if (adding && shape.map) {
@@ -361,6 +369,31 @@ function encodeRule(w: Writer, tableFamily: TableFamily, rule: Rule, setId: SetI
           w.u32(2, 1);
           w.u32(3, 1);
           w.u32(4, id);
+        });
+        expr(w, "nat", () => {
+          w.u32(1, 1);
+          w.u32(2, NFPROTO[statement.family]);
+          w.u32(3, 1);
+          w.u32(5, register(align4(ADDRESS[statement.family].length)));
+        });
+        break;
+      }
+      case "dnat numgen map": {
+        needFamily(statement.family);
+        const modulus = checkInteger("numgen modulus", statement.modulus, 1, 65536);
+        expr(w, "numgen", () => {
+          w.u32(1, 1);
+          w.u32(2, modulus);
+          w.u32(3, 1);
+          w.u32(4, 0);
+        });
+        checkName("map", statement.map);
+        const id = setId(statement.map);
+        expr(w, "lookup", () => {
+          w.string(1, statement.map);
+          w.u32(2, 1);
+          w.u32(3, 1);
+          if (id !== undefined) w.u32(4, id);
         });
         expr(w, "nat", () => {
           w.u32(1, 1);
@@ -587,12 +620,19 @@ interface SetShape {
   readonly key: ReadonlyArray<{ id: number; length: number }>;
   readonly map: boolean;
   readonly interval: boolean;
+  readonly targets?: { readonly family: Family; readonly modulus: number };
 }
 
 const shapes = new WeakMap<SetDefinition, SetShape>();
 
 function setShape(set: SetDefinition): SetShape {
   let shape = shapes.get(set);
+  if (!shape && set.targets) {
+    if (set.kind !== "map" || set.flags.length || set.timeoutSeconds !== undefined) throw new Error("a targets map is a plain map");
+    checkInteger("numgen modulus", set.targets.modulus, 1, 65536);
+    shape = { key: [DATATYPES.integer], map: true, interval: false, targets: set.targets };
+    shapes.set(set, shape);
+  }
   if (!shape) {
     if (!set.key.length) throw new Error("an nftables set needs a key type");
     const key = set.key.map((name) => {
@@ -610,6 +650,19 @@ function setShape(set: SetDefinition): SetShape {
 
 function setAttrs(w: Writer, table: string, name: string, set: SetDefinition, id: number): void {
   const shape = setShape(set);
+  if (shape.targets) {
+    const address = DATATYPES[shape.targets.family === 4 ? "ipv4_addr" : "ipv6_addr"];
+    w.string(1, table);
+    w.string(2, checkName("set", name));
+    w.u32(3, NFT_SET_MAP);
+    w.u32(4, DATATYPES.integer.id);
+    w.u32(5, 4);
+    w.u32(6, address.id * 64 + DATATYPES.inet_service.id);
+    w.u32(7, align4(address.length) + 4);
+    w.u32(10, id);
+    w.bytes(13, targetsUserdata(shape.targets.family, shape.targets.modulus));
+    return;
+  }
   let flags = shape.map ? NFT_SET_MAP : 0;
   for (const flag of set.flags) {
     const bit = SET_FLAGS[flag];
@@ -668,6 +721,39 @@ function prefixBounds(fields: SetShape["key"], element: Element): [Buffer, Buffe
   // The last prefix of the space (its end would wrap to 0) is not one Trellis writes.
   if (end >> BigInt(bits) !== 0n) throw new Error(`interval element ${describeDatum(prefix)}: it reaches the end of the address space`);
   return [addressBytes({ family, value: prefix.network }), addressBytes({ family, value: end })];
+}
+
+/**
+ * The user data nft 1.0.6 gives `typeof numgen random mod N : ip daddr . th dport` (ip6 for
+ * IPv6): the key in host byte order, the data in network order, and both typeof expressions, so
+ * that `nft list` prints the map as it was written. The modulus is the u32 at byte 30.
+ */
+const TARGETS_USERDATA: Record<Family, string> = {
+  4: "000401000000010400000000031a0004170000000112000401000000010407000000020400000000043400040d000000012c0014000407000000010c00040c00000001040c0000000114000407000000010c00040b000000010402000000060400000000",
+  6: "000401000000010400000000031a0004170000000112000401000000010407000000020400000000043400040d000000012c0014000407000000010c00040d0000000104090000000114000407000000010c00040b000000010402000000060400000000",
+};
+
+function targetsUserdata(family: Family, modulus: number): Buffer {
+  const bytes = Buffer.from(TARGETS_USERDATA[family], "hex");
+  bytes.writeUInt32LE(modulus, 30);
+  return bytes;
+}
+
+function targetIndex(element: Element, modulus: number): number {
+  const [index] = element.key;
+  if (element.key.length !== 1 || typeof index !== "number") throw new Error(`a targets map's key is one index, not ${element.key.map(describeDatum).join(" . ")}`);
+  return checkInteger("numgen index", index, 0, modulus - 1);
+}
+
+function targetData(element: Element, family: Family): Buffer {
+  if (!element.target) throw new Error(`element ${describe(element)} of a targets map has no target`);
+  const [address, port] = element.target;
+  if (address.family !== family) throw new Error(`target ${describeDatum(address)} is not an IPv${family} address`);
+  const length = align4(ADDRESS[family].length);
+  const data = Buffer.alloc(length + 4);
+  addressBytes(address).copy(data, 0);
+  portBytes(checkInteger("port", port, 1, 65535)).copy(data, length);
+  return data;
 }
 
 // ---- values -------------------------------------------------------------------------------

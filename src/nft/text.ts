@@ -51,7 +51,9 @@ export function baseChainText(base: BaseChain): string {
 }
 
 export function setDefinitionText(set: SetDefinition): string {
-  const parts = [`type ${set.key.join(" . ")}${set.kind === "map" ? ` : ${set.value ?? "verdict"}` : ""};`];
+  const parts = set.targets
+    ? [`typeof numgen random mod ${checkInteger("numgen modulus", set.targets.modulus, 1, 65536)} : ${set.targets.family === 4 ? "ip" : "ip6"} daddr . th dport;`]
+    : [`type ${set.key.join(" . ")}${set.kind === "map" ? ` : ${set.value ?? "verdict"}` : ""};`];
   if (set.flags.length) parts.push(`flags ${set.flags.join(",")};`);
   if (set.timeoutSeconds !== undefined) parts.push(`timeout ${checkInteger("set timeout", set.timeoutSeconds, 1, 86400 * 365)}s;`);
   return `{ ${parts.join(" ")} }`;
@@ -59,6 +61,7 @@ export function setDefinitionText(set: SetDefinition): string {
 
 function elementText(element: Element, withValue: boolean): string {
   const key = element.key.map(checkedDatum).join(" . ");
+  if (withValue && element.target) return `${key} : ${formatIp(element.target[0])} . ${checkInteger("port", element.target[1], 1, 65535)}`;
   return withValue && element.value ? `${key} : ${verdictText(checkedVerdict(element.value))}` : key;
 }
 
@@ -126,6 +129,8 @@ function statementText(statement: Statement): string {
       const items = statement.targets.map(([address, port], i) => `${i} : ${formatIp(address)} . ${checkInteger("port", port, 1, 65535)}`);
       return `dnat ${statement.family === 4 ? "ip" : "ip6"} addr . port to numgen random mod ${n} map { ${items.join(", ")} }`;
     }
+    case "dnat numgen map":
+      return `dnat ${statement.family === 4 ? "ip" : "ip6"} addr . port to numgen random mod ${checkInteger("numgen modulus", statement.modulus, 1, 65536)} map @${checkName("map", statement.map)}`;
   }
 }
 
