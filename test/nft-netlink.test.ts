@@ -96,7 +96,8 @@ describe("trellis-nft-batch", () => {
     assert.equal(byWriter.status, 0, byWriter.stderr);
     assert.equal(byWriter.stdout, byNft.stdout);
     assert.match(byWriter.stdout, /dnat to \[fd00:10:244::10\]:8080/);
-    assert.match(byWriter.stdout, /dnat ip to numgen random mod 2 map \{ 0 : 10\.244\.0\.13 \. 8080, 1 : 10\.244\.1\.14 \. 8080 \}/);
+    assert.match(byWriter.stdout, /meta l4proto udp dnat ip to numgen random mod 2 map @eps-svc-[0-9a-f]{8}-default\/local\/udp\//);
+    assert.match(byWriter.stdout, /typeof numgen random mod 2 : ip daddr \. udp dport\n\t\telements = \{ 0 : 10\.244\.0\.13 \. 8080, 1 : 10\.244\.1\.14 \. 8080 \}/);
   });
 
   it("writes whole tables as nft -f does: base chains, fixed chains and maps, every Service form", () => {

@@ -292,7 +292,7 @@ describe("desiredProxyRuleset", () => {
     assert.deepEqual(elements(v4, "service-ips"), { "10.96.0.10 . tcp . 80": `goto ${svc4}` });
     assert.deepEqual(rules(v4, svc4), [MASQ_V4, `meta l4proto tcp dnat ip addr . port to numgen random mod 2 map @eps-${svc4}`]);
     assert.deepEqual(elements(v4, `eps-${svc4}`), { 0: "10.244.1.5 . 8080", 1: "10.244.2.6 . 8080" });
-    assert.deepEqual(t4Definition(v4, `eps-${svc4}`), { family: 4, modulus: 2 });
+    assert.deepEqual(t4Definition(v4, `eps-${svc4}`), { family: 4, modulus: 2, protocol: "tcp" });
     assert.deepEqual(serviceChains(v4), [svc4], "no endpoint chains without affinity");
 
     const svc6 = chainName(v6, "svc", "default/web/tcp/http");
@@ -705,7 +705,7 @@ describe("renderProxyChange", () => {
     assert.deepEqual(lines, [
       `flush chain ip trellis-proxy-S ${svc}`,
       `delete map ip trellis-proxy-S eps-${svc}`,
-      `add map ip trellis-proxy-S eps-${svc} { typeof numgen random mod 3 : ip daddr . th dport; }`,
+      `add map ip trellis-proxy-S eps-${svc} { typeof numgen random mod 3 : ip daddr . tcp dport; }`,
       `add rule ip trellis-proxy-S ${svc} ${MASQ_V4}`,
       `add rule ip trellis-proxy-S ${svc} meta l4proto tcp dnat ip addr . port to numgen random mod 3 map @eps-${svc}`,
       `add element ip trellis-proxy-S eps-${svc} { 0 : 10.244.1.5 . 8080, 1 : 10.244.2.6 . 8080, 2 : 10.244.3.9 . 8080 }`,

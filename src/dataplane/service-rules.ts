@@ -19,7 +19,7 @@
  *          eps-*  a port chain's endpoints, by numgen value (a chain with two or more)
  *          ep-*, aff-*  one endpoint of a port with ClientIP affinity, and its set
  *
- * The numgen map is a named data map (`typeof numgen random mod N : ip daddr . th dport`), one
+ * The numgen map is a named data map (`typeof numgen random mod N : ip daddr . tcp dport`), one
  * per port chain, not a verdict map and not anonymous. Verdict maps: the kernel checks a table's
  * verdict maps for loops at each rule it adds (198 s of kernel time for a 10,000-Service x
  * 5-endpoint write with a numgen vmap per port, kubernetes/kubernetes#139513). Anonymous maps
@@ -247,7 +247,7 @@ export function portFragment(family: Family, node: ProxyNode, port: ProxyService
     if (chosen.length === 1) return [rule([l4], { statement: "dnat", family, address: chosen[0].address, port: chosen[0].port })];
     const map = checkName("map", `eps-${chain}`);
     const targets = chosen.map((endpoint, i): Element => ({ key: [i], target: [endpoint.address, endpoint.port] }));
-    sets.push([map, newSet({ kind: "map", key: [], flags: [], targets: { family, modulus: chosen.length } }, targets)]);
+    sets.push([map, newSet({ kind: "map", key: [], flags: [], targets: { family, modulus: chosen.length, protocol } }, targets)]);
     return [rule([l4], { statement: "dnat numgen map", family, modulus: chosen.length, map })];
   };
 

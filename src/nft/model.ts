@@ -63,13 +63,10 @@ export type Statement =
   /** `dnat ip to 10.0.0.1:80` (in ip and ip6 tables `dnat to`) */
   | { readonly statement: "dnat"; readonly family: Family; readonly address: IpAddress; readonly port: number }
   /**
-   * `dnat ip addr . port to numgen random mod N map { 0 : A . P, ... }`: one of `targets`,
-   * uniformly, through an anonymous map that lives and dies with the rule.
-   */
-  | { readonly statement: "dnat numgen"; readonly family: Family; readonly targets: ReadonlyArray<readonly [IpAddress, number]> }
-  /**
-   * `dnat ip addr . port to numgen random mod N map @MAP`: the same through a named targets map
-   * (a set whose `targets` is set), whose elements can change without the rule.
+   * `dnat ip addr . port to numgen random mod N map @MAP`: one of a targets map's addresses and
+   * ports (a set whose `targets` is set), uniformly; its elements change without the rule. (No
+   * anonymous `map { 0 : A . P }` form: the kernel walks the whole transaction for each anonymous
+   * set a rule binds, quadratic in a full write; see dataplane/service-rules.ts.)
    */
   | { readonly statement: "dnat numgen map"; readonly family: Family; readonly modulus: number; readonly map: string };
 
@@ -105,11 +102,12 @@ export interface SetDefinition {
   readonly flags: readonly ("interval" | "timeout" | "dynamic")[];
   readonly timeoutSeconds?: number;
   /**
-   * A targets map: `typeof numgen random mod MODULUS : ip daddr . th dport`, keyed by the numgen
-   * value (an element's key is [index]), each element's `target` an address and port of `family`.
-   * `key` and `value` are then not used.
+   * A targets map: `typeof numgen random mod MODULUS : ip daddr . tcp dport` (the protocol's own
+   * port: nft cannot print a `th dport` map used after `meta l4proto udp`), keyed by the numgen
+   * value (an element's key is [index]), each element's `target` an address and port of
+   * `family`. `key` and `value` are then not used.
    */
-  readonly targets?: { readonly family: Family; readonly modulus: number };
+  readonly targets?: { readonly family: Family; readonly modulus: number; readonly protocol: Protocol };
 }
 
 export interface NftSet extends SetDefinition {
@@ -234,7 +232,7 @@ export function sameVerdict(a: Verdict | undefined, b: Verdict | undefined): boo
 
 export function sameSetDefinition(a: SetDefinition, b: SetDefinition): boolean {
   return a.kind === b.kind && a.value === b.value && a.timeoutSeconds === b.timeoutSeconds && sameStrings(a.key, b.key) && sameStrings(a.flags, b.flags)
-    && a.targets?.family === b.targets?.family && a.targets?.modulus === b.targets?.modulus;
+    && a.targets?.family === b.targets?.family && a.targets?.modulus === b.targets?.modulus && a.targets?.protocol === b.targets?.protocol;
 }
 
 /** Whether two elements of one key hold the same value. */

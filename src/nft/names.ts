@@ -47,7 +47,7 @@ export function checkRuleShape(rule: Rule): void {
     if (header(a) !== undefined && header(a) === header(b)) throw new Error(`an nftables rule with two tests of the ${header(a)} header in a row: give them as a set lookup`);
   }
   for (const statement of rule.statements) {
-    if ((statement.statement === "dnat" || statement.statement === "dnat numgen" || statement.statement === "dnat numgen map") && !rule.match.some((match) => match.match === "protocol")) {
+    if ((statement.statement === "dnat" || statement.statement === "dnat numgen map") && !rule.match.some((match) => match.match === "protocol")) {
       throw new Error("a DNAT to a port needs a protocol test (meta l4proto) before it");
     }
   }

@@ -25,8 +25,6 @@ const NFPROTO: Record<Family, number> = { 4: 2, 6: 10 };
 const HOOKS: Record<BaseChain["hook"], number> = { prerouting: 0, input: 1, forward: 2, output: 3, postrouting: 4 };
 const VERDICT = { drop: 0, accept: 1, jump: -3, goto: -4, return: -5 } as const;
 const SET_FLAGS: Record<string, number> = { interval: 0x4, timeout: 0x10, dynamic: 0x20 };
-const NFT_SET_ANONYMOUS = 0x1;
-const NFT_SET_CONSTANT = 0x2;
 const NFT_SET_MAP = 0x8;
 const NFT_DATA_VERDICT = 0xffffff00;
 /** nft's datatype numbers (concatenations pack 6 bits per part) and their sizes. */
@@ -45,12 +43,6 @@ const ADDRESS: Record<Family, { length: number; saddr: number; daddr: number }> 
   4: { length: 4, saddr: 12, daddr: 16 },
   6: { length: 16, saddr: 8, daddr: 24 },
 };
-/**
- * The user data nft 1.0.6 gives an anonymous map keyed by numgen: the key in host byte order
- * (so `nft list` prints 0, 1, 2), the data's order unset, and "data interval" off.
- */
-const NUMGEN_MAP_USERDATA = Buffer.from([0, 4, 1, 0, 0, 0, 1, 4, 0, 0, 0, 0, 6, 4, 0, 0, 0, 0]);
-
 /** Encodes `ops` as one batch (one transaction). */
 export function encodeBatch(ops: readonly Op[]): Buffer {
   const w = new Writer();
@@ -108,18 +100,10 @@ export function encodeBatch(ops: readonly Op[]): Buffer {
         });
         break;
       case "add rule": {
-        // An anonymous map a statement uses is made first, in the same batch, and found by its id.
-        const anonymous: number[] = [];
-        for (const statement of op.rule.statements) {
-          if (statement.statement !== "dnat numgen") continue;
-          const id = nextSetId++;
-          anonymous.push(id);
-          numgenMap(send, w, family, table, statement, id);
-        }
         send(MSG.NEWRULE, family, NLM_F_CREATE | NLM_F_APPEND, () => {
           w.string(1, table);
           w.string(2, checkName("chain", op.chain));
-          w.nest(4, () => encodeRule(w, op.family, op.rule, (name) => created.get(setKey(name)), anonymous));
+          w.nest(4, () => encodeRule(w, op.family, op.rule, (name) => created.get(setKey(name))));
         });
         break;
       }
@@ -195,57 +179,12 @@ export function encodeBatch(ops: readonly Op[]): Buffer {
   return w.result();
 }
 
-type Send = (type: number, family: number, flags: number, body: () => void) => void;
-
-/** The anonymous map of a `dnat numgen`: index to address . port, made constant. */
-function numgenMap(send: Send, w: Writer, family: number, table: string, statement: Extract<Statement, { statement: "dnat numgen" }>, id: number): void {
-  const n = statement.targets.length;
-  checkInteger("numgen targets", n, 1, 65536);
-  const address = DATATYPES[statement.family === 4 ? "ipv4_addr" : "ipv6_addr"];
-  const dataLength = align4(address.length) + 4;
-  send(MSG.NEWSET, family, NLM_F_CREATE, () => {
-    w.string(1, table);
-    w.string(2, "__map%d");
-    w.u32(3, NFT_SET_ANONYMOUS | NFT_SET_CONSTANT | NFT_SET_MAP);
-    w.u32(4, DATATYPES.integer.id);
-    w.u32(5, 4);
-    w.u32(6, address.id * 64 + DATATYPES.inet_service.id);
-    w.u32(7, dataLength);
-    w.u32(10, id);
-    w.nest(9, () => w.u32(1, n));
-    w.bytes(13, NUMGEN_MAP_USERDATA);
-  });
-  let next = 0;
-  while (next < n) {
-    send(MSG.NEWSETELEM, family, NLM_F_CREATE, () => {
-      w.string(1, table);
-      w.string(2, "__map%d");
-      w.u32(4, id);
-      w.nest(3, () => {
-        const listStart = w.position;
-        while (next < n && w.position - listStart < 60_000) {
-          const index = next;
-          const [target, port] = statement.targets[next++];
-          if (target.family !== statement.family) throw new Error(`dnat target ${describeDatum(target)} is not an IPv${statement.family} address`);
-          const data = Buffer.alloc(dataLength);
-          addressBytes(target).copy(data, 0);
-          portBytes(checkInteger("port", port, 1, 65535)).copy(data, align4(address.length));
-          w.nest(1, () => {
-            w.nest(1, () => w.bytes(1, hostU32(index)));
-            w.nest(2, () => w.bytes(1, data));
-          });
-        }
-      });
-    });
-  }
-}
-
 // ---- rules --------------------------------------------------------------------------------
 
 type SetId = (name: string) => number | undefined;
 
 /** One rule's expressions, written into the open expression list. */
-function encodeRule(w: Writer, tableFamily: TableFamily, rule: Rule, setId: SetId, anonymous: readonly number[]): void {
+function encodeRule(w: Writer, tableFamily: TableFamily, rule: Rule, setId: SetId): void {
   /** In an inet table, `ip`/`ip6` fields need nft's implicit `meta nfproto` test before their first load. */
   let nfproto: Family | undefined = tableFamily === "ip" ? 4 : tableFamily === "ip6" ? 6 : undefined;
   const needFamily = (family: Family) => {
@@ -281,7 +220,6 @@ function encodeRule(w: Writer, tableFamily: TableFamily, rule: Rule, setId: SetI
 
   checkRuleShape(rule);
   for (const match of rule.match) encodeMatch(w, match, load, lookup, needFamily);
-  let anonymousAt = 0;
   for (const statement of rule.statements) {
     switch (statement.statement) {
       case "verdict":
@@ -355,29 +293,6 @@ function encodeRule(w: Writer, tableFamily: TableFamily, rule: Rule, setId: SetI
           w.u32(7, 2);
         });
         break;
-      case "dnat numgen": {
-        needFamily(statement.family);
-        const id = anonymous[anonymousAt++];
-        expr(w, "numgen", () => {
-          w.u32(1, 1);
-          w.u32(2, statement.targets.length);
-          w.u32(3, 1);
-          w.u32(4, 0);
-        });
-        expr(w, "lookup", () => {
-          w.string(1, "__map%d");
-          w.u32(2, 1);
-          w.u32(3, 1);
-          w.u32(4, id);
-        });
-        expr(w, "nat", () => {
-          w.u32(1, 1);
-          w.u32(2, NFPROTO[statement.family]);
-          w.u32(3, 1);
-          w.u32(5, register(align4(ADDRESS[statement.family].length)));
-        });
-        break;
-      }
       case "dnat numgen map": {
         needFamily(statement.family);
         const modulus = checkInteger("numgen modulus", statement.modulus, 1, 65536);
@@ -620,7 +535,7 @@ interface SetShape {
   readonly key: ReadonlyArray<{ id: number; length: number }>;
   readonly map: boolean;
   readonly interval: boolean;
-  readonly targets?: { readonly family: Family; readonly modulus: number };
+  readonly targets?: SetDefinition["targets"];
 }
 
 const shapes = new WeakMap<SetDefinition, SetShape>();
@@ -660,7 +575,7 @@ function setAttrs(w: Writer, table: string, name: string, set: SetDefinition, id
     w.u32(6, address.id * 64 + DATATYPES.inet_service.id);
     w.u32(7, align4(address.length) + 4);
     w.u32(10, id);
-    w.bytes(13, targetsUserdata(shape.targets.family, shape.targets.modulus));
+    w.bytes(13, targetsUserdata(shape.targets));
     return;
   }
   let flags = shape.map ? NFT_SET_MAP : 0;
@@ -724,18 +639,23 @@ function prefixBounds(fields: SetShape["key"], element: Element): [Buffer, Buffe
 }
 
 /**
- * The user data nft 1.0.6 gives `typeof numgen random mod N : ip daddr . th dport` (ip6 for
+ * The user data nft 1.0.6 gives `typeof numgen random mod N : ip daddr . tcp dport` (ip6 for
  * IPv6): the key in host byte order, the data in network order, and both typeof expressions, so
- * that `nft list` prints the map as it was written. The modulus is the u32 at byte 30.
+ * that `nft list` prints the map as it was written. The modulus is the u32 at byte 30, the
+ * transport protocol's header (nft's protocol description) the byte at 84.
  */
 const TARGETS_USERDATA: Record<Family, string> = {
-  4: "000401000000010400000000031a0004170000000112000401000000010407000000020400000000043400040d000000012c0014000407000000010c00040c00000001040c0000000114000407000000010c00040b000000010402000000060400000000",
-  6: "000401000000010400000000031a0004170000000112000401000000010407000000020400000000043400040d000000012c0014000407000000010c00040d0000000104090000000114000407000000010c00040b000000010402000000060400000000",
+  4: "000401000000010400000000031a0004170000000112000401000000010407000000020400000000043400040d000000012c0014000407000000010c00040c00000001040c0000000114000407000000010c000408000000010402000000060400000000",
+  6: "000401000000010400000000031a0004170000000112000401000000010407000000020400000000043400040d000000012c0014000407000000010c00040d0000000104090000000114000407000000010c000408000000010402000000060400000000",
 };
+const TRANSPORT_HEADER: Record<string, number> = { tcp: 8, udp: 6, sctp: 10 };
 
-function targetsUserdata(family: Family, modulus: number): Buffer {
-  const bytes = Buffer.from(TARGETS_USERDATA[family], "hex");
-  bytes.writeUInt32LE(modulus, 30);
+function targetsUserdata(targets: { family: Family; modulus: number; protocol: string }): Buffer {
+  const header = TRANSPORT_HEADER[targets.protocol];
+  if (header === undefined) throw new Error(`protocol ${JSON.stringify(targets.protocol)} is not tcp, udp or sctp`);
+  const bytes = Buffer.from(TARGETS_USERDATA[targets.family], "hex");
+  bytes.writeUInt32LE(targets.modulus, 30);
+  bytes[84] = header;
   return bytes;
 }
 

@@ -52,7 +52,7 @@ export function baseChainText(base: BaseChain): string {
 
 export function setDefinitionText(set: SetDefinition): string {
   const parts = set.targets
-    ? [`typeof numgen random mod ${checkInteger("numgen modulus", set.targets.modulus, 1, 65536)} : ${set.targets.family === 4 ? "ip" : "ip6"} daddr . th dport;`]
+    ? [`typeof numgen random mod ${checkInteger("numgen modulus", set.targets.modulus, 1, 65536)} : ${set.targets.family === 4 ? "ip" : "ip6"} daddr . ${protocol(set.targets.protocol)} dport;`]
     : [`type ${set.key.join(" . ")}${set.kind === "map" ? ` : ${set.value ?? "verdict"}` : ""};`];
   if (set.flags.length) parts.push(`flags ${set.flags.join(",")};`);
   if (set.timeoutSeconds !== undefined) parts.push(`timeout ${checkInteger("set timeout", set.timeoutSeconds, 1, 86400 * 365)}s;`);
@@ -123,12 +123,6 @@ function statementText(statement: Statement): string {
       return `update @${checkName("set", statement.set)} { ${statement.key} }`;
     case "dnat":
       return `dnat ${statement.family === 4 ? "ip" : "ip6"} to ${target(statement.address, statement.port)}`;
-    case "dnat numgen": {
-      const n = statement.targets.length;
-      if (n < 1) throw new Error("dnat through numgen needs a target");
-      const items = statement.targets.map(([address, port], i) => `${i} : ${formatIp(address)} . ${checkInteger("port", port, 1, 65535)}`);
-      return `dnat ${statement.family === 4 ? "ip" : "ip6"} addr . port to numgen random mod ${n} map { ${items.join(", ")} }`;
-    }
     case "dnat numgen map":
       return `dnat ${statement.family === 4 ? "ip" : "ip6"} addr . port to numgen random mod ${checkInteger("numgen modulus", statement.modulus, 1, 65536)} map @${checkName("map", statement.map)}`;
   }
