@@ -31,6 +31,8 @@ import { fileURLToPath } from "node:url";
 import { parseArgs, promisify } from "node:util";
 import { APPLIED_AT, objectKey } from "../src/cluster/apply.js";
 import { logTail, sleep, startDetached, stopProcesses, type StartedProcess } from "../src/lab/processes.js";
+import { PROXY_TABLE_NAMES } from "../src/dataplane/service-proxy.js";
+import { encodeBatch } from "../src/nft/netlink.js";
 import { openStore } from "../src/store/open.js";
 import { execCniPluginOk, pluginConfig, type CniConfList } from "../test/support/cni-exec.js";
 import { inNetns, sweepStaleNamespaces, type TestNetns } from "../test/support/netns.js";
@@ -164,6 +166,8 @@ export interface SvcBenchReport {
   memory?: { beforeChanges: Memory; steady: Memory; afterFullSync?: Memory };
   /** The agent's CPU while nothing changes, its periodic resync and masquerade check on. */
   idle?: IdleFigures;
+  /** CNI ADD and /healthz while the proxy writes every table whole (repairing them), against the same idle. */
+  responsiveness?: ResponsivenessFigures;
   /** The proxy's own gauges once every Service is in: what the kernel holds. */
   nftables?: Record<string, number>;
   ratios?: Record<string, number>;
@@ -286,6 +290,7 @@ async function measure(options: BenchOptions, report: SvcBenchReport, made: Made
   report.fullSync = full.figures;
   report.memory.afterFullSync = full.memory;
   report.idle = await measureIdle(cluster, made, say);
+  report.responsiveness = await measureResponsiveness(cluster, made, say);
   await connectTimes(client.netns, [{ host: clusterIP, port: SERVICE_PORT }], 1, 10_000).catch((error: Error) => {
     throw new Error(`the ClusterIP no longer answers after the restarts: ${error.message}`);
   });
@@ -527,6 +532,132 @@ async function measureIdle(cluster: Cluster, made: Made, say: (line: string) => 
   return figures;
 }
 
+interface ResponsivenessFigures {
+  /** Full syncs measured: each a repair of every table, deleted by hand. */
+  fullSyncs: number;
+  fullSyncMs: LatencyStats;
+  idle: { cniAddMs: LatencyStats; healthzMs: LatencyStats };
+  duringFullSync: { cniAddMs: LatencyStats; healthzMs: LatencyStats };
+}
+
+const RESPONSIVENESS_REPAIRS = 5;
+
+/** One request: when it started (epoch ms) and how long it took. */
+interface Sample {
+  readonly at: number;
+  readonly ms: number;
+}
+const HEALTHZ_EVERY_MS = 10;
+
+/**
+ * What a CNI runtime and the kubelet's probe see while the proxy writes every table whole: the
+ * agent (resync every 2 s, as measureIdle leaves it) has its tables deleted by hand, and its
+ * next resync rewrites them all. Meanwhile one process in the node's namespace asks /healthz
+ * every 10 ms and another pod is added and deleted through the native plugin and the agent's
+ * socket, over and over; the same runs for as long with nothing being written, for the baseline.
+ */
+async function measureResponsiveness(cluster: Cluster, made: Made, say: (line: string) => void): Promise<ResponsivenessFigures> {
+  const list = JSON.parse(readFileSync(join(cluster.dir, "net.d", "10-trellis.conflist"), "utf8")) as CniConfList;
+  const netns = made.pool.create("bsvcprobe");
+  const cni = (command: "ADD" | "DEL") => execCniPluginOk({
+    command, plugin: join(nativePluginDir({ standalone: false }), "trellis"), cniPath: "/usr/lib/cni",
+    config: pluginConfig(list, 0), containerId: "bench-probe", netns: netns.path, ifname: "eth0", node: cluster.node,
+  });
+  /** ADD (timed) and DEL, over and over until `until()`; each ADD's start (epoch ms) and duration. */
+  const cniLoop = async (until: () => boolean) => {
+    const adds: Sample[] = [];
+    while (!until()) {
+      const at = Date.now();
+      const started = performance.now();
+      await cni("ADD");
+      adds.push({ at, ms: performance.now() - started });
+      await cni("DEL");
+    }
+    return adds;
+  };
+  const healthz = startHealthzProbe(cluster.node, made);
+  try {
+    const window = async (until: () => boolean) => {
+      const mark = healthz.mark();
+      const adds = await cniLoop(until);
+      return { adds, healthz: healthz.since(mark) };
+    };
+    const full = (since: number) => cluster.log.syncs().find((entry) => entry.at >= since && entry.full);
+    const syncMs: number[] = [];
+    const during = { adds: [] as number[], healthz: [] as number[] };
+    for (let r = 1; r <= RESPONSIVENESS_REPAIRS; r++) {
+      const since = Date.now();
+      deleteProxyTables(cluster.node);
+      const seen = await window(() => full(since) !== undefined || Date.now() - since > LIVE_TIMEOUT_MS);
+      const entry = full(since);
+      if (!entry) throw new Error("the agent did not write its deleted tables whole");
+      syncMs.push(entry.durationMs);
+      // What overlapped the sync itself (its log line is written as it ends), not the wait for the resync that found the tables gone.
+      const inSync = (sample: Sample) => sample.at + sample.ms >= entry.at - entry.durationMs && sample.at <= entry.at;
+      const adds = seen.adds.filter(inSync).map((sample) => sample.ms);
+      const answers = seen.healthz.filter(inSync).map((sample) => sample.ms);
+      during.adds.push(...adds);
+      during.healthz.push(...answers);
+      say(`  repair ${r}/${RESPONSIVENESS_REPAIRS}: full sync ${entry.durationMs} ms; during it ${adds.length} CNI ADDs (max ${Math.max(...adds).toFixed(1)} ms), ${answers.length} /healthz (max ${Math.max(...answers).toFixed(1)} ms)`);
+      await sleep(3000);
+    }
+    // The baseline: as long again, twice over, with nothing written (each resync finds the tables in place).
+    const idleUntil = Date.now() + Math.max(3000, syncMs.reduce((a, b) => a + b, 0) * 2);
+    const idle = await window(() => Date.now() > idleUntil);
+    const figures: ResponsivenessFigures = {
+      fullSyncs: RESPONSIVENESS_REPAIRS,
+      fullSyncMs: latency(syncMs),
+      idle: { cniAddMs: latency(idle.adds.map((sample) => sample.ms)), healthzMs: latency(idle.healthz.map((sample) => sample.ms)) },
+      duringFullSync: { cniAddMs: latency(during.adds), healthzMs: latency(during.healthz) },
+    };
+    say(
+      `during a full sync: CNI ADD p99 ${figures.duringFullSync.cniAddMs.p99} ms (idle ${figures.idle.cniAddMs.p99} ms), ` +
+        `/healthz p99 ${figures.duringFullSync.healthzMs.p99} ms (idle ${figures.idle.healthzMs.p99} ms)`,
+    );
+    return figures;
+  } finally {
+    healthz.stop();
+  }
+}
+
+/**
+ * A process in `node`'s namespace asking the agent's /healthz every HEALTHZ_EVERY_MS (a request
+ * at a time), printing each answer's latency; `since(mark)` gives those that came after `mark()`.
+ */
+function startHealthzProbe(node: TestNetns, made: Made): { mark(): number; since(mark: number): Sample[]; stop(): void } {
+  const url = METRICS_URL.replace(/\/metrics$/, "/healthz");
+  const script = `const http=require("http");const ask=()=>{const t=performance.now();http.get(process.argv[1],(r)=>{r.resume();r.on("end",()=>{process.stdout.write(Date.now()+" "+(performance.now()-t).toFixed(2)+"\\n");setTimeout(ask,${HEALTHZ_EVERY_MS})})}).on("error",()=>setTimeout(ask,${HEALTHZ_EVERY_MS}))};ask()`;
+  const child = spawn("nsenter", [`--net=${node.path}`, process.execPath, "-e", script, url], { stdio: ["ignore", "pipe", "inherit"] });
+  made.children.add(child);
+  const answers: Sample[] = [];
+  let partial = "";
+  child.stdout!.on("data", (chunk: Buffer) => {
+    const lines = (partial + chunk.toString("utf8")).split("\n");
+    partial = lines.pop()!;
+    for (const line of lines) {
+      const [at, ms] = line.split(" ").map(Number);
+      answers.push({ at: at - ms, ms });
+    }
+  });
+  return {
+    mark: () => answers.length,
+    since: (mark) => answers.slice(mark),
+    stop: () => {
+      child.kill();
+      made.children.delete(child);
+    },
+  };
+}
+
+/**
+ * Deletes the Trellis proxy's tables through the netlink writer (the batch on its stdin): `nft`
+ * lists the whole ruleset before any command, minutes at 10,000 Services.
+ */
+function deleteProxyTables(node: TestNetns): void {
+  const ops = (["ip", "ip6"] as const).flatMap((family) => PROXY_TABLE_NAMES.flatMap((table) => [{ op: "add table" as const, family, table }, { op: "delete table" as const, family, table }]));
+  execFileSync("nsenter", [`--net=${node.path}`, join(dirname(TRELLIS), "trellis-nft-batch")], { input: encodeBatch(ops), stdio: ["pipe", "ignore", "inherit"] });
+}
+
 /** Connects through the ClusterIP and straight to the pod, interleaved, in one client process in the client pod. */
 async function dispatchAt(client: TestNetns, services: number, clusterIp: Target, direct: Target, connects: number): Promise<DispatchPoint> {
   const [viaService, straight] = await connectTimes(client, [clusterIp, direct], connects, 5_000);
@@ -680,6 +811,11 @@ function nftablesGauges(text: string): Record<string, number> {
 
 function ratios(report: SvcBenchReport): Record<string, number> {
   const result: Record<string, number> = {};
+  if (report.responsiveness) {
+    const r = report.responsiveness;
+    result["CNI ADD p99, during a full sync / idle"] = round(r.duringFullSync.cniAddMs.p99 / r.idle.cniAddMs.p99, 3);
+    result["/healthz p99, during a full sync / idle"] = round(r.duringFullSync.healthzMs.p99 / r.idle.healthzMs.p99, 3);
+  }
   const first = report.dispatch[0];
   for (const point of report.dispatch) {
     result[`ClusterIP / pod IP p50, ${services(point.services)}`] = point.ratio;
@@ -714,6 +850,11 @@ function goals(report: SvcBenchReport): Record<string, boolean> {
   if (report.memory) {
     const rss = Math.max(report.memory.steady.rssMiB, report.memory.afterFullSync?.rssMiB ?? 0);
     result[`agent RSS with ${n} < ${GOALS.rssMB} MB`] = rss * 1.048576 < GOALS.rssMB;
+  }
+  if (report.responsiveness) {
+    const r = report.responsiveness;
+    result[`CNI ADD p99 during a full sync of ${n} <= 2x idle`] = r.duringFullSync.cniAddMs.p99 <= 2 * r.idle.cniAddMs.p99;
+    result[`/healthz p99 during a full sync of ${n} < 100 ms`] = r.duringFullSync.healthzMs.p99 < 100;
   }
   const first = report.dispatch[0];
   const last = report.dispatch.at(-1);

@@ -159,7 +159,8 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
       if (written && !index.changed) return;
       let ops: ProxyOp[];
       if (!state) {
-        state = new ProxyState(node, index.all());
+        // Worked out in slices: a full sync at 10,000 Services must not stop CNI requests and /healthz.
+        state = await ProxyState.build(node, index.all());
         ops = proxyFullOps(state.ruleset());
         healthChanged = true;
       } else {

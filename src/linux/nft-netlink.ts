@@ -4,7 +4,7 @@
  */
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { existsSync } from "node:fs";
-import { encodeBatch } from "../nft/netlink.js";
+import { encodeBatchSliced } from "../nft/netlink.js";
 import type { Op } from "../nft/model.js";
 import { run } from "./exec.js";
 
@@ -40,9 +40,12 @@ export class NftBatchWriter {
     return existsSync(this.path);
   }
 
-  /** Encodes `ops` (nft/netlink.ts) and applies them as one transaction; see `apply`. */
-  applyOps(ops: readonly Op[], timeoutMs = NFT_APPLY_TIMEOUT_MS): Promise<void> {
-    return this.apply(encodeBatch(ops), timeoutMs);
+  /**
+   * Encodes `ops` (nft/netlink.ts, in slices that let the event loop turn) and applies them as
+   * one transaction; see `apply`.
+   */
+  async applyOps(ops: readonly Op[], timeoutMs = NFT_APPLY_TIMEOUT_MS): Promise<void> {
+    return this.apply(await encodeBatchSliced(ops), timeoutMs);
   }
 
   /**
