@@ -98,7 +98,11 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
   const proxy = options.proxy
     ? startServiceProxy({
         source: feed.services,
-        node: { name: selfEndpoint.name, addresses: selfEndpoint.addresses, podCidrs: feed.clusterPodCidrs, ownPodCidrs: selfEndpoint.podCidrs },
+        node: {
+          name: selfEndpoint.name, addresses: selfEndpoint.addresses, podCidrs: feed.clusterPodCidrs, ownPodCidrs: selfEndpoint.podCidrs,
+          ...(feed.zone === undefined ? {} : { zone: feed.zone }),
+        },
+        nodeZones: feed.nodeZones(),
         minSyncIntervalMs: options.proxySyncIntervalMs,
         log,
         nftWriter: join(dirname(process.execPath), NFT_WRITER),
@@ -317,6 +321,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
   }, options.resyncSeconds * 1000));
   feed.follow({
     changed: (name) => requestSync(name === undefined, name),
+    zonesChanged: () => proxy?.setNodeZones(feed.nodeZones()),
     reconnected: () => proxy?.relist(),
     lost: (error) => stopAndClose(error),
   });

@@ -10,6 +10,8 @@ import type { ProxySource } from "./proxy-source.js";
 export interface FeedEvents {
   /** A peer came, changed or went (`name`), or any may have (a new list: undefined). */
   changed(name?: string): void;
+  /** A node's zone came, changed or went (nodeZones() says how they stand now). */
+  zonesChanged(): void;
   /** The datastore answers again after an outage: every watch is renewed. */
   reconnected(): void;
   /** The node can no longer be served (removed from the cluster): the agent stops with this error. */
@@ -21,6 +23,10 @@ export interface ClusterFeed {
   readonly description: string;
   /** This node as its peers route to it. */
   readonly self: NodeEndpoint;
+  /** This node's zone (topology.kubernetes.io/zone), when it has one. */
+  readonly zone?: string;
+  /** Every known node's zone, this one's included, by node name: endpoints' zones (trafficDistribution). */
+  nodeZones(): ReadonlyMap<string, string>;
   /** The cluster's pod CIDRs: what counts as "from a pod" (masquerade, Service source rules). */
   readonly clusterPodCidrs: readonly IpPrefix[];
   /** The cluster's Service CIDRs, when the datastore knows them. */

@@ -7,6 +7,8 @@
  * is refused is also written as an Event on the Node. Services and EndpointSlices come from the
  * API too; ClusterIPs and NodePorts are the API server's.
  */
+import { isValidLabelValue } from "../cluster/objects/syntax.js";
+import { LABEL_TOPOLOGY_ZONE } from "../cluster/objects/types.js";
 import { vtepMac, vxlanFamilies, type NodeEndpoint, type Underlay } from "../dataplane/node-network.js";
 import type { PeerClaim } from "../dataplane/peer-admission.js";
 import { KubeApiError, KubeClient } from "../kube/client.js";
@@ -59,7 +61,7 @@ export async function openKubeFeed(
     const vteps = vxlanFamilies(options.mode, nodeIps).map((family) => ({ family, mac: vtepMac(options.nodeName, family) }));
     await publishNodeNetwork(client, options.nodeName, { addresses: nodeIps, nodeIpGiven: options.nodeIps.length > 0, vteps, mode: options.mode, mtu: underlay.mtu });
     const self: NodeEndpoint = { name: options.nodeName, addresses: [...nodeIps], podCidrs, vteps };
-    return { feed: kubeFeed(options, log, client, self, underlay, rejections), nodeIps, underlay };
+    return { feed: kubeFeed(options, log, client, self, nodeZone(node), underlay, rejections), nodeIps, underlay };
   } catch (error) {
     client.close();
     throw error instanceof KubeApiError ? new Error(`${error.message}${rightsHint(error)}`) : error;
@@ -84,7 +86,10 @@ async function waitForNode(client: KubeClient, name: string, log: Logger): Promi
   }
 }
 
-function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: NodeEndpoint, underlay: Underlay, rejections: Rejections): ClusterFeed {
+function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: NodeEndpoint, zone: string | undefined, underlay: Underlay, rejections: Rejections): ClusterFeed {
+  /** Every Node's zone label. This node's own is read once, at start: a change of it takes an agent restart. */
+  const zones = new Map<string, string>();
+  if (zone !== undefined) zones.set(self.name, zone);
   const book = new PeerBook(
     { self, clusterPodCidrs: options.clusterCidrs, serviceCidrs: [], nodeCidrs: [], connected: underlay.addresses.map((entry) => entry.prefix) },
     rejections,
@@ -105,6 +110,8 @@ function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: 
   return {
     description: client.connection.server,
     self,
+    ...(zone === undefined ? {} : { zone }),
+    nodeZones: () => zones,
     clusterPodCidrs: options.clusterCidrs,
     serviceCidrs: [],
     reservedAddresses: () => book.reservedAddresses(),
@@ -115,6 +122,14 @@ function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: 
       events = handlers;
       informer = inform<KubeNode>(client, "/api/v1/nodes", {
         change(name, node) {
+          if (name !== self.name) {
+            const nodeZoneNow = node && nodeZone(node);
+            if (zones.get(name) !== nodeZoneNow) {
+              if (nodeZoneNow === undefined) zones.delete(name);
+              else zones.set(name, nodeZoneNow);
+              if (listed) events?.zonesChanged();
+            }
+          }
           if (name === self.name) {
             if (!node) {
               log("error", "this node was deleted from the Kubernetes API; the agent stops serving it", { node: name });
@@ -177,6 +192,12 @@ function serverAddresses(server: string): Map<string, string> {
   }
   const ip = tryParseIp(host);
   return new Map(ip ? [[formatIp(ip), `the API server's address (${server})`]] : []);
+}
+
+/** A Node's topology.kubernetes.io/zone label, when it is a label value. */
+function nodeZone(node: KubeNode): string | undefined {
+  const zone = node.metadata.labels?.[LABEL_TOPOLOGY_ZONE];
+  return typeof zone === "string" && zone !== "" && isValidLabelValue(zone).length === 0 ? zone : undefined;
 }
 
 /** What a Node claims, as written; the PeerBook checks it. */

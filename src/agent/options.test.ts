@@ -53,6 +53,17 @@ describe("parseAgentOptions", () => {
   });
 
   // Bug caught: values given as flags or environment variables not carried over (strings to numbers, IPs parsed, blanks trimmed).
+  // Bug caught: a zone that is no label value published for peers to read (a name nothing can
+  // match), or --zone taken on the Kubernetes API, where the Node's label is the truth.
+  test("--zone: a label value, for the Trellis store only", () => {
+    assert.equal(parseAgentOptions(flags({ zone: "zone-a" })).zone, "zone-a");
+    assert.equal(parseAgentOptions(flags({ zone: "" })).zone, undefined);
+    for (const bad of ["zone a", "-zone", "z".repeat(64), "a\nb"]) {
+      assert.throws(() => parseAgentOptions(flags({ zone: bad })), (error: Error) => error.message.startsWith(`--zone ${JSON.stringify(bad)} is not a label value`));
+    }
+    assert.throws(() => parseAgentOptions(flags({ zone: "zone-a", datastore: "kubernetes", clusterCidr: "10.244.0.0/16" })), /--zone is for the Trellis store/);
+  });
+
   test("every value given", () => {
     const parsed = parseAgentOptions(
       flags({

@@ -8,11 +8,17 @@ import { checkNodeName } from "../cluster/node-cidrs.js";
 import { ROUTING_MODES, type RoutingMode } from "../dataplane/node-network.js";
 import { formatIp, formatPrefix, prefixesOverlap, tryParseInterfaceAddress, tryParseIp, type IpAddress, type IpPrefix } from "../net/ip.js";
 import { parseStoreSpec } from "../store/open.js";
+import { isValidLabelValue } from "../cluster/objects/syntax.js";
 import { DEFAULT_STATE_DIR } from "../podipam/state.js";
 import { LOG_LEVELS, type LogLevel } from "./log.js";
 
 export interface AgentOptions {
   readonly nodeName: string;
+  /**
+   * With the Trellis store: the node's zone (its topology.kubernetes.io/zone), published for
+   * trafficDistribution; with the Kubernetes API the Node's label says it.
+   */
+  readonly zone?: string;
   /** Empty: the addresses of the default route's interface. */
   readonly nodeIps: readonly IpAddress[];
   /** Where the cluster is kept: the Trellis store (`--store`), or the Kubernetes API. */
@@ -55,6 +61,7 @@ export interface AgentOptions {
 /** Raw values as commander hands them over (flag, else environment variable, else default). */
 export interface AgentFlags {
   nodeName?: string;
+  zone?: string;
   nodeIp?: string;
   datastore: string;
   store: string;
@@ -101,6 +108,11 @@ export const AGENT_DEFAULTS = {
 export function parseAgentOptions(flags: AgentFlags): AgentOptions {
   const nodeName = flags.nodeName ?? hostname();
   named("--node-name", () => checkNodeName(nodeName));
+  const zone = flags.zone === undefined || flags.zone === "" ? undefined : flags.zone;
+  if (zone !== undefined) {
+    const problems = isValidLabelValue(zone);
+    if (problems.length) throw new Error(`--zone ${JSON.stringify(zone)} is not a label value: ${problems.join("; ")}`);
+  }
   const nodeIps = flags.nodeIp === undefined || flags.nodeIp === "" ? [] : flags.nodeIp.split(",").map((text) => {
     const ip = tryParseIp(text.trim());
     if (!ip) throw new Error(`--node-ip ${JSON.stringify(text)} is not an IP address: give one address per family, e.g. 198.18.0.10,fd00:198:18::10`);
@@ -115,6 +127,7 @@ export function parseAgentOptions(flags: AgentFlags): AgentOptions {
   const datastore = flags.datastore as Datastore;
   let clusterCidrs: IpPrefix[] = [];
   if (datastore === "kubernetes") {
+    if (zone !== undefined) throw new Error(`--zone is for the Trellis store: on the Kubernetes API the Node's label ${"topology.kubernetes.io/zone"} gives the zone`);
     if (flags.plan !== undefined) throw new Error("--plan is for the Trellis store: with --datastore kubernetes the API server and node IPAM hold the cluster's addresses");
     if (flags.kubeconfig !== undefined && (!flags.kubeconfig || /[\0\n]/.test(flags.kubeconfig))) throw new Error(`--kubeconfig ${JSON.stringify(flags.kubeconfig)} is not a file name`);
     clusterCidrs = parseClusterCidrs(flags.clusterCidr);
@@ -151,6 +164,7 @@ export function parseAgentOptions(flags: AgentFlags): AgentOptions {
   return {
     logLevel: flags.logLevel as LogLevel,
     nodeName,
+    ...(zone === undefined ? {} : { zone }),
     nodeIps,
     datastore,
     store: flags.store,

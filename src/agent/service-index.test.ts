@@ -219,6 +219,18 @@ describe("ServiceIndex: external addresses", () => {
     assert.deepEqual(refusals.get("default/victim"), []);
   });
 
+  // Bug caught: a load balancer in ipMode Proxy (it forwards to the nodes' addresses) short-
+  // circuited inside the cluster, so pods never pass through it (its PROXY protocol, its TLS).
+  it("serves a load-balancer address itself only in ipMode VIP (the default), not Proxy", () => {
+    const index = new ServiceIndex();
+    index.setExternalPolicy(POLICY);
+    const [key, value] = external("lb", "10.96.0.12", [], undefined, ["198.19.0.30", "198.19.0.31"]);
+    const stored = JSON.parse(value) as { status: { loadBalancer: { ingress: Array<{ ip: string; ipMode?: string }> } } };
+    stored.status.loadBalancer.ingress[1].ipMode = "Proxy";
+    put(index, SERVICES_PREFIX, key, JSON.stringify(stored));
+    assert.deepEqual(served(index), { lb: ["198.19.0.30"] });
+  });
+
   // Bug caught: the check made once, when the tenant's Service is written: a ClusterIP or node
   // address that comes later (or a policy that changes) never takes the address back.
   it("works a Service out again when a ClusterIP it names comes or goes, and when the policy changes", () => {
@@ -271,5 +283,21 @@ describe("ServiceIndex: external addresses", () => {
     const index = new ServiceIndex();
     put(index, SERVICES_PREFIX, ...external("tenant", "10.96.0.10", ["198.19.0.20"]));
     assert.deepEqual(served(index), { tenant: [] });
+  });
+
+  // Bug caught: a Service's trafficDistribution ignored on the Trellis store (its endpoints worked
+  // out from Pods got no hints), or hints not worked out again when a node's zone becomes known.
+  it("on the Trellis store, hints Pod endpoints with their nodes' zones for a trafficDistribution, again when zones change", () => {
+    const index = new ServiceIndex("pods");
+    const [key, value] = service("web", { selector: { app: "web" } });
+    const spec = JSON.parse(value) as { spec: Record<string, unknown> };
+    spec.spec.trafficDistribution = "PreferSameZone";
+    put(index, SERVICES_PREFIX, key, JSON.stringify(spec));
+    put(index, PODS_PREFIX, ...pod("a", "10.244.1.5", { app: "web" }));
+    const hints = () => index.all().flatMap((port) => port.endpoints.map((endpoint) => endpoint.zoneHints));
+    assert.deepEqual(hints(), [undefined], "node-a has no zone yet");
+    index.setZones(new Map([["node-a", "zone-a"]]));
+    assert.ok(index.changed, "the Service is worked out again");
+    assert.deepEqual(hints(), [["zone-a"]]);
   });
 });

@@ -48,6 +48,8 @@ export class ServiceIndex {
   private readonly externalClaimants = new Map<string, Set<string>>();
   /** Each Service's claims, as last worked out. */
   private readonly externalClaims = new Map<string, readonly string[]>();
+  /** Every node's zone, for the hints of endpoints worked out from Pods (trafficDistribution). */
+  private zones: ReadonlyMap<string, string> = new Map();
   /** The API server's addresses: the endpoints of `default/kubernetes`, which the API server itself keeps (on the Kubernetes API only). */
   private apiServer = new Set<string>();
 
@@ -181,6 +183,16 @@ export class ServiceIndex {
     }
   }
 
+  /**
+   * The nodes' zones now: the Services whose endpoints are worked out from Pods with a
+   * trafficDistribution are worked out again (their hints name zones).
+   */
+  setZones(zones: ReadonlyMap<string, string>): void {
+    this.zones = zones;
+    if (this.endpoints === "slices") return;
+    for (const [key, service] of this.services) if (service.spec?.trafficDistribution && hasSelector(service)) this.stale.add(key);
+  }
+
   /** A Pod, by any key unique among Pods, came or changed (undefined: went). */
   putPod(storeKey: string, pod: Pod | undefined): void {
     const before = this.pods.get(storeKey);
@@ -229,7 +241,7 @@ export class ServiceIndex {
     const affinity = spec.sessionAffinity === "ClientIP" ? (spec.sessionAffinityConfig?.clientIP?.timeoutSeconds ?? 10800) : undefined;
     // A port is known by its protocol and name: a second one alike (a hand-written store value) is left out.
     const seen = new Set<string>();
-    const unique = resolveServicePorts(service, pods, applied).filter(({ spec: port, protocol }) => {
+    const unique = resolveServicePorts(service, pods, applied, (node) => this.zones.get(node)).filter(({ spec: port, protocol }) => {
       const id = `${protocol}/${port.name ?? ""}`;
       return !seen.has(id) && Boolean(seen.add(id));
     });
@@ -320,9 +332,14 @@ function externalAddressesOf(service: Service | undefined): Set<string> {
   return new Set(addresses([...(service.spec.externalIPs ?? []), ...(service.spec.type === "LoadBalancer" ? loadBalancerIngress(service) : [])]).map(formatIp));
 }
 
+/**
+ * The load balancer addresses the node answers on itself: `ipMode: Proxy` ones are the load
+ * balancer's own (it sends traffic on to the nodes' addresses), so traffic from inside the
+ * cluster to them goes out to it, as kube-proxy leaves it, instead of being short-circuited.
+ */
 function loadBalancerIngress(service: Service): string[] {
   const ingress = service.status?.loadBalancer?.ingress;
-  return Array.isArray(ingress) ? ingress.flatMap((entry) => (typeof entry?.ip === "string" ? [entry.ip] : [])) : [];
+  return Array.isArray(ingress) ? ingress.flatMap((entry) => (typeof entry?.ip === "string" && entry.ipMode !== "Proxy" ? [entry.ip] : [])) : [];
 }
 
 function samePolicy(a: ExternalAddressPolicy, b: ExternalAddressPolicy): boolean {

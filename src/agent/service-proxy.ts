@@ -38,6 +38,8 @@ export interface ServiceProxyOptions {
   readonly syncStuckAfterSeconds?: number;
   /** Where what the proxy refuses of a Service (an external address, a port) is said. */
   readonly rejections: Rejections;
+  /** Every node's zone, by name (trafficDistribution, when endpoints are worked out from Pods). */
+  readonly nodeZones?: ReadonlyMap<string, string>;
 }
 
 export interface ServiceProxy {
@@ -45,6 +47,8 @@ export interface ServiceProxy {
   resync(): void;
   /** Where Services' external addresses may be and what they may not be; the Services this changes are synced again. */
   setExternalPolicy(policy: ExternalAddressPolicy): void;
+  /** The nodes' zones changed; the Services they matter to are synced again. */
+  setNodeZones(zones: ReadonlyMap<string, string>): void;
   /** Lists and watches anew (after the datastore was away). */
   relist(): void;
   stop(): Promise<void>;
@@ -83,6 +87,7 @@ export const SYNC_STUCK_AFTER_SECONDS = 60;
 export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
   const { source, node, log } = options;
   const index = new ServiceIndex(source.endpoints, (service, refused) => options.rejections.report(`Service ${service}`, refused));
+  if (options.nodeZones) index.setZones(options.nodeZones);
   let stopped = false;
   let listed = false;
   /** The ruleset the store asks for, kept up to date port by port. */
@@ -275,6 +280,10 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
     failed: (error, retryInMs) => log("warn", "service proxy lost its datastore; keeping the rules as they are and listing again", { error: error.message, retryInSeconds: retryInMs / 1000 }),
   });
   return {
+    setNodeZones(zones) {
+      index.setZones(zones);
+      if (index.changed) requestSync();
+    },
     setExternalPolicy(policy) {
       index.setExternalPolicy(policy);
       if (index.changed || !policyGiven) {

@@ -8,6 +8,7 @@
  */
 import { claimNode, writeHeartbeat, type Heartbeat } from "../cluster/node-agents.js";
 import { HEARTBEATS_PREFIX, NODES_PREFIX, parseNode, type AgentClaim, type NodeRecord } from "../cluster/node-cidrs.js";
+import { isValidLabelValue } from "../cluster/objects/syntax.js";
 import { openCluster, type Cluster } from "../cluster/state.js";
 import { vtepMac, vxlanFamilies, type NodeEndpoint, type Underlay } from "../dataplane/node-network.js";
 import type { PeerClaim } from "../dataplane/peer-admission.js";
@@ -49,6 +50,7 @@ export async function openStoreFeed(options: AgentOptions, log: Logger, nodeIps:
         vteps: vxlanFamilies(options.mode, nodeIps).map((family) => ({ family, mac: vtepMac(options.nodeName, family) })),
         mtu: underlay.mtu,
         agent: claim,
+        ...(options.zone === undefined ? {} : { zone: options.zone }),
       },
       (other, heartbeat) => claimLive(other, heartbeat, options),
     );
@@ -74,6 +76,18 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
   );
   /** Per published peer (admitted or not), its heartbeat. */
   const peers = new Map<string, Liveness>();
+  /** Every node's zone, as its record says (a label value, else none); this one's from the options. */
+  const zones = new Map<string, string>();
+  if (options.zone !== undefined) zones.set(self.name, options.zone);
+  /** Notes a record's zone; whether it changed. */
+  const noteZone = (name: string, record: NodeRecord | undefined) => {
+    if (name === self.name) return false;
+    const zone = zoneOf(record);
+    if (zones.get(name) === zone) return false;
+    if (zone === undefined) zones.delete(name);
+    else zones.set(name, zone);
+    return true;
+  };
   const watches: KvWatch[] = [];
   let events: FeedEvents | undefined;
   let stopped = false;
@@ -84,6 +98,7 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
   const isLive = (peer: Liveness | undefined, now: number) => peer !== undefined && (!storeUp || now - peer.lastBeat <= options.peerGraceSeconds * 1000);
   /** A node record came or changed (undefined: went): its claim is settled against the others; the peers whose routes change are told. */
   const putRecord = (name: string, record: NodeRecord | undefined, createRevision: number) => {
+    if (noteZone(name, record)) events?.zonesChanged();
     if (record?.network) {
       if (!peers.has(name)) peers.set(name, { lastBeat: Date.now() });
     } else {
@@ -139,6 +154,8 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
         const now = Date.now();
         peers.clear();
         book.clear();
+        const zonesBefore = [...zones].join(";");
+        for (const name of [...zones.keys()]) if (name !== self.name) zones.delete(name);
         for (const entry of nodes.entries) {
           const name = entry.key.slice(NODES_PREFIX.length);
           const record = readNode(entry.value, log);
@@ -146,9 +163,11 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
           // A node its agent has not claimed yet (pod CIDRs allocated, addresses not yet
           // published) is no peer yet: it comes in with the claim. Its pod CIDRs count as taken.
           book.put(name, claimOf(name, record, entry.createRevision));
+          noteZone(name, record);
           if (record.network) peers.set(name, { lastBeat: now });
         }
         book.settle();
+        if ([...zones].join(";") !== zonesBefore) events?.zonesChanged();
         if (!nodes.entries.some((entry) => entry.key === `${NODES_PREFIX}${self.name}`)) throw new SelfRemoved();
         for (const entry of beats.entries) {
           const peer = peers.get(entry.key.slice(HEARTBEATS_PREFIX.length));
@@ -225,6 +244,8 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
   return {
     description: store.spec,
     self: selfEndpoint,
+    ...(options.zone === undefined ? {} : { zone: options.zone }),
+    nodeZones: () => zones,
     clusterPodCidrs: cluster.plan.podCidrs,
     serviceCidrs: cluster.plan.serviceCidrs,
     reservedAddresses: () => book.reservedAddresses(),
@@ -293,6 +314,12 @@ function claimOf(name: string, record: NodeRecord, since: number): PeerClaim {
       return entry && (entry.family === 4 || entry.family === 6) ? [{ family: entry.family as Family, mac: String(entry.mac) }] : [];
     }),
   };
+}
+
+/** A record's zone when it is a label value (a record is another agent's word); else none. */
+function zoneOf(record: NodeRecord | undefined): string | undefined {
+  const zone = record?.network?.zone;
+  return typeof zone === "string" && zone !== "" && isValidLabelValue(zone).length === 0 ? zone : undefined;
 }
 
 /** This node's own record, as it claimed it. */

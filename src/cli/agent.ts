@@ -10,6 +10,7 @@ export function registerAgentCommand(program: Command): void {
     .command("agent")
     .description("run the node agent: claim this node, route to every other node's pods, write the CNI config")
     .addOption(new Option("--node-name <name>", "this node's name (default: the host name)").env("TRELLIS_NODE_NAME"))
+    .addOption(new Option("--zone <name>", "with the Trellis store: this node's zone (topology.kubernetes.io/zone), for Services' trafficDistribution").env("TRELLIS_ZONE"))
     .addOption(new Option("--node-ip <ip[,ip]>", "node addresses, one per family (default: those of the default route's interface)").env("TRELLIS_NODE_IP"))
     .addOption(new Option("--datastore <kind>", "where the cluster is kept: trellis (--store) or kubernetes (the API server)").env("TRELLIS_DATASTORE").default(AGENT_DEFAULTS.datastore))
     .addOption(new Option("--store <spec>", "cluster store: sqlite:PATH or etcd://HOST:PORT").env("TRELLIS_STORE").default(DEFAULT_STORE_SPEC))

@@ -37,6 +37,8 @@ export interface NodeNetworkRecord {
   /** The underlay MTU. */
   readonly mtu: number;
   readonly agent: AgentClaim;
+  /** The node's zone (topology.kubernetes.io/zone), when its agent was given one. */
+  readonly zone?: string;
 }
 
 /** Which agent process serves the node, so a second one can be told apart and refused. */

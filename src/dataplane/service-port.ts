@@ -16,6 +16,9 @@ export interface ProxyEndpoint {
   readonly serving: boolean;
   readonly terminating: boolean;
   readonly nodeName?: string;
+  /** The EndpointSlice's hints (trafficDistribution): the zones and nodes this endpoint should serve. */
+  readonly zoneHints?: readonly string[];
+  readonly nodeHints?: readonly string[];
 }
 
 export interface ProxyServicePort {
@@ -50,6 +53,8 @@ export interface ProxyNode {
   readonly podCidrs: readonly IpPrefix[];
   /** This node's own pod CIDRs: replies to its pods come back through it, so they need no masquerade to. */
   readonly ownPodCidrs?: readonly IpPrefix[];
+  /** Its topology.kubernetes.io/zone: endpoints hinted for it are preferred (trafficDistribution). */
+  readonly zone?: string;
 }
 
 export interface PortNames {
@@ -76,6 +81,24 @@ const MAX_BASE_LENGTH = 255 - "aff-".length - "__ffff_ffff_ffff_ffff_ffff_ffff_f
 export function usableEndpoints(endpoints: readonly ProxyEndpoint[]): ProxyEndpoint[] {
   const ready = endpoints.filter((endpoint) => endpoint.ready);
   return ready.length ? ready : endpoints.filter((endpoint) => endpoint.serving && endpoint.terminating);
+}
+
+/**
+ * The endpoints traffic from anywhere is spread over, as kube-proxy's CategorizeEndpoints picks
+ * them: the ready ones, narrowed by their hints when every ready endpoint has a hint of a kind
+ * and some name this node (node hints, PreferSameNode) or its zone (zone hints); otherwise all
+ * of them (a node the hints leave out, or a zone no endpoint serves, falls back to every
+ * endpoint). With none ready, the ones still serving while terminating.
+ */
+export function clusterEndpoints(endpoints: readonly ProxyEndpoint[], node: ProxyNode): ProxyEndpoint[] {
+  const ready = endpoints.filter((endpoint) => endpoint.ready);
+  if (!ready.length) return usableEndpoints(endpoints);
+  const hinted = (hints: (endpoint: ProxyEndpoint) => readonly string[] | undefined, name: string | undefined) => {
+    if (name === undefined || !ready.every((endpoint) => hints(endpoint)?.length)) return undefined;
+    const chosen = ready.filter((endpoint) => hints(endpoint)!.includes(name));
+    return chosen.length ? chosen : undefined;
+  };
+  return hinted((endpoint) => endpoint.nodeHints, node.name) ?? hinted((endpoint) => endpoint.zoneHints, node.zone) ?? ready;
 }
 
 /** Sorted by address and port, one per address and port (a ready one when there is). */

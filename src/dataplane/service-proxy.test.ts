@@ -434,6 +434,31 @@ describe("desiredProxyRuleset", () => {
     assert.deepEqual(serviceChains(t), []);
   });
 
+  it("keeps traffic to the endpoints hinted for this node's zone or this node, falling back as kube-proxy does", () => {
+    // Catches: hints ignored (PreferSameZone traffic leaving the zone), a node of a zone no
+    // endpoint serves left with none (kube-proxy falls back to every endpoint), hints obeyed when
+    // one ready endpoint has none (the controller had not finished), or node hints not preferred.
+    const zoned = (address: string, zone: string, node = "node-b", extra: Partial<ProxyEndpoint> = {}) => endpoint(address, 8080, { nodeName: node, zoneHints: [zone], ...extra });
+    const port = servicePort({ endpoints: [zoned("10.244.1.5", "zone-a"), zoned("10.244.2.6", "zone-b"), zoned("10.244.2.7", "zone-b")] });
+    const dnat = (node: ProxyNode, ports: ProxyServicePort[]) => {
+      const t = table(desiredProxyRuleset(node, ports), 4);
+      const svc = chainName(t, "svc", "default/web/tcp/http");
+      const rule = rules(t, svc).at(-1)!;
+      return rule.includes(" map @") ? Object.values(elements(t, `eps-${svc}`)).join(", ") : rule.replace(/^.* to /, "");
+    };
+    assert.equal(dnat({ ...NODE, zone: "zone-a" }, [port]), "10.244.1.5:8080", "its own zone's one endpoint");
+    assert.equal(dnat({ ...NODE, zone: "zone-b" }, [port]), "10.244.2.6 . 8080, 10.244.2.7 . 8080");
+    assert.equal(dnat({ ...NODE, zone: "zone-c" }, [port]), "10.244.1.5 . 8080, 10.244.2.6 . 8080, 10.244.2.7 . 8080", "no endpoint for zone-c: every endpoint");
+    assert.equal(dnat(NODE, [port]), "10.244.1.5 . 8080, 10.244.2.6 . 8080, 10.244.2.7 . 8080", "a node without a zone: every endpoint");
+    const unhinted = servicePort({ endpoints: [zoned("10.244.1.5", "zone-a"), endpoint("10.244.2.6")] });
+    assert.equal(dnat({ ...NODE, zone: "zone-a" }, [unhinted]), "10.244.1.5 . 8080, 10.244.2.6 . 8080", "one ready endpoint without a hint: hints ignored");
+    const notReady = servicePort({ endpoints: [zoned("10.244.1.5", "zone-a"), endpoint("10.244.2.6", 8080, { ready: false })] });
+    assert.equal(dnat({ ...NODE, zone: "zone-a" }, [notReady]), "10.244.1.5:8080", "a not-ready endpoint's missing hint does not count");
+    const byNode = servicePort({ endpoints: [zoned("10.244.0.5", "zone-a", "node-a", { nodeHints: ["node-a"] }), zoned("10.244.1.5", "zone-a", "node-c", { nodeHints: ["node-c"] }), zoned("10.244.2.6", "zone-b", "node-b", { nodeHints: ["node-b"] })] });
+    assert.equal(dnat({ ...NODE, zone: "zone-a" }, [byNode]), "10.244.0.5:8080", "PreferSameNode: this node's endpoint");
+    assert.equal(dnat({ ...NODE, name: "node-d", zone: "zone-a" }, [byNode]), "10.244.0.5 . 8080, 10.244.1.5 . 8080", "no endpoint for this node: its zone's");
+  });
+
   it("falls back to serving terminating endpoints only when none is ready", () => {
     // Catches: connections refused during a rolling update's last pod, or new connections sent to terminating pods while ready ones exist.
     const draining = endpoint("10.244.1.5", 8080, { ready: false, serving: true, terminating: true });

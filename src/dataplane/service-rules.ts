@@ -39,7 +39,7 @@ import {
 } from "../nft/model.js";
 import { checkName } from "../nft/names.js";
 import {
-  SHARDS, uniqueAddresses, uniqueEndpoints, usableEndpoints, type PortNames, type ProxyEndpoint, type ProxyNode, type ProxyServicePort,
+  SHARDS, clusterEndpoints as topologyEndpoints, uniqueAddresses, uniqueEndpoints, usableEndpoints, type PortNames, type ProxyEndpoint, type ProxyNode, type ProxyServicePort,
 } from "./service-port.js";
 
 /**
@@ -189,7 +189,7 @@ export function portFragment(family: Family, node: ProxyNode, port: ProxyService
   const protocol = names.protocol;
   const externalIPs = uniqueAddresses([...port.externalIPs, ...port.loadBalancerIPs].filter(inFamily));
   const endpoints = uniqueEndpoints(port.endpoints.filter((endpoint) => inFamily(endpoint.address)));
-  const clusterEndpoints = usableEndpoints(endpoints);
+  const clusterEndpoints = topologyEndpoints(endpoints, node);
   const localEndpoints = usableEndpoints(endpoints.filter((endpoint) => endpoint.nodeName === node.name));
 
   const internalLocal = port.internalTrafficPolicy === "Local";

@@ -7,13 +7,14 @@ import { familyName, tryParseIp } from "../../net/ip.js";
 import { boolean, checkFields, checkKind, integer, isOneOf, list, object, omitUndefined, string, stringList, topLevel } from "./decode.js";
 import { duplicate, invalid, notSupported, refused, required, throwIfInvalid, tooMany, type FieldError } from "./field-errors.js";
 import { decodeMetadata, metadataErrors } from "./object-meta.js";
-import { ipProblems, isDns1123Label, isDns1123Subdomain, isQualifiedName, isValidPortNum, specialIpProblems } from "./syntax.js";
-import { ADDRESS_TYPES, PROTOCOLS, type Endpoint, type EndpointPort, type EndpointSlice, type Protocol } from "./types.js";
+import { ipProblems, isDns1123Label, isDns1123Subdomain, isQualifiedName, isValidLabelValue, isValidPortNum, specialIpProblems } from "./syntax.js";
+import { ADDRESS_TYPES, PROTOCOLS, type Endpoint, type EndpointHints, type EndpointPort, type EndpointSlice, type Protocol } from "./types.js";
 
 const kubernetesAddressTypes = ["FQDN", "IPv4", "IPv6"];
 const maxEndpoints = 1000;
 const maxAddresses = 100;
 const maxPorts = 100;
+const maxHints = 8;
 
 const endpointFields = ["addresses", "conditions", "hostname", "nodeName", "zone", "targetRef", "hints", "deprecatedTopology"];
 const objectReferenceFields = ["kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath"];
@@ -53,8 +54,21 @@ function decodeEndpoint(value: unknown, path: string, errors: FieldError[]): End
     hostname: text("hostname"),
     nodeName: text("nodeName"),
     zone: text("zone"),
+    hints: decodeHints(fields.hints, `${path}.hints`, errors),
     targetRef: decodeObjectReference(fields.targetRef, `${path}.targetRef`, errors),
   });
+}
+
+function decodeHints(value: unknown, path: string, errors: FieldError[]): EndpointHints | undefined {
+  const fields = object(value, path, errors);
+  if (!fields) return undefined;
+  checkFields(fields, path, ["forZones", "forNodes"], errors);
+  const names = (key: "forZones" | "forNodes") => list(fields[key], `${path}.${key}`, errors, (item, itemPath) => {
+    const entry = object(item, itemPath, errors) ?? {};
+    checkFields(entry, itemPath, ["name"], errors);
+    return { name: string(entry.name, `${itemPath}.name`, errors) ?? "" };
+  });
+  return omitUndefined({ forZones: names("forZones"), forNodes: names("forNodes") });
 }
 
 function decodeObjectReference(value: unknown, path: string, errors: FieldError[]): Endpoint["targetRef"] {
@@ -132,6 +146,30 @@ function endpointErrors(endpoint: Endpoint, path: string, addressType: string): 
   }
   if (endpoint.hostname !== undefined) {
     for (const message of isDns1123Label(endpoint.hostname)) errors.push(invalid(`${path}.hostname`, endpoint.hostname, message));
+  }
+  if (endpoint.zone !== undefined) {
+    for (const message of isValidLabelValue(endpoint.zone)) errors.push(invalid(`${path}.zone`, endpoint.zone, message));
+  }
+  if (endpoint.hints) errors.push(...hintErrors(endpoint.hints, `${path}.hints`));
+  return errors;
+}
+
+/** validateHints: at most 8 of each, no name twice, zones label values, nodes DNS subdomains. */
+function hintErrors(hints: EndpointHints, path: string): FieldError[] {
+  const errors: FieldError[] = [];
+  for (const [key, check] of [["forZones", isValidLabelValue], ["forNodes", isDns1123Subdomain]] as const) {
+    const entries = hints[key] ?? [];
+    if (entries.length > maxHints) {
+      errors.push(tooMany(`${path}.${key}`, entries.length, maxHints));
+      continue;
+    }
+    const seen = new Set<string>();
+    entries.forEach(({ name }, i) => {
+      const namePath = `${path}.${key}[${i}].name`;
+      if (seen.has(name)) errors.push(duplicate(namePath, name));
+      seen.add(name);
+      for (const message of check(name)) errors.push(invalid(namePath, name, message));
+    });
   }
   return errors;
 }

@@ -210,3 +210,38 @@ describe("endpoint slices: families, names and labels", () => {
     for (const slice of forward) validateEndpointSlice(slice);
   });
 });
+
+describe("endpoint slices: trafficDistribution hints", () => {
+  const zones = new Map([["node-1", "zone-a"], ["node-2", "zone-b"]]);
+  const zoneOf = (node: string) => zones.get(node);
+  const pods = [pod("a", { node: "node-1", ips: ["10.244.1.5"] }), pod("b", { node: "node-2", ips: ["10.244.2.5"] }), pod("c", { node: "node-3", ips: ["10.244.3.5"] }), pod("d", { node: "node-2", ips: ["10.244.2.6"], ready: false })];
+  const endpoints = (spec: object) => endpointSlicesForService(service(spec), pods, zoneOf)[0].endpoints;
+
+  // Bug caught: hints written without a trafficDistribution (every proxy would narrow traffic the
+  // Service did not ask to narrow), or zones left out of the endpoints.
+  it("gives every endpoint its node's zone, and no hints without a trafficDistribution", () => {
+    const plain = endpoints({});
+    // By address: a (node-1), b and d (node-2), c (node-3, no zone).
+    assert.deepEqual(plain.map((endpoint) => endpoint.zone), ["zone-a", "zone-b", "zone-b", undefined]);
+    assert.ok(plain.every((endpoint) => endpoint.hints === undefined));
+  });
+
+  // Bug caught: hints that are not the endpoint's own zone and node (traffic kept in the wrong
+  // zone), node hints for PreferSameZone, hints on a not-ready endpoint, or a zone hint made up
+  // for a node without a zone (k8s.io/endpointslice's trafficdist gives none).
+  it("hints each ready endpoint for its own zone, and its own node under PreferSameNode", () => {
+    for (const distribution of ["PreferClose", "PreferSameZone"]) {
+      assert.deepEqual(endpoints({ trafficDistribution: distribution }).map((endpoint) => endpoint.hints), [
+        { forZones: [{ name: "zone-a" }] }, { forZones: [{ name: "zone-b" }] }, undefined, undefined,
+      ], distribution);
+      assert.equal(endpoints({ trafficDistribution: distribution })[2].conditions.ready, false, "d is not ready: no hint");
+    }
+    assert.deepEqual(endpoints({ trafficDistribution: "PreferSameNode" }).map((endpoint) => endpoint.hints), [
+      { forZones: [{ name: "zone-a" }], forNodes: [{ name: "node-1" }] },
+      { forZones: [{ name: "zone-b" }], forNodes: [{ name: "node-2" }] },
+      undefined,
+      { forNodes: [{ name: "node-3" }] },
+    ]);
+    for (const slice of endpointSlicesForService(service({ trafficDistribution: "PreferSameNode" }), pods, zoneOf)) validateEndpointSlice(slice);
+  });
+});

@@ -7,9 +7,12 @@
  */
 import { tryParseIp } from "../../net/ip.js";
 import {
-  LABEL_HEADLESS, LABEL_MANAGED_BY, LABEL_SERVICE_NAME, type AddressType, type Endpoint, type EndpointPort, type EndpointSlice, type Pod,
+  LABEL_HEADLESS, LABEL_MANAGED_BY, LABEL_SERVICE_NAME, type AddressType, type Endpoint, type EndpointHints, type EndpointPort, type EndpointSlice, type Pod,
   type Service,
 } from "./types.js";
+
+/** A node's zone (its topology.kubernetes.io/zone), when it has one. */
+export type ZoneOf = (nodeName: string) => string | undefined;
 
 /** The value of endpointslice.kubernetes.io/managed-by on the slices computed here. */
 export const MANAGED_BY_TRELLIS = "trellis";
@@ -27,19 +30,19 @@ interface SliceContent {
  * the controller's placeholder. A Service without a selector gets none: its slices are
  * written by hand.
  */
-export function endpointSlicesForService(service: Service, pods: readonly Pod[]): EndpointSlice[] {
+export function endpointSlicesForService(service: Service, pods: readonly Pod[], zoneOf: ZoneOf = () => undefined): EndpointSlice[] {
   const selector = service.spec.selector ?? {};
   if (Object.keys(selector).length === 0) return [];
   const selected = pods
     .filter((pod) => pod.metadata.namespace === service.metadata.namespace && matchesSelector(selector, pod.metadata.labels ?? {}) && belongsInEndpoints(pod))
     .sort((a, b) => compareText(a.metadata.name, b.metadata.name));
-  return addressTypes(service).flatMap((addressType) => slicesOf(service, addressType, selected));
+  return addressTypes(service).flatMap((addressType) => slicesOf(service, addressType, selected, zoneOf));
 }
 
-function slicesOf(service: Service, addressType: AddressType, pods: readonly Pod[]): EndpointSlice[] {
+function slicesOf(service: Service, addressType: AddressType, pods: readonly Pod[], zoneOf: ZoneOf): EndpointSlice[] {
   const groups = new Map<string, { ports: EndpointPort[]; endpoints: Endpoint[] }>();
   for (const pod of pods) {
-    const endpoint = podEndpoint(service, pod, addressType);
+    const endpoint = podEndpoint(service, pod, addressType, zoneOf);
     if (!endpoint) continue;
     const ports = resolvedPorts(service, pod);
     const key = JSON.stringify(ports);
@@ -83,7 +86,7 @@ function belongsInEndpoints(pod: Pod): boolean {
   return Boolean(pod.status.podIP) || (pod.status.podIPs?.length ?? 0) > 0;
 }
 
-function podEndpoint(service: Service, pod: Pod, addressType: AddressType): Endpoint | undefined {
+function podEndpoint(service: Service, pod: Pod, addressType: AddressType, zoneOf: ZoneOf): Endpoint | undefined {
   const podIPs = pod.status.podIPs ?? (pod.status.podIP ? [{ ip: pod.status.podIP }] : []);
   const family = addressType === "IPv6" ? 6 : 4;
   const addresses = podIPs.map(({ ip }) => ip).filter((ip) => tryParseIp(ip)?.family === family);
@@ -93,13 +96,31 @@ function podEndpoint(service: Service, pod: Pod, addressType: AddressType): Endp
   // A terminating pod is never ready, unless the Service publishes every address.
   const ready = service.spec.publishNotReadyAddresses || (serving && !terminating);
   const { hostname, subdomain, nodeName } = pod.spec;
+  const zone = nodeName ? zoneOf(nodeName) : undefined;
+  const hints = ready ? trafficHints(service, nodeName, zone) : undefined;
   return {
     addresses,
     conditions: { ready, serving, terminating },
     ...(hostname && subdomain === service.metadata.name ? { hostname } : {}),
     targetRef: { kind: "Pod", namespace: pod.metadata.namespace, name: pod.metadata.name, ...(pod.metadata.uid ? { uid: pod.metadata.uid } : {}) },
     ...(nodeName ? { nodeName } : {}),
+    ...(zone !== undefined ? { zone } : {}),
+    ...(hints ? { hints } : {}),
   };
+}
+
+/**
+ * The hints the controller gives a ready endpoint for the Service's trafficDistribution
+ * (k8s.io/endpointslice's trafficdist): its own zone for every value, and its own node too for
+ * PreferSameNode; none without a trafficDistribution, and no zone hint without a zone.
+ */
+function trafficHints(service: Service, nodeName: string | undefined, zone: string | undefined): EndpointHints | undefined {
+  const distribution = service.spec.trafficDistribution;
+  if (!distribution) return undefined;
+  const forZones = zone !== undefined ? [{ name: zone }] : undefined;
+  const forNodes = distribution === "PreferSameNode" && nodeName ? [{ name: nodeName }] : undefined;
+  if (!forZones && !forNodes) return undefined;
+  return { ...(forZones ? { forZones } : {}), ...(forNodes ? { forNodes } : {}) };
 }
 
 /**

@@ -4,7 +4,7 @@
  * selector the slices are the ones the EndpointSlice controller would keep (computed from the
  * Pods); without one, the slices applied for it. Pure; the proxy and the lab both use it.
  */
-import { endpointSlicesForService } from "./endpoints-controller.js";
+import { endpointSlicesForService, type ZoneOf } from "./endpoints-controller.js";
 import { LABEL_SERVICE_NAME, type EndpointSlice, type Pod, type Protocol, type Service, type ServicePort } from "./types.js";
 
 export interface ResolvedEndpoint {
@@ -16,6 +16,9 @@ export interface ResolvedEndpoint {
   readonly serving: boolean;
   readonly terminating: boolean;
   readonly nodeName?: string;
+  /** Its hints: the zones and nodes it should serve (absent: no hint of that kind). */
+  readonly zoneHints?: readonly string[];
+  readonly nodeHints?: readonly string[];
 }
 
 export interface ResolvedServicePort {
@@ -41,8 +44,8 @@ export function sliceOwner(slice: EndpointSlice): string | undefined {
  * and for every Service when `pods` is undefined (the slices came from a real EndpointSlice
  * controller).
  */
-export function resolveServicePorts(service: Service, pods: readonly Pod[] | undefined, applied: readonly EndpointSlice[]): ResolvedServicePort[] {
-  const slices = pods !== undefined && hasSelector(service) ? endpointSlicesForService(service, pods) : applied;
+export function resolveServicePorts(service: Service, pods: readonly Pod[] | undefined, applied: readonly EndpointSlice[], zoneOf?: ZoneOf): ResolvedServicePort[] {
+  const slices = pods !== undefined && hasSelector(service) ? endpointSlicesForService(service, pods, zoneOf) : applied;
   return (service.spec.ports ?? []).map((spec) => {
     const protocol = spec.protocol ?? "TCP";
     const name = spec.name ?? "";
@@ -62,6 +65,8 @@ export function resolveServicePorts(service: Service, pods: readonly Pod[] | und
           serving: endpoint.conditions?.serving ?? ready,
           terminating: endpoint.conditions?.terminating ?? false,
           ...(endpoint.nodeName ? { nodeName: endpoint.nodeName } : {}),
+          ...(endpoint.hints?.forZones?.length ? { zoneHints: endpoint.hints.forZones.map((zone) => zone.name) } : {}),
+          ...(endpoint.hints?.forNodes?.length ? { nodeHints: endpoint.hints.forNodes.map((node) => node.name) } : {}),
         });
       }
     }

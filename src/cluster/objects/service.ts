@@ -13,7 +13,7 @@ import { duplicate, forbidden, invalid, notSupported, refused, required, throwIf
 import { decodeMetadata, labelErrors, metadataErrors } from "./object-meta.js";
 import { ipProblems, isDns1035Label, isDns1123Label, isDns1123Subdomain, isQualifiedName, isValidPortName, isValidPortNum, specialIpProblems } from "./syntax.js";
 import {
-  IP_FAMILY_NAMES, PROTOCOLS, type IpFamilyName, type IpFamilyPolicy, type LoadBalancerIngress, type Protocol, type Service, type ServicePort,
+  IP_FAMILY_NAMES, PROTOCOLS, TRAFFIC_DISTRIBUTIONS, type IpFamilyName, type IpFamilyPolicy, type LoadBalancerIngress, type Protocol, type Service, type ServicePort,
   type ServiceSpec, type ServiceStatus,
 } from "./types.js";
 
@@ -22,15 +22,16 @@ const kubernetesServiceTypes = ["ClusterIP", "ExternalName", "LoadBalancer", "No
 const serviceTypes = ["ClusterIP", "LoadBalancer", "NodePort"];
 const sessionAffinities = ["ClientIP", "None"];
 const trafficPolicies = ["Cluster", "Local"];
+const LOAD_BALANCER_IP_MODES = ["Proxy", "VIP"];
 const defaultClientIpTimeoutSeconds = 10800;
 const maxClientIpTimeoutSeconds = 86400;
 
 const serviceSpecFields = [
   "type", "clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy", "ports", "selector", "externalIPs", "sessionAffinity",
   "sessionAffinityConfig", "externalTrafficPolicy", "internalTrafficPolicy", "healthCheckNodePort", "allocateLoadBalancerNodePorts",
-  "publishNotReadyAddresses",
+  "publishNotReadyAddresses", "trafficDistribution",
   // Kubernetes' fields that change nothing Trellis programs: accepted and not kept.
-  "loadBalancerIP", "loadBalancerClass", "trafficDistribution", "externalName",
+  "loadBalancerIP", "loadBalancerClass", "externalName",
 ];
 const unsupportedServiceSpecFields = {
   loadBalancerSourceRanges: "a load balancer's source filter would be silently open; filter in front of the nodes instead",
@@ -88,6 +89,7 @@ function decodeServiceSpec(fields: Fields, errors: FieldError[]): ServiceSpec {
     sessionAffinityConfig: sessionAffinity === "ClientIP" ? { clientIP: { timeoutSeconds: timeoutSeconds ?? defaultClientIpTimeoutSeconds } } : undefined,
     externalTrafficPolicy: (text("externalTrafficPolicy") ?? (externallyAccessible ? "Cluster" : undefined)) as ServiceSpec["externalTrafficPolicy"],
     internalTrafficPolicy: (text("internalTrafficPolicy") ?? "Cluster") as ServiceSpec["internalTrafficPolicy"],
+    trafficDistribution: text("trafficDistribution") as ServiceSpec["trafficDistribution"],
     healthCheckNodePort: integer(fields.healthCheckNodePort, path("healthCheckNodePort"), errors) || undefined,
     allocateLoadBalancerNodePorts:
       boolean(fields.allocateLoadBalancerNodePorts, path("allocateLoadBalancerNodePorts"), errors) ?? (type === "LoadBalancer" ? true : undefined),
@@ -117,7 +119,10 @@ function decodeServiceStatus(fields: Fields, errors: FieldError[]): ServiceStatu
   const ingress = list(loadBalancer.ingress, "status.loadBalancer.ingress", errors, (value, path): LoadBalancerIngress => {
     const entry = object(value, path, errors) ?? {};
     checkFields(entry, path, ["ip", "hostname", "ipMode", "ports"], errors);
-    return omitUndefined({ ip: string(entry.ip, `${path}.ip`, errors) || undefined, hostname: string(entry.hostname, `${path}.hostname`, errors) || undefined });
+    const ip = string(entry.ip, `${path}.ip`, errors) || undefined;
+    // The apiserver's default: an ip without a mode is a VIP.
+    const ipMode = (string(entry.ipMode, `${path}.ipMode`, errors) || (ip ? "VIP" : undefined)) as LoadBalancerIngress["ipMode"];
+    return omitUndefined({ ip, hostname: string(entry.hostname, `${path}.hostname`, errors) || undefined, ipMode });
   });
   return ingress?.length ? { loadBalancer: { ingress } } : undefined;
 }
@@ -310,6 +315,10 @@ function trafficPolicyErrors(spec: ServiceSpec): FieldError[] {
 
   if (!internal) errors.push(required("spec.internalTrafficPolicy"));
   else if (!trafficPolicies.includes(internal)) errors.push(notSupported("spec.internalTrafficPolicy", internal, trafficPolicies));
+  const distribution: string | undefined = spec.trafficDistribution;
+  if (distribution !== undefined && !(TRAFFIC_DISTRIBUTIONS as readonly string[]).includes(distribution)) {
+    errors.push(notSupported("spec.trafficDistribution", distribution, TRAFFIC_DISTRIBUTIONS));
+  }
   return errors;
 }
 
@@ -323,6 +332,9 @@ function loadBalancerStatusErrors(service: Service): FieldError[] {
   ingress.forEach((entry, i) => {
     const path = `status.loadBalancer.ingress[${i}]`;
     if (entry.ip) for (const message of ipProblems(entry.ip)) errors.push(invalid(`${path}.ip`, entry.ip, message));
+    const ipMode: string | undefined = entry.ipMode;
+    if (ipMode !== undefined && !entry.ip) errors.push(forbidden(`${path}.ipMode`, "may not be specified when `ip` is not set"));
+    else if (ipMode !== undefined && !LOAD_BALANCER_IP_MODES.includes(ipMode)) errors.push(notSupported(`${path}.ipMode`, ipMode, LOAD_BALANCER_IP_MODES));
     if (entry.hostname) {
       for (const message of isDns1123Subdomain(entry.hostname)) errors.push(invalid(`${path}.hostname`, entry.hostname, message));
       if (tryParseIp(entry.hostname)) errors.push(invalid(`${path}.hostname`, entry.hostname, "must be a DNS name, not an IP address"));

@@ -73,6 +73,8 @@ export interface ServiceSpec {
   /** Present exactly when the Service is reachable from outside: NodePort, LoadBalancer, or externalIPs. */
   readonly externalTrafficPolicy?: TrafficPolicy;
   readonly internalTrafficPolicy: TrafficPolicy;
+  /** Where traffic should stay: the EndpointSlice controller writes it into the slices as hints. */
+  readonly trafficDistribution?: TrafficDistribution;
   /** Only for type LoadBalancer with externalTrafficPolicy Local; absent until allocated. */
   readonly healthCheckNodePort?: number;
   /** Present exactly for type LoadBalancer (default true). */
@@ -83,6 +85,12 @@ export interface ServiceSpec {
 export interface LoadBalancerIngress {
   readonly ip?: string;
   readonly hostname?: string;
+  /**
+   * VIP (the default with an ip): the load balancer delivers packets still addressed to `ip`,
+   * so nodes answer on it themselves. Proxy: it delivers them to the node's address, so `ip`
+   * is the load balancer's own and traffic to it from inside the cluster must go out to it.
+   */
+  readonly ipMode?: "VIP" | "Proxy";
 }
 
 export interface ServiceStatus {
@@ -130,8 +138,22 @@ export interface Endpoint {
   readonly hostname?: string;
   readonly nodeName?: string;
   readonly zone?: string;
+  /** Where the endpoint should be used (the EndpointSlice controller's, for trafficDistribution); proxies read them. */
+  readonly hints?: EndpointHints;
   readonly targetRef?: ObjectReference;
 }
+
+export interface EndpointHints {
+  readonly forZones?: ReadonlyArray<{ readonly name: string }>;
+  readonly forNodes?: ReadonlyArray<{ readonly name: string }>;
+}
+
+/** spec.trafficDistribution's values (PreferSameZone and PreferSameNode since Kubernetes 1.34). */
+export const TRAFFIC_DISTRIBUTIONS = ["PreferClose", "PreferSameZone", "PreferSameNode"] as const;
+export type TrafficDistribution = (typeof TRAFFIC_DISTRIBUTIONS)[number];
+
+/** The Node label naming its zone, which endpoints' zones and zone hints refer to. */
+export const LABEL_TOPOLOGY_ZONE = "topology.kubernetes.io/zone";
 
 export interface EndpointPort {
   /** "" for the Service's unnamed port: matched against ServicePort.name. */
