@@ -1,17 +1,24 @@
 /**
  * ipMasq on real namespaces: traffic to another node's pods keeps the pod's address, traffic
- * leaving the cluster takes the node's; the nftables rules change only when what they need
- * changes, disappear with the last pod, and CHECK compares them as data.
+ * leaving the cluster takes the node's; the nftables table is written whole by the netlink
+ * writer, without reading it back, only when what it needs changes (or once per process),
+ * disappears with the last pod, and CHECK compares it as data.
  */
 import assert from "node:assert/strict";
-import type { ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { createInterface } from "node:readline";
 import { after, before, describe, it } from "node:test";
+import type { CniReply } from "../src/cni/plugin.js";
 import { inNetns, NetnsPool, sweepStaleNamespaces, type TestNetns } from "./support/netns.js";
-import { addPod, addressesOf, cniSuite, type PodAttachmentResult, startPeerEcho, tcpPeerSeenBy, tempDir, trellis } from "./support/trellis-cni.js";
+import { VIA_AGENT } from "./support/node-agent.js";
+import { addPod, addressesOf, cniSuite, type PodAttachmentResult, startPeerEcho, tcpPeerSeenBy, tempDir, TRELLIS, trellis } from "./support/trellis-cni.js";
 
 interface NftObject {
-  table?: { name: string };
+  table?: { name: string; handle: number };
   chain?: { table: string; name: string };
+  set?: { table: string; name: string };
   rule?: { table: string; chain: string; handle: number; expr: unknown[] };
 }
 
@@ -20,15 +27,72 @@ function masqueradeTable(node: TestNetns): NftObject[] | undefined {
   const all = (JSON.parse(inNetns(node, "nft", ["-j", "list", "ruleset"])) as { nftables: NftObject[] }).nftables;
   const table = all.find((item) => item.table?.name.startsWith("trellis-cni"))?.table?.name;
   if (table === undefined) return undefined;
-  return all.filter((item) => item.table?.name === table || item.chain?.table === table || item.rule?.table === table);
+  return all.filter((item) => item.table?.name === table || item.chain?.table === table || item.set?.table === table || item.rule?.table === table);
+}
+
+function tableName(node: TestNetns): string {
+  return masqueradeTable(node)!.find((item) => item.table)!.table!.name;
 }
 
 function chainNames(node: TestNetns): string[] {
   return (masqueradeTable(node) ?? []).flatMap((item) => (item.chain ? [item.chain.name] : [])).sort();
 }
 
-function ruleHandles(node: TestNetns): number[] {
-  return (masqueradeTable(node) ?? []).flatMap((item) => (item.rule ? [item.rule.handle] : [])).sort((a, b) => a - b);
+/** What the table holds, without nft's handles. */
+function tableContent(node: TestNetns): string {
+  return JSON.stringify(masqueradeTable(node) ?? [], (key, value) => (key === "handle" ? undefined : value));
+}
+
+/**
+ * The table's handle: each write of the table replaces it, and the namespace numbers tables
+ * afresh (the chains, sets and rules of the new table get the same handles as before).
+ */
+function tableHandle(node: TestNetns): number | undefined {
+  return masqueradeTable(node)?.find((item) => item.table)?.table?.handle;
+}
+
+/** An `nft` first on PATH that logs each call to `log`, then runs the real one. */
+function loggingNft(dir: string): { path: string; calls: () => string[] } {
+  const real = execFileSync("sh", ["-c", "command -v nft"], { encoding: "utf8" }).trim();
+  const log = join(dir, "calls");
+  writeFileSync(join(dir, "nft"), `#!/bin/sh\necho "$*" >> '${log}'\nexec '${real}' "$@"\n`, { mode: 0o755 });
+  return { path: `${dir}:${process.env.PATH}`, calls: () => (existsSync(log) ? readFileSync(log, "utf8").split("\n").filter(Boolean) : []) };
+}
+
+/** Runs `task` with PATH set to `path`: the plugins the test execs inherit it. */
+async function withPath<T>(path: string, task: () => Promise<T>): Promise<T> {
+  const saved = process.env.PATH;
+  process.env.PATH = path;
+  try {
+    return await task();
+  } finally {
+    process.env.PATH = saved;
+  }
+}
+
+/** The netlink writer beside dist/trellis, which the plugin uses. */
+const NFT_WRITER = join(dirname(TRELLIS), "trellis-nft-batch");
+
+/** CNI calls through one long-lived handle in `node` (as the agent serves them), with the netlink writer. */
+function longLivedHandle(node: TestNetns) {
+  const worker = join(import.meta.dirname, "support", "masquerade-handle.worker.ts");
+  const child = spawn("nsenter", [`--net=${node.path}`, process.execPath, "--import", "tsx", worker, NFT_WRITER], { stdio: ["pipe", "pipe", "pipe"] });
+  let stderr = "";
+  child.stderr.setEncoding("utf8").on("data", (text: string) => (stderr += text));
+  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+  return {
+    async call(command: "ADD" | "DEL", config: object, pod: { id: string; netns: string }): Promise<CniReply> {
+      const env = { CNI_COMMAND: command, CNI_CONTAINERID: pod.id, CNI_NETNS: pod.netns, CNI_IFNAME: "eth0", CNI_PATH: "/usr/lib/cni", PATH: process.env.PATH ?? "" };
+      child.stdin.write(JSON.stringify({ env, stdin: JSON.stringify(config) }) + "\n");
+      const next = await lines.next();
+      if (next.done) throw new Error(`the long-lived handle ended: ${stderr}`);
+      return JSON.parse(next.value) as CniReply;
+    },
+    close: () => new Promise<void>((resolve) => {
+      child.once("close", () => resolve());
+      child.stdin.end();
+    }),
+  };
 }
 
 describe(cniSuite("masquerade with the cluster's CIDRs excluded"), () => {
@@ -43,6 +107,17 @@ describe(cniSuite("masquerade with the cluster's CIDRs excluded"), () => {
     ipam: { ranges: [[{ subnet: "10.244.60.0/24" }], [{ subnet: "fd00:10:244:60::/64" }]], dataDir: state.path },
   };
   const pods: Array<{ ns: TestNetns; result: PodAttachmentResult }> = [];
+  /** ADD of the next pod of network m (m0, m1, ...), by the plugin; the last test DELs them all. */
+  const addNextPod = async () => {
+    const ns = pool.create("pod");
+    pods.push({ ns, result: await addPod(node, config, { id: `m${pods.length}`, netns: ns.path }) });
+  };
+  /** The next pod's ADD writes the table back as `before`, and m0 leaves with the node's address again. */
+  const addNextPodRestoring = async (before: string) => {
+    await addNextPod();
+    assert.equal(tableContent(node), before);
+    assert.equal(tcpPeerSeenBy(pods[0].ns, "198.18.1.10", 7070), "198.18.0.1");
+  };
 
   before(async () => {
     sweepStaleNamespaces();
@@ -72,8 +147,8 @@ describe(cniSuite("masquerade with the cluster's CIDRs excluded"), () => {
 
   // Bug caught: the exclusion set held only this node's ranges, so pod-to-pod traffic across nodes was NATed.
   it("keeps the pod's address towards another node's pods and uses the node's towards the outside", async () => {
-    const ns = pool.create("pod");
-    pods.push({ ns, result: await addPod(node, config, { id: "m0", netns: ns.path }) });
+    await addNextPod();
+    const { ns } = pods[0];
     const [v4, v6] = addressesOf(pods[0].result);
     assert.equal(tcpPeerSeenBy(ns, "10.244.61.5", 7070), v4, "IPv4 pod-to-pod across nodes is not masqueraded");
     assert.equal(tcpPeerSeenBy(ns, "fd00:10:244:61::5", 7070), v6, "IPv6 pod-to-pod across nodes is not masqueraded");
@@ -81,12 +156,31 @@ describe(cniSuite("masquerade with the cluster's CIDRs excluded"), () => {
     assert.equal(tcpPeerSeenBy(ns, "fd00:198:19::10", 7070), "fd00:198:18::1", "IPv6 to the outside leaves with the node's address");
   });
 
-  // Bug caught: every ADD flushed and rewrote the chain.
-  it("leaves the rules alone when another pod of the network needs nothing new", async () => {
-    const before = ruleHandles(node);
-    const ns = pool.create("pod");
-    pods.push({ ns, result: await addPod(node, config, { id: "m1", netns: ns.path }) });
-    assert.deepEqual(ruleHandles(node), before, "same rules, same handles");
+  // Bug caught: an ADD of a network already in the table added to it (a second rule, chain or
+  // set element for the same subnets) instead of writing the same table.
+  it("writes the same table when another pod of the network needs nothing new", async () => {
+    const before = tableContent(node);
+    await addNextPod();
+    assert.equal(tableContent(node), before);
+  });
+
+  // Bug caught: the table written with nft -f (which reads the whole namespace first: 0.6 s
+  // beside 10,000 Services) although trellis-nft-batch is beside the executable, or read back
+  // with `nft -j list table` on every ADD.
+  it("writes the table through the netlink writer beside the executable, with no nft call", { skip: VIA_AGENT && "the agent runs with its own PATH" }, async () => {
+    const shim = tempDir("nft-shim");
+    try {
+      const nft = loggingNft(shim.path);
+      const before = tableHandle(node);
+      await withPath(nft.path, addNextPod);
+      assert.deepEqual(nft.calls(), [], "ADD ran nft");
+      assert.notEqual(tableHandle(node), before, "a fresh process writes the table once");
+      const check = await withPath(nft.path, () => trellis("CHECK", node, { ...config, prevResult: pods[0].result }, { id: "m0", netns: pods[0].ns.path }));
+      assert.equal(check.code, 0, check.stdout);
+      assert.equal(nft.calls().length, 1, "CHECK reads the table with nft, through the logging nft");
+    } finally {
+      shim.remove();
+    }
   });
 
   // Bug caught: CHECK searched nft's text for each prefix, and nft had merged adjacent ones.
@@ -102,17 +196,66 @@ describe(cniSuite("masquerade with the cluster's CIDRs excluded"), () => {
     assert.deepEqual(chainNames(node), ["masq-m", "postrouting"], "the last pod of network halves took its chain along");
   });
 
+  // Bug caught (through the agent): a long-lived handle trusting what it wrote last, so a chain
+  // emptied by hand stayed empty whatever CHECK said.
   it("CHECK names a chain emptied by hand, and the next ADD restores it", async () => {
-    const table = masqueradeTable(node)!.find((item) => item.table)!.table!.name;
-    inNetns(node, "nft", ["flush", "chain", "inet", table, "masq-m"]);
+    const before = tableContent(node);
+    inNetns(node, "nft", ["flush", "chain", "inet", tableName(node), "masq-m"]);
     const check = await trellis("CHECK", node, { ...config, prevResult: pods[0].result }, { id: "m0", netns: pods[0].ns.path });
     assert.equal(JSON.parse(check.stdout).code, 105);
     assert.match(JSON.parse(check.stdout).msg, /masquerade chain masq-m of inet trellis-cni-[0-9a-f]{8} holds no rules; expected ip saddr \{ 10\.244\.60\.0\/24 \}/);
-    const ns = pool.create("pod");
-    pods.push({ ns, result: await addPod(node, config, { id: "m2", netns: ns.path }) });
+    await addNextPodRestoring(before);
     const again = await trellis("CHECK", node, { ...config, prevResult: pods[0].result }, { id: "m0", netns: pods[0].ns.path });
     assert.equal(again.code, 0, again.stdout);
-    assert.equal(tcpPeerSeenBy(pods[0].ns, "198.18.1.10", 7070), "198.18.0.1");
+  });
+
+  // Bug caught: an ADD that skips the write because the state asks for nothing new, with no
+  // table in the kernel: pods leaving the cluster with their own address until the next change.
+  // Each plugin process writes the table once; through the agent, see the next test.
+  it("a table deleted by hand is written again by the next ADD", { skip: VIA_AGENT && "the agent's handle writes again after a CHECK finds the difference (next test)" }, async () => {
+    const before = tableContent(node);
+    inNetns(node, "nft", ["delete", "table", "inet", tableName(node)]);
+    await addNextPodRestoring(before);
+  });
+
+  // Bug caught: CHECK passing without a table (nothing compared), or a long-lived handle still
+  // trusting what it wrote after CHECK found the table gone.
+  it("CHECK names a table deleted by hand, and the next ADD writes it again", async () => {
+    const table = tableName(node);
+    const before = tableContent(node);
+    inNetns(node, "nft", ["delete", "table", "inet", table]);
+    const check = await trellis("CHECK", node, { ...config, prevResult: pods[0].result }, { id: "m0", netns: pods[0].ns.path });
+    assert.equal(JSON.parse(check.stdout).code, 105);
+    assert.match(JSON.parse(check.stdout).msg, new RegExp(`nftables table inet ${table} is missing`));
+    await addNextPodRestoring(before);
+  });
+
+  // Bugs caught: a long-lived handle rewriting the table on every ADD (the kernel work the
+  // memory of the last write saves); or trusting that memory after another process wrote the
+  // table, so the chain of a network whose last pod is gone stays.
+  it("a long-lived handle writes the table only on change, and again after another process wrote it", async () => {
+    const handle = longLivedHandle(node);
+    const other = { ...config, name: "other", bridge: "tb-other", nonMasqueradeCidrs: [], ipam: { ranges: [[{ subnet: "10.244.63.0/24" }]], dataDir: state.path } };
+    try {
+      for (const write of ["writes once", "nothing new"]) {
+        const before = tableHandle(node);
+        const ns = pool.create("pod");
+        const id = `m${pods.length}`;
+        const add = await handle.call("ADD", config, { id, netns: ns.path });
+        assert.equal(add.exitCode, 0, add.stdout);
+        pods.push({ ns, result: JSON.parse(add.stdout) as PodAttachmentResult });
+        if (write === "writes once") assert.notEqual(tableHandle(node), before, "the handle's first sync writes");
+        else assert.equal(tableHandle(node), before, "an ADD that changes nothing writes nothing");
+      }
+      const ns = pool.create("pod");
+      await addPod(node, other, { id: "o0", netns: ns.path });
+      assert.deepEqual(chainNames(node), ["masq-m", "masq-other", "postrouting"], "another process wrote the table");
+      const del = await handle.call("DEL", other, { id: "o0", netns: ns.path });
+      assert.equal(del.exitCode, 0, del.stdout);
+      assert.deepEqual(chainNames(node), ["masq-m", "postrouting"], "the handle wrote the table again");
+    } finally {
+      await handle.close();
+    }
   });
 
   // Bug caught: DEL and GC never removed what the network's pods had needed.

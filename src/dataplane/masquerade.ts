@@ -4,10 +4,27 @@
  * network's pod subnets to anywhere but its exclusions (pod subnets, cluster CIDRs, multicast)
  * leaves with the node's address. What the kernel holds is parsed into the same shape and
  * compared as address intervals, so nftables merging adjacent prefixes changes nothing.
+ *
+ * The CNI's table (one per state directory) is written whole, through the nftables model:
+ *
+ *   table inet trellis-cni
+ *     set masq-blue-src-ip  { ipv4_addr, interval }   the network's pod subnets
+ *     set masq-blue-dst-ip  { ipv4_addr, interval }   its exclusions, multicast aside
+ *     (and -src-ip6, -dst-ip6)
+ *     chain postrouting { nat hook postrouting priority 100 }
+ *       jump masq-blue
+ *     chain masq-blue
+ *       ip saddr @masq-blue-src-ip ip daddr != @masq-blue-dst-ip ip daddr != 224.0.0.0/4 masquerade
+ *       ip6 saddr @masq-blue-src-ip6 ip6 daddr != @masq-blue-dst-ip6 ip6 daddr != ff00::/8 masquerade
+ *
+ * The agent's table (`renderMasqueradeChange`) holds the same rules with anonymous sets, changed
+ * chain by chain after reading the kernel.
  */
 import {
   formatPrefix, intervalPrefixes, mergeIntervals, parsePrefix, prefixInterval, tryParseIp, type Family, type IpInterval, type IpPrefix,
 } from "../net/ip.js";
+import { deleteTable, rewriteTable } from "../nft/diff.js";
+import { addressField, addressType, jump, newSet, payloadOf, rule, verdictRule, type NftSet, type Op, type Rule, type Table } from "../nft/model.js";
 
 /** What one attachment asks for; a network's chain is the union of its attachments'. */
 export interface MasqueradeContribution {
@@ -37,7 +54,18 @@ export interface MasqueradeTable {
 }
 
 export const BASE_CHAIN = "postrouting";
+/**
+ * Never masqueraded, as the reference plugins' ipMasq leaves it. In the CNI's table it is a test
+ * of its own, not in the exclusion set: ff00::/8 holds IPv6's last address, and nft/netlink.ts
+ * cannot write an interval that reaches the end of the address space (nft writes its start
+ * alone).
+ */
 const MULTICAST: Record<Family, IpPrefix> = { 4: parsePrefix("224.0.0.0/4"), 6: parsePrefix("ff00::/8") };
+/**
+ * IPv4's last address is in no interval, for the same reason: 255.255.255.255 is limited
+ * broadcast, which no pod holds and no router forwards, so a rule about it changes nothing.
+ */
+const LAST_IPV4: IpInterval = { family: 4, first: 0xffffffffn, last: 0xffffffffn };
 const PAYLOAD_FAMILY: Record<Family, string> = { 4: "ip", 6: "ip6" };
 
 export function masqueradeChainName(network: string): string {
@@ -61,17 +89,58 @@ export function desiredMasquerade(contributions: readonly MasqueradeContribution
       const from = sources.filter((prefix) => prefix.family === family);
       if (!from.length) continue;
       const to = [...exclusions.filter((prefix) => prefix.family === family), MULTICAST[family]];
-      rules.push({ family, sources: mergeIntervals(from.map(prefixInterval)), exclusions: mergeIntervals(to.map(prefixInterval)) });
+      rules.push({ family, sources: writableIntervals(from), exclusions: writableIntervals(to) });
     }
     chains.set(masqueradeChainName(network), rules);
   }
   return { chains, jumps: [...chains.keys()], hooked: true };
 }
 
-/** Parses `nft -j list table inet TABLE` (its `nftables` array); undefined when the table is absent. */
+/**
+ * The CNI's table as nftables data (drawn at the top of this file); undefined when no chain is
+ * wanted. Network names are at most 200 characters (cni/config.ts), so the longest set name,
+ * masq-NAME-dst-ip6, has 213: within nft's 255, with no need to hash it. No set suffix ends
+ * another, so two networks never name the same set.
+ */
+export function masqueradeNftTable(table: string, desired: MasqueradeTable): Table | undefined {
+  if (desired.chains.size === 0) return undefined;
+  const chains = new Map<string, readonly Rule[]>([[BASE_CHAIN, desired.jumps.map((target) => verdictRule([], jump(target)))]]);
+  const sets = new Map<string, NftSet>();
+  for (const [name, rules] of desired.chains) {
+    chains.set(name, rules.flatMap((want) => {
+      if (want.family === "unknown") return [];
+      const { family } = want;
+      const [source, destination] = [`${name}-src-${payloadOf(family)}`, `${name}-dst-${payloadOf(family)}`];
+      const definition = { kind: "set", key: [addressType(family)], flags: ["interval"] } as const;
+      const elements = (intervals: readonly IpInterval[]) => intervals.flatMap(intervalPrefixes).map((prefix) => ({ key: [prefix] }));
+      sets.set(source, newSet(definition, elements(want.sources)));
+      sets.set(destination, newSet(definition, elements(withoutInterval(want.exclusions, prefixInterval(MULTICAST[family])))));
+      const daddr = addressField(family, "daddr");
+      return [rule([
+        { match: "in set", key: [addressField(family, "saddr")], set: source },
+        { match: "in set", key: [daddr], set: destination, negate: true },
+        { match: "address", field: daddr, value: MULTICAST[family], negate: true },
+      ], { statement: "masquerade" })];
+    }));
+  }
+  return { family: "inet", name: table, baseChains: new Map([[BASE_CHAIN, { type: "nat", hook: "postrouting", priority: 100 }]]), chains, sets };
+}
+
+/** The steps that make the CNI's table what `desired` says, written whole (or removed) whether or not it exists. */
+export function masqueradeOps(table: string, desired: MasqueradeTable): Op[] {
+  const model = masqueradeNftTable(table, desired);
+  return model ? rewriteTable(model) : deleteTable("inet", table, false);
+}
+
+/**
+ * Parses `nft -j list table inet TABLE` (its `nftables` array); undefined when the table is
+ * absent. Reads both forms: sets given in the rule, and named sets (`"@NAME"`, their elements
+ * in the table's `set` objects). A rule's tests of the destination exclude their union.
+ */
 export function parseMasqueradeTable(nftables: readonly unknown[] | undefined): MasqueradeTable | undefined {
   if (!nftables) return undefined;
   const chains = new Map<string, Array<MasqueradeRule | ForeignRule>>();
+  const sets = new Map<string, unknown[]>();
   const jumps: string[] = [];
   let hooked = false;
   for (const item of nftables) {
@@ -80,6 +149,8 @@ export function parseMasqueradeTable(nftables: readonly unknown[] | undefined): 
       if (chain.name === BASE_CHAIN) hooked = chain.type === "nat" && chain.hook === "postrouting" && chain.prio === 100 && chain.policy === "accept";
       else chains.set(chain.name, chains.get(chain.name) ?? []);
     }
+    const set = field(item, "set");
+    if (set && typeof set.name === "string") sets.set(set.name, Array.isArray(set.elem) ? set.elem : []);
   }
   for (const item of nftables) {
     const rule = field(item, "rule");
@@ -88,7 +159,7 @@ export function parseMasqueradeTable(nftables: readonly unknown[] | undefined): 
       const jump = rule.expr.length === 1 ? field(rule.expr[0], "jump") : undefined;
       jumps.push(jump && typeof jump.target === "string" ? jump.target : "");
     } else {
-      chains.get(rule.chain)?.push(parseMasqueradeRule(rule.expr));
+      chains.get(rule.chain)?.push(parseMasqueradeRule(rule.expr, sets));
     }
   }
   return { chains, jumps, hooked };
@@ -151,23 +222,31 @@ function describeRules(rules: ReadonlyArray<MasqueradeRule | ForeignRule>): stri
   return rules.map((rule) => (rule.family === "unknown" ? "a rule Trellis did not write" : renderRule(rule))).join("; ");
 }
 
-function parseMasqueradeRule(expr: unknown[]): MasqueradeRule | ForeignRule {
+function parseMasqueradeRule(expr: unknown[], sets: ReadonlyMap<string, unknown[]>): MasqueradeRule | ForeignRule {
   const foreign: ForeignRule = { family: "unknown" };
-  if (expr.length !== 3 || !expr[2] || !("masquerade" in (expr[2] as object))) return foreign;
-  const source = parseMatch(expr[0], "saddr", "==");
-  const destination = parseMatch(expr[1], "daddr", "!=");
-  if (!source || !destination || source.family !== destination.family) return foreign;
-  return { family: source.family, sources: source.intervals, exclusions: destination.intervals };
+  const last = expr[expr.length - 1];
+  if (expr.length < 3 || typeof last !== "object" || last === null || !("masquerade" in last)) return foreign;
+  const source = parseMatch(expr[0], "saddr", "==", sets);
+  if (!source) return foreign;
+  const exclusions: IpInterval[] = [];
+  for (const item of expr.slice(1, -1)) {
+    const destination = parseMatch(item, "daddr", "!=", sets);
+    if (!destination || destination.family !== source.family) return foreign;
+    exclusions.push(...destination.intervals);
+  }
+  return { family: source.family, sources: source.intervals, exclusions: mergeIntervals(exclusions) };
 }
 
-function parseMatch(item: unknown, fieldName: string, op: string): { family: Family; intervals: IpInterval[] } | undefined {
+/** `FIELD OP ADDRESS`, `FIELD OP { ELEMENTS }` or `FIELD OP @SET`. */
+function parseMatch(item: unknown, fieldName: string, op: string, sets: ReadonlyMap<string, unknown[]>): { family: Family; intervals: IpInterval[] } | undefined {
   const match = field(item, "match");
   const payload = match && field(match.left, "payload");
   if (!match || match.op !== op || !payload || payload.field !== fieldName) return undefined;
   const family: Family | undefined = payload.protocol === "ip" ? 4 : payload.protocol === "ip6" ? 6 : undefined;
   if (!family) return undefined;
+  const named = typeof match.right === "string" && match.right.startsWith("@") ? sets.get(match.right.slice(1)) : undefined;
   const set = field(match.right, "set");
-  const elements = Array.isArray(set) ? set : [match.right];
+  const elements = named ?? (Array.isArray(set) ? set : [match.right]);
   const intervals: IpInterval[] = [];
   for (const element of elements) {
     const interval = parseElement(element, family);
@@ -219,4 +298,20 @@ function field(value: unknown, key: string): Record<string, any> | undefined {
   if (typeof value !== "object" || value === null) return undefined;
   const inner = (value as Record<string, unknown>)[key];
   return typeof inner === "object" && inner !== null ? (inner as Record<string, any>) : undefined;
+}
+
+/** The union of prefixes as intervals the netlink writer can write: none reaching IPv4's last address (see LAST_IPV4). */
+function writableIntervals(prefixes: readonly IpPrefix[]): IpInterval[] {
+  return withoutInterval(mergeIntervals(prefixes.map(prefixInterval)), LAST_IPV4);
+}
+
+/** Sorted, disjoint intervals less the addresses of `cut`. */
+function withoutInterval(intervals: readonly IpInterval[], cut: IpInterval): IpInterval[] {
+  return intervals.flatMap((interval) => {
+    if (interval.family !== cut.family || interval.last < cut.first || interval.first > cut.last) return [interval];
+    const parts: IpInterval[] = [];
+    if (interval.first < cut.first) parts.push({ ...interval, last: cut.first - 1n });
+    if (interval.last > cut.last) parts.push({ ...interval, first: cut.last + 1n });
+    return parts;
+  });
 }

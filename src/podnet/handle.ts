@@ -22,9 +22,9 @@ export interface PodNetOptions {
   /** Kill this process with SIGKILL when the named step is reached: proves what a crash there leaves. */
   readonly faultPoint?: FaultPoint;
   /**
-   * The netlink writer for the hostPort table (`trellis-nft-batch`); by default the one beside
-   * this executable, when it is there, else tables are written with `nft -f` (which reads the
-   * whole namespace first: 0.6 s beside 10,000 Services).
+   * The netlink writer for the hostPort and masquerade tables (`trellis-nft-batch`); by default
+   * the one beside this executable, when it is there, else tables are written with `nft -f`
+   * (which reads the whole namespace first: 0.6 s beside 10,000 Services).
    */
   readonly nftWriter?: string;
 }
