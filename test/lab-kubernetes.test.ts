@@ -37,7 +37,8 @@ describe("lab up --kubernetes: a real control plane, kubectl and lab check", { t
   const failures = (check: ReturnType<typeof labCheck>) => check.probes.filter((probe) => !probe.ok).map((probe) => `${probe.from} -> ${probe.to} ${probe.kind}: ${probe.error}`);
 
   before(() => {
-    const up = runTrellis(["lab", "up", "--kubernetes", "--name", name, "--nodes", "2", "--pods-per-node", "1", "--mode", "vxlan"], 600_000);
+    // Two zones, one node each: the EndpointSlice controller's hints (trafficDistribution) have somewhere to point.
+    const up = runTrellis(["lab", "up", "--kubernetes", "--name", name, "--nodes", "2", "--pods-per-node", "1", "--mode", "vxlan", "--zones", "2"], 600_000);
     assert.equal(up.status, 0, up.stdout + up.stderr);
     kubeconfig = runTrellis(["lab", "kubeconfig", "--name", name]).stdout.trim();
     assert.ok(existsSync(kubeconfig), `lab kubeconfig printed ${kubeconfig}`);
@@ -115,6 +116,35 @@ describe("lab up --kubernetes: a real control plane, kubectl and lab check", { t
     // Bug caught: the kubelet's DEL not run for deleted pods (their namespaces left behind).
     const status = JSON.parse(runTrellis(["lab", "status", "--name", name, "--json"]).stdout) as { pods: Array<{ name: string }> };
     assert.equal(status.pods.filter((pod) => pod.name.startsWith("web-")).length, 1);
+  });
+
+  // Bugs caught: the EndpointSlice controller's hints ignored on the API (a PreferClose Service
+  // answering across zones), this node's zone not read from its Node label, or the hints obeyed
+  // where a zone has no endpoint (kube-proxy falls back to every endpoint).
+  it("trafficDistribution PreferClose: the controller's zone hints keep each pod's connections in its zone", async () => {
+    const node = (nodeName: string) => JSON.parse(kubectl(["get", "node", nodeName, "-o", "json"])) as { metadata: { labels: Record<string, string> } };
+    assert.equal(node("node1").metadata.labels["topology.kubernetes.io/zone"], "zone-1");
+    assert.equal(node("node2").metadata.labels["topology.kubernetes.io/zone"], "zone-2");
+    kubectl(["create", "deployment", "near", "--image=trellis-probe", "--port=7777", "--replicas=4"]);
+    kubectl(["apply", "-f", "-"], "apiVersion: v1\nkind: Service\nmetadata: {name: near}\nspec:\n  trafficDistribution: PreferClose\n  selector: {app: near}\n  ports: [{port: 80, targetPort: 7777}]\n");
+    await waitFor("4 near pods running", () => pods("app=near").filter((pod) => pod.status.phase === "Running").length === 4, 60_000);
+    const hinted = () => (JSON.parse(kubectl(["get", "endpointslices", "-l", "kubernetes.io/service-name=near", "-o", "json"])) as { items: Array<{ endpoints?: Array<{ conditions?: { ready?: boolean }; hints?: { forZones?: Array<{ name: string }> } }> }> }).items
+      .flatMap((slice) => slice.endpoints ?? []).filter((endpoint) => endpoint.conditions?.ready && endpoint.hints?.forZones?.length).length;
+    await waitFor("the controller hints near's 4 endpoints", () => hinted() === 4, 60_000);
+    let check = labCheck(name);
+    await waitFor("lab check passes with near", () => failures((check = labCheck(name))).length === 0, 60_000).catch(() => undefined);
+    assert.deepEqual(failures(check), []);
+    const zoneProbes = check.probes.filter((probe) => probe.to === "svc/near" && (probe as { expectEachServerOf?: number }).expectEachServerOf === 20);
+    assert.ok(zoneProbes.length >= 2, "a zone probe from each lab pod");
+    const onNode = (pod: string) => pods().find((candidate) => candidate.metadata.name === pod)?.spec.nodeName;
+    for (const probe of zoneProbes) {
+      const expected = (probe as { expectedServers?: string[] }).expectedServers ?? [];
+      const local = expected.filter((server) => onNode(server) === onNode(probe.from));
+      // Each zone is one node: while the client's node runs a near pod, only its node's pods are expected.
+      if (local.length) assert.deepEqual(expected, local, `${probe.from}: only its zone's endpoints expected`);
+    }
+    kubectl(["delete", "deployment", "near"]);
+    kubectl(["delete", "service", "near"]);
   });
 
   it("hairpin: a pod reaches itself through its own Service", async () => {

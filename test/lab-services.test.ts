@@ -101,4 +101,45 @@ describe("Services in the lab", () => {
     assert.ok(check.ok, JSON.stringify(check.probes.filter((probe) => !probe.ok)));
     assert.ok(!(check.probes as CheckProbe[]).some((probe) => probe.answeredBy === "extra"), "the removed pod still answers");
   });
+
+  // Bugs caught: a Service's trafficDistribution ignored on the Trellis store (clients answered
+  // from other zones), hints made from the wrong node's zone, a zone learnt from a node's record
+  // but never used, PreferSameNode judged by zone, or a zone with no endpoint left unanswered.
+  it("--zones: a PreferSameZone Service answers from the client's zone, PreferSameNode from its node, and every zone falls back to all", { timeout: 300_000 }, async () => {
+    const name = labName("zone");
+    const up = runTrellis(["lab", "up", "--name", name, "--nodes", "3", "--pods-per-node", "1", "--zones", "2", "--mode", "vxlan", "--family", "ipv4", "--pod-labels", "app=web"]);
+    assert.equal(up.status, 0, up.stdout + up.stderr);
+    const status = labStatus(name);
+    const manifests = [
+      "apiVersion: v1\nkind: Service\nmetadata: {name: near}\nspec:\n  trafficDistribution: PreferSameZone\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 7777}]\n",
+      "apiVersion: v1\nkind: Service\nmetadata: {name: mine}\nspec:\n  trafficDistribution: PreferSameNode\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 7777}]\n",
+      // zone-1 only (node1 and node3): node2's clients, in zone-2, fall back to them.
+      "apiVersion: v1\nkind: Service\nmetadata: {name: far}\nspec:\n  trafficDistribution: PreferClose\n  selector: {zone: one}\n  ports: [{port: 80, targetPort: 7777}]\n",
+    ].join("---\n");
+    for (const pod of ["node1-pod0", "node3-pod0"]) {
+      const labelled = runTrellis(["lab", "pod", "add", `${pod}-z`, "--node", pod.split("-")[0], "--label", "zone=one", "--name", name]);
+      assert.equal(labelled.status, 0, labelled.stdout + labelled.stderr);
+    }
+    const applied = runTrellis(["apply", "-f", "-", "--store", status.store], 60_000, manifests);
+    assert.equal(applied.status, 0, applied.stderr);
+    let check = labCheck(name);
+    await waitFor("lab check passes with the zoned Services", () => (check = labCheck(name)).ok, 30_000).catch(() => undefined);
+    const probes = check.probes as Array<CheckProbe & { expectEachServerOf?: number; expectedServers?: string[] }>;
+    assert.deepEqual(probes.filter((probe) => !probe.ok).map((probe) => `${probe.from} -> ${probe.to}: ${probe.error}`), []);
+    const zoned = (service: string) => Object.fromEntries(probes.filter((probe) => probe.to === `svc/${service}` && probe.expectEachServerOf === 20).map((probe) => [probe.from, probe.expectedServers]));
+    // node1 and node3 are zone-1, node2 zone-2; near and mine select the three app=web pods, far
+    // the two zone=one pods, one each on node1 and node3.
+    const sorted = (list: string[] | undefined) => [...(list ?? [])].sort();
+    assert.deepEqual(Object.keys(zoned("near")).sort(), ["node1-pod0", "node1-pod0-z", "node2-pod0", "node3-pod0", "node3-pod0-z"], "a zone probe from every pod");
+    assert.deepEqual(sorted(zoned("near")["node1-pod0"]), ["node1-pod0", "node3-pod0"]);
+    assert.deepEqual(sorted(zoned("near")["node2-pod0"]), ["node2-pod0"], "zone-2's own endpoint only");
+    assert.deepEqual(sorted(zoned("mine")["node3-pod0-z"]), ["node3-pod0"], "PreferSameNode: node3's own endpoint");
+    assert.deepEqual(sorted(zoned("far")["node2-pod0"]), ["node1-pod0-z", "node3-pod0-z"], "zone-2 without endpoints: every endpoint");
+    const answered = (service: string, from: string) => probes.find((probe) => probe.to === `svc/${service}` && probe.from === from && probe.expectEachServerOf === 20)!;
+    assert.ok(answered("near", "node2-pod0").ok && answered("near", "node2-pod0").answeredBy === "node2-pod0");
+    // The hints are in the slices the agents work out (trellis get shows the computed ones).
+    const slices = JSON.parse(runTrellis(["get", "endpointslices", "-o", "json", "--store", status.store]).stdout).items as Array<{ metadata: { name: string }; endpoints: Array<{ zone?: string; hints?: unknown }> }>;
+    const nearSlice = slices.find((slice) => slice.metadata.name.startsWith("near-"));
+    assert.ok(nearSlice && nearSlice.endpoints.every((endpoint) => endpoint.zone && endpoint.hints), JSON.stringify(nearSlice));
+  });
 });

@@ -34,7 +34,9 @@ export function renderCheckReport(report: CheckReport): string {
     `${report.ok ? "PASS" : "FAIL"}: ${report.total - report.failed}/${report.total} probes ok in ${report.seconds.toFixed(1)} s ` +
       "(pod to pod: ICMP, and TCP and UDP seeing the sender's pod IP; node to pod: ICMP, TCP and UDP; pod to external: TCP seeing the pod's node address" +
       (report.destinations.some((name) => name.startsWith("svc/"))
-        ? "; pod to Service: every ClusterIP and port answered by an endpoint seeing the pod's IP, or refused at once without endpoints; external to NodePorts)\n"
+        ? "; pod to Service: every ClusterIP and port answered by an endpoint seeing the pod's IP, or refused at once without endpoints" +
+          (report.probes.some((probe) => probe.expectEachServerOf) ? ", from the client's zone for a trafficDistribution" : "") +
+          "; external to NodePorts)\n"
         : ")\n"),
   );
   return lines.join("");

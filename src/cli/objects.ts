@@ -8,6 +8,8 @@ import { stringify } from "yaml";
 import { applyObjects, deleteObjects, listObjects, type ObjectKind, type ObjectOutcome } from "../cluster/apply.js";
 import { endpointSlicesForService } from "../cluster/objects/endpoints-controller.js";
 import { parseManifests } from "../cluster/objects/manifests.js";
+import { isValidLabelValue } from "../cluster/objects/syntax.js";
+import { NODES_PREFIX, parseNode } from "../cluster/node-cidrs.js";
 import type { EndpointSlice, Pod, Service } from "../cluster/objects/types.js";
 import { cluster, givenPlan, withClusterOptions, withStore, type ClusterOptions } from "./cluster-options.js";
 import { renderTable } from "./table.js";
@@ -140,12 +142,23 @@ function report(outcomes: readonly ObjectOutcome[]): void {
 
 /** Stored EndpointSlices, and those the Services with a selector get from the stored Pods. */
 async function allEndpointSlices(store: Parameters<typeof listObjects>[0]): Promise<EndpointSlice[]> {
-  const [services, pods, stored] = await Promise.all([
+  const [services, pods, stored, nodes] = await Promise.all([
     listObjects<Service>(store, "Service"),
     listObjects<Pod>(store, "Pod"),
     listObjects<EndpointSlice>(store, "EndpointSlice"),
+    store.list(NODES_PREFIX),
   ]);
-  const computed = services.objects.filter((service) => service.spec.selector !== undefined).flatMap((service) => endpointSlicesForService(service, pods.objects));
+  // The zones the nodes' agents publish: the controller's hints for a Service's trafficDistribution.
+  const zones = new Map<string, string>();
+  for (const entry of nodes.entries) {
+    try {
+      const zone = parseNode(entry.value).network?.zone;
+      if (typeof zone === "string" && zone !== "" && isValidLabelValue(zone).length === 0) zones.set(entry.key.slice(NODES_PREFIX.length), zone);
+    } catch {
+      // A record that does not parse names no zone.
+    }
+  }
+  const computed = services.objects.filter((service) => service.spec.selector !== undefined).flatMap((service) => endpointSlicesForService(service, pods.objects, (node) => zones.get(node)));
   return [...stored.objects, ...computed].sort((a, b) => objectId(a).localeCompare(objectId(b)));
 }
 

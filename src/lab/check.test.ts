@@ -95,4 +95,23 @@ describe("lab/check", () => {
     const viaNodePort = planProbes(state, [{ ...sticky, nodePort: 30080 }]).filter((plan) => plan.expectOneServerOf !== undefined && plan.from === "external");
     assert.deepEqual(viaNodePort.map((plan) => [plan.toNode, plan.address, plan.port, plan.expectOneServerOf]), [["node1", "198.18.0.11", 30080, 20], ["node2", "198.18.0.12", 30080, 20]]);
   });
+
+  it("plans 20 connections from every pod to a trafficDistribution Service, each to be answered from the pod's zone (or node) while it has endpoints", () => {
+    // Catches: hints never checked (one connection, which any endpoint might pass), a zone
+    // without endpoints expected to answer from itself (kube-proxy falls back to all), or
+    // PreferSameNode judged by zone.
+    const state = { ...labState({ name: "t", nodes: "3", podsPerNode: "1", mode: "direct", family: "ipv4" }), zones: 2 };
+    const near = {
+      service: "default/near", protocol: "TCP" as const, port: 80, clusterIPs: ["10.96.0.30"], externalTrafficPolicy: "Cluster" as const, externalIPs: [], sessionAffinity: false,
+      trafficDistribution: "PreferSameZone", endpoints: [{ pod: "node1-pod0", node: "node1" }, { pod: "node2-pod0", node: "node2" }, { pod: "node3-pod0", node: "node3" }],
+    };
+    const each = (port: typeof near) => planProbes(state, [port]).filter((plan) => plan.expectEachServerOf !== undefined).map((plan) => [plan.from, plan.expectEachServerOf, plan.expectedServers]);
+    // node1 and node3 are zone-1, node2 zone-2.
+    assert.deepEqual(each(near), [["node1-pod0", 20, ["node1-pod0", "node3-pod0"]], ["node2-pod0", 20, ["node2-pod0"]], ["node3-pod0", 20, ["node1-pod0", "node3-pod0"]]]);
+    const zoneOneOnly = { ...near, endpoints: near.endpoints.filter((endpoint) => endpoint.node !== "node2") };
+    assert.deepEqual(each(zoneOneOnly)[1], ["node2-pod0", 20, ["node1-pod0", "node3-pod0"]], "zone-2 has no endpoint: every endpoint");
+    assert.deepEqual(each({ ...near, trafficDistribution: "PreferSameNode" }).map(([, , servers]) => servers), [["node1-pod0"], ["node2-pod0"], ["node3-pod0"]]);
+    assert.deepEqual(each({ ...near, trafficDistribution: undefined as unknown as string }), [], "no trafficDistribution: nothing to prefer");
+    assert.deepEqual(planProbes({ ...state, zones: undefined }, [near]).filter((plan) => plan.expectEachServerOf !== undefined), [], "a lab without zones");
+  });
 });

@@ -10,7 +10,7 @@ import { isLabProcess } from "./processes.js";
 import { mapConcurrently } from "./concurrently.js";
 import { selfInvocation, type ProbeKind, type ProbeOutcome, type ProbeRequest } from "./probe.js";
 import type { LabServicePort } from "./services.js";
-import type { LabState } from "./state.js";
+import { labNodeZone, type LabState } from "./state.js";
 
 export interface CheckProbe {
   /** The source's name: `node1-pod0`, `node1`. */
@@ -34,6 +34,8 @@ export interface CheckProbe {
   readonly expectRefused?: boolean;
   /** ClientIP affinity: this many connections in a row, all answered by one endpoint. */
   readonly expectOneServerOf?: number;
+  /** trafficDistribution: this many connections, each answered by one of `expectedServers` (the client's zone's). */
+  readonly expectEachServerOf?: number;
   /** TCP and UDP to a Service port; the probe servers' own port otherwise. */
   readonly port?: number;
   readonly ok: boolean;
@@ -65,6 +67,8 @@ const PROBE_TIMEOUT_MS = 3000;
 
 /** Connections in a row that ClientIP affinity must send to one endpoint (the issue's "20 times in a row"). */
 const AFFINITY_CONNECTS = 20;
+/** Connections a trafficDistribution Service must answer from the client's zone: 20 random picks among 2 zones miss the other at odds of one in a million. */
+const ZONE_CONNECTS = 20;
 
 /** A Service refused without endpoints must be refused within this long (not time out). */
 const REFUSED_WITHIN_MS = 1000;
@@ -136,7 +140,7 @@ export function planProbes(state: LabState, services: readonly LabServicePort[] 
   // refused at once when it has none.
   for (const from of state.pods) {
     for (const port of services) {
-      const servers = port.endpoints.map((endpoint) => endpoint.pod);
+      const servers = preferredServers(state, port, from.node);
       for (const address of port.clusterIPs) {
         if (!sameFamily(from.addresses, address)) continue;
         plans.push({
@@ -145,6 +149,20 @@ export function planProbes(state: LabState, services: readonly LabServicePort[] 
           ...(servers.length && !servers.includes(from.name) ? { expectedSource: sameFamily(from.addresses, address) } : {}),
         });
       }
+    }
+  }
+  // trafficDistribution in a lab with zones: from every pod, ZONE_CONNECTS connections to the
+  // first ClusterIP of its family, each answered from its zone (its node, PreferSameNode) while
+  // that has an endpoint.
+  for (const from of state.pods) {
+    for (const port of services) {
+      if (!port.trafficDistribution || !state.zones || port.sessionAffinity || port.endpoints.length === 0) continue;
+      const address = port.clusterIPs.find((ip) => sameFamily(from.addresses, ip));
+      if (!address) continue;
+      plans.push({
+        from: from.name, to: serviceColumn(port), fromNode: from.node, kind: port.protocol === "UDP" ? "udp" : "tcp", family: familyOf(address), address, port: port.port,
+        expectedServers: preferredServers(state, port, from.node), expectEachServerOf: ZONE_CONNECTS,
+      });
     }
   }
   // ClientIP affinity: from every pod, AFFINITY_CONNECTS connections in a row to the first
@@ -215,9 +233,26 @@ export function planProbes(state: LabState, services: readonly LabServicePort[] 
   return plans;
 }
 
+/**
+ * The endpoints a client on `node` should be answered by, as kube-proxy picks them from the
+ * hints the EndpointSlice controller writes for the Service's trafficDistribution (each ready
+ * endpoint hinted for its own zone, and its node under PreferSameNode): this node's, then this
+ * zone's, while there are any; otherwise all.
+ */
+export function preferredServers(state: Pick<LabState, "zones">, port: LabServicePort, node: string): string[] {
+  const all = port.endpoints.map((endpoint) => endpoint.pod);
+  if (!port.trafficDistribution || !state.zones) return all;
+  const zone = labNodeZone(state, node);
+  const sameNode = port.endpoints.filter((endpoint) => endpoint.node === node).map((endpoint) => endpoint.pod);
+  if (port.trafficDistribution === "PreferSameNode" && sameNode.length) return sameNode;
+  const sameZone = port.endpoints.filter((endpoint) => labNodeZone(state, endpoint.node) === zone).map((endpoint) => endpoint.pod);
+  return sameZone.length ? sameZone : all;
+}
+
 function request(plan: PlannedProbe, port: number): ProbeRequest {
   if (plan.kind === "icmp") return { kind: "icmp", address: plan.address, timeoutMs: PROBE_TIMEOUT_MS };
-  return { kind: plan.kind, address: plan.address, port: plan.port ?? port, timeoutMs: PROBE_TIMEOUT_MS, ...(plan.expectOneServerOf ? { repeat: plan.expectOneServerOf } : {}) };
+  const repeat = plan.expectOneServerOf ?? plan.expectEachServerOf;
+  return { kind: plan.kind, address: plan.address, port: plan.port ?? port, timeoutMs: PROBE_TIMEOUT_MS, ...(repeat ? { repeat } : {}) };
 }
 
 /** Runs one source's probes inside its namespace; a batch that cannot run fails each of its probes with the reason. */
@@ -248,6 +283,13 @@ function judge(plan: PlannedProbe, outcome: ProbeOutcome): CheckProbe {
   const seen = { seenSource: outcome.source, answeredBy: outcome.server, ms: outcome.ms };
   if (plan.expectedServers && !plan.expectedServers.includes(outcome.server ?? "")) {
     return { ...probe, ...seen, ok: false, error: `answered by ${outcome.server}, not an endpoint (${plan.expectedServers.join(", ")})` };
+  }
+  if (plan.expectEachServerOf) {
+    const servers = outcome.servers ?? [];
+    const stray = servers.filter((server) => !plan.expectedServers!.includes(server));
+    if (servers.length !== plan.expectEachServerOf || stray.length) {
+      return { ...probe, ...seen, ok: false, error: `${servers.length} connections, ${stray.length} answered from outside the client's zone (${[...new Set(stray)].join(", ")}; expected ${plan.expectedServers!.join(", ")})` };
+    }
   }
   if (plan.expectOneServerOf) {
     const servers = new Set(outcome.servers ?? []);

@@ -15,7 +15,8 @@ import { formatHostPort, parseIp, parsePrefix, type Family } from "../net/ip.js"
 import { clientKubeconfig, controlPlaneCommands, kubeconfigText, tokenKubeconfigText, writeControlPlaneFiles, type ControlPlaneSpec } from "./control-plane.js";
 import { logTail, sleep, startDetached, type StartedProcess } from "./processes.js";
 import { selfInvocation } from "./probe.js";
-import type { LabProcess, LabState } from "./state.js";
+import { labNodeZone, type LabProcess, type LabState } from "./state.js";
+import { LABEL_TOPOLOGY_ZONE } from "../cluster/objects/types.js";
 
 /** The pod CIDRs, Service CIDRs and node mask sizes of a Kubernetes lab, per family. */
 export const KUBE_LAB_CIDRS: Readonly<Record<Family, { pods: string; services: string; mask: number }>> = {
@@ -166,7 +167,7 @@ export async function startKubeControlPlane(state: LabState, control: { readonly
 
   for (const node of state.nodes) {
     nodeKubeconfigs[node.name] = await clientKubeconfig(dir, `kubelet-${node.name}`, `/O=system:nodes/CN=system:node:${node.name}`, `system:node:${node.name}`, kube.localServer);
-    await registerNode(kube, node.name, node.addresses);
+    await registerNode(kube, node.name, node.addresses, labNodeZone(state, node.name));
     agentKubeconfigs[node.name] = await agentKubeconfig(kube, dir, files.caCert, node.name);
   }
   save();
@@ -190,11 +191,11 @@ async function agentKubeconfig(kube: LabKubernetes, dir: string, caCert: string,
 }
 
 /** A Node as its kubelet would register it: labels, then a status with addresses, capacity and Ready, untainted. */
-async function registerNode(kube: LabKubernetes, name: string, addresses: readonly string[]): Promise<void> {
+async function registerNode(kube: LabKubernetes, name: string, addresses: readonly string[], zone: string | undefined): Promise<void> {
   await labKubectl(kube, ["apply", "-f", "-"], JSON.stringify({
     apiVersion: "v1",
     kind: "Node",
-    metadata: { name, labels: { "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64" } },
+    metadata: { name, labels: { "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", ...(zone ? { [LABEL_TOPOLOGY_ZONE]: zone } : {}) } },
   }));
   const now = new Date().toISOString().replace(/\.\d+Z$/, "Z");
   const resources = { cpu: "8", memory: "16Gi", pods: "110", "ephemeral-storage": "100Gi" };

@@ -18,7 +18,8 @@ import { cgroupHierarchies, cgroupPids, createCgroup, removeCgroup } from "../li
 import { run } from "../linux/exec.js";
 import type { ImageArchive } from "./images.js";
 import { isLabProcess, logTail, sleep, startDetached, stopProcesses, type StartedProcess } from "./processes.js";
-import { LAB_ROOT, type LabNodeState, type LabProcess, type LabState } from "./state.js";
+import { LAB_ROOT, labNodeZone, type LabNodeState, type LabProcess, type LabState } from "./state.js";
+import { LABEL_TOPOLOGY_ZONE } from "../cluster/objects/types.js";
 
 /** The standard paths a node's view has of its own, and the directory of the node in the lab that backs each. */
 export const NODE_VIEW_DIRS: ReadonlyArray<{ readonly path: string; readonly dir: string }> = [
@@ -273,7 +274,7 @@ export function startRealKubelet(state: LabState, node: LabNodeState, spec: Kube
   mkdirSync(join(dir, "pod-logs"), { recursive: true });
   const config = join(dir, "config.yaml");
   writeFileSync(config, kubeletConfig(runtime, dir, node.addresses[0], spec));
-  const argv = ["kubelet", `--config=${config}`, `--kubeconfig=${spec.kubeconfig}`, `--root-dir=${join(dir, "root")}`, `--hostname-override=${node.name}`, `--node-ip=${node.addresses.join(",")}`, "--v=1"];
+  const argv = ["kubelet", `--config=${config}`, `--kubeconfig=${spec.kubeconfig}`, `--root-dir=${join(dir, "root")}`, `--hostname-override=${node.name}`, `--node-ip=${node.addresses.join(",")}`, ...(labNodeZone(state, node.name) ? [`--node-labels=${LABEL_TOPOLOGY_ZONE}=${labNodeZone(state, node.name)}`] : []), "--v=1"];
   const binDir = state.kubernetes!.binDir;
   const kubelet = startDetached(node.netnsPath, [join(binDir, "kubelet"), ...argv.slice(1)], join(runtime.dir, "kubelet.log"), { mountNs: runtime.mountNs, cgroupProcs: createCgroup(runtime.daemonCgroup) });
   runtime.kubelet = { pid: kubelet.pid, argv: kubelet.argv, log: kubelet.log };

@@ -23,6 +23,8 @@ export interface LabServicePort {
   readonly externalIPs: readonly string[];
   /** sessionAffinity ClientIP: a client keeps its endpoint. */
   readonly sessionAffinity: boolean;
+  /** spec.trafficDistribution: clients should be answered from their node's zone (or the node). */
+  readonly trafficDistribution?: string;
   /** The lab pods that serve it (ready endpoints), by name, with the node each runs on. */
   readonly endpoints: ReadonlyArray<{ readonly pod: string; readonly node: string }>;
 }
@@ -77,7 +79,8 @@ export function servicePortsOf(state: LabState, services: readonly Service[], po
         clusterIPs: spec.clusterIPs,
         externalTrafficPolicy: spec.externalTrafficPolicy === "Local" ? "Local" : "Cluster",
         sessionAffinity: spec.sessionAffinity === "ClientIP",
-        externalIPs: [...(spec.externalIPs ?? []), ...(spec.type === "LoadBalancer" ? (service.status?.loadBalancer?.ingress ?? []).flatMap((ingress) => (ingress.ip ? [ingress.ip] : [])) : [])]
+        ...(spec.trafficDistribution ? { trafficDistribution: spec.trafficDistribution } : {}),
+        externalIPs: [...(spec.externalIPs ?? []), ...(spec.type === "LoadBalancer" ? (service.status?.loadBalancer?.ingress ?? []).flatMap((ingress) => (ingress.ip && ingress.ipMode !== "Proxy" ? [ingress.ip] : [])) : [])]
           .filter((address) => {
             const ip = tryParseIp(address);
             return ip !== undefined && routed.some((range) => prefixContains(range, ip));

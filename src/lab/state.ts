@@ -66,6 +66,8 @@ export interface LabState {
   readonly probePort: number;
   /** Labels of the pods' Pod objects (besides trellis.dev/lab-pod); absent in labs made before them. */
   readonly podLabels?: Readonly<Record<string, string>>;
+  /** Zones the nodes are spread over (`--zones`); absent or 0: none. */
+  readonly zones?: number;
   readonly underlay: { readonly netnsName: string; readonly netnsPath: string; readonly subnets: readonly UnderlaySubnet[] };
   readonly nodes: LabNodeState[];
   readonly pods: LabPodState[];
@@ -80,6 +82,13 @@ export interface LabState {
   kubernetes?: LabKubernetes;
   /** A lab of real nodes (`--kubelet`): what the nodes share. */
   realNodes?: RealNodesState;
+}
+
+/** The zone (topology.kubernetes.io/zone) of the lab node `nodeN`: zone-1, zone-2, … round robin; undefined without zones. */
+export function labNodeZone(state: Pick<LabState, "zones">, node: string): string | undefined {
+  const index = Number(/^node([0-9]+)$/.exec(node)?.[1]);
+  if (!state.zones || !Number.isInteger(index) || index < 1) return undefined;
+  return `zone-${((index - 1) % state.zones) + 1}`;
 }
 
 /** Where the agent of `node` writes its conflist. */

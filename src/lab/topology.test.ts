@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { validatePlanText } from "../plan/plan.js";
+import { labNodeZone } from "./state.js";
 import { isLabNetnsName, kubePodMemberName, labLayout, parseLabOptions, podNameConflict } from "./topology.js";
 
 describe("lab/topology", () => {
   it("defaults to 3 dual-stack nodes with 2 pods each, mode auto, one subnet, named lab", () => {
-    assert.deepEqual(parseLabOptions({}), { name: "lab", nodes: 3, podsPerNode: 2, family: "dual", mode: "auto", subnets: 1, store: undefined, podLabels: { app: "probe" }, kubernetes: false, kubelet: false, kubeProxy: false, referenceCni: false });
+    assert.deepEqual(parseLabOptions({}), { name: "lab", nodes: 3, podsPerNode: 2, family: "dual", mode: "auto", subnets: 1, store: undefined, podLabels: { app: "probe" }, zones: 0, kubernetes: false, kubelet: false, kubeProxy: false, referenceCni: false });
   });
 
   it("--kubelet makes a Kubernetes lab (real nodes need the control plane) and refuses a Trellis store by its own name", () => {
@@ -44,6 +45,19 @@ describe("lab/topology", () => {
         return true;
       },
     );
+  });
+
+  // Bug caught: more zones than nodes (a zone no node is in), or zones assigned so that one zone
+  // holds every node (nothing to prefer).
+  it("takes --zones from 1 to the node count and spreads the nodes over them round robin", () => {
+    assert.equal(parseLabOptions({}).zones, 0, "no zones unless asked");
+    assert.equal(parseLabOptions({ nodes: "3", zones: "2" }).zones, 2);
+    assert.throws(() => parseLabOptions({ nodes: "3", zones: "4" }), /--zones "4" is invalid: expected a whole number from 1 to 3/);
+    assert.throws(() => parseLabOptions({ nodes: "3", zones: "0" }), /--zones "0" is invalid/);
+    assert.throws(() => parseLabOptions({ zones: "two" }), /--zones "two" is invalid/);
+    assert.deepEqual(["node1", "node2", "node3", "node4"].map((node) => labNodeZone({ zones: 2 }, node)), ["zone-1", "zone-2", "zone-1", "zone-2"]);
+    assert.equal(labNodeZone({}, "node1"), undefined);
+    assert.equal(labNodeZone({ zones: 2 }, "external"), undefined);
   });
 
   // Bug caught: a label Kubernetes refuses written to the Pod objects (their apply then fails mid-way through lab up).

@@ -38,6 +38,8 @@ export interface LabOptions {
   readonly store?: string;
   /** Labels of every lab pod's Pod object, besides trellis.dev/lab-pod. */
   readonly podLabels: Readonly<Record<string, string>>;
+  /** Zones the nodes are spread over, round robin (node1 in zone-1, …); 0: no zones. */
+  readonly zones: number;
   /** A real Kubernetes control plane on a `control` host instead of the Trellis store. */
   readonly kubernetes: boolean;
   /** Real nodes: containerd and a kubelet on every node, Trellis installed from deploy/trellis.yaml (implies kubernetes). */
@@ -58,6 +60,7 @@ export interface LabOptionsText {
   readonly subnets?: string;
   readonly store?: string;
   readonly podLabels?: string;
+  readonly zones?: string;
   readonly kubernetes?: boolean;
   readonly kubelet?: boolean;
   readonly kubeProxy?: boolean;
@@ -99,6 +102,7 @@ export function parseLabOptions(text: LabOptionsText): LabOptions {
   const subnets = attempt(() => oneOf("--subnets", text.subnets ?? "1", ["1", "2"] as const));
   const store = text.store === undefined ? undefined : attempt(() => checkStore(text.store!));
   const podLabels = attempt(() => parsePodLabels(text.podLabels ?? DEFAULT_POD_LABELS));
+  const zones = text.zones === undefined ? 0 : attempt(() => wholeNumber("--zones", text.zones!, 1, nodes ?? MAX_NODES));
   const referenceCni = text.referenceCni === true;
   const kubeProxy = text.kubeProxy === true || referenceCni;
   const kubelet = text.kubelet === true || kubeProxy;
@@ -106,7 +110,10 @@ export function parseLabOptions(text: LabOptionsText): LabOptions {
   const flag = referenceCni ? "reference-cni" : kubeProxy ? "kube-proxy" : kubelet ? "kubelet" : "kubernetes";
   if (kubernetes && store !== undefined) problems.push(`--store ${text.store} and --${flag}: a Kubernetes lab keeps its cluster in its own API server, not in a Trellis store`);
   if (problems.length > 0) throw new Error(problems.join("\n"));
-  return { name: name!, nodes: nodes!, podsPerNode: podsPerNode!, family: family!, mode: mode!, subnets: Number(subnets) as 1 | 2, store, podLabels: podLabels!, kubernetes, kubelet, kubeProxy, referenceCni };
+  return {
+    name: name!, nodes: nodes!, podsPerNode: podsPerNode!, family: family!, mode: mode!, subnets: Number(subnets) as 1 | 2, store, podLabels: podLabels!, zones: zones!,
+    kubernetes, kubelet, kubeProxy, referenceCni,
+  };
 }
 
 function wholeNumber(option: string, text: string, min: number, max: number): number {

@@ -16,7 +16,7 @@ import { readKubeletPods } from "./kubelet.js";
 import { startRealLab } from "./real-lab.js";
 import { LAB_POD_LABEL, recordLabPods } from "./pod-objects.js";
 import { selfInvocation } from "./probe.js";
-import { labDir, nodeCniConfDir, nodeCniDataDir, readLabState, saveLabState, type LabNodeState, type LabPodState, type LabState } from "./state.js";
+import { labDir, labNodeZone, nodeCniConfDir, nodeCniDataDir, readLabState, saveLabState, type LabNodeState, type LabPodState, type LabState } from "./state.js";
 import { isLabNetnsName, LAB_ETCD, LAB_EXTERNAL_IPS, labLayout, PROBE_PORT, type LabLayout, type LabOptions } from "./topology.js";
 import { attachUnderlayHost, buildUnderlay, routeInUnderlay } from "./underlay.js";
 
@@ -90,6 +90,7 @@ function initialState(options: LabOptions, layout: LabLayout): LabState {
     mode: options.mode,
     probePort: PROBE_PORT,
     podLabels: options.podLabels,
+    ...(options.zones ? { zones: options.zones } : {}),
     underlay: { netnsName: layout.underlayNetns, netnsPath: namedNetnsPath(layout.underlayNetns), subnets: layout.subnets },
     nodes: layout.nodes.map((node) => ({
       ...withPath(node),
@@ -256,6 +257,7 @@ function startAgents(state: LabState): Map<LabNodeState, StartedProcess> {
       "agent",
       "--node-name", node.name,
       "--node-ip", node.addresses.join(","),
+      ...(!kube && labNodeZone(state, node.name) ? ["--zone", labNodeZone(state, node.name)!] : []),
       ...datastore(node),
       "--mode", state.mode,
       "--cni-conf-dir", node.cniConfDir,
