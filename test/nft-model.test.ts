@@ -112,7 +112,8 @@ function familyTable(family: 4 | 6, name: string): Table {
   ];
   const post: Rule[] = [rule([], { statement: "masquerade" }), rule([], { statement: "masquerade", fullyRandom: true })];
   return table(family === 4 ? "ip" : "ip6", name, [["forward", filter, FILTER_FWD], ["prerouting", nat, NAT_PRE], ["postrouting", post, POST], ["target", [verdictRule([], ret)]]], [
-    ["cidrs", newSet({ kind: "set", key: [addr], flags: ["interval"] }, [{ key: [p("10.244.0.0/16", "fd00:10:244::/56")] }, { key: [p("10.96.0.0/12", "fd00:10:96::/108")] }])],
+    // The last one runs to the end of the address space: nft writes its start alone, open.
+    ["cidrs", newSet({ kind: "set", key: [addr], flags: ["interval"] }, [{ key: [p("10.244.0.0/16", "fd00:10:244::/56")] }, { key: [p("10.96.0.0/12", "fd00:10:96::/108")] }, { key: [p("240.0.0.0/4", "ff00::/8")] }])],
     ["hairpin", newSet({ kind: "set", key: [addr, addr, "inet_proto", "inet_service"], flags: [] }, [{ key: [a("10.244.0.5", "fd00:10:244::5"), a("10.244.0.5", "fd00:10:244::5"), "tcp", 8080] }])],
     ["affinity", newSet({ kind: "set", key: [addr], flags: ["dynamic", "timeout"], timeoutSeconds: 10800 })],
     ["services", newSet({ kind: "map", key: [addr, "inet_proto", "inet_service"], value: "verdict", flags: [] }, [
@@ -158,6 +159,8 @@ describe("nftables model: nft -f text and the netlink batch", () => {
     const { text, netlink } = both(tables.flatMap((t) => tableOps(undefined, t)));
     assert.equal(netlink, text);
     assert.match(text, /ip saddr 10\.240\.0\.0\/12 accept/);
+    assert.match(text, /elements = \{ 10\.96\.0\.0\/12, 10\.244\.0\.0\/16,\s+240\.0\.0\.0\/4 \}/);
+    assert.match(text, /ff00::\/8 \}/);
     assert.match(text, /ip daddr != 127\.0\.0\.0\/8 tcp dport 8080 meta mark set meta mark \| 0x00002000 dnat ip to 10\.244\.0\.5:80/);
     assert.match(text, /ct state established,related accept/);
     assert.match(text, /ct status dnat ip saddr \. ip daddr \. meta l4proto \. th dport @hairpin accept/);

@@ -6,6 +6,7 @@
  * comparison in test/nft-model.test.ts holds the two encodings to the same `nft list` output.
  */
 import { familyBits, type Family, type IpAddress, type IpPrefix } from "../net/ip.js";
+import { datumText } from "./model.js";
 import type {
   BaseChain, DataType, Datum, Element, Field, Match, Op, Rule, SetDefinition, Statement, TableFamily, Verdict,
 } from "./model.js";
@@ -163,13 +164,20 @@ function batchEncoder(): { add(op: Op): void; finish(): Buffer } {
               while (next < op.elements.length && w.position - listStart < 60_000) {
                 const element = op.elements[next++];
                 if (shape.interval) {
-                  // A prefix is two elements: its first address, and the one after its last marked as an end.
+                  // A prefix is two elements: its first address, and the one after its last marked
+                  // as an end. One that runs to the end of the address space (ff00::/8) has no
+                  // address after it: nft writes its start alone, marked open in its user data.
                   const [start, end] = prefixBounds(shape.key, element);
-                  w.nest(1, () => w.nest(1, () => w.bytes(1, start)));
                   w.nest(1, () => {
-                    w.nest(1, () => w.bytes(1, end));
-                    w.u32(3, 1);
+                    w.nest(1, () => w.bytes(1, start));
+                    if (!end) w.bytes(6, OPEN_INTERVAL_USERDATA);
                   });
+                  if (end) {
+                    w.nest(1, () => {
+                      w.nest(1, () => w.bytes(1, end));
+                      w.u32(3, 1);
+                    });
+                  }
                   continue;
                 }
                 if (shape.targets) {
@@ -648,8 +656,11 @@ function encodeKey(fields: SetShape["key"], key: readonly Datum[]): Buffer {
   return encoded.length === 1 ? encoded[0] : Buffer.concat(encoded);
 }
 
-/** An interval set's element: a prefix's first address and the address after its last. */
-function prefixBounds(fields: SetShape["key"], element: Element): [Buffer, Buffer] {
+/**
+ * An interval set's element: a prefix's first address and the address after its last, or no
+ * such address for a prefix that runs to the end of the space (then undefined).
+ */
+function prefixBounds(fields: SetShape["key"], element: Element): [Buffer, Buffer | undefined] {
   const family = fields.length === 1 && fields[0].id === 7 ? 4 : fields.length === 1 && fields[0].id === 8 ? 6 : undefined;
   const [datum] = element.key;
   if (family === undefined || element.key.length !== 1 || typeof datum !== "object" || datum.family !== family) {
@@ -657,14 +668,15 @@ function prefixBounds(fields: SetShape["key"], element: Element): [Buffer, Buffe
   }
   const prefix: IpPrefix = "length" in datum ? datum : { family, network: datum.value, length: familyBits(family) };
   const bits = familyBits(family);
-  checkInteger("prefix length", prefix.length, 1, bits);
+  checkInteger("prefix length", prefix.length, 0, bits);
   const size = 1n << BigInt(bits - prefix.length);
-  if (prefix.network % size !== 0n) throw new Error(`interval element ${describeDatum(prefix)}: host bits set`);
+  if (prefix.network % size !== 0n) throw new Error(`interval element ${datumText(prefix)}: host bits set`);
   const end = prefix.network + size;
-  // The last prefix of the space (its end would wrap to 0) is not one Trellis writes.
-  if (end >> BigInt(bits) !== 0n) throw new Error(`interval element ${describeDatum(prefix)}: it reaches the end of the address space`);
-  return [addressBytes({ family, value: prefix.network }), addressBytes({ family, value: end })];
+  return [addressBytes({ family, value: prefix.network }), end >> BigInt(bits) === 0n ? addressBytes({ family, value: end }) : undefined];
 }
+
+/** nft 1.0.6's element user data for an interval open at its end: flags (1), 4 bytes, "interval open" (1). */
+const OPEN_INTERVAL_USERDATA = Buffer.from([1, 4, 1, 0, 0, 0]);
 
 /**
  * The user data nft 1.0.6 gives `typeof numgen random mod N : ip daddr . tcp dport` (ip6 for
@@ -748,9 +760,14 @@ function hostU32(value: number): Buffer {
   return bytes;
 }
 
+/** A key part for a message: as nft writes it, or its raw numbers when it is no address at all. */
 function describeDatum(datum: Datum): string {
   if (typeof datum === "object" && datum !== null) {
-    return "length" in datum ? `${String(datum.network)}/${datum.length}` : `IPv${datum.family} ${String(datum.value)}`;
+    try {
+      return datumText(datum);
+    } catch {
+      return "length" in datum ? `${String(datum.network)}/${datum.length}` : `IPv${datum.family} ${String(datum.value)}`;
+    }
   }
   return JSON.stringify(datum);
 }
