@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 import { inNetns, NetnsPool, sweepStaleNamespaces, type TestNetns } from "./support/netns.js";
+import { VIA_AGENT } from "./support/node-agent.js";
 import { addPod, addressesOf, cniSuite, hostVeths, probe, recordedPods, tempDir, trellis, TRELLIS, type PodAttachmentResult } from "./support/trellis-cni.js";
 
 describe(cniSuite("hostPort: the portMappings capability"), () => {
@@ -93,6 +94,17 @@ describe(cniSuite("hostPort: the portMappings capability"), () => {
     const other = probe(dns.netns, "198.18.252.1", 8080);
     assert.equal(other.server, "web");
     assert.notEqual(other.source, addressesOf(dns.result)[0], "a pod client is masqueraded");
+  });
+
+  // Bug caught: a hostPort table deleted by hand (or by a flush) staying gone until the next pod
+  // with a hostPort comes or goes: the agent's resync writes it again.
+  it("the agent's resync writes the hostPort table again after it is deleted by hand", { skip: !VIA_AGENT && "the standalone plugin has no resync" }, async () => {
+    const table = /table inet (trellis-hostports\S*)/.exec(inNetns(node, "nft", ["list", "tables"]))![1];
+    inNetns(node, "nft", ["delete", "table", "inet", table]);
+    assert.equal(probe(external, "198.18.252.1", 8080).ok, false, "deleted: no mapping");
+    const deadline = Date.now() + 30_000;
+    while (!inNetns(node, "nft", ["list", "tables"]).includes(table) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.equal(probe(external, "198.18.252.1", 8080).server, "web", "written again within a resync (10 s)");
   });
 
   // Bug caught: a second pod given a hostPort that is taken (one of them silently unreachable),

@@ -218,6 +218,17 @@ describe(cniSuite("masquerade with the cluster's CIDRs excluded"), () => {
     await addNextPodRestoring(before);
   });
 
+  // Bug caught: the agent's handle trusting its memory of the last write after the table was
+  // deleted by hand, so pods lose masquerade until the next ADD that changes something.
+  it("the agent's resync writes a table deleted by hand again, with no ADD", { skip: !VIA_AGENT && "the standalone plugin has no resync (its next ADD writes the table)" }, async () => {
+    const before = tableContent(node);
+    inNetns(node, "nft", ["delete", "table", "inet", tableName(node)]);
+    const deadline = Date.now() + 30_000;
+    while (masqueradeTable(node) === undefined && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.equal(tableContent(node), before, "the table as it was, within a resync (10 s)");
+    assert.equal(tcpPeerSeenBy(pods[0].ns, "198.18.1.10", 7070), "198.18.0.1");
+  });
+
   // Bug caught: CHECK passing without a table (nothing compared), or a long-lived handle still
   // trusting what it wrote after CHECK found the table gone.
   it("CHECK names a table deleted by hand, and the next ADD writes it again", async () => {

@@ -19,6 +19,8 @@ import { nftApply, nftListChains, nftListTable } from "../linux/nftables.js";
 import { formatIp, formatPrefix, type IpAddress, type IpPrefix } from "../net/ip.js";
 import { repairBridge } from "../podnet/bridge.js";
 import { openPodNet } from "../podnet/handle.js";
+import { hostPortTable, repairHostPorts } from "../podnet/hostports.js";
+import { repairMasquerade } from "../podnet/masquerade.js";
 import { buildInfoMetric } from "./build-info.js";
 import { BRIDGE_NAME, CONFLIST_NAME, renderConflist, writeConflist } from "./conflist.js";
 import { cachedPodNets, startCniServer } from "./cni-server.js";
@@ -314,10 +316,31 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     for (const timer of timers) clearInterval(timer);
   };
 
+  /**
+   * The CNI state directories' masquerade and hostPort tables, written on ADD and DEL: one
+   * deleted by hand is written again here (listing the namespace's tables is one netlink dump).
+   */
+  const repairPodTables = async () => {
+    const nets = podNets.all().filter((net) => net.nftWriter);
+    if (!nets.length) return;
+    try {
+      const tables = new Set(await nets[0].nftWriter!.listTables());
+      for (const net of nets) {
+        const repaired = [
+          ...((await repairMasquerade(net, tables)) ? [`inet ${net.masqueradeTable}`] : []),
+          ...((await repairHostPorts(net, tables)) ? [`inet ${hostPortTable(net)}`] : []),
+        ];
+        if (repaired.length) log("warn", "CNI tables missing; written again", { stateDir: net.stateDir, tables: repaired });
+      }
+    } catch (error) {
+      log("error", "cannot check the CNI tables; trying again at the next resync", { error: String(error) });
+    }
+  };
   timers.push(setInterval(() => {
     wantFullMasquerade = true;
     requestSync(true);
     proxy?.resync();
+    void repairPodTables();
   }, options.resyncSeconds * 1000));
   feed.follow({
     changed: (name) => requestSync(name === undefined, name),

@@ -44,7 +44,7 @@ export interface CniServer {
 }
 
 /** Handles kept open per state directory, so a call does not reopen SQLite or relearn the node. */
-export function cachedPodNets(): PodNetSource & { closeAll(): void } {
+export function cachedPodNets(): PodNetSource & { closeAll(): void; all(): PodNet[] } {
   const handles = new Map<string, PodNet>();
   return {
     acquire(stateDir, field) {
@@ -62,6 +62,7 @@ export function cachedPodNets(): PodNetSource & { closeAll(): void } {
       for (const net of handles.values()) net.close();
       handles.clear();
     },
+    all: () => [...handles.values()],
   };
 }
 

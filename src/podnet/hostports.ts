@@ -4,7 +4,7 @@
  * caller's own change to the state committed, so whichever sync runs last leaves the kernel
  * matching the last state. Only ADD, DEL and GC of pods with mappings (and GC) call it.
  */
-import { hostPortConflict, hostPortOps, type HostPortContribution, type HostPortMapping, type HostPortProtocol } from "../dataplane/hostports.js";
+import { desiredHostPorts, hostPortConflict, hostPortOps, type HostPortContribution, type HostPortMapping, type HostPortProtocol } from "../dataplane/hostports.js";
 import { CommandError } from "../linux/exec.js";
 import { NftWriteError } from "../linux/nft-netlink.js";
 import { nftApply } from "../linux/nftables.js";
@@ -46,6 +46,19 @@ export async function syncHostPorts(net: PodNet, context: string): Promise<void>
     if (error instanceof CommandError || error instanceof NftWriteError) throw new CniError(CniCode.dataplaneFailure, `${context}: updating nftables table inet ${table} failed: ${error.message}`);
     throw error;
   }
+}
+
+/** A resync's repair: the table written again when mappings need it and the namespace has none; whether it was. */
+export async function repairHostPorts(net: PodNet, tables: ReadonlySet<string>): Promise<boolean> {
+  const table = hostPortTable(net);
+  return withNodeLock(net, async () => {
+    const contributions = listAllAttachments(net.db).flatMap(contribution);
+    if (!desiredHostPorts(table, contributions) || tables.has(`inet ${table}`)) return false;
+    const ops = hostPortOps(table, contributions);
+    if (net.nftWriter) await net.nftWriter.applyOps(ops);
+    else await nftApply(renderOps(ops));
+    return true;
+  });
 }
 
 function contribution(attachment: Attachment): HostPortContribution[] {

@@ -68,6 +68,20 @@ export async function checkMasquerade(net: PodNet, network: string): Promise<str
   return problems;
 }
 
+/**
+ * A resync's repair: when the table should exist and the namespace has none (deleted by hand),
+ * it is written again; whether it was. `tables` is the namespace's tables (`inet NAME`).
+ */
+export async function repairMasquerade(net: PodNet, tables: ReadonlySet<string>): Promise<boolean> {
+  return withNodeLock(net, async () => {
+    const desired = desiredMasquerade(contributions(net));
+    if (desired.chains.size === 0 || tables.has(`inet ${net.masqueradeTable}`)) return false;
+    forgetWrites(net);
+    await ensureMasqueradeTable(net);
+    return true;
+  });
+}
+
 async function ensureMasqueradeTable(net: PodNet): Promise<void> {
   const ops = masqueradeOps(net.masqueradeTable, desiredMasquerade(contributions(net)));
   const text = renderOps(ops);
