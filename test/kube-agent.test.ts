@@ -156,6 +156,24 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
     }
   });
 
+  // Bugs caught: Service CIDRs unknown on the API (traffic to an unallocated ClusterIP leaving by
+  // the default route, the masquerade excluding none), or a ServiceCIDR added later needing an
+  // agent restart to count.
+  it("follows the ServiceCIDR objects: their CIDRs in the proxy's service-cidrs set and the masquerade's exclusions, one added later included", async () => {
+    const serviceCidrs = (name: string) => inNode(name, ["nft", "list", "set", "ip", "trellis-proxy", "service-cidrs"]);
+    // The API server's default ServiceCIDR ("kubernetes") is its --service-cluster-ip-range.
+    const defaults = JSON.parse(await kubectl(["get", "servicecidr", "kubernetes", "-o", "json"])) as { spec: { cidrs: string[] } };
+    const v4 = defaults.spec.cidrs.find((cidr) => !cidr.includes(":"))!;
+    for (const member of NODES) await until(`${member.name} drops the default Service CIDR's unheld addresses`, () => serviceCidrs(member.name).includes(v4));
+    await kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "networking.k8s.io/v1", kind: "ServiceCIDR", metadata: { name: "extra" }, spec: { cidrs: ["10.100.0.0/16"] } }));
+    for (const member of NODES) {
+      await until(`${member.name} takes the added ServiceCIDR`, () => serviceCidrs(member.name).includes("10.100.0.0/16"));
+      await until(`${member.name}'s masquerade excludes it`, () => inNode(member.name, ["nft", "list", "table", "inet", "trellis-agent"]).includes("10.100.0.0/16"));
+    }
+    await kubectl(["delete", "servicecidr", "extra"]);
+    for (const member of NODES) await until(`${member.name} lets the deleted ServiceCIDR go`, () => !serviceCidrs(member.name).includes("10.100.0.0/16"));
+  });
+
   it("holds an agent to its own Node: node1's token cannot change node2's published addresses", async () => {
     await until("node2 published", async () => Boolean((await node("node2")).metadata.annotations?.["trellis.dev/node-addresses"]));
     const [answer] = await as(kubeconfigs.get("node1")!, [statusPatch("node2", { metadata: { annotations: { "trellis.dev/node-addresses": "198.18.0.66" } } })]);

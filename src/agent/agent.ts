@@ -8,14 +8,16 @@
  */
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { BASE_CHAIN as MASQUERADE_BASE_CHAIN, desiredMasquerade, parseMasqueradeTable, renderMasqueradeChange } from "../dataplane/masquerade.js";
+import { BASE_CHAIN as MASQUERADE_BASE_CHAIN, desiredMasquerade, masqueradeMatches, masqueradeNftTable, masqueradeOps, parseMasqueradeTable } from "../dataplane/masquerade.js";
 import {
   desiredPeerNetwork, desiredVxlanDevices, diffNodeNetwork, joinPeerNetworks, leaveOutForeign, podMtu,
   type ForeignRoute, type NodeEndpoint, type NodeNetwork, type NodeNetworkChange, type ObservedNodeNetwork, type Underlay,
 } from "../dataplane/node-network.js";
 import { stopSpawnHelper, useSpawnHelper } from "../linux/exec.js";
 import { keepIpWarm, linkDeletionsSettled } from "../linux/iproute.js";
-import { nftApply, nftListChains, nftListTable } from "../linux/nftables.js";
+import { NftBatchWriter } from "../linux/nft-netlink.js";
+import { nftApply, nftListObjects } from "../linux/nftables.js";
+import { renderOps } from "../nft/text.js";
 import { formatIp, formatPrefix, type IpAddress, type IpPrefix } from "../net/ip.js";
 import { repairBridge } from "../podnet/bridge.js";
 import { openPodNet } from "../podnet/handle.js";
@@ -103,6 +105,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
         node: {
           name: selfEndpoint.name, addresses: selfEndpoint.addresses, podCidrs: feed.clusterPodCidrs, ownPodCidrs: selfEndpoint.podCidrs,
           ...(feed.zone === undefined ? {} : { zone: feed.zone }),
+          serviceCidrs: feed.serviceCidrs(),
         },
         nodeZones: feed.nodeZones(),
         minSyncIntervalMs: options.proxySyncIntervalMs,
@@ -192,7 +195,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     const started = performance.now();
     const live = feed.livePeers();
     // Node addresses are what no Service's external address may be: they change with the peers.
-    proxy?.setExternalPolicy({ allowed: options.externalIpCidrs, podCidrs: feed.clusterPodCidrs, serviceCidrs: feed.serviceCidrs, reserved: feed.reservedAddresses() });
+    proxy?.setExternalPolicy({ allowed: options.externalIpCidrs, podCidrs: feed.clusterPodCidrs, serviceCidrs: feed.serviceCidrs(), reserved: feed.reservedAddresses() });
     let change: NodeNetworkChange;
     if (full || !applied) {
       const parts = new Map(live.map((peer) => [peer.name, partOf(peer)]));
@@ -272,6 +275,8 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     });
   };
 
+  /** The netlink writer for the agent's own masquerade table, when it is installed beside this executable. */
+  const agentWriter = ((writer) => (writer.available() ? writer : undefined))(new NftBatchWriter(join(dirname(process.execPath), NFT_WRITER)));
   /** Masquerade exclusions change only with the set of node addresses: no nft call otherwise. */
   let masqueradeFor = "";
   /** The periodic full sync also checks the table against the kernel. */
@@ -279,7 +284,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
   const syncAgentMasquerade = async (live: readonly NodeEndpoint[], logger: Logger) => {
     const exclusions: IpPrefix[] = [
       ...feed.clusterPodCidrs,
-      ...feed.serviceCidrs,
+      ...feed.serviceCidrs(),
       ...[selfEndpoint, ...live].flatMap((node) => node.addresses.map((address) => ({ family: address.family, network: address.value, length: address.family === 4 ? 32 : 128 }))),
     ];
     const key = exclusions.map(formatPrefix).join(",");
@@ -287,16 +292,16 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     wantFullMasquerade = false;
     const desired = desiredMasquerade([{ network: "pods", sources: selfEndpoint.podCidrs, exclusions }]);
     masqueradeFor = key;
-    // The table holds the base chain and the desired chains; they are listed one by one (nft
-    // lists a chain without reading the whole namespace, which holds the Service proxy's tens of
-    // thousands of chains). The whole table only when one is missing: a repair.
-    const chains = await nftListChains("inet", AGENT_MASQUERADE_TABLE, [MASQUERADE_BASE_CHAIN, ...desired.chains.keys()]);
-    const observed = parseMasqueradeTable(chains ?? (await nftListTable("inet", AGENT_MASQUERADE_TABLE)));
-    const script = renderMasqueradeChange(AGENT_MASQUERADE_TABLE, desired, observed);
-    if (script) {
-      await nftApply(script);
-      logger("info", "masquerade updated", { table: `inet ${AGENT_MASQUERADE_TABLE}` });
-    }
+    // The table's chains and sets are listed one by one (nft lists one without reading the whole
+    // namespace, which holds the Service proxy's tens of thousands of chains); anything missing
+    // or otherwise, and the table is written whole, through the netlink writer when it is there.
+    const model = masqueradeNftTable(AGENT_MASQUERADE_TABLE, desired);
+    const listing = model && await nftListObjects("inet", AGENT_MASQUERADE_TABLE, { chains: [MASQUERADE_BASE_CHAIN, ...desired.chains.keys()], sets: [...model.sets.keys()] });
+    if (model && masqueradeMatches(desired, parseMasqueradeTable(listing))) return;
+    const ops = masqueradeOps(AGENT_MASQUERADE_TABLE, desired);
+    if (agentWriter) await agentWriter.applyOps(ops);
+    else await nftApply(renderOps(ops));
+    logger("info", "masquerade updated", { table: `inet ${AGENT_MASQUERADE_TABLE}` });
   };
 
   /** A pod bridge deleted by hand comes back with the recorded pods on it. */
@@ -345,6 +350,11 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
   feed.follow({
     changed: (name) => requestSync(name === undefined, name),
     zonesChanged: () => proxy?.setNodeZones(feed.nodeZones()),
+    serviceCidrsChanged: () => {
+      proxy?.setServiceCidrs(feed.serviceCidrs());
+      // The external-address policy and the masquerade exclusions name them too.
+      requestSync(true);
+    },
     reconnected: () => proxy?.relist(),
     lost: (error) => stopAndClose(error),
   });
@@ -365,6 +375,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
       .then(() => linkDeletionsSettled(2_000))
       .then(() => stopSpawnHelper())
       .then(() => podNets.closeAll())
+      .then(() => agentWriter?.close())
       .then(() => feed.close())
       .then(() => finish(error), (failure: unknown) => finish(error ?? failure));
   };

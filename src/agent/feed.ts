@@ -12,6 +12,8 @@ export interface FeedEvents {
   changed(name?: string): void;
   /** A node's zone came, changed or went (nodeZones() says how they stand now). */
   zonesChanged(): void;
+  /** The Service CIDRs changed (a ServiceCIDR object came, changed or went). */
+  serviceCidrsChanged(): void;
   /** The datastore answers again after an outage: every watch is renewed. */
   reconnected(): void;
   /** The node can no longer be served (removed from the cluster): the agent stops with this error. */
@@ -29,8 +31,8 @@ export interface ClusterFeed {
   nodeZones(): ReadonlyMap<string, string>;
   /** The cluster's pod CIDRs: what counts as "from a pod" (masquerade, Service source rules). */
   readonly clusterPodCidrs: readonly IpPrefix[];
-  /** The cluster's Service CIDRs, when the datastore knows them. */
-  readonly serviceCidrs: readonly IpPrefix[];
+  /** The cluster's Service CIDRs: the plan's, or the API's ServiceCIDR objects' as they stand now. */
+  serviceCidrs(): readonly IpPrefix[];
   /** What no Service may take as an external address (every node's address, the datastore's), by `formatIp`, with what each is; the same map while nothing changes. */
   reservedAddresses(): ReadonlyMap<string, string>;
   /** Whether the peer list has been read once: routes are synced only after it. */

@@ -14,9 +14,9 @@ import type { PeerClaim } from "../dataplane/peer-admission.js";
 import { KubeApiError, KubeClient } from "../kube/client.js";
 import { inClusterConnection, loadKubeconfig } from "../kube/config.js";
 import { EventRecorder } from "../kube/events.js";
-import { inform, type Informer } from "../kube/informer.js";
+import { inform, type Informer, type KubeObject } from "../kube/informer.js";
 import { markNetworkAvailable, nodeInternalIps, nodePodCidrs, nodePodCidrTexts, nodePublication, nodeStatusAddresses, publishNodeNetwork, type KubeNode } from "../kube/nodes.js";
-import { formatIp, formatPrefix, prefixContainsPrefix, tryParseIp, type IpAddress } from "../net/ip.js";
+import { formatIp, formatPrefix, mergePrefixes, prefixContainsPrefix, tryParseInterfaceAddress, tryParseIp, type IpAddress, type IpPrefix } from "../net/ip.js";
 import type { ClusterFeed, FeedEvents } from "./feed.js";
 import { defaultRouteAddresses } from "./host.js";
 import type { Logger } from "./log.js";
@@ -107,19 +107,59 @@ function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: 
   let available = false;
   let marking = false;
   let informer: Informer | undefined;
+  /** networking.k8s.io/v1 ServiceCIDRs by name, and the union of their CIDRs. */
+  const serviceCidrObjects = new Map<string, readonly IpPrefix[]>();
+  let serviceCidrList: readonly IpPrefix[] = [];
+  let serviceCidrInformer: Informer | undefined;
+  let serviceCidrsListed = false;
+  let serviceCidrsFailing = false;
+  const followServiceCidrs = () => {
+    serviceCidrInformer = inform<KubeServiceCidr>(client, "/apis/networking.k8s.io/v1/servicecidrs", {
+      change(name, object) {
+        if (object) serviceCidrObjects.set(name, serviceCidrsOf(object, log));
+        else serviceCidrObjects.delete(name);
+        if (serviceCidrsListed) publishServiceCidrs();
+      },
+      synced() {
+        serviceCidrsListed = true;
+        serviceCidrsFailing = false;
+        publishServiceCidrs();
+      },
+      failed(error, retryInMs) {
+        // An API server without ServiceCIDRs (before Kubernetes 1.33) has none to follow.
+        if (error instanceof KubeApiError && error.status === 404) {
+          log("info", "the API server serves no ServiceCIDR objects; Service CIDRs stay unknown", { server: client.connection.server });
+          serviceCidrInformer?.stop();
+          return;
+        }
+        if (!serviceCidrsFailing) {
+          log("warn", "cannot follow ServiceCIDR objects; listing them again until it works", { error: `${error.message}${error instanceof KubeApiError ? rightsHint(error) : ""}`, retryInSeconds: retryInMs / 1000 });
+        }
+        serviceCidrsFailing = true;
+      },
+    });
+  };
+  const publishServiceCidrs = () => {
+    const merged = mergePrefixes([...serviceCidrObjects.values()].flat());
+    if (merged.map(formatPrefix).join(",") === serviceCidrList.map(formatPrefix).join(",")) return;
+    serviceCidrList = merged;
+    log("info", "Service CIDRs", { cidrs: merged.map(formatPrefix) });
+    events?.serviceCidrsChanged();
+  };
   return {
     description: client.connection.server,
     self,
     ...(zone === undefined ? {} : { zone }),
     nodeZones: () => zones,
     clusterPodCidrs: options.clusterCidrs,
-    serviceCidrs: [],
+    serviceCidrs: () => serviceCidrList,
     reservedAddresses: () => book.reservedAddresses(),
     listed: () => listed,
     livePeers: () => book.all(),
     livePeer: (name) => book.get(name),
     follow(handlers) {
       events = handlers;
+      followServiceCidrs();
       informer = inform<KubeNode>(client, "/api/v1/nodes", {
         change(name, node) {
           if (name !== self.name) {
@@ -176,6 +216,7 @@ function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: 
     services: kubeProxySource(client),
     async close() {
       informer?.stop();
+      serviceCidrInformer?.stop();
       recorder.stop();
       client.close();
     },
@@ -192,6 +233,23 @@ function serverAddresses(server: string): Map<string, string> {
   }
   const ip = tryParseIp(host);
   return new Map(ip ? [[formatIp(ip), `the API server's address (${server})`]] : []);
+}
+
+interface KubeServiceCidr extends KubeObject {
+  readonly spec?: { readonly cidrs?: readonly unknown[] };
+}
+
+/** A ServiceCIDR's CIDRs (networking.k8s.io/v1: one or two, one per family); one that does not parse is left out, and said. */
+function serviceCidrsOf(object: KubeServiceCidr, log: Logger): IpPrefix[] {
+  const cidrs = Array.isArray(object.spec?.cidrs) ? object.spec!.cidrs : [];
+  return cidrs.flatMap((text) => {
+    const parsed = typeof text === "string" ? tryParseInterfaceAddress(text) : undefined;
+    if (!parsed || parsed.address.value !== parsed.prefix.network || cidrs.length > 2) {
+      log("warn", "a ServiceCIDR's CIDR is not one; left out", { serviceCIDR: object.metadata.name, cidr: String(text) });
+      return [];
+    }
+    return [parsed.prefix];
+  });
 }
 
 /** A Node's topology.kubernetes.io/zone label, when it is a label value. */

@@ -247,7 +247,7 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
     ...(options.zone === undefined ? {} : { zone: options.zone }),
     nodeZones: () => zones,
     clusterPodCidrs: cluster.plan.podCidrs,
-    serviceCidrs: cluster.plan.serviceCidrs,
+    serviceCidrs: () => cluster.plan.serviceCidrs,
     reservedAddresses: () => book.reservedAddresses(),
     listed: () => listed,
     livePeers() {

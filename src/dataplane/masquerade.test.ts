@@ -5,20 +5,18 @@ import { NAME_MAX } from "../nft/names.js";
 import { encodeBatch } from "../nft/netlink.js";
 import { renderOps } from "../nft/text.js";
 import {
-  desiredMasquerade, masqueradeOps, masqueradeProblems, parseMasqueradeTable, renderMasqueradeChange,
+  desiredMasquerade, masqueradeMatches, masqueradeOps, masqueradeProblems, parseMasqueradeTable,
   type MasqueradeContribution, type MasqueradeRule, type MasqueradeTable,
 } from "./masquerade.js";
 
 /*
  * Fixtures are the `nftables` array of `nft -j list table inet t` (nftables 1.0.6), taken in a
  * throw-away network namespace after `nft -f` of the script noted above each (the NAMED ones,
- * the CNI's table: after the netlink writer's batch). Every script these tests expect
- * renderMasqueradeChange (the agent's table) to write was also applied once, there, on top of
- * the fixture it changes: nft accepted each, and the table read back then rendered to nothing.
+ * the CNI's table: after the netlink writer's batch).
  */
 
 /**
- * The table Trellis writes for BLUE and RED (renderMasqueradeChange from nothing):
+ * The table Trellis once wrote for BLUE and RED, with sets in its rules (the form the parser still reads):
  *   add table inet t
  *   add chain inet t postrouting { type nat hook postrouting priority srcnat; policy accept; }
  *   add chain inet t masq-blue
@@ -185,16 +183,6 @@ const parse = (nftables: readonly unknown[]): MasqueradeTable => {
   return table;
 };
 
-const FULL_BLUE_AND_RED = [
-  "add chain inet t postrouting { type nat hook postrouting priority srcnat; policy accept; }",
-  "add chain inet t masq-blue",
-  "add rule inet t masq-blue ip saddr { 10.244.1.0/24 } ip daddr != { 10.244.0.0/16, 224.0.0.0/4 } masquerade",
-  "add rule inet t masq-blue ip6 saddr { fd00:10:244:1::/64 } ip6 daddr != { fd00:10:244::/56, ff00::/8 } masquerade",
-  "add chain inet t masq-red",
-  "add rule inet t masq-red ip saddr { 10.245.0.0/24 } ip daddr != { 10.96.0.10/32, 10.245.0.0/23, 10.245.2.0/25, 224.0.0.0/4 } masquerade",
-  "add rule inet t postrouting jump masq-blue",
-  "add rule inet t postrouting jump masq-red",
-];
 const script = (...lines: string[]) => lines.join("\n") + "\n";
 
 /** The CNI's table for BLUE and RED, written whole. */
@@ -318,13 +306,13 @@ describe("dataplane/masquerade", () => {
     });
   });
 
-  describe("renderMasqueradeChange", () => {
-    it("writes nothing when the kernel already holds the desired table", () => {
-      // Catches: a rewrite on every sync (each one a transaction and a window of churn).
-      assert.equal(renderMasqueradeChange("t", desiredMasquerade([...BLUE, ...RED]), parse(TWO_NETWORKS)), undefined);
+  describe("masqueradeMatches (the agent's check of its own table)", () => {
+    it("holds when the kernel already holds the desired table", () => {
+      // Catches: a rewrite on every resync (each one a transaction and a window of churn).
+      assert.equal(masqueradeMatches(desiredMasquerade([...BLUE, ...RED]), parse(TWO_NETWORKS)), true);
     });
 
-    it("writes nothing when nft merged adjacent prefixes into one", () => {
+    it("holds when nft merged adjacent prefixes into one", () => {
       // Catches: comparing prefixes as written, which would rewrite 10.244.1.0/25 + 10.244.1.128/25
       // forever because nft always shows them as 10.244.1.0/24.
       const desired = desiredMasquerade([
@@ -332,86 +320,31 @@ describe("dataplane/masquerade", () => {
         contribution("blue", ["10.244.1.128/25"], ["10.244.1.128/25"]),
       ]);
       assert.deepEqual(parse(MERGED_HALVES).chains.get("masq-blue"), [rule(4, [net("10.244.1.0/24")], [net("10.244.1.0/24"), net("224.0.0.0/4")])]);
-      assert.equal(renderMasqueradeChange("t", desired, parse(MERGED_HALVES)), undefined);
+      assert.equal(masqueradeMatches(desired, parse(MERGED_HALVES)), true);
     });
 
-    it("creates the whole table when there is none", () => {
-      // Catches: chains added to a table that does not exist, or no base chain.
-      assert.equal(renderMasqueradeChange("t", desiredMasquerade([...BLUE, ...RED]), undefined), script("add table inet t", ...FULL_BLUE_AND_RED));
+    it("fails without a table, with a chain's addresses changed, a network added or removed, or a jump missing", () => {
+      // Catches: a table deleted by hand, a grown network or a new one, a chain left jumped to
+      // after its network went, or a chain never reached, all counted as in place.
+      assert.equal(masqueradeMatches(desiredMasquerade([...BLUE, ...RED]), undefined), false);
+      assert.equal(masqueradeMatches(desiredMasquerade([...BLUE, ...RED, contribution("red", ["10.245.3.0/24"], ["10.245.3.0/24"])]), parse(TWO_NETWORKS)), false);
+      assert.equal(masqueradeMatches(desiredMasquerade([...BLUE, ...RED, contribution("green", ["10.246.0.0/24"], ["10.246.0.0/24"])]), parse(TWO_NETWORKS)), false);
+      assert.equal(masqueradeMatches(desiredMasquerade(BLUE), parse(TWO_NETWORKS)), false);
+      assert.equal(masqueradeMatches(desiredMasquerade([...BLUE, ...RED]), parse(RED_NOT_JUMPED)), false);
     });
 
-    it("rewrites only the changed network's chain, not the other chain nor the jumps", () => {
-      // Catches: every chain flushed on any change, or the jumps rewritten needlessly.
-      const desired = desiredMasquerade([...BLUE, ...RED, contribution("red", ["10.245.3.0/24"], ["10.245.3.0/24"])]);
-      assert.equal(
-        renderMasqueradeChange("t", desired, parse(TWO_NETWORKS)),
-        script(
-          "flush chain inet t masq-red",
-          "add rule inet t masq-red ip saddr { 10.245.0.0/24, 10.245.3.0/24 } ip daddr != { 10.96.0.10/32, 10.245.0.0/23, 10.245.2.0/25, 10.245.3.0/24, 224.0.0.0/4 } masquerade",
-        ),
-      );
+    it("with no network left, holds only without a table", () => {
+      // Catches: an empty table left behind.
+      assert.equal(masqueradeMatches(desiredMasquerade([]), parse(TWO_NETWORKS)), false);
+      assert.equal(masqueradeMatches(desiredMasquerade([]), undefined), true);
     });
 
-    it("adds a new network's chain and rewrites the jumps in order", () => {
-      // Catches: a chain added but never jumped to.
-      const desired = desiredMasquerade([...BLUE, ...RED, contribution("green", ["10.246.0.0/24"], ["10.246.0.0/24"])]);
-      assert.equal(
-        renderMasqueradeChange("t", desired, parse(TWO_NETWORKS)),
-        script(
-          "add chain inet t masq-green",
-          "add rule inet t masq-green ip saddr { 10.246.0.0/24 } ip daddr != { 10.246.0.0/24, 224.0.0.0/4 } masquerade",
-          "flush chain inet t postrouting",
-          "add rule inet t postrouting jump masq-blue",
-          "add rule inet t postrouting jump masq-green",
-          "add rule inet t postrouting jump masq-red",
-        ),
-      );
-    });
-
-    it("for a removed network, rewrites the jumps first and then deletes its chain", () => {
-      // Catches: the chain left behind, or deleted while still jumped to (nft refuses the whole
-      // transaction with "Device or resource busy").
-      assert.equal(
-        renderMasqueradeChange("t", desiredMasquerade(BLUE), parse(TWO_NETWORKS)),
-        script("flush chain inet t postrouting", "add rule inet t postrouting jump masq-blue", "delete chain inet t masq-red"),
-      );
-    });
-
-    it("deletes the table when no network is left, and writes nothing when there is no table", () => {
-      // Catches: an empty table left behind, or `delete table` of a missing table (an nft error).
-      assert.equal(renderMasqueradeChange("t", desiredMasquerade([]), parse(TWO_NETWORKS)), "delete table inet t\n");
-      assert.equal(renderMasqueradeChange("t", desiredMasquerade([]), undefined), undefined);
-    });
-
-    it("rewrites a chain that holds a rule Trellis did not write", () => {
-      // Catches: extra rules ignored, so an `accept` placed before masquerade stays forever; or a
-      // foreign rule counted as equal to any rule when the chain holds as many rules as desired.
-      const rewrite = script("flush chain inet t masq-blue", "add rule inet t masq-blue ip saddr { 10.244.1.0/24 } ip daddr != { 10.244.0.0/16, 224.0.0.0/4 } masquerade");
-      assert.equal(renderMasqueradeChange("t", desiredMasquerade(BLUE_V4), parse(FOREIGN_RULE)), rewrite);
-      assert.equal(renderMasqueradeChange("t", desiredMasquerade(BLUE_V4), parse(COUNTING_RULE)), rewrite);
-    });
-
-    it("rebuilds the table when the base chain has the wrong priority or is missing", () => {
-      // Catches: rules added under a base chain that runs at the wrong priority (a chain's hook
-      // cannot be changed in place), or jumps added to a base chain that does not exist.
-      const rebuild = script(
-        "delete table inet t",
-        "add table inet t",
-        "add chain inet t postrouting { type nat hook postrouting priority srcnat; policy accept; }",
-        "add chain inet t masq-blue",
-        "add rule inet t masq-blue ip saddr { 10.244.1.0/24 } ip daddr != { 10.244.0.0/16, 224.0.0.0/4 } masquerade",
-        "add rule inet t postrouting jump masq-blue",
-      );
-      assert.equal(renderMasqueradeChange("t", desiredMasquerade(BLUE_V4), parse(WRONG_PRIORITY)), rebuild);
-      assert.equal(renderMasqueradeChange("t", desiredMasquerade(BLUE_V4), parse(NO_BASE_CHAIN)), rebuild);
-    });
-
-    it("adds the missing jump without touching the chains", () => {
-      // Catches: a chain that exists but is never reached counted as in place.
-      assert.equal(
-        renderMasqueradeChange("t", desiredMasquerade([...BLUE, ...RED]), parse(RED_NOT_JUMPED)),
-        script("flush chain inet t postrouting", "add rule inet t postrouting jump masq-blue", "add rule inet t postrouting jump masq-red"),
-      );
+    it("fails on a rule Trellis did not write, and on a base chain of another priority or none", () => {
+      // Catches: an `accept` placed before masquerade kept forever, a foreign rule counted as
+      // equal to any rule, or rules under a base chain that runs at the wrong priority.
+      for (const fixture of [FOREIGN_RULE, COUNTING_RULE, WRONG_PRIORITY, NO_BASE_CHAIN]) {
+        assert.equal(masqueradeMatches(desiredMasquerade(BLUE_V4), parse(fixture)), false);
+      }
     });
   });
 

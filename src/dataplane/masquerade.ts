@@ -17,8 +17,8 @@
  *       ip saddr @masq-blue-src-ip ip daddr != @masq-blue-dst-ip ip daddr != 224.0.0.0/4 masquerade
  *       ip6 saddr @masq-blue-src-ip6 ip6 daddr != @masq-blue-dst-ip6 ip6 daddr != ff00::/8 masquerade
  *
- * The agent's table (`renderMasqueradeChange`) holds the same rules with anonymous sets, changed
- * chain by chain after reading the kernel.
+ * The agent's own table (`trellis-agent`, its pods' masquerade) is written the same way, when its
+ * exclusions change or a check of its chains and sets finds them otherwise.
  */
 import {
   formatPrefix, intervalPrefixes, mergeIntervals, parsePrefix, prefixInterval, tryParseIp, type Family, type IpInterval, type IpPrefix,
@@ -165,31 +165,18 @@ export function parseMasqueradeTable(nftables: readonly unknown[] | undefined): 
   return { chains, jumps, hooked };
 }
 
-/** The nft script that turns `observed` into `desired`, touching only what differs; undefined when nothing does. */
-export function renderMasqueradeChange(table: string, desired: MasqueradeTable, observed: MasqueradeTable | undefined): string | undefined {
-  const t = `inet ${table}`;
-  if (desired.chains.size === 0) return observed ? `delete table ${t}\n` : undefined;
-  const lines: string[] = [];
-  let have = observed;
-  if (have && !have.hooked) {
-    lines.push(`delete table ${t}`);
-    have = undefined;
-  }
-  if (!have) {
-    lines.push(`add table ${t}`, `add chain ${t} ${BASE_CHAIN} { type nat hook postrouting priority srcnat; policy accept; }`);
-  }
+/**
+ * Whether the kernel's table (`observed`, parsed from a listing of the desired chains and their
+ * sets) holds what `desired` says: the hook, each chain's rules as address intervals, the jumps.
+ */
+export function masqueradeMatches(desired: MasqueradeTable, observed: MasqueradeTable | undefined): boolean {
+  if (desired.chains.size === 0) return observed === undefined;
+  if (!observed || !observed.hooked || !sameList(observed.jumps, desired.jumps)) return false;
   for (const [name, rules] of desired.chains) {
-    const current = have?.chains.get(name);
-    if (current && sameRules(current, rules)) continue;
-    lines.push(current ? `flush chain ${t} ${name}` : `add chain ${t} ${name}`);
-    for (const rule of rules as MasqueradeRule[]) lines.push(`add rule ${t} ${name} ${renderRule(rule)}`);
+    const current = observed.chains.get(name);
+    if (!current || !sameRules(current, rules)) return false;
   }
-  if (!have || !sameList(have.jumps, desired.jumps)) {
-    if (have) lines.push(`flush chain ${t} ${BASE_CHAIN}`);
-    for (const target of desired.jumps) lines.push(`add rule ${t} ${BASE_CHAIN} jump ${target}`);
-  }
-  for (const name of have?.chains.keys() ?? []) if (!desired.chains.has(name)) lines.push(`delete chain ${t} ${name}`);
-  return lines.length ? lines.join("\n") + "\n" : undefined;
+  return true;
 }
 
 /** What differs for one network's chain; empty when the kernel holds exactly the desired chain and its jump. */

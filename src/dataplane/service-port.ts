@@ -55,6 +55,12 @@ export interface ProxyNode {
   readonly ownPodCidrs?: readonly IpPrefix[];
   /** Its topology.kubernetes.io/zone: endpoints hinted for it are preferred (trafficDistribution). */
   readonly zone?: string;
+  /**
+   * The cluster's Service CIDRs (the plan's, or the API's ServiceCIDR objects): a connection to
+   * an address in them that no ClusterIP holds is dropped, as kube-proxy drops it, instead of
+   * following the node's default route out.
+   */
+  readonly serviceCidrs?: readonly IpPrefix[];
 }
 
 export interface PortNames {
@@ -135,7 +141,7 @@ export function portNames(namespace: string, name: string, protocol: ServiceProt
 
 export function validateNode(node: ProxyNode): void {
   for (const ip of node.addresses) checkedAddress(`node ${node.name} address`, ip);
-  for (const prefix of [...node.podCidrs, ...(node.ownPodCidrs ?? [])]) {
+  for (const prefix of [...node.podCidrs, ...(node.ownPodCidrs ?? []), ...(node.serviceCidrs ?? [])]) {
     const bits = familyBits(prefix.family);
     if (!Number.isInteger(prefix.length) || prefix.length < 0 || prefix.length > bits) throw new Error(`pod CIDR of node ${node.name} has length ${prefix.length}: expected 0-${bits}`);
     checkedAddress(`pod CIDR of node ${node.name}`, { family: prefix.family, value: prefix.network });

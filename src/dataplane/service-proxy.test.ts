@@ -269,8 +269,10 @@ describe("desiredProxyRuleset", () => {
       "meta mark & 0x00004000 == 0x00000000 return", "meta mark set meta mark ^ 0x00004000", "masquerade fully-random",
     ]);
     assert.deepEqual(rules(t, "filter-input"), ["ct state new jump nodeport-endpoints-check", "ct state new jump service-endpoints-check"]);
-    assert.deepEqual(rules(t, "filter-forward"), ["ct state new jump service-endpoints-check"]);
-    assert.deepEqual(rules(t, "filter-output"), ["ct state new jump service-endpoints-check"]);
+    assert.deepEqual(rules(t, "filter-forward"), ["ct state new jump service-endpoints-check", "ct state new jump cluster-ips-check"]);
+    assert.deepEqual(rules(t, "filter-output"), ["ct state new jump service-endpoints-check", "ct state new jump cluster-ips-check"]);
+    assert.deepEqual(rules(t, "cluster-ips-check"), ["ip daddr @cluster-ips goto reject-chain", "ip daddr @service-cidrs drop"]);
+    assert.deepEqual(elements(t, "cluster-ips"), { "10.96.0.10": "" });
     assert.deepEqual(rules(t, "reject-chain"), ["meta l4proto tcp reject with tcp reset", "reject"]);
     assert.deepEqual(elements(t, "nodeport-ips"), { "198.18.0.1": "" });
     assert.deepEqual(elements(t, "pod-cidrs"), { "10.244.0.0/16": "" });
@@ -434,6 +436,20 @@ describe("desiredProxyRuleset", () => {
     assert.deepEqual(serviceChains(t), []);
   });
 
+  it("rejects a ClusterIP's undefined ports and drops the Service CIDRs' unheld addresses, after DNAT", () => {
+    // Catches: a connection to a ClusterIP on a port it lacks, or to an address of the Service
+    // CIDR no Service holds, following the default route off the node (kube-proxy refuses both);
+    // the Service CIDRs not followed when they change (a ServiceCIDR added on the API).
+    const node = { ...NODE, serviceCidrs: [parsePrefix("10.96.0.0/16"), parsePrefix("fd00:10:96::/112")] };
+    const t = table(desiredProxyRuleset(node, [servicePort(), servicePort({ name: "two", clusterIPs: ips("10.96.0.20") })]), 4);
+    assert.deepEqual(elements(t, "cluster-ips"), { "10.96.0.10": "", "10.96.0.20": "" });
+    assert.deepEqual(elements(t, "service-cidrs"), { "10.96.0.0/16": "" });
+    const state = new ProxyState(node, [servicePort()]);
+    const grown = state.withNode({ ...node, serviceCidrs: [...node.serviceCidrs, parsePrefix("10.100.0.0/16")] });
+    assert.deepEqual(renderProxyOps(grown.ops).trimEnd().split("\n"), ["add element ip trellis-proxy service-cidrs { 10.100.0.0/16 }"]);
+    assert.deepEqual(elements(table(grown.state.ruleset(), 4), "service-cidrs"), { "10.96.0.0/16": "", "10.100.0.0/16": "" });
+  });
+
   it("keeps traffic to the endpoints hinted for this node's zone or this node, falling back as kube-proxy does", () => {
     // Catches: hints ignored (PreferSameZone traffic leaving the zone), a node of a zone no
     // endpoint serves left with none (kube-proxy falls back to every endpoint), hints obeyed when
@@ -595,12 +611,12 @@ describe("desiredProxyRuleset", () => {
   it("counts chains, rules and elements per family", () => {
     // Catches: the sync metrics reporting one family, or rules instead of elements.
     const ruleset = desired([servicePort({ clusterIPs: ips("10.96.0.10", "fd00:10:96::a"), endpoints: [endpoint("10.244.1.5"), endpoint("fd00:10:244:1::5")] })]);
-    // 12 fixed chains with 18 rules (front 8, shard 4); svc (2 rules: masquerade off-cluster
-    // clients, DNAT); nodeport-ips in the front and the shard, pod-cidrs and one service-ips
-    // element in the shard.
+    // 13 fixed chains with 22 rules (front 9, shard 4); svc (2 rules: masquerade off-cluster
+    // clients, DNAT); nodeport-ips in the front and the shard, the ClusterIP in cluster-ips,
+    // pod-cidrs and one service-ips element in the shard.
     assert.deepEqual(proxyRulesetCounts(ruleset), [
-      { family: 4, chains: 13, rules: 20, elements: 4 },
-      { family: 6, chains: 13, rules: 20, elements: 4 },
+      { family: 4, chains: 14, rules: 24, elements: 5 },
+      { family: 6, chains: 14, rules: 24, elements: 5 },
     ]);
   });
 });
@@ -867,8 +883,8 @@ describe("scale", () => {
         `one Service changed: desired ${(t3 - t2).toFixed(0)} ms, change render ${(t4 - t3).toFixed(0)} ms (${change.split("\n").length - 1} lines); ` +
         `port by port (ProxyState.update): ${(t6 - t5).toFixed(1)} ms`,
     );
-    // The front's 8 fixed chains, each shard's 4, and a chain per Service (none per endpoint without affinity).
-    assert.equal(counts.chains, 8 + 4 * SHARDS + services);
+    // The front's 9 fixed chains, each shard's 4, and a chain per Service (none per endpoint without affinity).
+    assert.equal(counts.chains, 9 + 4 * SHARDS + services);
     assert.ok(change.split("\n").length < 10, change);
   });
 

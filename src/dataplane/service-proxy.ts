@@ -131,6 +131,15 @@ export class ProxyState {
     }
   }
 
+  /**
+   * The state for the same ports on a changed node (its addresses, zone or Service CIDRs), and
+   * the steps from this state's tables to it: worked out whole, as a node changes rarely.
+   */
+  withNode(node: ProxyNode): { state: ProxyState; ops: ProxyOp[] } {
+    const state = new ProxyState(node, [...this.ports.values()].map((entry) => entry.port));
+    return { state, ops: proxyChangeOps(this.ruleset(), state.ruleset()) };
+  }
+
   /** The ruleset as it stands (live: it changes with the next update). */
   ruleset(): ProxyRuleset {
     return { tables: this.tables };

@@ -78,9 +78,9 @@ const SHARD_BASE_CHAINS: ReadonlyMap<string, BaseChain> = new Map<string, BaseCh
 ]);
 
 /** The sets every Service port adds elements to. */
-export const SHARED_MAPS = ["service-ips", "service-nodeports", "no-endpoint-services", "no-endpoint-nodeports", "hairpin-connections"] as const;
+export const SHARED_MAPS = ["service-ips", "service-nodeports", "no-endpoint-services", "no-endpoint-nodeports", "hairpin-connections", "cluster-ips"] as const;
 /** Those of them in the front table; the others are in the port's shard. */
-export const FRONT_MAPS: ReadonlySet<string> = new Set(["no-endpoint-services", "no-endpoint-nodeports", "hairpin-connections"]);
+export const FRONT_MAPS: ReadonlySet<string> = new Set(["no-endpoint-services", "no-endpoint-nodeports", "hairpin-connections", "cluster-ips"]);
 
 /** A table being built: its maps filled as ports claim their keys. */
 export interface TableDraft extends Table {
@@ -104,10 +104,17 @@ export function frontTable(family: Family, node: ProxyNode): TableDraft {
   const chains = new Map<string, readonly Rule[]>([
     ["nat-postrouting", [verdictRule([], jump("masquerading"))]],
     ["filter-input", [verdictRule([NEW], jump("nodeport-endpoints-check")), verdictRule([NEW], jump("service-endpoints-check"))]],
-    ["filter-forward", [verdictRule([NEW], jump("service-endpoints-check"))]],
-    ["filter-output", [verdictRule([NEW], jump("service-endpoints-check"))]],
+    ["filter-forward", [verdictRule([NEW], jump("service-endpoints-check")), verdictRule([NEW], jump("cluster-ips-check"))]],
+    ["filter-output", [verdictRule([NEW], jump("service-endpoints-check")), verdictRule([NEW], jump("cluster-ips-check"))]],
     ["service-endpoints-check", [rule([], { statement: "vmap", key: serviceKey, map: "no-endpoint-services" })]],
     ["nodeport-endpoints-check", [rule([{ match: "in set", key: [addressField(family, "daddr")], set: "nodeport-ips" }], { statement: "vmap", key: ["meta l4proto", "th dport"], map: "no-endpoint-nodeports" })]],
+    // After DNAT: a packet still addressed to a ClusterIP asked for a port it does not have
+    // (rejected), and one to another address of the Service CIDRs for a ClusterIP no Service
+    // holds (dropped, as kube-proxy drops it); either would otherwise leave by the default route.
+    ["cluster-ips-check", [
+      rule([{ match: "in set", key: [addressField(family, "daddr")], set: "cluster-ips" }], { statement: "verdict", verdict: REJECT }),
+      verdictRule([{ match: "in set", key: [addressField(family, "daddr")], set: "service-cidrs" }], drop),
+    ]],
     // A TCP client gets a reset and fails at once; UDP and SCTP get ICMP port unreachable.
     ["reject-chain", [rule([{ match: "protocol", protocol: "tcp" }], { statement: "reject", tcpReset: true }), rule([], { statement: "reject" })]],
     ["masquerading", [
@@ -124,6 +131,11 @@ export function frontTable(family: Family, node: ProxyNode): TableDraft {
     ["no-endpoint-services", newSet({ kind: "map", key: [address, "inet_proto", "inet_service"], value: "verdict", flags: [] })],
     ["no-endpoint-nodeports", newSet({ kind: "map", key: ["inet_proto", "inet_service"], value: "verdict", flags: [] })],
     ["hairpin-connections", newSet({ kind: "set", key: [address, address, "inet_proto", "inet_service"], flags: [] })],
+    ["cluster-ips", newSet({ kind: "set", key: [address], flags: [] })],
+    ["service-cidrs", newSet(
+      { kind: "set", key: [address], flags: ["interval"] },
+      mergePrefixes((node.serviceCidrs ?? []).filter((prefix) => prefix.family === family)).map((prefix) => ({ key: [prefix] })),
+    )],
   ]);
   return { family: tableFamilyOf(family), name: PROXY_TABLE, baseChains: FRONT_BASE_CHAINS, chains, sets };
 }
@@ -211,6 +223,7 @@ export function portFragment(family: Family, node: ProxyNode, port: ProxyService
   const externalNoEndpoint: Verdict = hasEndpoints ? drop : REJECT;
 
   for (const clusterIP of clusterIPs) {
+    claim("cluster-ips", { key: [clusterIP] }, clusterRank);
     const key = [clusterIP, protocol, port.port];
     if (hasInternalEndpoints) claim("service-ips", { key, value: goto(internalChain) }, clusterRank);
     else claim("no-endpoint-services", { key, value: REJECT }, clusterRank);
