@@ -29,9 +29,11 @@ import { cpus, loadavg, tmpdir, totalmem } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs, promisify } from "node:util";
-import { APPLIED_AT, objectKey } from "../src/cluster/apply.js";
+import { APPLIED_AT, listObjects, objectKey } from "../src/cluster/apply.js";
+import type { EndpointSlice, Pod, Service } from "../src/cluster/objects/types.js";
+import { PROXY_TABLE_NAMES, type ProxyNode } from "../src/dataplane/service-proxy.js";
 import { logTail, sleep, startDetached, stopProcesses, type StartedProcess } from "../src/lab/processes.js";
-import { PROXY_TABLE_NAMES } from "../src/dataplane/service-proxy.js";
+import { parseIp, parsePrefix } from "../src/net/ip.js";
 import { encodeBatch } from "../src/nft/netlink.js";
 import { openStore } from "../src/store/open.js";
 import { execCniPluginOk, pluginConfig, type CniConfList } from "../test/support/cni-exec.js";
@@ -39,6 +41,7 @@ import { inNetns, sweepStaleNamespaces, type TestNetns } from "../test/support/n
 import { nativePluginDir } from "../test/support/node-agent.js";
 import { addressesOf, TRELLIS, type PodAttachmentResult } from "../test/support/trellis-cni.js";
 import { gitCommit } from "./commit.js";
+import { measureKernelFloor, portsOf, type KernelFloor } from "./svc-floor.js";
 import { kubeComparisonRows, runKubeComparison, type KubeComparison } from "./svc-kube.js";
 import {
   connectTimes, dnatRulePattern, latency, metricsOf, metricValue, processTreeCpuSeconds, residentMemory, round, ruleEvents, sum,
@@ -168,6 +171,8 @@ export interface SvcBenchReport {
   idle?: IdleFigures;
   /** CNI ADD and /healthz while the proxy writes every table whole (repairing them), against the same idle. */
   responsiveness?: ResponsivenessFigures;
+  /** The kernel's own cost of the agent's ruleset and of one change, prepared beforehand (bench/svc-floor.ts). */
+  floor?: KernelFloor;
   /** The proxy's own gauges once every Service is in: what the kernel holds. */
   nftables?: Record<string, number>;
   ratios?: Record<string, number>;
@@ -289,6 +294,7 @@ async function measure(options: BenchOptions, report: SvcBenchReport, made: Made
   const full = await measureFullSync(cluster, options, made, baseElements + options.services - 1, say);
   report.fullSync = full.figures;
   report.memory.afterFullSync = full.memory;
+  report.floor = await measureFloor(cluster, options, made, say);
   report.idle = await measureIdle(cluster, made, say);
   report.responsiveness = await measureResponsiveness(cluster, made, say);
   await connectTimes(client.netns, [{ host: clusterIP, port: SERVICE_PORT }], 1, 10_000).catch((error: Error) => {
@@ -538,6 +544,22 @@ interface ResponsivenessFigures {
   fullSyncMs: LatencyStats;
   idle: { cniAddMs: LatencyStats; healthzMs: LatencyStats };
   duringFullSync: { cniAddMs: LatencyStats; healthzMs: LatencyStats };
+}
+
+/** The agent's Services and slices from its store, worked out as it works them out, written straight to a fresh namespace. */
+async function measureFloor(cluster: Cluster, options: BenchOptions, made: Made, say: (line: string) => void): Promise<KernelFloor> {
+  const store = await openStore(cluster.storeSpec);
+  made.stores.add(store);
+  const [services, slices, pods] = await Promise.all([listObjects<Service>(store, "Service"), listObjects<EndpointSlice>(store, "EndpointSlice"), listObjects<Pod>(store, "Pod")]);
+  const node: ProxyNode = {
+    name: NODE_NAME,
+    addresses: NODE_ADDRESSES.map((address) => parseIp(address.split("/")[0])),
+    podCidrs: [parsePrefix("10.250.0.0/16"), parsePrefix("fd00:250::/48")],
+    serviceCidrs: [parsePrefix("10.251.0.0/16"), parsePrefix("fd00:251::/108")],
+  };
+  const floor = await measureKernelFloor(node, portsOf(services.objects, slices.objects, pods.objects), made, join(dirname(TRELLIS), "trellis-nft-batch"), Math.max(20, options.changes));
+  say(`kernel floor (the agent's ruleset, prepared, straight to a fresh namespace): full write ${floor.fullWriteMs} ms; one change p50 ${floor.changeMs.p50} ms, p99 ${floor.changeMs.p99} ms (encoding the full write apart: ${floor.encodeFullMs} ms)`);
+  return floor;
 }
 
 const RESPONSIVENESS_REPAIRS = 5;
@@ -811,6 +833,8 @@ function nftablesGauges(text: string): Record<string, number> {
 
 function ratios(report: SvcBenchReport): Record<string, number> {
   const result: Record<string, number> = {};
+  if (report.floor && report.fullSync) result["full sync / kernel floor (median)"] = round(report.fullSync.syncMs.p50 / report.floor.fullWriteMs, 3);
+  if (report.floor && report.changes) result["one change p99, store write → live / kernel floor p99"] = round(report.changes.writeToLiveMs.p99 / report.floor.changeMs.p99, 3);
   if (report.responsiveness) {
     const r = report.responsiveness;
     result["CNI ADD p99, during a full sync / idle"] = round(r.duringFullSync.cniAddMs.p99 / r.idle.cniAddMs.p99, 3);
@@ -851,6 +875,8 @@ function goals(report: SvcBenchReport): Record<string, boolean> {
     const rss = Math.max(report.memory.steady.rssMiB, report.memory.afterFullSync?.rssMiB ?? 0);
     result[`agent RSS with ${n} < ${GOALS.rssMB} MB`] = rss * 1.048576 < GOALS.rssMB;
   }
+  if (report.floor && report.fullSync) result[`full sync of ${n} <= 1.5x the kernel floor (median)`] = report.fullSync.syncMs.p50 <= 1.5 * report.floor.fullWriteMs;
+  if (report.floor && report.changes) result["one change p99 <= 2x the kernel floor's p99"] = report.changes.writeToLiveMs.p99 <= 2 * report.floor.changeMs.p99;
   if (report.responsiveness) {
     const r = report.responsiveness;
     result[`CNI ADD p99 during a full sync of ${n} <= 2x idle`] = r.duringFullSync.cniAddMs.p99 <= 2 * r.idle.cniAddMs.p99;
@@ -889,6 +915,18 @@ function tableRows(report: SvcBenchReport): Row[] {
     rows.push({ figure: `agent RSS with ${n}, after the changes`, value: `${m.steady.rssMiB} MiB (peak ${m.steady.peakRssMiB})${after}`, goal: `< ${GOALS.rssMB} MB`, result: verdict(goal("agent RSS")) });
     rows.push({ figure: "  of it anonymous / file pages (the executable's, shared)", value: `${m.steady.anonMiB} / ${m.steady.fileMiB} MiB`, goal: "", result: "reported" });
     rows.push({ figure: "  before the changes: RSS / anonymous", value: `${m.beforeChanges.rssMiB} / ${m.beforeChanges.anonMiB} MiB`, goal: "", result: "reported" });
+  }
+  if (report.floor) {
+    const floor = report.floor;
+    rows.push({ figure: "kernel floor: the agent's full ruleset, prepared, written table by table", value: `${floor.fullWriteMs} ms`, goal: "", result: "reported" });
+    rows.push({ figure: "  full sync / kernel floor (median)", value: `${report.ratios?.["full sync / kernel floor (median)"] ?? "?"}x`, goal: "≤ 1.5x", result: verdict(Object.entries(report.goals ?? {}).find(([name]) => name.includes("the kernel floor (median)"))?.[1]) });
+    rows.push({ figure: `kernel floor: one change, prepared, p50 / p99 of ${floor.changeMs.n}`, value: ms(floor.changeMs), goal: "", result: "reported" });
+    rows.push({ figure: "  one change p99 / kernel floor p99", value: `${report.ratios?.["one change p99, store write → live / kernel floor p99"] ?? "?"}x`, goal: "≤ 2x", result: verdict(Object.entries(report.goals ?? {}).find(([name]) => name.includes("kernel floor's p99"))?.[1]) });
+  }
+  if (report.responsiveness) {
+    const r = report.responsiveness;
+    rows.push({ figure: `CNI ADD during ${r.fullSyncs} full syncs (tables repaired), p50 / p99`, value: `${ms(r.duringFullSync.cniAddMs)}; idle ${ms(r.idle.cniAddMs)}`, goal: "p99 ≤ 2x idle", result: verdict(Object.entries(report.goals ?? {}).find(([name]) => name.startsWith("CNI ADD p99"))?.[1]) });
+    rows.push({ figure: "/healthz during those full syncs, p50 / p99", value: `${ms(r.duringFullSync.healthzMs)}; idle ${ms(r.idle.healthzMs)}`, goal: "p99 < 100 ms", result: verdict(Object.entries(report.goals ?? {}).find(([name]) => name.startsWith("/healthz p99"))?.[1]) });
   }
   if (report.idle) {
     const idle = report.idle;

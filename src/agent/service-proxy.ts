@@ -8,7 +8,7 @@
  */
 import { formatPrefix, type IpPrefix } from "../net/ip.js";
 import {
-  proxyFullOps, proxyRulesetCounts, ProxyState, renderProxyFull, renderProxyOps,
+  proxyFullOpsByTable, proxyRulesetCounts, ProxyState, renderProxyFull, renderProxyOps,
   type ProxyNode, type ProxyOp,
 } from "../dataplane/service-proxy.js";
 import { staleUdpFlows, type StaleFlow } from "../dataplane/service-conntrack.js";
@@ -179,7 +179,6 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
       if (!state) {
         // Worked out in slices: a full sync at 10,000 Services must not stop CNI requests and /healthz.
         state = await ProxyState.build(node, index.all());
-        ops = proxyFullOps(state.ruleset());
         healthChanged = true;
       } else {
         const { removed, added } = index.changes();
@@ -187,11 +186,12 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
         // Once the rules no longer lead there, the UDP flows that still do are deleted.
         for (const flow of staleUdpFlows(removed, added, node.name)) staleFlows.push(flow);
         if ([...removed, ...added].some((port) => port.healthCheckNodePort !== undefined)) healthChanged = true;
-        ops = written ? change : proxyFullOps(state.ruleset());
+        ops = written ? change : [];
       }
       const full = !written;
       const computed = performance.now();
-      const how = ops.length ? await writeRules(ops, full) : undefined;
+      // A full write's steps are made table by table as they are written (writeFull).
+      const how = full ? await writeFull(state) : ops.length ? await writeRules(ops) : undefined;
       const wrote = performance.now();
       if (how) writes[how]++;
       written = true;
@@ -211,7 +211,7 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
       const ms = (value: number) => Math.round(value * 10) / 10;
       if (how) {
         log(full ? "info" : "debug", "service rules synced", {
-          full, servicePorts: index.size, steps: ops.length, via: how, durationMs: ms(stats.lastSyncMs), computeMs: ms(computed - started), writeMs: ms(wrote - computed),
+          full, servicePorts: index.size, ...(full ? {} : { steps: ops.length }), via: how, durationMs: ms(stats.lastSyncMs), computeMs: ms(computed - started), writeMs: ms(wrote - computed),
         });
       }
       else log("debug", "service rules already right", { servicePorts: index.size, durationMs: ms(stats.lastSyncMs), changes: pendingChanges.length });
@@ -240,21 +240,29 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
   const writer = batchWriter?.available() ? batchWriter : undefined;
   if (writer) log("info", "service rules are written through the netlink writer", { path: writer.path });
   /** One transaction, through the netlink writer when it is there (it encodes every step the model has), else through nft. */
-  const writeRules = async (ops: readonly ProxyOp[], full: boolean): Promise<"netlink" | "nft"> => {
+  /** One change, in one transaction: through the netlink writer when it is there, else through nft. */
+  const writeRules = async (ops: readonly ProxyOp[]): Promise<"netlink" | "nft"> => {
     if (writer) {
-      if (!full) {
-        await writer.applyOps(ops);
-        return "netlink";
-      }
-      // A full write goes table by table, each whole in its own transaction: one transaction
-      // holds the namespace's nftables lock for all of its kernel time (0.37 s at 10,000
-      // Services), and every other writer waits, a pod's masquerade or hostPort table among
-      // them; 130 tables one after another take 0.28 s in all and 15 ms at most each. A Service
-      // lives in one shard table, so each table written is whole and right on its own.
-      for (const group of byTable(ops)) await writer.applyOps(group);
+      await writer.applyOps(ops);
       return "netlink";
     }
-    await nftApply(full ? renderProxyFull(state!.ruleset()) : renderProxyOps(ops));
+    await nftApply(renderProxyOps(ops));
+    return "nft";
+  };
+  /**
+   * Every table whole. Through the netlink writer, table by table, each in its own transaction:
+   * one transaction holds the namespace's nftables lock for all of its kernel time (0.37 s at
+   * 10,000 Services), and every other writer waits, a pod's masquerade or hostPort table among
+   * them; 130 tables one after another take 0.28 s in all and 15 ms at most each. A Service
+   * lives in one shard table, so each table written is whole and right on its own. Through nft,
+   * one transaction.
+   */
+  const writeFull = async (desired: ProxyState): Promise<"netlink" | "nft"> => {
+    if (writer) {
+      await writer.applyEach(proxyFullOpsByTable(desired.ruleset()));
+      return "netlink";
+    }
+    await nftApply(renderProxyFull(desired.ruleset()));
     return "nft";
   };
   const healthChecks = startHealthCheckServers({ log });
@@ -364,19 +372,4 @@ export function startServiceProxy(options: ServiceProxyOptions): ServiceProxy {
         })(),
       ].join(""),
   };
-}
-
-/** Steps grouped by the table they change, in order (a full write's steps come table by table). */
-function byTable(ops: readonly ProxyOp[]): ProxyOp[][] {
-  const groups: ProxyOp[][] = [];
-  let current = "";
-  for (const op of ops) {
-    const table = `${op.family} ${op.table}`;
-    if (table !== current || groups.length === 0) {
-      groups.push([]);
-      current = table;
-    }
-    groups[groups.length - 1].push(op);
-  }
-  return groups;
 }

@@ -372,13 +372,22 @@ function tableRef(family: Family, name: string): string {
  */
 export function proxyFullOps(desired: ProxyRuleset): ProxyOp[] {
   const ops: ProxyOp[] = [];
+  for (const table of proxyFullOpsByTable(desired)) append(ops, table);
+  return ops;
+}
+
+/**
+ * `proxyFullOps` table by table, each worked out only when asked for: a writer that writes a
+ * table per transaction never holds all the steps at once (50,000 at 10,000 Services, 25-80 ms
+ * to make in one go).
+ */
+export function* proxyFullOpsByTable(desired: ProxyRuleset): Generator<ProxyOp[]> {
   for (const family of FAMILIES) {
     for (const name of PROXY_TABLE_NAMES) {
       const table = desired.tables.get(tableRef(family, name));
-      append(ops, table ? rewriteTable(table) : deleteTable(tableFamilyOf(family), name, false));
+      yield table ? rewriteTable(table) : deleteTable(tableFamilyOf(family), name, false);
     }
   }
-  return ops;
 }
 
 /**

@@ -49,6 +49,24 @@ export class NftBatchWriter {
   }
 
   /**
+   * Applies each list of steps as its own transaction, in order: the next is encoded while the
+   * kernel applies the one before (the writer takes them one by one), so a full write of many
+   * tables costs about the longer of the two, not their sum. Rejects with the first refusal;
+   * the transactions before it stay applied.
+   */
+  async applyEach(groups: Iterable<readonly Op[]>, timeoutMs = NFT_APPLY_TIMEOUT_MS): Promise<void> {
+    const applied: Array<Promise<void>> = [];
+    for (const group of groups) {
+      const batch = await encodeBatchSliced(group);
+      const done = this.apply(batch, timeoutMs);
+      // Seen at once, so a refusal is never an unhandled rejection while later ones encode.
+      done.catch(() => undefined);
+      applied.push(done);
+    }
+    for (const done of applied) await done;
+  }
+
+  /**
    * Applies `batch` whole, or rejects with the kernel's reason (then nothing of it applied).
    * A writer that has not answered within `timeoutMs` is killed (every batch waiting on it is
    * refused, and the next starts a new one): the caller's loop never waits on it for ever.
