@@ -26,6 +26,7 @@ import { repairMasquerade } from "../podnet/masquerade.js";
 import { buildInfoMetric } from "./build-info.js";
 import { BRIDGE_NAME, CONFLIST_NAME, renderConflist, writeConflist } from "./conflist.js";
 import { cachedPodNets, startCniServer } from "./cni-server.js";
+import { SyncRunner } from "./runner.js";
 import type { ClusterFeed } from "./feed.js";
 import { defaultRouteAddresses, findUnderlay } from "./host.js";
 import { applyNodeNetwork, ensureForwarding, observeNodeNetwork } from "./kernel.js";
@@ -41,6 +42,9 @@ import { openStoreFeed } from "./store-feed.js";
 
 /** The agent's own nftables table: masquerade of pod traffic leaving the cluster. */
 export const AGENT_MASQUERADE_TABLE = "trellis-agent";
+/** A failed sync of the node's routes is tried again this much later, doubling up to the maximum (a resync also brings one). */
+const FIRST_ROUTE_RETRY_MS = 1_000;
+const MAX_ROUTE_RETRY_MS = 30_000;
 
 export interface RunningAgent {
   /** Resolves when the agent has stopped (after `stop` or a fatal error, which it rejects with). */
@@ -85,7 +89,6 @@ export async function startAgent(options: AgentOptions, log: Logger): Promise<Ru
 async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, underlay: Underlay, rejections: Rejections): Promise<RunningAgent> {
   const timers: NodeJS.Timeout[] = [];
   let stopped = false;
-  let syncing: Promise<void> | undefined;
   let reportedUnroutable = new Set<string>();
   let lastSyncMs = 0;
   let lastRoutesSyncAt = 0;
@@ -169,24 +172,32 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
   /** The kernel's routes that are not the agent's, as the last full sync saw them: partial syncs keep clear of them too. */
   let foreign: readonly ForeignRoute[] = [];
   const devices = desiredVxlanDevices(selfEndpoint, underlay, options.mode);
+  /** Syncs of the node's routes, one at a time, the peers that changed meanwhile together; a failed one is tried again, whole. */
+  const routeRuns = new SyncRunner({
+    minIntervalMs: 0,
+    firstRetryMs: FIRST_ROUTE_RETRY_MS,
+    maxRetryMs: MAX_ROUTE_RETRY_MS,
+    run: async () => {
+      if (!wantFull && changed.size === 0 && applied !== undefined) return;
+      const runFull = wantFull || applied === undefined;
+      const names = [...changed];
+      wantFull = false;
+      changed.clear();
+      try {
+        await syncNodeNetwork(runFull, names);
+      } catch (error) {
+        applied = undefined;
+        throw error;
+      }
+    },
+    failed: (error, retryInMs) => log("error", "sync failed; trying again, whole", { error: String(error), retryInSeconds: (retryInMs ?? 0) / 1000 }),
+  });
   const requestSync = (full: boolean, peer?: string) => {
     if (stopped || !feed.listed()) return;
     if (full) wantFull = true;
     if (peer !== undefined) changed.add(peer);
-    if (syncing || (!wantFull && changed.size === 0)) return;
-    const runFull = wantFull || applied === undefined;
-    const names = [...changed];
-    wantFull = false;
-    changed.clear();
-    syncing = syncNodeNetwork(runFull, names)
-      .catch((error: unknown) => {
-        applied = undefined;
-        log("error", "sync failed; the next resync retries", { error: String(error) });
-      })
-      .finally(() => {
-        syncing = undefined;
-        if (wantFull || changed.size) requestSync(wantFull);
-      });
+    if (!wantFull && changed.size === 0) return;
+    routeRuns.request();
   };
 
   const partOf = (peer: NodeEndpoint) => desiredPeerNetwork(underlay, devices, peer, options.mode);
@@ -365,7 +376,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     closing = true;
     stop();
     keepIpWarm(false);
-    void (syncing ?? Promise.resolve())
+    void routeRuns.stop()
       .then(() => proxy?.stop())
       .then(() => http?.close())
       .then(() => proxyEndpoints.forEach((endpoint) => endpoint?.close()))

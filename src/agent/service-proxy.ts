@@ -22,6 +22,7 @@ import type { Logger } from "./log.js";
 import { Histogram, PROGRAMMING_BUCKETS, renderGauge, SYNC_BUCKETS } from "./metrics.js";
 import type { ProxyFollow, ProxySource } from "./proxy-source.js";
 import type { Rejections } from "./rejections.js";
+import { SyncRunner } from "./runner.js";
 import { ServiceIndex } from "./service-index.js";
 
 export interface ServiceProxyOptions {
@@ -194,12 +195,8 @@ export class ServiceProxyLoop implements ServiceProxy {
   /** Whether a health check port may have changed. */
   private healthChanged = true;
   private checkTables = false;
-  /** Cancels the next sync, when one is scheduled. */
-  private scheduled: (() => void) | undefined;
-  private running: Promise<void> | undefined;
-  /** When the running sync started (performance.now()). */
-  private runningSince: number | undefined;
-  private pending = false;
+  /** Syncs, one at a time, at most one per minSyncIntervalMs, a failed one tried again later. */
+  private readonly runs: SyncRunner;
   private lastSyncAt = 0;
   private lastStats: ProxyStats = { syncs: 0, lastSyncMs: 0, servicePorts: 0, lastSyncAt: 0 };
   /** When the changes not yet in the kernel were written to the datastore (ms since the epoch). */
@@ -207,8 +204,6 @@ export class ServiceProxyLoop implements ServiceProxy {
   private readonly syncDuration = new Histogram("trellis_sync_proxy_rules_duration_seconds", "How long one sync of the Service rules took (compute, render, nft, conntrack).", SYNC_BUCKETS);
   private readonly programming = new Histogram("trellis_network_programming_duration_seconds", "From a Service, EndpointSlice or Pod change written to the store to the rules for it in the kernel.", PROGRAMMING_BUCKETS);
   private failedSyncs = 0;
-  private retryTimer: NodeJS.Timeout | undefined;
-  private retryDelayMs = FIRST_RETRY_DELAY_MS;
   /** Syncs that wrote rules, by how. */
   private readonly writes = { netlink: 0, nft: 0 };
   private readonly stuckAfterSeconds: number;
@@ -221,6 +216,15 @@ export class ServiceProxyLoop implements ServiceProxy {
     this.node = options.node;
     this.stuckAfterSeconds = options.syncStuckAfterSeconds ?? SYNC_STUCK_AFTER_SECONDS;
     this.index = new ServiceIndex(options.source.endpoints, (service, refused) => options.rejections.report(`Service ${service}`, refused));
+    this.runs = new SyncRunner({
+      minIntervalMs: options.minSyncIntervalMs,
+      // Tried again soon (a writer that died is started again at once), then less and less
+      // often: a kernel that keeps refusing must not be asked for a whole rewrite every moment.
+      firstRetryMs: FIRST_RETRY_DELAY_MS,
+      maxRetryMs: MAX_RETRY_DELAY_MS,
+      run: () => this.sync(),
+      failed: (error, retryInMs) => this.log("error", "service proxy sync failed; the tables are written whole at the next sync", { error: String(error), retryInSeconds: (retryInMs ?? 0) / 1000 }),
+    });
     if (options.nodeZones) this.index.setZones(options.nodeZones);
     const changed = (changedAt: number | undefined) => {
       if (changedAt !== undefined) this.changeTimes.push(changedAt);
@@ -280,11 +284,8 @@ export class ServiceProxyLoop implements ServiceProxy {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    this.scheduled?.();
-    this.scheduled = undefined;
-    clearTimeout(this.retryTimer);
     this.following.stop();
-    await this.running;
+    await this.runs.stop();
     this.parts.kernel.close();
     await this.parts.healthChecks.update(new Map());
   }
@@ -298,7 +299,7 @@ export class ServiceProxyLoop implements ServiceProxy {
   }
 
   syncRunningSeconds(): number {
-    return this.runningSince === undefined ? 0 : (performance.now() - this.runningSince) / 1000;
+    return this.runs.runningSeconds();
   }
 
   unhealthy(): string | undefined {
@@ -316,9 +317,9 @@ export class ServiceProxyLoop implements ServiceProxy {
       renderGauge("trellis_sync_proxy_rules_failures_total", "Syncs of the Service rules that failed.", [{ value: this.failedSyncs }], "counter"),
       renderGauge("trellis_proxy_rule_writes_total", "Syncs that wrote rules, by writer: netlink (trellis-nft-batch) or nft.", (["netlink", "nft"] as const).map((writer) => ({ labels: { writer }, value: this.writes[writer] })), "counter"),
       renderGauge("trellis_proxy_service_ports", "Service ports the rules implement.", [{ value: this.lastStats.servicePorts }]),
-      renderGauge("trellis_proxy_sync_running", "1 while a sync of the Service rules runs.", [{ value: this.running ? 1 : 0 }]),
+      renderGauge("trellis_proxy_sync_running", "1 while a sync of the Service rules runs.", [{ value: this.runs.running ? 1 : 0 }]),
       renderGauge("trellis_proxy_sync_running_seconds", `How long the sync of the Service rules running now has run; 0 when none runs. Past ${this.stuckAfterSeconds} s, /healthz fails.`, [{ value: this.syncRunningSeconds() }]),
-      renderGauge("trellis_proxy_sync_pending", "1 while a change waits for the next sync.", [{ value: this.pending || this.scheduled ? 1 : 0 }]),
+      renderGauge("trellis_proxy_sync_pending", "1 while a change waits for the next sync.", [{ value: this.runs.waiting ? 1 : 0 }]),
       renderGauge("trellis_proxy_changes_waiting", "Store changes not yet in a finished sync.", [{ value: this.changeTimes.length }]),
       this.parts.healthChecks.metrics(),
       ...(["chains", "rules", "elements"] as const).map((what) =>
@@ -327,34 +328,13 @@ export class ServiceProxyLoop implements ServiceProxy {
     ].join("");
   }
 
-  /** A sync soon: now when the last was long enough ago, else once it was; one at a time, changes meanwhile together. */
+  /** A sync soon (see SyncRunner), once the first list is whole and the external-address policy given. */
   private requestSync(): void {
     if (this.stopped || !this.listed || !this.policyGiven) return;
-    this.pending = true;
-    if (this.running || this.scheduled) return;
-    const wait = Math.max(0, this.lastSyncAt + this.options.minSyncIntervalMs - Date.now());
-    const start = () => {
-      this.scheduled = undefined;
-      this.runningSince = performance.now();
-      this.running = this.sync().finally(() => {
-        this.running = undefined;
-        this.runningSince = undefined;
-        if (this.pending) this.requestSync();
-      });
-    };
-    // A sync due now starts on the next turn of the event loop: setTimeout(start, 0) would wait
-    // a whole millisecond (Node's shortest timeout), a tenth of a change at 10,000 Services.
-    if (wait > 0) {
-      const timer = setTimeout(start, wait);
-      this.scheduled = () => clearTimeout(timer);
-    } else {
-      const immediate = setImmediate(start);
-      this.scheduled = () => clearImmediate(immediate);
-    }
+    this.runs.request();
   }
 
   private async sync(): Promise<void> {
-    this.pending = false;
     this.lastSyncAt = Date.now();
     const started = performance.now();
     const pendingChanges = this.changeTimes;
@@ -423,24 +403,14 @@ export class ServiceProxyLoop implements ServiceProxy {
         this.log("debug", "service rules already right", { servicePorts: this.index.size, durationMs: ms(this.lastStats.lastSyncMs), changes: pendingChanges.length });
       }
     } catch (error) {
-      // Written whole at the next sync, which a resync or the next change brings; a ruleset
-      // that could not be worked out is worked out again from every port.
+      // Written whole at the next sync (the runner tries one again soon); a ruleset that could
+      // not be worked out is worked out again from every port.
       if (!(error instanceof CommandError || error instanceof NftWriteError)) this.state = undefined;
       this.written = false;
       this.failedSyncs++;
       this.changeTimes.push(...pendingChanges);
-      // Tried again soon (a writer that died is started again at once), then less and less
-      // often: a kernel that keeps refusing must not be asked for a whole rewrite every moment.
-      this.log("error", "service proxy sync failed; the tables are written whole at the next sync", { error: String(error), retryInSeconds: this.retryDelayMs / 1000 });
-      clearTimeout(this.retryTimer);
-      this.retryTimer = setTimeout(() => {
-        this.retryTimer = undefined;
-        this.requestSync();
-      }, this.retryDelayMs);
-      this.retryDelayMs = Math.min(this.retryDelayMs * 2, MAX_RETRY_DELAY_MS);
-      return;
+      throw error;
     }
-    this.retryDelayMs = FIRST_RETRY_DELAY_MS;
   }
 
   /** Deletes the flows four at a time; a failure is logged, not fatal. */
