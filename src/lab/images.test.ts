@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
@@ -47,8 +47,12 @@ describe("lab/images", () => {
     const again = await buildImage(spec, work);
     assert.equal(again.file, first.file);
     assert.equal(statSync(again.file).mtimeMs, mtime);
+    const unrelated = await buildImage({ ...spec, ref: "example.test/cache-other:1" }, work);
     const other = await buildImage({ ...spec, cmd: ["sh"] }, work);
     assert.notEqual(other.file, first.file);
+    // Bug caught: every build of a reference kept (the cache grew by an image per change).
+    assert.equal(existsSync(first.file), false, "the archive it replaces is gone");
+    assert.equal(existsSync(unrelated.file), true, "another reference's archive stays");
   });
 
   it("refuses an image path that is relative or leaves the image", async () => {

@@ -5,7 +5,9 @@
  * `ctr images import` takes. An archive is rebuilt only when an input file or the spec changes.
  */
 import { createHash } from "node:crypto";
-import { chmodSync, copyFileSync, createReadStream, existsSync, lstatSync, mkdirSync, mkdtempSync, realpathSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync, copyFileSync, createReadStream, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, realpathSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, posix } from "node:path";
 import { run } from "../linux/exec.js";
@@ -48,7 +50,8 @@ export async function buildImage(spec: ImageSpec, cacheDir: string): Promise<Ima
     key.update(`\0${input}\0${stat.size}\0${stat.mtimeMs}\0${stat.ino}`);
   }
   const digest = key.digest("hex").slice(0, 16);
-  const file = join(cacheDir, `${spec.ref.replace(/[^A-Za-z0-9.-]+/g, "_")}-${digest}.tar`);
+  const stem = `${spec.ref.replace(/[^A-Za-z0-9.-]+/g, "_")}-`;
+  const file = join(cacheDir, `${stem}${digest}.tar`);
   if (existsSync(file)) return { ref: spec.ref, file };
   mkdirSync(cacheDir, { recursive: true });
   const work = mkdtempSync(join(tmpdir(), "trellis-image-"));
@@ -83,6 +86,12 @@ export async function buildImage(spec: ImageSpec, cacheDir: string): Promise<Ima
     }
     await writeDockerArchive(spec, root, work, `${file}.tmp`);
     renameSync(`${file}.tmp`, file);
+    // The archives this one replaces (the same reference from older inputs) go: a cache that
+    // kept every build grew by an image per change of the executable. One being read stays
+    // readable until its reader closes it.
+    for (const name of readdirSync(cacheDir)) {
+      if (name.startsWith(stem) && /^[0-9a-f]{16}\.tar$/.test(name.slice(stem.length)) && join(cacheDir, name) !== file) rmSync(join(cacheDir, name), { force: true });
+    }
     return { ref: spec.ref, file };
   } finally {
     rmSync(work, { recursive: true, force: true });
