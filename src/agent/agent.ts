@@ -107,7 +107,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
         source: feed.services,
         node: {
           name: selfEndpoint.name, addresses: selfEndpoint.addresses, podCidrs: feed.clusterPodCidrs, ownPodCidrs: selfEndpoint.podCidrs,
-          ...(feed.zone === undefined ? {} : { zone: feed.zone }),
+          ...(feed.zone() === undefined ? {} : { zone: feed.zone() }),
           serviceCidrs: feed.serviceCidrs(),
         },
         nodeZones: feed.nodeZones(),
@@ -360,7 +360,10 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
   }, options.resyncSeconds * 1000));
   feed.follow({
     changed: (name) => requestSync(name === undefined, name),
-    zonesChanged: () => proxy?.setNodeZones(feed.nodeZones()),
+    zonesChanged: () => {
+      proxy?.setNodeZones(feed.nodeZones());
+      proxy?.setZone(feed.zone());
+    },
     serviceCidrsChanged: () => {
       proxy?.setServiceCidrs(feed.serviceCidrs());
       // The external-address policy and the masquerade exclusions name them too.

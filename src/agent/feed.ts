@@ -25,8 +25,8 @@ export interface ClusterFeed {
   readonly description: string;
   /** This node as its peers route to it. */
   readonly self: NodeEndpoint;
-  /** This node's zone (topology.kubernetes.io/zone), when it has one. */
-  readonly zone?: string;
+  /** This node's zone (topology.kubernetes.io/zone) now, when it has one. */
+  zone(): string | undefined;
   /** Every known node's zone, this one's included, by node name: endpoints' zones (trafficDistribution). */
   nodeZones(): ReadonlyMap<string, string>;
   /** The cluster's pod CIDRs: what counts as "from a pod" (masquerade, Service source rules). */

@@ -87,7 +87,7 @@ async function waitForNode(client: KubeClient, name: string, log: Logger): Promi
 }
 
 function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: NodeEndpoint, zone: string | undefined, underlay: Underlay, rejections: Rejections): ClusterFeed {
-  /** Every Node's zone label. This node's own is read once, at start: a change of it takes an agent restart. */
+  /** Every Node's zone label, this node's own included (a change of it moves the Service rules to the new zone's endpoints). */
   const zones = new Map<string, string>();
   if (zone !== undefined) zones.set(self.name, zone);
   const book = new PeerBook(
@@ -149,7 +149,7 @@ function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: 
   return {
     description: client.connection.server,
     self,
-    ...(zone === undefined ? {} : { zone }),
+    zone: () => zones.get(self.name),
     nodeZones: () => zones,
     clusterPodCidrs: options.clusterCidrs,
     serviceCidrs: () => serviceCidrList,
@@ -162,12 +162,13 @@ function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: 
       followServiceCidrs();
       informer = inform<KubeNode>(client, "/api/v1/nodes", {
         change(name, node) {
-          if (name !== self.name) {
+          // This node's own label too, unless the Node went (then the agent stops anyway).
+          if (name !== self.name || node) {
             const nodeZoneNow = node && nodeZone(node);
             if (zones.get(name) !== nodeZoneNow) {
               if (nodeZoneNow === undefined) zones.delete(name);
               else zones.set(name, nodeZoneNow);
-              if (listed) events?.zonesChanged();
+              if (listed || name === self.name) events?.zonesChanged();
             }
           }
           if (name === self.name) {

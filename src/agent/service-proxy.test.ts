@@ -8,6 +8,7 @@ import type { EndpointSlice, Service } from "../cluster/objects/types.js";
 import type { StaleFlow } from "../dataplane/service-conntrack.js";
 import type { ProxyOp } from "../dataplane/service-proxy.js";
 import { NftWriteError } from "../linux/nft-netlink.js";
+import { ruleText } from "../nft/text.js";
 import type { ProxySink, ProxySource } from "./proxy-source.js";
 import { Rejections } from "./rejections.js";
 import type { HealthCheck } from "./health-checks.js";
@@ -221,5 +222,25 @@ describe("the Service proxy's loop, with a kernel that records", () => {
     assert.deepEqual(last.get(32000), { namespace: "default", name: "lb", localEndpoints: 2 }, "two endpoints on this node");
     await proxy.stop();
     assert.equal(updates.at(-1)!.size, 0, "stopped: no port served");
+  });
+
+  // Bug caught: this node's zone read once at start, so a Node relabelled into another zone keeps
+  // sending PreferClose traffic to its old zone's endpoints until the agent restarts.
+  test("follows this node's zone: a new zone narrows a hinted Service to that zone's endpoints", async () => {
+    const { kernel, calls } = recordingKernel();
+    const { proxy, sink } = start(0, { kernel });
+    const hinted = slice("dns", ["10.244.1.5", "10.244.2.6"]);
+    const zones = ["zone-a", "zone-b"];
+    sink().service("default/dns", service("dns", { trafficDistribution: "PreferClose" }));
+    sink().slice("s/dns", { ...hinted, endpoints: hinted.endpoints.map((endpoint, i) => ({ ...endpoint, zone: zones[i], hints: { forZones: [{ name: zones[i] }] } })) } as EndpointSlice);
+    await eventually("the first sync", () => calls.length === 1);
+    proxy.setZone("zone-b");
+    await eventually("the zone's change written", () => calls.length === 2);
+    const added = calls[1].ops!.flatMap((op) => (op.op === "add rule" ? [ruleText(op.rule)] : []));
+    assert.ok(added.some((rule) => rule.endsWith("dnat ip to 10.244.2.6:5353")), added.join("\n"));
+    proxy.setZone("zone-b");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(calls.length, 2, "the same zone again changes nothing");
+    await proxy.stop();
   });
 });

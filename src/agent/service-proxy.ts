@@ -53,6 +53,8 @@ export interface ServiceProxy {
   setNodeZones(zones: ReadonlyMap<string, string>): void;
   /** The cluster's Service CIDRs changed (ServiceCIDR objects): the rules follow at the next sync. */
   setServiceCidrs(cidrs: readonly IpPrefix[]): void;
+  /** This node's zone changed (its Node's label): the rules follow at the next sync. */
+  setZone(zone: string | undefined): void;
   /** Lists and watches anew (after the datastore was away). */
   relist(): void;
   stop(): Promise<void>;
@@ -257,6 +259,14 @@ export class ServiceProxyLoop implements ServiceProxy {
     if (key(cidrs) === key(this.node.serviceCidrs)) return;
     this.node = { ...this.node, serviceCidrs: [...cidrs] };
     this.nodeChanged = true;
+    this.requestSync();
+  }
+
+  setZone(zone: string | undefined): void {
+    if (zone === this.node.zone) return;
+    this.node = { ...this.node, zone };
+    this.nodeChanged = true;
+    this.log("info", "this node's zone changed; Services follow its endpoints", { zone: zone ?? null });
     this.requestSync();
   }
 

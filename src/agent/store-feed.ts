@@ -244,7 +244,7 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
   return {
     description: store.spec,
     self: selfEndpoint,
-    ...(options.zone === undefined ? {} : { zone: options.zone }),
+    zone: () => options.zone,
     nodeZones: () => zones,
     clusterPodCidrs: cluster.plan.podCidrs,
     serviceCidrs: () => cluster.plan.serviceCidrs,
