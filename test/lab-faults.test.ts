@@ -96,6 +96,25 @@ describe("a VXLAN lab under faults", { timeout: 600_000 }, () => {
     assert.ok(changes.some((change) => change.startsWith(`fdb ${mac} -> ${dst}`)), `the agent restored the FDB entry: ${changes.join("; ")}`);
   });
 
+  // Bug caught: the pod bridge deleted by hand (and with it every pod port on it) staying gone
+  // until the next ADD on that node: the agent's resync must put it back with its pods.
+  it("puts back the pod bridge deleted by hand, with its pods on it, within one resync", async () => {
+    const bridgeOf = () => labExec(name, "node1", ["ip", "-o", "link", "show", "master", "trellis0"]).split("\n").filter(Boolean).length;
+    const ports = bridgeOf();
+    assert.ok(ports >= 1, "node1's pods are on its bridge");
+    labExec(name, "node1", ["ip", "link", "del", "trellis0"]);
+    const took = await waitFor("bridge and its ports back", () => {
+      try {
+        return bridgeOf() === ports;
+      } catch {
+        return false;
+      }
+    }, 4000);
+    assert.ok(took <= 4000, `restored after ${took} ms`);
+    const check = labCheck(name);
+    assert.deepEqual(check.probes.filter((probe) => !probe.ok && (probe.fromNode === "node1" || probe.toNode === "node1")).map((probe) => `${probe.from} -> ${probe.to} ${probe.kind}: ${probe.error}`), []);
+  });
+
   // Bug caught: the agent's masquerade check, which lists its chains one by one, missing a chain
   // emptied by hand (pods' traffic to the outside leaves with their own address) or failing on a
   // table deleted by hand instead of falling back to writing it whole.

@@ -20,7 +20,6 @@ import { nftApply, nftListObjects } from "../linux/nftables.js";
 import { renderOps } from "../nft/text.js";
 import { formatIp, formatPrefix, type IpAddress, type IpPrefix } from "../net/ip.js";
 import { repairBridge } from "../podnet/bridge.js";
-import { openPodNet } from "../podnet/handle.js";
 import { hostPortTable, repairHostPorts } from "../podnet/hostports.js";
 import { repairMasquerade } from "../podnet/masquerade.js";
 import { buildInfoMetric } from "./build-info.js";
@@ -318,12 +317,9 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
   /** A pod bridge deleted by hand comes back with the recorded pods on it. */
   const repairPodBridge = async () => {
     if (!existsSync(join(options.cniDataDir, "state.db"))) return;
-    const net = openPodNet(options.cniDataDir, { field: "--cni-data-dir" });
-    try {
-      await repairBridge(net, BRIDGE_NAME);
-    } finally {
-      net.close();
-    }
+    // The CNI server's own handle on the state, kept open: opening SQLite at every resync is
+    // synchronous work on the loop that serves CNI requests.
+    await repairBridge(podNets.acquire(options.cniDataDir, "--cni-data-dir"), BRIDGE_NAME);
   };
 
   const stop = () => {

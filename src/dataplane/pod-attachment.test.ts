@@ -139,15 +139,18 @@ describe("dataplane/pod-attachment", () => {
     const spec = planPodAttachment(DUAL_STACK);
     const veth = spec.hostVeth.name;
 
-    it("renders the bridge with its MTU and a random MAC", () => {
-      // Catches: the kernel's derived bridge MAC (it changes as ports come and go), the MTU dropped.
-      const commands = renderBridgeCreate("trellis0", 1400);
+    it("renders the bridge with its MTU and a MAC of its own, the same when it is made again", () => {
+      // Catches: the kernel's derived bridge MAC (it changes as ports come and go), the MTU
+      // dropped, or a bridge made again after a deletion with a new MAC (its pods' neighbour
+      // entries name the old one, and they are cut off until the entries go stale).
+      const commands = renderBridgeCreate("trellis0", 1400, "node-a\0/var/lib/cni/trellis");
       const mac = commands[0][6];
       assertLocalUnicastMac(mac);
       assert.deepEqual(commands, [["link", "add", "trellis0", "mtu", "1400", "address", mac, "type", "bridge"]]);
-      const plain = renderBridgeCreate("trellis0", undefined);
-      assertLocalUnicastMac(plain[0][4]);
-      assert.deepEqual(plain, [["link", "add", "trellis0", "address", plain[0][4], "type", "bridge"]]);
+      const plain = renderBridgeCreate("trellis0", undefined, "node-a\0/var/lib/cni/trellis");
+      assert.deepEqual(plain, [["link", "add", "trellis0", "address", mac, "type", "bridge"]], "the same bridge of the same node: the same MAC");
+      assert.notEqual(renderBridgeCreate("trellis0", undefined, "node-b\0/var/lib/cni/trellis")[0][4], mac, "another node's");
+      assert.notEqual(renderBridgeCreate("cni1", undefined, "node-a\0/var/lib/cni/trellis")[0][4], mac, "another bridge's");
     });
 
     it("renders a bridge port with hairpin only when asked", () => {

@@ -136,9 +136,22 @@ export function bridgeGateways(addresses: readonly PodAddress[]): PodGateway[] {
   return [...gateways.values()];
 }
 
-/** Creates the bridge (its MTU is set only here: an existing bridge is shared and never changed). */
-export function renderBridgeCreate(name: string, mtu: number | undefined): string[][] {
-  return [["link", "add", name, ...(mtu === undefined ? [] : ["mtu", String(mtu)]), "address", randomMac(), "type", "bridge"]];
+/**
+ * Creates the bridge (its MTU is set only here: an existing bridge is shared and never changed)
+ * with a MAC of its own, fixed by `identity` (the node and state it belongs to): a bridge made
+ * again after it was deleted has the MAC its pods' neighbour entries name for their gateway, so
+ * they reach it at once instead of after their entries go stale (5–10 s). The kernel's own
+ * choice would follow the ports, changing as pods come and go.
+ */
+export function renderBridgeCreate(name: string, mtu: number | undefined, identity: string): string[][] {
+  return [["link", "add", name, ...(mtu === undefined ? [] : ["mtu", String(mtu)]), "address", bridgeMac(name, identity), "type", "bridge"]];
+}
+
+/** A locally administered unicast MAC for bridge `name` of `identity`. */
+export function bridgeMac(name: string, identity: string): string {
+  const bytes = createHash("sha256").update(`bridge\0${identity}\0${name}`).digest().subarray(0, 6);
+  bytes[0] = (bytes[0] & 0xfe) | 0x02;
+  return [...bytes].map((byte) => byte.toString(16).padStart(2, "0")).join(":");
 }
 
 /** The bridge up with its gateway addresses (idempotent). */

@@ -3,6 +3,7 @@
  * may hang on it), checked to really be a bridge, and given back its ports and gateway
  * addresses when it was deleted and comes back.
  */
+import { hostname } from "node:os";
 import { readFileSync, writeFileSync } from "node:fs";
 import { bridgeGateways, renderBridgeAddresses, renderBridgeCreate, renderBridgePort } from "../dataplane/pod-attachment.js";
 import { parseIpLinks, type ObservedLink } from "../dataplane/pod-check.js";
@@ -25,7 +26,8 @@ export async function ensureBridge(net: PodNet, name: string, options: { mtu?: n
     return;
   }
   try {
-    await ipBatch(renderBridgeCreate(name, options.mtu));
+    // The node and its state directory: a bridge made again gets the MAC it had.
+    await ipBatch(renderBridgeCreate(name, options.mtu, `${hostname()}\0${net.stateDir}`));
   } catch (error) {
     if (!isAlreadyExists(error)) throw kernelError(`creating bridge ${name}`, error);
     return ensureBridge(net, name, options);
