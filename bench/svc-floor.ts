@@ -2,7 +2,7 @@
  * The kernel's own cost for the agent's Service rules, the floor the proxy's figures are
  * measured against: the same ruleset the agent works out from the same Services, encoded
  * beforehand, written straight to the kernel through `trellis-nft-batch` in a namespace of its
- * own (table by table, as the agent writes a full sync), then one typical change (one endpoint
+ * own (a few tables a transaction, as the agent writes a full sync), then one typical change (one endpoint
  * of one Service replaced) many times over. What is left of the agent's figures above these is
  * its own work: watching, working out, encoding, and waiting its turn.
  */
@@ -11,7 +11,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ServiceIndex } from "../src/agent/service-index.js";
 import type { EndpointSlice, Pod, Service } from "../src/cluster/objects/types.js";
-import { proxyFullOps, ProxyState, type ProxyNode, type ProxyOp, type ProxyServicePort } from "../src/dataplane/service-proxy.js";
+import { coalesced, FULL_WRITE_STEPS } from "../src/agent/service-proxy.js";
+import { proxyFullOpsByTable, ProxyState, type ProxyNode, type ProxyOp, type ProxyServicePort } from "../src/dataplane/service-proxy.js";
 import { NftBatchWriter } from "../src/linux/nft-netlink.js";
 import { parseIp } from "../src/net/ip.js";
 import { encodeBatch } from "../src/nft/netlink.js";
@@ -19,7 +20,7 @@ import type { Made } from "./net-support.js";
 import { latency, type LatencyStats } from "./svc-support.js";
 
 export interface KernelFloor {
-  /** The agent's full ruleset, prepared: written table by table through one writer. */
+  /** The agent's full ruleset, prepared: written in the agent's transactions through one writer. */
   fullWriteMs: number;
   /** One endpoint replaced in one Service, prepared: each written as one transaction (µs: it is well under a millisecond). */
   changeUs: LatencyStats;
@@ -39,7 +40,8 @@ export function portsOf(services: readonly Service[], slices: readonly EndpointS
 export async function measureKernelFloor(node: ProxyNode, ports: readonly ProxyServicePort[], made: Made, writerPath: string, changes: number): Promise<KernelFloor> {
   const state = new ProxyState(node, ports);
   const started = performance.now();
-  const full = byTable(proxyFullOps(state.ruleset())).map(encodeBatch);
+  // Grouped into transactions as the agent groups them (agent/service-proxy.ts).
+  const full = [...coalesced(proxyFullOpsByTable(state.ruleset()), FULL_WRITE_STEPS)].map(encodeBatch);
   const encodeFullMs = performance.now() - started;
   // Changes worked out and encoded before any is written: one Service with endpoints, its first
   // endpoint swapped for an address of its own family and back, so each is a real change.
@@ -78,18 +80,4 @@ export async function measureKernelFloor(node: ProxyNode, ports: readonly ProxyS
   } finally {
     writer.close();
   }
-}
-
-function byTable(ops: readonly ProxyOp[]): ProxyOp[][] {
-  const groups: ProxyOp[][] = [];
-  let current = "";
-  for (const op of ops) {
-    const table = `${op.family} ${op.table}`;
-    if (table !== current || groups.length === 0) {
-      groups.push([]);
-      current = table;
-    }
-    groups[groups.length - 1].push(op);
-  }
-  return groups;
 }

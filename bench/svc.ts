@@ -27,6 +27,7 @@ import { execFile, execFileSync, spawn } from "node:child_process";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, statSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir, totalmem } from "node:os";
 import { dirname, join, resolve } from "node:path";
+import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { parseArgs, promisify } from "node:util";
 import { APPLIED_AT, listObjects, objectKey } from "../src/cluster/apply.js";
@@ -687,14 +688,9 @@ function startHealthzProbe(node: TestNetns, made: Made): { mark(): number; since
   const child = spawn("nsenter", [`--net=${node.path}`, process.execPath, "-e", script, url], { stdio: ["ignore", "pipe", "inherit"] });
   made.children.add(child);
   const answers: Sample[] = [];
-  let partial = "";
-  child.stdout!.on("data", (chunk: Buffer) => {
-    const lines = (partial + chunk.toString("utf8")).split("\n");
-    partial = lines.pop()!;
-    for (const line of lines) {
-      const [at, ms] = line.split(" ").map(Number);
-      answers.push({ at: at - ms, ms });
-    }
+  createInterface({ input: child.stdout! }).on("line", (line) => {
+    const [at, ms] = line.split(" ").map(Number);
+    answers.push({ at: at - ms, ms });
   });
   return {
     mark: () => answers.length,
@@ -957,7 +953,7 @@ function tableRows(report: SvcBenchReport): Row[] {
   }
   if (report.floor) {
     const floor = report.floor;
-    rows.push({ figure: "kernel floor: the agent's full ruleset, prepared, written table by table", value: `${floor.fullWriteMs} ms`, goal: "", result: "reported" });
+    rows.push({ figure: "kernel floor: the agent's full ruleset, prepared, in the agent's transactions", value: `${floor.fullWriteMs} ms`, goal: "", result: "reported" });
     rows.push({ figure: "  full sync / kernel floor (median)", value: `${report.ratios?.["full sync / kernel floor (median)"] ?? "?"}x`, goal: "≤ 1.5x", result: verdict(Object.entries(report.goals ?? {}).find(([name]) => name.includes("the kernel floor (median)"))?.[1]) });
     rows.push({ figure: `kernel floor: one change, prepared, p50 / p99 of ${floor.changeUs.n}`, value: `${floor.changeUs.p50} / ${floor.changeUs.p99} µs (max ${floor.changeUs.max})`, goal: "", result: "reported" });
     rows.push({ figure: "  one change p99 / kernel floor p99", value: `${report.ratios?.["one change p99, store write → live / kernel floor p99"] ?? "?"}x`, goal: "≤ 2x", result: verdict(Object.entries(report.goals ?? {}).find(([name]) => name.includes("kernel floor's p99"))?.[1]) });

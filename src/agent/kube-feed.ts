@@ -7,7 +7,7 @@
  * is refused is also written as an Event on the Node. Services and EndpointSlices come from the
  * API too; ClusterIPs and NodePorts are the API server's.
  */
-import { isValidLabelValue } from "../cluster/objects/syntax.js";
+import { zoneName } from "../cluster/objects/syntax.js";
 import { LABEL_TOPOLOGY_ZONE } from "../cluster/objects/types.js";
 import { vtepMac, vxlanFamilies, type NodeEndpoint, type Underlay } from "../dataplane/node-network.js";
 import type { PeerClaim } from "../dataplane/peer-admission.js";
@@ -255,8 +255,7 @@ function serviceCidrsOf(object: KubeServiceCidr, log: Logger): IpPrefix[] {
 
 /** A Node's topology.kubernetes.io/zone label, when it is a label value. */
 function nodeZone(node: KubeNode): string | undefined {
-  const zone = node.metadata.labels?.[LABEL_TOPOLOGY_ZONE];
-  return typeof zone === "string" && zone !== "" && isValidLabelValue(zone).length === 0 ? zone : undefined;
+  return zoneName(node.metadata.labels?.[LABEL_TOPOLOGY_ZONE]);
 }
 
 /** What a Node claims, as written; the PeerBook checks it. */

@@ -79,10 +79,10 @@ export interface ProxyStats {
 }
 
 /** A full write's tables go together into transactions of at least this many steps (a shard table of 10,000 Services holds about 800). */
-const FULL_WRITE_STEPS = 1_000;
+export const FULL_WRITE_STEPS = 1_000;
 
 /** Lists of steps merged in order until each holds at least `steps` (the last may hold fewer). */
-function* coalesced(groups: Iterable<ProxyOp[]>, steps: number): Generator<ProxyOp[]> {
+export function* coalesced(groups: Iterable<ProxyOp[]>, steps: number): Generator<ProxyOp[]> {
   let current: ProxyOp[] = [];
   for (const group of groups) {
     for (const op of group) current.push(op);
@@ -211,7 +211,7 @@ export class ServiceProxyLoop implements ServiceProxy {
   private readonly stuckAfterSeconds: number;
 
   constructor(
-    private readonly options: ServiceProxyOptions,
+    options: ServiceProxyOptions,
     private readonly parts: ProxyParts,
   ) {
     this.log = options.log;

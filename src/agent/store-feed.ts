@@ -8,7 +8,7 @@
  */
 import { claimNode, writeHeartbeat, type Heartbeat } from "../cluster/node-agents.js";
 import { HEARTBEATS_PREFIX, NODES_PREFIX, parseNode, type AgentClaim, type NodeRecord } from "../cluster/node-cidrs.js";
-import { isValidLabelValue } from "../cluster/objects/syntax.js";
+import { zoneName } from "../cluster/objects/syntax.js";
 import { openCluster, type Cluster } from "../cluster/state.js";
 import { vtepMac, vxlanFamilies, type NodeEndpoint, type Underlay } from "../dataplane/node-network.js";
 import type { PeerClaim } from "../dataplane/peer-admission.js";
@@ -82,7 +82,8 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
   /** Notes a record's zone; whether it changed. */
   const noteZone = (name: string, record: NodeRecord | undefined) => {
     if (name === self.name) return false;
-    const zone = zoneOf(record);
+    // A record is another agent's word: a zone that is no label value is none.
+    const zone = zoneName(record?.network?.zone);
     if (zones.get(name) === zone) return false;
     if (zone === undefined) zones.delete(name);
     else zones.set(name, zone);
@@ -314,12 +315,6 @@ function claimOf(name: string, record: NodeRecord, since: number): PeerClaim {
       return entry && (entry.family === 4 || entry.family === 6) ? [{ family: entry.family as Family, mac: String(entry.mac) }] : [];
     }),
   };
-}
-
-/** A record's zone when it is a label value (a record is another agent's word); else none. */
-function zoneOf(record: NodeRecord | undefined): string | undefined {
-  const zone = record?.network?.zone;
-  return typeof zone === "string" && zone !== "" && isValidLabelValue(zone).length === 0 ? zone : undefined;
 }
 
 /** This node's own record, as it claimed it. */

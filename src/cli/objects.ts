@@ -8,7 +8,7 @@ import { stringify } from "yaml";
 import { applyObjects, deleteObjects, listObjects, type ObjectKind, type ObjectOutcome } from "../cluster/apply.js";
 import { endpointSlicesForService } from "../cluster/objects/endpoints-controller.js";
 import { parseManifests } from "../cluster/objects/manifests.js";
-import { isValidLabelValue } from "../cluster/objects/syntax.js";
+import { zoneName } from "../cluster/objects/syntax.js";
 import { NODES_PREFIX, parseNode } from "../cluster/node-cidrs.js";
 import type { EndpointSlice, Pod, Service } from "../cluster/objects/types.js";
 import { cluster, givenPlan, withClusterOptions, withStore, type ClusterOptions } from "./cluster-options.js";
@@ -152,8 +152,8 @@ async function allEndpointSlices(store: Parameters<typeof listObjects>[0]): Prom
   const zones = new Map<string, string>();
   for (const entry of nodes.entries) {
     try {
-      const zone = parseNode(entry.value).network?.zone;
-      if (typeof zone === "string" && zone !== "" && isValidLabelValue(zone).length === 0) zones.set(entry.key.slice(NODES_PREFIX.length), zone);
+      const zone = zoneName(parseNode(entry.value).network?.zone);
+      if (zone !== undefined) zones.set(entry.key.slice(NODES_PREFIX.length), zone);
     } catch {
       // A record that does not parse names no zone.
     }

@@ -3,7 +3,7 @@
  * chains and elements that differ. Pure; the same steps go to either encoding.
  */
 import {
-  sameBaseChain, sameSetDefinition, sameValue, type Element, type NftSet, type Op, type Rule, type Table, type TableFamily,
+  sameBaseChain, sameSetDefinition, sameValue, type Element, type Op, type Rule, type Table, type TableFamily,
 } from "./model.js";
 import { ruleText } from "./text.js";
 
@@ -13,10 +13,10 @@ export function rewriteTable(table: Table): Op[] {
   const t = { family, table: tableName };
   const ops: Op[] = [{ op: "add table", ...t }, { op: "delete table", ...t }, { op: "add table", ...t }];
   for (const name of table.chains.keys()) ops.push({ op: "add chain", ...t, name, base: table.baseChains.get(name) });
-  for (const [name, set] of table.sets) ops.push({ op: "add set", ...t, name, set: definitionOf(set) });
+  for (const [name, set] of table.sets) ops.push({ op: "add set", ...t, name, set: set });
   for (const [chain, rules] of table.chains) for (const rule of rules) ops.push({ op: "add rule", ...t, chain, rule });
   for (const [name, set] of table.sets) {
-    if (set.elements.size) ops.push({ op: "add element", ...t, name, set: definitionOf(set), elements: [...set.elements.values()] });
+    if (set.elements.size) ops.push({ op: "add element", ...t, name, set: set, elements: [...set.elements.values()] });
   }
   return ops;
 }
@@ -61,17 +61,17 @@ export function tableChange(before: Table, after: Table): Op[] {
 
   const ops: Op[] = [];
   for (const name of newChains) ops.push({ op: "add chain", family, table, name, base: after.baseChains.get(name) });
-  for (const name of newSets) ops.push({ op: "add set", family, table, name, set: definitionOf(after.sets.get(name)!) });
+  for (const name of newSets) ops.push({ op: "add set", family, table, name, set: after.sets.get(name)! });
   for (const name of [...rewritten, ...removedChains]) ops.push({ op: "flush chain", family, table, name });
   for (const [name, set] of after.sets) {
     const old = before.sets.get(name);
     if (!old || redefinedSets.has(name) || old.elements === set.elements) continue;
     const stale: Element[] = [];
     for (const [id, element] of old.elements) if (!sameElement(set.elements.get(id), element)) stale.push(element);
-    if (stale.length) ops.push({ op: "delete element", family, table, name, set: definitionOf(old), elements: stale });
+    if (stale.length) ops.push({ op: "delete element", family, table, name, set: old, elements: stale });
   }
   for (const name of redefinedSets) {
-    ops.push({ op: "delete set", family, table, name, kind: before.sets.get(name)!.kind }, { op: "add set", family, table, name, set: definitionOf(after.sets.get(name)!) });
+    ops.push({ op: "delete set", family, table, name, kind: before.sets.get(name)!.kind }, { op: "add set", family, table, name, set: after.sets.get(name)! });
   }
   for (const chain of [...newChains, ...rewritten]) for (const rule of after.chains.get(chain)!) ops.push({ op: "add rule", family, table, chain, rule });
   for (const [name, set] of after.sets) {
@@ -80,7 +80,7 @@ export function tableChange(before: Table, after: Table): Op[] {
     if (!fresh && old.elements === set.elements) continue;
     const added: Element[] = [];
     for (const [id, element] of set.elements) if (fresh || !sameElement(old!.elements.get(id), element)) added.push(element);
-    if (added.length) ops.push({ op: "add element", family, table, name, set: definitionOf(set), elements: added });
+    if (added.length) ops.push({ op: "add element", family, table, name, set: set, elements: added });
   }
   // Maps go before chains: a removed map's elements may point to removed chains.
   for (const name of removedSets) ops.push({ op: "delete set", family, table, name, kind: before.sets.get(name)!.kind });
@@ -111,11 +111,6 @@ function refersToAny(rule: Rule, sets: ReadonlySet<string>): boolean {
     if (statement.statement === "dnat numgen map" && sets.has(statement.map)) return true;
   }
   return false;
-}
-
-/** A set as its definition: steps refer to the set itself, never to a copy of its elements. */
-function definitionOf(set: NftSet): NftSet {
-  return set;
 }
 
 /** Spread arguments overflow the stack for the hundreds of thousands of steps of a large cluster. */

@@ -6,9 +6,8 @@
  * comparison in test/nft-model.test.ts holds the two encodings to the same `nft list` output.
  */
 import { familyBits, type Family, type IpAddress, type IpPrefix } from "../net/ip.js";
-import { datumText } from "./model.js";
-import type {
-  BaseChain, DataType, Datum, Element, Field, Match, Op, Rule, SetDefinition, Statement, TableFamily, Verdict,
+import {
+  datumText, type BaseChain, type DataType, type Datum, type Element, type Field, type Match, type Op, type Rule, type SetDefinition, type TableFamily, type Verdict,
 } from "./model.js";
 import { checkInteger, checkName, checkRuleShape } from "./names.js";
 
@@ -331,13 +330,7 @@ function encodeRule(w: Writer, tableFamily: TableFamily, rule: Rule, setId: SetI
         break;
       case "dnat numgen map": {
         needFamily(statement.family);
-        const modulus = checkInteger("numgen modulus", statement.modulus, 1, 65536);
-        expr(w, "numgen", () => {
-          w.u32(1, 1);
-          w.u32(2, modulus);
-          w.u32(3, 1);
-          w.u32(4, 0);
-        });
+        numgen(w, checkInteger("numgen modulus", statement.modulus, 1, 65536));
         checkName("map", statement.map);
         const id = setId(statement.map);
         expr(w, "lookup", () => {
@@ -423,12 +416,7 @@ function encodeMatch(
       break;
     case "numgen": {
       const modulus = checkInteger("numgen modulus", match.modulus, 1, 0xffffffff);
-      expr(w, "numgen", () => {
-        w.u32(1, 1);
-        w.u32(2, modulus);
-        w.u32(3, 1);
-        w.u32(4, 0);
-      });
+      numgen(w, modulus);
       cmp(w, 0, hostU32(checkInteger("numgen value", match.value, 0, modulus - 1)));
       break;
     }
@@ -516,6 +504,16 @@ function meta(w: Writer, key: number, dreg: number): void {
   w.u32(2, key);
   w.u32(1, dreg);
   endExpr(w, at);
+}
+
+/** `numgen random mod MODULUS` into register 1. */
+function numgen(w: Writer, modulus: number): void {
+  expr(w, "numgen", () => {
+    w.u32(1, 1);
+    w.u32(2, modulus);
+    w.u32(3, 1);
+    w.u32(4, 0);
+  });
 }
 
 /** key 0: state, 2: status. */

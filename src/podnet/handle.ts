@@ -6,6 +6,9 @@ import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { dirname, join, normalize } from "node:path";
 import { NftBatchWriter } from "../linux/nft-netlink.js";
+import { nftApply } from "../linux/nftables.js";
+import type { Op } from "../nft/model.js";
+import { renderOps } from "../nft/text.js";
 import { DEFAULT_STATE_DIR, openPodState, PodStateError } from "../podipam/state.js";
 import { openSqlite, sqliteResult, type SqliteDatabase } from "../store/sqlite.js";
 import { CniCode, CniError } from "./errors.js";
@@ -122,6 +125,12 @@ export function reachFaultPoint(net: PodNet, point: FaultPoint): void {
 }
 
 /** One table per state directory, so two directories on a node never rewrite each other's chains. */
+/** One transaction on the node's nftables: through the handle's netlink writer when it has one, else `nft -f`. */
+export async function writeNft(net: PodNet, ops: readonly Op[]): Promise<void> {
+  if (net.nftWriter) await net.nftWriter.applyOps(ops);
+  else await nftApply(renderOps(ops));
+}
+
 function writerAt(path: string): NftBatchWriter | undefined {
   return existsSync(path) ? new NftBatchWriter(path) : undefined;
 }

@@ -7,13 +7,11 @@
 import { desiredHostPorts, hostPortConflict, hostPortOps, type HostPortContribution, type HostPortMapping, type HostPortProtocol } from "../dataplane/hostports.js";
 import { CommandError } from "../linux/exec.js";
 import { NftWriteError } from "../linux/nft-netlink.js";
-import { nftApply } from "../linux/nftables.js";
-import { renderOps } from "../nft/text.js";
 import { formatIp, tryParseIp } from "../net/ip.js";
 import { listAllAttachments, type Attachment, type AttachmentSpecRecord } from "../podipam/attachments.js";
 import type { SqliteDatabase } from "../store/sqlite.js";
 import { CniCode, CniError } from "./errors.js";
-import { withNodeLock, type PodNet } from "./handle.js";
+import { withNodeLock, writeNft, type PodNet } from "./handle.js";
 import { recordedAddresses } from "./records.js";
 
 /** The table of a state directory: beside its masquerade table (`trellis-cni` → `trellis-hostports`). */
@@ -38,9 +36,7 @@ export async function syncHostPorts(net: PodNet, context: string): Promise<void>
   const table = hostPortTable(net);
   try {
     await withNodeLock(net, async () => {
-      const ops = hostPortOps(table, listAllAttachments(net.db).flatMap(contribution));
-      if (net.nftWriter) await net.nftWriter.applyOps(ops);
-      else await nftApply(renderOps(ops));
+      await writeNft(net, hostPortOps(table, listAllAttachments(net.db).flatMap(contribution)));
     });
   } catch (error) {
     if (error instanceof CommandError || error instanceof NftWriteError) throw new CniError(CniCode.dataplaneFailure, `${context}: updating nftables table inet ${table} failed: ${error.message}`);
@@ -54,9 +50,7 @@ export async function repairHostPorts(net: PodNet, tables: ReadonlySet<string>):
   return withNodeLock(net, async () => {
     const contributions = listAllAttachments(net.db).flatMap(contribution);
     if (!desiredHostPorts(table, contributions) || tables.has(`inet ${table}`)) return false;
-    const ops = hostPortOps(table, contributions);
-    if (net.nftWriter) await net.nftWriter.applyOps(ops);
-    else await nftApply(renderOps(ops));
+    await writeNft(net, hostPortOps(table, contributions));
     return true;
   });
 }

@@ -17,12 +17,12 @@ import { join } from "node:path";
 import { desiredMasquerade, masqueradeOps, masqueradeProblems, parseMasqueradeTable, type MasqueradeContribution } from "../dataplane/masquerade.js";
 import { CommandError } from "../linux/exec.js";
 import { NftWriteError } from "../linux/nft-netlink.js";
-import { nftApply, nftListTable } from "../linux/nftables.js";
+import { nftListTable } from "../linux/nftables.js";
 import { renderOps } from "../nft/text.js";
 import { formatPrefix, parsePrefix, type IpPrefix } from "../net/ip.js";
 import { listAllAttachments, type AttachmentSpecRecord } from "../podipam/attachments.js";
 import { CniCode, CniError } from "./errors.js";
-import { withNodeLock, type PodNet } from "./handle.js";
+import { withNodeLock, writeNft, type PodNet } from "./handle.js";
 import type { PodNetwork } from "./network.js";
 import type { PodAddress } from "../dataplane/pod-attachment.js";
 
@@ -89,8 +89,7 @@ async function ensureMasqueradeTable(net: PodNet): Promise<void> {
   if (last && last.text === text && readStamp(net) === last.stamp) return;
   // A write that fails, or is cut short, leaves no stamp: what the kernel holds is unknown.
   forgetWrites(net);
-  if (net.nftWriter) await net.nftWriter.applyOps(ops);
-  else await nftApply(text);
+  await writeNft(net, ops);
   const stamp = randomUUID();
   writeFileSync(stampPath(net), stamp);
   written.set(net, { text, stamp });

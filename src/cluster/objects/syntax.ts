@@ -110,6 +110,11 @@ export function isValidLabelValue(value: string): string[] {
   return errors;
 }
 
+/** A zone name (topology.kubernetes.io/zone) as another party wrote it: a non-empty label value, else none. */
+export function zoneName(value: unknown): string | undefined {
+  return typeof value === "string" && value !== "" && isValidLabelValue(value).length === 0 ? value : undefined;
+}
+
 /** IANA_SVC_NAME (RFC 6335): container port names and named targetPorts. */
 export function isValidPortName(value: string): string[] {
   const errors: string[] = [];
