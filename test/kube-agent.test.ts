@@ -174,6 +174,26 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
     for (const member of NODES) await until(`${member.name} lets the deleted ServiceCIDR go`, () => !serviceCidrs(member.name).includes("10.100.0.0/16"));
   });
 
+  // Bug caught: a ServiceCIDR taken on trust. The proxy drops traffic to a Service CIDR's unheld
+  // addresses, so one over the pod CIDR black-holes every pod, and one over the nodes' network
+  // the nodes; the API server cannot know either range and accepts both.
+  it("refuses a ServiceCIDR over the pod CIDR or a node's address, keeps its other CIDR, and says so in the log and an Event", async () => {
+    const serviceCidrs = (name: string) => inNode(name, ["nft", "list", "set", "ip", "trellis-proxy", "service-cidrs"]);
+    await kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "networking.k8s.io/v1", kind: "ServiceCIDR", metadata: { name: "over-pods" }, spec: { cidrs: ["10.244.0.0/20", "fd00:10:101::/112"] } }));
+    await kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "networking.k8s.io/v1", kind: "ServiceCIDR", metadata: { name: "over-nodes" }, spec: { cidrs: ["198.18.0.0/24"] } }));
+    try {
+      for (const member of NODES) {
+        await until(`${member.name} refuses both`, () => refusedBy(member.name, "over-pods", "service-cidr-overlap") && refusedBy(member.name, "over-nodes", "service-cidr-overlap"));
+        await until(`${member.name} keeps the over-pods object's other CIDR`, () => inNode(member.name, ["nft", "list", "set", "ip6", "trellis-proxy", "service-cidrs"]).includes("fd00:10:101::/112"));
+        const set = serviceCidrs(member.name);
+        assert.ok(!set.includes("10.244.") && !set.includes("198.18.0.0/24"), `${member.name}'s service-cidrs holds a refused CIDR:\n${set}`);
+      }
+      await until("an Event on the ServiceCIDR", async () => (await eventsAbout("default", "over-pods")).some((event) => /^ServiceCIDROverlap: ServiceCIDR over-pods: "10\.244\.0\.0\/20" overlaps the pod CIDR 10\.244\.0\.0\/16/.test(event)));
+    } finally {
+      await kubectl(["delete", "servicecidr", "over-pods", "over-nodes", "--ignore-not-found"]);
+    }
+  });
+
   it("holds an agent to its own Node: node1's token cannot change node2's published addresses", async () => {
     await until("node2 published", async () => Boolean((await node("node2")).metadata.annotations?.["trellis.dev/node-addresses"]));
     const [answer] = await as(kubeconfigs.get("node1")!, [statusPatch("node2", { metadata: { annotations: { "trellis.dev/node-addresses": "198.18.0.66" } } })]);

@@ -16,7 +16,7 @@ import { inClusterConnection, loadKubeconfig } from "../kube/config.js";
 import { EventRecorder } from "../kube/events.js";
 import { inform, type Informer, type KubeObject } from "../kube/informer.js";
 import { markNetworkAvailable, nodeInternalIps, nodePodCidrs, nodePodCidrTexts, nodePublication, nodeStatusAddresses, publishNodeNetwork, type KubeNode } from "../kube/nodes.js";
-import { formatIp, formatPrefix, mergePrefixes, prefixContainsPrefix, tryParseInterfaceAddress, tryParseIp, type IpAddress, type IpPrefix } from "../net/ip.js";
+import { formatIp, formatPrefix, mergePrefixes, prefixContains, prefixContainsPrefix, tryParseInterfaceAddress, tryParseIp, type IpAddress, type IpPrefix } from "../net/ip.js";
 import type { ClusterFeed, FeedEvents } from "./feed.js";
 import { defaultRouteAddresses } from "./host.js";
 import type { Logger } from "./log.js";
@@ -107,8 +107,8 @@ function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: 
   let available = false;
   let marking = false;
   let informer: Informer | undefined;
-  /** networking.k8s.io/v1 ServiceCIDRs by name, and the union of their CIDRs. */
-  const serviceCidrObjects = new Map<string, readonly IpPrefix[]>();
+  /** networking.k8s.io/v1 ServiceCIDRs by name (the CIDRs taken, and those refused), and the union of the CIDRs taken. */
+  const serviceCidrObjects = new Map<string, { cidrs: readonly IpPrefix[]; refused: readonly Rejection[] }>();
   let serviceCidrList: readonly IpPrefix[] = [];
   let serviceCidrInformer: Informer | undefined;
   let serviceCidrsListed = false;
@@ -116,7 +116,7 @@ function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: 
   const followServiceCidrs = () => {
     serviceCidrInformer = inform<KubeServiceCidr>(client, "/apis/networking.k8s.io/v1/servicecidrs", {
       change(name, object) {
-        if (object) serviceCidrObjects.set(name, serviceCidrsOf(object, log));
+        if (object) serviceCidrObjects.set(name, serviceCidrsOf(object, [...options.clusterCidrs], self.addresses));
         else serviceCidrObjects.delete(name);
         if (serviceCidrsListed) publishServiceCidrs();
       },
@@ -140,7 +140,8 @@ function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: 
     });
   };
   const publishServiceCidrs = () => {
-    const merged = mergePrefixes([...serviceCidrObjects.values()].flat());
+    rejections.report("ServiceCIDRs", [...serviceCidrObjects.values()].flatMap((entry) => entry.refused));
+    const merged = mergePrefixes([...serviceCidrObjects.values()].flatMap((entry) => entry.cidrs));
     if (merged.map(formatPrefix).join(",") === serviceCidrList.map(formatPrefix).join(",")) return;
     serviceCidrList = merged;
     log("info", "Service CIDRs", { cidrs: merged.map(formatPrefix) });
@@ -240,17 +241,33 @@ interface KubeServiceCidr extends KubeObject {
   readonly spec?: { readonly cidrs?: readonly unknown[] };
 }
 
-/** A ServiceCIDR's CIDRs (networking.k8s.io/v1: one or two, one per family); one that does not parse is left out, and said. */
-function serviceCidrsOf(object: KubeServiceCidr, log: Logger): IpPrefix[] {
-  const cidrs = Array.isArray(object.spec?.cidrs) ? object.spec!.cidrs : [];
-  return cidrs.flatMap((text) => {
+/**
+ * A ServiceCIDR's CIDRs (networking.k8s.io/v1: one or two, one per family), and what of them is
+ * refused: one that does not parse, one that overlaps the cluster's pod CIDRs, and one that holds
+ * this node's own address. The proxy drops traffic to a Service CIDR's unheld addresses, so such
+ * a CIDR would black-hole pods or the node (`0.0.0.0/0` everything).
+ */
+function serviceCidrsOf(object: KubeServiceCidr, podCidrs: readonly IpPrefix[], nodeAddresses: readonly IpAddress[]): { cidrs: IpPrefix[]; refused: Rejection[] } {
+  const name = object.metadata.name;
+  const texts = Array.isArray(object.spec?.cidrs) ? object.spec!.cidrs : [];
+  const cidrs: IpPrefix[] = [];
+  const refused: Rejection[] = [];
+  const refuse = (text: unknown, reason: string, why: string) =>
+    refused.push({ kind: "ServiceCIDR", name, reason, message: `ServiceCIDR ${name}: ${JSON.stringify(String(text))} ${why}; it is not used` });
+  for (const text of texts) {
     const parsed = typeof text === "string" ? tryParseInterfaceAddress(text) : undefined;
-    if (!parsed || parsed.address.value !== parsed.prefix.network || cidrs.length > 2) {
-      log("warn", "a ServiceCIDR's CIDR is not one; left out", { serviceCIDR: object.metadata.name, cidr: String(text) });
-      return [];
+    if (!parsed || parsed.address.value !== parsed.prefix.network || texts.length > 2) {
+      refuse(text, "service-cidr-invalid", texts.length > 2 ? "is one of more than two CIDRs" : "is not a CIDR");
+      continue;
     }
-    return [parsed.prefix];
-  });
+    const prefix = parsed.prefix;
+    const pods = podCidrs.find((cidr) => cidr.family === prefix.family && (prefixContainsPrefix(cidr, prefix) || prefixContainsPrefix(prefix, cidr)));
+    const node = nodeAddresses.find((address) => prefixContains(prefix, address));
+    if (pods) refuse(text, "service-cidr-overlap", `overlaps the pod CIDR ${formatPrefix(pods)}`);
+    else if (node) refuse(text, "service-cidr-overlap", `holds this node's address ${formatIp(node)}`);
+    else cidrs.push(prefix);
+  }
+  return { cidrs, refused };
 }
 
 /** A Node's topology.kubernetes.io/zone label, when it is a label value. */

@@ -8,7 +8,7 @@
 import type { Logger } from "./log.js";
 import { renderGauge } from "./metrics.js";
 
-export type RejectedKind = "Node" | "Service";
+export type RejectedKind = "Node" | "Service" | "ServiceCIDR";
 
 /** A cluster object, or part of one, the agent refused to act on. */
 export interface Rejection {

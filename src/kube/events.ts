@@ -9,7 +9,7 @@ import { randomBytes } from "node:crypto";
 import type { KubeClient } from "./client.js";
 
 export interface EventSubject {
-  readonly kind: "Node" | "Service";
+  readonly kind: "Node" | "Service" | "ServiceCIDR";
   /** Services' namespace; Nodes' events go to `default`, as the kubelet's do. */
   readonly namespace?: string;
   readonly name: string;
@@ -116,7 +116,7 @@ export class EventRecorder {
         note: report.note.length > MAX_NOTE ? `${report.note.slice(0, MAX_NOTE - 3)}...` : report.note,
         reportingController: "trellis.dev/agent",
         reportingInstance: `trellis-agent-${this.instance}`.slice(0, 128),
-        regarding: { apiVersion: "v1", kind: report.regarding.kind, name: report.regarding.name, ...(report.regarding.namespace ? { namespace: report.regarding.namespace } : {}) },
+        regarding: { apiVersion: report.regarding.kind === "ServiceCIDR" ? "networking.k8s.io/v1" : "v1", kind: report.regarding.kind, name: report.regarding.name, ...(report.regarding.namespace ? { namespace: report.regarding.namespace } : {}) },
       },
       timeoutMs: 10_000,
     });
