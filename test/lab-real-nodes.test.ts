@@ -100,6 +100,15 @@ describe("lab up --kubelet: real kubelets and containerd, Trellis installed as a
         return false;
       }
     }, 60_000);
+    // The Deployment is Available (and the name resolves) before its EndpointSlice reaches every
+    // agent: the Service answers once the client's node has its endpoints.
+    await waitFor("the client's node serves web's endpoints", () => {
+      try {
+        return webPods.includes(kubectl(["exec", "client", "--", "curl", "-s", "--max-time", "5", "http://web/hostname"]).trim());
+      } catch {
+        return false;
+      }
+    }, 30_000);
     const answers = new Set<string>();
     for (let i = 0; i < 10; i++) answers.add(kubectl(["exec", "client", "--", "curl", "-s", "--max-time", "5", "http://web/hostname"]).trim());
     assert.ok([...answers].every((answer) => webPods.includes(answer)), `${[...answers].join(", ")} not among ${webPods.join(", ")}`);
