@@ -23,6 +23,19 @@ export interface DetachedOptions {
 const JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ >"$1" || exit 1; shift; done; shift; exec "$@"';
 
 /**
+ * The detached processes this process started that have not ended, by pid. Until one ends (and is
+ * reaped here) its pid cannot belong to anyone else, so these can be stopped without checking
+ * who they are: a `lab up` that fails or is interrupted stops them first, even one that is still
+ * `nsenter` or the shell joining its control groups, not yet the command the state records.
+ */
+const running = new Set<number>();
+
+/** The pids of the detached processes this process started that still run. */
+export function runningChildren(): number[] {
+  return [...running];
+}
+
+/**
  * Starts `argv` inside the namespace at `netnsPath` (undefined: this process's own), in its own
  * session, with stdout and stderr appended to `log`. nsenter (and the shell that joins control
  * groups) exec the command in place, so the pid is the command's own.
@@ -37,7 +50,12 @@ export function startDetached(netnsPath: string | undefined, argv: readonly stri
     if (child.pid === undefined) throw new Error(`cannot start ${argv.join(" ")} in ${netnsPath}`);
     let ended: string | undefined;
     child.on("error", () => undefined);
-    child.once("exit", (code, signal) => (ended = signal ? `killed by ${signal}` : `exit ${code}`));
+    running.add(child.pid);
+    const pid = child.pid;
+    child.once("exit", (code, signal) => {
+      running.delete(pid);
+      ended = signal ? `killed by ${signal}` : `exit ${code}`;
+    });
     child.unref();
     return { pid: child.pid, argv: [...argv], log, ended: () => ended };
   } finally {

@@ -9,7 +9,7 @@ import { addNamedNetns, listNamedNetns, namedNetnsPath } from "../linux/named-ne
 import { formatHostPort } from "../net/ip.js";
 import { addNetworkList, CONFLIST_FILE, networkListSubnets, readNetworkList, resultAddresses } from "./cni-runtime.js";
 import { labDown } from "./down.js";
-import { logTail, sleep, startDetached, type StartedProcess } from "./processes.js";
+import { logTail, runningChildren, sleep, startDetached, stopProcesses, type StartedProcess } from "./processes.js";
 import { mapConcurrently } from "./concurrently.js";
 import { KUBE_LAB_CIDRS, labKubectl, labKubePod, startKubeControlPlane } from "./kube-lab.js";
 import { readKubeletPods } from "./kubelet.js";
@@ -59,6 +59,9 @@ export async function labUp(options: LabOptions, settings: LabUpSettings): Promi
   } catch (error) {
     const reason = controller.signal.aborted ? (controller.signal.reason as Error) : (error as Error);
     out(`lab ${state.name} ${controller.signal.aborted ? "interrupted" : "failed"}; removing what was made`);
+    // What this run started goes first: one started a moment before the interruption may not
+    // yet be in the control group or the command line that lab down finds it by.
+    await stopProcesses(runningChildren());
     await labDown(state.name, { out: (line) => out(`  ${line}`) }).catch((cleanupError: Error) => out(`  cleanup failed: ${cleanupError.message}`));
     throw reason;
   } finally {
