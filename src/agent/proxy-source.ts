@@ -8,15 +8,14 @@ import { APPLIED_AT, ENDPOINTSLICES_PREFIX, PODS_PREFIX, storedService } from ".
 import type { EndpointSlice, Pod, Service } from "../cluster/objects/types.js";
 import { SERVICES_PREFIX } from "../cluster/services.js";
 import type { KubeClient } from "../kube/client.js";
-import { inform, type Informer } from "../kube/informer.js";
-import type { KvStore, KvWatch } from "../store/kv.js";
+import { inform, reflect, type Informer } from "../kube/informer.js";
+import type { KvStore } from "../store/kv.js";
+import { STORE_MAX_RETRY_MS, storeCollection } from "./store-collection.js";
 
 export interface ProxySink {
   service(key: string, service: Service | undefined, changedAt?: number): void;
   slice(key: string, slice: EndpointSlice | undefined, changedAt?: number): void;
   pod(key: string, pod: Pod | undefined, changedAt?: number): void;
-  /** Every object is listed again from here on: forget them all. */
-  reset(): void;
   /** Every kind has been listed whole. */
   listed(): void;
   /** Following failed; the source lists again by itself after `retryInMs`. */
@@ -67,58 +66,29 @@ export function putStored(sink: Pick<ProxySink, "service" | "slice" | "pod">, pr
   return at;
 }
 
-/** Services, EndpointSlices and Pods from the Trellis store. */
+/** Services, EndpointSlices and Pods from the Trellis store, a reflector per prefix. */
 export function storeProxySource(store: KvStore): ProxySource {
   return {
     endpoints: "pods",
     follow(sink) {
-      const watches: KvWatch[] = [];
-      let stopped = false;
-      let wake: (() => void) | undefined;
-      const put = (prefix: StorePrefix, storeKey: string, value: string | undefined) => void putStored(sink, prefix, storeKey, value);
-      const followPrefix = async (prefix: StorePrefix, from: number) => {
-        const watch = store.watch(prefix, from);
-        watches.push(watch);
-        for await (const event of watch) put(prefix, event.key, event.type === "delete" ? undefined : event.value);
-        if (!stopped) throw new Error(`the watch of ${prefix} ended`);
-      };
-      const follow = async () => {
-        let backoff = 500;
-        while (!stopped) {
-          try {
-            const lists = await Promise.all(PROXY_PREFIXES.map((prefix) => store.list(prefix)));
-            sink.reset();
-            for (const [i, prefix] of PROXY_PREFIXES.entries()) for (const entry of lists[i].entries) put(prefix, entry.key, entry.value);
-            sink.listed();
-            backoff = 500;
-            await Promise.all(PROXY_PREFIXES.map((prefix, i) => followPrefix(prefix, lists[i].revision + 1)));
-          } catch (error) {
-            for (const watch of watches.splice(0)) watch.stop();
-            if (stopped) return;
-            sink.failed(error instanceof Error ? error : new Error(String(error)), backoff);
-            await new Promise<void>((resolve) => {
-              const pause = setTimeout(resolve, backoff);
-              wake = () => {
-                clearTimeout(pause);
-                resolve();
-              };
-            });
-            wake = undefined;
-            backoff = Math.min(backoff * 2, 30_000);
-          }
-        }
-      };
-      void follow();
+      const synced = new Set<string>();
+      const informers = PROXY_PREFIXES.map((prefix) =>
+        reflect(
+          storeCollection(store, prefix),
+          {
+            change: (key, entry) => void putStored(sink, prefix, key, entry?.value),
+            synced: () => {
+              synced.add(prefix);
+              if (synced.size === PROXY_PREFIXES.length) sink.listed();
+            },
+            failed: (error, retryInMs) => sink.failed(error, retryInMs),
+          },
+          { maxRetryMs: STORE_MAX_RETRY_MS },
+        ),
+      );
       return {
-        relist() {
-          for (const watch of watches.splice(0)) watch.stop();
-          wake?.();
-        },
-        stop() {
-          stopped = true;
-          for (const watch of watches.splice(0)) watch.stop();
-          wake?.();
-        },
+        relist: () => informers.forEach((informer) => informer.relist()),
+        stop: () => informers.forEach((informer) => informer.stop()),
       };
     },
   };

@@ -245,7 +245,6 @@ export class ServiceProxyLoop implements ServiceProxy {
         this.index.putPod(key, pod);
         changed(changedAt);
       },
-      reset: () => this.index.clear(),
       listed: () => {
         this.listed = true;
         this.requestSync();

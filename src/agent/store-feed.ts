@@ -15,7 +15,8 @@ import type { PeerClaim } from "../dataplane/peer-admission.js";
 import { bootId, processRunning } from "../linux/process.js";
 import { formatIp, tryParseInterfaceAddress, tryParseIp, type Family, type IpAddress } from "../net/ip.js";
 import { loadPlan } from "../plan/plan.js";
-import type { KvStore, KvWatch } from "../store/kv.js";
+import { reflect, type Informer } from "../kube/informer.js";
+import type { KvStore } from "../store/kv.js";
 import { openStore, parseStoreSpec, requireExistingStore } from "../store/open.js";
 import type { ClusterFeed, FeedEvents } from "./feed.js";
 import { agentClaim } from "./host.js";
@@ -23,6 +24,7 @@ import type { Logger } from "./log.js";
 import type { AgentOptions } from "./options.js";
 import { PeerBook } from "./peer-book.js";
 import { storeProxySource } from "./proxy-source.js";
+import { STORE_MAX_RETRY_MS, storeCollection } from "./store-collection.js";
 import type { Rejections } from "./rejections.js";
 
 /** How a published peer's heartbeat is judged. */
@@ -89,24 +91,55 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
     else zones.set(name, zone);
     return true;
   };
-  const watches: KvWatch[] = [];
+  let informers: Informer[] = [];
   let events: FeedEvents | undefined;
   let stopped = false;
   let storeUp = true;
   let listed = false;
+  let selfSeen = false;
   let beatTimer: NodeJS.Timeout | undefined;
 
   const isLive = (peer: Liveness | undefined, now: number) => peer !== undefined && (!storeUp || now - peer.lastBeat <= options.peerGraceSeconds * 1000);
-  /** A node record came or changed (undefined: went): its claim is settled against the others; the peers whose routes change are told. */
+  /**
+   * The claims are settled against each other once per turn of the event loop, not per record:
+   * a list hands over every record in one turn, and then they are weighed together.
+   */
+  let settling = false;
+  let zonesMoved = false;
+  const settle = () => {
+    settling = false;
+    if (zonesMoved) {
+      zonesMoved = false;
+      events?.zonesChanged();
+    }
+    for (const changed of book.settle()) events?.changed(changed);
+  };
+  /** A node record came or changed (undefined: went): its claim is put to the book, to be settled against the others. */
   const putRecord = (name: string, record: NodeRecord | undefined, createRevision: number) => {
-    if (noteZone(name, record)) events?.zonesChanged();
+    if (noteZone(name, record)) zonesMoved = true;
     if (record?.network) {
       if (!peers.has(name)) peers.set(name, { lastBeat: Date.now() });
     } else {
       peers.delete(name);
     }
-    if (!book.put(name, record && claimOf(name, record, book.since(name) ?? createRevision))) return;
-    for (const changed of book.settle()) events?.changed(changed);
+    if (!book.put(name, record && claimOf(name, record, book.since(name) ?? createRevision)) && !zonesMoved) return;
+    if (settling) return;
+    settling = true;
+    queueMicrotask(() => {
+      if (settling) settle();
+    });
+  };
+
+  const lose = () => {
+    if (stopped) return;
+    stopped = true;
+    for (const informer of informers) informer.stop();
+    log("error", "this node was removed from the store; the agent stops serving it", { node: self.name });
+    events?.lost(new Error(`node ${self.name} was removed from the store ${store.spec}`));
+  };
+  const failed = (error: Error) => {
+    if (storeUp) log("warn", "store unreachable; keeping the routes as they are and retrying", { store: store.spec, error: String(error) });
+    storeUp = false;
   };
 
   /**
@@ -124,7 +157,9 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
         const now = Date.now();
         for (const peer of peers.values()) peer.lastBeat = now;
         log("info", "heartbeat written again", { store: store.spec });
-        relist();
+        // A watch stream may sit in its client's reconnect backoff for long after the store is
+        // back (etcd's client waits up to 30 s): list and watch anew now.
+        for (const informer of informers) informer.relist();
         events?.reconnected();
       }
     } catch (error) {
@@ -134,112 +169,52 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
     }
   };
 
-  /**
-   * A watch stream may sit in its client's reconnect backoff for long after the store is back
-   * (etcd's client waits up to 30 s); once a heartbeat goes through again, list and watch anew.
-   */
-  let relisting = false;
-  let wakeFollow: (() => void) | undefined;
-  const relist = () => {
-    relisting = true;
-    for (const watch of watches.splice(0)) watch.stop();
-    wakeFollow?.();
-  };
-
-  /** Lists nodes and heartbeats, then follows both; on any failure waits (backing off) and starts over. */
-  const follow = async () => {
-    let backoff = 500;
-    while (!stopped) {
-      try {
-        const [nodes, beats] = await Promise.all([store.list(NODES_PREFIX), store.list(HEARTBEATS_PREFIX)]);
-        const now = Date.now();
-        peers.clear();
-        book.clear();
-        const zonesBefore = [...zones].join(";");
-        for (const name of [...zones.keys()]) if (name !== self.name) zones.delete(name);
-        for (const entry of nodes.entries) {
-          const name = entry.key.slice(NODES_PREFIX.length);
-          const record = readNode(entry.value, log);
-          if (!record || name === self.name) continue;
+  /** Follows nodes and heartbeats, each with the reflector: listed, watched, listed again after any failure. */
+  const follow = () => {
+    const nodes = reflect(
+      storeCollection(store, NODES_PREFIX),
+      {
+        change(key, entry) {
+          const name = key.slice(NODES_PREFIX.length);
+          if (name === self.name) {
+            selfSeen = entry !== undefined;
+            if (!selfSeen && listed) lose();
+            return;
+          }
+          if (!entry) log("info", "peer removed", { peer: name });
           // A node its agent has not claimed yet (pod CIDRs allocated, addresses not yet
           // published) is no peer yet: it comes in with the claim. Its pod CIDRs count as taken.
-          book.put(name, claimOf(name, record, entry.createRevision));
-          noteZone(name, record);
-          if (record.network) peers.set(name, { lastBeat: now });
-        }
-        book.settle();
-        if ([...zones].join(";") !== zonesBefore) events?.zonesChanged();
-        if (!nodes.entries.some((entry) => entry.key === `${NODES_PREFIX}${self.name}`)) throw new SelfRemoved();
-        for (const entry of beats.entries) {
-          const peer = peers.get(entry.key.slice(HEARTBEATS_PREFIX.length));
-          if (peer) peer.heartbeat = entry.value;
-        }
-        if (!storeUp) log("info", "store reachable again", { store: store.spec });
-        storeUp = true;
-        listed = true;
-        backoff = 500;
-        events?.changed();
-        relisting = false;
-        await Promise.all([followNodes(nodes.revision + 1), followHeartbeats(beats.revision + 1)]);
-      } catch (error) {
-        if (stopped) return;
-        if (error instanceof SelfRemoved) {
-          log("error", "this node was removed from the store; the agent stops serving it", { node: self.name });
-          events?.lost(new Error(`node ${self.name} was removed from the store ${store.spec}`));
-          return;
-        }
-        for (const watch of watches.splice(0)) watch.stop();
-        if (relisting) {
-          log("info", "following the store anew", { store: store.spec });
-          continue;
-        }
-        if (storeUp) log("warn", "store unreachable; keeping the routes as they are and retrying", { store: store.spec, error: String(error) });
-        storeUp = false;
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, backoff);
-          wakeFollow = () => {
-            clearTimeout(timer);
-            resolve();
-          };
-        });
-        wakeFollow = undefined;
-        backoff = Math.min(backoff * 2, 30_000);
-      }
-    }
-  };
-
-  const followNodes = async (from: number) => {
-    const watch = store.watch(NODES_PREFIX, from);
-    watches.push(watch);
-    for await (const event of watch) {
-      const name = event.key.slice(NODES_PREFIX.length);
-      if (name === self.name) {
-        if (event.type === "delete") throw new SelfRemoved();
-        continue;
-      }
-      if (event.type === "delete") {
-        log("info", "peer removed", { peer: name });
-        putRecord(name, undefined, event.revision);
-      } else {
-        const record = readNode(event.value, log);
-        putRecord(name, record, event.revision);
-      }
-    }
-    throw new Error("the node watch ended");
-  };
-
-  const followHeartbeats = async (from: number) => {
-    const watch = store.watch(HEARTBEATS_PREFIX, from);
-    watches.push(watch);
-    for await (const event of watch) {
-      const peer = peers.get(event.key.slice(HEARTBEATS_PREFIX.length));
-      if (!peer || event.type === "delete" || event.value === peer.heartbeat) continue;
-      const revived = Date.now() - peer.lastBeat > options.peerGraceSeconds * 1000;
-      peer.heartbeat = event.value;
-      peer.lastBeat = Date.now();
-      if (revived) events?.changed(event.key.slice(HEARTBEATS_PREFIX.length));
-    }
-    throw new Error("the heartbeat watch ended");
+          putRecord(name, entry && readNode(entry.value, log), entry?.createRevision ?? 0);
+        },
+        synced() {
+          if (!selfSeen) return lose();
+          if (settling) settle();
+          if (!storeUp && !beatFailing) log("info", "store reachable again", { store: store.spec });
+          if (!beatFailing) storeUp = true;
+          listed = true;
+          events?.changed();
+        },
+        failed,
+      },
+      { maxRetryMs: STORE_MAX_RETRY_MS },
+    );
+    const heartbeats = reflect(
+      storeCollection(store, HEARTBEATS_PREFIX),
+      {
+        change(key, entry) {
+          const name = key.slice(HEARTBEATS_PREFIX.length);
+          const peer = peers.get(name);
+          if (!peer || !entry || entry.value === peer.heartbeat) return;
+          const revived = Date.now() - peer.lastBeat > options.peerGraceSeconds * 1000;
+          peer.heartbeat = entry.value;
+          peer.lastBeat = Date.now();
+          if (revived) events?.changed(name);
+        },
+        failed,
+      },
+      { maxRetryMs: STORE_MAX_RETRY_MS },
+    );
+    informers = [nodes, heartbeats];
   };
 
   return {
@@ -262,21 +237,18 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
       events = handlers;
       beatTimer = setInterval(() => void beat(), options.heartbeatSeconds * 1000);
       // The first sync waits for the first list of peers: syncing with none would withdraw every route.
-      void follow();
+      follow();
     },
     routesProgrammed: () => undefined,
     services: storeProxySource(store),
     async close() {
       stopped = true;
       clearInterval(beatTimer);
-      for (const watch of watches.splice(0)) watch.stop();
-      wakeFollow?.();
+      for (const informer of informers) informer.stop();
       await store.close();
     },
   };
 }
-
-class SelfRemoved extends Error {}
 
 /** An etcd store's address, when it is given as one (SQLite has none). */
 function storeAddresses(spec: string): Map<string, string> {
