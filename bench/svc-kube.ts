@@ -28,10 +28,11 @@ import { encodeBatch } from "../src/nft/netlink.js";
 import { loadKubeconfig } from "../src/kube/config.js";
 import { mapConcurrently } from "../src/lab/concurrently.js";
 import { logTail, sleep, startDetached, stopProcesses, type StartedProcess } from "../src/lab/processes.js";
+import { TRELLIS } from "../test/support/cli-cluster.js";
 import { KUBE_BIN } from "../test/support/kube.js";
 import { labName, labStatus, runTrellis } from "../test/support/lab.js";
 import type { Made } from "./net-support.js";
-import { connectTimes, dnatRulePattern, latency, metricsOf, metricValue, residentMemory, round, ruleEvents, type LatencyStats, type Memory, type Netns } from "./svc-support.js";
+import { connectTimes, dnatRulePattern, dropCachedPages, latency, metricsOf, metricValue, residentMemory, round, ruleEvents, type LatencyStats, type Memory, type Netns } from "./svc-support.js";
 
 
 export interface KubeComparisonOptions {
@@ -104,6 +105,9 @@ interface Lab {
 export async function runKubeComparison(options: KubeComparisonOptions, made: Made, say: (line: string) => void): Promise<KubeComparison> {
   const name = labName("bsk");
   say(`lab ${name}: a Kubernetes lab of one node, two pods`);
+  // The build has just written the executable: read back from disk, as on a node, before the lab's processes map it.
+  dropCachedPages(TRELLIS);
+  dropCachedPages(join(KUBE_BIN, "kube-proxy"));
   const up = runTrellis(["lab", "up", "--kubernetes", "--name", name, "--nodes", "1", "--pods-per-node", "2", "--mode", "direct"], 600_000);
   if (up.status !== 0) throw new Error(`lab up --kubernetes failed: ${up.stdout}${up.stderr}`);
   const status = labStatus(name) as ReturnType<typeof labStatus> & { kubernetes: { kubeconfig: string } };
@@ -134,6 +138,7 @@ export async function runKubeComparison(options: KubeComparisonOptions, made: Ma
     const trellisArgv = [...lab.agentArgv, "--proxy-sync-interval", "0", "--resync-interval", "3600"];
     report.trellis = await measureProxy(lab, options, clusterIP, made, say, {
       label: "trellis",
+      executable: trellisArgv[0]!,
       start: () => restartAgent(lab, trellisArgv),
       failure: () => undefined,
       metrics: TRELLIS_METRICS,
@@ -161,6 +166,7 @@ export async function runKubeComparison(options: KubeComparisonOptions, made: Ma
     let kubeProxy: StartedProcess | undefined;
     report.kubeProxy = await measureProxy(lab, options, clusterIP, made, say, {
       label: "kube-proxy",
+      executable: join(KUBE_BIN, "kube-proxy"),
       start: async () => {
         if (kubeProxy) await stopProcesses([kubeProxy.pid]);
         kubeProxy = startDetached(lab.node.path, [join(KUBE_BIN, "kube-proxy"), `--config=${config}`, "--v=1"], join(lab.dir, "kube-proxy.log"));
@@ -203,6 +209,8 @@ export async function runKubeComparison(options: KubeComparisonOptions, made: Ma
 
 interface ProxyUnderTest {
   readonly label: string;
+  /** Its executable, whose cached pages go before each start. */
+  readonly executable: string;
   /** Starts (or restarts) the proxy; resolves with its pid. */
   start(): Promise<number>;
   readonly metrics: string;
@@ -218,6 +226,7 @@ async function measureProxy(lab: Lab, options: KubeComparisonOptions, clusterIP:
   const startToSynced: number[] = [];
   let pid = 0;
   for (let r = 1; r <= options.restarts; r++) {
+    dropCachedPages(proxy.executable);
     const started = Date.now();
     pid = await proxy.start();
     const first = await untilFirstSync(lab.node, proxy, LIVE_TIMEOUT_MS);

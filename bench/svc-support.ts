@@ -155,6 +155,17 @@ export function metricValue(text: string, name: string): number {
 }
 
 
+/**
+ * Drops the page cache's unmapped pages of `path` (coreutils dd's documented whole-file
+ * `iflag=nocache count=0`). A file just written, an executable the build made, sits in the cache
+ * in large folios, and a process that maps it is charged whole folios as it faults (74 MiB of
+ * file-backed RSS for the Trellis executable as built, 45 MiB once read back from disk): each
+ * proxy starts from its executable read as a deployed one is.
+ */
+export function dropCachedPages(path: string): void {
+  execFileSync("dd", [`if=${path}`, "iflag=nocache", "count=0", "status=none"]);
+}
+
 export function residentMemory(pid: number): Memory {
   const status = readFileSync(`/proc/${pid}/status`, "utf8");
   const mib = (field: string) => Math.round(Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN) / 102.4) / 10;

@@ -20,6 +20,7 @@
  *   npm run bench:svc -- [--services 10000] [--endpoints 5] [--changes 100] [--connects 3000]
  *                        [--chunk 1000] [--restarts 3]
  *   TRELLIS_BENCH_SERVICES=50 npm run bench:svc     (a small run: --services defaults to it)
+ *   TRELLIS_BENCH_AGENT_NODE_OPTIONS="--cpu-prof --cpu-prof-dir=DIR" npm run bench:svc   (profiles the agent of the idle and responsiveness phases)
  *   npm run bench:svc -- --kubernetes [--services N] [--changes N] [--connects N] [--restarts N]
  *                                     (the Trellis proxy against kube-proxy: bench/svc-kube.ts)
  */
@@ -534,7 +535,10 @@ async function measureIdle(cluster: Cluster, made: Made, say: (line: string) => 
   const argv = cluster.agentArgv.filter((arg) => arg !== "--no-masquerade");
   argv[argv.indexOf("--resync-interval") + 1] = String(IDLE_RESYNC_SECONDS);
   const started = Date.now();
-  cluster.agent = startDetached(cluster.node.path, argv, cluster.log.path);
+  // TRELLIS_BENCH_AGENT_NODE_OPTIONS (`--cpu-prof --cpu-prof-dir=DIR`, `--trace-gc`, …) reaches
+  // this agent alone: it serves the idle and responsiveness phases, so a profile shows them.
+  const nodeOptions = process.env.TRELLIS_BENCH_AGENT_NODE_OPTIONS;
+  cluster.agent = startDetached(cluster.node.path, nodeOptions ? ["env", `NODE_OPTIONS=${nodeOptions}`, ...argv] : argv, cluster.log.path);
   made.agents.add(cluster.agent);
   await waitForAgent(cluster, "the idle agent's full sync", () => cluster.log.syncs().some((entry) => entry.at >= started && entry.full), LIVE_TIMEOUT_MS);
   await sleep(2 * IDLE_RESYNC_SECONDS * 1000);
