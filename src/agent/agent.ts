@@ -25,6 +25,7 @@ import { repairMasquerade } from "../podnet/masquerade.js";
 import { buildInfoMetric } from "./build-info.js";
 import { BRIDGE_NAME, CONFLIST_NAME, renderConflist, writeConflist } from "./conflist.js";
 import { cachedPodNets, startCniServer } from "./cni-server.js";
+import { Foreground } from "./foreground.js";
 import { SyncRunner } from "./runner.js";
 import type { ClusterFeed } from "./feed.js";
 import { defaultRouteAddresses, findUnderlay } from "./host.js";
@@ -101,6 +102,8 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
   const helperPath = join(dirname(process.execPath), SPAWN_HELPER);
   if (useSpawnHelper(helperPath)) log("info", "starting commands through the spawn helper", { path: helperPath });
   keepIpWarm(true);
+  // CNI requests first: the proxy's full writes wait between their slices while one is served.
+  const foreground = new Foreground();
   const proxy = options.proxy
     ? startServiceProxy({
         source: feed.services,
@@ -114,9 +117,10 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
         log,
         nftWriter: join(dirname(process.execPath), NFT_WRITER),
         rejections,
+        pause: foreground.pause,
       })
     : undefined;
-  const cniServer = await startCniServer(options.cniSocket, podNets, () => (routesProgrammed ? undefined : "its routes to the other nodes are not programmed yet"), log);
+  const cniServer = await startCniServer(options.cniSocket, podNets, () => (routesProgrammed ? undefined : "its routes to the other nodes are not programmed yet"), log, undefined, foreground);
   // kube-proxy's endpoints, for what asks a node's Service proxy there; not worth the node's network either.
   const proxyEndpoints = proxy
     ? await Promise.all([

@@ -16,6 +16,7 @@ import { dirname } from "node:path";
 import { handleCniRequest, type CniReply, type PodNetSource } from "../cni/plugin.js";
 import { CniCode, CniError, formatCniError } from "../podnet/errors.js";
 import { openPodNet, type PodNet } from "../podnet/handle.js";
+import type { Foreground } from "./foreground.js";
 import type { Logger } from "./log.js";
 
 export const MAX_REQUEST_BYTES = 1 << 20;
@@ -67,7 +68,8 @@ export function cachedPodNets(): PodNetSource & { closeAll(): void; all(): PodNe
 }
 
 /** Listens on `path`; a stale socket file (no one answering) is replaced, a live one refused. */
-export async function startCniServer(path: string, source: PodNetSource, notReady: () => string | undefined, log: Logger, limits = CNI_SERVER_LIMITS): Promise<CniServer> {
+/** `foreground`: told of each call from its start to its answer, so background work waits meanwhile. */
+export async function startCniServer(path: string, source: PodNetSource, notReady: () => string | undefined, log: Logger, limits = CNI_SERVER_LIMITS, foreground?: Foreground): Promise<CniServer> {
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   if (existsSync(path)) {
     if (!lstatSync(path).isSocket()) throw new Error(`--cni-socket ${path} exists and is not a socket`);
@@ -80,7 +82,7 @@ export async function startCniServer(path: string, source: PodNetSource, notRead
     const connection = { busy: false };
     connections.set(socket, connection);
     socket.once("close", () => connections.delete(socket));
-    serve(socket, connection, source, notReady, log, limits);
+    serve(socket, connection, source, notReady, log, limits, foreground);
   });
   server.maxConnections = limits.maxConnections;
   let dropped = 0;
@@ -110,7 +112,7 @@ export async function startCniServer(path: string, source: PodNetSource, notRead
   return { path, close: () => closeServer(server, path, connections) };
 }
 
-function serve(socket: Socket, connection: { busy: boolean }, source: PodNetSource, notReady: () => string | undefined, log: Logger, limits: CniServerLimits): void {
+function serve(socket: Socket, connection: { busy: boolean }, source: PodNetSource, notReady: () => string | undefined, log: Logger, limits: CniServerLimits, foreground: Foreground | undefined): void {
   const chunks: Buffer[] = [];
   let received = 0;
   let expected: number | undefined;
@@ -159,13 +161,15 @@ function serve(socket: Socket, connection: { busy: boolean }, source: PodNetSour
     }
     connection.busy = true;
     const started = performance.now();
+    const end = foreground?.begin();
     handleCniRequest({ ...request, signal: controller.signal, agentNotReady: notReady }, source)
       .catch((error: unknown): CniReply => ({ exitCode: 1, stdout: `${formatCniError(new CniError(CniCode.internal, String(error)), "1.1.0")}\n`, stderr: "" }))
       .then((reply) => {
         send(reply);
         logCall(log, request.env, reply, performance.now() - started);
       })
-      .catch(() => undefined);
+      .catch(() => undefined)
+      .finally(() => end?.());
   });
   socket.on("end", () => {
     if (!answered) refuse(new CniError(CniCode.decodeFailure, `the request ended after ${Math.max(0, received - 4)} of ${expected ?? "?"} bytes`));

@@ -42,6 +42,8 @@ export interface ServiceProxyOptions {
   readonly rejections: Rejections;
   /** Every node's zone, by name (trafficDistribution, when endpoints are worked out from Pods). */
   readonly nodeZones?: ReadonlyMap<string, string>;
+  /** What a full write waits on between its slices (agent/foreground.ts); a turn of the event loop unless given. */
+  readonly pause?: () => Promise<void>;
 }
 
 export interface ServiceProxy {
@@ -129,9 +131,12 @@ export interface ProxyParts {
   readonly healthChecks: HealthCheckServers;
 }
 
+/** The proxy's writer yields the CPU to the CNI requests' commands (see NftWriterOptions). */
+const PROXY_WRITER_NICENESS = 10;
+
 /** The kernel through `trellis-nft-batch` at `path` when it is there, else through `nft -f`. */
-export function kernelOf(path: string | undefined, log: Logger): ProxyKernel {
-  const batchWriter = path === undefined ? undefined : new NftBatchWriter(path);
+export function kernelOf(path: string | undefined, log: Logger, pause?: () => Promise<void>): ProxyKernel {
+  const batchWriter = path === undefined ? undefined : new NftBatchWriter(path, { pause, niceness: PROXY_WRITER_NICENESS });
   const writer = batchWriter?.available() ? batchWriter : undefined;
   if (!writer) {
     return {
@@ -163,7 +168,7 @@ export function kernelOf(path: string | undefined, log: Logger): ProxyKernel {
 
 export function startServiceProxy(options: ServiceProxyOptions, parts?: ProxyParts): ServiceProxy {
   return new ServiceProxyLoop(options, parts ?? {
-    kernel: kernelOf(options.nftWriter, options.log),
+    kernel: kernelOf(options.nftWriter, options.log, options.pause),
     deleteFlow: deleteConntrack,
     healthChecks: startHealthCheckServers({ log: options.log }),
   });
@@ -209,6 +214,8 @@ export class ServiceProxyLoop implements ServiceProxy {
   /** Syncs that wrote rules, by how. */
   private readonly writes = { netlink: 0, nft: 0 };
   private readonly stuckAfterSeconds: number;
+  /** What the state's working out waits on between slices. */
+  private readonly pause?: () => Promise<void>;
 
   constructor(
     options: ServiceProxyOptions,
@@ -217,6 +224,7 @@ export class ServiceProxyLoop implements ServiceProxy {
     this.log = options.log;
     this.node = options.node;
     this.stuckAfterSeconds = options.syncStuckAfterSeconds ?? SYNC_STUCK_AFTER_SECONDS;
+    this.pause = options.pause;
     this.index = new ServiceIndex(options.source.endpoints, (service, refused) => options.rejections.report(`Service ${service}`, refused));
     this.runs = new SyncRunner({
       minIntervalMs: options.minSyncIntervalMs,
@@ -370,7 +378,7 @@ export class ServiceProxyLoop implements ServiceProxy {
       this.nodeChanged = false;
       if (!this.state) {
         // Worked out in slices: a full sync at 10,000 Services must not stop CNI requests and /healthz.
-        this.state = await ProxyState.build(this.node, this.index.all());
+        this.state = await ProxyState.build(this.node, this.index.all(), undefined, this.pause);
         this.healthChanged = true;
       } else {
         const { removed, added } = this.index.changes();

@@ -4,7 +4,8 @@
  */
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { existsSync } from "node:fs";
-import { encodeBatchSliced } from "../nft/netlink.js";
+import { setPriority } from "node:os";
+import { encodeBatchSliced, nextTurn } from "../nft/netlink.js";
 import type { Op } from "../nft/model.js";
 import { run } from "./exec.js";
 
@@ -23,12 +24,29 @@ export class NftWriteError extends Error {}
  */
 export const NFT_APPLY_TIMEOUT_MS = 30_000;
 
+export interface NftWriterOptions {
+  /** What the encoder waits on between slices; a turn of the event loop unless given. */
+  readonly pause?: () => Promise<void>;
+  /**
+   * The writer process's nice value: a background writer (the Service proxy's full writes, whose
+   * kernel work runs in the writer's own context) gives the CPU up to a pod's ADD on a busy node.
+   */
+  readonly niceness?: number;
+}
+
 export class NftBatchWriter {
   private child: ChildProcessWithoutNullStreams | undefined;
   private readonly waiting: Array<{ resolve: () => void; reject: (error: Error) => void }> = [];
   private received = Buffer.alloc(0);
 
-  constructor(readonly path: string) {}
+  private readonly pause: () => Promise<void>;
+
+  constructor(
+    readonly path: string,
+    private readonly options: NftWriterOptions = {},
+  ) {
+    this.pause = options.pause ?? nextTurn;
+  }
 
   /** The running writer's process id, if one runs. */
   get pid(): number | undefined {
@@ -45,7 +63,7 @@ export class NftBatchWriter {
    * one transaction; see `apply`.
    */
   async applyOps(ops: readonly Op[], timeoutMs = NFT_APPLY_TIMEOUT_MS): Promise<void> {
-    return this.apply(await encodeBatchSliced(ops), timeoutMs);
+    return this.apply(await encodeBatchSliced(ops, undefined, this.pause), timeoutMs);
   }
 
   /**
@@ -57,7 +75,7 @@ export class NftBatchWriter {
   async applyEach(groups: Iterable<readonly Op[]>, timeoutMs = NFT_APPLY_TIMEOUT_MS): Promise<void> {
     const applied: Array<Promise<void>> = [];
     for (const group of groups) {
-      const batch = await encodeBatchSliced(group);
+      const batch = await encodeBatchSliced(group, undefined, this.pause);
       const done = this.apply(batch, timeoutMs);
       // Seen at once, so a refusal is never an unhandled rejection while later ones encode.
       done.catch(() => undefined);
@@ -110,6 +128,13 @@ export class NftBatchWriter {
   private start(): ChildProcessWithoutNullStreams {
     const child = spawn(this.path, ["--serve"], { stdio: ["pipe", "pipe", "pipe"] });
     this.child = child;
+    if (this.options.niceness !== undefined && child.pid !== undefined) {
+      try {
+        setPriority(child.pid, this.options.niceness);
+      } catch {
+        // Not allowed here: the writer runs at the agent's own priority.
+      }
+    }
     this.received = Buffer.alloc(0);
     let stderr = "";
     child.stderr.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString("utf8")).slice(-2000)));
