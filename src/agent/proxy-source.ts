@@ -51,18 +51,18 @@ export function putStored(sink: Pick<ProxySink, "service" | "slice" | "pod">, pr
   if (prefix === SERVICES_PREFIX) {
     const service = value === undefined ? undefined : storedService(value);
     const at = appliedAt(service);
-    sink.service(storeKey.slice(prefix.length), service, at);
+    sink.service(storeKey.slice(prefix.length), slim(service), at);
     return at;
   }
   if (prefix === ENDPOINTSLICES_PREFIX) {
     const slice = value === undefined ? undefined : parseStored<EndpointSlice>(value, (object) => Array.isArray(object.endpoints));
     const at = appliedAt(slice);
-    sink.slice(storeKey, slice, at);
+    sink.slice(storeKey, slim(slice), at);
     return at;
   }
   const pod = value === undefined ? undefined : parseStored<Pod>(value, (object) => isObject(object.spec) && isObject(object.status));
   const at = appliedAt(pod);
-  sink.pod(storeKey, pod, at);
+  sink.pod(storeKey, slim(pod), at);
   return at;
 }
 
@@ -110,12 +110,12 @@ export function kubeProxySource(client: KubeClient): ProxySource {
       };
       const failed = (error: Error, retryInMs: number) => sink.failed(error, retryInMs);
       informers.push(
-        inform<Service>(client, "/api/v1/services", { change: (key, service) => sink.service(key, service), synced: whole("services"), failed }),
+        inform<Service>(client, "/api/v1/services", { change: (key, service) => sink.service(key, slim(service)), synced: whole("services"), failed }),
         inform<EndpointSlice>(client, "/apis/discovery.k8s.io/v1/endpointslices", {
           change: (key, slice) => {
             const time = slice?.metadata.annotations?.[TRIGGER_TIME];
             const at = time === undefined ? Number.NaN : Date.parse(time);
-            sink.slice(key, slice, Number.isFinite(at) ? at : undefined);
+            sink.slice(key, slim(slice), Number.isFinite(at) ? at : undefined);
           },
           synced: whole("endpointslices"),
           failed,
@@ -127,6 +127,18 @@ export function kubeProxySource(client: KubeClient): ProxySource {
       };
     },
   };
+}
+
+/**
+ * The object without what the proxy never reads and the proxy would otherwise keep for every
+ * object: the API server's managedFields and the annotations (a client's last applied
+ * configuration among them, often larger than the rest). The times read from annotations are
+ * read before this.
+ */
+function slim<T extends { metadata: { annotations?: unknown; managedFields?: unknown } }>(object: T | undefined): T | undefined {
+  if (object === undefined || (object.metadata.annotations === undefined && object.metadata.managedFields === undefined)) return object;
+  const { annotations: _annotations, managedFields: _managedFields, ...metadata } = object.metadata;
+  return { ...object, metadata };
 }
 
 /** A stored object, or undefined when the value is not one (such a value counts as no object). */
