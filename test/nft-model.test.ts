@@ -76,6 +76,8 @@ function familyTable(family: 4 | 6, name: string): Table {
     [{ match: "address", field: `${ip} saddr`, value: p("10.240.0.0/12", "fd00:10:240::/44") }],
     [{ match: "protocol", protocol: "sctp" }, { match: "port", field: "th dport", port: 9000 }],
     [{ match: "port", field: "th sport", port: 53 }],
+    [{ match: "protocol", protocol: "tcp" }, { match: "port range", field: "th dport", first: 8000, last: 9000 }],
+    [{ match: "port range", field: "th sport", first: 0, last: 1023 }],
     [{ match: "in set", key: [`${ip} saddr`], set: "cidrs" }],
     [{ match: "in set", key: [`${ip} saddr`], set: "cidrs", negate: true }],
     [{ match: "ct state", states: ["new"] }],
@@ -163,6 +165,8 @@ describe("nftables model: nft -f text and the netlink batch", () => {
     assert.match(text, /ff00::\/8 \}/);
     assert.match(text, /ip daddr != 127\.0\.0\.0\/8 tcp dport 8080 meta mark set meta mark \| 0x00002000 dnat ip to 10\.244\.0\.5:80/);
     assert.match(text, /ct state established,related accept/);
+    assert.match(text, /tcp dport 8000-9000/);
+    assert.match(text, /th sport 0-1023/);
     assert.match(text, /ct status dnat ip saddr \. ip daddr \. meta l4proto \. th dport @hairpin accept/);
     assert.match(text, /typeof numgen random mod 3 : ip daddr \. udp dport\n\t\telements = \{ 0 : 10\.244\.4\.1 \. 8080, 1 : 10\.244\.4\.2 \. 8081,/);
     assert.match(text, /meta l4proto udp dnat ip to numgen random mod 3 map @targets/);
@@ -212,6 +216,8 @@ describe("nftables model: nft -f text and the netlink batch", () => {
       [{ op: "add rule", ...t, chain: "c", rule: verdictRule([], goto("no#comment")) }],
       [{ op: "add rule", ...t, chain: "c", rule: rule([], { statement: "dnat", family: 4, address: parseIp("fd00::1"), port: 80 }) }],
       [{ op: "add rule", ...t, chain: "c", rule: rule([{ match: "port", field: "th dport", port: 70000 }], { statement: "verdict", verdict: accept }) }],
+      [{ op: "add rule", ...t, chain: "c", rule: rule([{ match: "port range", field: "th dport", first: 90, last: 80 }], { statement: "verdict", verdict: accept }) }],
+      [{ op: "add rule", ...t, chain: "c", rule: rule([{ match: "port range", field: "th dport", first: 80, last: 65536 }], { statement: "verdict", verdict: accept }) }],
       [{ op: "add rule", ...t, chain: "c", rule: rule([{ match: "protocol", protocol: "tcp" }], { statement: "dnat numgen map", family: 4, modulus: 0, map: "m" }) }],
       [{ op: "add rule", ...t, chain: "c", rule: { match: [], statements: [] } }],
       [{ op: "add rule", ...t, chain: "c", rule: rule([], { statement: "mark", op: "or", bits: -1 }) }],
@@ -223,7 +229,7 @@ describe("nftables model: nft -f text and the netlink batch", () => {
     for (const ops of bad) {
       assert.throws(() => encodeBatch(ops), Error, `netlink took ${JSON.stringify(ops, (_k, v) => (typeof v === "bigint" ? String(v) : v))}`);
     }
-    for (const ops of bad.slice(0, 14)) {
+    for (const ops of bad.slice(0, 16)) {
       assert.throws(() => renderOps(ops), Error, `text took ${JSON.stringify(ops, (_k, v) => (typeof v === "bigint" ? String(v) : v))}`);
     }
   });

@@ -34,6 +34,8 @@ export type Match =
   | { readonly match: "protocol"; readonly protocol: Protocol }
   /** `th dport 8080` */
   | { readonly match: "port"; readonly field: "th dport" | "th sport"; readonly port: number }
+  /** `th dport 8000-9000`: first to last, both included (a NetworkPolicy's endPort, a port range). */
+  | { readonly match: "port range"; readonly field: "th dport" | "th sport"; readonly first: number; readonly last: number }
   /** `ip saddr @set`, `ip saddr . ip daddr . meta l4proto . th dport @set`, `ip saddr != @set` */
   | { readonly match: "in set"; readonly key: readonly Field[]; readonly set: string; readonly negate?: boolean }
   /** `ct state new`, `ct state established,related`: any of the states. */

@@ -43,7 +43,7 @@ export function checkRuleShape(rule: Rule): void {
   if (!rule.statements.length) throw new Error("an nftables rule needs a statement");
   for (let i = 1; i < rule.match.length; i++) {
     const [a, b] = [rule.match[i - 1], rule.match[i]];
-    const header = (m: typeof a) => (m.match === "port" ? "th" : m.match === "address" && !m.negate ? m.field.split(" ")[0] : undefined);
+    const header = (m: typeof a) => (m.match === "port" || m.match === "port range" ? "th" : m.match === "address" && !m.negate ? m.field.split(" ")[0] : undefined);
     if (header(a) !== undefined && header(a) === header(b)) throw new Error(`an nftables rule with two tests of the ${header(a)} header in a row: give them as a set lookup`);
   }
   for (const statement of rule.statements) {

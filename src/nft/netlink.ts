@@ -395,6 +395,15 @@ function encodeMatch(
       payload(w, 2, match.field === "th dport" ? 2 : 0, 2, 1);
       cmp(w, 0, portBytes(checkInteger("port", match.port, 0, 65535)));
       break;
+    case "port range": {
+      // As nft writes a range it does not negate: two comparisons of one load.
+      const [first, last] = [checkInteger("port", match.first, 0, 65535), checkInteger("port", match.last, 0, 65535)];
+      if (first >= last) throw new Error(`port range ${first}-${last}: the first port must be below the last`);
+      payload(w, 2, match.field === "th dport" ? 2 : 0, 2, 1);
+      cmp(w, NFT_CMP_GTE, portBytes(first));
+      cmp(w, NFT_CMP_LTE, portBytes(last));
+      break;
+    }
     case "in set":
       load(match.key);
       lookup(match.set, { invert: match.negate });
@@ -528,6 +537,9 @@ function ctLoad(w: Writer, key: number): void {
 }
 
 /** op 0: eq, 1: neq, on register 1. */
+const NFT_CMP_LTE = 3;
+const NFT_CMP_GTE = 5;
+
 function cmp(w: Writer, op: number, data: Buffer): void {
   const at = beginExpr(w, "cmp");
   w.u32(1, 1);

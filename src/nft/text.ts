@@ -82,6 +82,14 @@ export function ruleText(rule: Rule): string {
   return text;
 }
 
+/** `FIRST-LAST`, checked: ports, the first below the last (one port is a "port" match). */
+function portRange(first: number, last: number): string {
+  checkInteger("port", first, 0, 65535);
+  checkInteger("port", last, 0, 65535);
+  if (first >= last) throw new Error(`port range ${first}-${last}: the first port must be below the last`);
+  return `${first}-${last}`;
+}
+
 function matchText(match: Match): string {
   switch (match.match) {
     case "address":
@@ -90,6 +98,8 @@ function matchText(match: Match): string {
       return `meta l4proto ${protocol(match.protocol)}`;
     case "port":
       return `${match.field} ${checkInteger("port", match.port, 0, 65535)}`;
+    case "port range":
+      return `${match.field} ${portRange(match.first, match.last)}`;
     case "in set":
       return `${match.key.join(" . ")} ${match.negate ? "!= " : ""}@${checkName("set", match.set)}`;
     case "ct state":
