@@ -21,7 +21,7 @@
  * exclusions change or a check of its chains and sets finds them otherwise.
  */
 import {
-  formatPrefix, intervalPrefixes, mergeIntervals, parsePrefix, prefixInterval, tryParseIp, type Family, type IpInterval, type IpPrefix,
+  formatPrefix, intervalPrefixes, mergeIntervals, parsePrefix, prefixInterval, subtractInterval, tryParseIp, type Family, type IpInterval, type IpPrefix,
 } from "../net/ip.js";
 import { deleteTable, rewriteTable } from "../nft/diff.js";
 import { addressField, addressType, jump, newSet, payloadOf, rule, verdictRule, type NftSet, type Op, type Rule, type Table } from "../nft/model.js";
@@ -114,7 +114,7 @@ export function masqueradeNftTable(table: string, desired: MasqueradeTable): Tab
       const definition = { kind: "set", key: [addressType(family)], flags: ["interval"] } as const;
       const elements = (intervals: readonly IpInterval[]) => intervals.flatMap(intervalPrefixes).map((prefix) => ({ key: [prefix] }));
       sets.set(source, newSet(definition, elements(want.sources)));
-      sets.set(destination, newSet(definition, elements(withoutInterval(want.exclusions, prefixInterval(MULTICAST[family])))));
+      sets.set(destination, newSet(definition, elements(subtractInterval(want.exclusions, prefixInterval(MULTICAST[family])))));
       const daddr = addressField(family, "daddr");
       return [rule([
         { match: "in set", key: [addressField(family, "saddr")], set: source },
@@ -289,16 +289,6 @@ function field(value: unknown, key: string): Record<string, any> | undefined {
 
 /** The union of prefixes as intervals the netlink writer can write: none reaching IPv4's last address (see LAST_IPV4). */
 function writableIntervals(prefixes: readonly IpPrefix[]): IpInterval[] {
-  return withoutInterval(mergeIntervals(prefixes.map(prefixInterval)), LAST_IPV4);
+  return subtractInterval(mergeIntervals(prefixes.map(prefixInterval)), LAST_IPV4);
 }
 
-/** Sorted, disjoint intervals less the addresses of `cut`. */
-function withoutInterval(intervals: readonly IpInterval[], cut: IpInterval): IpInterval[] {
-  return intervals.flatMap((interval) => {
-    if (interval.family !== cut.family || interval.last < cut.first || interval.first > cut.last) return [interval];
-    const parts: IpInterval[] = [];
-    if (interval.first < cut.first) parts.push({ ...interval, last: cut.first - 1n });
-    if (interval.last > cut.last) parts.push({ ...interval, first: cut.last + 1n });
-    return parts;
-  });
-}

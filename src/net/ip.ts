@@ -185,6 +185,17 @@ export function mergeIntervals(intervals: readonly IpInterval[]): IpInterval[] {
   return merged;
 }
 
+/** `intervals` less the addresses of `cut`. */
+export function subtractInterval(intervals: readonly IpInterval[], cut: IpInterval): IpInterval[] {
+  return intervals.flatMap((interval) => {
+    if (interval.family !== cut.family || interval.last < cut.first || interval.first > cut.last) return [interval];
+    const parts: IpInterval[] = [];
+    if (interval.first < cut.first) parts.push({ ...interval, last: cut.first - 1n });
+    if (interval.last > cut.last) parts.push({ ...interval, first: cut.last + 1n });
+    return parts;
+  });
+}
+
 /** The fewest prefixes that cover exactly the union of `prefixes` (adjacent and nested ones merged). */
 export function mergePrefixes(prefixes: readonly IpPrefix[]): IpPrefix[] {
   return mergeIntervals(prefixes.map(prefixInterval)).flatMap(intervalPrefixes);

@@ -44,11 +44,11 @@ function matrix(state: PolicyWorld, family: Family, protocol: PolicyProtocol, po
   return [header, ...rows].join("\n");
 }
 
-/** The expected matrix: everything passes but what `denied(from, to)` says. */
+/** The expected matrix: everything passes but what `denied(from, to)` says; a pod always reaches itself (upstream's AllowLoopback). */
 function expected(denied: (from: string, to: string) => boolean): string {
   const ids = NAMESPACES.flatMap((ns) => PODS.map((pod) => `${ns}/${pod}`));
   const header = `     ${ids.join(" ")}`;
-  return [header, ...ids.map((from) => `${from}  ${ids.map((to) => (denied(from, to) ? "X" : ".").padEnd(3)).join(" ")}`)].join("\n");
+  return [header, ...ids.map((from) => `${from}  ${ids.map((to) => (from !== to && denied(from, to) ? "X" : ".").padEnd(3)).join(" ")}`)].join("\n");
 }
 
 function checkBoth(state: PolicyWorld, protocol: PolicyProtocol, port: number, denied: (from: string, to: string) => boolean): void {

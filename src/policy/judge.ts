@@ -2,7 +2,8 @@
  * Whether policy lets a connection through, and every step that decided it: the semantics the
  * agent's nftables rules implement and `trellis policy explain` prints, from the same data.
  *
- * A connection passes when both ends let it: egress at its source pod, ingress at its
+ * A pod reaching its own address always passes (it never leaves the pod). Otherwise a
+ * connection passes when both ends let it: egress at its source pod, ingress at its
  * destination pod (an end that is no pod, or a host-network pod, judges nothing). Each direction
  * goes through the tiers in the API's order:
  *
@@ -50,6 +51,14 @@ export interface Verdict {
 }
 
 export function judge(world: PolicyWorld, connection: Connection): Verdict {
+  const { from, to } = connection;
+  if (from.pod && to.pod && from.pod.namespace === to.pod.namespace && from.pod.name === to.pod.name && sameIp(from.address, to.address)) {
+    // A pod reaching its own address never leaves its network namespace: no policy sees it, as
+    // the upstream suites expect (their AllowLoopback).
+    const steps: PolicyStep[] = [{ tier: "Default", outcome: "allow", reason: "a pod reaching its own address: the traffic stays inside the pod" }];
+    const id = `${from.pod.namespace}/${from.pod.name}`;
+    return { allowed: true, egress: { direction: "Egress", pod: id, allowed: true, steps }, ingress: { direction: "Ingress", pod: id, allowed: true, steps } };
+  }
   const egress = judgeDirection(world, connection, "Egress");
   const ingress = judgeDirection(world, connection, "Ingress");
   return { allowed: egress.allowed && ingress.allowed, egress, ingress };

@@ -1,0 +1,343 @@
+/**
+ * NetworkPolicy and ClusterNetworkPolicy as one node's nftables table, the semantics of judge.ts
+ * put in the kernel: every decision is the kernel's, per connection, never a process's.
+ *
+ *   table inet trellis-policy
+ *     chain forward { filter hook forward priority 0 }      pods to pods and the world, both ways
+ *       ct state established,related accept               a connection let in stays let in
+ *       ip saddr vmap @egress-4 ; ip6 saddr vmap @egress-6   a local pod sending: its egress chain
+ *       ip daddr vmap @ingress-4 ; ip6 daddr vmap @ingress-6 a local pod receiving: its ingress chain
+ *     chain input { filter hook input priority 0 }         pods to this node: egress only
+ *     chain egress-HASH / ingress-HASH                     the Admin tier, in order; Pass and its end go to
+ *     chain egress-HASH-rest / ingress-HASH-rest           the NetworkPolicy tier, or the Baseline tier
+ *     set peer-HASH-4 / -6                                 the addresses of the pods a selector picks, cluster-wide
+ *     set cidr-HASH-4 / -6  (interval)                     an ipBlock less its exceptions, a CNP's networks
+ *     set named-NAME-4 / -6                                address . protocol . port of every pod's port of that name
+ *
+ * Traffic a Service's DNAT sent to a pod is judged after the DNAT (forward comes after
+ * prerouting), against the real endpoint. Bridged traffic between two pods of the node passes
+ * the same hook (br_netfilter). A pod's chain is named by the hash of what it holds, so pods that
+ * the same policies select in the same way share it: the rules grow with policies and peers,
+ * not with pods times policies. An egress decision to let through returns to the hook's chain,
+ * where the destination's ingress is judged next; a connection passes only if both let it.
+ */
+import { createHash } from "node:crypto";
+import { intervalPrefixes, mergeIntervals, prefixInterval, subtractInterval, tryParseInterfaceAddress, type Family, type IpAddress, type IpInterval } from "../net/ip.js";
+import { accept, drop, goto, jump, newSet, ret, rule, verdictRule, type Element, type Field, type Match, type NftSet, type Protocol, type Rule, type Table, type Verdict } from "../nft/model.js";
+import { ruleText } from "../nft/text.js";
+import { policyTypes } from "./judge.js";
+import { selects, type Labels } from "./selector.js";
+import type {
+  ClusterNetworkPolicy, ClusterPolicyPeer, ClusterPolicyProtocol, ClusterPolicyRule, ClusterPolicyTier, Direction, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
+  PolicyPod, PolicyProtocol, PolicyWorld,
+} from "./types.js";
+
+export const POLICY_TABLE = "trellis-policy";
+
+export interface PolicyRulesInput {
+  readonly world: PolicyWorld;
+  /** Every pod of the cluster, the peers; host-network pods count as no pod. */
+  readonly pods: readonly PolicyPod[];
+  /** The pods on this node, whose connections these rules judge. */
+  readonly local: readonly PolicyPod[];
+}
+
+const FAMILIES = [4, 6] as const;
+const IP: Record<Family, "ip" | "ip6"> = { 4: "ip", 6: "ip6" };
+const NFT_PROTOCOL: Record<PolicyProtocol, Protocol> = { TCP: "tcp", UDP: "udp", SCTP: "sctp" };
+
+/** The node's policy table; undefined when no policy selects any of its pods (the table should not exist). */
+export function policyTable(input: PolicyRulesInput): Table | undefined {
+  const builder = new TableBuilder(input);
+  return builder.build();
+}
+
+/** One alternative of a rule's tests, per family: undefined when it cannot match that family. */
+type Alternative = (family: Family) => Match[] | undefined;
+
+class TableBuilder {
+  private readonly chains = new Map<string, readonly Rule[]>();
+  private readonly sets = new Map<string, NftSet>();
+  private readonly vmaps: Record<Direction, Record<Family, Element[]>> = { Ingress: { 4: [], 6: [] }, Egress: { 4: [], 6: [] } };
+
+  constructor(private readonly input: PolicyRulesInput) {}
+
+  build(): Table | undefined {
+    for (const pod of this.input.local) {
+      if (pod.hostNetwork) continue;
+      for (const direction of ["Egress", "Ingress"] as const) {
+        const chain = this.podChain(pod, direction);
+        if (!chain) continue;
+        for (const ip of pod.ips) this.vmaps[direction][ip.family].push({ key: [ip], value: jump(chain) });
+      }
+    }
+    if (this.chains.size === 0) return undefined;
+    for (const direction of ["Egress", "Ingress"] as const) {
+      for (const family of FAMILIES) {
+        this.sets.set(vmapName(direction, family), newSet({ kind: "map", key: [family === 4 ? "ipv4_addr" : "ipv6_addr"], value: "verdict", flags: [] }, this.vmaps[direction][family]));
+      }
+    }
+    const established = verdictRule([{ match: "ct state", states: ["established", "related"] }], accept);
+    const dispatch = (direction: Direction) =>
+      FAMILIES.map((family) => rule([], { statement: "vmap", key: [`${IP[family]} ${direction === "Egress" ? "saddr" : "daddr"}`], map: vmapName(direction, family) }));
+    this.chains.set("forward", [established, ...dispatch("Egress"), ...dispatch("Ingress")]);
+    this.chains.set("input", [established, ...dispatch("Egress")]);
+    return {
+      family: "inet",
+      name: POLICY_TABLE,
+      baseChains: new Map([
+        ["forward", { type: "filter", hook: "forward", priority: 0 }],
+        ["input", { type: "filter", hook: "input", priority: 0 }],
+      ]),
+      chains: this.chains,
+      sets: this.sets,
+    };
+  }
+
+  /** The chain that judges `pod` in `direction` (shared with every pod judged alike); undefined when nothing judges it. */
+  private podChain(pod: PolicyPod, direction: Direction): string | undefined {
+    const { world } = this.input;
+    const allow = direction === "Egress" ? ret : accept;
+    const admin = this.clusterRules("Admin", pod, direction);
+    const isolating = world.networkPolicies
+      .filter((policy) => policy.metadata.namespace === pod.namespace && policyTypes(policy).includes(direction) && selects(policy.spec.podSelector, pod.labels))
+      .sort((a, b) => compareText(a.metadata.name, b.metadata.name));
+    const baseline = this.clusterRules("Baseline", pod, direction);
+    if (admin.length === 0 && isolating.length === 0 && baseline.length === 0) return undefined;
+
+    const rest: Rule[] = [];
+    if (isolating.length) {
+      for (const policy of isolating) {
+        const rules = (direction === "Ingress" ? policy.spec.ingress : policy.spec.egress) ?? [];
+        for (const npRule of rules) {
+          const peers = direction === "Ingress" ? (npRule as { from?: readonly NetworkPolicyPeer[] }).from : (npRule as { to?: readonly NetworkPolicyPeer[] }).to;
+          rest.push(...this.expand(this.networkPeers(policy, peers, direction), this.networkPorts(npRule.ports, pod, direction), allow));
+        }
+      }
+      rest.push(verdictRule([], drop));
+    } else {
+      for (const { rule: cnpRule } of baseline) {
+        // Baseline's Pass goes on to the default, which lets the connection through.
+        const verdict = cnpRule.action === "Deny" ? drop : allow;
+        rest.push(...this.expand(this.clusterPeers(cnpRule, direction), this.clusterProtocols(cnpRule.protocols, pod, direction), verdict));
+      }
+      if (direction === "Ingress") rest.push(verdictRule([], accept));
+    }
+    const restName = this.chain(`${direction.toLowerCase()}-rest`, rest);
+    const main: Rule[] = [];
+    for (const { rule: cnpRule } of admin) {
+      const verdict: Verdict = cnpRule.action === "Accept" ? allow : cnpRule.action === "Deny" ? drop : goto(restName);
+      main.push(...this.expand(this.clusterPeers(cnpRule, direction), this.clusterProtocols(cnpRule.protocols, pod, direction), verdict));
+    }
+    main.push(verdictRule([], goto(restName)));
+    return this.chain(direction.toLowerCase(), main);
+  }
+
+  /** Adds a chain named by its kind and the hash of its rules (one chain for every pod that needs the same). */
+  private chain(kind: string, rules: readonly Rule[]): string {
+    const hash = createHash("sha256").update(kind).update(rules.map(ruleText).join("\n")).digest("hex").slice(0, 16);
+    const name = `${kind}-${hash}`;
+    this.chains.set(name, rules);
+    return name;
+  }
+
+  /** Every combination of a peer alternative and a port alternative, per family, with `verdict`. */
+  private expand(peers: readonly Alternative[], ports: readonly Alternative[], verdict: Verdict): Rule[] {
+    const rules: Rule[] = [];
+    for (const family of FAMILIES) {
+      for (const peer of peers) {
+        const peerMatch = peer(family);
+        if (!peerMatch) continue;
+        for (const port of ports) {
+          const portMatch = port(family);
+          if (!portMatch) continue;
+          rules.push(verdictRule([...peerMatch, ...portMatch], verdict));
+        }
+      }
+    }
+    return rules;
+  }
+
+  private clusterRules(tier: ClusterPolicyTier, pod: PolicyPod, direction: Direction): Array<{ policy: ClusterNetworkPolicy; rule: ClusterPolicyRule }> {
+    const { world } = this.input;
+    return world.clusterPolicies
+      .filter((policy) => policy.spec.tier === tier && subjectSelects(world, policy, pod))
+      .sort((a, b) => a.spec.priority - b.spec.priority || compareText(a.metadata.name, b.metadata.name))
+      .flatMap((policy) => ((direction === "Ingress" ? policy.spec.ingress : policy.spec.egress) ?? []).map((cnpRule) => ({ policy, rule: cnpRule })));
+  }
+
+  // ---- peers ----
+
+  private networkPeers(policy: NetworkPolicy, peers: readonly NetworkPolicyPeer[] | undefined, direction: Direction): Alternative[] {
+    if (!peers || peers.length === 0) return [() => []];
+    return peers.map((peer): Alternative => {
+      if (peer.ipBlock) {
+        const cut = (peer.ipBlock.except ?? []).flatMap((text) => intervalOf(text) ?? []);
+        const whole = intervalOf(peer.ipBlock.cidr);
+        const intervals = whole ? cut.reduce((left, except) => subtractInterval(left, except), [whole]) : [];
+        return this.cidrAlternative(intervals, direction);
+      }
+      const namespaceSelector = peer.namespaceSelector;
+      const podSelector = peer.podSelector ?? {};
+      return this.podsAlternative(
+        (candidate) => (namespaceSelector ? selects(namespaceSelector, this.namespaceLabels(candidate.namespace)) : candidate.namespace === policy.metadata.namespace) && selects(podSelector, candidate.labels),
+        { namespace: namespaceSelector ? undefined : policy.metadata.namespace, namespaceSelector, podSelector },
+        direction,
+      );
+    });
+  }
+
+  private clusterPeers(cnpRule: ClusterPolicyRule, direction: Direction): Alternative[] {
+    const peers: readonly ClusterPolicyPeer[] = (direction === "Ingress" ? cnpRule.from : cnpRule.to) ?? [];
+    return peers.flatMap((peer): Alternative[] => {
+      if (peer.namespaces) {
+        const selector = peer.namespaces;
+        return [this.podsAlternative((candidate) => selects(selector, this.namespaceLabels(candidate.namespace)), { namespaceSelector: selector }, direction)];
+      }
+      if (peer.pods) {
+        const { namespaceSelector, podSelector } = peer.pods;
+        return [this.podsAlternative((candidate) => selects(namespaceSelector, this.namespaceLabels(candidate.namespace)) && selects(podSelector, candidate.labels), { namespaceSelector, podSelector }, direction)];
+      }
+      if (direction === "Ingress") return [];
+      if (peer.nodes) {
+        const selector = peer.nodes;
+        const addresses = this.input.world.nodes.filter((node) => selects(selector, node.labels)).flatMap((node) => node.addresses);
+        return [this.addressAlternative("nodes", { nodes: selector }, addresses, direction)];
+      }
+      if (peer.networks) return [this.cidrAlternative(peer.networks.flatMap((text) => intervalOf(text) ?? []), direction)];
+      // Domain names are resolved by DNS, which these rules do not see: such a peer matches nothing.
+      return [];
+    });
+  }
+
+  /** Pods that `picks`, as a set of their addresses named by what picks them. */
+  private podsAlternative(picks: (pod: PolicyPod) => boolean, identity: object, direction: Direction): Alternative {
+    const addresses = this.input.pods.filter((candidate) => !candidate.hostNetwork && picks(candidate)).flatMap((candidate) => candidate.ips);
+    return this.addressAlternative("peer", identity, addresses, direction);
+  }
+
+  private addressAlternative(kind: string, identity: object, addresses: readonly IpAddress[], direction: Direction): Alternative {
+    const name = `${kind}-${hashOf(identity)}`;
+    for (const family of FAMILIES) {
+      const elements = addresses.filter((ip) => ip.family === family).map((ip) => ({ key: [ip] }));
+      this.sets.set(`${name}-${family}`, newSet({ kind: "set", key: [family === 4 ? "ipv4_addr" : "ipv6_addr"], flags: [] }, elements));
+    }
+    return (family) => [{ match: "in set", key: [peerField(direction, family)], set: `${name}-${family}` }];
+  }
+
+  private cidrAlternative(intervals: readonly IpInterval[], direction: Direction): Alternative {
+    const merged = mergeIntervals(intervals);
+    const name = `cidr-${hashOf(merged.map((interval) => `${interval.family} ${interval.first} ${interval.last}`))}`;
+    for (const family of FAMILIES) {
+      const elements = merged.filter((interval) => interval.family === family).flatMap(intervalPrefixes).map((prefix) => ({ key: [prefix] }));
+      this.sets.set(`${name}-${family}`, newSet({ kind: "set", key: [family === 4 ? "ipv4_addr" : "ipv6_addr"], flags: ["interval"] }, elements));
+    }
+    // A family with nothing in the block matches nothing of that family.
+    return (family) => (merged.some((interval) => interval.family === family) ? [{ match: "in set", key: [peerField(direction, family)], set: `${name}-${family}` }] : undefined);
+  }
+
+  // ---- ports ----
+
+  /** `pod`: the pod judged; for ingress it is the destination whose ports names name. */
+  private networkPorts(ports: readonly NetworkPolicyPort[] | undefined, pod: PolicyPod, direction: Direction): Alternative[] {
+    if (!ports || ports.length === 0) return [() => []];
+    return ports.flatMap((port): Alternative[] => {
+      const protocol = port.protocol ?? "TCP";
+      const proto: Match = { match: "protocol", protocol: NFT_PROTOCOL[protocol] };
+      if (port.port === undefined) return [() => [proto]];
+      if (typeof port.port === "number") {
+        const number = port.port;
+        if (port.endPort !== undefined && port.endPort > number) {
+          const last = port.endPort;
+          return [() => [proto, { match: "port range", field: "th dport", first: number, last }]];
+        }
+        return [() => [proto, { match: "port", field: "th dport", port: number }]];
+      }
+      return this.namedPort(port.port, protocol, pod, direction);
+    });
+  }
+
+  private clusterProtocols(protocols: readonly ClusterPolicyProtocol[] | undefined, pod: PolicyPod, direction: Direction): Alternative[] {
+    if (!protocols || protocols.length === 0) return [() => []];
+    return protocols.flatMap((entry): Alternative[] => {
+      if (entry.destinationNamedPort !== undefined) {
+        return (["TCP", "UDP", "SCTP"] as const).flatMap((protocol) => this.namedPort(entry.destinationNamedPort!, protocol, pod, direction));
+      }
+      return (["TCP", "UDP", "SCTP"] as const).flatMap((protocol): Alternative[] => {
+        const chosen = { TCP: entry.tcp, UDP: entry.udp, SCTP: entry.sctp }[protocol];
+        if (!chosen) return [];
+        const proto: Match = { match: "protocol", protocol: NFT_PROTOCOL[protocol] };
+        const port = chosen.destinationPort;
+        if (port?.number !== undefined) {
+          const number = port.number;
+          return [() => [proto, { match: "port", field: "th dport", port: number }]];
+        }
+        if (port?.range) {
+          const { start, end } = port.range;
+          return [() => [proto, start === end ? { match: "port", field: "th dport", port: start } : { match: "port range", field: "th dport", first: start, last: end }]];
+        }
+        return [() => [proto]];
+      });
+    });
+  }
+
+  /**
+   * A named port: for ingress, the judged pod's own container port of that name (none: nothing
+   * matches); for egress, a set of every pod's address, protocol and port of that name, which
+   * the destination must be in.
+   */
+  private namedPort(name: string, protocol: PolicyProtocol, pod: PolicyPod, direction: Direction): Alternative[] {
+    const proto: Match = { match: "protocol", protocol: NFT_PROTOCOL[protocol] };
+    if (direction === "Ingress") {
+      const found = pod.ports?.find((port) => port.name === name && (port.protocol ?? "TCP") === protocol);
+      return found ? [() => [proto, { match: "port", field: "th dport", port: found.containerPort }]] : [];
+    }
+    const setName = `named-${hashOf([name, protocol])}`;
+    for (const family of FAMILIES) {
+      const elements = this.input.pods
+        .filter((candidate) => !candidate.hostNetwork)
+        .flatMap((candidate) => {
+          const found = candidate.ports?.find((port) => port.name === name && (port.protocol ?? "TCP") === protocol);
+          return found ? candidate.ips.filter((ip) => ip.family === family).map((ip) => ({ key: [ip, NFT_PROTOCOL[protocol], found.containerPort] })) : [];
+        });
+      this.sets.set(`${setName}-${family}`, newSet({ kind: "set", key: [family === 4 ? "ipv4_addr" : "ipv6_addr", "inet_proto", "inet_service"], flags: [] }, elements));
+    }
+    const key = (family: Family): Field[] => [`${IP[family]} daddr`, "meta l4proto", "th dport"];
+    return [(family) => [{ match: "in set", key: key(family), set: `${setName}-${family}` }]];
+  }
+
+  private namespaceLabels(namespace: string): Labels {
+    return this.input.world.namespaces.get(namespace)?.labels ?? { "kubernetes.io/metadata.name": namespace };
+  }
+}
+
+function subjectSelects(world: PolicyWorld, policy: ClusterNetworkPolicy, pod: PolicyPod): boolean {
+  const labels = world.namespaces.get(pod.namespace)?.labels ?? { "kubernetes.io/metadata.name": pod.namespace };
+  const { namespaces, pods } = policy.spec.subject;
+  if (namespaces) return selects(namespaces, labels);
+  if (pods) return selects(pods.namespaceSelector, labels) && selects(pods.podSelector, pod.labels);
+  return false;
+}
+
+function vmapName(direction: Direction, family: Family): string {
+  return `${direction.toLowerCase()}-${family}`;
+}
+
+/** The peer's address: the source when judging ingress, the destination when judging egress. */
+function peerField(direction: Direction, family: Family): Field {
+  return `${IP[family]} ${direction === "Ingress" ? "saddr" : "daddr"}`;
+}
+
+function intervalOf(text: string): IpInterval | undefined {
+  const parsed = tryParseInterfaceAddress(text);
+  return parsed ? prefixInterval(parsed.prefix) : undefined;
+}
+
+function hashOf(identity: unknown): string {
+  return createHash("sha256").update(JSON.stringify(identity, (_key, value: unknown) => (typeof value === "bigint" ? String(value) : value))).digest("hex").slice(0, 16);
+}
+
+function compareText(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
