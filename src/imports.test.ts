@@ -14,7 +14,7 @@ const SRC = dirname(fileURLToPath(import.meta.url));
 /** The map's arrows; every part may import net and plan. */
 const ARROWS: Record<string, readonly string[]> = {
   cli: ["agent", "lab", "cni", "cluster"],
-  agent: ["podnet", "dataplane", "linux", "kube", "cluster", "cni"],
+  agent: ["podnet", "dataplane", "linux", "kube", "cluster", "cni", "policy"],
   lab: ["linux", "kube", "cluster"],
   cni: ["podnet"],
   podnet: ["dataplane", "linux", "podipam"],

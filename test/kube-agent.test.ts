@@ -194,6 +194,37 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
     }
   });
 
+  it("writes the NetworkPolicy of the API into the node of the pods it selects, follows it, and writes it again when deleted by hand", async () => {
+    // Catches: policies not followed on the API (no table), a table on a node whose pods no policy
+    // selects, peers taken from the wrong pods, a table left after its policy went, and one deleted
+    // by hand left missing (the pods open to everyone until a restart).
+    await kubectl(["apply", "-f", "-"], [
+      { apiVersion: "v1", kind: "Namespace", metadata: { name: "pol", labels: { team: "a" } } },
+      { apiVersion: "v1", kind: "Pod", metadata: { name: "web", namespace: "pol", labels: { app: "web" } }, spec: { nodeName: "node1", containers: [{ name: "c", image: "registry.k8s.io/pause:3.10", ports: [{ name: "http", containerPort: 8080 }] }] } },
+      { apiVersion: "v1", kind: "Pod", metadata: { name: "client", namespace: "pol", labels: { app: "client" } }, spec: { nodeName: "node2", containers: [{ name: "c", image: "registry.k8s.io/pause:3.10" }] } },
+    ].map((object) => JSON.stringify(object)).join("\n---\n"));
+    // No kubelet runs these: their addresses are put in their status as a kubelet would.
+    for (const [pod, v4, v6] of [["web", "10.244.0.50", "fd00:10:244::50"], ["client", "10.244.1.60", "fd00:10:244:1::60"]]) {
+      await kubectl(["-n", "pol", "patch", "pod", pod, "--subresource=status", "--type=merge", "-p", JSON.stringify({ status: { phase: "Running", podIP: v4, podIPs: [{ ip: v4 }, { ip: v6 }] } })]);
+    }
+    await kubectl(["apply", "-f", "-"], JSON.stringify({
+      apiVersion: "networking.k8s.io/v1", kind: "NetworkPolicy", metadata: { name: "web-from-client", namespace: "pol" },
+      spec: { podSelector: { matchLabels: { app: "web" } }, ingress: [{ from: [{ podSelector: { matchLabels: { app: "client" } } }], ports: [{ port: "http" }] }] },
+    }));
+    const table = (name: string) => inNode(name, ["nft", "list", "table", "inet", "trellis-policy"]);
+    await until("node1 judges web's ingress: its address in the map, client's in a peer set, port 8080", () => {
+      const listed = table("node1");
+      return /10\.244\.0\.50 : jump ingress-/.test(listed) && /fd00:10:244::50 : jump ingress-/.test(listed) && listed.includes("10.244.1.60") && /tcp dport 8080 accept/.test(listed);
+    });
+    assert.equal(table("node2"), "", "node2 holds no pod a policy selects");
+    assert.match(readFileSync(agents.get("node1")!.log, "utf8"), /the API server serves no ClusterNetworkPolicy/);
+    inNode("node1", ["nft", "delete", "table", "inet", "trellis-policy"]);
+    await until("the table written again at a resync", () => /10\.244\.0\.50 : jump ingress-/.test(table("node1")));
+    await kubectl(["-n", "pol", "delete", "networkpolicy", "web-from-client"]);
+    await until("the table gone with its policy", () => table("node1") === "");
+    await kubectl(["delete", "namespace", "pol", "--wait=false"]);
+  });
+
   it("holds an agent to its own Node: node1's token cannot change node2's published addresses", async () => {
     await until("node2 published", async () => Boolean((await node("node2")).metadata.annotations?.["trellis.dev/node-addresses"]));
     const [answer] = await as(kubeconfigs.get("node1")!, [statusPatch("node2", { metadata: { annotations: { "trellis.dev/node-addresses": "198.18.0.66" } } })]);

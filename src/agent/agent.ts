@@ -26,6 +26,7 @@ import { buildInfoMetric } from "./build-info.js";
 import { BRIDGE_NAME, CONFLIST_NAME, renderConflist, writeConflist } from "./conflist.js";
 import { cachedPodNets, startCniServer } from "./cni-server.js";
 import { Foreground } from "./foreground.js";
+import { PolicyLoop } from "./policy-loop.js";
 import { SyncRunner } from "./runner.js";
 import type { ClusterFeed } from "./feed.js";
 import { defaultRouteAddresses, findUnderlay } from "./host.js";
@@ -119,6 +120,10 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
         rejections,
         pause: foreground.pause,
       })
+    : undefined;
+  // NetworkPolicy and ClusterNetworkPolicy, on the Kubernetes API.
+  const policy = feed.kubeClient
+    ? new PolicyLoop({ client: feed.kubeClient, nodeName: selfEndpoint.name, log, writer: ((writer) => (writer.available() ? writer : undefined))(new NftBatchWriter(join(dirname(process.execPath), NFT_WRITER))), minSyncIntervalMs: options.proxySyncIntervalMs })
     : undefined;
   const cniServer = await startCniServer(options.cniSocket, podNets, () => (routesProgrammed ? undefined : "its routes to the other nodes are not programmed yet"), log, undefined, foreground);
   // kube-proxy's endpoints, for what asks a node's Service proxy there; not worth the node's network either.
@@ -356,6 +361,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     wantFullMasquerade = true;
     requestSync(true);
     proxy?.resync();
+    policy?.resync();
     void repairPodTables();
   }, options.resyncSeconds * 1000));
   feed.follow({
@@ -381,6 +387,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     keepIpWarm(false);
     void routeRuns.stop()
       .then(() => proxy?.stop())
+      .then(() => policy?.stop())
       .then(() => http?.close())
       .then(() => proxyEndpoints.forEach((endpoint) => endpoint?.close()))
       .then(() => cniServer.close())

@@ -5,6 +5,7 @@
  */
 import type { NodeEndpoint } from "../dataplane/node-network.js";
 import type { IpPrefix } from "../net/ip.js";
+import type { KubeClient } from "../kube/client.js";
 import type { ProxySource } from "./proxy-source.js";
 
 export interface FeedEvents {
@@ -47,6 +48,8 @@ export interface ClusterFeed {
   routesProgrammed(): void;
   /** Where the Service proxy takes Services and endpoints from. */
   readonly services: ProxySource;
+  /** The Kubernetes API, when it is the datastore: NetworkPolicy and its objects are followed there. */
+  readonly kubeClient?: KubeClient;
   /** Stops following and closes the datastore. */
   close(): Promise<void>;
 }

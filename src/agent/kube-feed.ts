@@ -216,6 +216,7 @@ function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: 
         .finally(() => (marking = false));
     },
     services: kubeProxySource(client),
+    kubeClient: client,
     async close() {
       informer?.stop();
       serviceCidrInformer?.stop();
