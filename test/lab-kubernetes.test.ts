@@ -272,6 +272,35 @@ describe("lab up --kubernetes: a real control plane, kubectl and lab check", { t
     }
   });
 
+  it("NetworkPolicy through kubectl: node2-pod0 takes TCP on its named port from node1-pod0 alone, across nodes and on both families; deleted, everything passes again", async () => {
+    // Catches: a policy not enforced on the node of the pod it selects, peers or named ports
+    // resolved wrongly, replies of an allowed connection dropped, other pods or families let
+    // through, and rules left after the policy went.
+    const target = "node2-pod0";
+    kubectl(["apply", "-f", "-"], JSON.stringify({
+      apiVersion: "networking.k8s.io/v1", kind: "NetworkPolicy", metadata: { name: "only-node1-pod0", namespace: "default" },
+      spec: { podSelector: { matchLabels: { "trellis.dev/lab-pod": target } }, ingress: [{ from: [{ podSelector: { matchLabels: { "trellis.dev/lab-pod": "node1-pod0" } } }], ports: [{ port: "probe" }] }] },
+    }));
+    try {
+      // What the policy refuses: every probe to the pod (pods' and other nodes' ICMP, TCP, UDP)
+      // but TCP from node1-pod0 and whatever its own node sends it (a kubelet's probes).
+      const refused = (probe: ReturnType<typeof labCheck>["probes"][number]) =>
+        probe.to === target && !(probe.from === "node1-pod0" && probe.kind === "tcp") && probe.from !== "node2";
+      let check = labCheck(name);
+      const matches = () => check.probes.every((probe) => probe.ok !== refused(probe));
+      await waitFor("the check refuses exactly what the policy does", () => matches() || ((check = labCheck(name)), false), 60_000).catch(() => undefined);
+      const wrong = check.probes.filter((probe) => probe.ok === refused(probe)).map((probe) => `${probe.from} -> ${probe.to} ${probe.kind}/${(probe as { family?: number }).family}: ${probe.ok ? "passed" : "refused"}`);
+      assert.deepEqual(wrong, []);
+      assert.ok(check.probes.some((probe) => probe.from === "node1-pod0" && probe.to === target && probe.kind === "tcp" && probe.ok), "the allowed pair was probed");
+      assert.ok(check.probes.filter(refused).length >= 4, "refusals were probed on both families");
+    } finally {
+      kubectl(["delete", "networkpolicy", "only-node1-pod0"]);
+    }
+    let after = labCheck(name);
+    await waitFor("lab check passes once the policy is gone", () => failures((after = labCheck(name))).length === 0, 60_000).catch(() => undefined);
+    assert.deepEqual(failures(after), []);
+  });
+
   it("lab down removes the control plane, the kubelets and every pod namespace", () => {
     const down = runTrellis(["lab", "down", "--name", name], 120_000);
     assert.equal(down.status, 0, down.stderr);
