@@ -18,7 +18,8 @@ import { attachUnderlayHost, buildUnderlay } from "../src/lab/underlay.js";
 import { deleteNamedNetns, namedNetnsPath } from "../src/linux/named-netns.js";
 import { startTestControlPlane, type TestControlPlane } from "./support/kube.js";
 import { requestsAs, type KubeAnswer, type KubeRequest } from "./support/kube-as.js";
-import { TRELLIS_STANDALONE } from "./support/node-agent.js";
+import { execCniPlugin, pluginConfig, type CniConfList } from "./support/cni-exec.js";
+import { nativePluginDir, TRELLIS_STANDALONE } from "./support/node-agent.js";
 
 const TAG = `trk${process.pid % 100000}`;
 const SUBNET = { index: 0, bridge: "br0", prefixes: ["198.18.0.0/24", "fd00:198:18::/64"], router: ["198.18.0.1", "fd00:198:18::1"] };
@@ -203,8 +204,13 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
       { apiVersion: "v1", kind: "Pod", metadata: { name: "web", namespace: "pol", labels: { app: "web" } }, spec: { nodeName: "node1", containers: [{ name: "c", image: "registry.k8s.io/pause:3.10", ports: [{ name: "http", containerPort: 8080 }] }] } },
       { apiVersion: "v1", kind: "Pod", metadata: { name: "client", namespace: "pol", labels: { app: "client" } }, spec: { nodeName: "node2", containers: [{ name: "c", image: "registry.k8s.io/pause:3.10" }] } },
     ].map((object) => JSON.stringify(object)).join("\n---\n"));
-    // No kubelet runs these: their addresses are put in their status as a kubelet would.
-    for (const [pod, v4, v6] of [["web", "10.244.0.50", "fd00:10:244::50"], ["client", "10.244.1.60", "fd00:10:244:1::60"]]) {
+    // No kubelet runs these: their addresses are put in their status as a kubelet would, from
+    // their nodes' pod CIDRs. "liar" (on node2, labelled as a client) claims one of node1's.
+    const [cidrs1, cidrs2] = await Promise.all(["node1", "node2"].map(async (name) => (await node(name)).spec.podCIDRs ?? []));
+    const inside = (cidrs: string[], last: number) => [cidrs.find((cidr) => !cidr.includes(":"))!.replace(/0\/\d+$/, String(last)), cidrs.find((cidr) => cidr.includes(":"))!.replace(/::\/\d+$/, `::${last}`)];
+    const [web, client, liar] = [inside(cidrs1, 50), inside(cidrs2, 60), inside(cidrs1, 51)];
+    await kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "Pod", metadata: { name: "liar", namespace: "pol", labels: { app: "client" } }, spec: { nodeName: "node2", containers: [{ name: "c", image: "registry.k8s.io/pause:3.10" }] } }));
+    for (const [pod, [v4, v6]] of [["web", web], ["client", client], ["liar", liar]] as const) {
       await kubectl(["-n", "pol", "patch", "pod", pod, "--subresource=status", "--type=merge", "-p", JSON.stringify({ status: { phase: "Running", podIP: v4, podIPs: [{ ip: v4 }, { ip: v6 }] } })]);
     }
     await kubectl(["apply", "-f", "-"], JSON.stringify({
@@ -212,17 +218,60 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
       spec: { podSelector: { matchLabels: { app: "web" } }, ingress: [{ from: [{ podSelector: { matchLabels: { app: "client" } } }], ports: [{ port: "http" }] }] },
     }));
     const table = (name: string) => inNode(name, ["nft", "list", "table", "inet", "trellis-policy"]);
-    await until("node1 judges web's ingress: its address in the map, client's in a peer set, port 8080", () => {
+    const escaped = (ip: string) => ip.replace(/[.]/g, "\\.");
+    await until("node1 judges web's ingress: its addresses in the map, client's in a peer set, port 8080", () => {
       const listed = table("node1");
-      return /10\.244\.0\.50 : jump ingress-/.test(listed) && /fd00:10:244::50 : jump ingress-/.test(listed) && listed.includes("10.244.1.60") && /tcp dport 8080 accept/.test(listed);
+      return new RegExp(`${escaped(web[0])} : jump ingress-`).test(listed) && new RegExp(`${escaped(web[1])} : jump ingress-`).test(listed) && listed.includes(client[0]) && listed.includes(client[1]) && /tcp dport 8080 accept/.test(listed);
     });
     assert.equal(table("node2"), "", "node2 holds no pod a policy selects");
-    assert.match(readFileSync(agents.get("node1")!.log, "utf8"), /the API server serves no ClusterNetworkPolicy/);
+    const log1 = readFileSync(agents.get("node1")!.log, "utf8");
+    assert.match(log1, /the API server serves no ClusterNetworkPolicy/);
+    // A node's word about its pod's address is checked against that node's pod CIDRs.
+    assert.ok(!table("node1").includes(liar[0]) && !table("node1").includes(liar[1]), "the liar's addresses are in no set");
+    assert.match(log1, /"kind":"Pod","object":"pol\/liar","reason":"pod-ip-outside-node"/);
     inNode("node1", ["nft", "delete", "table", "inet", "trellis-policy"]);
-    await until("the table written again at a resync", () => /10\.244\.0\.50 : jump ingress-/.test(table("node1")));
+    await until("the table written again at a resync", () => new RegExp(`${escaped(web[0])} : jump ingress-`).test(table("node1")));
     await kubectl(["-n", "pol", "delete", "networkpolicy", "web-from-client"]);
     await until("the table gone with its policy", () => table("node1") === "");
     await kubectl(["delete", "namespace", "pol", "--wait=false"]);
+  });
+
+  it("puts a pod into the policy rules before its ADD answers, takes it out with its DEL, and refuses the ADD of a pod it cannot judge", async () => {
+    // Catches: a window after ADD in which a pod a deny policy selects sends and takes anything
+    // (its rules written only once the kubelet reports its address), an address left judged as
+    // the old pod's after DEL, and a pod started unjudged (or its network left behind) when the
+    // agent does not know it.
+    await kubectl(["apply", "-f", "-"], [
+      { apiVersion: "v1", kind: "Namespace", metadata: { name: "nowin" } },
+      { apiVersion: "networking.k8s.io/v1", kind: "NetworkPolicy", metadata: { name: "deny-all", namespace: "nowin" }, spec: { podSelector: {} } },
+      { apiVersion: "v1", kind: "Pod", metadata: { name: "fresh", namespace: "nowin", labels: { app: "fresh" } }, spec: { nodeName: "node1", containers: [{ name: "c", image: "registry.k8s.io/pause:3.10" }] } },
+    ].map((object) => JSON.stringify(object)).join("\n---\n"));
+    const list = JSON.parse(readFileSync(join(dir, "node1", "net.d", "10-trellis.conflist"), "utf8")) as CniConfList;
+    const podNetns = `${TAG}fresh`;
+    spawnSync("ip", ["netns", "add", podNetns]);
+    const cni = (command: "ADD" | "DEL", name: string) => execCniPlugin({
+      command, plugin: join(nativePluginDir({ standalone: false }), "trellis"), cniPath: "/usr/lib/cni", config: pluginConfig(list, 0),
+      containerId: `${name}-sandbox`, netns: namedNetnsPath(podNetns), ifname: "eth0", args: `IgnoreUnknown=1;K8S_POD_NAMESPACE=nowin;K8S_POD_NAME=${name}`, node: { name: `${TAG}node1`, path: namedNetnsPath(`${TAG}node1`) },
+    });
+    const table = () => inNode("node1", ["nft", "list", "table", "inet", "trellis-policy"]);
+    try {
+      const added = await cni("ADD", "fresh");
+      assert.equal(added.code, 0, added.stdout + added.stderr);
+      const address = (JSON.parse(added.stdout) as { ips: Array<{ address: string }> }).ips[0].address.split("/")[0];
+      // Read at once, no waiting: the rules were in before the answer.
+      assert.match(table(), new RegExp(`${address.replace(/[.]/g, "\\.")} : jump ingress-`));
+      const deleted = await cni("DEL", "fresh");
+      assert.equal(deleted.code, 0, deleted.stdout + deleted.stderr);
+      assert.doesNotMatch(table(), new RegExp(`${address.replace(/[.]/g, "\\.")} : jump`));
+      const unknown = await cni("ADD", "ghost");
+      assert.equal(unknown.code, 1);
+      assert.equal((JSON.parse(unknown.stdout) as { code: number }).code, 11, unknown.stdout);
+      assert.match(unknown.stdout, /does not know pod nowin\/ghost/);
+      assert.doesNotMatch(spawnSync("ip", ["-n", podNetns, "link", "show"], { encoding: "utf8" }).stdout, /eth0/, "the refused ADD's interface was removed");
+    } finally {
+      spawnSync("ip", ["netns", "del", podNetns]);
+      await kubectl(["delete", "namespace", "nowin", "--wait=false"]);
+    }
   });
 
   it("holds an agent to its own Node: node1's token cannot change node2's published addresses", async () => {

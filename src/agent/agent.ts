@@ -26,7 +26,7 @@ import { buildInfoMetric } from "./build-info.js";
 import { BRIDGE_NAME, CONFLIST_NAME, renderConflist, writeConflist } from "./conflist.js";
 import { cachedPodNets, startCniServer } from "./cni-server.js";
 import { Foreground } from "./foreground.js";
-import { PolicyLoop } from "./policy-loop.js";
+import { kubernetesPod, PolicyLoop, resultAddresses } from "./policy-loop.js";
 import { SyncRunner } from "./runner.js";
 import type { ClusterFeed } from "./feed.js";
 import { defaultRouteAddresses, findUnderlay } from "./host.js";
@@ -123,9 +123,20 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     : undefined;
   // NetworkPolicy and ClusterNetworkPolicy, on the Kubernetes API.
   const policy = feed.kubeClient
-    ? new PolicyLoop({ client: feed.kubeClient, nodeName: selfEndpoint.name, log, writer: ((writer) => (writer.available() ? writer : undefined))(new NftBatchWriter(join(dirname(process.execPath), NFT_WRITER))), minSyncIntervalMs: options.proxySyncIntervalMs })
+    ? new PolicyLoop({ client: feed.kubeClient, nodeName: selfEndpoint.name, log, rejections, writer: ((writer) => (writer.available() ? writer : undefined))(new NftBatchWriter(join(dirname(process.execPath), NFT_WRITER))), minSyncIntervalMs: options.proxySyncIntervalMs })
     : undefined;
-  const cniServer = await startCniServer(options.cniSocket, podNets, () => (routesProgrammed ? undefined : "its routes to the other nodes are not programmed yet"), log, undefined, foreground);
+  // A pod's policy rules are in the kernel before its ADD answers (and go with its DEL).
+  const policyHooks = policy && {
+    added: async (env: Readonly<Record<string, string>>, result: string) => {
+      const pod = kubernetesPod(env);
+      if (pod) await policy.attach(pod.namespace, pod.name, resultAddresses(result));
+    },
+    deleted: async (env: Readonly<Record<string, string>>) => {
+      const pod = kubernetesPod(env);
+      if (pod) await policy.detach(pod.namespace, pod.name);
+    },
+  };
+  const cniServer = await startCniServer(options.cniSocket, podNets, () => (routesProgrammed ? undefined : "its routes to the other nodes are not programmed yet"), log, undefined, foreground, policyHooks);
   // kube-proxy's endpoints, for what asks a node's Service proxy there; not worth the node's network either.
   const proxyEndpoints = proxy
     ? await Promise.all([

@@ -68,8 +68,17 @@ export function cachedPodNets(): PodNetSource & { closeAll(): void; all(): PodNe
 }
 
 /** Listens on `path`; a stale socket file (no one answering) is replaced, a live one refused. */
+/**
+ * What the agent does with a call's outcome before it answers: an ADD's pod put into the node's
+ * policy rules (a rejection fails the ADD, and what it made is deleted), a DEL's taken out.
+ */
+export interface CniCallHooks {
+  added(env: Readonly<Record<string, string>>, result: string): Promise<void>;
+  deleted(env: Readonly<Record<string, string>>): Promise<void>;
+}
+
 /** `foreground`: told of each call from its start to its answer, so background work waits meanwhile. */
-export async function startCniServer(path: string, source: PodNetSource, notReady: () => string | undefined, log: Logger, limits = CNI_SERVER_LIMITS, foreground?: Foreground): Promise<CniServer> {
+export async function startCniServer(path: string, source: PodNetSource, notReady: () => string | undefined, log: Logger, limits = CNI_SERVER_LIMITS, foreground?: Foreground, hooks?: CniCallHooks): Promise<CniServer> {
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   if (existsSync(path)) {
     if (!lstatSync(path).isSocket()) throw new Error(`--cni-socket ${path} exists and is not a socket`);
@@ -82,7 +91,7 @@ export async function startCniServer(path: string, source: PodNetSource, notRead
     const connection = { busy: false };
     connections.set(socket, connection);
     socket.once("close", () => connections.delete(socket));
-    serve(socket, connection, source, notReady, log, limits, foreground);
+    serve(socket, connection, source, notReady, log, limits, foreground, hooks);
   });
   server.maxConnections = limits.maxConnections;
   let dropped = 0;
@@ -112,7 +121,7 @@ export async function startCniServer(path: string, source: PodNetSource, notRead
   return { path, close: () => closeServer(server, path, connections) };
 }
 
-function serve(socket: Socket, connection: { busy: boolean }, source: PodNetSource, notReady: () => string | undefined, log: Logger, limits: CniServerLimits, foreground: Foreground | undefined): void {
+function serve(socket: Socket, connection: { busy: boolean }, source: PodNetSource, notReady: () => string | undefined, log: Logger, limits: CniServerLimits, foreground: Foreground | undefined, hooks: CniCallHooks | undefined): void {
   const chunks: Buffer[] = [];
   let received = 0;
   let expected: number | undefined;
@@ -163,6 +172,7 @@ function serve(socket: Socket, connection: { busy: boolean }, source: PodNetSour
     const started = performance.now();
     const end = foreground?.begin();
     handleCniRequest({ ...request, signal: controller.signal, agentNotReady: notReady }, source)
+      .then((reply) => (hooks && reply.exitCode === 0 ? afterCall(request, reply, hooks, () => handleCniRequest({ env: { ...request.env, CNI_COMMAND: "DEL" }, stdin: request.stdin, signal: new AbortController().signal, agentNotReady: () => undefined }, source), log) : reply))
       .catch((error: unknown): CniReply => ({ exitCode: 1, stdout: `${formatCniError(new CniError(CniCode.internal, String(error)), "1.1.0")}\n`, stderr: "" }))
       .then((reply) => {
         send(reply);
@@ -174,6 +184,28 @@ function serve(socket: Socket, connection: { busy: boolean }, source: PodNetSour
   socket.on("end", () => {
     if (!answered) refuse(new CniError(CniCode.decodeFailure, `the request ended after ${Math.max(0, received - 4)} of ${expected ?? "?"} bytes`));
   });
+}
+
+/**
+ * The hooks of a call that succeeded. An ADD whose pod cannot be put into the policy rules is
+ * undone (its DEL) and refused with "try again later": a pod never runs unjudged.
+ */
+async function afterCall(request: { env: Record<string, string>; stdin: string }, reply: CniReply, hooks: CniCallHooks, undo: () => Promise<CniReply>, log: Logger): Promise<CniReply> {
+  const command = request.env.CNI_COMMAND;
+  if (command === "DEL") {
+    await hooks.deleted(request.env).catch((error: unknown) => log("warn", "the deleted pod's policy rules stay until the next sync", { error: String(error) }));
+    return reply;
+  }
+  if (command !== "ADD") return reply;
+  try {
+    await hooks.added(request.env, reply.stdout);
+    return reply;
+  } catch (error) {
+    const undone = await undo().catch((failure: unknown) => ({ exitCode: 1, stdout: "", stderr: String(failure) }));
+    const message = `the pod's policy rules could not be put in place: ${(error as Error).message}${undone.exitCode === 0 ? "; its network was removed again" : `; removing its network failed too: ${undone.stderr.trim()}`}`;
+    log("warn", "CNI ADD refused: its pod's policy rules are not in place", { containerId: request.env.CNI_CONTAINERID?.slice(0, 80), reason: message.slice(0, 300) });
+    return { exitCode: 1, stdout: `${formatCniError(new CniError(CniCode.tryAgainLater, message), "1.1.0")}\n`, stderr: `trellis: ${message}\n` };
+  }
 }
 
 /** One line per call, as an operator reads them: verb, pod, outcome and time taken. */

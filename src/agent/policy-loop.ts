@@ -11,13 +11,14 @@ import { KubeApiError } from "../kube/client.js";
 import { inform, type Informer } from "../kube/informer.js";
 import type { NftBatchWriter } from "../linux/nft-netlink.js";
 import { nftApply } from "../linux/nftables.js";
-import { tryParseIp, type IpAddress } from "../net/ip.js";
+import { formatIp, formatPrefix, prefixContains, tryParseInterfaceAddress, tryParseIp, type IpAddress, type IpPrefix } from "../net/ip.js";
 import { tableOps } from "../nft/diff.js";
 import type { Table } from "../nft/model.js";
 import { renderOps } from "../nft/text.js";
 import { policyTable, POLICY_TABLE } from "../policy/rules.js";
 import type { ClusterNetworkPolicy, ContainerPort, NetworkPolicy, PolicyNamespace, PolicyPod, PolicyProtocol } from "../policy/types.js";
 import type { Logger } from "./log.js";
+import type { Rejection, Rejections } from "./rejections.js";
 import { SyncRunner } from "./runner.js";
 
 export const CLUSTER_NETWORK_POLICIES = "/apis/policy.networking.k8s.io/v1beta1/clusternetworkpolicies";
@@ -28,12 +29,19 @@ interface KubePod {
   readonly status?: { readonly phase?: string; readonly podIP?: string; readonly podIPs?: ReadonlyArray<{ readonly ip?: string }> };
 }
 
+interface KubeNode {
+  readonly metadata: { readonly name: string };
+  readonly spec?: { readonly podCIDRs?: readonly string[] };
+}
+
 interface KubeNamespace {
   readonly metadata: { readonly name: string; readonly labels?: Record<string, string> };
 }
 
 export interface PolicyLoopOptions {
   readonly client: KubeClient;
+  /** Where a Pod's address outside its node's pod CIDRs is refused, loudly. */
+  readonly rejections?: Rejections;
   readonly nodeName: string;
   readonly log: Logger;
   /** The netlink writer; `nft -f` when there is none. */
@@ -41,11 +49,21 @@ export interface PolicyLoopOptions {
   readonly minSyncIntervalMs: number;
 }
 
-const KINDS = ["namespaces", "pods", "networkpolicies", "clusternetworkpolicies"] as const;
+const KINDS = ["namespaces", "pods", "nodes", "networkpolicies", "clusternetworkpolicies"] as const;
+
+/** How long a CNI ADD waits for the policies and its Pod to be known before it fails (and is tried again). */
+const ATTACH_WAIT_MS = 3_000;
 
 export class PolicyLoop {
+  /** Every Pod, by `NAMESPACE/NAME`, with the addresses its status gives (none before it runs). */
   private readonly pods = new Map<string, PolicyPod & { readonly nodeName?: string }>();
+  /** Addresses of pods this node's CNI attached, before their status says so: by `NAMESPACE/NAME`. */
+  private readonly attached = new Map<string, readonly IpAddress[]>();
+  /** Writes, one at a time: the loop's syncs and a CNI ADD's own. */
+  private writing: Promise<void> = Promise.resolve();
   private readonly namespaces = new Map<string, PolicyNamespace>();
+  /** Each Node's pod CIDRs, as node IPAM gave them: a pod's address must lie in its node's. */
+  private readonly nodePodCidrs = new Map<string, readonly IpPrefix[]>();
   private readonly networkPolicies = new Map<string, NetworkPolicy>();
   private readonly clusterPolicies = new Map<string, ClusterNetworkPolicy>();
   private readonly listed = new Set<(typeof KINDS)[number]>();
@@ -62,7 +80,7 @@ export class PolicyLoop {
       minIntervalMs: options.minSyncIntervalMs,
       firstRetryMs: 1_000,
       maxRetryMs: 30_000,
-      run: () => this.sync(),
+      run: () => this.exclusive(() => this.write()),
       failed: (error, retryInMs) => options.log("error", "policy rules not written; trying again", { error: String(error), retryInSeconds: (retryInMs ?? 0) / 1000 }),
     });
     const { client } = options;
@@ -89,6 +107,13 @@ export class PolicyLoop {
       const pod = object && policyPod(object);
       if (pod) this.pods.set(key, pod);
       else this.pods.delete(key);
+      // Once the status holds the addresses the CNI gave (or the pod went), the status decides.
+      const given = this.attached.get(key);
+      if (!pod || (given && given.every((ip) => pod.ips.some((held) => held.family === ip.family && held.value === ip.value)))) this.attached.delete(key);
+    });
+    follow<KubeNode>("nodes", "/api/v1/nodes", (key, object) => {
+      if (object) this.nodePodCidrs.set(key, (object.spec?.podCIDRs ?? []).flatMap((text) => tryParseInterfaceAddress(text)?.prefix ?? []));
+      else this.nodePodCidrs.delete(key);
     });
     follow<NetworkPolicy>("networkpolicies", "/apis/networking.k8s.io/v1/networkpolicies", (key, object) => {
       if (object) this.networkPolicies.set(key, { metadata: { namespace: object.metadata.namespace, name: object.metadata.name }, spec: object.spec });
@@ -98,6 +123,36 @@ export class PolicyLoop {
       if (object) this.clusterPolicies.set(key, { metadata: { name: object.metadata.name }, spec: object.spec });
       else this.clusterPolicies.delete(key);
     });
+  }
+
+  /**
+   * A pod this node's CNI has just given `ips`: its rules are in the kernel when this resolves,
+   * before the ADD answers, so a pod a policy isolates never sends or takes anything before
+   * its rules are in place. Rejects with why when that cannot be known (the pod or the policies
+   * not known yet, a write refused): the ADD then fails and is tried again.
+   */
+  async attach(namespace: string, name: string, ips: readonly IpAddress[]): Promise<void> {
+    const key = `${namespace}/${name}`;
+    const deadline = Date.now() + ATTACH_WAIT_MS;
+    // The Pod exists before its sandbox is made; its watch event may still be on its way.
+    while (this.listed.size < KINDS.length || !this.pods.has(key)) {
+      if (Date.now() > deadline) {
+        if (this.listed.size === KINDS.length && this.networkPolicies.size === 0 && this.clusterPolicies.size === 0) return;
+        throw new Error(this.listed.size < KINDS.length ? "the agent has not read the cluster's policies yet" : `the agent does not know pod ${key} yet (its labels decide the policies that apply to it)`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+    this.attached.set(key, ips);
+    await this.exclusive(() => this.write());
+  }
+
+  /** A pod this node's CNI has released: its address is no longer its (another pod may get it). */
+  async detach(namespace: string, name: string): Promise<void> {
+    const key = `${namespace}/${name}`;
+    const pod = this.pods.get(key);
+    if (!this.attached.delete(key) && !(pod && pod.ips.length)) return;
+    if (pod) this.pods.set(key, { ...pod, ips: [] });
+    await this.exclusive(() => this.write());
   }
 
   /** Checks the table against the kernel at the next sync (deleted by hand: written whole). */
@@ -126,9 +181,43 @@ export class PolicyLoop {
     this.failing.add(kind);
   }
 
-  private async sync(): Promise<void> {
+  private exclusive(work: () => Promise<void>): Promise<void> {
+    const run = this.writing.then(work, work);
+    this.writing = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * The pods as policy sees them. An address the CNI just gave is its new pod's, whatever an
+   * older status says. A status is its node's word: an address outside that node's pod CIDRs
+   * is refused (else a node could put any address, another pod's, into what a policy allows).
+   */
+  private podsNow(): Array<PolicyPod & { readonly nodeName?: string }> {
+    const claimed = new Set([...this.attached.values()].flat().map((ip) => `${ip.family} ${ip.value}`));
+    const refused: Rejection[] = [];
+    const pods = [...this.pods].map(([key, pod]) => {
+      const given = this.attached.get(key);
+      if (given) return { ...pod, ips: given };
+      if (pod.hostNetwork || !pod.ips.length) return pod;
+      const cidrs = (pod.nodeName && this.nodePodCidrs.get(pod.nodeName)) || [];
+      const ips = pod.ips.filter((ip) => {
+        if (claimed.has(`${ip.family} ${ip.value}`)) return false;
+        if (cidrs.some((cidr) => prefixContains(cidr, ip))) return true;
+        refused.push({
+          kind: "Pod", namespace: pod.namespace, name: pod.name, reason: "pod-ip-outside-node",
+          message: `Pod ${key}'s address ${formatIp(ip)} is not in the pod CIDRs of its node ${pod.nodeName ?? "(none)"} (${cidrs.map(formatPrefix).join(", ") || "none"}): it counts for no policy`,
+        });
+        return false;
+      });
+      return ips.length === pod.ips.length ? pod : { ...pod, ips };
+    });
+    this.options.rejections?.report("policy: pods", refused);
+    return pods;
+  }
+
+  private async write(): Promise<void> {
     if (this.listed.size < KINDS.length) return;
-    const pods = [...this.pods.values()];
+    const pods = this.podsNow();
     const table = policyTable({
       world: { namespaces: this.namespaces, nodes: [], networkPolicies: [...this.networkPolicies.values()], clusterPolicies: [...this.clusterPolicies.values()] },
       pods,
@@ -161,13 +250,12 @@ export class PolicyLoop {
   }
 }
 
-/** A Pod as policy sees it; undefined while it has no address to judge (not yet running, or finished). */
+/** A Pod as policy sees it (with no address before it runs); undefined once it has finished. */
 function policyPod(object: KubePod): (PolicyPod & { readonly nodeName?: string }) | undefined {
   const phase = object.status?.phase;
   if (phase === "Succeeded" || phase === "Failed") return undefined;
   const texts = object.status?.podIPs?.length ? object.status.podIPs.map((entry) => entry.ip ?? "") : object.status?.podIP ? [object.status.podIP] : [];
   const ips = texts.map((text) => tryParseIp(text)).filter((ip): ip is IpAddress => ip !== undefined);
-  if (!ips.length) return undefined;
   const ports: ContainerPort[] = (object.spec?.containers ?? []).flatMap((container) =>
     (container.ports ?? []).flatMap((port) => {
       const protocol = (port.protocol ?? "TCP") as PolicyProtocol;
@@ -184,4 +272,27 @@ function policyPod(object: KubePod): (PolicyPod & { readonly nodeName?: string }
     ports,
     ...(object.spec?.nodeName ? { nodeName: object.spec.nodeName } : {}),
   };
+}
+
+/** The Kubernetes pod a CNI call is for, from CNI_ARGS (K8S_POD_NAMESPACE, K8S_POD_NAME); undefined for a runtime that names none. */
+export function kubernetesPod(env: Readonly<Record<string, string>>): { namespace: string; name: string } | undefined {
+  const args = new Map((env.CNI_ARGS ?? "").split(";").map((pair) => [pair.slice(0, pair.indexOf("=")), pair.slice(pair.indexOf("=") + 1)] as const));
+  const namespace = args.get("K8S_POD_NAMESPACE");
+  const name = args.get("K8S_POD_NAME");
+  // Names as the API has them (DNS labels and subdomains); anything else is no pod of the API.
+  const valid = (text: string | undefined): text is string => text !== undefined && /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/.test(text);
+  return valid(namespace) && valid(name) ? { namespace, name } : undefined;
+}
+
+/** The addresses of a CNI result (its ips[].address, `ADDRESS/LENGTH`). */
+export function resultAddresses(result: string): IpAddress[] {
+  try {
+    const parsed = JSON.parse(result) as { ips?: Array<{ address?: unknown }> };
+    return (parsed.ips ?? []).flatMap((entry) => {
+      const ip = typeof entry.address === "string" ? tryParseIp(entry.address.split("/")[0]) : undefined;
+      return ip ? [ip] : [];
+    });
+  } catch {
+    return [];
+  }
 }

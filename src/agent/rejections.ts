@@ -8,12 +8,12 @@
 import type { Logger } from "./log.js";
 import { renderGauge } from "./metrics.js";
 
-export type RejectedKind = "Node" | "Service" | "ServiceCIDR";
+export type RejectedKind = "Node" | "Service" | "ServiceCIDR" | "Pod";
 
 /** A cluster object, or part of one, the agent refused to act on. */
 export interface Rejection {
   readonly kind: RejectedKind;
-  /** Services' namespace; none for Nodes. */
+  /** A Service's or a Pod's namespace; none for Nodes. */
   readonly namespace?: string;
   readonly name: string;
   /** A short fixed word, the metric's label: `pod-cidr-conflict`, `external-ip-not-allowed`, … */

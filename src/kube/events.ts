@@ -9,7 +9,7 @@ import { randomBytes } from "node:crypto";
 import type { KubeClient } from "./client.js";
 
 export interface EventSubject {
-  readonly kind: "Node" | "Service" | "ServiceCIDR";
+  readonly kind: "Node" | "Service" | "ServiceCIDR" | "Pod";
   /** Services' namespace; Nodes' events go to `default`, as the kubelet's do. */
   readonly namespace?: string;
   readonly name: string;

@@ -34,6 +34,8 @@ export interface CniInvocation {
   /** CNI_NETNS: the pod's network namespace path. */
   netns?: string;
   ifname?: string;
+  /** CNI_ARGS, e.g. `K8S_POD_NAMESPACE=default;K8S_POD_NAME=web`, as the kubelet passes them. */
+  args?: string;
   /** Runs the plugin inside this namespace, as a runtime on that node would. */
   node?: TestNetns;
   timeoutMs?: number;
@@ -74,6 +76,7 @@ export function execCniPlugin(invocation: CniInvocation): Promise<CniOutcome> {
   if (invocation.containerId !== undefined) env.CNI_CONTAINERID = invocation.containerId;
   if (invocation.netns !== undefined) env.CNI_NETNS = invocation.netns;
   if (invocation.ifname !== undefined) env.CNI_IFNAME = invocation.ifname;
+  if (invocation.args !== undefined) env.CNI_ARGS = invocation.args;
   const [file, args] = invocation.node
     ? ["nsenter", [`--net=${invocation.node.path}`, invocation.plugin]]
     : [invocation.plugin, []];
