@@ -293,6 +293,18 @@ describe("lab up --kubernetes: a real control plane, kubectl and lab check", { t
       assert.deepEqual(wrong, []);
       assert.ok(check.probes.some((probe) => probe.from === "node1-pod0" && probe.to === target && probe.kind === "tcp" && probe.ok), "the allowed pair was probed");
       assert.ok(check.probes.filter(refused).length >= 4, "refusals were probed on both families");
+      // explain says the same, from the same objects, with the deciding policy and rule.
+      const explain = (args: string[]) => runTrellis(["policy", "explain", "--kubeconfig", kubeconfig, "--from", "default/node1-pod0", "--to", `default/${target}`, ...args]);
+      const allowed = explain(["--port", "7777/TCP", "--family", "6"]);
+      assert.equal(allowed.status, 0, allowed.stderr);
+      assert.match(allowed.stdout, /^default\/node1-pod0 \(fd00:[0-9a-f:]+\) -> default\/node2-pod0 \(fd00:[0-9a-f:]+\) port 7777\/TCP: ALLOWED$/m);
+      assert.match(allowed.stdout, /NetworkPolicy default\/only-node1-pod0 ingress\[0\]: allow/);
+      const denied = explain(["--port", "7777/UDP"]);
+      assert.match(denied.stdout, /port 7777\/UDP: DENIED/);
+      assert.match(denied.stdout, /ingress at default\/node2-pod0 \([0-9.]+\): denied\n    NetworkPolicy default\/only-node1-pod0: isolates/);
+      const unknown = explain(["--port", "7777", "--to", "default/nope"]);
+      assert.notEqual(unknown.status, 0);
+      assert.match(unknown.stderr, /--to default\/nope: no such pod with an address/);
     } finally {
       kubectl(["delete", "networkpolicy", "only-node1-pod0"]);
     }

@@ -16,14 +16,14 @@ import { tableOps } from "../nft/diff.js";
 import type { Table } from "../nft/model.js";
 import { renderOps } from "../nft/text.js";
 import { policyTable, POLICY_TABLE } from "../policy/rules.js";
-import type { ClusterNetworkPolicy, ContainerPort, NetworkPolicy, PolicyNamespace, PolicyPod, PolicyProtocol } from "../policy/types.js";
+import type { ClusterNetworkPolicy, ContainerPort, NetworkPolicy, PolicyNamespace, PolicyPod, PolicyProtocol, PolicyWorld } from "../policy/types.js";
 import type { Logger } from "./log.js";
 import type { Rejection, Rejections } from "./rejections.js";
 import { SyncRunner } from "./runner.js";
 
 export const CLUSTER_NETWORK_POLICIES = "/apis/policy.networking.k8s.io/v1beta1/clusternetworkpolicies";
 
-interface KubePod {
+export interface KubePod {
   readonly metadata: { readonly name: string; readonly namespace?: string; readonly labels?: Record<string, string> };
   readonly spec?: { readonly nodeName?: string; readonly hostNetwork?: boolean; readonly containers?: ReadonlyArray<{ readonly ports?: ReadonlyArray<{ name?: string; containerPort?: number; protocol?: string }> }> };
   readonly status?: { readonly phase?: string; readonly podIP?: string; readonly podIPs?: ReadonlyArray<{ readonly ip?: string }> };
@@ -100,7 +100,7 @@ export class PolicyLoop {
         }),
       );
     follow<KubeNamespace>("namespaces", "/api/v1/namespaces", (key, object) => {
-      if (object) this.namespaces.set(key, { name: object.metadata.name, labels: { ...(object.metadata.labels ?? {}), "kubernetes.io/metadata.name": object.metadata.name } });
+      if (object) this.namespaces.set(key, policyNamespace(object));
       else this.namespaces.delete(key);
     });
     follow<KubePod>("pods", "/api/v1/pods", (key, object) => {
@@ -250,8 +250,13 @@ export class PolicyLoop {
   }
 }
 
+/** A Namespace with the label the API sets on every one (kubernetes.io/metadata.name), whatever its labels say. */
+function policyNamespace(object: KubeNamespace): PolicyNamespace {
+  return { name: object.metadata.name, labels: { ...(object.metadata.labels ?? {}), "kubernetes.io/metadata.name": object.metadata.name } };
+}
+
 /** A Pod as policy sees it (with no address before it runs); undefined once it has finished. */
-function policyPod(object: KubePod): (PolicyPod & { readonly nodeName?: string }) | undefined {
+export function policyPod(object: KubePod): (PolicyPod & { readonly nodeName?: string }) | undefined {
   const phase = object.status?.phase;
   if (phase === "Succeeded" || phase === "Failed") return undefined;
   const texts = object.status?.podIPs?.length ? object.status.podIPs.map((entry) => entry.ip ?? "") : object.status?.podIP ? [object.status.podIP] : [];
@@ -295,4 +300,32 @@ export function resultAddresses(result: string): IpAddress[] {
   } catch {
     return [];
   }
+}
+
+/** What `trellis policy explain` judges over: the API's policies, namespaces, nodes and pods, listed once. */
+export async function listPolicyWorld(client: KubeClient): Promise<{ world: PolicyWorld; pods: Array<PolicyPod & { readonly nodeName?: string }> }> {
+  const list = async <T>(path: string, optional = false): Promise<T[]> => {
+    try {
+      return (await client.request<{ items: T[] }>("GET", path)).items ?? [];
+    } catch (error) {
+      if (optional && error instanceof KubeApiError && error.status === 404) return [];
+      throw error;
+    }
+  };
+  const [namespaces, pods, nodes, networkPolicies, clusterPolicies] = await Promise.all([
+    list<KubeNamespace>("/api/v1/namespaces"),
+    list<KubePod>("/api/v1/pods"),
+    list<{ metadata: { name: string; labels?: Record<string, string> }; status?: { addresses?: Array<{ address?: string }> } }>("/api/v1/nodes"),
+    list<NetworkPolicy>("/apis/networking.k8s.io/v1/networkpolicies"),
+    list<ClusterNetworkPolicy>(CLUSTER_NETWORK_POLICIES, true),
+  ]);
+  return {
+    world: {
+      namespaces: new Map(namespaces.map((ns) => [ns.metadata.name, policyNamespace(ns)])),
+      nodes: nodes.map((node) => ({ name: node.metadata.name, labels: node.metadata.labels ?? {}, addresses: (node.status?.addresses ?? []).flatMap((entry) => tryParseIp(entry.address ?? "") ?? []) })),
+      networkPolicies,
+      clusterPolicies,
+    },
+    pods: pods.flatMap((pod) => policyPod(pod) ?? []),
+  };
 }

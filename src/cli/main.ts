@@ -4,6 +4,7 @@ import { registerAgentCommand } from "./agent.js";
 import { registerInstallCniCommand } from "./install-cni.js";
 import { registerLabCommands } from "./lab.js";
 import { registerNodeCommands } from "./node.js";
+import { registerPolicyCommands } from "./policy.js";
 import { registerObjectCommands } from "./objects.js";
 import { registerPlanCommands } from "./plan.js";
 import { registerPodCommands } from "./pods.js";
@@ -25,6 +26,7 @@ export async function runCli(argv: string[]): Promise<number> {
   registerPodCommands(program);
   registerProbeCommands(program);
   registerNodeCommands(program);
+  registerPolicyCommands(program);
   registerObjectCommands(program);
   registerServiceCommands(program);
   registerVersionCommand(program);
