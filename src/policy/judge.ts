@@ -100,7 +100,7 @@ function judgeDirection(world: PolicyWorld, connection: Connection, direction: D
         steps.push({ tier: "NetworkPolicy", policy: name, rule: `${direction.toLowerCase()}[${index}]`, outcome: "allow", reason: `its ${direction.toLowerCase()} rule ${index} matches` });
         return done(true);
       }
-      steps.push({ tier: "NetworkPolicy", policy: name, outcome: "isolates", reason: rules.length ? `selects the pod for ${direction}; none of its ${rules.length} rules matches` : `selects the pod for ${direction} and allows nothing` });
+      steps.push({ tier: "NetworkPolicy", policy: name, outcome: "isolates", reason: rules.length ? `selects the pod for ${direction}; no rule of it matches` : `selects the pod for ${direction} and allows nothing` });
     }
     return done(false);
   }
