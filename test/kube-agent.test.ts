@@ -16,7 +16,7 @@ import { after, before, describe, it } from "node:test";
 import { tokenKubeconfigText } from "../src/lab/control-plane.js";
 import { attachUnderlayHost, buildUnderlay } from "../src/lab/underlay.js";
 import { deleteNamedNetns, namedNetnsPath } from "../src/linux/named-netns.js";
-import { startTestControlPlane, type TestControlPlane } from "./support/kube.js";
+import { KUBE_BIN, startTestControlPlane, type TestControlPlane } from "./support/kube.js";
 import { requestsAs, type KubeAnswer, type KubeRequest } from "./support/kube-as.js";
 import { execCniPlugin, pluginConfig, type CniConfList } from "./support/cni-exec.js";
 import { nativePluginDir, TRELLIS_STANDALONE } from "./support/node-agent.js";
@@ -272,6 +272,31 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
       spawnSync("ip", ["netns", "del", podNetns]);
       await kubectl(["delete", "namespace", "nowin", "--wait=false"]);
     }
+  });
+
+  it("follows ClusterNetworkPolicy once its CRD is installed: an Admin Deny's pods in the node's table, gone with the policy", async () => {
+    // Catches: an agent that, having found no CRD at start, never looks again; CNP objects read
+    // in another shape than the CRD serves (v1beta1); a Deny rendered as nothing.
+    await kubectl(["apply", "-f", "-"], readFileSync(join(KUBE_BIN, "clusternetworkpolicies-v0.3.0.yaml"), "utf8"));
+    await kubectl(["wait", "--for=condition=Established", "crd/clusternetworkpolicies.policy.networking.k8s.io", "--timeout=60s"]);
+    const cidrs = (await node("node1")).spec.podCIDRs ?? [];
+    const [v4, v6] = [cidrs.find((cidr) => !cidr.includes(":"))!.replace(/0\/\d+$/, "70"), cidrs.find((cidr) => cidr.includes(":"))!.replace(/::\/\d+$/, "::70")];
+    await kubectl(["apply", "-f", "-"], [
+      { apiVersion: "v1", kind: "Namespace", metadata: { name: "guarded" } },
+      { apiVersion: "v1", kind: "Pod", metadata: { name: "vault", namespace: "guarded", labels: { app: "vault" } }, spec: { nodeName: "node1", containers: [{ name: "c", image: "registry.k8s.io/pause:3.10" }] } },
+    ].map((object) => JSON.stringify(object)).join("\n---\n"));
+    await kubectl(["-n", "guarded", "patch", "pod", "vault", "--subresource=status", "--type=merge", "-p", JSON.stringify({ status: { phase: "Running", podIP: v4, podIPs: [{ ip: v4 }, { ip: v6 }] } })]);
+    await kubectl(["apply", "-f", "-"], JSON.stringify({
+      apiVersion: "policy.networking.k8s.io/v1beta1", kind: "ClusterNetworkPolicy", metadata: { name: "guard-vault" },
+      spec: { tier: "Admin", priority: 5, subject: { pods: { namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": "guarded" } }, podSelector: { matchLabels: { app: "vault" } } } }, ingress: [{ name: "no-one-else", action: "Deny", from: [{ namespaces: { matchExpressions: [{ key: "kubernetes.io/metadata.name", operator: "NotIn", values: ["guarded"] }] } }] }] },
+    }));
+    const table = () => inNode("node1", ["nft", "list", "table", "inet", "trellis-policy"]);
+    const vault = new RegExp(`${v4.replace(/[.]/g, "\\.")} : jump ingress-`);
+    await until("node1 judges the vault by the ClusterNetworkPolicy (found within the informer's backoff)", () => vault.test(table()) && / drop$/m.test(table()), 45_000);
+    assert.match(readFileSync(agents.get("node1")!.log, "utf8"), /"clusterNetworkPolicies":1/);
+    await kubectl(["delete", "clusternetworkpolicy", "guard-vault"]);
+    await until("the vault judged by nothing once the policy went", () => !vault.test(table()));
+    await kubectl(["delete", "namespace", "guarded", "--wait=false"]);
   });
 
   it("holds an agent to its own Node: node1's token cannot change node2's published addresses", async () => {
