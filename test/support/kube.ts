@@ -129,7 +129,8 @@ export function kubectl(kubeconfig: string, args: readonly string[], input?: str
     child.stdout.setEncoding("utf8").on("data", (text: string) => (stdout += text));
     child.stderr.setEncoding("utf8").on("data", (text: string) => (stderr += text));
     child.once("error", reject);
-    child.once("exit", (code) => (code === 0 ? resolve(stdout) : reject(new Error(`kubectl ${args.join(" ")} failed (exit ${code}): ${stderr.trim()}`))));
+    // "close", not "exit": a loaded machine can end the process before its output is read.
+    child.once("close", (code) => (code === 0 ? resolve(stdout) : reject(new Error(`kubectl ${args.join(" ")} failed (exit ${code}): ${stderr.trim()}`))));
     child.stdin.end(input ?? "");
   });
 }
