@@ -38,7 +38,8 @@ export function requestsAs(netnsPath: string, kubeconfig: string, requests: read
     child.stdout.setEncoding("utf8").on("data", (text: string) => (stdout += text));
     child.stderr.setEncoding("utf8").on("data", (text: string) => (stderr += text));
     child.once("error", reject);
-    child.once("exit", (code) => {
+    // At "close", once its output is read whole (see kube.ts's kubectl).
+    child.once("close", (code) => {
       if (code !== 0) reject(new Error(`requests as ${kubeconfig} failed (exit ${code}): ${stderr.trim()}`));
       else resolveAnswers(JSON.parse(stdout) as KubeAnswer[]);
     });
