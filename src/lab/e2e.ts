@@ -20,6 +20,7 @@ export const E2E_TARGET_FOCUS: readonly string[] = [
   String.raw`\[sig-network\] DNS `,
   String.raw`\[sig-network\] NoSNAT`,
   String.raw`\[sig-network\] Connectivity Pod Lifecycle`,
+  String.raw`\[sig-network\] Netpol `,
 ];
 
 /** Specs of the target areas left out, each with why (the README lists them). */
