@@ -299,6 +299,30 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
     await kubectl(["delete", "namespace", "guarded", "--wait=false"]);
   });
 
+  it("keeps enforcing through kill -9 of the agent, and applies a policy change made while it was down when it is back", async () => {
+    // Catches: a table torn down or flushed when the agent dies (pods open until it is back), and
+    // a restart that keeps the rules of a policy deleted meanwhile (the first sync trusting the kernel).
+    const cidrs = (await node("node1")).spec.podCIDRs ?? [];
+    const v4 = cidrs.find((cidr) => !cidr.includes(":"))!.replace(/0\/\d+$/, "80");
+    await kubectl(["apply", "-f", "-"], [
+      { apiVersion: "v1", kind: "Namespace", metadata: { name: "durable" } },
+      { apiVersion: "v1", kind: "Pod", metadata: { name: "db", namespace: "durable", labels: { app: "db" } }, spec: { nodeName: "node1", containers: [{ name: "c", image: "registry.k8s.io/pause:3.10" }] } },
+      { apiVersion: "networking.k8s.io/v1", kind: "NetworkPolicy", metadata: { name: "db-closed", namespace: "durable" }, spec: { podSelector: { matchLabels: { app: "db" } } } },
+    ].map((object) => JSON.stringify(object)).join("\n---\n"));
+    await kubectl(["-n", "durable", "patch", "pod", "db", "--subresource=status", "--type=merge", "-p", JSON.stringify({ status: { phase: "Running", podIP: v4, podIPs: [{ ip: v4 }] } })]);
+    const table = () => inNode("node1", ["nft", "list", "table", "inet", "trellis-policy"]);
+    const db = new RegExp(`${v4.replace(/[.]/g, "\\.")} : jump ingress-`);
+    await until("the db judged on node1", () => db.test(table()));
+    const agent = agents.get("node1")!;
+    agent.child.kill("SIGKILL");
+    await new Promise<void>((resolveExit) => (agent.child.exitCode !== null || agent.child.signalCode !== null ? resolveExit() : agent.child.once("exit", () => resolveExit())));
+    assert.match(table(), db, "the rules stay while the agent is down");
+    await kubectl(["-n", "durable", "delete", "networkpolicy", "db-closed"]);
+    startAgent("node1", "node1", NODES[0].addresses, kubeconfigs.get("node1")!);
+    await until("the restarted agent drops the rules of the policy deleted while it was down", () => !db.test(table()), 60_000);
+    await kubectl(["delete", "namespace", "durable", "--wait=false"]);
+  });
+
   it("holds an agent to its own Node: node1's token cannot change node2's published addresses", async () => {
     await until("node2 published", async () => Boolean((await node("node2")).metadata.annotations?.["trellis.dev/node-addresses"]));
     const [answer] = await as(kubeconfigs.get("node1")!, [statusPatch("node2", { metadata: { annotations: { "trellis.dev/node-addresses": "198.18.0.66" } } })]);
