@@ -121,9 +121,11 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
         pause: foreground.pause,
       })
     : undefined;
+  /** The netlink writer for the agent's own tables (masquerade, policy), when it is installed beside this executable. */
+  const agentWriter = ((writer) => (writer.available() ? writer : undefined))(new NftBatchWriter(join(dirname(process.execPath), NFT_WRITER)));
   // NetworkPolicy and ClusterNetworkPolicy, on the Kubernetes API.
   const policy = feed.kubeClient
-    ? new PolicyLoop({ client: feed.kubeClient, nodeName: selfEndpoint.name, log, rejections, writer: ((writer) => (writer.available() ? writer : undefined))(new NftBatchWriter(join(dirname(process.execPath), NFT_WRITER))), minSyncIntervalMs: options.proxySyncIntervalMs })
+    ? new PolicyLoop({ client: feed.kubeClient, nodeName: selfEndpoint.name, log, rejections, writer: agentWriter, minSyncIntervalMs: options.proxySyncIntervalMs })
     : undefined;
   // A pod's policy rules are in the kernel before its ADD answers (and go with its DEL).
   const policyHooks = policy && {
@@ -305,8 +307,6 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     });
   };
 
-  /** The netlink writer for the agent's own masquerade table, when it is installed beside this executable. */
-  const agentWriter = ((writer) => (writer.available() ? writer : undefined))(new NftBatchWriter(join(dirname(process.execPath), NFT_WRITER)));
   /** Masquerade exclusions change only with the set of node addresses: no nft call otherwise. */
   let masqueradeFor = "";
   /** The periodic full sync also checks the table against the kernel. */

@@ -44,7 +44,7 @@ export interface PolicyLoopOptions {
   readonly rejections?: Rejections;
   readonly nodeName: string;
   readonly log: Logger;
-  /** The netlink writer; `nft -f` when there is none. */
+  /** The netlink writer (its owner closes it); `nft -f` when there is none. */
   readonly writer?: NftBatchWriter;
   readonly minSyncIntervalMs: number;
 }
@@ -165,7 +165,6 @@ export class PolicyLoop {
   async stop(): Promise<void> {
     for (const informer of this.informers) informer.stop();
     await this.runs.stop();
-    this.options.writer?.close();
   }
 
   private failed(kind: (typeof KINDS)[number], error: Error): void {

@@ -17,10 +17,10 @@
  * 4. Otherwise the connection passes, as Kubernetes has it.
  */
 import { prefixContains, sameIp, tryParseInterfaceAddress, type IpAddress, type IpPrefix } from "../net/ip.js";
-import { selects } from "./selector.js";
+import { selects, type Labels } from "./selector.js";
 import type {
   ClusterNetworkPolicy, ClusterPolicyPeer, ClusterPolicyPort, ClusterPolicyProtocol, ClusterPolicyRule, ClusterPolicyTier, Connection, Direction,
-  NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, PolicyEndpoint, PolicyPod, PolicyProtocol, PolicyWorld,
+  NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, PolicyEndpoint, PolicyPod, PolicyProtocol, PolicyWorld,
 } from "./types.js";
 
 export type Tier = ClusterPolicyTier | "NetworkPolicy" | "Default";
@@ -85,14 +85,12 @@ function judgeDirection(world: PolicyWorld, connection: Connection, direction: D
   const admin = clusterTier(world, "Admin", pod, peer, connection, direction, steps);
   if (admin !== "pass") return done(admin === "allow");
 
-  const isolating = world.networkPolicies
-    .filter((policy) => policy.metadata.namespace === pod.namespace && policyTypes(policy).includes(direction) && selects(policy.spec.podSelector, pod.labels))
-    .sort((a, b) => compareText(a.metadata.name, b.metadata.name));
+  const isolating = isolatingPolicies(world, pod, direction);
   if (isolating.length) {
     for (const policy of isolating) {
       const rules = (direction === "Ingress" ? policy.spec.ingress : policy.spec.egress) ?? [];
       const index = rules.findIndex((rule) => {
-        const peers = direction === "Ingress" ? (rule as { from?: readonly NetworkPolicyPeer[] }).from : (rule as { to?: readonly NetworkPolicyPeer[] }).to;
+        const peers = networkRulePeers(rule, direction);
         return networkPeersMatch(world, policy.metadata.namespace, peers, peer) && networkPortsMatch(rule.ports, connection, direction === "Ingress" ? self : peer);
       });
       const name = `${policy.metadata.namespace}/${policy.metadata.name}`;
@@ -113,10 +111,7 @@ function judgeDirection(world: PolicyWorld, connection: Connection, direction: D
 
 /** A tier of ClusterNetworkPolicies for this pod and direction: its decision, or "pass" when it made none. */
 function clusterTier(world: PolicyWorld, tier: ClusterPolicyTier, pod: PolicyPod, peer: PolicyEndpoint, connection: Connection, direction: Direction, steps: PolicyStep[]): "allow" | "deny" | "pass" {
-  const policies = world.clusterPolicies
-    .filter((policy) => policy.spec.tier === tier && subjectSelects(world, policy, pod))
-    .sort((a, b) => a.spec.priority - b.spec.priority || compareText(a.metadata.name, b.metadata.name));
-  for (const policy of policies) {
+  for (const policy of tierPolicies(world, tier, pod)) {
     const rules = (direction === "Ingress" ? policy.spec.ingress : policy.spec.egress) ?? [];
     const index = rules.findIndex((rule) => clusterPeersMatch(world, rulePeers(rule, direction), peer, direction) && clusterProtocolsMatch(rule.protocols, connection, direction === "Ingress" ? { address: connection.to.address, pod } : peer));
     if (index < 0) continue;
@@ -128,8 +123,27 @@ function clusterTier(world: PolicyWorld, tier: ClusterPolicyTier, pod: PolicyPod
   return "pass";
 }
 
-function rulePeers(rule: ClusterPolicyRule, direction: Direction): readonly ClusterPolicyPeer[] {
+export function rulePeers(rule: ClusterPolicyRule, direction: Direction): readonly ClusterPolicyPeer[] {
   return (direction === "Ingress" ? rule.from : rule.to) ?? [];
+}
+
+/** A NetworkPolicy rule's peers in `direction` (its `from` or `to`; absent or empty: every peer). */
+export function networkRulePeers(rule: NetworkPolicyIngressRule | NetworkPolicyEgressRule, direction: Direction): readonly NetworkPolicyPeer[] | undefined {
+  return direction === "Ingress" ? (rule as NetworkPolicyIngressRule).from : (rule as NetworkPolicyEgressRule).to;
+}
+
+/** The ClusterNetworkPolicies of `tier` that select `pod`, in the order they decide: priority, then name. */
+export function tierPolicies(world: PolicyWorld, tier: ClusterPolicyTier, pod: PolicyPod): ClusterNetworkPolicy[] {
+  return world.clusterPolicies
+    .filter((policy) => policy.spec.tier === tier && subjectSelects(world, policy, pod))
+    .sort((a, b) => a.spec.priority - b.spec.priority || compareText(a.metadata.name, b.metadata.name));
+}
+
+/** The NetworkPolicies that select `pod` for `direction` (they isolate it there), by name. */
+export function isolatingPolicies(world: PolicyWorld, pod: PolicyPod, direction: Direction): NetworkPolicy[] {
+  return world.networkPolicies
+    .filter((policy) => policy.metadata.namespace === pod.namespace && policyTypes(policy).includes(direction) && selects(policy.spec.podSelector, pod.labels))
+    .sort((a, b) => compareText(a.metadata.name, b.metadata.name));
 }
 
 /** The pod policy sees at this end: none for an address, or a host-network pod. */
@@ -137,7 +151,7 @@ function policyPod(end: PolicyEndpoint): PolicyPod | undefined {
   return end.pod && !end.pod.hostNetwork ? end.pod : undefined;
 }
 
-function namespaceLabels(world: PolicyWorld, namespace: string) {
+export function namespaceLabels(world: PolicyWorld, namespace: string): Labels {
   // A namespace the world does not hold has the one label the API sets on every namespace.
   return world.namespaces.get(namespace)?.labels ?? { "kubernetes.io/metadata.name": namespace };
 }

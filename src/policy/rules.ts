@@ -25,10 +25,10 @@ import { createHash } from "node:crypto";
 import { intervalPrefixes, mergeIntervals, prefixInterval, subtractInterval, tryParseInterfaceAddress, type Family, type IpAddress, type IpInterval } from "../net/ip.js";
 import { accept, drop, goto, jump, newSet, ret, rule, verdictRule, type Element, type Field, type Match, type NftSet, type Protocol, type Rule, type Table, type Verdict } from "../nft/model.js";
 import { ruleText } from "../nft/text.js";
-import { policyTypes } from "./judge.js";
-import { selects, type Labels } from "./selector.js";
+import { isolatingPolicies, namespaceLabels, networkRulePeers, rulePeers, tierPolicies } from "./judge.js";
+import { selects } from "./selector.js";
 import type {
-  ClusterNetworkPolicy, ClusterPolicyPeer, ClusterPolicyProtocol, ClusterPolicyRule, ClusterPolicyTier, Direction, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
+  ClusterNetworkPolicy, ClusterPolicyProtocol, ClusterPolicyRule, ClusterPolicyTier, Direction, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
   PolicyPod, PolicyProtocol, PolicyWorld,
 } from "./types.js";
 
@@ -99,9 +99,7 @@ class TableBuilder {
     const { world } = this.input;
     const allow = direction === "Egress" ? ret : accept;
     const admin = this.clusterRules("Admin", pod, direction);
-    const isolating = world.networkPolicies
-      .filter((policy) => policy.metadata.namespace === pod.namespace && policyTypes(policy).includes(direction) && selects(policy.spec.podSelector, pod.labels))
-      .sort((a, b) => compareText(a.metadata.name, b.metadata.name));
+    const isolating = isolatingPolicies(world, pod, direction);
     const baseline = this.clusterRules("Baseline", pod, direction);
     if (admin.length === 0 && isolating.length === 0 && baseline.length === 0) return undefined;
 
@@ -110,8 +108,7 @@ class TableBuilder {
       for (const policy of isolating) {
         const rules = (direction === "Ingress" ? policy.spec.ingress : policy.spec.egress) ?? [];
         for (const npRule of rules) {
-          const peers = direction === "Ingress" ? (npRule as { from?: readonly NetworkPolicyPeer[] }).from : (npRule as { to?: readonly NetworkPolicyPeer[] }).to;
-          rest.push(...this.expand(this.networkPeers(policy, peers, direction), this.networkPorts(npRule.ports, pod, direction), allow));
+          rest.push(...this.expand(this.networkPeers(policy, networkRulePeers(npRule, direction), direction), this.networkPorts(npRule.ports, pod, direction), allow));
         }
       }
       rest.push(verdictRule([], drop));
@@ -159,10 +156,7 @@ class TableBuilder {
   }
 
   private clusterRules(tier: ClusterPolicyTier, pod: PolicyPod, direction: Direction): Array<{ policy: ClusterNetworkPolicy; rule: ClusterPolicyRule }> {
-    const { world } = this.input;
-    return world.clusterPolicies
-      .filter((policy) => policy.spec.tier === tier && subjectSelects(world, policy, pod))
-      .sort((a, b) => a.spec.priority - b.spec.priority || compareText(a.metadata.name, b.metadata.name))
+    return tierPolicies(this.input.world, tier, pod)
       .flatMap((policy) => ((direction === "Ingress" ? policy.spec.ingress : policy.spec.egress) ?? []).map((cnpRule) => ({ policy, rule: cnpRule })));
   }
 
@@ -180,7 +174,7 @@ class TableBuilder {
       const namespaceSelector = peer.namespaceSelector;
       const podSelector = peer.podSelector ?? {};
       return this.podsAlternative(
-        (candidate) => (namespaceSelector ? selects(namespaceSelector, this.namespaceLabels(candidate.namespace)) : candidate.namespace === policy.metadata.namespace) && selects(podSelector, candidate.labels),
+        (candidate) => (namespaceSelector ? selects(namespaceSelector, namespaceLabels(this.input.world, candidate.namespace)) : candidate.namespace === policy.metadata.namespace) && selects(podSelector, candidate.labels),
         { namespace: namespaceSelector ? undefined : policy.metadata.namespace, namespaceSelector, podSelector },
         direction,
       );
@@ -188,15 +182,14 @@ class TableBuilder {
   }
 
   private clusterPeers(cnpRule: ClusterPolicyRule, direction: Direction): Alternative[] {
-    const peers: readonly ClusterPolicyPeer[] = (direction === "Ingress" ? cnpRule.from : cnpRule.to) ?? [];
-    return peers.flatMap((peer): Alternative[] => {
+    return rulePeers(cnpRule, direction).flatMap((peer): Alternative[] => {
       if (peer.namespaces) {
         const selector = peer.namespaces;
-        return [this.podsAlternative((candidate) => selects(selector, this.namespaceLabels(candidate.namespace)), { namespaceSelector: selector }, direction)];
+        return [this.podsAlternative((candidate) => selects(selector, namespaceLabels(this.input.world, candidate.namespace)), { namespaceSelector: selector }, direction)];
       }
       if (peer.pods) {
         const { namespaceSelector, podSelector } = peer.pods;
-        return [this.podsAlternative((candidate) => selects(namespaceSelector, this.namespaceLabels(candidate.namespace)) && selects(podSelector, candidate.labels), { namespaceSelector, podSelector }, direction)];
+        return [this.podsAlternative((candidate) => selects(namespaceSelector, namespaceLabels(this.input.world, candidate.namespace)) && selects(podSelector, candidate.labels), { namespaceSelector, podSelector }, direction)];
       }
       if (direction === "Ingress") return [];
       if (peer.nodes) {
@@ -306,18 +299,9 @@ class TableBuilder {
     return [(family) => [{ match: "in set", key: key(family), set: `${setName}-${family}` }]];
   }
 
-  private namespaceLabels(namespace: string): Labels {
-    return this.input.world.namespaces.get(namespace)?.labels ?? { "kubernetes.io/metadata.name": namespace };
-  }
+
 }
 
-function subjectSelects(world: PolicyWorld, policy: ClusterNetworkPolicy, pod: PolicyPod): boolean {
-  const labels = world.namespaces.get(pod.namespace)?.labels ?? { "kubernetes.io/metadata.name": pod.namespace };
-  const { namespaces, pods } = policy.spec.subject;
-  if (namespaces) return selects(namespaces, labels);
-  if (pods) return selects(pods.namespaceSelector, labels) && selects(pods.podSelector, pod.labels);
-  return false;
-}
 
 function vmapName(direction: Direction, family: Family): string {
   return `${direction.toLowerCase()}-${family}`;
@@ -337,7 +321,4 @@ function hashOf(identity: unknown): string {
   return createHash("sha256").update(JSON.stringify(identity, (_key, value: unknown) => (typeof value === "bigint" ? String(value) : value))).digest("hex").slice(0, 16);
 }
 
-function compareText(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
-}
 
