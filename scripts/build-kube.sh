@@ -18,14 +18,6 @@ if [[ ! -x $bin/kubectl-debian ]]; then
   dpkg -x "$unpack"/kubernetes-client_*.deb "$unpack/root"
   install -m 0755 "$unpack/root/usr/bin/kubectl" "$bin/kubectl-debian"
 fi
-# ClusterNetworkPolicy's CRD, the standard channel of the network-policy-api release the agent
-# follows (its Go module carries it), for the tests to install.
-crd=$bin/clusternetworkpolicies-v0.3.0.yaml
-if [[ ! -s $crd ]]; then
-  command -v go >/dev/null || { echo "build-kube: go is not installed (it fetches the network-policy-api module)" >&2; exit 1; }
-  module=$(GOFLAGS= go mod download -json sigs.k8s.io/network-policy-api@v0.3.0 | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
-  install -m 0644 "$module/config/crd/standard/policy.networking.k8s.io_clusternetworkpolicies.yaml" "$crd"
-fi
 inputs=$(cat controlplane/go.mod controlplane/go.sum etcd/go.mod etcd/go.sum coredns/go.mod coredns/go.sum pause/pause.c ../../scripts/build-kube.sh | sha256sum | cut -d' ' -f1)
 if [[ -f $bin/.stamp && $(cat "$bin/.stamp") == "$inputs" ]]; then
   exit 0

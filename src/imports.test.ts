@@ -22,7 +22,7 @@ const ARROWS: Record<string, readonly string[]> = {
   dataplane: ["nft"],
   policy: ["nft"],
   linux: ["nft"],
-  cluster: ["store"],
+  cluster: ["store", "policy"],
   kube: [],
   store: [],
   nft: [],

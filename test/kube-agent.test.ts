@@ -16,7 +16,7 @@ import { after, before, describe, it } from "node:test";
 import { tokenKubeconfigText } from "../src/lab/control-plane.js";
 import { attachUnderlayHost, buildUnderlay } from "../src/lab/underlay.js";
 import { deleteNamedNetns, namedNetnsPath } from "../src/linux/named-netns.js";
-import { KUBE_BIN, startTestControlPlane, type TestControlPlane } from "./support/kube.js";
+import { startTestControlPlane, type TestControlPlane } from "./support/kube.js";
 import { requestsAs, type KubeAnswer, type KubeRequest } from "./support/kube-as.js";
 import { execCniPlugin, pluginConfig, type CniConfList } from "./support/cni-exec.js";
 import { nativePluginDir, TRELLIS_STANDALONE } from "./support/node-agent.js";
@@ -277,7 +277,7 @@ describe("the agent on a real Kubernetes API (--datastore kubernetes)", { timeou
   it("follows ClusterNetworkPolicy once its CRD is installed: an Admin Deny's pods in the node's table, gone with the policy", async () => {
     // Catches: an agent that, having found no CRD at start, never looks again; CNP objects read
     // in another shape than the CRD serves (v1beta1); a Deny rendered as nothing.
-    await kubectl(["apply", "-f", "-"], readFileSync(join(KUBE_BIN, "clusternetworkpolicies-v0.3.0.yaml"), "utf8"));
+    await kubectl(["apply", "-f", "-"], readFileSync(resolve(import.meta.dirname, "../deploy/clusternetworkpolicies.yaml"), "utf8"));
     await kubectl(["wait", "--for=condition=Established", "crd/clusternetworkpolicies.policy.networking.k8s.io", "--timeout=60s"]);
     const cidrs = (await node("node1")).spec.podCIDRs ?? [];
     const [v4, v6] = [cidrs.find((cidr) => !cidr.includes(":"))!.replace(/0\/\d+$/, "70"), cidrs.find((cidr) => cidr.includes(":"))!.replace(/::\/\d+$/, "::70")];

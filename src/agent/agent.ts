@@ -123,10 +123,16 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     : undefined;
   /** The netlink writer for the agent's own tables (masquerade, policy), when it is installed beside this executable. */
   const agentWriter = ((writer) => (writer.available() ? writer : undefined))(new NftBatchWriter(join(dirname(process.execPath), NFT_WRITER)));
-  // NetworkPolicy and ClusterNetworkPolicy, on the Kubernetes API.
-  const policy = feed.kubeClient
-    ? new PolicyLoop({ client: feed.kubeClient, nodeName: selfEndpoint.name, log, rejections, writer: agentWriter, minSyncIntervalMs: options.proxySyncIntervalMs })
-    : undefined;
+  // NetworkPolicy and ClusterNetworkPolicy, from either datastore.
+  const policy = new PolicyLoop({
+    source: feed.policies,
+    nodeName: selfEndpoint.name,
+    log,
+    rejections,
+    writer: agentWriter,
+    minSyncIntervalMs: options.proxySyncIntervalMs,
+    unknownPods: feed.kubeClient ? "refuse" : "admit",
+  });
   // A pod's policy rules are in the kernel before its ADD answers (and go with its DEL).
   const policyHooks = policy && {
     added: async (env: Readonly<Record<string, string>>, result: string) => {

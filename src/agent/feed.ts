@@ -7,6 +7,7 @@ import type { NodeEndpoint } from "../dataplane/node-network.js";
 import type { IpPrefix } from "../net/ip.js";
 import type { KubeClient } from "../kube/client.js";
 import type { ProxySource } from "./proxy-source.js";
+import type { PolicySource } from "./policy-source.js";
 
 export interface FeedEvents {
   /** A peer came, changed or went (`name`), or any may have (a new list: undefined). */
@@ -48,7 +49,9 @@ export interface ClusterFeed {
   routesProgrammed(): void;
   /** Where the Service proxy takes Services and endpoints from. */
   readonly services: ProxySource;
-  /** The Kubernetes API, when it is the datastore: NetworkPolicy and its objects are followed there. */
+  /** Where the policy loop takes NetworkPolicies, ClusterNetworkPolicies and their pods, namespaces and nodes from. */
+  readonly policies: PolicySource;
+  /** The Kubernetes API, when it is the datastore. */
   readonly kubeClient?: KubeClient;
   /** Stops following and closes the datastore. */
   close(): Promise<void>;

@@ -22,6 +22,7 @@ import { defaultRouteAddresses } from "./host.js";
 import type { Logger } from "./log.js";
 import type { AgentOptions } from "./options.js";
 import { PeerBook } from "./peer-book.js";
+import { kubePolicySource } from "./policy-source.js";
 import { kubeProxySource } from "./proxy-source.js";
 import type { Rejection, Rejections } from "./rejections.js";
 
@@ -216,6 +217,7 @@ function kubeFeed(options: AgentOptions, log: Logger, client: KubeClient, self: 
         .finally(() => (marking = false));
     },
     services: kubeProxySource(client),
+    policies: kubePolicySource(client),
     kubeClient: client,
     async close() {
       informer?.stop();

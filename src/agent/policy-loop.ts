@@ -1,14 +1,12 @@
 /**
- * The agent's policy loop: NetworkPolicies, ClusterNetworkPolicies, Namespaces and Pods from the
- * Kubernetes API, this node's policy table (policy/rules.ts) written from them, one
+ * The agent's policy loop: NetworkPolicies, ClusterNetworkPolicies, Namespaces, Pods and Nodes
+ * from the Kubernetes API or the Trellis store (policy-source.ts), this node's policy table (policy/rules.ts) written from them, one
  * transaction per change, only what changed. Everything here is a tenant's or a node's word:
  * objects are read into the few fields policy needs, a pod's addresses are taken only from its
  * status while it runs, and a cluster without ClusterNetworkPolicy (its CRD not installed) has
  * NetworkPolicy alone. A periodic resync writes the table whole again if it was deleted by hand.
  */
-import type { KubeClient } from "../kube/client.js";
-import { KubeApiError } from "../kube/client.js";
-import { inform, type Informer } from "../kube/informer.js";
+import type { Informer } from "../kube/informer.js";
 import type { NftBatchWriter } from "../linux/nft-netlink.js";
 import { nftApply } from "../linux/nftables.js";
 import { formatIp, formatPrefix, prefixContains, tryParseInterfaceAddress, tryParseIp, type IpAddress, type IpPrefix } from "../net/ip.js";
@@ -16,12 +14,11 @@ import { tableOps } from "../nft/diff.js";
 import type { Table } from "../nft/model.js";
 import { renderOps } from "../nft/text.js";
 import { policyTable, POLICY_TABLE } from "../policy/rules.js";
-import type { ClusterNetworkPolicy, ContainerPort, NetworkPolicy, PolicyNamespace, PolicyPod, PolicyProtocol, PolicyWorld } from "../policy/types.js";
+import type { ClusterNetworkPolicy, ContainerPort, NetworkPolicy, PolicyNamespace, PolicyNode, PolicyPod, PolicyProtocol, PolicyWorld } from "../policy/types.js";
 import type { Logger } from "./log.js";
+import { CLUSTER_NETWORK_POLICIES, POLICY_KINDS, type PolicyKind, type PolicySource } from "./policy-source.js";
 import type { Rejection, Rejections } from "./rejections.js";
 import { SyncRunner } from "./runner.js";
-
-export const CLUSTER_NETWORK_POLICIES = "/apis/policy.networking.k8s.io/v1beta1/clusternetworkpolicies";
 
 export interface KubePod {
   readonly metadata: { readonly name: string; readonly namespace?: string; readonly labels?: Record<string, string> };
@@ -30,8 +27,9 @@ export interface KubePod {
 }
 
 interface KubeNode {
-  readonly metadata: { readonly name: string };
+  readonly metadata: { readonly name: string; readonly labels?: Record<string, string> };
   readonly spec?: { readonly podCIDRs?: readonly string[] };
+  readonly status?: { readonly addresses?: ReadonlyArray<{ readonly type?: string; readonly address?: string }> };
 }
 
 interface KubeNamespace {
@@ -39,7 +37,7 @@ interface KubeNamespace {
 }
 
 export interface PolicyLoopOptions {
-  readonly client: KubeClient;
+  readonly source: PolicySource;
   /** Where a Pod's address outside its node's pod CIDRs is refused, loudly. */
   readonly rejections?: Rejections;
   readonly nodeName: string;
@@ -47,9 +45,15 @@ export interface PolicyLoopOptions {
   /** The netlink writer (its owner closes it); `nft -f` when there is none. */
   readonly writer?: NftBatchWriter;
   readonly minSyncIntervalMs: number;
+  /**
+   * A CNI ADD for a pod the datastore has no Pod object for (after a wait): refused on the API,
+   * where every pod has one; admitted on the Trellis store, where only what writes Pods there
+   * (the lab, `trellis apply`) gives a pod labels, and a pod without them is selected by none.
+   */
+  readonly unknownPods: "refuse" | "admit";
 }
 
-const KINDS = ["namespaces", "pods", "nodes", "networkpolicies", "clusternetworkpolicies"] as const;
+const KINDS = POLICY_KINDS;
 
 /** How long a CNI ADD waits for the policies and its Pod to be known before it fails (and is tried again). */
 const ATTACH_WAIT_MS = 3_000;
@@ -64,9 +68,11 @@ export class PolicyLoop {
   private readonly namespaces = new Map<string, PolicyNamespace>();
   /** Each Node's pod CIDRs, as node IPAM gave them: a pod's address must lie in its node's. */
   private readonly nodePodCidrs = new Map<string, readonly IpPrefix[]>();
+  /** Each Node's labels and addresses, for ClusterNetworkPolicy's `nodes` peers. */
+  private readonly nodes = new Map<string, PolicyNode>();
   private readonly networkPolicies = new Map<string, NetworkPolicy>();
   private readonly clusterPolicies = new Map<string, ClusterNetworkPolicy>();
-  private readonly listed = new Set<(typeof KINDS)[number]>();
+  private readonly listed = new Set<PolicyKind>();
   private readonly informers: Informer[] = [];
   private readonly runs: SyncRunner;
   /** What the kernel holds, as far as this loop knows; undefined: no table, or not known (written whole next). */
@@ -83,10 +89,10 @@ export class PolicyLoop {
       run: () => this.exclusive(() => this.write()),
       failed: (error, retryInMs) => options.log("error", "policy rules not written; trying again", { error: String(error), retryInSeconds: (retryInMs ?? 0) / 1000 }),
     });
-    const { client } = options;
-    const follow = <T extends { metadata: { name: string } }>(kind: (typeof KINDS)[number], path: string, put: (key: string, object: T | undefined) => void) =>
+    const { source } = options;
+    const follow = <T extends { metadata: { name: string } }>(kind: PolicyKind, put: (key: string, object: T | undefined) => void) =>
       this.informers.push(
-        inform<T>(client, path, {
+        source.follow<T>(kind, {
           change: (key, object) => {
             put(key, object);
             if (this.listed.size === KINDS.length) this.runs.request();
@@ -99,11 +105,11 @@ export class PolicyLoop {
           failed: (error) => this.failed(kind, error),
         }),
       );
-    follow<KubeNamespace>("namespaces", "/api/v1/namespaces", (key, object) => {
+    follow<KubeNamespace>("namespaces", (key, object) => {
       if (object) this.namespaces.set(key, policyNamespace(object));
       else this.namespaces.delete(key);
     });
-    follow<KubePod>("pods", "/api/v1/pods", (key, object) => {
+    follow<KubePod>("pods", (key, object) => {
       const pod = object && policyPod(object);
       if (pod) this.pods.set(key, pod);
       else this.pods.delete(key);
@@ -111,15 +117,20 @@ export class PolicyLoop {
       const given = this.attached.get(key);
       if (!pod || (given && given.every((ip) => pod.ips.some((held) => held.family === ip.family && held.value === ip.value)))) this.attached.delete(key);
     });
-    follow<KubeNode>("nodes", "/api/v1/nodes", (key, object) => {
-      if (object) this.nodePodCidrs.set(key, (object.spec?.podCIDRs ?? []).flatMap((text) => tryParseInterfaceAddress(text)?.prefix ?? []));
-      else this.nodePodCidrs.delete(key);
+    follow<KubeNode>("nodes", (key, object) => {
+      if (object) {
+        this.nodePodCidrs.set(key, (object.spec?.podCIDRs ?? []).flatMap((text) => tryParseInterfaceAddress(text)?.prefix ?? []));
+        this.nodes.set(key, policyNode(object));
+      } else {
+        this.nodePodCidrs.delete(key);
+        this.nodes.delete(key);
+      }
     });
-    follow<NetworkPolicy>("networkpolicies", "/apis/networking.k8s.io/v1/networkpolicies", (key, object) => {
+    follow<NetworkPolicy>("networkpolicies", (key, object) => {
       if (object) this.networkPolicies.set(key, { metadata: { namespace: object.metadata.namespace, name: object.metadata.name }, spec: object.spec });
       else this.networkPolicies.delete(key);
     });
-    follow<ClusterNetworkPolicy>("clusternetworkpolicies", CLUSTER_NETWORK_POLICIES, (key, object) => {
+    follow<ClusterNetworkPolicy>("clusternetworkpolicies", (key, object) => {
       if (object) this.clusterPolicies.set(key, { metadata: { name: object.metadata.name }, spec: object.spec });
       else this.clusterPolicies.delete(key);
     });
@@ -136,9 +147,15 @@ export class PolicyLoop {
     const deadline = Date.now() + ATTACH_WAIT_MS;
     // The Pod exists before its sandbox is made; its watch event may still be on its way.
     while (this.listed.size < KINDS.length || !this.pods.has(key)) {
+      // No policy at all: none can apply to the pod, whatever its labels.
+      if (this.listed.size === KINDS.length && this.networkPolicies.size === 0 && this.clusterPolicies.size === 0) return;
       if (Date.now() > deadline) {
-        if (this.listed.size === KINDS.length && this.networkPolicies.size === 0 && this.clusterPolicies.size === 0) return;
-        throw new Error(this.listed.size < KINDS.length ? "the agent has not read the cluster's policies yet" : `the agent does not know pod ${key} yet (its labels decide the policies that apply to it)`);
+        if (this.listed.size < KINDS.length) throw new Error("the agent has not read the cluster's policies yet");
+        if (this.options.unknownPods === "admit") {
+          this.options.log("warn", "a pod with no Pod object in the datastore: no policy selects it until one is written", { pod: key });
+          return;
+        }
+        throw new Error(`the agent does not know pod ${key} yet (its labels decide the policies that apply to it)`);
       }
       await new Promise((resolve) => setTimeout(resolve, 25));
     }
@@ -167,9 +184,9 @@ export class PolicyLoop {
     await this.runs.stop();
   }
 
-  private failed(kind: (typeof KINDS)[number], error: Error): void {
+  private failed(kind: PolicyKind, error: Error): void {
     // A cluster without the ClusterNetworkPolicy CRD has none: NetworkPolicy alone applies.
-    if (kind === "clusternetworkpolicies" && error instanceof KubeApiError && error.status === 404) {
+    if (kind === "clusternetworkpolicies" && this.options.source.missing(error)) {
       if (!this.listed.has(kind)) this.options.log("info", "the API server serves no ClusterNetworkPolicy; NetworkPolicy alone applies", { resource: CLUSTER_NETWORK_POLICIES });
       this.clusterPolicies.clear();
       this.listed.add(kind);
@@ -214,11 +231,32 @@ export class PolicyLoop {
     return pods;
   }
 
+  /**
+   * The Nodes as ClusterNetworkPolicy's `nodes` peers see them. A node's addresses are its own
+   * word: one inside any node's pod CIDRs is a pod's, never a node's, and is refused (else a
+   * node could make a policy that lets pods reach nodes let them reach that pod).
+   */
+  private nodesNow(): PolicyNode[] {
+    const podCidrs = [...this.nodePodCidrs.values()].flat();
+    const refused: Rejection[] = [];
+    const nodes = [...this.nodes.values()].map((node) => {
+      const addresses = node.addresses.filter((ip) => {
+        const inside = podCidrs.find((cidr) => prefixContains(cidr, ip));
+        if (!inside) return true;
+        refused.push({ kind: "Node", name: node.name, reason: "node-address-in-pod-cidr", message: `Node ${node.name}'s address ${formatIp(ip)} is inside the pod CIDR ${formatPrefix(inside)}: it counts as no node's for policy` });
+        return false;
+      });
+      return addresses.length === node.addresses.length ? node : { ...node, addresses };
+    });
+    this.options.rejections?.report("policy: nodes", refused);
+    return nodes;
+  }
+
   private async write(): Promise<void> {
     if (this.listed.size < KINDS.length) return;
     const pods = this.podsNow();
     const table = policyTable({
-      world: { namespaces: this.namespaces, nodes: [], networkPolicies: [...this.networkPolicies.values()], clusterPolicies: [...this.clusterPolicies.values()] },
+      world: { namespaces: this.namespaces, nodes: this.nodesNow(), networkPolicies: [...this.networkPolicies.values()], clusterPolicies: [...this.clusterPolicies.values()] },
       pods,
       local: pods.filter((pod) => pod.nodeName === this.options.nodeName),
     });
@@ -247,6 +285,14 @@ export class PolicyLoop {
       clusterNetworkPolicies: this.clusterPolicies.size,
     });
   }
+}
+
+/** A Node as ClusterNetworkPolicy's `nodes` peers see it: its labels and its addresses. */
+function policyNode(object: KubeNode): PolicyNode {
+  const addresses = (object.status?.addresses ?? [])
+    .filter((entry) => entry.type === "InternalIP" || entry.type === "ExternalIP")
+    .flatMap((entry) => tryParseIp(entry.address ?? "") ?? []);
+  return { name: object.metadata.name, labels: object.metadata.labels ?? {}, addresses };
 }
 
 /** A Namespace with the label the API sets on every one (kubernetes.io/metadata.name), whatever its labels say. */
@@ -301,27 +347,19 @@ export function resultAddresses(result: string): IpAddress[] {
   }
 }
 
-/** What `trellis policy explain` judges over: the API's policies, namespaces, nodes and pods, listed once. */
-export async function listPolicyWorld(client: KubeClient): Promise<{ world: PolicyWorld; pods: Array<PolicyPod & { readonly nodeName?: string }> }> {
-  const list = async <T>(path: string, optional = false): Promise<T[]> => {
-    try {
-      return (await client.request<{ items: T[] }>("GET", path)).items ?? [];
-    } catch (error) {
-      if (optional && error instanceof KubeApiError && error.status === 404) return [];
-      throw error;
-    }
-  };
+/** What `trellis policy explain` judges over: the datastore's policies, namespaces, nodes and pods, listed once. */
+export async function listPolicyWorld(source: PolicySource): Promise<{ world: PolicyWorld; pods: Array<PolicyPod & { readonly nodeName?: string }> }> {
   const [namespaces, pods, nodes, networkPolicies, clusterPolicies] = await Promise.all([
-    list<KubeNamespace>("/api/v1/namespaces"),
-    list<KubePod>("/api/v1/pods"),
-    list<{ metadata: { name: string; labels?: Record<string, string> }; status?: { addresses?: Array<{ address?: string }> } }>("/api/v1/nodes"),
-    list<NetworkPolicy>("/apis/networking.k8s.io/v1/networkpolicies"),
-    list<ClusterNetworkPolicy>(CLUSTER_NETWORK_POLICIES, true),
+    source.list<KubeNamespace>("namespaces"),
+    source.list<KubePod>("pods"),
+    source.list<KubeNode>("nodes"),
+    source.list<NetworkPolicy>("networkpolicies"),
+    source.list<ClusterNetworkPolicy>("clusternetworkpolicies"),
   ]);
   return {
     world: {
       namespaces: new Map(namespaces.map((ns) => [ns.metadata.name, policyNamespace(ns)])),
-      nodes: nodes.map((node) => ({ name: node.metadata.name, labels: node.metadata.labels ?? {}, addresses: (node.status?.addresses ?? []).flatMap((entry) => tryParseIp(entry.address ?? "") ?? []) })),
+      nodes: nodes.map(policyNode),
       networkPolicies,
       clusterPolicies,
     },

@@ -17,6 +17,7 @@ import { formatIp, tryParseInterfaceAddress, tryParseIp, type Family, type IpAdd
 import { loadPlan } from "../plan/plan.js";
 import { reflect, type Informer } from "../kube/informer.js";
 import type { KvStore } from "../store/kv.js";
+import { storePolicySource } from "./policy-source.js";
 import { openStore, parseStoreSpec, requireExistingStore } from "../store/open.js";
 import type { ClusterFeed, FeedEvents } from "./feed.js";
 import { agentClaim } from "./host.js";
@@ -241,6 +242,7 @@ function storeFeed(options: AgentOptions, log: Logger, store: KvStore, cluster: 
     },
     routesProgrammed: () => undefined,
     services: storeProxySource(store),
+    policies: storePolicySource(store),
     async close() {
       stopped = true;
       clearInterval(beatTimer);

@@ -1,15 +1,19 @@
 /**
- * `trellis apply -f`, `trellis delete -f`, `trellis get`: Kubernetes Services, EndpointSlices and
- * Pods in the cluster store, in Kubernetes' own YAML or JSON, reported as kubectl reports them.
+ * `trellis apply -f`, `trellis delete -f`, `trellis get`: Kubernetes Services, EndpointSlices,
+ * Pods, Namespaces, NetworkPolicies and ClusterNetworkPolicies in the cluster store, in
+ * Kubernetes' own YAML or JSON, reported as kubectl reports them.
  */
 import { createReadStream } from "node:fs";
 import type { Command } from "commander";
 import { stringify } from "yaml";
-import { applyObjects, deleteObjects, listObjects, type ObjectKind, type ObjectOutcome } from "../cluster/apply.js";
+import { applyObjects, deleteObjects, listObjects, type ObjectKind, type ObjectOutcome, type StoredObject } from "../cluster/apply.js";
 import { endpointSlicesForService } from "../cluster/objects/endpoints-controller.js";
 import { parseManifests } from "../cluster/objects/manifests.js";
 import { zoneName } from "../cluster/objects/syntax.js";
 import { NODES_PREFIX, parseNode } from "../cluster/node-cidrs.js";
+import type { StoredClusterNetworkPolicy } from "../cluster/objects/cluster-network-policy.js";
+import { CLUSTER_SCOPED } from "../cluster/objects/manifests.js";
+import type { Namespace, StoredNetworkPolicy } from "../cluster/objects/network-policy.js";
 import type { EndpointSlice, Pod, Service } from "../cluster/objects/types.js";
 import { cluster, givenPlan, withClusterOptions, withStore, type ClusterOptions } from "./cluster-options.js";
 import { renderTable } from "./table.js";
@@ -25,10 +29,21 @@ const RESOURCES: Record<string, ObjectKind> = {
   services: "Service", service: "Service", svc: "Service",
   endpointslices: "EndpointSlice", endpointslice: "EndpointSlice",
   pods: "Pod", pod: "Pod", po: "Pod",
+  namespaces: "Namespace", namespace: "Namespace", ns: "Namespace",
+  networkpolicies: "NetworkPolicy", networkpolicy: "NetworkPolicy", netpol: "NetworkPolicy",
+  clusternetworkpolicies: "ClusterNetworkPolicy", clusternetworkpolicy: "ClusterNetworkPolicy", cnp: "ClusterNetworkPolicy",
 };
+const RESOURCE_LIST = "services, endpointslices, pods, namespaces, networkpolicies or clusternetworkpolicies";
 
 /** How kubectl names a kind in its one-line reports. */
-const REPORT_NAMES: Record<ObjectKind, string> = { Service: "service", EndpointSlice: "endpointslice.discovery.k8s.io", Pod: "pod" };
+const REPORT_NAMES: Record<ObjectKind, string> = {
+  Service: "service",
+  EndpointSlice: "endpointslice.discovery.k8s.io",
+  Pod: "pod",
+  Namespace: "namespace",
+  NetworkPolicy: "networkpolicy.networking.k8s.io",
+  ClusterNetworkPolicy: "clusternetworkpolicy.policy.networking.k8s.io",
+};
 
 interface FileOptions extends ClusterOptions {
   readonly filename: string[];
@@ -44,7 +59,7 @@ export function registerObjectCommands(program: Command): void {
   const files = (command: Command) =>
     withClusterOptions(command).requiredOption("-f, --filename <file>", "a YAML or JSON manifest, - for stdin; may be repeated", (value: string, previous: string[] = []) => [...previous, value]);
   files(program.command("apply"))
-    .description("create or update Services, EndpointSlices and Pods from Kubernetes manifests (all of them, or none)")
+    .description("create or update Services, EndpointSlices, Pods, Namespaces, NetworkPolicies and ClusterNetworkPolicies from Kubernetes manifests (all of them, or none)")
     .action(async (options: FileOptions) => {
       const documents = await readManifests(options.filename, "apply");
       const plan = await givenPlan(options);
@@ -52,7 +67,7 @@ export function registerObjectCommands(program: Command): void {
       report(result);
     });
   files(program.command("delete"))
-    .description("delete the Services, EndpointSlices and Pods the manifests name (all of them, or none), freeing their ClusterIPs and NodePorts")
+    .description("delete the objects the manifests name (all of them, or none), freeing their ClusterIPs and NodePorts")
     .action(async (options: FileOptions) => {
       const documents = await readManifests(options.filename, "delete");
       const plan = await givenPlan(options);
@@ -60,15 +75,15 @@ export function registerObjectCommands(program: Command): void {
       report(result);
     });
   withClusterOptions(program.command("get"))
-    .description("list Services (with their ClusterIPs and NodePorts), EndpointSlices (stored, and those of Services with a selector) or Pods")
-    .argument("<resource>", "services, endpointslices or pods")
+    .description("list Services (with their ClusterIPs and NodePorts), EndpointSlices (stored, and those of Services with a selector), Pods, Namespaces, NetworkPolicies or ClusterNetworkPolicies")
+    .argument("<resource>", RESOURCE_LIST)
     .argument("[name]", "only this object")
     .option("-o, --output <format>", "json or yaml (a table when not given)")
     .option("-n, --namespace <namespace>", "only this namespace", "default")
     .option("-A, --all-namespaces", "every namespace")
     .action(async (resource: string, name: string | undefined, options: GetOptions) => {
       const kind = RESOURCES[resource];
-      if (!kind) throw new Error(`the server doesn't have a resource type ${JSON.stringify(resource)}: expected services, endpointslices or pods`);
+      if (!kind) throw new Error(`the server doesn't have a resource type ${JSON.stringify(resource)}: expected ${RESOURCE_LIST}`);
       if (options.output !== undefined && options.output !== "json" && options.output !== "yaml") {
         throw new Error(`invalid --output ${JSON.stringify(options.output)}: expected json or yaml`);
       }
@@ -77,15 +92,16 @@ export function registerObjectCommands(program: Command): void {
         if (plan) await cluster(store, plan, options);
         return kind === "EndpointSlice" ? allEndpointSlices(store) : (await listObjects(store, kind)).objects;
       });
-      if (!options.allNamespaces) objects = objects.filter((object) => (object.metadata.namespace ?? "default") === options.namespace);
+      const clusterScoped = CLUSTER_SCOPED.has(kind);
+      if (!options.allNamespaces && !clusterScoped) objects = objects.filter((object) => namespaceOf(object) === options.namespace);
       if (name !== undefined) {
         objects = objects.filter((object) => object.metadata.name === name);
-        if (objects.length === 0) throw new Error(`${resource} "${name}" not found in namespace ${options.namespace}`);
+        if (objects.length === 0) throw new Error(`${resource} "${name}" not found${clusterScoped ? "" : ` in namespace ${options.namespace}`}`);
       }
       const printed = name !== undefined && objects.length === 1 ? objects[0] : { apiVersion: "v1", kind: "List", items: objects };
       if (options.output === "json") process.stdout.write(`${JSON.stringify(printed, null, 2)}\n`);
       else if (options.output === "yaml") process.stdout.write(stringify(printed));
-      else process.stdout.write(renderTable(tableOf(kind, objects, options.allNamespaces ?? false)));
+      else process.stdout.write(renderTable(tableOf(kind, objects, (options.allNamespaces ?? false) && !clusterScoped)));
     });
 }
 
@@ -166,9 +182,33 @@ function objectId(object: { metadata: { namespace?: string; name: string } }): s
   return `${object.metadata.namespace ?? "default"}/${object.metadata.name}`;
 }
 
-function tableOf(kind: ObjectKind, objects: readonly (Service | EndpointSlice | Pod)[], withNamespace: boolean): string[][] {
-  const lead = (object: { metadata: { namespace?: string; name: string } }) => (withNamespace ? [object.metadata.namespace ?? "default", object.metadata.name] : [object.metadata.name]);
+function namespaceOf(object: StoredObject): string {
+  return ("namespace" in object.metadata && object.metadata.namespace) || "default";
+}
+
+function tableOf(kind: ObjectKind, objects: readonly StoredObject[], withNamespace: boolean): string[][] {
+  const lead = (object: StoredObject) => (withNamespace ? [namespaceOf(object), object.metadata.name] : [object.metadata.name]);
   const head = withNamespace ? ["NAMESPACE", "NAME"] : ["NAME"];
+  if (kind === "Namespace") {
+    return [["NAME", "LABELS"], ...(objects as Namespace[]).map((namespace) => [namespace.metadata.name, Object.entries(namespace.metadata.labels ?? {}).map(([key, value]) => `${key}=${value}`).join(",")])];
+  }
+  if (kind === "NetworkPolicy") {
+    return [
+      [...head, "POD-SELECTOR", "POLICY-TYPES"],
+      ...(objects as StoredNetworkPolicy[]).map((policy) => [...lead(policy), selectorText(policy.spec.podSelector), (policy.spec.policyTypes ?? []).join(",")]),
+    ];
+  }
+  if (kind === "ClusterNetworkPolicy") {
+    return [
+      ["NAME", "TIER", "PRIORITY", "SUBJECT"],
+      ...(objects as StoredClusterNetworkPolicy[]).map((policy) => [
+        policy.metadata.name,
+        policy.spec.tier,
+        String(policy.spec.priority),
+        policy.spec.subject.namespaces ? `namespaces ${selectorText(policy.spec.subject.namespaces)}` : `pods ${selectorText(policy.spec.subject.pods?.namespaceSelector ?? {})} / ${selectorText(policy.spec.subject.pods?.podSelector ?? {})}`,
+      ]),
+    ];
+  }
   if (kind === "Service") {
     return [
       [...head, "TYPE", "CLUSTER-IPS", "EXTERNAL-IP", "PORT(S)"],
@@ -201,4 +241,15 @@ function tableOf(kind: ObjectKind, objects: readonly (Service | EndpointSlice | 
       pod.status?.conditions?.find((condition) => condition.type === "Ready")?.status === "True" ? "true" : "false",
     ]),
   ];
+}
+
+/** A label selector as kubectl describes one: `k=v,k2 in (a,b)`, or <none> for everything. */
+function selectorText(selector: { matchLabels?: Readonly<Record<string, string>>; matchExpressions?: ReadonlyArray<{ key: string; operator: string; values?: readonly string[] }> }): string {
+  const parts = [
+    ...Object.entries(selector.matchLabels ?? {}).map(([key, value]) => `${key}=${value}`),
+    ...(selector.matchExpressions ?? []).map((requirement) =>
+      requirement.operator === "Exists" ? requirement.key : requirement.operator === "DoesNotExist" ? `!${requirement.key}` : `${requirement.key} ${requirement.operator.toLowerCase()} (${(requirement.values ?? []).join(",")})`,
+    ),
+  ];
+  return parts.join(",") || "<none>";
 }

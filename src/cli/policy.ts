@@ -5,13 +5,15 @@
  */
 import type { Command } from "commander";
 import { listPolicyWorld } from "../agent/policy-loop.js";
+import { kubePolicySource, storePolicySource } from "../agent/policy-source.js";
 import { KubeClient } from "../kube/client.js";
 import { loadKubeconfig } from "../kube/config.js";
 import { formatIp, sameIp, tryParseIp, type Family, type IpAddress } from "../net/ip.js";
 import { judge, type DirectionVerdict, type Verdict } from "../policy/judge.js";
 import type { PolicyEndpoint, PolicyPod, PolicyProtocol } from "../policy/types.js";
+import { withClusterOptions, withStore, type ClusterOptions } from "./cluster-options.js";
 
-interface ExplainOptions {
+interface ExplainOptions extends ClusterOptions {
   readonly kubeconfig?: string;
   readonly from: string;
   readonly to: string;
@@ -22,35 +24,39 @@ interface ExplainOptions {
 
 export function registerPolicyCommands(program: Command): void {
   const policy = program.command("policy").description("NetworkPolicy and ClusterNetworkPolicy as the agents enforce them");
-  policy
-    .command("explain")
+  withClusterOptions(policy.command("explain"))
     .description("whether a connection passes the cluster's policies, and every policy and rule that decided it")
     .requiredOption("--from <end>", "NAMESPACE/POD, or an IP address")
     .requiredOption("--to <end>", "NAMESPACE/POD, or an IP address")
     .requiredOption("--port <port>", "PORT or PORT/PROTOCOL (TCP, UDP, SCTP; TCP when not given): the destination port as the pod sees it")
     .option("--family <4|6>", "the address family, when both ends are pods with both (the first they share otherwise)")
-    .option("--kubeconfig <file>", "the cluster's kubeconfig (KUBECONFIG when not given)")
+    .option("--kubeconfig <file>", "the cluster's kubeconfig, when the Kubernetes API is the datastore (KUBECONFIG when not given and --store is not)")
     .option("-o, --output <format>", "text or json", "text")
-    .action(async (options: ExplainOptions) => {
+    .action(async (options: ExplainOptions, command: Command) => {
       const port = parsePort(options.port);
       const family = options.family === undefined ? undefined : parseFamily(options.family);
       if (options.output !== "text" && options.output !== "json") throw new Error(`-o ${JSON.stringify(options.output)}: expected text or json`);
       const from = parseEnd("--from", options.from);
       const to = parseEnd("--to", options.to);
-      const kubeconfig = options.kubeconfig ?? process.env.KUBECONFIG;
-      if (!kubeconfig) throw new Error("policy explain needs the cluster's kubeconfig: give --kubeconfig FILE or set KUBECONFIG (policies live on the Kubernetes API; `trellis lab kubeconfig --name LAB` prints a lab's)");
-      const client = new KubeClient(loadKubeconfig(kubeconfig));
-      try {
-        const { world, pods } = await listPolicyWorld(client);
-        const ends = resolveEnds(from, to, pods, family);
-        const verdict = judge(world, { from: ends.from, to: ends.to, protocol: port.protocol, port: port.number });
-        if (options.output === "json") {
-          process.stdout.write(`${JSON.stringify({ from: describe(ends.from), to: describe(ends.to), port: port.number, protocol: port.protocol, ...verdict }, null, 2)}\n`);
-        } else {
-          process.stdout.write(explainText(ends.from, ends.to, port, verdict));
-        }
-      } finally {
-        client.close();
+      // The API when a kubeconfig is named (and --store is not given on the command line), else the store.
+      const kubeconfig = options.kubeconfig ?? (command.getOptionValueSource("store") === "cli" ? undefined : process.env.KUBECONFIG);
+      const listed = kubeconfig
+        ? await (async () => {
+            const client = new KubeClient(loadKubeconfig(kubeconfig));
+            try {
+              return await listPolicyWorld(kubePolicySource(client));
+            } finally {
+              client.close();
+            }
+          })()
+        : await withStore(options, undefined, (store) => listPolicyWorld(storePolicySource(store)));
+      const { world, pods } = listed;
+      const ends = resolveEnds(from, to, pods, family);
+      const verdict = judge(world, { from: ends.from, to: ends.to, protocol: port.protocol, port: port.number });
+      if (options.output === "json") {
+        process.stdout.write(`${JSON.stringify({ from: describe(ends.from), to: describe(ends.to), port: port.number, protocol: port.protocol, ...verdict }, null, 2)}\n`);
+      } else {
+        process.stdout.write(explainText(ends.from, ends.to, port, verdict));
       }
     });
 }

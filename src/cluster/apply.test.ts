@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import { temporaryStores, testPlan } from "../../test/support/cluster.js";
 import { applyObjects, deleteObjects, listObjects } from "./apply.js";
+import type { Namespace } from "./objects/network-policy.js";
 import type { Service } from "./objects/types.js";
 import { listServices, removeService } from "./services.js";
 import { openCluster, type Cluster } from "./state.js";
@@ -132,5 +133,51 @@ describe("applies larger than one store transaction", () => {
     const c = await cluster();
     const many = Array.from({ length: 40 }, (_, i) => svc(`t-${i}`, i === 39 ? { clusterIP: "10.97.0.1" } : {}));
     await assert.rejects(applyObjects(c, many), /ClusterIP 10\.97\.0\.1 is outside every service CIDR.*\(the \d+ object\(s\) before it were applied and kept\)$/);
+  });
+});
+
+describe("Namespaces, NetworkPolicies and ClusterNetworkPolicies in the store", () => {
+  const ns = (name: string, labels: Record<string, string> = {}) => ({ apiVersion: "v1", kind: "Namespace", metadata: { name, labels } });
+  const netpol = (namespace: string, name: string, spec: object = { podSelector: {} }) => ({ apiVersion: "networking.k8s.io/v1", kind: "NetworkPolicy", metadata: { namespace, name }, spec });
+  const admin = (name: string, priority: number) => ({
+    apiVersion: "policy.networking.k8s.io/v1beta1",
+    kind: "ClusterNetworkPolicy",
+    metadata: { name, namespace: "ignored" },
+    spec: { tier: "Admin", priority, subject: { namespaces: {} }, ingress: [{ action: "Deny", from: [{ namespaces: { matchLabels: { team: "b" } } }] }] },
+  });
+
+  // Bug caught: a kind written under another's key, a cluster-scoped object keyed by a namespace
+  // the apiserver would clear, re-applying the same object reported as a change, or an invalid
+  // policy kept with the valid objects of its apply.
+  test("apply, re-apply, list and delete each kind, all or nothing", async () => {
+    const c = await cluster();
+    const first = await applyObjects(c, [ns("team-a", { team: "a" }), netpol("team-a", "deny-all"), admin("block-b", 10)]);
+    assert.deepEqual(first.result.map((r) => `${r.kind} ${r.namespace}/${r.name} ${r.outcome}`), ["Namespace /team-a created", "NetworkPolicy team-a/deny-all created", "ClusterNetworkPolicy /block-b created"]);
+    assert.ok(await c.store.get("/clusternetworkpolicies/block-b"));
+    assert.ok(await c.store.get("/namespaces/team-a"));
+    assert.ok(await c.store.get("/networkpolicies/team-a/deny-all"));
+    const again = await applyObjects(c, [ns("team-a", { team: "a" }), netpol("team-a", "deny-all"), admin("block-b", 10)]);
+    assert.deepEqual(again.result.map((r) => r.outcome), ["unchanged", "unchanged", "unchanged"]);
+    assert.deepEqual((await applyObjects(c, [admin("block-b", 20)])).result.map((r) => r.outcome), ["configured"]);
+
+    await assert.rejects(applyObjects(c, [netpol("team-a", "second"), netpol("team-a", "bad", { podSelector: {}, ingress: [{ from: [{}] }] })]), /The NetworkPolicy "bad" is invalid: spec\.ingress\[0\]\.from\[0\]: Required value: must specify a peer/);
+    assert.equal(await c.store.get("/networkpolicies/team-a/second"), undefined);
+
+    const { objects } = await listObjects<Namespace>(c.store, "Namespace");
+    assert.deepEqual(objects.map((object) => object.metadata.labels), [{ team: "a", "kubernetes.io/metadata.name": "team-a" }]);
+    await assert.rejects(deleteObjects(c, [admin("missing", 1)]), /^Error: clusternetworkpolicies\.policy\.networking\.k8s\.io "missing" not found$/);
+    assert.deepEqual((await deleteObjects(c, [admin("block-b", 1)])).result.map((r) => r.outcome), ["deleted"]);
+  });
+
+  // Bug caught: a Namespace deleted while its objects stay (their namespace's labels gone from
+  // under them, so a policy's namespaceSelector silently stops matching), or one whose contents
+  // are deleted in the same command refused.
+  test("a Namespace goes only once it holds nothing, or with its contents in one command", async () => {
+    const c = await cluster();
+    await applyObjects(c, [ns("team-c"), netpol("team-c", "p1"), svc("in-c", {})].map((o) => (o.kind === "Service" ? { ...o, metadata: { ...o.metadata, namespace: "team-c" } } : o)));
+    await assert.rejects(deleteObjects(c, [ns("team-c")]), /^Error: namespaces "team-c" still holds 2 object\(s\) \((services\/in-c, networkpolicies\.networking\.k8s\.io\/p1|networkpolicies\.networking\.k8s\.io\/p1, services\/in-c)\): delete them first/);
+    assert.ok(await c.store.get("/namespaces/team-c"));
+    const { result } = await deleteObjects(c, [netpol("team-c", "p1"), { ...svc("in-c", {}), metadata: { name: "in-c", namespace: "team-c" } }, ns("team-c")]);
+    assert.deepEqual(result.map((r) => r.outcome), ["deleted", "deleted", "deleted"]);
   });
 });

@@ -13,7 +13,9 @@ import { MAX_TXN_OPERATIONS, type KvStore, type KvTxn } from "../store/kv.js";
 import { claimNodePort, releaseNodePort } from "./node-ports.js";
 import { ObjectInvalidError } from "./objects/field-errors.js";
 import { normalizeEndpointSlice, normalizePod, normalizeService } from "./objects/validate.js";
-import { objectKind, type ObjectKind } from "./objects/manifests.js";
+import { normalizeClusterNetworkPolicy, type StoredClusterNetworkPolicy } from "./objects/cluster-network-policy.js";
+import { CLUSTER_SCOPED, objectKind, type ObjectKind } from "./objects/manifests.js";
+import { normalizeNamespace, normalizeNetworkPolicy, type Namespace, type StoredNetworkPolicy } from "./objects/network-policy.js";
 import type { EndpointSlice, Pod, Service } from "./objects/types.js";
 import { claimServiceIp, KUBERNETES_SERVICE, releaseServiceIp, serviceIpRangeFor } from "./service-ips.js";
 import { resolveServiceFamilies } from "./service-ips-families.js";
@@ -24,15 +26,42 @@ import { commitWithRetry, type Committed } from "./txn.js";
 
 export const ENDPOINTSLICES_PREFIX = "/endpointslices/";
 export const PODS_PREFIX = "/pods/";
+export const NAMESPACES_PREFIX = "/namespaces/";
+export const NETWORKPOLICIES_PREFIX = "/networkpolicies/";
+export const CLUSTERNETWORKPOLICIES_PREFIX = "/clusternetworkpolicies/";
 
 export type { ObjectKind };
-export type StoredObject = Service | EndpointSlice | Pod;
+export type StoredObject = Service | EndpointSlice | Pod | Namespace | StoredNetworkPolicy | StoredClusterNetworkPolicy;
 
-const PREFIXES: Record<ObjectKind, string> = { Service: SERVICES_PREFIX, EndpointSlice: ENDPOINTSLICES_PREFIX, Pod: PODS_PREFIX };
+export const PREFIXES: Record<ObjectKind, string> = {
+  Service: SERVICES_PREFIX,
+  EndpointSlice: ENDPOINTSLICES_PREFIX,
+  Pod: PODS_PREFIX,
+  Namespace: NAMESPACES_PREFIX,
+  NetworkPolicy: NETWORKPOLICIES_PREFIX,
+  ClusterNetworkPolicy: CLUSTERNETWORKPOLICIES_PREFIX,
+};
 /** The resource names the apiserver uses in its messages. */
-const RESOURCES: Record<ObjectKind, string> = { Service: "services", EndpointSlice: "endpointslices.discovery.k8s.io", Pod: "pods" };
+const RESOURCES: Record<ObjectKind, string> = {
+  Service: "services",
+  EndpointSlice: "endpointslices.discovery.k8s.io",
+  Pod: "pods",
+  Namespace: "namespaces",
+  NetworkPolicy: "networkpolicies.networking.k8s.io",
+  ClusterNetworkPolicy: "clusternetworkpolicies.policy.networking.k8s.io",
+};
+const NORMALIZE: Record<ObjectKind, (document: unknown) => StoredObject> = {
+  Service: normalizeService,
+  EndpointSlice: normalizeEndpointSlice,
+  Pod: normalizePod,
+  Namespace: normalizeNamespace,
+  NetworkPolicy: normalizeNetworkPolicy,
+  ClusterNetworkPolicy: normalizeClusterNetworkPolicy,
+};
 
+/** An object's key; a cluster-scoped kind's has no namespace (it is ""). */
 export function objectKey(kind: ObjectKind, namespace: string, name: string): string {
+  if (CLUSTER_SCOPED.has(kind)) return `${PREFIXES[kind]}${name}`;
   return kind === "Service" ? serviceKey(namespace, name) : `${PREFIXES[kind]}${namespace}/${name}`;
 }
 
@@ -55,10 +84,10 @@ export function normalizeObjects(documents: readonly unknown[]): Normalized[] {
   const seen = new Set<string>();
   return documents.map((document) => {
     const kind = objectKind(document);
-    const object = kind === "Service" ? normalizeService(document) : kind === "EndpointSlice" ? normalizeEndpointSlice(document) : normalizePod(document);
-    const namespace = object.metadata.namespace ?? "default";
+    const object = NORMALIZE[kind](document);
+    const namespace = CLUSTER_SCOPED.has(kind) ? "" : ("namespace" in object.metadata && object.metadata.namespace) || "default";
     const name = object.metadata.name;
-    const id = `${kind} ${namespace}/${name}`;
+    const id = namespace ? `${kind} ${namespace}/${name}` : `${kind} ${name}`;
     if (seen.has(id)) throw new Error(`${id} is given twice in one apply: give each object once`);
     seen.add(id);
     return { kind, object, namespace, name };
@@ -83,7 +112,7 @@ export async function deleteObjects(cluster: Cluster, documents: readonly unknow
     const kind = objectKind(document);
     const metadata = (document as { metadata?: { name?: unknown; namespace?: unknown } }).metadata ?? {};
     const name = typeof metadata.name === "string" ? metadata.name : "";
-    const namespace = typeof metadata.namespace === "string" && metadata.namespace !== "" ? metadata.namespace : "default";
+    const namespace = CLUSTER_SCOPED.has(kind) ? "" : typeof metadata.namespace === "string" && metadata.namespace !== "" ? metadata.namespace : "default";
     if (!name) throw new ObjectInvalidError(kind, name, [{ path: "metadata.name", type: "Required value", detail: "name or generateName is required" }]);
     return { kind, namespace, name };
   });
@@ -94,7 +123,8 @@ export async function deleteObjects(cluster: Cluster, documents: readonly unknow
       if (kind === "Service" && owner === KUBERNETES_SERVICE) throw new Error(`services "kubernetes" in namespace default is the API server's own Service: it cannot be deleted`);
       const key = objectKey(kind, namespace, name);
       const existing = await view.store.get(key);
-      if (!existing) throw new Error(`${RESOURCES[kind]} "${name}" not found in namespace ${namespace}`);
+      if (!existing) throw new Error(`${RESOURCES[kind]} "${name}" not found${namespace ? ` in namespace ${namespace}` : ""}`);
+      if (kind === "Namespace") await refuseNonEmptyNamespace(view, name, targets);
       view.stage({ compares: [{ key, modRevision: existing.modRevision }], operations: [{ type: "delete", key }] });
       if (kind === "Service") {
         const held = serviceAllocations(existing.value);
@@ -104,6 +134,25 @@ export async function deleteObjects(cluster: Cluster, documents: readonly unknow
       return { kind, namespace, name, outcome: "deleted" } satisfies ObjectOutcome;
     }
   });
+}
+
+/**
+ * A Namespace goes only once nothing is left in it (the store runs no namespace controller to
+ * delete its contents): the objects still in it, other than those deleted in the same command,
+ * are named.
+ */
+async function refuseNonEmptyNamespace(view: StagedView, namespace: string, deleting: ReadonlyArray<{ kind: ObjectKind; namespace: string; name: string }>): Promise<void> {
+  const going = new Set(deleting.map((target) => objectKey(target.kind, target.namespace, target.name)));
+  const left: string[] = [];
+  for (const kind of Object.keys(PREFIXES) as ObjectKind[]) {
+    if (CLUSTER_SCOPED.has(kind)) continue;
+    const { entries } = await view.store.list(objectKey(kind, namespace, ""));
+    for (const entry of entries) if (!going.has(entry.key)) left.push(`${RESOURCES[kind]}/${entry.key.slice(objectKey(kind, namespace, "").length)}`);
+  }
+  if (left.length) {
+    const shown = left.slice(0, 5).join(", ") + (left.length > 5 ? ` and ${left.length - 5} more` : "");
+    throw new Error(`namespaces "${namespace}" still holds ${left.length} object(s) (${shown}): delete them first (the Trellis store does not delete a namespace's contents)`);
+  }
 }
 
 /**
@@ -124,7 +173,7 @@ async function inTransactions(cluster: Cluster, count: number, verb: string, sta
           const restore = view.snapshot();
           const outcome = await stage(view, i);
           if (!fits(view.transaction())) {
-            if (chunk.length === 0) throw new Error(`${outcome.kind} ${outcome.namespace}/${outcome.name} needs more than one store transaction holds (${MAX_TXN_OPERATIONS} operations)`);
+            if (chunk.length === 0) throw new Error(`${outcome.kind} ${outcome.namespace ? `${outcome.namespace}/` : ""}${outcome.name} needs more than one store transaction holds (${MAX_TXN_OPERATIONS} operations)`);
             restore();
             break;
           }
@@ -215,7 +264,6 @@ function withoutApplyTime(object: StoredObject): StoredObject {
 function withIdentity<T extends StoredObject>(object: T, previous: StoredObject | undefined): T {
   const metadata = {
     ...object.metadata,
-    namespace: object.metadata.namespace ?? "default",
     uid: previous?.metadata.uid ?? randomUUID(),
     creationTimestamp: previous?.metadata.creationTimestamp ?? new Date().toISOString().replace(/\.\d+Z$/, "Z"),
   };

@@ -18,13 +18,19 @@ export function labPodObject(state: LabState, pod: LabPodState): object {
       nodeName: pod.node,
       containers: [{ name: "probe", ports: [{ name: "probe", containerPort: state.probePort, protocol: "TCP" }, { name: "probe-udp", containerPort: state.probePort, protocol: "UDP" }] }],
     },
+    // Before its ADD, a pod is Pending with no address.
     status: {
-      phase: "Running",
+      phase: pod.addresses.length ? "Running" : "Pending",
       ...(pod.addresses[0] ? { podIP: pod.addresses[0] } : {}),
       podIPs: pod.addresses.map((ip) => ({ ip })),
-      conditions: [{ type: "Ready", status: "True" }],
+      conditions: [{ type: "Ready", status: pod.addresses.length ? "True" : "False" }],
     },
   };
+}
+
+/** CNI_ARGS as a Kubernetes runtime passes them for the pod's Pod object. */
+export function labPodCniArgs(pod: LabPodState): Record<string, string> {
+  return { IgnoreUnknown: "1", K8S_POD_NAMESPACE: "default", K8S_POD_NAME: pod.name, K8S_POD_INFRA_CONTAINER_ID: pod.containerId };
 }
 
 /** Writes (creates or updates) the Pod objects of `pods` in the lab's store, in one apply. */

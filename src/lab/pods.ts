@@ -11,7 +11,7 @@ import { deleteNamedNetns, namedNetnsPath } from "../linux/named-netns.js";
 import { delNetworkList, readNetworkList } from "./cni-runtime.js";
 import { labKubectl, labKubePod } from "./kube-lab.js";
 import { kubeletLabPods } from "./kubelet.js";
-import { LAB_POD_LABEL, labPodObject, recordLabPods } from "./pod-objects.js";
+import { LAB_POD_LABEL, labPodCniArgs, labPodObject, recordLabPods } from "./pod-objects.js";
 import { isLabProcess, sleep, stopProcesses } from "./processes.js";
 import { labStore } from "./store-access.js";
 import { labNetnsName, MAX_PODS_PER_NODE, parsePodLabels, podNameConflict } from "./topology.js";
@@ -37,6 +37,8 @@ export async function labPodAdd(state: LabState, name: string, nodeName: string,
   const pod: LabPodState = { name, node: node.name, netnsName, containerId: netnsName, netnsPath: namedNetnsPath(netnsName), addresses: [], ...(labels ? { labels } : {}) };
   state.pods.push(pod);
   saveLabState(state);
+  // The Pod first, as a kubelet's exists before its sandbox: its labels decide its policies at ADD.
+  await recordLabPods(state, [pod]);
   const probe = await attachLabPod(state, pod, out);
   await waitForProbeServer(probe, new AbortController().signal);
   await recordLabPods(state, [pod]);
@@ -66,7 +68,7 @@ export async function labPodRm(state: LabState, name: string, out: (line: string
   if (pod.probe && isLabProcess(pod.probe, pod.netnsPath)) await stopProcesses([pod.probe.pid]);
   const node = state.nodes.find((candidate) => candidate.name === pod.node)!;
   const list = readNetworkList(node.cniConfDir);
-  if (list) await delNetworkList(list, { nodeNetns: node.netnsPath, containerId: pod.containerId, podNetns: pod.netnsPath, ifname: "eth0" }, pod.cniResult);
+  if (list) await delNetworkList(list, { nodeNetns: node.netnsPath, containerId: pod.containerId, podNetns: pod.netnsPath, ifname: "eth0", args: labPodCniArgs(pod) }, pod.cniResult);
   await deleteNamedNetns(pod.netnsName);
   state.pods.splice(state.pods.indexOf(pod), 1);
   saveLabState(state);

@@ -14,7 +14,7 @@ import { mapConcurrently } from "./concurrently.js";
 import { KUBE_LAB_CIDRS, labKubectl, labKubePod, startKubeControlPlane } from "./kube-lab.js";
 import { readKubeletPods } from "./kubelet.js";
 import { startRealLab } from "./real-lab.js";
-import { LAB_POD_LABEL, recordLabPods } from "./pod-objects.js";
+import { LAB_POD_LABEL, labPodCniArgs, recordLabPods } from "./pod-objects.js";
 import { selfInvocation } from "./probe.js";
 import { labDir, labNodeZone, nodeCniConfDir, nodeCniDataDir, readLabState, saveLabState, type LabNodeState, type LabPodState, type LabState } from "./state.js";
 import { isLabNetnsName, LAB_ETCD, LAB_EXTERNAL_IPS, labLayout, PROBE_PORT, type LabLayout, type LabOptions } from "./topology.js";
@@ -171,6 +171,9 @@ async function build(state: LabState, layout: LabLayout, options: LabOptions, se
   }
 
   step();
+  // A kubelet's pods exist before their sandboxes: the agent knows a pod's labels, and so the
+  // policies that apply to it, while its ADD is served.
+  await recordLabPods(state, state.pods);
   out(`pods: CNI ADD through each node's ${CONFLIST_FILE}, as containerd would`);
   const probes = await mapConcurrently(state.pods, ATTACH_CONCURRENCY, async (pod) => {
     step();
@@ -194,7 +197,7 @@ export async function attachLabPod(state: LabState, pod: LabPodState, out: (line
   const list = readNetworkList(node.cniConfDir);
   if (!list) throw new Error(`node ${node.name} has no CNI config in ${node.cniConfDir}: is its agent running?`);
   const begun = Date.now();
-  const result = await addNetworkList(list, { nodeNetns: node.netnsPath, containerId: pod.containerId, podNetns: pod.netnsPath, ifname: "eth0" });
+  const result = await addNetworkList(list, { nodeNetns: node.netnsPath, containerId: pod.containerId, podNetns: pod.netnsPath, ifname: "eth0", args: labPodCniArgs(pod) });
   pod.cniResult = result;
   pod.addresses = resultAddresses(result);
   const probe = startProbeServer(pod.netnsPath, pod.name, join(state.dir, node.name, `${pod.name}.log`));

@@ -130,18 +130,25 @@ describe("manifests: large inputs and the JSON path", () => {
 
 describe("manifests: kinds", () => {
   // Catches a supported kind refused or mapped to the wrong kind.
-  it("maps Trellis' three kinds", () => {
+  it("maps Trellis' kinds", () => {
     assert.equal(objectKind({ apiVersion: "v1", kind: "Service" }), "Service");
     assert.equal(objectKind({ apiVersion: "v1", kind: "Pod" }), "Pod");
     assert.equal(objectKind({ apiVersion: "discovery.k8s.io/v1", kind: "EndpointSlice" }), "EndpointSlice");
+    assert.equal(objectKind({ apiVersion: "v1", kind: "Namespace" }), "Namespace");
+    assert.equal(objectKind({ apiVersion: "networking.k8s.io/v1", kind: "NetworkPolicy" }), "NetworkPolicy");
+    assert.equal(objectKind({ apiVersion: "policy.networking.k8s.io/v1beta1", kind: "ClusterNetworkPolicy" }), "ClusterNetworkPolicy");
+    assert.equal(objectKind({ apiVersion: "policy.networking.k8s.io/v1alpha2", kind: "ClusterNetworkPolicy" }), "ClusterNetworkPolicy");
   });
 
   // Catches an unsupported kind accepted, or refused without saying what is taken.
   it("refuses other kinds, naming what Trellis takes", () => {
     assert.throws(
       () => objectKind({ apiVersion: "apps/v1", kind: "Deployment", metadata: { name: "web" } }),
-      /^Error: no matches for kind "Deployment" in version "apps\/v1" "web": Trellis takes Service \(v1\), EndpointSlice \(discovery\.k8s\.io\/v1\) and Pod \(v1\)$/,
+      /^Error: no matches for kind "Deployment" in version "apps\/v1" "web": Trellis takes Service \(v1\), EndpointSlice \(discovery\.k8s\.io\/v1\), Pod \(v1\), Namespace \(v1\), NetworkPolicy \(networking\.k8s\.io\/v1\) and ClusterNetworkPolicy/,
     );
+    // Catches a kind looked up as any property of the table (an object's own "constructor").
+    assert.throws(() => objectKind({ apiVersion: "v1", kind: "constructor" }), /no matches for kind "constructor"/);
+    assert.throws(() => objectKind({ apiVersion: "v1", kind: "__proto__" }), /no matches for kind "__proto__"/);
   });
 
   // Catches a known kind in another API version (beta EndpointSlice, whose fields differ) taken as v1.

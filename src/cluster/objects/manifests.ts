@@ -11,10 +11,22 @@
  */
 import { Composer, LineCounter, Parser } from "yaml";
 
-export type ObjectKind = "Service" | "EndpointSlice" | "Pod";
+export type ObjectKind = "Service" | "EndpointSlice" | "Pod" | "Namespace" | "NetworkPolicy" | "ClusterNetworkPolicy";
 
-const kinds: Readonly<Record<ObjectKind, string>> = { Service: "v1", EndpointSlice: "discovery.k8s.io/v1", Pod: "v1" };
-const supportedText = "Trellis takes Service (v1), EndpointSlice (discovery.k8s.io/v1) and Pod (v1)";
+/** The apiVersions each kind is taken in (the first is the one it is stored in). */
+const kinds: Readonly<Record<ObjectKind, readonly string[]>> = {
+  Service: ["v1"],
+  EndpointSlice: ["discovery.k8s.io/v1"],
+  Pod: ["v1"],
+  Namespace: ["v1"],
+  NetworkPolicy: ["networking.k8s.io/v1"],
+  ClusterNetworkPolicy: ["policy.networking.k8s.io/v1beta1", "policy.networking.k8s.io/v1alpha2"],
+};
+const supportedText =
+  "Trellis takes Service (v1), EndpointSlice (discovery.k8s.io/v1), Pod (v1), Namespace (v1), NetworkPolicy (networking.k8s.io/v1) and ClusterNetworkPolicy (policy.networking.k8s.io/v1beta1 or v1alpha2)";
+
+/** Kinds of the cluster, not of a namespace. */
+export const CLUSTER_SCOPED: ReadonlySet<ObjectKind> = new Set(["Namespace", "ClusterNetworkPolicy"]);
 
 /**
  * The largest YAML document read, in characters. Its tree is built whole: a YAML List of this
@@ -192,9 +204,9 @@ export function objectKind(object: unknown): ObjectKind {
     const missing = [typeof apiVersion === "string" && apiVersion !== "" ? [] : ["apiVersion"], typeof kind === "string" && kind !== "" ? [] : ["kind"]].flat();
     throw new Error(`object${named} has no ${missing.join(" and ")}: ${supportedText}`);
   }
-  if (!(kind in kinds)) throw new Error(`no matches for kind ${JSON.stringify(kind)} in version ${JSON.stringify(apiVersion)}${named}: ${supportedText}`);
+  if (!Object.hasOwn(kinds, kind)) throw new Error(`no matches for kind ${JSON.stringify(kind)} in version ${JSON.stringify(apiVersion)}${named}: ${supportedText}`);
   const wanted = kinds[kind as ObjectKind];
-  if (apiVersion !== wanted) throw new Error(`no matches for kind ${JSON.stringify(kind)} in version ${JSON.stringify(apiVersion)}${named}: Trellis takes ${kind} in ${wanted}`);
+  if (!wanted.includes(apiVersion)) throw new Error(`no matches for kind ${JSON.stringify(kind)} in version ${JSON.stringify(apiVersion)}${named}: Trellis takes ${kind} in ${wanted.join(" or ")}`);
   return kind as ObjectKind;
 }
 

@@ -6,7 +6,7 @@
 import { checkFields, object, omitUndefined, nonEmptyMap, string, stringMap } from "./decode.js";
 import { invalid, required, tooLong, type FieldError } from "./field-errors.js";
 import { isDns1123Label, isQualifiedName, isValidLabelValue } from "./syntax.js";
-import type { ObjectMeta, StringMap } from "./types.js";
+import type { ClusterObjectMeta, ObjectMeta, StringMap } from "./types.js";
 
 const maxAnnotationBytes = 256 * 1024;
 
@@ -37,12 +37,23 @@ export function decodeMetadata(value: unknown, errors: FieldError[]): ObjectMeta
   });
 }
 
-/** ValidateObjectMeta for a namespaced object whose name `nameProblems` checks. */
-export function metadataErrors(metadata: ObjectMeta, nameProblems: (name: string) => string[]): FieldError[] {
+/** Metadata of a cluster-scoped object: a namespace given is dropped, as the apiserver clears it. */
+export function decodeClusterMetadata(value: unknown, errors: FieldError[]): ClusterObjectMeta {
+  const { namespace: _namespace, ...rest } = decodeMetadata(value, errors);
+  return rest;
+}
+
+/**
+ * ValidateObjectMeta for an object whose name `nameProblems` checks: namespaced, or of the
+ * cluster (a Namespace, a ClusterNetworkPolicy), whose namespace the apiserver clears.
+ */
+export function metadataErrors(metadata: ClusterObjectMeta & { readonly namespace?: string }, nameProblems: (name: string) => string[], scope: "namespaced" | "cluster" = "namespaced"): FieldError[] {
   const errors: FieldError[] = [];
   if (!metadata.name) errors.push(required("metadata.name", "name or generateName is required"));
   else for (const message of nameProblems(metadata.name)) errors.push(invalid("metadata.name", metadata.name, message));
-  if (!metadata.namespace) errors.push(required("metadata.namespace"));
+  if (scope === "cluster") {
+    // Nothing to check: a cluster-scoped object has no namespace (decodeClusterMetadata dropped it).
+  } else if (!metadata.namespace) errors.push(required("metadata.namespace"));
   else for (const message of isDns1123Label(metadata.namespace)) errors.push(invalid("metadata.namespace", metadata.namespace, message));
   if (metadata.labels) errors.push(...labelErrors(metadata.labels, "metadata.labels"));
   if (metadata.annotations) {

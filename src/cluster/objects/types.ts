@@ -29,6 +29,9 @@ export interface ObjectMeta {
   readonly deletionTimestamp?: string;
 }
 
+/** A cluster-scoped object's metadata: no namespace. */
+export type ClusterObjectMeta = Omit<ObjectMeta, "namespace">;
+
 export interface ObjectReference {
   readonly kind: string;
   readonly namespace?: string;
