@@ -13,7 +13,7 @@ import { formatIp, formatPrefix, prefixContains, tryParseInterfaceAddress, tryPa
 import { tableOps } from "../nft/diff.js";
 import type { Table } from "../nft/model.js";
 import { renderOps } from "../nft/text.js";
-import { policyTable, POLICY_TABLE } from "../policy/rules.js";
+import { PeerSets, policyTable, POLICY_TABLE } from "../policy/rules.js";
 import type { ClusterNetworkPolicy, ContainerPort, NetworkPolicy, PolicyNamespace, PolicyNode, PolicyPod, PolicyProtocol, PolicyWorld } from "../policy/types.js";
 import type { Logger } from "./log.js";
 import { CLUSTER_NETWORK_POLICIES, POLICY_KINDS, type PolicyKind, type PolicySource } from "./policy-source.js";
@@ -75,6 +75,8 @@ export class PolicyLoop {
   private readonly listed = new Set<PolicyKind>();
   private readonly informers: Informer[] = [];
   private readonly runs: SyncRunner;
+  /** The peer sets of the table before, brought up to date at each write. */
+  private readonly peerSets = new PeerSets();
   /** What the kernel holds, as far as this loop knows; undefined: no table, or not known (written whole next). */
   private written: Table | undefined;
   private known = false;
@@ -259,6 +261,7 @@ export class PolicyLoop {
       world: { namespaces: this.namespaces, nodes: this.nodesNow(), networkPolicies: [...this.networkPolicies.values()], clusterPolicies: [...this.clusterPolicies.values()] },
       pods,
       local: pods.filter((pod) => pod.nodeName === this.options.nodeName),
+      peerSets: this.peerSets,
     });
     let before = this.known ? this.written : undefined;
     if (this.checkTable && this.known && before) {
