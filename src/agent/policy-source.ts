@@ -5,6 +5,8 @@
  */
 import { CLUSTERNETWORKPOLICIES_PREFIX, NAMESPACES_PREFIX, NETWORKPOLICIES_PREFIX, PODS_PREFIX } from "../cluster/apply.js";
 import { NODES_PREFIX, parseNode } from "../cluster/node-cidrs.js";
+import { normalizeClusterNetworkPolicy } from "../cluster/objects/cluster-network-policy.js";
+import { normalizeNamespace, normalizeNetworkPolicy } from "../cluster/objects/network-policy.js";
 import { LABEL_TOPOLOGY_ZONE } from "../cluster/objects/types.js";
 import type { KubeClient } from "../kube/client.js";
 import { KubeApiError } from "../kube/client.js";
@@ -84,6 +86,8 @@ export function storePolicySource(store: KvStore): PolicySource {
   };
 }
 
+const NORMALIZE = { namespaces: normalizeNamespace, networkpolicies: normalizeNetworkPolicy, clusternetworkpolicies: normalizeClusterNetworkPolicy } as const;
+
 /**
  * A stored value as the API's object; undefined when it does not parse (it counts as gone). A
  * store Node becomes a Node with its pod CIDRs, the addresses its agent published as
@@ -91,6 +95,9 @@ export function storePolicySource(store: KvStore): PolicySource {
  */
 function storedObject(kind: PolicyKind, name: string, value: string): KubeObject | undefined {
   try {
+    // Policies and Namespaces are read as `trellis apply` takes them: one written to the store by
+    // other means that it would refuse counts as absent rather than stopping every write.
+    if (kind in NORMALIZE) return NORMALIZE[kind as keyof typeof NORMALIZE](JSON.parse(value)) as KubeObject;
     if (kind !== "nodes") {
       const object = JSON.parse(value) as KubeObject;
       return typeof object?.metadata?.name === "string" ? object : undefined;

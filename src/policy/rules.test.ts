@@ -4,7 +4,7 @@ import { formatIp, parseIp } from "../net/ip.js";
 import { renderOps } from "../nft/text.js";
 import { tableOps } from "../nft/diff.js";
 import { PeerSets, policyTable } from "./rules.js";
-import type { NetworkPolicy, PolicyPod, PolicyWorld } from "./types.js";
+import type { NetworkPolicy, PolicyNamespace, PolicyPod, PolicyWorld } from "./types.js";
 
 function pod(namespace: string, name: string, labels: Record<string, string>, n: number, extra: Partial<PolicyPod> = {}): PolicyPod {
   return { namespace, name, labels, ips: [parseIp(`10.244.${n >> 8}.${n & 255}`), parseIp(`fd00:10:244::${n.toString(16)}`)], ...extra };
@@ -78,7 +78,7 @@ describe("the policy table", () => {
       { metadata: { namespace: "x", name: "cache" }, spec: { podSelector: { matchLabels: { app: "cache" } }, policyTypes: ["Ingress", "Egress"], ingress: [{ from: [{ namespaceSelector: { matchLabels: { team: "a" } }, podSelector: { matchLabels: { app: "front" } } }] }], egress: [{ ports: [{ port: "http" }] }] } },
     ];
     const pods = new Map<string, PolicyPod & { node: string }>();
-    const namespaces = new Map([["x", { name: "x", labels: { "kubernetes.io/metadata.name": "x" } }], ["y", { name: "y", labels: { "kubernetes.io/metadata.name": "y", team: "a" } }]]);
+    const namespaces = new Map<string, PolicyNamespace>([["x", { name: "x", labels: { "kubernetes.io/metadata.name": "x" } }], ["y", { name: "y", labels: { "kubernetes.io/metadata.name": "y", team: "a" } }]]);
     const kept = new PeerSets();
     // A set's elements in any order: it is a set.
     const text = (table: ReturnType<typeof policyTable>) =>
