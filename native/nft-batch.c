@@ -9,18 +9,22 @@
  * Exit 0: applied. Exit 1: refused; stderr says which message (by sequence number) and why.
  * Exit 2: not sent (bad input, no socket). It acts in the network namespace it runs in.
  * With --serve it takes batch after batch instead (see serve()); with --tables it writes nothing
- * and lists the namespace's tables instead (see list_tables()).
+ * and lists the namespace's tables instead (see list_tables()); with --counters FAMILY TABLE, a
+ * table's named counters (see list_counters()); with --nflog GROUP, the packets logged to an nflog
+ * group, a line each (see nflog()).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_log.h>
 #include <linux/netlink.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -299,11 +303,301 @@ static int list_tables(void) {
   return 2;
 }
 
+/* A table family's number from nft's name; -1 for one Trellis writes no table in. */
+static int family_number(const char *name) {
+  if (strcmp(name, "inet") == 0) return NFPROTO_INET;
+  if (strcmp(name, "ip") == 0) return NFPROTO_IPV4;
+  if (strcmp(name, "ip6") == 0) return NFPROTO_IPV6;
+  return -1;
+}
+
+/* Appends one attribute (header, value, padding) to a request being built. */
+static size_t put_attribute(unsigned char *at, unsigned short type, const void *value, size_t length) {
+  struct nlattr attribute = {.nla_len = (unsigned short)(NLA_HDRLEN + length), .nla_type = type};
+  memcpy(at, &attribute, sizeof attribute);
+  memcpy(at + NLA_HDRLEN, value, length);
+  size_t padded = NLA_ALIGN(NLA_HDRLEN + length);
+  memset(at + NLA_HDRLEN + length, 0, padded - NLA_HDRLEN - length);
+  return padded;
+}
+
+/* The first attribute of `type` among those from `attribute` over `length` bytes; NULL if none. */
+static const struct nlattr *find_attribute(const struct nlattr *attribute, int length, unsigned short type) {
+  for (; length >= (int)sizeof *attribute && attribute->nla_len >= sizeof *attribute && attribute->nla_len <= length;
+       length -= NLA_ALIGN(attribute->nla_len), attribute = (const struct nlattr *)((const char *)attribute + NLA_ALIGN(attribute->nla_len))) {
+    if ((attribute->nla_type & NLA_TYPE_MASK) == type) return attribute;
+  }
+  return NULL;
+}
+
+static unsigned long long be64_at(const struct nlattr *attribute) {
+  if (!attribute || attribute->nla_len < NLA_HDRLEN + 8) return 0;
+  const unsigned char *bytes = (const unsigned char *)attribute + NLA_HDRLEN;
+  unsigned long long value = 0;
+  for (int i = 0; i < 8; i++) value = value << 8 | bytes[i];
+  return value;
+}
+
+/*
+ * --counters FAMILY TABLE: one line "NAME PACKETS BYTES" per named counter of the table, from
+ * one netlink dump of its counter objects (nothing else of the ruleset is read). No such table:
+ * nothing listed. A dump overtaken by a change is taken again. Exit 0 listed, 2 cannot.
+ */
+static int list_counters(const char *family_text, const char *table) {
+  int family = family_number(family_text);
+  size_t table_length = strlen(table);
+  if (family < 0 || !plain_name(table, table_length)) {
+    fprintf(stderr, "--counters takes a table family (inet, ip, ip6) and a table name\n");
+    return 2;
+  }
+  int fd = open_socket_or_say();
+  if (fd < 0) return 2;
+  static unsigned char answer[1 << 16];
+  static char out[1 << 22];
+  for (int attempt = 0; attempt < 10; attempt++) {
+    unsigned char request[512] = {0};
+    struct nlmsghdr *header = (struct nlmsghdr *)request;
+    struct nfgenmsg *message = (struct nfgenmsg *)NLMSG_DATA(header);
+    message->nfgen_family = (unsigned char)family;
+    message->version = NFNETLINK_V0;
+    size_t length = NLMSG_LENGTH(sizeof *message);
+    length += put_attribute(request + length, NFTA_OBJ_TABLE, table, table_length + 1);
+    const unsigned char type[4] = {0, 0, 0, NFT_OBJECT_COUNTER}; /* a big-endian u32 */
+    length += put_attribute(request + length, NFTA_OBJ_TYPE, type, sizeof type);
+    header->nlmsg_len = (unsigned)length;
+    header->nlmsg_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETOBJ;
+    header->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header->nlmsg_seq = (unsigned)attempt + 1;
+    struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+    if (sendto(fd, request, length, 0, (struct sockaddr *)&kernel, sizeof kernel) != (ssize_t)length) {
+      fprintf(stderr, "cannot ask for the counters: %s\n", strerror(errno));
+      return 2;
+    }
+    size_t used = 0;
+    int interrupted = 0, done = 0;
+    while (!done) {
+      ssize_t got = recv(fd, answer, sizeof answer, 0);
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) {
+        fprintf(stderr, "cannot read the counters: %s\n", got < 0 ? strerror(errno) : "the socket closed");
+        return 2;
+      }
+      int left = (int)got;
+      for (struct nlmsghdr *reply = (struct nlmsghdr *)answer; NLMSG_OK(reply, (unsigned)left); reply = NLMSG_NEXT(reply, left)) {
+        if (reply->nlmsg_seq != (unsigned)attempt + 1) continue;
+        if (reply->nlmsg_flags & NLM_F_DUMP_INTR) interrupted = 1;
+        if (reply->nlmsg_type == NLMSG_DONE) {
+          done = 1;
+          break;
+        }
+        if (reply->nlmsg_type == NLMSG_ERROR) {
+          const struct nlmsgerr *error = NLMSG_DATA(reply);
+          if (error->error == -ENOENT) return 0;
+          fprintf(stderr, "the kernel did not list the counters: %s\n", strerror(-error->error));
+          return 2;
+        }
+        if (reply->nlmsg_len < NLMSG_LENGTH(sizeof(struct nfgenmsg))) continue;
+        const struct nfgenmsg *object = NLMSG_DATA(reply);
+        int attributes_length = (int)reply->nlmsg_len - NLMSG_LENGTH(sizeof(struct nfgenmsg));
+        const struct nlattr *attributes = (const struct nlattr *)((const char *)object + NLMSG_ALIGN(sizeof *object));
+        const struct nlattr *owner = find_attribute(attributes, attributes_length, NFTA_OBJ_TABLE);
+        const struct nlattr *name = find_attribute(attributes, attributes_length, NFTA_OBJ_NAME);
+        const struct nlattr *data = find_attribute(attributes, attributes_length, NFTA_OBJ_DATA);
+        if (!owner || !name || !data) continue;
+        const char *owner_name = (const char *)owner + NLA_HDRLEN;
+        if (strncmp(owner_name, table, owner->nla_len - NLA_HDRLEN) != 0 || strnlen(owner_name, owner->nla_len - NLA_HDRLEN) != table_length) continue;
+        const char *text = (const char *)name + NLA_HDRLEN;
+        size_t text_length = strnlen(text, name->nla_len - NLA_HDRLEN);
+        if (!plain_name(text, text_length)) continue;
+        const struct nlattr *fields = (const struct nlattr *)((const char *)data + NLA_HDRLEN);
+        int fields_length = (int)data->nla_len - NLA_HDRLEN;
+        unsigned long long packets = be64_at(find_attribute(fields, fields_length, NFTA_COUNTER_PACKETS));
+        unsigned long long bytes = be64_at(find_attribute(fields, fields_length, NFTA_COUNTER_BYTES));
+        if (used + text_length + 48 > sizeof out) {
+          fprintf(stderr, "the table holds more counters than %zu bytes of lines\n", sizeof out);
+          return 2;
+        }
+        used += (size_t)snprintf(out + used, sizeof out - used, "%.*s %llu %llu\n", (int)text_length, text, packets, bytes);
+      }
+    }
+    if (!interrupted) return write_full(1, out, used) < 0 ? 2 : 0;
+  }
+  fprintf(stderr, "the counters kept changing while they were listed\n");
+  return 2;
+}
+
+/* A value in network byte order, whatever the host's. */
+static uint32_t be32(uint32_t value) {
+  const unsigned char bytes[4] = {(unsigned char)(value >> 24), (unsigned char)(value >> 16), (unsigned char)(value >> 8), (unsigned char)value};
+  uint32_t out;
+  memcpy(&out, bytes, sizeof out);
+  return out;
+}
+
+static uint16_t be16(uint16_t value) {
+  const unsigned char bytes[2] = {(unsigned char)(value >> 8), (unsigned char)value};
+  uint16_t out;
+  memcpy(&out, bytes, sizeof out);
+  return out;
+}
+
+/* Sends one nflog configuration message for `group` and waits for its acknowledgement; 0, or -1 with a message. */
+static int nflog_config(int fd, unsigned group, unsigned short type, const void *value, size_t length) {
+  unsigned char request[128] = {0};
+  struct nlmsghdr *header = (struct nlmsghdr *)request;
+  struct nfgenmsg *message = (struct nfgenmsg *)NLMSG_DATA(header);
+  message->nfgen_family = AF_UNSPEC;
+  message->version = NFNETLINK_V0;
+  message->res_id = be16((uint16_t)group);
+  size_t used = NLMSG_LENGTH(sizeof *message);
+  used += put_attribute(request + used, type, value, length);
+  header->nlmsg_len = (unsigned)used;
+  header->nlmsg_type = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG;
+  header->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+  static unsigned seq;
+  header->nlmsg_seq = ++seq;
+  struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+  if (sendto(fd, request, used, 0, (struct sockaddr *)&kernel, sizeof kernel) != (ssize_t)used) {
+    fprintf(stderr, "cannot configure nflog group %u: %s\n", group, strerror(errno));
+    return -1;
+  }
+  unsigned char answer[4096];
+  for (;;) {
+    ssize_t got = recv(fd, answer, sizeof answer, 0);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      fprintf(stderr, "no answer to the configuration of nflog group %u: %s\n", group, got < 0 ? strerror(errno) : "the socket closed");
+      return -1;
+    }
+    int left = (int)got;
+    for (struct nlmsghdr *reply = (struct nlmsghdr *)answer; NLMSG_OK(reply, (unsigned)left); reply = NLMSG_NEXT(reply, left)) {
+      if (reply->nlmsg_type != NLMSG_ERROR || reply->nlmsg_seq != seq) continue;
+      const struct nlmsgerr *error = NLMSG_DATA(reply);
+      if (error->error == 0) return 0;
+      fprintf(stderr, "the kernel refused the configuration of nflog group %u: %s%s\n", group, strerror(-error->error),
+              error->error == -EBUSY || error->error == -EPERM ? " (another process of this network namespace may have bound it)" : "");
+      return -1;
+    }
+  }
+}
+
+/* Writes `bytes` as lowercase hex, without separators. */
+static void hex(char *out, const unsigned char *bytes, size_t length) {
+  static const char digits[] = "0123456789abcdef";
+  for (size_t i = 0; i < length; i++) {
+    out[2 * i] = digits[bytes[i] >> 4];
+    out[2 * i + 1] = digits[bytes[i] & 15];
+  }
+  out[2 * length] = 0;
+}
+
+/*
+ * --nflog GROUP: binds nflog group GROUP of this network namespace and writes one line per packet
+ * the kernel logs there (`log group GROUP` statements), at once:
+ *   PREFIX FAMILY PROTOCOL SOURCE SPORT DESTINATION DPORT
+ * FAMILY 4 or 6, PROTOCOL its number, addresses as hex bytes, ports 0 for a protocol without
+ * them. A packet that is not whole enough to read (or of another family) is left out. Runs until
+ * its input or output closes; exit 2 when it cannot bind the group.
+ */
+static int nflog(const char *group_text) {
+  char *end = NULL;
+  unsigned long group = strtoul(group_text, &end, 10);
+  if (!*group_text || *end || group > 65535) {
+    fprintf(stderr, "--nflog takes a group number, 0 to 65535\n");
+    return 2;
+  }
+  int fd = open_socket_or_say();
+  if (fd < 0) return 2;
+  int size = 1 << 22;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size);
+  const struct nfulnl_msg_config_cmd bind_command = {.command = NFULNL_CFG_CMD_BIND};
+  /* The network header and the ports after it: 40 bytes of IPv6 and 4 of ports, rounded up. */
+  const struct nfulnl_msg_config_mode mode = {.copy_range = be32(64), .copy_mode = NFULNL_COPY_PACKET};
+  const unsigned char one[4] = {0, 0, 0, 1};
+  if (nflog_config(fd, (unsigned)group, NFULA_CFG_CMD, &bind_command, sizeof bind_command) < 0) return 2;
+  if (nflog_config(fd, (unsigned)group, NFULA_CFG_MODE, &mode, sizeof mode) < 0) return 2;
+  /* Each packet as it comes, not gathered for up to a second. */
+  if (nflog_config(fd, (unsigned)group, NFULA_CFG_QTHRESH, one, sizeof one) < 0) return 2;
+  static unsigned char answer[1 << 16];
+  char line[512];
+  for (;;) {
+    /* Its input ends when whoever started it goes (even by kill -9): the group is let go at once. */
+    struct pollfd waiting[2] = {{.fd = fd, .events = POLLIN}, {.fd = 0, .events = POLLIN}};
+    if (poll(waiting, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      fprintf(stderr, "cannot wait for nflog group %lu: %s\n", group, strerror(errno));
+      return 2;
+    }
+    if (waiting[1].revents) {
+      char byte;
+      ssize_t read_now = read(0, &byte, 1);
+      if (read_now <= 0) return 0;
+    }
+    if (!(waiting[0].revents & POLLIN)) continue;
+    ssize_t got = recv(fd, answer, sizeof answer, 0);
+    if (got < 0 && (errno == EINTR || errno == ENOBUFS)) continue; /* ENOBUFS: some were lost; go on */
+    if (got <= 0) {
+      fprintf(stderr, "cannot read nflog group %lu: %s\n", group, got < 0 ? strerror(errno) : "the socket closed");
+      return 2;
+    }
+    int left = (int)got;
+    for (struct nlmsghdr *message = (struct nlmsghdr *)answer; NLMSG_OK(message, (unsigned)left); message = NLMSG_NEXT(message, left)) {
+      if (message->nlmsg_type != ((NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET)) continue;
+      if (message->nlmsg_len < NLMSG_LENGTH(sizeof(struct nfgenmsg))) continue;
+      const struct nfgenmsg *packet = NLMSG_DATA(message);
+      int length = (int)message->nlmsg_len - NLMSG_LENGTH(sizeof(struct nfgenmsg));
+      const struct nlattr *attributes = (const struct nlattr *)((const char *)packet + NLMSG_ALIGN(sizeof *packet));
+      const struct nlattr *prefix = find_attribute(attributes, length, NFULA_PREFIX);
+      const struct nlattr *payload = find_attribute(attributes, length, NFULA_PAYLOAD);
+      if (!prefix || !payload) continue;
+      const char *prefix_text = (const char *)prefix + NLA_HDRLEN;
+      size_t prefix_length = strnlen(prefix_text, prefix->nla_len - NLA_HDRLEN);
+      if (!plain_name(prefix_text, prefix_length)) continue;
+      const unsigned char *bytes = (const unsigned char *)payload + NLA_HDRLEN;
+      size_t size_left = payload->nla_len - NLA_HDRLEN;
+      int family;
+      size_t address_length, l4;
+      unsigned protocol;
+      const unsigned char *source, *destination;
+      if (size_left >= 20 && bytes[0] >> 4 == 4) {
+        family = 4;
+        address_length = 4;
+        l4 = (size_t)(bytes[0] & 15) * 4;
+        protocol = bytes[9];
+        source = bytes + 12;
+        destination = bytes + 16;
+      } else if (size_left >= 40 && bytes[0] >> 4 == 6) {
+        family = 6;
+        address_length = 16;
+        l4 = 40;
+        protocol = bytes[6];
+        source = bytes + 8;
+        destination = bytes + 24;
+      } else {
+        continue;
+      }
+      unsigned sport = 0, dport = 0;
+      if ((protocol == 6 || protocol == 17 || protocol == 132) && size_left >= l4 + 4) {
+        sport = (unsigned)bytes[l4] << 8 | bytes[l4 + 1];
+        dport = (unsigned)bytes[l4 + 2] << 8 | bytes[l4 + 3];
+      }
+      char from[33], to[33];
+      hex(from, source, address_length);
+      hex(to, destination, address_length);
+      int written = snprintf(line, sizeof line, "%.*s %d %u %s %u %s %u\n", (int)prefix_length, prefix_text, family, protocol, from, sport, to, dport);
+      if (written < 0 || (size_t)written >= sizeof line) continue;
+      if (write_full(1, line, (size_t)written) < 0) return 0;
+    }
+  }
+}
+
 int main(int argc, char **argv) {
   if (argc == 2 && strcmp(argv[1], "--serve") == 0) return serve();
   if (argc == 2 && strcmp(argv[1], "--tables") == 0) return list_tables();
+  if (argc == 4 && strcmp(argv[1], "--counters") == 0) return list_counters(argv[2], argv[3]);
+  if (argc == 3 && strcmp(argv[1], "--nflog") == 0) return nflog(argv[2]);
   if (argc != 1) {
-    fprintf(stderr, "usage: trellis-nft-batch [--serve | --tables] (a batch on stdin, unless --tables)\n");
+    fprintf(stderr, "usage: trellis-nft-batch [--serve | --tables | --counters FAMILY TABLE | --nflog GROUP] (a batch on stdin, unless one of those)\n");
     return 2;
   }
   size_t length = 0;

@@ -4,6 +4,7 @@
  * pod added later is judged before its ADD answers; `trellis policy explain --store` agrees.
  */
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { after, describe, it } from "node:test";
 import { downAll, labCheck, labName, labStatus, runTrellis, waitFor, type LabCheck } from "./support/lab.js";
 
@@ -18,10 +19,10 @@ describe("policy on the Trellis store", { timeout: 600_000 }, () => {
     const run = runTrellis([verb, "-f", "-", "--store", store], 60_000, JSON.stringify(manifest));
     assert.equal(run.status, 0, run.stderr);
   };
-  /** Waits until the check refuses exactly what `refused` says; returns the cells that differ. */
-  const matching = async (refused: (probe: Probe) => boolean) => {
+  /** Waits until the check refuses exactly what `refused` says (of the cells `ignored` leaves); returns the cells that differ. */
+  const matching = async (refused: (probe: Probe) => boolean, ignored: (probe: Probe) => boolean = () => false) => {
     let check = labCheck(name);
-    const wrong = () => check.probes.filter((probe) => probe.ok === refused(probe)).map((probe) => `${probe.from} -> ${probe.to} ${probe.kind}/${(probe as { family?: number }).family}: ${probe.ok ? "passed" : "refused"}`);
+    const wrong = () => check.probes.filter((probe) => !ignored(probe) && probe.ok === refused(probe)).map((probe) => `${probe.from} -> ${probe.to} ${probe.kind}/${(probe as { family?: number }).family}: ${probe.ok ? "passed" : "refused"}`);
     await waitFor("the check refuses exactly what the policies do", () => wrong().length === 0 || ((check = labCheck(name)), false), 60_000).catch(() => undefined);
     return { wrong: wrong(), check };
   };
@@ -46,11 +47,40 @@ describe("policy on the Trellis store", { timeout: 600_000 }, () => {
     assert.deepEqual(wrong, []);
     assert.ok(check.probes.filter(refused).length >= 4, "refusals were probed");
 
+    // Counted and logged by the node that judged them (node2 judges ingress to its pod).
+    // Catches denials uncounted or unlogged by the agent, or logged without the pods.
+    const metrics = runTrellis(["lab", "exec", "--name", name, "node2", "--", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9656 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"]);
+    const denied = /^trellis_policy_denied_packets_total\{policy="NetworkPolicy default\/only-node1-pod0",direction="ingress"\} (\d+)$/m.exec(metrics.stdout);
+    assert.ok(denied && Number(denied[1]) > 0, metrics.stdout.split("\n").filter((line) => line.includes("policy")).join("\n"));
+    const agentLog = readFileSync(labStatus(name).nodes.find((node) => node.name === "node2")!.agentLog, "utf8");
+    const lines = agentLog.split("\n").filter((line) => line.includes("policy denied a connection")).map((line) => JSON.parse(line) as { policy: string; direction: string; protocol: string; from: { pod?: string }; to: { pod?: string; port?: number } });
+    assert.ok(
+      lines.some((line) => line.policy === "NetworkPolicy default/only-node1-pod0" && line.direction === "ingress" && line.from.pod === "default/node1-pod1" && line.to.pod === `default/${target}` && line.to.port === 7777),
+      `a denied connection from node1-pod1 logged: ${lines.slice(0, 5).map((line) => JSON.stringify(line)).join("\n")}`,
+    );
+
     // explain reads the same store.
     const explain = runTrellis(["policy", "explain", "--store", store, "--from", "default/node1-pod0", "--to", `default/${target}`, "--port", "7777/UDP", "--family", "6"]);
     assert.equal(explain.status, 0, explain.stderr);
     assert.match(explain.stdout, /port 7777\/UDP: DENIED/);
     assert.match(explain.stdout, /NetworkPolicy default\/only-node1-pod0: isolates/);
+
+    // Through a Service: its ClusterIP from every pod and its NodePort from outside, judged at
+    // the endpoint after the DNAT. Catches rules that judge the Service's address (letting
+    // everything through, or nothing) instead of the pod it was sent to. The endpoint reaching
+    // itself through its Service is masqueraded to its node (hairpin), which a policy does not
+    // judge: that cell is left out.
+    apply({ apiVersion: "v1", kind: "Service", metadata: { name: "guarded", namespace: "default" }, spec: { type: "NodePort", ipFamilyPolicy: "PreferDualStack", selector: { "trellis.dev/lab-pod": target }, ports: [{ port: 80, targetPort: "probe" }] } });
+    const viaService = (probe: Probe) => probe.to === "svc/guarded";
+    const throughService = await matching(
+      (probe) => (viaService(probe) ? probe.from !== "node1-pod0" : refused(probe)),
+      (probe) => viaService(probe) && probe.from === target,
+    );
+    assert.deepEqual(throughService.wrong, []);
+    assert.ok(throughService.check.probes.some((probe) => viaService(probe) && probe.from === "external"), "the NodePort was probed from outside");
+    assert.ok(throughService.check.probes.some((probe) => viaService(probe) && probe.from === "node1-pod0" && probe.ok), "the allowed pod reached the Service");
+    assert.ok(throughService.check.probes.some((probe) => viaService(probe) && probe.from === "node2-pod1" && !probe.ok), "another pod was refused through the Service");
+    apply({ apiVersion: "v1", kind: "Service", metadata: { name: "guarded", namespace: "default" } }, "delete");
 
     apply(policy, "delete");
     const open = await matching(() => false);

@@ -55,9 +55,10 @@ const NAT_PRE: BaseChain = { type: "nat", hook: "prerouting", priority: -100 };
 const FILTER_FWD: BaseChain = { type: "filter", hook: "forward", priority: 0 };
 const POST: BaseChain = { type: "nat", hook: "postrouting", priority: 100 };
 
-function table(family: TableFamily, name: string, chains: Array<[string, Rule[], BaseChain?]>, sets: Array<[string, NftSet]>): Table {
+function table(family: TableFamily, name: string, chains: Array<[string, Rule[], BaseChain?]>, sets: Array<[string, NftSet]>, counters?: string[]): Table {
   return {
     family, name,
+    ...(counters ? { counters: new Set(counters) } : {}),
     baseChains: new Map(chains.flatMap(([chain, , base]) => (base ? [[chain, base] as const] : []))),
     chains: new Map(chains.map(([chain, rules]) => [chain, rules])),
     sets: new Map(sets),
@@ -144,12 +145,16 @@ function inetTable(): Table {
       rule([{ match: "mark", mask: 0x2000, value: 0x2000 }, { match: "in set", key: ["ip saddr"], set: "own4" }], { statement: "masquerade" }),
       rule([{ match: "mark", mask: 0x2000, value: 0x2000 }, { match: "in set", key: ["ip6 saddr"], set: "own6" }], { statement: "masquerade" }),
     ], { type: "nat", hook: "postrouting", priority: 99 }],
-    ["input", [rule([{ match: "ct state", states: ["invalid"] }], { statement: "reject" })], { type: "filter", hook: "input", priority: 0 }],
+    ["input", [
+      rule([{ match: "ct state", states: ["invalid"] }], { statement: "reject" }),
+      rule([{ match: "protocol", protocol: "udp" }], { statement: "counter", name: "denied-1" }, { statement: "limit", rate: 10, burst: 20 }, { statement: "log", prefix: "trellis-denied-1", group: 7 }),
+      rule([{ match: "protocol", protocol: "udp" }], { statement: "counter", name: "denied-2" }, { statement: "verdict", verdict: drop }),
+    ], { type: "filter", hook: "input", priority: 0 }],
   ], [
     ["own4", newSet({ kind: "set", key: ["ipv4_addr"], flags: ["interval"] }, [{ key: [parsePrefix("10.244.0.0/24")] }])],
     ["own6", newSet({ kind: "set", key: ["ipv6_addr"], flags: ["interval"] }, [{ key: [parsePrefix("fd00:10:244::/64")] }])],
     ["targets4", newSet({ kind: "map", key: [], flags: [], targets: { family: 4, modulus: 2, protocol: "tcp" } }, [{ key: [0], target: [ip4("10.244.0.5"), 80] }, { key: [1], target: [ip4("10.244.0.6"), 80] }])],
-  ]);
+  ], ["denied-1", "denied-2"]);
 }
 
 describe("nftables model: nft -f text and the netlink batch", () => {
@@ -170,6 +175,24 @@ describe("nftables model: nft -f text and the netlink batch", () => {
     assert.match(text, /ct status dnat ip saddr \. ip daddr \. meta l4proto \. th dport @hairpin accept/);
     assert.match(text, /typeof numgen random mod 3 : ip daddr \. udp dport\n\t\telements = \{ 0 : 10\.244\.4\.1 \. 8080, 1 : 10\.244\.4\.2 \. 8081,/);
     assert.match(text, /meta l4proto udp dnat ip to numgen random mod 3 map @targets/);
+    assert.match(text, /meta l4proto udp counter name "denied-1" limit rate 10\/second burst 20 packets log prefix "trellis-denied-1" group 7/);
+    assert.match(text, /counter denied-2 \{\n\t\tpackets 0 bytes 0\n\t\}/);
+  });
+
+  it("change named counters the same way: added with their rules, removed after them, kept counting otherwise", () => {
+    // Catches: a counter deleted while a rule still counts into it (the kernel refuses the
+    // batch), or made again on every change (its count lost at each policy change).
+    const before = inetTable();
+    const input = [rule([], { statement: "counter", name: "denied-3" }, { statement: "verdict", verdict: drop })];
+    const later: Table = { ...before, chains: new Map([...before.chains, ["input", input]]), counters: new Set(["denied-3"]) };
+    const change = tableOps(before, later);
+    assert.deepEqual(change.filter((op) => op.op.endsWith("counter")).map((op) => `${op.op} ${(op as { name: string }).name}`), ["add counter denied-3", "delete counter denied-1", "delete counter denied-2"]);
+    assert.ok(change.findIndex((op) => op.op === "delete counter") > change.findIndex((op) => op.op === "flush chain"));
+    const { text, netlink } = both(tableOps(undefined, before), change);
+    assert.equal(netlink, text);
+    assert.match(text, /counter denied-3 /);
+    assert.doesNotMatch(text, /denied-1/);
+    assert.deepEqual(tableOps(later, { ...later, chains: new Map(later.chains) }).filter((op) => op.op.endsWith("counter")), [], "an unchanged counter is left alone");
   });
 
   it("change tables the same way: chains rewritten, elements replaced, sets redefined, chains and sets removed", () => {

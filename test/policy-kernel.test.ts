@@ -8,11 +8,12 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { after, before, describe, it } from "node:test";
+import { parseLine } from "../src/agent/deny-log.js";
 import { formatIp, parseIp, type Family } from "../src/net/ip.js";
 import { tableOps } from "../src/nft/diff.js";
 import { encodeBatch } from "../src/nft/netlink.js";
 import { judge } from "../src/policy/judge.js";
-import { policyTable, POLICY_TABLE } from "../src/policy/rules.js";
+import { policyRules, POLICY_TABLE, type Denial } from "../src/policy/rules.js";
 import type { ClusterNetworkPolicy, NetworkPolicy, PolicyPod, PolicyWorld } from "../src/policy/types.js";
 import type { Table } from "../src/nft/model.js";
 import { TRELLIS } from "./support/cli-cluster.js";
@@ -20,6 +21,7 @@ import { inNetns, NetnsPool, sweepStaleNamespaces, type TestNetns } from "./supp
 
 const WRITER = new URL("../dist/trellis-nft-batch", import.meta.url).pathname;
 const PORTS = [80, 81] as const;
+const LOG_GROUP = 2709;
 
 interface TestPod extends PolicyPod {
   readonly netns: TestNetns;
@@ -31,6 +33,7 @@ describe("policy in the kernel: one node's pods, both families", { timeout: 300_
   let node: TestNetns;
   const pods: TestPod[] = [];
   let written: Table | undefined;
+  let denials: ReadonlyMap<string, Denial> = new Map();
 
   before(async () => {
     sweepStaleNamespaces();
@@ -74,7 +77,9 @@ describe("policy in the kernel: one node's pods, both families", { timeout: 300_
 
   /** Writes the node's table for `state` (removing it when nothing is wanted), as one transaction. */
   const write = (state: PolicyWorld) => {
-    const table = policyTable({ world: state, pods, local: pods });
+    const rules = policyRules({ world: state, pods, local: pods, denyLog: { group: LOG_GROUP, rate: 10 } });
+    const table = rules.table;
+    denials = rules.denials;
     const ops = tableOps(written, table);
     if (ops.length) {
       const result = spawnSync("nsenter", [`--net=${node.path}`, WRITER], { input: encodeBatch(ops) });
@@ -112,17 +117,50 @@ describe("policy in the kernel: one node's pods, both families", { timeout: 300_
     }
   };
 
+  /** The packets each denying policy and direction dropped, from the table's named counters. */
+  const denied = () => {
+    const counts = new Map<string, number>();
+    for (const line of inNetns(node, WRITER, ["--counters", "inet", POLICY_TABLE]).split("\n").filter(Boolean)) {
+      const [counter, packets] = line.split(" ");
+      const denial = denials.get(counter);
+      assert.ok(denial, `counter ${counter} stands for a denial of the rules written`);
+      counts.set(`${denial.direction} ${denial.policy}`, (counts.get(`${denial.direction} ${denial.policy}`) ?? 0) + Number(packets));
+    }
+    return counts;
+  };
+
   it("with no policy the table does not exist and everything passes", () => {
     step(world([]), false);
     const tables = inNetns(node, WRITER, ["--tables"]);
     assert.doesNotMatch(tables, new RegExp(POLICY_TABLE));
   });
 
-  it("NetworkPolicy: x's pods take only y/a, on port 80; everything else is refused, both families", () => {
+  it("NetworkPolicy: x's pods take only y/a, on port 80; everything else is refused, both families, counted and logged", async () => {
     // Catches: rules that let through what the semantics refuse (an ingress chain that returns
     // instead of dropping, a peer set holding other pods) or refuse what they allow (a port
     // tested on the wrong side, bridged traffic judged before the peer sets are filled).
+    // The deny log's reader, bound to the node's nflog group while the step runs.
+    const reader = spawn("nsenter", [`--net=${node.path}`, WRITER, "--nflog", String(LOG_GROUP)], { stdio: ["pipe", "pipe", "inherit"] });
+    servers.push(reader);
+    let logged = "";
+    reader.stdout.on("data", (chunk: Buffer) => (logged += chunk.toString("utf8")));
     step(world([{ metadata: { namespace: "x", name: "from-y-a" }, spec: { podSelector: {}, ingress: [{ from: [{ namespaceSelector: { matchLabels: { ns: "y" } }, podSelector: { matchLabels: { pod: "a" } } }], ports: [{ port: "serve-80" }] }] } }]), true);
+    // The probes ran synchronously: the reader's lines are read now.
+    for (let waited = 0; waited < 3_000 && !logged.includes(" 80\n"); waited += 50) await new Promise((resolve) => setTimeout(resolve, 50));
+    reader.stdin.end();
+    // Catches denials not logged, logged under another prefix, or with ends or ports misread.
+    const lines = logged.split("\n").filter(Boolean).map((line) => parseLine(line));
+    assert.ok(lines.length > 0 && lines.every((line) => line && denials.get(line.prefix)?.policy === "NetworkPolicy x/from-y-a"), logged);
+    const xb = pods.find((pod) => pod.namespace === "x" && pod.name === "b")!;
+    const yc = pods.find((pod) => pod.namespace === "y" && pod.name === "c")!;
+    assert.ok(
+      lines.some((line) => line && formatIp(line.from) === formatIp(yc.ips[0]) && formatIp(line.to) === formatIp(xb.ips[0]) && line.protocol === 6 && line.dport === 80),
+      `y/c -> x/b port 80 logged: ${logged}`,
+    );
+    // Catches denials dropped uncounted, or counted under another policy or direction.
+    const counts = denied();
+    assert.deepEqual([...counts.keys()], ["Ingress NetworkPolicy x/from-y-a"]);
+    assert.ok(counts.get("Ingress NetworkPolicy x/from-y-a")! > 0, JSON.stringify([...counts]));
   });
 
   it("egress and ingress together: y/c may send only to x, and x/b takes nothing but port 81", () => {
@@ -140,6 +178,9 @@ describe("policy in the kernel: one node's pods, both families", { timeout: 300_
       { metadata: { name: "deny-y" }, spec: { tier: "Admin", priority: 2, subject: { namespaces: { matchLabels: { ns: "x" } } }, ingress: [{ action: "Deny", from: [{ namespaces: { matchLabels: { ns: "y" } } }], protocols: [{ tcp: { destinationPort: { number: 80 } } }] }] } },
       { metadata: { name: "baseline-y" }, spec: { tier: "Baseline", priority: 10, subject: { namespaces: { matchLabels: { ns: "y" } } }, ingress: [{ action: "Deny", from: [{ namespaces: { matchLabels: { ns: "x" } } }] }] } },
     ]), true);
+    const counts = denied();
+    assert.ok(counts.get("Ingress ClusterNetworkPolicy deny-y")! > 0 && counts.get("Ingress ClusterNetworkPolicy baseline-y")! > 0, JSON.stringify([...counts]));
+    assert.equal(counts.has("Ingress NetworkPolicy x/from-y-a"), false, "the counter of a policy gone went with it");
   });
 
   it("taking the policies away removes the table and every pod reaches every pod again", () => {

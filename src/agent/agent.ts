@@ -26,6 +26,7 @@ import { buildInfoMetric } from "./build-info.js";
 import { BRIDGE_NAME, CONFLIST_NAME, renderConflist, writeConflist } from "./conflist.js";
 import { cachedPodNets, startCniServer } from "./cni-server.js";
 import { Foreground } from "./foreground.js";
+import { POLICY_LOG_RATE, POLICY_NFLOG_GROUP, startDenyLog } from "./deny-log.js";
 import { kubernetesPod, PolicyLoop, resultAddresses } from "./policy-loop.js";
 import { SyncRunner } from "./runner.js";
 import type { ClusterFeed } from "./feed.js";
@@ -132,9 +133,14 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     writer: agentWriter,
     minSyncIntervalMs: options.proxySyncIntervalMs,
     unknownPods: feed.kubeClient ? "refuse" : "admit",
+    // Denied connections are logged where the reader of the log runs (beside the netlink writer).
+    ...(agentWriter ? { denyLog: { group: POLICY_NFLOG_GROUP, rate: POLICY_LOG_RATE } } : {}),
   });
+  const denyLog = agentWriter
+    ? startDenyLog({ reader: join(dirname(process.execPath), NFT_WRITER), group: POLICY_NFLOG_GROUP, log, denial: (prefix) => policy.denial(prefix), pod: (address) => policy.podAt(address) })
+    : undefined;
   // A pod's policy rules are in the kernel before its ADD answers (and go with its DEL).
-  const policyHooks = policy && {
+  const policyHooks = {
     added: async (env: Readonly<Record<string, string>>, result: string) => {
       const pod = kubernetesPod(env);
       if (pod) await policy.attach(pod.namespace, pod.name, resultAddresses(result));
@@ -157,7 +163,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     : [];
   const http = options.metricsAddress
     ? await startAgentHttp(options.metricsAddress.host, options.metricsAddress.port, {
-        metrics: () =>
+        metrics: async () =>
           [
             renderGauge("trellis_sync_routes_duration_seconds", "How long the last sync of the node's routes took.", [{ value: lastSyncMs / 1000 }]),
             renderGauge("trellis_sync_routes_last_timestamp_seconds", "When the node's routes were last synced.", [{ value: lastRoutesSyncAt / 1000 }]),
@@ -166,6 +172,10 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
             rejections.metrics(),
             buildInfoMetric(),
             proxy?.metrics() ?? "",
+            await policy.deniedMetric().catch((error: unknown) => {
+              log("warn", "cannot read the policy table's counters", { error: String(error) });
+              return "";
+            }),
           ].join(""),
         unhealthy: () => {
           const age = (Date.now() - lastRoutesSyncAt) / 1000;
@@ -378,7 +388,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     wantFullMasquerade = true;
     requestSync(true);
     proxy?.resync();
-    policy?.resync();
+    policy.resync();
     void repairPodTables();
   }, options.resyncSeconds * 1000));
   feed.follow({
@@ -404,7 +414,8 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     keepIpWarm(false);
     void routeRuns.stop()
       .then(() => proxy?.stop())
-      .then(() => policy?.stop())
+      .then(() => policy.stop())
+      .then(() => denyLog?.stop())
       .then(() => http?.close())
       .then(() => proxyEndpoints.forEach((endpoint) => endpoint?.close()))
       .then(() => cniServer.close())

@@ -18,7 +18,8 @@ export const AGENT_HTTP_MAX_CONNECTIONS = 64;
 export const AGENT_HTTP_CONNECTION_LIFETIME_MS = 10_000;
 
 export interface AgentHttpHandlers {
-  metrics(): string;
+  /** The metrics text; a promise where some of it is read when asked for (kernel counters). */
+  metrics(): string | Promise<string>;
   /** undefined when healthy, else why not. */
   unhealthy(): string | undefined;
   /** undefined when ready, else why not. */
@@ -33,8 +34,8 @@ export interface AgentHttp {
 export async function startAgentHttp(host: string, port: number, handlers: AgentHttpHandlers, log: Logger): Promise<AgentHttp> {
   const counts = connectionCounts();
   const limits = { caps: [connectionCap(AGENT_HTTP_MAX_CONNECTIONS)], lifetimeMs: AGENT_HTTP_CONNECTION_LIFETIME_MS, counts, what: "the metrics endpoint", log };
-  const metrics = () =>
-    handlers.metrics() +
+  const metrics = async () =>
+    (await handlers.metrics()) +
     renderGauge("trellis_metrics_connections_closed_total", "Connections to this endpoint the agent closed before their clients did: to make room under its cap (dropped), or at the end of their lifetime (expired).", [
       { labels: { reason: "dropped" }, value: counts.dropped },
       { labels: { reason: "expired" }, value: counts.expired },
@@ -47,7 +48,16 @@ export async function startAgentHttp(host: string, port: number, handlers: Agent
     try {
       if (request.method !== "GET" && request.method !== "HEAD") return send(405, "only GET and HEAD\n");
       const path = (request.url ?? "").split("?")[0];
-      if (path === "/metrics") return send(200, metrics(), "text/plain; version=0.0.4; charset=utf-8");
+      if (path === "/metrics") {
+        metrics().then(
+          (body) => send(200, body, "text/plain; version=0.0.4; charset=utf-8"),
+          (error: unknown) => {
+            log("error", "metrics request failed", { error: String(error) });
+            if (!response.headersSent) send(500, "internal error\n");
+          },
+        );
+        return;
+      }
       if (path === "/healthz" || path === "/readyz") {
         const problem = path === "/healthz" ? handlers.unhealthy() : handlers.notReady();
         return problem === undefined ? send(200, "ok\n") : send(503, `${problem}\n`);

@@ -13,9 +13,10 @@ import { formatIp, formatPrefix, prefixContains, tryParseInterfaceAddress, tryPa
 import { tableOps } from "../nft/diff.js";
 import type { Table } from "../nft/model.js";
 import { renderOps } from "../nft/text.js";
-import { PeerSets, policyTable, POLICY_TABLE } from "../policy/rules.js";
+import { PeerSets, policyRules, POLICY_TABLE, type Denial } from "../policy/rules.js";
 import type { ClusterNetworkPolicy, ContainerPort, NetworkPolicy, PolicyNamespace, PolicyNode, PolicyPod, PolicyProtocol, PolicyWorld } from "../policy/types.js";
 import type { Logger } from "./log.js";
+import { renderGauge, type GaugeSample } from "./metrics.js";
 import { CLUSTER_NETWORK_POLICIES, POLICY_KINDS, type PolicyKind, type PolicySource } from "./policy-source.js";
 import type { Rejection, Rejections } from "./rejections.js";
 import { SyncRunner } from "./runner.js";
@@ -51,6 +52,8 @@ export interface PolicyLoopOptions {
    * (the lab, `trellis apply`) gives a pod labels, and a pod without them is selected by none.
    */
   readonly unknownPods: "refuse" | "admit";
+  /** Where denied connections are logged (see the agent's deny log); not logged when absent. */
+  readonly denyLog?: { readonly group: number; readonly rate: number };
 }
 
 const KINDS = POLICY_KINDS;
@@ -77,6 +80,13 @@ export class PolicyLoop {
   private readonly runs: SyncRunner;
   /** The peer sets of the table before, brought up to date at each write. */
   private readonly peerSets = new PeerSets();
+  /** What each named counter of the written table counts. */
+  private denials: ReadonlyMap<string, Denial> = new Map();
+  /** The pods of the last write, by address (`FAMILY VALUE`), made when first asked. */
+  private podIndex: Map<string, PolicyPod> | undefined;
+  private lastPods: readonly PolicyPod[] = [];
+  /** A read of the kernel's counters under way, shared by the scrapes that ask meanwhile. */
+  private readingCounters: Promise<Map<string, { packets: number; bytes: number }>> | undefined;
   /** What the kernel holds, as far as this loop knows; undefined: no table, or not known (written whole next). */
   private written: Table | undefined;
   private known = false;
@@ -174,6 +184,40 @@ export class PolicyLoop {
     await this.exclusive(() => this.write());
   }
 
+  /**
+   * `trellis_policy_denied_packets_total{policy,direction}`, read from the table's named counters
+   * now (one netlink dump of them; none without the netlink writer or a table).
+   */
+  async deniedMetric(): Promise<string> {
+    const name = "trellis_policy_denied_packets_total";
+    const help = "Packets the policies of this node's pods dropped, by the policy that denied them (the NetworkPolicies that isolate a pod together, or a ClusterNetworkPolicy) and direction.";
+    const writer = this.options.writer;
+    if (!writer || !this.written) return renderGauge(name, help, [], "counter");
+    const denials = this.denials;
+    const counters = await (this.readingCounters ??= writer.listCounters("inet", POLICY_TABLE).finally(() => (this.readingCounters = undefined)));
+    const samples = new Map<string, GaugeSample & { value: number }>();
+    for (const [counter, { packets }] of counters) {
+      const denial = denials.get(counter);
+      if (!denial) continue;
+      const key = `${denial.policy}\n${denial.direction}`;
+      const sample = samples.get(key) ?? { labels: { policy: denial.policy, direction: denial.direction.toLowerCase() }, value: 0 };
+      sample.value += packets;
+      samples.set(key, sample);
+    }
+    return renderGauge(name, help, [...samples.values()], "counter");
+  }
+
+  /** What a counter (and log prefix) of the written table stands for. */
+  denial(counter: string): Denial | undefined {
+    return this.denials.get(counter);
+  }
+
+  /** The pod at `address` as of the last write. */
+  podAt(address: IpAddress): PolicyPod | undefined {
+    this.podIndex ??= new Map(this.lastPods.flatMap((pod) => pod.ips.map((ip) => [`${ip.family} ${ip.value}`, pod] as const)));
+    return this.podIndex.get(`${address.family} ${address.value}`);
+  }
+
   /** Checks the table against the kernel at the next sync (deleted by hand: written whole). */
   resync(): void {
     this.checkTable = true;
@@ -257,11 +301,14 @@ export class PolicyLoop {
   private async write(): Promise<void> {
     if (this.listed.size < KINDS.length) return;
     const pods = this.podsNow();
-    const table = policyTable({
+    this.lastPods = pods;
+    this.podIndex = undefined;
+    const { table, denials } = policyRules({
       world: { namespaces: this.namespaces, nodes: this.nodesNow(), networkPolicies: [...this.networkPolicies.values()], clusterPolicies: [...this.clusterPolicies.values()] },
       pods,
       local: pods.filter((pod) => pod.nodeName === this.options.nodeName),
       peerSets: this.peerSets,
+      ...(this.options.denyLog ? { denyLog: this.options.denyLog } : {}),
     });
     let before = this.known ? this.written : undefined;
     if (this.checkTable && this.known && before) {
@@ -279,6 +326,7 @@ export class PolicyLoop {
     if (this.options.writer) await this.options.writer.applyOps(ops);
     else await nftApply(renderOps(ops));
     this.written = table;
+    this.denials = denials;
     this.known = true;
     this.options.log("info", "policy rules synced", {
       table: table ? `inet ${POLICY_TABLE}` : "none",

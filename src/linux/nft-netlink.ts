@@ -7,6 +7,7 @@ import { existsSync } from "node:fs";
 import { setPriority } from "node:os";
 import { encodeBatchSliced, nextTurn } from "../nft/netlink.js";
 import type { Op } from "../nft/model.js";
+import { checkName } from "../nft/names.js";
 import { run } from "./exec.js";
 
 /** The kernel refused a batch (it changed nothing), or the writer could not send it. */
@@ -116,6 +117,24 @@ export class NftBatchWriter {
       return stdout.split("\n").filter((line) => line !== "");
     } catch (error) {
       throw new NftWriteError(`${this.path} --tables could not list the tables: ${error instanceof Error ? error.message : String(error)}`);
+    }
+  }
+
+  /**
+   * A table's named counters (`counter name` statements count into them), from one netlink dump
+   * of its counter objects (`--counters`): none when the table is not there.
+   */
+  async listCounters(family: "inet" | "ip" | "ip6", table: string): Promise<Map<string, { packets: number; bytes: number }>> {
+    try {
+      const { stdout } = await run(this.path, ["--counters", family, checkName("table", table)], { timeoutMs: 10_000 });
+      const counters = new Map<string, { packets: number; bytes: number }>();
+      for (const line of stdout.split("\n")) {
+        const [name, packets, bytes] = line.split(" ");
+        if (name && packets !== undefined && bytes !== undefined) counters.set(name, { packets: Number(packets), bytes: Number(bytes) });
+      }
+      return counters;
+    } catch (error) {
+      throw new NftWriteError(`${this.path} --counters could not list the counters of ${family} ${table}: ${error instanceof Error ? error.message : String(error)}`);
     }
   }
 

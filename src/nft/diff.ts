@@ -13,6 +13,7 @@ export function rewriteTable(table: Table): Op[] {
   const t = { family, table: tableName };
   const ops: Op[] = [{ op: "add table", ...t }, { op: "delete table", ...t }, { op: "add table", ...t }];
   for (const name of table.chains.keys()) ops.push({ op: "add chain", ...t, name, base: table.baseChains.get(name) });
+  for (const name of table.counters ?? []) ops.push({ op: "add counter", ...t, name });
   for (const [name, set] of table.sets) ops.push({ op: "add set", ...t, name, set: set });
   for (const [chain, rules] of table.chains) for (const rule of rules) ops.push({ op: "add rule", ...t, chain, rule });
   for (const [name, set] of table.sets) {
@@ -61,6 +62,7 @@ export function tableChange(before: Table, after: Table): Op[] {
 
   const ops: Op[] = [];
   for (const name of newChains) ops.push({ op: "add chain", family, table, name, base: after.baseChains.get(name) });
+  for (const name of after.counters ?? []) if (!before.counters?.has(name)) ops.push({ op: "add counter", family, table, name });
   for (const name of newSets) ops.push({ op: "add set", family, table, name, set: after.sets.get(name)! });
   for (const name of [...rewritten, ...removedChains]) ops.push({ op: "flush chain", family, table, name });
   for (const [name, set] of after.sets) {
@@ -85,6 +87,8 @@ export function tableChange(before: Table, after: Table): Op[] {
   // Maps go before chains: a removed map's elements may point to removed chains.
   for (const name of removedSets) ops.push({ op: "delete set", family, table, name, kind: before.sets.get(name)!.kind });
   for (const name of removedChains) ops.push({ op: "delete chain", family, table, name });
+  // Last: no rule counts into a counter once it goes.
+  for (const name of before.counters ?? []) if (!after.counters?.has(name)) ops.push({ op: "delete counter", family, table, name });
   return ops;
 }
 

@@ -70,7 +70,13 @@ export type Statement =
    * anonymous `map { 0 : A . P }` form: the kernel walks the whole transaction for each anonymous
    * set a rule binds, quadratic in a full write; see dataplane/service-rules.ts.)
    */
-  | { readonly statement: "dnat numgen map"; readonly family: Family; readonly modulus: number; readonly map: string };
+  | { readonly statement: "dnat numgen map"; readonly family: Family; readonly modulus: number; readonly map: string }
+  /** `counter name "NAME"`: counts into one of the table's named counters (`counters`). */
+  | { readonly statement: "counter"; readonly name: string }
+  /** `limit rate RATE/second burst BURST packets`: the rest of the rule runs only within the rate. */
+  | { readonly statement: "limit"; readonly rate: number; readonly burst: number }
+  /** `log prefix "PREFIX" group GROUP`: a copy of the packet's start to nflog group GROUP. */
+  | { readonly statement: "log"; readonly prefix: string; readonly group: number };
 
 export interface Rule {
   readonly match: readonly Match[];
@@ -125,6 +131,8 @@ export interface Table {
   /** Every chain by name, with its rules in order. */
   readonly chains: ReadonlyMap<string, readonly Rule[]>;
   readonly sets: ReadonlyMap<string, NftSet>;
+  /** Named counters (`counter name` statements count into them); they keep counting across changes of the rules. */
+  readonly counters?: ReadonlySet<string>;
 }
 
 /** One step of a transaction; a list of them applies whole or not at all. */
@@ -132,6 +140,7 @@ export type Op =
   | { readonly op: "add table" | "delete table"; readonly family: TableFamily; readonly table: string }
   | { readonly op: "add chain"; readonly family: TableFamily; readonly table: string; readonly name: string; readonly base?: BaseChain }
   | { readonly op: "flush chain" | "delete chain"; readonly family: TableFamily; readonly table: string; readonly name: string }
+  | { readonly op: "add counter" | "delete counter"; readonly family: TableFamily; readonly table: string; readonly name: string }
   | { readonly op: "add rule"; readonly family: TableFamily; readonly table: string; readonly chain: string; readonly rule: Rule }
   | { readonly op: "add set"; readonly family: TableFamily; readonly table: string; readonly name: string; readonly set: SetDefinition }
   | { readonly op: "delete set"; readonly family: TableFamily; readonly table: string; readonly name: string; readonly kind: "set" | "map" }

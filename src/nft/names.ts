@@ -25,6 +25,13 @@ export function checkName(what: string, name: string): string {
   return name;
 }
 
+/** A log prefix: a name (no quote, space or newline to end it early) that nflog carries whole (127 bytes). */
+export function checkLogPrefix(prefix: string): string {
+  checkName("log prefix", prefix);
+  if (prefix.length > 127) throw new NftNameError(`nftables log prefix ${JSON.stringify(prefix)} is longer than the 127 bytes nflog carries`);
+  return prefix;
+}
+
 export function isName(name: string): boolean {
   return name.length <= NAME_MAX && NAME.test(name);
 }

@@ -9,13 +9,14 @@ import { familyBits, type Family, type IpAddress, type IpPrefix } from "../net/i
 import {
   datumText, type BaseChain, type DataType, type Datum, type Element, type Field, type Match, type Op, type Rule, type SetDefinition, type TableFamily, type Verdict,
 } from "./model.js";
-import { checkInteger, checkName, checkRuleShape } from "./names.js";
+import { checkInteger, checkLogPrefix, checkName, checkRuleShape } from "./names.js";
 
 // linux/netfilter/nfnetlink.h, nf_tables.h, netlink.h
 const NFNL_SUBSYS_NFTABLES = 10;
 const NFNL_MSG_BATCH_BEGIN = 0x10;
 const NFNL_MSG_BATCH_END = 0x11;
-const MSG = { NEWTABLE: 0, DELTABLE: 2, NEWCHAIN: 3, DELCHAIN: 5, NEWRULE: 6, DELRULE: 8, NEWSET: 9, DELSET: 11, NEWSETELEM: 12, DELSETELEM: 14 } as const;
+const MSG = { NEWTABLE: 0, DELTABLE: 2, NEWCHAIN: 3, DELCHAIN: 5, NEWRULE: 6, DELRULE: 8, NEWSET: 9, DELSET: 11, NEWSETELEM: 12, DELSETELEM: 14, NEWOBJ: 18, DELOBJ: 20 } as const;
+const NFT_OBJECT_COUNTER = 1;
 const NLM_F_REQUEST = 0x1;
 const NLM_F_CREATE = 0x400;
 const NLM_F_APPEND = 0x800;
@@ -115,6 +116,24 @@ function batchEncoder(): { add(op: Op): void; finish(): Buffer } {
           }
         });
         break;
+      case "add counter":
+      case "delete counter": {
+        const name = checkName("counter", op.name);
+        const adding = op.op === "add counter";
+        send(adding ? MSG.NEWOBJ : MSG.DELOBJ, family, adding ? NLM_F_CREATE : 0, () => {
+          w.string(1, table);
+          w.string(2, name);
+          w.u32(3, NFT_OBJECT_COUNTER);
+          // As nft sends it: a new counter's bytes and packets, zero.
+          if (adding) {
+            w.nest(4, () => {
+              w.u64(1, 0n);
+              w.u64(2, 0n);
+            });
+          }
+        });
+        break;
+      }
       case "flush chain":
         send(MSG.DELRULE, family, 0, () => {
           w.string(1, table);
@@ -331,6 +350,32 @@ function encodeRule(w: Writer, tableFamily: TableFamily, rule: Rule, setId: SetI
           w.u32(7, 2);
         });
         break;
+      case "counter":
+        expr(w, "objref", () => {
+          w.u32(1, NFT_OBJECT_COUNTER);
+          w.string(2, checkName("counter", statement.name));
+        });
+        break;
+      case "limit": {
+        const rate = checkInteger("limit rate", statement.rate, 1, 1_000_000);
+        const burst = checkInteger("limit burst", statement.burst, 1, 1_000_000);
+        expr(w, "limit", () => {
+          w.u64(1, BigInt(rate));
+          w.u64(2, 1n);
+          w.u32(3, burst);
+          w.u32(4, 0);
+          w.u32(5, 0);
+        });
+        break;
+      }
+      case "log": {
+        const group = checkInteger("log group", statement.group, 0, 65535);
+        expr(w, "log", () => {
+          w.u16(1, group);
+          w.string(2, checkLogPrefix(statement.prefix));
+        });
+        break;
+      }
       case "dnat numgen map": {
         needFamily(statement.family);
         numgen(w, checkInteger("numgen modulus", statement.modulus, 1, 65536));
@@ -877,6 +922,12 @@ class Writer {
   u64(type: number, value: bigint): void {
     const start = this.reserve(12);
     this.buffer.writeBigUInt64BE(value, start + 4);
+    this.close(start, type);
+  }
+
+  u16(type: number, value: number): void {
+    const start = this.reserve(6);
+    this.buffer.writeUInt16BE(value, start + 4);
     this.close(start, type);
   }
 

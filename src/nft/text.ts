@@ -6,7 +6,7 @@ import { familyBits, formatIp, type IpAddress, type IpPrefix } from "../net/ip.j
 import {
   datumText, verdictText, type BaseChain, type Element, type Match, type Op, type Rule, type SetDefinition, type Statement, type TableFamily,
 } from "./model.js";
-import { checkInteger, checkName, checkRuleShape } from "./names.js";
+import { checkInteger, checkLogPrefix, checkName, checkRuleShape } from "./names.js";
 
 /** Steps as an `nft -f` script, one line each; "" for none (unless a header is given). */
 export function renderOps(ops: readonly Op[], header?: string): string {
@@ -27,6 +27,9 @@ export function opText(op: Op): string {
     case "flush chain":
     case "delete chain":
       return `${op.op} ${t} ${checkName("chain", op.name)}`;
+    case "add counter":
+    case "delete counter":
+      return `${op.op} ${t} ${checkName("counter", op.name)}`;
     case "add rule":
       return `add rule ${t} ${checkName("chain", op.chain)} ${ruleText(op.rule)}`;
     case "add set":
@@ -135,6 +138,12 @@ function statementText(statement: Statement): string {
       return `dnat ${statement.family === 4 ? "ip" : "ip6"} to ${target(statement.address, statement.port)}`;
     case "dnat numgen map":
       return `dnat ${statement.family === 4 ? "ip" : "ip6"} addr . port to numgen random mod ${checkInteger("numgen modulus", statement.modulus, 1, 65536)} map @${checkName("map", statement.map)}`;
+    case "counter":
+      return `counter name "${checkName("counter", statement.name)}"`;
+    case "limit":
+      return `limit rate ${checkInteger("limit rate", statement.rate, 1, 1_000_000)}/second burst ${checkInteger("limit burst", statement.burst, 1, 1_000_000)} packets`;
+    case "log":
+      return `log prefix "${checkLogPrefix(statement.prefix)}" group ${checkInteger("log group", statement.group, 0, 65535)}`;
   }
 }
 

@@ -42,6 +42,21 @@ export interface PolicyRulesInput {
   readonly local: readonly PolicyPod[];
   /** Peer sets kept from the table before, brought up to date with what changed (see PeerSets). */
   readonly peerSets?: PeerSets;
+  /** Where denied connections are logged: each denial's first packets, at most `rate` a second per deciding policy, to nflog `group`. */
+  readonly denyLog?: { readonly group: number; readonly rate: number };
+}
+
+/** What a named counter of the table counts: the packets a policy denied in one direction. */
+export interface Denial {
+  readonly direction: Direction;
+  /** `NetworkPolicy NS/NAME` (several, comma-separated, when they isolate the pod together), or `ClusterNetworkPolicy NAME`. */
+  readonly policy: string;
+}
+
+/** The node's policy table, and what each of its named counters (also its log prefixes) stands for. */
+export interface PolicyRules {
+  readonly table: Table | undefined;
+  readonly denials: ReadonlyMap<string, Denial>;
 }
 
 /** A set of pods, as a selector (or a named port) picks them. */
@@ -118,11 +133,17 @@ const NFT_PROTOCOL: Record<PolicyProtocol, Protocol> = { TCP: "tcp", UDP: "udp",
 
 /** The node's policy table; undefined when no policy selects any of its pods (the table should not exist). */
 export function policyTable(input: PolicyRulesInput): Table | undefined {
+  return policyRules(input).table;
+}
+
+/** The node's policy table with what its counters count. */
+export function policyRules(input: PolicyRulesInput): PolicyRules {
   const peerSets = input.peerSets ?? new PeerSets();
   peerSets.update(input.world, input.pods);
-  const table = new TableBuilder(input, peerSets).build();
+  const builder = new TableBuilder(input, peerSets);
+  const table = builder.build();
   peerSets.prune();
-  return table;
+  return { table, denials: table ? builder.denials : new Map() };
 }
 
 /** One alternative of a rule's tests, per family: undefined when it cannot match that family. */
@@ -134,6 +155,8 @@ class TableBuilder {
   private readonly vmaps: Record<Direction, Record<Family, Element[]>> = { Ingress: { 4: [], 6: [] }, Egress: { 4: [], 6: [] } };
   /** Each pod chain made, by what decides its rules: pods the same policies judge share it. */
   private readonly podChains = new Map<string, string | undefined>();
+  /** The table's named counters, each the denials of one policy (or isolating set) in one direction. */
+  readonly denials = new Map<string, Denial>();
 
   constructor(
     private readonly input: PolicyRulesInput,
@@ -169,7 +192,22 @@ class TableBuilder {
       ]),
       chains: this.chains,
       sets: this.sets,
+      counters: new Set(this.denials.keys()),
     };
+  }
+
+  /**
+   * The statements that drop what `policy` denies in `direction`, counted by a named counter of
+   * its own (and logged, with that name as the prefix, when the input asks for it), as rules
+   * with `match`: the log rule goes first (it has no verdict), then the counted drop.
+   */
+  private denied(match: readonly Match[], direction: Direction, policy: string): Rule[] {
+    const counter = `denied-${hashOf([direction, policy])}`;
+    this.denials.set(counter, { direction, policy });
+    const counted = rule(match, { statement: "counter", name: counter }, { statement: "verdict", verdict: drop });
+    const log = this.input.denyLog;
+    if (!log) return [counted];
+    return [rule(match, { statement: "limit", rate: log.rate, burst: log.rate * 2 }, { statement: "log", prefix: counter, group: log.group }), counted];
   }
 
   /** The chain that judges `pod` in `direction` (shared with every pod judged alike); undefined when nothing judges it. */
@@ -202,7 +240,6 @@ class TableBuilder {
     isolating: readonly NetworkPolicy[],
     baseline: ReadonlyArray<{ policy: ClusterNetworkPolicy; rule: ClusterPolicyRule }>,
   ): string {
-
     const rest: Rule[] = [];
     if (isolating.length) {
       for (const policy of isolating) {
@@ -211,19 +248,19 @@ class TableBuilder {
           rest.push(...this.expand(this.networkPeers(policy, networkRulePeers(npRule, direction), direction), this.networkPorts(npRule.ports, pod, direction), allow));
         }
       }
-      rest.push(verdictRule([], drop));
+      rest.push(...this.denied([], direction, isolating.map((policy) => `NetworkPolicy ${policy.metadata.namespace}/${policy.metadata.name}`).join(",")));
     } else {
-      for (const { rule: cnpRule } of baseline) {
+      for (const { policy, rule: cnpRule } of baseline) {
         // Baseline's Pass goes on to the default, which lets the connection through.
-        const verdict = cnpRule.action === "Deny" ? drop : allow;
+        const verdict = cnpRule.action === "Deny" ? this.deniedBy(direction, policy) : allow;
         rest.push(...this.expand(this.clusterPeers(cnpRule, direction), this.clusterProtocols(cnpRule.protocols, pod, direction), verdict));
       }
       if (direction === "Ingress") rest.push(verdictRule([], accept));
     }
     const restName = this.chain(`${direction.toLowerCase()}-rest`, rest);
     const main: Rule[] = [];
-    for (const { rule: cnpRule } of admin) {
-      const verdict: Verdict = cnpRule.action === "Accept" ? allow : cnpRule.action === "Deny" ? drop : goto(restName);
+    for (const { policy, rule: cnpRule } of admin) {
+      const verdict = cnpRule.action === "Accept" ? allow : cnpRule.action === "Deny" ? this.deniedBy(direction, policy) : goto(restName);
       main.push(...this.expand(this.clusterPeers(cnpRule, direction), this.clusterProtocols(cnpRule.protocols, pod, direction), verdict));
     }
     main.push(verdictRule([], goto(restName)));
@@ -238,8 +275,8 @@ class TableBuilder {
     return name;
   }
 
-  /** Every combination of a peer alternative and a port alternative, per family, with `verdict`. */
-  private expand(peers: readonly Alternative[], ports: readonly Alternative[], verdict: Verdict): Rule[] {
+  /** Every combination of a peer alternative and a port alternative, per family, with `verdict` (or the rules of a denial). */
+  private expand(peers: readonly Alternative[], ports: readonly Alternative[], verdict: Verdict | ((match: readonly Match[]) => Rule[])): Rule[] {
     const rules: Rule[] = [];
     for (const family of FAMILIES) {
       for (const peer of peers) {
@@ -248,11 +285,18 @@ class TableBuilder {
         for (const port of ports) {
           const portMatch = port(family);
           if (!portMatch) continue;
-          rules.push(verdictRule([...peerMatch, ...portMatch], verdict));
+          const match = [...peerMatch, ...portMatch];
+          if (typeof verdict === "function") rules.push(...verdict(match));
+          else rules.push(verdictRule(match, verdict));
         }
       }
     }
     return rules;
+  }
+
+  /** The rules of a ClusterNetworkPolicy's Deny, for `expand`. */
+  private deniedBy(direction: Direction, policy: ClusterNetworkPolicy): (match: readonly Match[]) => Rule[] {
+    return (match) => this.denied(match, direction, `ClusterNetworkPolicy ${policy.metadata.name}`);
   }
 
   private clusterRules(tier: ClusterPolicyTier, pod: PolicyPod, direction: Direction): Array<{ policy: ClusterNetworkPolicy; rule: ClusterPolicyRule }> {
