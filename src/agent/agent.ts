@@ -26,7 +26,7 @@ import { buildInfoMetric } from "./build-info.js";
 import { BRIDGE_NAME, CONFLIST_NAME, renderConflist, writeConflist } from "./conflist.js";
 import { cachedPodNets, startCniServer } from "./cni-server.js";
 import { Foreground } from "./foreground.js";
-import { POLICY_LOG_RATE, POLICY_NFLOG_GROUP, startDenyLog } from "./deny-log.js";
+import { POLICY_LOG_RATE, POLICY_NFLOG_GROUP, startDenyLog, type DenyLog } from "./deny-log.js";
 import { kubernetesPod, PolicyLoop, resultAddresses } from "./policy-loop.js";
 import { SyncRunner } from "./runner.js";
 import type { ClusterFeed } from "./feed.js";
@@ -134,11 +134,13 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     minSyncIntervalMs: options.proxySyncIntervalMs,
     unknownPods: feed.kubeClient ? "refuse" : "admit",
     // Denied connections are logged where the reader of the log runs (beside the netlink writer).
-    ...(agentWriter ? { denyLog: { group: POLICY_NFLOG_GROUP, rate: POLICY_LOG_RATE } } : {}),
+    ...(agentWriter ? { denyLog: { group: POLICY_NFLOG_GROUP, rate: POLICY_LOG_RATE }, tableWritten: () => startDenyLogOnce() } : {}),
   });
-  const denyLog = agentWriter
-    ? startDenyLog({ reader: join(dirname(process.execPath), NFT_WRITER), group: POLICY_NFLOG_GROUP, log, denial: (prefix) => policy.denial(prefix), pod: (address) => policy.podAt(address) })
-    : undefined;
+  // The reader of the deny log runs from the first policy table on.
+  let denyLog: DenyLog | undefined;
+  const startDenyLogOnce = () => {
+    denyLog ??= startDenyLog({ reader: join(dirname(process.execPath), NFT_WRITER), group: POLICY_NFLOG_GROUP, log, denial: (prefix) => policy.denial(prefix), pod: (address) => policy.podAt(address) });
+  };
   // A pod's policy rules are in the kernel before its ADD answers (and go with its DEL).
   const policyHooks = {
     added: async (env: Readonly<Record<string, string>>, result: string) => {

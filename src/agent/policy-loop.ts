@@ -54,6 +54,8 @@ export interface PolicyLoopOptions {
   readonly unknownPods: "refuse" | "admit";
   /** Where denied connections are logged (see the agent's deny log); not logged when absent. */
   readonly denyLog?: { readonly group: number; readonly rate: number };
+  /** Called after each write that leaves a table (the deny log's reader is started then, not before). */
+  readonly tableWritten?: () => void;
 }
 
 const KINDS = POLICY_KINDS;
@@ -319,15 +321,25 @@ export class PolicyLoop {
         before = undefined;
       }
     }
-    // Not known (the first sync, or after a failure): written whole, or removed whether or not it is there.
-    const ops = this.known ? tableOps(before, table) : table ? tableOps(undefined, table) : [{ op: "add table" as const, family: "inet" as const, table: POLICY_TABLE }, { op: "delete table" as const, family: "inet" as const, table: POLICY_TABLE }];
-    if (ops.length === 0) return;
+    // Not known (the first sync, or after a failure): written whole, or removed if it is there
+    // (asked of the kernel first, so that a node without policy runs no writer for it).
+    const removal = async () => {
+      if (this.options.writer && !(await this.options.writer.listTables()).includes(`inet ${POLICY_TABLE}`)) return [];
+      return [{ op: "add table" as const, family: "inet" as const, table: POLICY_TABLE }, { op: "delete table" as const, family: "inet" as const, table: POLICY_TABLE }];
+    };
+    const ops = this.known ? tableOps(before, table) : table ? tableOps(undefined, table) : await removal();
+    if (ops.length === 0) {
+      this.written = table;
+      this.known = true;
+      return;
+    }
     this.known = false;
     if (this.options.writer) await this.options.writer.applyOps(ops);
     else await nftApply(renderOps(ops));
     this.written = table;
     this.denials = denials;
     this.known = true;
+    if (table) this.options.tableWritten?.();
     this.options.log("info", "policy rules synced", {
       table: table ? `inet ${POLICY_TABLE}` : "none",
       chains: table?.chains.size ?? 0,

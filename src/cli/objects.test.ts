@@ -126,7 +126,7 @@ for (const backend of ["sqlite", "etcd"] as CliBackend[]) {
       const syntax = applyStdin(["apply", "-f", "-"], "kind: Service\nmetadata: {name: [\n", env);
       assert.match(syntax.stderr, /stdin/);
       const resource = await runTrellis(["get", "deployments"], env);
-      assert.match(resource.stderr, /doesn't have a resource type "deployments": expected services, endpointslices or pods/);
+      assert.match(resource.stderr, /doesn't have a resource type "deployments": expected services, endpointslices, pods, namespaces, networkpolicies or clusternetworkpolicies/);
     });
 
     // Bug caught: delete leaving ClusterIPs/NodePorts claimed, or deleting part of a list.
