@@ -136,6 +136,8 @@ async function run(report: Report, made: Made, say: (line: string) => void): Pro
     return { throughput, connectMicros: stats, connectsPerSecond: { receiver: Math.round(1e6 / stats.receiver.mean), bystander: Math.round(1e6 / stats.bystander.mean) } };
   };
 
+  // The lab's own start (agents' first syncs, its check) settles before anything is measured.
+  await sleep(10_000);
   report.noPolicy = await phase("no policy");
 
   const store = await openStore(status.store);
@@ -242,9 +244,14 @@ function policies(count: number, sender: string, receiver: string): object[] {
   return list;
 }
 
-/** A rule's netlink message (hex) comparing the destination port with `port`: the cmp's data attribute (length 6, type 1, the port). */
+/**
+ * A netlink message (hex) that puts `port` in place: a rule comparing the destination port with it
+ * (the cmp's data attribute: length 6, type 1, the port), or a port lookup's element for TCP and
+ * it (the key's data attribute: length 12, type 1, protocol 6 and the port, each in 4 bytes).
+ */
 function portPattern(port: number): RegExp {
-  return new RegExp(`06000100${port.toString(16).padStart(4, "0")}`);
+  const hex = port.toString(16).padStart(4, "0");
+  return new RegExp(`06000100${hex}|0c00010006000000${hex}0000`);
 }
 
 function printSummary(report: Report): void {

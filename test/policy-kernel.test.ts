@@ -171,6 +171,25 @@ describe("policy in the kernel: one node's pods, both families", { timeout: 300_
     ]), true);
   });
 
+  it("many ports: a chain that finds a connection's rules by one lookup of its protocol and port, for ingress and egress, with named ports and a range beside it", () => {
+    // Catches the port lookup's faults: a port's rules reached for another port or protocol, an
+    // egress let through that then skips the receiver's ingress, a rule missed when none of its
+    // port's peers match (it must fall on to the rules beside the lookup, then the drop).
+    const ports = (...numbers: Array<number | string>) => numbers.map((port) => ({ port }));
+    step(world([
+      { metadata: { namespace: "x", name: "many-in" }, spec: { podSelector: {}, ingress: [
+        { from: [{ namespaceSelector: { matchLabels: { ns: "y" } }, podSelector: { matchLabels: { pod: "a" } } }], ports: ports(80, 1001, 1002, 1003) },
+        { from: [{ namespaceSelector: { matchLabels: { ns: "y" } }, podSelector: { matchLabels: { pod: "c" } } }], ports: ports("serve-81", 2001) },
+        { from: [{ podSelector: { matchLabels: { pod: "b" } } }], ports: [{ port: 70, endPort: 80 }] },
+      ] } },
+      { metadata: { namespace: "y", name: "many-out" }, spec: { podSelector: { matchLabels: { pod: "c" } }, policyTypes: ["Egress"], egress: [
+        { to: [{ namespaceSelector: { matchLabels: { ns: "x" } } }], ports: ports(81, 3001, 3002, 3003) },
+        { to: [{ podSelector: { matchLabels: { pod: "a" } } }], ports: ports(80) },
+      ] } },
+    ]), true);
+    assert.match(inNetns(node, "nft", ["list", "table", "inet", POLICY_TABLE]), /meta l4proto \. th dport vmap @ingress-ports-[0-9a-f]+[\s\S]*meta l4proto \. th dport vmap @egress-ports-/, "both directions go through a port lookup");
+  });
+
   it("ClusterNetworkPolicy: an Admin Deny over a NetworkPolicy that allows, a Pass handing y/a to it, a Baseline Deny where no NetworkPolicy selects", () => {
     const allowX = { metadata: { namespace: "x", name: "allow-all" }, spec: { podSelector: {}, ingress: [{}] } } satisfies NetworkPolicy;
     step(world([allowX], [

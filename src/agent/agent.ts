@@ -42,6 +42,9 @@ import { Rejections } from "./rejections.js";
 import { startServiceProxy } from "./service-proxy.js";
 import { openStoreFeed } from "./store-feed.js";
 
+/** The least time between two writes of the policy table. */
+const POLICY_MIN_SYNC_INTERVAL_MS = 100;
+
 /** The agent's own nftables table: masquerade of pod traffic leaving the cluster. */
 export const AGENT_MASQUERADE_TABLE = "trellis-agent";
 /** A failed sync of the node's routes is tried again this much later, doubling up to the maximum (a resync also brings one). */
@@ -131,7 +134,9 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     log,
     rejections,
     writer: agentWriter,
-    minSyncIntervalMs: options.proxySyncIntervalMs,
+    // A policy change is a few tens of ms of work at 1,000 policies over 10,000 pods: written
+    // within 100 ms of the one before, not the proxy's second.
+    minSyncIntervalMs: Math.min(options.proxySyncIntervalMs, POLICY_MIN_SYNC_INTERVAL_MS),
     unknownPods: feed.kubeClient ? "refuse" : "admit",
     // Denied connections are logged where the reader of the log runs (beside the netlink writer).
     ...(agentWriter ? { denyLog: { group: POLICY_NFLOG_GROUP, rate: POLICY_LOG_RATE }, tableWritten: () => startDenyLogOnce() } : {}),

@@ -6,10 +6,14 @@
  *     chain forward { filter hook forward priority 0 }      pods to pods and the world, both ways
  *       ct state established,related accept               a connection let in stays let in
  *       ip saddr vmap @egress-4 ; ip6 saddr vmap @egress-6   a local pod sending: its egress chain
- *       ip daddr vmap @ingress-4 ; ip6 daddr vmap @ingress-6 a local pod receiving: its ingress chain
+ *       goto judge-ingress
  *     chain input { filter hook input priority 0 }         pods to this node: egress only
+ *     chain judge-ingress                                  a local pod receiving: its ingress chain; else accept
  *     chain egress-HASH / ingress-HASH                     the Admin tier, in order; Pass and its end go to
- *     chain egress-HASH-rest / ingress-HASH-rest           the NetworkPolicy tier, or the Baseline tier
+ *     chain egress-rest-HASH / ingress-rest-HASH           the NetworkPolicy tier, or the Baseline tier
+ *     chain ingress-port-HASH, map ingress-ports-HASH      a NetworkPolicy tier's rules of one protocol and port,
+ *                                                          found by one lookup (from PORT_DISPATCH_MIN ports on)
+ *     counter denied-HASH                                  the packets one policy denied in one direction
  *     set peer-HASH-4 / -6                                 the addresses of the pods a selector picks, cluster-wide
  *     set cidr-HASH-4 / -6  (interval)                     an ipBlock less its exceptions, a CNP's networks
  *     set named-NAME-4 / -6                                address . protocol . port of every pod's port of that name
@@ -18,12 +22,15 @@
  * prerouting), against the real endpoint. Bridged traffic between two pods of the node passes
  * the same hook (br_netfilter). A pod's chain is named by the hash of what it holds, so pods that
  * the same policies select in the same way share it: the rules grow with policies and peers,
- * not with pods times policies. An egress decision to let through returns to the hook's chain,
- * where the destination's ingress is judged next; a connection passes only if both let it.
+ * not with pods times policies. An egress decision to let through goes on to judge-ingress (a
+ * goto, final at any depth), where the destination's ingress is judged; a connection passes only
+ * if both let it. A new connection to a pod that 1,000 policies select costs one port lookup and
+ * that port's rules, not 1,000 rules; a policy added writes its port's chain and elements, not
+ * the pod's other rules again.
  */
 import { createHash } from "node:crypto";
 import { intervalPrefixes, mergeIntervals, prefixInterval, subtractInterval, tryParseInterfaceAddress, type Family, type IpAddress, type IpInterval } from "../net/ip.js";
-import { accept, drop, goto, jump, newSet, ret, rule, verdictRule, type Element, type Field, type Match, type NftSet, type Protocol, type Rule, type Table, type Verdict } from "../nft/model.js";
+import { accept, drop, goto, jump, newSet, rule, verdictRule, type Element, type Field, type Match, type NftSet, type Protocol, type Rule, type Table, type Verdict } from "../nft/model.js";
 import { ruleText } from "../nft/text.js";
 import { isolatingPolicies, namespaceLabels, networkRulePeers, rulePeers, tierPolicies } from "./judge.js";
 import { selects } from "./selector.js";
@@ -149,6 +156,17 @@ export function policyRules(input: PolicyRulesInput): PolicyRules {
 /** One alternative of a rule's tests, per family: undefined when it cannot match that family. */
 type Alternative = (family: Family) => Match[] | undefined;
 
+/** A port alternative; `exact` when it is one protocol and port (found by lookup instead of by a rule each). */
+interface PortAlternative {
+  readonly alternative: Alternative;
+  readonly exact?: [Protocol, number];
+}
+
+/** The chain a pod's egress goes on to once let through: the receiver's ingress, if it is judged here. */
+const JUDGE_INGRESS = "judge-ingress";
+/** From this many ports on, a NetworkPolicy chain finds a connection's rules by one lookup of its protocol and port. */
+const PORT_DISPATCH_MIN = 4;
+
 class TableBuilder {
   private readonly chains = new Map<string, readonly Rule[]>();
   private readonly sets = new Map<string, NftSet>();
@@ -181,8 +199,9 @@ class TableBuilder {
     const established = verdictRule([{ match: "ct state", states: ["established", "related"] }], accept);
     const dispatch = (direction: Direction) =>
       FAMILIES.map((family) => rule([], { statement: "vmap", key: [`${IP[family]} ${direction === "Egress" ? "saddr" : "daddr"}`], map: vmapName(direction, family) }));
-    this.chains.set("forward", [established, ...dispatch("Egress"), ...dispatch("Ingress")]);
+    this.chains.set("forward", [established, ...dispatch("Egress"), verdictRule([], goto(JUDGE_INGRESS))]);
     this.chains.set("input", [established, ...dispatch("Egress")]);
+    this.chains.set(JUDGE_INGRESS, [...dispatch("Ingress"), verdictRule([], accept)]);
     return {
       family: "inet",
       name: POLICY_TABLE,
@@ -213,7 +232,8 @@ class TableBuilder {
   /** The chain that judges `pod` in `direction` (shared with every pod judged alike); undefined when nothing judges it. */
   private podChain(pod: PolicyPod, direction: Direction): string | undefined {
     const { world } = this.input;
-    const allow = direction === "Egress" ? ret : accept;
+    // Let through: ingress at once; egress on to the receiver's ingress (a goto: final at any depth of jumps).
+    const allow = direction === "Egress" ? goto(JUDGE_INGRESS) : accept;
     const admin = this.clusterRules("Admin", pod, direction);
     const isolating = isolatingPolicies(world, pod, direction);
     const baseline = this.clusterRules("Baseline", pod, direction);
@@ -242,12 +262,37 @@ class TableBuilder {
   ): string {
     const rest: Rule[] = [];
     if (isolating.length) {
+      // NetworkPolicies add up, in no order: the rules of one protocol and port are found by one
+      // lookup of the connection's, then the rest (any port, port ranges, ports named per peer).
+      const byPort = new Map<string, { key: [Protocol, number]; rules: Rule[] }>();
+      const others: Rule[] = [];
       for (const policy of isolating) {
         const rules = (direction === "Ingress" ? policy.spec.ingress : policy.spec.egress) ?? [];
         for (const npRule of rules) {
-          rest.push(...this.expand(this.networkPeers(policy, networkRulePeers(npRule, direction), direction), this.networkPorts(npRule.ports, pod, direction), allow));
+          const peers = this.networkPeers(policy, networkRulePeers(npRule, direction), direction);
+          for (const port of this.networkPorts(npRule.ports, pod, direction)) {
+            if (!port.exact) {
+              others.push(...this.expand(peers, [port.alternative], allow));
+              continue;
+            }
+            const id = `${port.exact[0]} ${port.exact[1]}`;
+            const entry = byPort.get(id) ?? { key: port.exact, rules: [] };
+            entry.rules.push(...this.expand(peers, [() => []], allow));
+            byPort.set(id, entry);
+          }
         }
       }
+      if (byPort.size >= PORT_DISPATCH_MIN) {
+        const elements = [...byPort.values()].map(({ key, rules }) => ({ key, value: jump(this.chain(`${direction.toLowerCase()}-port`, rules)) }));
+        const map = `${direction.toLowerCase()}-ports-${hashOf(elements.map((element) => `${element.key.join(" ")} ${(element.value as { chain: string }).chain}`))}`;
+        this.sets.set(map, newSet({ kind: "map", key: ["inet_proto", "inet_service"], value: "verdict", flags: [] }, elements));
+        rest.push(rule([], { statement: "vmap", key: ["meta l4proto", "th dport"], map }));
+      } else {
+        for (const { key: [protocol, port], rules } of byPort.values()) {
+          for (const portRule of rules) rest.push(verdictRule([...portRule.match, { match: "protocol", protocol }, { match: "port", field: "th dport", port }], (portRule.statements[0] as { verdict: Verdict }).verdict));
+        }
+      }
+      rest.push(...others);
       rest.push(...this.denied([], direction, isolating.map((policy) => `NetworkPolicy ${policy.metadata.namespace}/${policy.metadata.name}`).join(",")));
     } else {
       for (const { policy, rule: cnpRule } of baseline) {
@@ -255,7 +300,7 @@ class TableBuilder {
         const verdict = cnpRule.action === "Deny" ? this.deniedBy(direction, policy) : allow;
         rest.push(...this.expand(this.clusterPeers(cnpRule, direction), this.clusterProtocols(cnpRule.protocols, pod, direction), verdict));
       }
-      if (direction === "Ingress") rest.push(verdictRule([], accept));
+      rest.push(verdictRule([], allow));
     }
     const restName = this.chain(`${direction.toLowerCase()}-rest`, rest);
     const main: Rule[] = [];
@@ -376,21 +421,26 @@ class TableBuilder {
   // ---- ports ----
 
   /** `pod`: the pod judged; for ingress it is the destination whose ports names name. */
-  private networkPorts(ports: readonly NetworkPolicyPort[] | undefined, pod: PolicyPod, direction: Direction): Alternative[] {
-    if (!ports || ports.length === 0) return [() => []];
-    return ports.flatMap((port): Alternative[] => {
+  private networkPorts(ports: readonly NetworkPolicyPort[] | undefined, pod: PolicyPod, direction: Direction): PortAlternative[] {
+    if (!ports || ports.length === 0) return [{ alternative: () => [] }];
+    return ports.flatMap((port): PortAlternative[] => {
       const protocol = port.protocol ?? "TCP";
       const proto: Match = { match: "protocol", protocol: NFT_PROTOCOL[protocol] };
-      if (port.port === undefined) return [() => [proto]];
+      if (port.port === undefined) return [{ alternative: () => [proto] }];
       if (typeof port.port === "number") {
         const number = port.port;
         if (port.endPort !== undefined && port.endPort > number) {
           const last = port.endPort;
-          return [() => [proto, { match: "port range", field: "th dport", first: number, last }]];
+          return [{ alternative: () => [proto, { match: "port range", field: "th dport", first: number, last }] }];
         }
-        return [() => [proto, { match: "port", field: "th dport", port: number }]];
+        return [{ alternative: () => [proto, { match: "port", field: "th dport", port: number }], exact: [NFT_PROTOCOL[protocol], number] }];
       }
-      return this.namedPort(port.port, protocol, pod, direction);
+      // Named: for ingress the judged pod's own port (exact); for egress the destinations' (a set).
+      if (direction === "Ingress") {
+        const found = pod.ports?.find((candidate) => candidate.name === port.port && (candidate.protocol ?? "TCP") === protocol);
+        return found ? [{ alternative: () => [proto, { match: "port", field: "th dport", port: found.containerPort }], exact: [NFT_PROTOCOL[protocol], found.containerPort] }] : [];
+      }
+      return this.namedPort(port.port, protocol, pod, direction).map((alternative) => ({ alternative }));
     });
   }
 
