@@ -64,6 +64,11 @@ describe("policy on the Trellis store", { timeout: 600_000 }, () => {
     assert.equal(explain.status, 0, explain.stderr);
     assert.match(explain.stdout, /port 7777\/UDP: DENIED/);
     assert.match(explain.stdout, /NetworkPolicy default\/only-node1-pod0: isolates/);
+    const byLab = runTrellis(["policy", "explain", "--lab", name, "--from", "default/node1-pod0", "--to", `default/${target}`, "--port", "7777", "-o", "json"]);
+    assert.equal(byLab.status, 0, byLab.stderr);
+    assert.equal((JSON.parse(byLab.stdout) as { allowed: boolean }).allowed, true, byLab.stdout);
+    const both = runTrellis(["policy", "explain", "--lab", name, "--store", store, "--from", "default/node1-pod0", "--to", `default/${target}`, "--port", "80"]);
+    assert.match(both.stderr, /--lab names the cluster itself: give it without --kubeconfig or --store/);
 
     // Through a Service: its ClusterIP from every pod and its NodePort from outside, judged at
     // the endpoint after the DNAT. Catches rules that judge the Service's address (letting

@@ -8,12 +8,15 @@ import { listPolicyWorld } from "../agent/policy-loop.js";
 import { kubePolicySource, storePolicySource } from "../agent/policy-source.js";
 import { KubeClient } from "../kube/client.js";
 import { loadKubeconfig } from "../kube/config.js";
+import { requireLabState } from "../lab/state.js";
+import { checkLabName } from "../lab/topology.js";
 import { formatIp, sameIp, tryParseIp, type Family, type IpAddress } from "../net/ip.js";
 import { judge, type DirectionVerdict, type Verdict } from "../policy/judge.js";
 import type { PolicyEndpoint, PolicyPod, PolicyProtocol } from "../policy/types.js";
 import { withClusterOptions, withStore, type ClusterOptions } from "./cluster-options.js";
 
 interface ExplainOptions extends ClusterOptions {
+  readonly lab?: string;
   readonly kubeconfig?: string;
   readonly from: string;
   readonly to: string;
@@ -31,6 +34,7 @@ export function registerPolicyCommands(program: Command): void {
     .requiredOption("--port <port>", "PORT or PORT/PROTOCOL (TCP, UDP, SCTP; TCP when not given): the destination port as the pod sees it")
     .option("--family <4|6>", "the address family, when both ends are pods with both (the first they share otherwise)")
     .option("--kubeconfig <file>", "the cluster's kubeconfig, when the Kubernetes API is the datastore (KUBECONFIG when not given and --store is not)")
+    .option("--lab <name>", "a lab's cluster: its store, or its API server for a lab made with --kubernetes")
     .option("-o, --output <format>", "text or json", "text")
     .action(async (options: ExplainOptions, command: Command) => {
       const port = parsePort(options.port);
@@ -38,8 +42,11 @@ export function registerPolicyCommands(program: Command): void {
       if (options.output !== "text" && options.output !== "json") throw new Error(`-o ${JSON.stringify(options.output)}: expected text or json`);
       const from = parseEnd("--from", options.from);
       const to = parseEnd("--to", options.to);
-      // The API when a kubeconfig is named (and --store is not given on the command line), else the store.
-      const kubeconfig = options.kubeconfig ?? (command.getOptionValueSource("store") === "cli" ? undefined : process.env.KUBECONFIG);
+      const lab = options.lab === undefined ? undefined : requireLabState(checkLabName(options.lab));
+      if (lab && (options.kubeconfig !== undefined || command.getOptionValueSource("store") === "cli")) throw new Error("--lab names the cluster itself: give it without --kubeconfig or --store");
+      // A lab's own; else the API when a kubeconfig is named (and --store is not given on the command line); else the store.
+      const kubeconfig = lab ? lab.kubernetes?.adminKubeconfig : options.kubeconfig ?? (command.getOptionValueSource("store") === "cli" ? undefined : process.env.KUBECONFIG);
+      const storeOptions = lab && !lab.kubernetes ? { ...options, store: lab.store } : options;
       const listed = kubeconfig
         ? await (async () => {
             const client = new KubeClient(loadKubeconfig(kubeconfig));
@@ -49,7 +56,7 @@ export function registerPolicyCommands(program: Command): void {
               client.close();
             }
           })()
-        : await withStore(options, undefined, (store) => listPolicyWorld(storePolicySource(store)));
+        : await withStore(storeOptions, undefined, (store) => listPolicyWorld(storePolicySource(store)));
       const { world, pods } = listed;
       const ends = resolveEnds(from, to, pods, family);
       const verdict = judge(world, { from: ends.from, to: ends.to, protocol: port.protocol, port: port.number });
