@@ -92,6 +92,24 @@ describe("policy on the Trellis store", { timeout: 600_000 }, () => {
     assert.deepEqual(open.wrong, []);
   });
 
+  it("30 changes of one policy in quick succession: the nodes end with the last one", async () => {
+    // Catches a change lost while the loop coalesces others (the last write before a burst's
+    // end taken for the last), or a diff against a table that an earlier write of the burst
+    // left otherwise than the loop thinks.
+    const target = "node1-pod1";
+    const churn = (i: number) => ({
+      apiVersion: "networking.k8s.io/v1", kind: "NetworkPolicy", metadata: { name: "churn", namespace: "default" },
+      spec: { podSelector: { matchLabels: { "trellis.dev/lab-pod": target } }, ingress: [{ from: [{ podSelector: { matchLabels: { "trellis.dev/lab-pod": i % 2 ? "node2-pod1" : "node2-pod0" } } }], ports: [{ port: 7000 + i }, { port: "probe" }] }] },
+    });
+    for (let i = 0; i < 30; i++) apply(churn(i));
+    const last = "node2-pod1";
+    const refused = (probe: Probe) => probe.to === target && !(probe.from === last && probe.kind === "tcp") && probe.from !== "node1";
+    const settled = await matching(refused);
+    assert.deepEqual(settled.wrong, []);
+    apply(churn(0), "delete");
+    assert.deepEqual((await matching(() => false)).wrong, []);
+  });
+
   it("a ClusterNetworkPolicy (Admin, Deny) by namespace label: node2-pod1 reaches no pod of a labelled namespace; the label removed, it does again", async () => {
     // Catches: ClusterNetworkPolicy not read from the store, a Namespace's labels not followed
     // (a label change must change the verdict without touching the policy), or egress Deny
