@@ -15,6 +15,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdarg.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
@@ -231,78 +232,6 @@ static int plain_name(const char *name, size_t length) {
   return 1;
 }
 
-/*
- * --tables: one line "FAMILY NAME" per table of the namespace, from one netlink dump of the
- * tables alone. (`nft list tables` reads every chain, rule and set first: more than 30 s at
- * 10,000 Services.) A table whose family or name nft could not print as a word is left out.
- * A dump overtaken by a change is taken again. Exit 0 listed, 2 cannot.
- */
-static int list_tables(void) {
-  int fd = open_socket_or_say();
-  if (fd < 0) return 2;
-  static unsigned char answer[1 << 16];
-  static char out[1 << 20];
-  for (int attempt = 0; attempt < 10; attempt++) {
-    size_t used = 0;
-    int interrupted = 0, done = 0;
-    struct {
-      struct nlmsghdr header;
-      struct nfgenmsg message;
-    } request = {
-        .header = {.nlmsg_len = sizeof request, .nlmsg_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, .nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP, .nlmsg_seq = (unsigned)attempt + 1},
-        .message = {.nfgen_family = NFPROTO_UNSPEC, .version = NFNETLINK_V0},
-    };
-    struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
-    if (sendto(fd, &request, sizeof request, 0, (struct sockaddr *)&kernel, sizeof kernel) != (ssize_t)sizeof request) {
-      fprintf(stderr, "cannot ask for the tables: %s\n", strerror(errno));
-      return 2;
-    }
-    while (!done) {
-      ssize_t got = recv(fd, answer, sizeof answer, 0);
-      if (got < 0 && errno == EINTR) continue;
-      if (got <= 0) {
-        fprintf(stderr, "cannot read the tables: %s\n", got < 0 ? strerror(errno) : "the socket closed");
-        return 2;
-      }
-      int left = (int)got;
-      for (struct nlmsghdr *message = (struct nlmsghdr *)answer; NLMSG_OK(message, (unsigned)left); message = NLMSG_NEXT(message, left)) {
-        if (message->nlmsg_seq != (unsigned)attempt + 1) continue;
-        if (message->nlmsg_flags & NLM_F_DUMP_INTR) interrupted = 1;
-        if (message->nlmsg_type == NLMSG_DONE) {
-          done = 1;
-          break;
-        }
-        if (message->nlmsg_type == NLMSG_ERROR) {
-          const struct nlmsgerr *error = NLMSG_DATA(message);
-          fprintf(stderr, "the kernel did not list the tables: %s\n", strerror(-error->error));
-          return 2;
-        }
-        if (message->nlmsg_len < NLMSG_LENGTH(sizeof(struct nfgenmsg))) continue;
-        const struct nfgenmsg *table = NLMSG_DATA(message);
-        const char *family = family_name(table->nfgen_family);
-        int length = (int)message->nlmsg_len - NLMSG_LENGTH(sizeof(struct nfgenmsg));
-        const struct nlattr *attribute = (const struct nlattr *)((const char *)table + NLMSG_ALIGN(sizeof *table));
-        for (; length >= (int)sizeof *attribute && attribute->nla_len >= sizeof *attribute && attribute->nla_len <= length;
-             length -= NLA_ALIGN(attribute->nla_len), attribute = (const struct nlattr *)((const char *)attribute + NLA_ALIGN(attribute->nla_len))) {
-          if ((attribute->nla_type & NLA_TYPE_MASK) != NFTA_TABLE_NAME) continue;
-          const char *name = (const char *)attribute + NLA_HDRLEN;
-          size_t name_length = strnlen(name, attribute->nla_len - NLA_HDRLEN);
-          if (!family || !plain_name(name, name_length)) break;
-          if (used + name_length + 16 > sizeof out) {
-            fprintf(stderr, "the namespace holds more tables than %zu bytes of names\n", sizeof out);
-            return 2;
-          }
-          used += (size_t)snprintf(out + used, sizeof out - used, "%s %.*s\n", family, (int)name_length, name);
-          break;
-        }
-      }
-    }
-    if (!interrupted) return write_full(1, out, used) < 0 ? 2 : 0;
-  }
-  fprintf(stderr, "the tables kept changing while they were listed\n");
-  return 2;
-}
-
 /* A table family's number from nft's name; -1 for one Trellis writes no table in. */
 static int family_number(const char *name) {
   if (strcmp(name, "inet") == 0) return NFPROTO_INET;
@@ -339,47 +268,28 @@ static unsigned long long be64_at(const struct nlattr *attribute) {
 }
 
 /*
- * --counters FAMILY TABLE: one line "NAME PACKETS BYTES" per named counter of the table, from
- * one netlink dump of its counter objects (nothing else of the ruleset is read). No such table:
- * nothing listed. A dump overtaken by a change is taken again. Exit 0 listed, 2 cannot.
+ * Sends a dump request (its sequence number set here) and hands each message of the answer to
+ * `each`; a dump overtaken by a change is taken again, after `restart`. Returns 0 when the dump
+ * ended, 1 when the kernel answered ENOENT (nothing to list), 2 when it could not (said on
+ * stderr, about `what`).
  */
-static int list_counters(const char *family_text, const char *table) {
-  int family = family_number(family_text);
-  size_t table_length = strlen(table);
-  if (family < 0 || !plain_name(table, table_length)) {
-    fprintf(stderr, "--counters takes a table family (inet, ip, ip6) and a table name\n");
-    return 2;
-  }
-  int fd = open_socket_or_say();
-  if (fd < 0) return 2;
+static int dump(int fd, unsigned char *request, size_t length, const char *what, void (*restart)(void *), int (*each)(const struct nlmsghdr *, void *), void *context) {
   static unsigned char answer[1 << 16];
-  static char out[1 << 22];
+  struct nlmsghdr *header = (struct nlmsghdr *)request;
   for (int attempt = 0; attempt < 10; attempt++) {
-    unsigned char request[512] = {0};
-    struct nlmsghdr *header = (struct nlmsghdr *)request;
-    struct nfgenmsg *message = (struct nfgenmsg *)NLMSG_DATA(header);
-    message->nfgen_family = (unsigned char)family;
-    message->version = NFNETLINK_V0;
-    size_t length = NLMSG_LENGTH(sizeof *message);
-    length += put_attribute(request + length, NFTA_OBJ_TABLE, table, table_length + 1);
-    const unsigned char type[4] = {0, 0, 0, NFT_OBJECT_COUNTER}; /* a big-endian u32 */
-    length += put_attribute(request + length, NFTA_OBJ_TYPE, type, sizeof type);
-    header->nlmsg_len = (unsigned)length;
-    header->nlmsg_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETOBJ;
-    header->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    restart(context);
     header->nlmsg_seq = (unsigned)attempt + 1;
+    int interrupted = 0, done = 0;
     struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
     if (sendto(fd, request, length, 0, (struct sockaddr *)&kernel, sizeof kernel) != (ssize_t)length) {
-      fprintf(stderr, "cannot ask for the counters: %s\n", strerror(errno));
+      fprintf(stderr, "cannot ask for the %s: %s\n", what, strerror(errno));
       return 2;
     }
-    size_t used = 0;
-    int interrupted = 0, done = 0;
     while (!done) {
       ssize_t got = recv(fd, answer, sizeof answer, 0);
       if (got < 0 && errno == EINTR) continue;
       if (got <= 0) {
-        fprintf(stderr, "cannot read the counters: %s\n", got < 0 ? strerror(errno) : "the socket closed");
+        fprintf(stderr, "cannot read the %s: %s\n", what, got < 0 ? strerror(errno) : "the socket closed");
         return 2;
       }
       int left = (int)got;
@@ -392,38 +302,139 @@ static int list_counters(const char *family_text, const char *table) {
         }
         if (reply->nlmsg_type == NLMSG_ERROR) {
           const struct nlmsgerr *error = NLMSG_DATA(reply);
-          if (error->error == -ENOENT) return 0;
-          fprintf(stderr, "the kernel did not list the counters: %s\n", strerror(-error->error));
+          if (error->error == -ENOENT) return 1;
+          fprintf(stderr, "the kernel did not list the %s: %s\n", what, strerror(-error->error));
           return 2;
         }
         if (reply->nlmsg_len < NLMSG_LENGTH(sizeof(struct nfgenmsg))) continue;
-        const struct nfgenmsg *object = NLMSG_DATA(reply);
-        int attributes_length = (int)reply->nlmsg_len - NLMSG_LENGTH(sizeof(struct nfgenmsg));
-        const struct nlattr *attributes = (const struct nlattr *)((const char *)object + NLMSG_ALIGN(sizeof *object));
-        const struct nlattr *owner = find_attribute(attributes, attributes_length, NFTA_OBJ_TABLE);
-        const struct nlattr *name = find_attribute(attributes, attributes_length, NFTA_OBJ_NAME);
-        const struct nlattr *data = find_attribute(attributes, attributes_length, NFTA_OBJ_DATA);
-        if (!owner || !name || !data) continue;
-        const char *owner_name = (const char *)owner + NLA_HDRLEN;
-        if (strncmp(owner_name, table, owner->nla_len - NLA_HDRLEN) != 0 || strnlen(owner_name, owner->nla_len - NLA_HDRLEN) != table_length) continue;
-        const char *text = (const char *)name + NLA_HDRLEN;
-        size_t text_length = strnlen(text, name->nla_len - NLA_HDRLEN);
-        if (!plain_name(text, text_length)) continue;
-        const struct nlattr *fields = (const struct nlattr *)((const char *)data + NLA_HDRLEN);
-        int fields_length = (int)data->nla_len - NLA_HDRLEN;
-        unsigned long long packets = be64_at(find_attribute(fields, fields_length, NFTA_COUNTER_PACKETS));
-        unsigned long long bytes = be64_at(find_attribute(fields, fields_length, NFTA_COUNTER_BYTES));
-        if (used + text_length + 48 > sizeof out) {
-          fprintf(stderr, "the table holds more counters than %zu bytes of lines\n", sizeof out);
-          return 2;
-        }
-        used += (size_t)snprintf(out + used, sizeof out - used, "%.*s %llu %llu\n", (int)text_length, text, packets, bytes);
+        if (each(reply, context) < 0) return 2;
       }
     }
-    if (!interrupted) return write_full(1, out, used) < 0 ? 2 : 0;
+    if (!interrupted) return 0;
   }
-  fprintf(stderr, "the counters kept changing while they were listed\n");
+  fprintf(stderr, "the %s kept changing while they were listed\n", what);
   return 2;
+}
+
+/* The lines a listing writes, gathered until its dump ends whole. */
+struct lines {
+  char text[1 << 22];
+  size_t used;
+};
+
+static void clear_lines(void *context) {
+  ((struct lines *)context)->used = 0;
+}
+
+/* Appends one printf-formatted line; -1 (said) when the listing outgrows its room. */
+static int add_line(struct lines *lines, const char *format, ...) __attribute__((format(printf, 2, 3)));
+static int add_line(struct lines *lines, const char *format, ...) {
+  va_list arguments;
+  va_start(arguments, format);
+  int written = vsnprintf(lines->text + lines->used, sizeof lines->text - lines->used, format, arguments);
+  va_end(arguments);
+  if (written < 0 || (size_t)written >= sizeof lines->text - lines->used) {
+    fprintf(stderr, "the listing is larger than %zu bytes\n", sizeof lines->text);
+    return -1;
+  }
+  lines->used += (size_t)written;
+  return 0;
+}
+
+static struct lines listing;
+
+/* The attributes of a message of nf_tables: those after its nfgenmsg, and how many bytes they take. */
+static const struct nlattr *attributes_of(const struct nlmsghdr *message, int *length) {
+  const struct nfgenmsg *body = NLMSG_DATA(message);
+  *length = (int)message->nlmsg_len - NLMSG_LENGTH(sizeof(struct nfgenmsg));
+  return (const struct nlattr *)((const char *)body + NLMSG_ALIGN(sizeof *body));
+}
+
+static int table_line(const struct nlmsghdr *message, void *context) {
+  const char *family = family_name(((const struct nfgenmsg *)NLMSG_DATA(message))->nfgen_family);
+  int length;
+  const struct nlattr *attributes = attributes_of(message, &length);
+  const struct nlattr *name = find_attribute(attributes, length, NFTA_TABLE_NAME);
+  if (!family || !name) return 0;
+  const char *text = (const char *)name + NLA_HDRLEN;
+  size_t text_length = strnlen(text, name->nla_len - NLA_HDRLEN);
+  if (!plain_name(text, text_length)) return 0;
+  return add_line(context, "%s %.*s\n", family, (int)text_length, text);
+}
+
+/*
+ * --tables: one line "FAMILY NAME" per table of the namespace, from one netlink dump of the
+ * tables alone. (`nft list tables` reads every chain, rule and set first: more than 30 s at
+ * 10,000 Services.) A table whose family or name nft could not print as a word is left out.
+ * Exit 0 listed, 2 cannot.
+ */
+static int list_tables(void) {
+  int fd = open_socket_or_say();
+  if (fd < 0) return 2;
+  struct {
+    struct nlmsghdr header;
+    struct nfgenmsg message;
+  } request = {
+      .header = {.nlmsg_len = sizeof request, .nlmsg_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, .nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP},
+      .message = {.nfgen_family = NFPROTO_UNSPEC, .version = NFNETLINK_V0},
+  };
+  int status = dump(fd, (unsigned char *)&request, sizeof request, "tables", clear_lines, table_line, &listing);
+  if (status == 2) return 2;
+  return write_full(1, listing.text, status == 1 ? 0 : listing.used) < 0 ? 2 : 0;
+}
+
+/* The table whose counters are listed, for counter_line. */
+static const char *counters_table;
+
+static int counter_line(const struct nlmsghdr *message, void *context) {
+  int length;
+  const struct nlattr *attributes = attributes_of(message, &length);
+  const struct nlattr *owner = find_attribute(attributes, length, NFTA_OBJ_TABLE);
+  const struct nlattr *name = find_attribute(attributes, length, NFTA_OBJ_NAME);
+  const struct nlattr *data = find_attribute(attributes, length, NFTA_OBJ_DATA);
+  if (!owner || !name || !data) return 0;
+  const char *owner_name = (const char *)owner + NLA_HDRLEN;
+  if (strnlen(owner_name, owner->nla_len - NLA_HDRLEN) != strlen(counters_table) || strncmp(owner_name, counters_table, owner->nla_len - NLA_HDRLEN) != 0) return 0;
+  const char *text = (const char *)name + NLA_HDRLEN;
+  size_t text_length = strnlen(text, name->nla_len - NLA_HDRLEN);
+  if (!plain_name(text, text_length)) return 0;
+  const struct nlattr *fields = (const struct nlattr *)((const char *)data + NLA_HDRLEN);
+  int fields_length = (int)data->nla_len - NLA_HDRLEN;
+  unsigned long long packets = be64_at(find_attribute(fields, fields_length, NFTA_COUNTER_PACKETS));
+  unsigned long long bytes = be64_at(find_attribute(fields, fields_length, NFTA_COUNTER_BYTES));
+  return add_line(context, "%.*s %llu %llu\n", (int)text_length, text, packets, bytes);
+}
+
+/*
+ * --counters FAMILY TABLE: one line "NAME PACKETS BYTES" per named counter of the table, from
+ * one netlink dump of its counter objects (nothing else of the ruleset is read). No such table:
+ * nothing listed. Exit 0 listed, 2 cannot.
+ */
+static int list_counters(const char *family_text, const char *table) {
+  int family = family_number(family_text);
+  size_t table_length = strlen(table);
+  if (family < 0 || !plain_name(table, table_length)) {
+    fprintf(stderr, "--counters takes a table family (inet, ip, ip6) and a table name\n");
+    return 2;
+  }
+  int fd = open_socket_or_say();
+  if (fd < 0) return 2;
+  unsigned char request[512] = {0};
+  struct nlmsghdr *header = (struct nlmsghdr *)request;
+  struct nfgenmsg *message = (struct nfgenmsg *)NLMSG_DATA(header);
+  message->nfgen_family = (unsigned char)family;
+  message->version = NFNETLINK_V0;
+  size_t length = NLMSG_LENGTH(sizeof *message);
+  length += put_attribute(request + length, NFTA_OBJ_TABLE, table, table_length + 1);
+  const unsigned char type[4] = {0, 0, 0, NFT_OBJECT_COUNTER}; /* a big-endian u32 */
+  length += put_attribute(request + length, NFTA_OBJ_TYPE, type, sizeof type);
+  header->nlmsg_len = (unsigned)length;
+  header->nlmsg_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETOBJ;
+  header->nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  counters_table = table;
+  int status = dump(fd, request, length, "counters", clear_lines, counter_line, &listing);
+  if (status == 2) return 2;
+  return write_full(1, listing.text, status == 1 ? 0 : listing.used) < 0 ? 2 : 0;
 }
 
 /* A value in network byte order, whatever the host's. */
