@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { after, describe, it } from "node:test";
+import { startDetached } from "../src/lab/processes.js";
 import { downAll, labCheck, labName, labStatus, runTrellis, waitFor, type LabCheck } from "./support/lab.js";
 
 after(() => downAll());
@@ -133,6 +134,34 @@ describe("policy on the Trellis store", { timeout: 600_000 }, () => {
     const relabelled = await matching(() => false);
     assert.deepEqual(relabelled.wrong, []);
     apply(policy, "delete");
+  });
+
+  it("through kill -9 of a node's agent: its rules stay while it is down, a policy deleted meanwhile is gone once it is back", async () => {
+    // Catches an agent whose death takes its rules with it (pods open while it is down), a
+    // restarted one that keeps a policy deleted meanwhile (it diffs against what it thinks it
+    // wrote instead of what the kernel holds), and a restarted one whose deny log's reader is
+    // refused the nflog group (a reader of the killed agent still holding it).
+    const policy = (name: string, target: string, from?: string) => ({
+      apiVersion: "networking.k8s.io/v1", kind: "NetworkPolicy", metadata: { name, namespace: "default" },
+      spec: { podSelector: { matchLabels: { "trellis.dev/lab-pod": target } }, ingress: from ? [{ from: [{ podSelector: { matchLabels: { "trellis.dev/lab-pod": from } } }] }] : [] },
+    });
+    apply(policy("only-node1-pod0", "node2-pod0", "node1-pod0"));
+    apply(policy("guard-pod1", "node2-pod1"));
+    const before = (probe: Probe) => (probe.to === "node2-pod0" && probe.from !== "node1-pod0" && probe.from !== "node2") || (probe.to === "node2-pod1" && probe.from !== "node2");
+    assert.deepEqual((await matching(before)).wrong, []);
+    const node2 = labStatus(name).nodes.find((node) => node.name === "node2")!;
+    process.kill(node2.agentPid, "SIGKILL");
+    const opened = labCheck(name).probes.filter((probe) => before(probe) && probe.ok && probe.kind !== "icmp");
+    assert.deepEqual(opened.map((probe) => `${probe.from} -> ${probe.to} ${probe.kind}`), [], "nothing the policies refuse passes while the agent is down");
+    apply(policy("only-node1-pod0", "node2-pod0", "node1-pod0"), "delete");
+    const logBefore = readFileSync(node2.agentLog, "utf8").length;
+    startDetached(node2.netns, node2.agentArgv, node2.agentLog);
+    const after = (probe: Probe) => probe.to === "node2-pod1" && probe.from !== "node2";
+    assert.deepEqual((await matching(after)).wrong, []);
+    await waitFor("the restarted agent logs a denied connection", () => readFileSync(node2.agentLog, "utf8").slice(logBefore).includes("policy denied a connection"), 10_000);
+    assert.doesNotMatch(readFileSync(node2.agentLog, "utf8").slice(logBefore), /the policy deny log stopped/);
+    apply(policy("guard-pod1", "node2-pod1"), "delete");
+    assert.deepEqual((await matching(() => false)).wrong, []);
   });
 
   it("a pod added under a deny-all policy is in its node's policy table when `lab pod add` returns", () => {
