@@ -136,8 +136,12 @@ async function run(report: Report, made: Made, say: (line: string) => void): Pro
     return { throughput, connectMicros: stats, connectsPerSecond: { receiver: Math.round(1e6 / stats.receiver.mean), bystander: Math.round(1e6 / stats.bystander.mean) } };
   };
 
-  // The lab's own start (agents' first syncs, its check) settles before anything is measured.
+  // The lab's own start (agents' first syncs, its check) settles, and the pods' probe servers
+  // (Node.js processes) are warmed by a full round of connects, before anything is measured:
+  // else the first phase runs on colder servers than the second.
   await sleep(10_000);
+  say("warming the probe servers: one discarded round of connects");
+  await connectTimes(netns(sender), [{ host: receiver.addresses[0], port: PROBE_PORT }, { host: bystander.addresses[0], port: PROBE_PORT }], options.connects, 2_000);
   report.noPolicy = await phase("no policy");
 
   const store = await openStore(status.store);
