@@ -13,7 +13,12 @@ import { spawn, spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { listPolicyWorld } from "../src/agent/policy-loop.js";
+import { kubePolicySource } from "../src/agent/policy-source.js";
+import { KubeClient } from "../src/kube/client.js";
+import { loadKubeconfig } from "../src/kube/config.js";
 import { startDetached } from "../src/lab/processes.js";
+import { judge } from "../src/policy/judge.js";
 import { KUBE_BIN } from "./support/kube.js";
 import { downAll, labCheck, labExec, labName, labStatus, runTrellis, waitFor } from "./support/lab.js";
 
@@ -311,6 +316,63 @@ describe("lab up --kubernetes: a real control plane, kubectl and lab check", { t
     let after = labCheck(name);
     await waitFor("lab check passes once the policy is gone", () => failures((after = labCheck(name))).length === 0, 60_000).catch(() => undefined);
     assert.deepEqual(failures(after), []);
+  });
+
+  it("pod to pod, cell by cell, both families, TCP and UDP, the kernel does what judge.ts says over the API's objects, through NetworkPolicy, ClusterNetworkPolicy tiers and a relabelled pod", async () => {
+    // Catches a disagreement between the rules the agents write from the API and the semantics
+    // explain prints, on this datastore as the store lab's test does on the other. A failing
+    // step prints both matrices.
+    kubectl(["apply", "-f", join(import.meta.dirname, "../deploy/clusternetworkpolicies.yaml")]);
+    kubectl(["wait", "--for", "condition=established", "--timeout", "60s", "crd/clusternetworkpolicies.policy.networking.k8s.io"]);
+    const lab = (pod: string) => ({ matchLabels: { "trellis.dev/lab-pod": pod } });
+    const np = (name: string, spec: object) => ({ apiVersion: "networking.k8s.io/v1", kind: "NetworkPolicy", metadata: { name, namespace: "default" }, spec });
+    const cnp = (name: string, spec: object) => ({ apiVersion: "policy.networking.k8s.io/v1beta1", kind: "ClusterNetworkPolicy", metadata: { name }, spec });
+    const podNames = ["node1-pod0", "node2-pod0"];
+    const steps: Array<{ what: string; objects: object[]; relabel?: boolean }> = [
+      { what: "ingress by pod and named port", objects: [np("in-named", { podSelector: lab("node2-pod0"), ingress: [{ from: [{ podSelector: lab("node1-pod0") }], ports: [{ port: "probe" }] }] })] },
+      { what: "Admin Deny of UDP from a pod", objects: [cnp("admin-deny-udp", { tier: "Admin", priority: 10, subject: { namespaces: {} }, egress: [{ action: "Deny", to: [{ pods: { namespaceSelector: {}, podSelector: lab("node1-pod0") } }], protocols: [{ udp: { destinationPort: { number: 7777 } } }] }] })] },
+      { what: "a Pass handing node1-pod0's TCP to a Baseline Deny", objects: [
+        cnp("admin-pass", { tier: "Admin", priority: 20, subject: { pods: { namespaceSelector: {}, podSelector: lab("node1-pod0") } }, ingress: [{ action: "Pass", from: [{ namespaces: {} }] }] }),
+        cnp("baseline-deny", { tier: "Baseline", priority: 5, subject: { pods: { namespaceSelector: {}, podSelector: lab("node1-pod0") } }, ingress: [{ action: "Deny", from: [{ pods: { namespaceSelector: {}, podSelector: lab("node2-pod0") } }] }] }),
+      ] },
+      { what: "node1-pod0 relabelled out of every selector", objects: [], relabel: true },
+    ];
+    const client = new KubeClient(loadKubeconfig(kubeconfig));
+    try {
+      for (const [index, step] of steps.entries()) {
+        for (const object of step.objects) kubectl(["apply", "-f", "-"], JSON.stringify(object));
+        if (step.relabel) kubectl(["label", "pod", "node1-pod0", "--overwrite", "trellis.dev/lab-pod=renamed"]);
+        const { world, pods: policyPods } = await listPolicyWorld(kubePolicySource(client));
+        const expected = (probe: { from: string; to: string; kind: string; family?: string }) => {
+          const family = probe.family === "IPv6" ? 6 : 4;
+          const end = (pod: string) => {
+            const found = policyPods.find((candidate) => candidate.name === pod && candidate.namespace === "default")!;
+            return { pod: found, address: found.ips.find((ip) => ip.family === family)! };
+          };
+          return judge(world, { from: end(probe.from), to: end(probe.to), protocol: probe.kind === "udp" ? "UDP" : "TCP", port: 7777 }).allowed;
+        };
+        const cells = (probe: { from: string; to: string; kind: string }) => (probe.kind === "tcp" || probe.kind === "udp") && podNames.includes(probe.from) && podNames.includes(probe.to);
+        let check = labCheck(name);
+        const wrong = () => check.probes.filter((probe) => cells(probe) && probe.ok !== expected(probe)).map((probe) => `${probe.from} -> ${probe.to} ${probe.kind}/${(probe as { family?: string }).family}: ${probe.ok ? "passed" : "refused"}`);
+        await waitFor("the kernel agrees with judge.ts", () => wrong().length === 0 || ((check = labCheck(name)), false), 60_000).catch(() => undefined);
+        const matrix = (pick: (probe: { from: string; to: string; kind: string; ok: boolean; family?: string }) => boolean) =>
+          ["IPv4", "IPv6"].flatMap((family) => ["tcp", "udp"].map((kind) => `${family} ${kind}: ` + podNames.map((from) => `${from} ${podNames.map((to) => {
+            if (to === from) return "-";
+            const probe = check.probes.find((candidate) => candidate.from === from && candidate.to === to && candidate.kind === kind && (candidate as { family?: string }).family === family);
+            return probe ? (pick(probe) ? "." : "X") : "?";
+          }).join("")}`).join("; "))).join("\n");
+        assert.deepEqual(wrong(), [], `step ${index + 1}, ${step.what}: the kernel\n${matrix((probe) => probe.ok)}\njudge.ts\n${matrix(expected)}`);
+        assert.ok(check.probes.some((probe) => cells(probe) && !probe.ok), `step ${index + 1} refuses something`);
+      }
+    } finally {
+      client.close();
+      kubectl(["label", "pod", "node1-pod0", "--overwrite", "trellis.dev/lab-pod=node1-pod0"]);
+      kubectl(["delete", "networkpolicy", "in-named", "--ignore-not-found"]);
+      kubectl(["delete", "clusternetworkpolicies.policy.networking.k8s.io", "admin-deny-udp", "admin-pass", "baseline-deny", "--ignore-not-found"]);
+    }
+    let open = labCheck(name);
+    await waitFor("lab check passes once the policies are gone", () => failures((open = labCheck(name))).length === 0, 60_000).catch(() => undefined);
+    assert.deepEqual(failures(open), []);
   });
 
   it("lab down removes the control plane, the kubelets and every pod namespace", () => {

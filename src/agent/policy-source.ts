@@ -41,11 +41,18 @@ export function kubePolicySource(client: KubeClient): PolicySource {
   return {
     follow: (kind, handlers) => inform(client, API_PATHS[kind], handlers),
     async list<T extends KubeObject>(kind: PolicyKind) {
-      try {
-        return (await client.request<{ items?: T[] }>("GET", API_PATHS[kind])).items ?? [];
-      } catch (error) {
-        if (kind === "clusternetworkpolicies" && error instanceof Error && missing(error)) return [];
-        throw error;
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return (await client.request<{ items?: T[] }>("GET", API_PATHS[kind])).items ?? [];
+        } catch (error) {
+          if (kind === "clusternetworkpolicies" && error instanceof Error && missing(error)) return [];
+          // 429: the server asks to be asked again (a CRD just installed answers so while its storage starts).
+          if (error instanceof KubeApiError && error.status === 429 && attempt < 10) {
+            await new Promise((resolve) => setTimeout(resolve, 500));
+            continue;
+          }
+          throw error;
+        }
       }
     },
     missing,
