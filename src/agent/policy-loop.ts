@@ -1,7 +1,9 @@
 /**
  * The agent's policy loop: NetworkPolicies, ClusterNetworkPolicies, Namespaces, Pods and Nodes
- * from the Kubernetes API or the Trellis store (policy-source.ts), this node's policy table (policy/rules.ts) written from them, one
- * transaction per change, only what changed. Everything here is a tenant's or a node's word:
+ * from the Kubernetes API or the Trellis store (policy-source.ts), this node's policy table
+ * (policy/rules.ts) written from them, one transaction per change, only what changed; its
+ * counters read for /metrics and its deny log's prefixes and pods named for the deny log.
+ * Everything here is a tenant's or a node's word:
  * objects are read into the few fields policy needs, a pod's addresses are taken only from its
  * status while it runs, and a cluster without ClusterNetworkPolicy (its CRD not installed) has
  * NetworkPolicy alone. A periodic resync writes the table whole again if it was deleted by hand.
