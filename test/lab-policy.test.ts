@@ -32,10 +32,13 @@ describe("policy on the Trellis store", { timeout: 600_000 }, () => {
     return { wrong: wrong(), check };
   };
 
-  it("lab up on the store, dual-stack, two nodes", () => {
-    const up = runTrellis(["lab", "up", "--name", name, "--nodes", "2", "--pods-per-node", "2", "--family", "dual", "--mode", "vxlan"], 300_000);
+  it("lab up on the store, dual-stack, two nodes, the pods' namespace labelled", () => {
+    const up = runTrellis(["lab", "up", "--name", name, "--nodes", "2", "--pods-per-node", "2", "--family", "dual", "--mode", "vxlan", "--namespace-labels", "team=blue"], 300_000);
     assert.equal(up.status, 0, up.stdout + up.stderr);
     store = labStatus(name).store;
+    // The pods' namespace carries the labels asked for (beside the one the API sets).
+    const namespace = JSON.parse(runTrellis(["get", "namespaces", "default", "-o", "json", "--store", store]).stdout) as { metadata: { labels: Record<string, string> } };
+    assert.deepEqual(namespace.metadata.labels, { team: "blue", "kubernetes.io/metadata.name": "default" });
   });
 
   it("a NetworkPolicy applied to the store: node2-pod0 takes TCP on its named port from node1-pod0 alone; deleted, everything passes again", async () => {

@@ -48,6 +48,7 @@ export function registerLabCommands(program: Command): void {
     .option("--subnets <n>", "underlay subnets joined by a router, 1 or 2 (nodes alternate between them)", "1")
     .option("--store <spec>", "cluster store for the agents (default: sqlite: in the lab's directory), or etcd://HOST:PORT")
     .option("--pod-labels <k=v,…>", "labels of the pods' Pod objects, which Services select", "app=probe")
+    .option("--namespace-labels <k=v,…>", "labels of the pods' namespace (default), which policies' namespace selectors select")
     .option("--zones <n>", "spread the nodes over n zones, round robin (topology.kubernetes.io/zone zone-1, zone-2, …), for Services' trafficDistribution")
     .option("--kubernetes", "a real Kubernetes control plane on a control host: Nodes, Pods, Services and EndpointSlices from its API server")
     .option("--kubelet", "real nodes (implies --kubernetes): containerd and a kubelet on every node, Trellis installed from deploy/trellis.yaml as a DaemonSet, CoreDNS")

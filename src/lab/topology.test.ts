@@ -6,7 +6,7 @@ import { isLabNetnsName, kubePodMemberName, labLayout, parseLabOptions, podNameC
 
 describe("lab/topology", () => {
   it("defaults to 3 dual-stack nodes with 2 pods each, mode auto, one subnet, named lab", () => {
-    assert.deepEqual(parseLabOptions({}), { name: "lab", nodes: 3, podsPerNode: 2, family: "dual", mode: "auto", subnets: 1, store: undefined, podLabels: { app: "probe" }, zones: 0, kubernetes: false, kubelet: false, kubeProxy: false, referenceCni: false });
+    assert.deepEqual(parseLabOptions({}), { name: "lab", nodes: 3, podsPerNode: 2, family: "dual", mode: "auto", subnets: 1, store: undefined, podLabels: { app: "probe" }, namespaceLabels: {}, zones: 0, kubernetes: false, kubelet: false, kubeProxy: false, referenceCni: false });
   });
 
   it("--kubelet makes a Kubernetes lab (real nodes need the control plane) and refuses a Trellis store by its own name", () => {
@@ -67,6 +67,14 @@ describe("lab/topology", () => {
     assert.throws(() => parseLabOptions({ podLabels: "a b=c" }), /^Error: --pod-labels "a b=c" is not a label: /);
     assert.throws(() => parseLabOptions({ podLabels: `app=${"x".repeat(64)}` }), /is not a label: must be no more than 63 characters/);
     assert.throws(() => parseLabOptions({ podLabels: "app=a,app=b" }), /--pod-labels gives app twice/);
+  });
+
+  // Bug caught: a namespace label Kubernetes refuses written to the lab's store or API server, or
+  // a bad one named as a --pod-labels problem (the user looks at the wrong flag).
+  it("parses --namespace-labels as Kubernetes labels, naming that flag", () => {
+    assert.deepEqual(parseLabOptions({ namespaceLabels: "team=blue,example.com/tier=1" }).namespaceLabels, { team: "blue", "example.com/tier": "1" });
+    assert.throws(() => parseLabOptions({ namespaceLabels: "team=a\nb" }), /^Error: --namespace-labels "team=a\\nb" is not a label: /);
+    assert.throws(() => parseLabOptions({ namespaceLabels: "team=x,team=y" }), /--namespace-labels gives team twice/);
   });
 
   it("refuses names that are too long, upper case, or end with a dash, and numbers that are not whole", () => {

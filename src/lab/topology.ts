@@ -38,6 +38,8 @@ export interface LabOptions {
   readonly store?: string;
   /** Labels of every lab pod's Pod object, besides trellis.dev/lab-pod. */
   readonly podLabels: Readonly<Record<string, string>>;
+  /** Labels of the lab pods' namespace (default), besides kubernetes.io/metadata.name; none when empty. */
+  readonly namespaceLabels: Readonly<Record<string, string>>;
   /** Zones the nodes are spread over, round robin (node1 in zone-1, …); 0: no zones. */
   readonly zones: number;
   /** A real Kubernetes control plane on a `control` host instead of the Trellis store. */
@@ -60,6 +62,7 @@ export interface LabOptionsText {
   readonly subnets?: string;
   readonly store?: string;
   readonly podLabels?: string;
+  readonly namespaceLabels?: string;
   readonly zones?: string;
   readonly kubernetes?: boolean;
   readonly kubelet?: boolean;
@@ -102,6 +105,7 @@ export function parseLabOptions(text: LabOptionsText): LabOptions {
   const subnets = attempt(() => oneOf("--subnets", text.subnets ?? "1", ["1", "2"] as const));
   const store = text.store === undefined ? undefined : attempt(() => checkStore(text.store!));
   const podLabels = attempt(() => parsePodLabels(text.podLabels ?? DEFAULT_POD_LABELS));
+  const namespaceLabels = attempt(() => parseLabels("--namespace-labels", text.namespaceLabels ?? ""));
   const zones = text.zones === undefined ? 0 : attempt(() => wholeNumber("--zones", text.zones!, 1, nodes ?? MAX_NODES));
   const referenceCni = text.referenceCni === true;
   const kubeProxy = text.kubeProxy === true || referenceCni;
@@ -111,7 +115,7 @@ export function parseLabOptions(text: LabOptionsText): LabOptions {
   if (kubernetes && store !== undefined) problems.push(`--store ${text.store} and --${flag}: a Kubernetes lab keeps its cluster in its own API server, not in a Trellis store`);
   if (problems.length > 0) throw new Error(problems.join("\n"));
   return {
-    name: name!, nodes: nodes!, podsPerNode: podsPerNode!, family: family!, mode: mode!, subnets: Number(subnets) as 1 | 2, store, podLabels: podLabels!, zones: zones!,
+    name: name!, nodes: nodes!, podsPerNode: podsPerNode!, family: family!, mode: mode!, subnets: Number(subnets) as 1 | 2, store, podLabels: podLabels!, namespaceLabels: namespaceLabels!, zones: zones!,
     kubernetes, kubelet, kubeProxy, referenceCni,
   };
 }
@@ -324,13 +328,18 @@ function labPlanText(families: readonly Family[]): string {
 
 /** `k=v,k2=v2` as labels, each key and value checked as Kubernetes checks them. */
 export function parsePodLabels(text: string): Record<string, string> {
+  return parseLabels("--pod-labels", text);
+}
+
+/** `k=v,k2=v2` as labels for `flag`, each key and value checked as Kubernetes checks them. */
+export function parseLabels(flag: string, text: string): Record<string, string> {
   const labels: Record<string, string> = {};
   if (text.trim() === "") return labels;
   for (const item of text.split(",")) {
     const [key, value, ...rest] = item.split("=");
     const problems = key === undefined || value === undefined || rest.length > 0 ? ["expected KEY=VALUE"] : [...isQualifiedName(key), ...isValidLabelValue(value)];
-    if (problems.length > 0) throw new Error(`--pod-labels ${JSON.stringify(item)} is not a label: ${problems.join("; ")} (e.g. app=web,tier=front)`);
-    if (key in labels) throw new Error(`--pod-labels gives ${key} twice`);
+    if (problems.length > 0) throw new Error(`${flag} ${JSON.stringify(item)} is not a label: ${problems.join("; ")} (e.g. app=web,tier=front)`);
+    if (Object.hasOwn(labels, key)) throw new Error(`${flag} gives ${key} twice`);
     labels[key] = value;
   }
   return labels;

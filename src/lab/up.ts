@@ -12,6 +12,7 @@ import { labDown } from "./down.js";
 import { logTail, runningChildren, sleep, startDetached, stopProcesses, type StartedProcess } from "./processes.js";
 import { mapConcurrently } from "./concurrently.js";
 import { KUBE_LAB_CIDRS, labKubectl, labKubePod, startKubeControlPlane } from "./kube-lab.js";
+import { labStore } from "./store-access.js";
 import { readKubeletPods } from "./kubelet.js";
 import { startRealLab } from "./real-lab.js";
 import { LAB_POD_LABEL, labPodCniArgs, recordLabPods } from "./pod-objects.js";
@@ -151,6 +152,7 @@ async function build(state: LabState, layout: LabLayout, options: LabOptions, se
   if (kubernetes) {
     step();
     await startKubeControlPlane(state, state.control!, () => saveLabState(state), signal, out, kubelet);
+    await labelLabNamespace(state, options.namespaceLabels);
   }
   if (kubelet) {
     step();
@@ -172,7 +174,8 @@ async function build(state: LabState, layout: LabLayout, options: LabOptions, se
 
   step();
   // A kubelet's pods exist before their sandboxes: the agent knows a pod's labels, and so the
-  // policies that apply to it, while its ADD is served.
+  // policies that apply to it, while its ADD is served. Their namespace's labels come first.
+  await labelLabNamespace(state, options.namespaceLabels);
   await recordLabPods(state, state.pods);
   out(`pods: CNI ADD through each node's ${CONFLIST_FILE}, as containerd would`);
   const probes = await mapConcurrently(state.pods, ATTACH_CONCURRENCY, async (pod) => {
@@ -184,6 +187,20 @@ async function build(state: LabState, layout: LabLayout, options: LabOptions, se
   await recordLabPods(state, state.pods);
   const labels = Object.entries(state.podLabels ?? {}).map(([key, value]) => `${key}=${value}`).join(",");
   out(`pods recorded as Pod objects in ${state.store}${labels ? ` with labels ${labels}` : ""}: \`trellis apply --store ${state.store} -f SERVICE.yaml\` gives them Services`);
+}
+
+/**
+ * Gives the lab pods' namespace (default) `labels`, for policies' namespace selectors: a
+ * Namespace object in the lab's store, or the labels on the API server's own. Nothing when none.
+ */
+async function labelLabNamespace(state: LabState, labels: Readonly<Record<string, string>>): Promise<void> {
+  const pairs = Object.entries(labels);
+  if (pairs.length === 0) return;
+  if (state.kubernetes) {
+    await labKubectl(state.kubernetes, ["label", "namespace", "default", "--overwrite", ...pairs.map(([key, value]) => `${key}=${value}`)]);
+    return;
+  }
+  await labStore(state, ["apply", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "Namespace", metadata: { name: "default", labels } }));
 }
 
 /**
