@@ -60,6 +60,7 @@ describe("policy on the Trellis store", { timeout: 600_000 }, () => {
     const metrics = runTrellis(["lab", "exec", "--name", name, "node2", "--", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9656 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"]);
     const denied = /^trellis_policy_denied_packets_total\{policy="NetworkPolicy default\/only-node1-pod0",direction="ingress"\} (\d+)$/m.exec(metrics.stdout);
     assert.ok(denied && Number(denied[1]) > 0, metrics.stdout.split("\n").filter((line) => line.includes("policy")).join("\n"));
+    assert.match(metrics.stdout, /^trellis_sync_policy_rules_duration_seconds_count [1-9]\d*$/m, "the policy loop's writes are timed");
     const agentLog = readFileSync(labStatus(name).nodes.find((node) => node.name === "node2")!.agentLog, "utf8");
     const lines = agentLog.split("\n").filter((line) => line.includes("policy denied a connection")).map((line) => JSON.parse(line) as { policy: string; direction: string; protocol: string; from: { pod?: string }; to: { pod?: string; port?: number } });
     assert.ok(

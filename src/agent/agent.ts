@@ -179,10 +179,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
             rejections.metrics(),
             buildInfoMetric(),
             proxy?.metrics() ?? "",
-            await policy.deniedMetric().catch((error: unknown) => {
-              log("warn", "cannot read the policy table's counters", { error: String(error) });
-              return "";
-            }),
+            await policy.metrics(),
           ].join(""),
         unhealthy: () => {
           const age = (Date.now() - lastRoutesSyncAt) / 1000;

@@ -18,7 +18,7 @@ import { renderOps } from "../nft/text.js";
 import { PeerSets, policyRules, POLICY_TABLE, type Denial } from "../policy/rules.js";
 import type { ClusterNetworkPolicy, ContainerPort, NetworkPolicy, PolicyNamespace, PolicyNode, PolicyPod, PolicyProtocol, PolicyWorld } from "../policy/types.js";
 import type { Logger } from "./log.js";
-import { renderGauge, type GaugeSample } from "./metrics.js";
+import { Histogram, renderGauge, SYNC_BUCKETS, type GaugeSample } from "./metrics.js";
 import { CLUSTER_NETWORK_POLICIES, POLICY_KINDS, type PolicyKind, type PolicySource } from "./policy-source.js";
 import type { Rejection, Rejections } from "./rejections.js";
 import { SyncRunner } from "./runner.js";
@@ -89,6 +89,7 @@ export class PolicyLoop {
   /** The pods of the last write, by address (`FAMILY VALUE`), made when first asked. */
   private podIndex: Map<string, PolicyPod> | undefined;
   private lastPods: readonly PolicyPod[] = [];
+  private readonly syncDuration = new Histogram("trellis_sync_policy_rules_duration_seconds", "How long one write of the policy table took (compute, diff, netlink), those with nothing to write included.", SYNC_BUCKETS);
   /** A read of the kernel's counters under way, shared by the scrapes that ask meanwhile. */
   private readingCounters: Promise<Map<string, { packets: number; bytes: number }>> | undefined;
   /** What the kernel holds, as far as this loop knows; undefined: no table, or not known (written whole next). */
@@ -189,16 +190,24 @@ export class PolicyLoop {
   }
 
   /**
+   * The loop's metrics: how long its writes take, and
    * `trellis_policy_denied_packets_total{policy,direction}`, read from the table's named counters
    * now (one netlink dump of them; none without the netlink writer or a table).
    */
-  async deniedMetric(): Promise<string> {
+  async metrics(): Promise<string> {
     const name = "trellis_policy_denied_packets_total";
     const help = "Packets the policies of this node's pods dropped, by the policy that denied them (the NetworkPolicies that isolate a pod together, or a ClusterNetworkPolicy) and direction.";
     const writer = this.options.writer;
-    if (!writer || !this.written) return renderGauge(name, help, [], "counter");
+    const durations = this.syncDuration.render();
+    if (!writer || !this.written) return durations + renderGauge(name, help, [], "counter");
     const denials = this.denials;
-    const counters = await (this.readingCounters ??= writer.listCounters("inet", POLICY_TABLE).finally(() => (this.readingCounters = undefined)));
+    let counters: Map<string, { packets: number; bytes: number }>;
+    try {
+      counters = await (this.readingCounters ??= writer.listCounters("inet", POLICY_TABLE).finally(() => (this.readingCounters = undefined)));
+    } catch (error) {
+      this.options.log("warn", "cannot read the policy table's counters", { error: String(error) });
+      return durations;
+    }
     const samples = new Map<string, GaugeSample & { value: number }>();
     for (const [counter, { packets }] of counters) {
       const denial = denials.get(counter);
@@ -208,7 +217,7 @@ export class PolicyLoop {
       sample.value += packets;
       samples.set(key, sample);
     }
-    return renderGauge(name, help, [...samples.values()], "counter");
+    return durations + renderGauge(name, help, [...samples.values()], "counter");
   }
 
   /** What a counter (and log prefix) of the written table stands for. */
@@ -304,6 +313,15 @@ export class PolicyLoop {
 
   private async write(): Promise<void> {
     if (this.listed.size < KINDS.length) return;
+    const started = performance.now();
+    try {
+      await this.writeTable();
+    } finally {
+      this.syncDuration.observe((performance.now() - started) / 1000);
+    }
+  }
+
+  private async writeTable(): Promise<void> {
     const pods = this.podsNow();
     this.lastPods = pods;
     this.podIndex = undefined;
