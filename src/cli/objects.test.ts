@@ -127,6 +127,10 @@ for (const backend of ["sqlite", "etcd"] as CliBackend[]) {
       assert.match(syntax.stderr, /stdin/);
       const resource = await runTrellis(["get", "deployments"], env);
       assert.match(resource.stderr, /doesn't have a resource type "deployments": expected services, endpointslices, pods, namespaces, networkpolicies or clusternetworkpolicies/);
+      // Bug caught: an empty list printed as a bare header (read by a script as one object's row).
+      const none = await runTrellis(["get", "networkpolicies", "-n", "quiet"], env);
+      assert.deepEqual([none.stdout, none.stderr], ["", "No resources found in quiet namespace.\n"]);
+      assert.equal((await runTrellis(["get", "clusternetworkpolicies"], env)).stderr, "No resources found.\n");
     });
 
     // Bug caught: delete leaving ClusterIPs/NodePorts claimed, or deleting part of a list.

@@ -101,7 +101,10 @@ export function registerObjectCommands(program: Command): void {
       const printed = name !== undefined && objects.length === 1 ? objects[0] : { apiVersion: "v1", kind: "List", items: objects };
       if (options.output === "json") process.stdout.write(`${JSON.stringify(printed, null, 2)}\n`);
       else if (options.output === "yaml") process.stdout.write(stringify(printed));
-      else process.stdout.write(renderTable(tableOf(kind, objects, (options.allNamespaces ?? false) && !clusterScoped)));
+      else if (objects.length === 0) {
+        // As kubectl says it: on stderr, so that a script reading the table reads nothing.
+        process.stderr.write(`No resources found${clusterScoped || options.allNamespaces ? "" : ` in ${options.namespace} namespace`}.\n`);
+      } else process.stdout.write(renderTable(tableOf(kind, objects, (options.allNamespaces ?? false) && !clusterScoped)));
     });
 }
 
