@@ -67,7 +67,6 @@ export function cachedPodNets(): PodNetSource & { closeAll(): void; all(): PodNe
   };
 }
 
-/** Listens on `path`; a stale socket file (no one answering) is replaced, a live one refused. */
 /**
  * What the agent does with a call's outcome before it answers: an ADD's pod put into the node's
  * policy rules (a rejection fails the ADD, and what it made is deleted), a DEL's taken out.
@@ -77,7 +76,11 @@ export interface CniCallHooks {
   deleted(env: Readonly<Record<string, string>>): Promise<void>;
 }
 
-/** `foreground`: told of each call from its start to its answer, so background work waits meanwhile. */
+/**
+ * Listens on `path`; a stale socket file (no one answering) is replaced, a live one refused.
+ * `foreground`: told of each call from its start to its answer, so background work waits
+ * meanwhile. `hooks`: run on each call that succeeded, before it is answered.
+ */
 export async function startCniServer(path: string, source: PodNetSource, notReady: () => string | undefined, log: Logger, limits = CNI_SERVER_LIMITS, foreground?: Foreground, hooks?: CniCallHooks): Promise<CniServer> {
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   if (existsSync(path)) {

@@ -8,6 +8,7 @@
  * status while it runs, and a cluster without ClusterNetworkPolicy (its CRD not installed) has
  * NetworkPolicy alone. A periodic resync writes the table whole again if it was deleted by hand.
  */
+import { isDns1123Label, isDns1123Subdomain } from "../cluster/objects/syntax.js";
 import type { Informer } from "../kube/informer.js";
 import type { NftBatchWriter } from "../linux/nft-netlink.js";
 import { nftApply } from "../linux/nftables.js";
@@ -412,9 +413,8 @@ export function kubernetesPod(env: Readonly<Record<string, string>>): { namespac
   const args = new Map((env.CNI_ARGS ?? "").split(";").map((pair) => [pair.slice(0, pair.indexOf("=")), pair.slice(pair.indexOf("=") + 1)] as const));
   const namespace = args.get("K8S_POD_NAMESPACE");
   const name = args.get("K8S_POD_NAME");
-  // Names as the API has them (DNS labels and subdomains); anything else is no pod of the API.
-  const valid = (text: string | undefined): text is string => text !== undefined && /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/.test(text);
-  return valid(namespace) && valid(name) ? { namespace, name } : undefined;
+  // Names as the API has them (a DNS label, a DNS subdomain); anything else is no pod of the API.
+  return namespace !== undefined && name !== undefined && isDns1123Label(namespace).length === 0 && isDns1123Subdomain(name).length === 0 ? { namespace, name } : undefined;
 }
 
 /** The addresses of a CNI result (its ips[].address, `ADDRESS/LENGTH`). */

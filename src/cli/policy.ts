@@ -6,6 +6,7 @@
 import type { Command } from "commander";
 import { listPolicyWorld } from "../agent/policy-loop.js";
 import { kubePolicySource, storePolicySource } from "../agent/policy-source.js";
+import { isDns1123Label, isDns1123Subdomain } from "../cluster/objects/syntax.js";
 import { KubeClient } from "../kube/client.js";
 import { loadKubeconfig } from "../kube/config.js";
 import { requireLabState } from "../lab/state.js";
@@ -70,14 +71,12 @@ export function registerPolicyCommands(program: Command): void {
 
 type End = { readonly pod: { readonly namespace: string; readonly name: string } } | { readonly address: IpAddress };
 
-const NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
-
 /** NAMESPACE/POD or an IP address, refused with what is allowed. */
 export function parseEnd(flag: string, text: string): End {
   const slash = text.indexOf("/");
   if (slash > 0) {
     const [namespace, name] = [text.slice(0, slash), text.slice(slash + 1)];
-    if (NAME.test(namespace) && NAME.test(name)) return { pod: { namespace, name } };
+    if (isDns1123Label(namespace).length === 0 && isDns1123Subdomain(name).length === 0) return { pod: { namespace, name } };
   }
   const address = tryParseIp(text);
   if (address) return { address };

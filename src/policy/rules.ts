@@ -264,7 +264,7 @@ class TableBuilder {
     if (isolating.length) {
       // NetworkPolicies add up, in no order: the rules of one protocol and port are found by one
       // lookup of the connection's, then the rest (any port, port ranges, ports named per peer).
-      const byPort = new Map<string, { key: [Protocol, number]; rules: Rule[] }>();
+      const byPort = new Map<string, { key: [Protocol, number]; alternative: Alternative; peers: Alternative[][] }>();
       const others: Rule[] = [];
       for (const policy of isolating) {
         const rules = (direction === "Ingress" ? policy.spec.ingress : policy.spec.egress) ?? [];
@@ -276,21 +276,20 @@ class TableBuilder {
               continue;
             }
             const id = `${port.exact[0]} ${port.exact[1]}`;
-            const entry = byPort.get(id) ?? { key: port.exact, rules: [] };
-            entry.rules.push(...this.expand(peers, [() => []], allow));
+            const entry = byPort.get(id) ?? { key: port.exact, alternative: port.alternative, peers: [] };
+            entry.peers.push(peers);
             byPort.set(id, entry);
           }
         }
       }
       if (byPort.size >= PORT_DISPATCH_MIN) {
-        const elements = [...byPort.values()].map(({ key, rules }) => ({ key, value: jump(this.chain(`${direction.toLowerCase()}-port`, rules)) }));
-        const map = `${direction.toLowerCase()}-ports-${hashOf(elements.map((element) => `${element.key.join(" ")} ${(element.value as { chain: string }).chain}`))}`;
-        this.sets.set(map, newSet({ kind: "map", key: ["inet_proto", "inet_service"], value: "verdict", flags: [] }, elements));
+        // A port's chain holds its rules' peer tests alone: the lookup has matched the port.
+        const elements = [...byPort.values()].map(({ key, peers }) => ({ key, chain: this.chain(`${direction.toLowerCase()}-port`, peers.flatMap((each) => this.expand(each, [() => []], allow))) }));
+        const map = `${direction.toLowerCase()}-ports-${hashOf(elements.map(({ key, chain }) => `${key.join(" ")} ${chain}`))}`;
+        this.sets.set(map, newSet({ kind: "map", key: ["inet_proto", "inet_service"], value: "verdict", flags: [] }, elements.map(({ key, chain }) => ({ key, value: jump(chain) }))));
         rest.push(rule([], { statement: "vmap", key: ["meta l4proto", "th dport"], map }));
       } else {
-        for (const { key: [protocol, port], rules } of byPort.values()) {
-          for (const portRule of rules) rest.push(verdictRule([...portRule.match, { match: "protocol", protocol }, { match: "port", field: "th dport", port }], (portRule.statements[0] as { verdict: Verdict }).verdict));
-        }
+        for (const { alternative, peers } of byPort.values()) for (const each of peers) rest.push(...this.expand(each, [alternative], allow));
       }
       rest.push(...others);
       rest.push(...this.denied([], direction, isolating.map((policy) => `NetworkPolicy ${policy.metadata.namespace}/${policy.metadata.name}`).join(",")));
@@ -314,8 +313,7 @@ class TableBuilder {
 
   /** Adds a chain named by its kind and the hash of its rules (one chain for every pod that needs the same). */
   private chain(kind: string, rules: readonly Rule[]): string {
-    const hash = createHash("sha256").update(kind).update(rules.map(ruleText).join("\n")).digest("hex").slice(0, 16);
-    const name = `${kind}-${hash}`;
+    const name = `${kind}-${hashOf([kind, ...rules.map(ruleText)])}`;
     this.chains.set(name, rules);
     return name;
   }
