@@ -11,7 +11,8 @@
  * With --serve it takes batch after batch instead (see serve()); with --tables it writes nothing
  * and lists the namespace's tables instead (see list_tables()); with --counters FAMILY TABLE, a
  * table's named counters (see list_counters()); with --nflog GROUP, the packets logged to an nflog
- * group, a line each (see nflog()).
+ * group, a line each (see nflog()); with --conntrack EVENTS, conntrack's events, a line each (see
+ * conntrack()).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,6 +21,8 @@
 #include <linux/netfilter/nf_tables.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nfnetlink_log.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
+#include <linux/netfilter/nf_conntrack_common.h>
 #include <linux/netlink.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -602,13 +605,174 @@ static int nflog(const char *group_text) {
   }
 }
 
+/* The address and ports of one conntrack tuple (CTA_TUPLE_ORIG or CTA_TUPLE_REPLY); 0 when it is not whole. */
+struct tuple {
+  unsigned protocol, sport, dport;
+  char source[33], destination[33];
+};
+
+static int read_tuple(const struct nlattr *nested, int family, struct tuple *tuple) {
+  if (!nested) return 0;
+  const struct nlattr *inside = (const struct nlattr *)((const char *)nested + NLA_HDRLEN);
+  int length = nested->nla_len - NLA_HDRLEN;
+  const struct nlattr *ip = find_attribute(inside, length, CTA_TUPLE_IP);
+  const struct nlattr *proto = find_attribute(inside, length, CTA_TUPLE_PROTO);
+  if (!ip || !proto) return 0;
+  const struct nlattr *ips = (const struct nlattr *)((const char *)ip + NLA_HDRLEN);
+  int ips_length = ip->nla_len - NLA_HDRLEN;
+  size_t size = family == 4 ? 4 : 16;
+  const struct nlattr *source = find_attribute(ips, ips_length, family == 4 ? CTA_IP_V4_SRC : CTA_IP_V6_SRC);
+  const struct nlattr *destination = find_attribute(ips, ips_length, family == 4 ? CTA_IP_V4_DST : CTA_IP_V6_DST);
+  if (!source || !destination || source->nla_len < NLA_HDRLEN + size || destination->nla_len < NLA_HDRLEN + size) return 0;
+  hex(tuple->source, (const unsigned char *)source + NLA_HDRLEN, size);
+  hex(tuple->destination, (const unsigned char *)destination + NLA_HDRLEN, size);
+  const struct nlattr *protos = (const struct nlattr *)((const char *)proto + NLA_HDRLEN);
+  int protos_length = proto->nla_len - NLA_HDRLEN;
+  const struct nlattr *number = find_attribute(protos, protos_length, CTA_PROTO_NUM);
+  if (!number || number->nla_len < NLA_HDRLEN + 1) return 0;
+  tuple->protocol = *((const unsigned char *)number + NLA_HDRLEN);
+  tuple->sport = tuple->dport = 0;
+  const struct nlattr *sport = find_attribute(protos, protos_length, CTA_PROTO_SRC_PORT);
+  const struct nlattr *dport = find_attribute(protos, protos_length, CTA_PROTO_DST_PORT);
+  if (sport && dport && sport->nla_len >= NLA_HDRLEN + 2 && dport->nla_len >= NLA_HDRLEN + 2) {
+    const unsigned char *s = (const unsigned char *)sport + NLA_HDRLEN, *d = (const unsigned char *)dport + NLA_HDRLEN;
+    tuple->sport = (unsigned)s[0] << 8 | s[1];
+    tuple->dport = (unsigned)d[0] << 8 | d[1];
+  }
+  return 1;
+}
+
+/* A counter of CTA_COUNTERS_ORIG or _REPLY (packets or bytes); 0 when the node does not count (nf_conntrack_acct). */
+static unsigned long long read_counter(const struct nlattr *nested, unsigned short type) {
+  if (!nested) return 0;
+  return be64_at(find_attribute((const struct nlattr *)((const char *)nested + NLA_HDRLEN), nested->nla_len - NLA_HDRLEN, type));
+}
+
+static unsigned read_be32(const struct nlattr *attribute) {
+  if (!attribute || attribute->nla_len < NLA_HDRLEN + 4) return 0;
+  const unsigned char *bytes = (const unsigned char *)attribute + NLA_HDRLEN;
+  return (unsigned)bytes[0] << 24 | (unsigned)bytes[1] << 16 | (unsigned)bytes[2] << 8 | bytes[3];
+}
+
+/*
+ * --conntrack EVENTS (a comma-separated list of new, update and destroy): listens to those
+ * conntrack events of this network namespace and writes one line per event:
+ *   EVENT FAMILY PROTOCOL SRC SPORT DST DPORT RSRC RSPORT RDST RDPORT OPACKETS OBYTES RPACKETS RBYTES STATUS ID
+ * the original tuple, the reply tuple (a DNAT shows as a reply source other than the original
+ * destination), the counters of each direction (0 unless the namespace counts them), the status
+ * bits and conntrack's id of the connection. Of the update events only the one that says a
+ * connection was first answered is written (its status has SEEN_REPLY but not yet ASSURED): a
+ * TCP connection makes five or more, one per state. When the kernel had to drop events because
+ * this reader fell behind, a line `lost` says so. Lines are written in batches, when no event is
+ * waiting. Runs until its input or output closes.
+ */
+static int conntrack(const char *events) {
+  unsigned groups = 0;
+  char list[64];
+  if (strlen(events) >= sizeof list) events = "";
+  strcpy(list, events);
+  for (char *save = NULL, *event = strtok_r(list, ",", &save); event; event = strtok_r(NULL, ",", &save)) {
+    if (strcmp(event, "new") == 0) groups |= 1u << (NFNLGRP_CONNTRACK_NEW - 1);
+    else if (strcmp(event, "update") == 0) groups |= 1u << (NFNLGRP_CONNTRACK_UPDATE - 1);
+    else if (strcmp(event, "destroy") == 0) groups |= 1u << (NFNLGRP_CONNTRACK_DESTROY - 1);
+    else groups = 0, event = NULL;
+    if (!event) break;
+  }
+  if (!groups) {
+    fprintf(stderr, "--conntrack takes a comma-separated list of new, update and destroy\n");
+    return 2;
+  }
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+  struct sockaddr_nl local = {.nl_family = AF_NETLINK, .nl_groups = groups};
+  if (fd < 0 || bind(fd, (struct sockaddr *)&local, sizeof local) < 0) {
+    fprintf(stderr, "cannot listen to conntrack events: %s\n", strerror(errno));
+    return 2;
+  }
+  /* Room for a burst of some 20,000 events while the agent reads the ones before. */
+  int size = 1 << 24;
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size) < 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+  static unsigned char answer[1 << 16];
+  static char out[1 << 16];
+  size_t used = 0;
+  for (;;) {
+    struct pollfd waiting[2] = {{.fd = fd, .events = POLLIN}, {.fd = 0, .events = POLLIN}};
+    if (poll(waiting, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      fprintf(stderr, "cannot wait for conntrack events: %s\n", strerror(errno));
+      return 2;
+    }
+    if (waiting[1].revents) {
+      char byte;
+      if (read(0, &byte, 1) <= 0) return 0;
+    }
+    if (!(waiting[0].revents & POLLIN)) continue;
+    /* Everything waiting, then one write. */
+    for (;;) {
+      ssize_t got = recv(fd, answer, sizeof answer, MSG_DONTWAIT);
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0 && errno == ENOBUFS) {
+        if (sizeof out - used < 8) {
+          if (write_full(1, out, used) < 0) return 0;
+          used = 0;
+        }
+        memcpy(out + used, "lost\n", 5);
+        used += 5;
+        continue;
+      }
+      if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      if (got <= 0) {
+        fprintf(stderr, "cannot read conntrack events: %s\n", got < 0 ? strerror(errno) : "the socket closed");
+        return 2;
+      }
+      int left = (int)got;
+      for (struct nlmsghdr *message = (struct nlmsghdr *)answer; NLMSG_OK(message, (unsigned)left); message = NLMSG_NEXT(message, left)) {
+        if (NFNL_SUBSYS_ID(message->nlmsg_type) != NFNL_SUBSYS_CTNETLINK) continue;
+        unsigned type = NFNL_MSG_TYPE(message->nlmsg_type);
+        if (message->nlmsg_len < NLMSG_LENGTH(sizeof(struct nfgenmsg))) continue;
+        const struct nfgenmsg *header = NLMSG_DATA(message);
+        int family = header->nfgen_family == AF_INET ? 4 : header->nfgen_family == AF_INET6 ? 6 : 0;
+        if (!family) continue;
+        int length = (int)message->nlmsg_len - NLMSG_LENGTH(sizeof(struct nfgenmsg));
+        const struct nlattr *attributes = (const struct nlattr *)((const char *)header + NLA_ALIGN(sizeof *header));
+        unsigned status = read_be32(find_attribute(attributes, length, CTA_STATUS));
+        const char *event;
+        if (type == IPCTNL_MSG_CT_DELETE) event = "destroy";
+        else if (type != IPCTNL_MSG_CT_NEW) continue;
+        else if (message->nlmsg_flags & (NLM_F_CREATE | NLM_F_EXCL)) event = "new";
+        else if ((status & IPS_SEEN_REPLY) && !(status & IPS_ASSURED)) event = "update";
+        else continue;
+        struct tuple original, reply;
+        if (!read_tuple(find_attribute(attributes, length, CTA_TUPLE_ORIG), family, &original)) continue;
+        if (!read_tuple(find_attribute(attributes, length, CTA_TUPLE_REPLY), family, &reply)) continue;
+        const struct nlattr *counters_original = find_attribute(attributes, length, CTA_COUNTERS_ORIG);
+        const struct nlattr *counters_reply = find_attribute(attributes, length, CTA_COUNTERS_REPLY);
+        if (sizeof out - used < 512) {
+          if (write_full(1, out, used) < 0) return 0;
+          used = 0;
+        }
+        int written = snprintf(out + used, sizeof out - used, "%s %d %u %s %u %s %u %s %u %s %u %llu %llu %llu %llu %u %u\n", event, family, original.protocol, original.source,
+                               original.sport, original.destination, original.dport, reply.source, reply.sport, reply.destination, reply.dport,
+                               read_counter(counters_original, CTA_COUNTERS_PACKETS), read_counter(counters_original, CTA_COUNTERS_BYTES),
+                               read_counter(counters_reply, CTA_COUNTERS_PACKETS), read_counter(counters_reply, CTA_COUNTERS_BYTES), status,
+                               read_be32(find_attribute(attributes, length, CTA_ID)));
+        if (written > 0 && (size_t)written < sizeof out - used) used += (size_t)written;
+      }
+    }
+    if (used) {
+      if (write_full(1, out, used) < 0) return 0;
+      used = 0;
+    }
+  }
+}
+
 int main(int argc, char **argv) {
   if (argc == 2 && strcmp(argv[1], "--serve") == 0) return serve();
   if (argc == 2 && strcmp(argv[1], "--tables") == 0) return list_tables();
   if (argc == 4 && strcmp(argv[1], "--counters") == 0) return list_counters(argv[2], argv[3]);
   if (argc == 3 && strcmp(argv[1], "--nflog") == 0) return nflog(argv[2]);
+  if (argc == 3 && strcmp(argv[1], "--conntrack") == 0) return conntrack(argv[2]);
   if (argc != 1) {
-    fprintf(stderr, "usage: trellis-nft-batch [--serve | --tables | --counters FAMILY TABLE | --nflog GROUP] (a batch on stdin, unless one of those)\n");
+    fprintf(stderr, "usage: trellis-nft-batch [--serve | --tables | --counters FAMILY TABLE | --nflog GROUP | --conntrack EVENTS] (a batch on stdin, unless one of those)\n");
     return 2;
   }
   size_t length = 0;

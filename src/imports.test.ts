@@ -13,14 +13,15 @@ const SRC = dirname(fileURLToPath(import.meta.url));
 
 /** The map's arrows; every part may import net and plan. */
 const ARROWS: Record<string, readonly string[]> = {
-  cli: ["agent", "lab", "cni", "cluster"],
-  agent: ["podnet", "dataplane", "linux", "kube", "cluster", "cni", "policy"],
+  cli: ["agent", "lab", "cni", "cluster", "flows"],
+  agent: ["podnet", "dataplane", "linux", "kube", "cluster", "cni", "policy", "flows"],
   lab: ["linux", "kube", "cluster"],
   cni: ["podnet"],
   podnet: ["dataplane", "linux", "podipam"],
   podipam: ["store"],
   dataplane: ["nft"],
   policy: ["nft"],
+  flows: ["cluster"],
   linux: ["nft"],
   cluster: ["store", "policy"],
   kube: [],

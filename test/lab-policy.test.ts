@@ -11,7 +11,7 @@ import { storePolicySource } from "../src/agent/policy-source.js";
 import { startDetached } from "../src/lab/processes.js";
 import { judge } from "../src/policy/judge.js";
 import { openStore } from "../src/store/open.js";
-import { downAll, labCheck, labName, labStatus, runTrellis, waitFor, type LabCheck } from "./support/lab.js";
+import { applyToStore, downAll, labCheck, labName, labStatus, runTrellis, waitFor, type LabCheck } from "./support/lab.js";
 
 after(() => downAll());
 
@@ -20,10 +20,7 @@ type Probe = LabCheck["probes"][number];
 describe("policy on the Trellis store", { timeout: 600_000 }, () => {
   const name = labName("pol");
   let store = "";
-  const apply = (manifest: object, verb: "apply" | "delete" = "apply") => {
-    const run = runTrellis([verb, "-f", "-", "--store", store], 60_000, JSON.stringify(manifest));
-    assert.equal(run.status, 0, run.stderr);
-  };
+  const apply = (manifest: object, verb: "apply" | "delete" = "apply") => applyToStore(store, manifest, verb);
   /** Waits until the check refuses exactly what `refused` says (of the cells `ignored` leaves); returns the cells that differ. */
   const matching = async (refused: (probe: Probe) => boolean, ignored: (probe: Probe) => boolean = () => false) => {
     let check = labCheck(name);

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { after, before, describe, it } from "node:test";
-import { parseLine } from "../src/agent/deny-log.js";
+import { parseLine } from "../src/linux/nflog.js";
 import { formatIp, parseIp, type Family } from "../src/net/ip.js";
 import { tableOps } from "../src/nft/diff.js";
 import { encodeBatch } from "../src/nft/netlink.js";

@@ -52,7 +52,7 @@ describe("Services through the agent's nftables proxy", () => {
   });
   const service = (name: string, spec: object) => ({ apiVersion: "v1", kind: "Service", metadata: { name }, spec });
   /** The agent's netlink writer's process id, as text ("" when none runs). */
-  const writerPid = () => spawnSync("pgrep", ["-P", String(agent.process.pid), "-f", "trellis-nft-batch"], { encoding: "utf8" }).stdout.trim();
+  const writerPid = () => spawnSync("pgrep", ["-P", String(agent.process.pid), "-f", "trellis-nft-batch --serve"], { encoding: "utf8" }).stdout.trim();
   const clusterIPs = (name: string): string[] => (JSON.parse(trellis(["get", "services", name, "-o", "json"])) as { spec: { clusterIPs: string[] } }).spec.clusterIPs;
   const healthCheckPort = (name: string): number => (JSON.parse(trellis(["get", "services", name, "-o", "json"])) as { spec: { healthCheckNodePort: number } }).spec.healthCheckNodePort;
   /** One HTTP request from `netns` (5 s at most); throws when it gets no answer. */

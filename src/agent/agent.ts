@@ -27,6 +27,12 @@ import { BRIDGE_NAME, CONFLIST_NAME, renderConflist, writeConflist } from "./con
 import { cachedPodNets, startCniServer } from "./cni-server.js";
 import { Foreground } from "./foreground.js";
 import { POLICY_LOG_RATE, POLICY_NFLOG_GROUP, startDenyLog, type DenyLog } from "./deny-log.js";
+import { FlowRecorder, flowsHandler, type FlowContext } from "./flows.js";
+import { keepOpen } from "./connection-limits.js";
+import { followConntrack } from "../linux/conntrack-events.js";
+import { followNflog } from "../linux/nflog.js";
+import { NO_ENDPOINTS_PREFIX, SERVICE_NFLOG_GROUP } from "../dataplane/service-rules.js";
+import { ensureSysctl } from "../linux/sysctl.js";
 import { kubernetesPod, PolicyLoop, resultAddresses } from "./policy-loop.js";
 import { SyncRunner } from "./runner.js";
 import type { ClusterFeed } from "./feed.js";
@@ -144,7 +150,29 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
   // The reader of the deny log runs from the first policy table on.
   let denyLog: DenyLog | undefined;
   const startDenyLogOnce = () => {
-    denyLog ??= startDenyLog({ reader: join(dirname(process.execPath), NFT_WRITER), group: POLICY_NFLOG_GROUP, log, denial: (prefix) => policy.denial(prefix), pod: (address) => policy.podAt(address) });
+    denyLog ??= startDenyLog({
+      reader: join(dirname(process.execPath), NFT_WRITER), group: POLICY_NFLOG_GROUP, log, denial: (prefix) => policy.denial(prefix), pod: (address) => policy.podAt(address),
+      ...(flows ? { seen: (packet, denial) => flows!.recorder.denied({ ...packet, ...(denial ? { direction: denial.direction, policy: denial.policy } : {}) }) } : {}),
+    });
+  };
+  // Flow records: conntrack's events of this namespace, read beside the netlink writer.
+  const flows = options.flowBuffer > 0 && agentWriter ? startFlows(options.flowBuffer, join(dirname(process.execPath), NFT_WRITER), {
+    nodeName: selfEndpoint.name,
+    ownPodCidrs: selfEndpoint.podCidrs,
+    clusterPrefixes: () => [...feed.clusterPodCidrs, ...feed.serviceCidrs()],
+    pod: (address) => policy.podAt(address),
+    nodeAt: (address) => nodeAddresses().get(`${address.family} ${address.value}`),
+    service: (protocol, port, address) => proxy?.serviceAt(protocol, port, address),
+  }, log, proxy !== undefined) : undefined;
+  /** Every node's addresses, by address: built again at most once a second. */
+  let nodeAddressIndex: { built: number; index: Map<string, string> } | undefined;
+  const nodeAddresses = () => {
+    if (!nodeAddressIndex || Date.now() - nodeAddressIndex.built >= 1_000) {
+      const index = new Map<string, string>();
+      for (const node of [selfEndpoint, ...feed.livePeers()]) for (const address of node.addresses) index.set(`${address.family} ${address.value}`, node.name);
+      nodeAddressIndex = { built: Date.now(), index };
+    }
+    return nodeAddressIndex.index;
   };
   // A pod's policy rules are in the kernel before its ADD answers (and go with its DEL).
   const policyHooks = {
@@ -180,6 +208,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
             buildInfoMetric(),
             proxy?.metrics() ?? "",
             await policy.metrics(),
+            flows?.recorder.metrics() ?? "",
           ].join(""),
         unhealthy: () => {
           const age = (Date.now() - lastRoutesSyncAt) / 1000;
@@ -194,6 +223,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
           if (proxy && !proxy.synced()) return "the Service rules are not synced yet";
           return undefined;
         },
+        ...(flows ? { flows: flowsHandler(flows.recorder, (response) => keepOpen(response.socket!)) } : {}),
       }, log).catch((error: unknown) => {
         // Metrics are not worth the node's network: the agent goes on without them.
         log("error", "cannot serve metrics; going on without them", { address: `${options.metricsAddress!.host}:${options.metricsAddress!.port}`, error: String(error) });
@@ -420,6 +450,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
       .then(() => proxy?.stop())
       .then(() => policy.stop())
       .then(() => denyLog?.stop())
+      .then(() => flows?.stop())
       .then(() => http?.close())
       .then(() => proxyEndpoints.forEach((endpoint) => endpoint?.close()))
       .then(() => cniServer.close())
@@ -433,6 +464,47 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
       .then(() => finish(error), (failure: unknown) => finish(error ?? failure));
   };
   return { done, stop: () => stopAndClose(), lastSyncMs: () => lastSyncMs };
+}
+
+/**
+ * The flow recorder and its conntrack reader. conntrack counts each connection's packets and
+ * bytes only where the namespace asks it to (nf_conntrack_acct, per network namespace): asked
+ * here, as kube-proxy sets its own conntrack sysctls.
+ */
+function startFlows(capacity: number, reader: string, context: FlowContext, log: Logger, proxy: boolean): { recorder: FlowRecorder; stop(): void } {
+  try {
+    if (ensureSysctl("net.netfilter.nf_conntrack_acct", "1")) log("info", "conntrack counts bytes and packets per connection now, for flow records", { sysctl: "net.netfilter.nf_conntrack_acct=1" });
+  } catch (error) {
+    log("warn", "cannot have conntrack count bytes and packets: flow records go without them", { error: String(error) });
+  }
+  const recorder = new FlowRecorder(context, capacity);
+  let lostLoggedAt = 0;
+  const events = followConntrack({
+    reader,
+    kinds: ["new", "update", "destroy"],
+    event: (event) => recorder.conntrack(event),
+    lost: () => {
+      recorder.eventsLost();
+      if (Date.now() - lostLoggedAt >= 60_000) {
+        lostLoggedAt = Date.now();
+        log("warn", "conntrack events were lost: the flow reader fell behind (counted in trellis_flow_events_lost_total)", {});
+      }
+    },
+    stopped: (why, retryInMs) => log("warn", "the conntrack event reader stopped; starting it again", { error: why, retryInSeconds: retryInMs / 1000 }),
+  });
+  // What the Service proxy refuses never reaches conntrack's table: its reject chain logs it.
+  const refused = proxy
+    ? followNflog(reader, SERVICE_NFLOG_GROUP, (packet) => {
+      if (packet.prefix === NO_ENDPOINTS_PREFIX) recorder.rejected(packet);
+    }, (why, retryInMs) => log("warn", "the Service proxy's refusal log reader stopped; starting it again", { group: SERVICE_NFLOG_GROUP, error: why, retryInSeconds: retryInMs / 1000 }))
+    : undefined;
+  return {
+    recorder,
+    stop: () => {
+      events.stop();
+      refused?.stop();
+    },
+  };
 }
 
 /** The spawn helper's file name, beside the trellis executable. */

@@ -92,6 +92,18 @@ export function closeNow(server: Server): void {
   server.closeAllConnections();
 }
 
+/** Each held connection's end of life. */
+const deadlines = new WeakMap<Socket, NodeJS.Timeout>();
+
+/**
+ * Takes a connection out of its lifetime: for an answer that goes on for as long as its client
+ * reads (a follower of /flows), which the handler bounds itself. It still counts against the caps.
+ */
+export function keepOpen(socket: Socket): void {
+  clearTimeout(deadlines.get(socket));
+  deadlines.delete(socket);
+}
+
 /** The caps each held connection counts against, so that closing it frees its place in all of them at once. */
 const capsOf = new WeakMap<Socket, readonly ConnectionCap[]>();
 
@@ -118,6 +130,7 @@ function admit(socket: Socket, limits: ConnectionLimits): void {
     counts.expired++;
     socket.destroy();
   }, limits.lifetimeMs);
+  deadlines.set(socket, deadline);
   socket.once("close", () => {
     clearTimeout(deadline);
     release(socket);

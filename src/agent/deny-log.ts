@@ -5,8 +5,7 @@
  * connection: the policy that denied it, the direction, the protocol, and both ends with their
  * ports and pods. A connection's retries are one line (the same five-tuple within a minute).
  */
-import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
-import { createInterface } from "node:readline";
+import { followNflog, type LoggedPacket } from "../linux/nflog.js";
 import { formatIp, type IpAddress } from "../net/ip.js";
 import type { Denial } from "../policy/rules.js";
 import type { Logger } from "./log.js";
@@ -31,6 +30,8 @@ export interface DenyLogOptions {
   denial(prefix: string): Denial | undefined;
   /** The pod at an address, as the policy loop knows it. */
   pod(address: IpAddress): { readonly namespace: string; readonly name: string } | undefined;
+  /** Every logged packet, before the log's own dedupe and cap (the flow records). */
+  seen?(packet: LoggedPacket, denial: Denial | undefined): void;
 }
 
 export interface DenyLog {
@@ -38,18 +39,13 @@ export interface DenyLog {
 }
 
 export function startDenyLog(options: DenyLogOptions): DenyLog {
-  let child: ChildProcessWithoutNullStreams | undefined;
-  let stopped = false;
-  let retryMs = 1_000;
-  let timer: NodeJS.Timeout | undefined;
   const seen = new Map<string, number>();
   let second = 0;
   let linesThisSecond = 0;
   let suppressed = 0;
 
-  const line = (text: string) => {
-    const parsed = parseLine(text);
-    if (!parsed) return;
+  const line = (parsed: LoggedPacket) => {
+    options.seen?.(parsed, options.denial(parsed.prefix));
     const now = Date.now();
     const key = `${parsed.prefix} ${parsed.protocol} ${formatIp(parsed.from)} ${parsed.sport} ${formatIp(parsed.to)} ${parsed.dport}`;
     const last = seen.get(key);
@@ -81,56 +77,7 @@ export function startDenyLog(options: DenyLogOptions): DenyLog {
     suppressed = 0;
   };
 
-  const start = () => {
-    if (stopped) return;
-    const reader = spawn(options.reader, ["--nflog", String(options.group)], { stdio: ["pipe", "pipe", "pipe"] });
-    child = reader;
-    let stderr = "";
-    reader.stderr.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString("utf8")).slice(-1000)));
-    createInterface({ input: reader.stdout }).on("line", (text) => {
-      retryMs = 1_000;
-      line(text);
-    });
-    reader.on("error", (error) => (stderr += String(error)));
-    reader.on("close", (code) => {
-      if (child === reader) child = undefined;
-      if (stopped) return;
-      options.log("warn", "the policy deny log stopped; starting it again", { reader: options.reader, group: options.group, exitCode: code, error: stderr.trim(), retryInSeconds: retryMs / 1000 });
-      timer = setTimeout(start, retryMs);
-      retryMs = Math.min(retryMs * 2, 60_000);
-    });
-  };
-  start();
-  return {
-    stop() {
-      stopped = true;
-      clearTimeout(timer);
-      child?.kill();
-      child = undefined;
-    },
-  };
-}
-
-interface LoggedPacket {
-  readonly prefix: string;
-  readonly protocol: number;
-  readonly from: IpAddress;
-  readonly sport: number;
-  readonly to: IpAddress;
-  readonly dport: number;
-}
-
-/** One line of `trellis-nft-batch --nflog`: PREFIX FAMILY PROTOCOL SOURCE SPORT DESTINATION DPORT. */
-export function parseLine(text: string): LoggedPacket | undefined {
-  const fields = text.split(" ");
-  if (fields.length !== 7) return undefined;
-  const [prefix, familyText, protocol, from, sport, to, dport] = fields;
-  const family = familyText === "4" ? 4 : familyText === "6" ? 6 : undefined;
-  if (!family || !/^[A-Za-z0-9_.\/-]{1,127}$/.test(prefix)) return undefined;
-  const address = (hex: string): IpAddress | undefined => (new RegExp(`^[0-9a-f]{${family === 4 ? 8 : 32}}$`).test(hex) ? { family, value: BigInt(`0x${hex}`) } : undefined);
-  const numbers = [protocol, sport, dport].map(Number);
-  const source = address(from);
-  const destination = address(to);
-  if (!source || !destination || numbers.some((n) => !Number.isInteger(n) || n < 0 || n > 65535)) return undefined;
-  return { prefix, protocol: numbers[0], from: source, sport: numbers[1], to: destination, dport: numbers[2] };
+  const reader = followNflog(options.reader, options.group, line, (why, retryInMs) =>
+    options.log("warn", "the policy deny log stopped; starting it again", { reader: options.reader, group: options.group, error: why, retryInSeconds: retryInMs / 1000 }));
+  return { stop: () => reader.stop() };
 }

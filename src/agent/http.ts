@@ -1,9 +1,11 @@
 /**
  * The agent's HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the agent's loops are
- * alive) and `/readyz` (routes programmed and the Service rules synced once). Read-only: GET
+ * alive), `/readyz` (routes programmed and the Service rules synced once) and `/flows` (the
+ * node's flow records, agent/flows.ts). Read-only: GET
  * and HEAD only, no request body read, one request a connection, connections capped and
  * short-lived (connection-limits.ts); bound to loopback unless told otherwise.
  */
+import type { IncomingMessage, ServerResponse } from "node:http";
 import { closeNow, connectionCap, connectionCounts, createLimitedHttpServer, listen } from "./connection-limits.js";
 import type { Logger } from "./log.js";
 import { renderGauge } from "./metrics.js";
@@ -24,6 +26,8 @@ export interface AgentHttpHandlers {
   unhealthy(): string | undefined;
   /** undefined when ready, else why not. */
   notReady(): string | undefined;
+  /** GET /flows, when the agent keeps flows (agent/flows.ts); `keep` takes a following connection out of the short lifetime. */
+  flows?(request: IncomingMessage, response: ServerResponse, query: URLSearchParams): void;
 }
 
 export interface AgentHttp {
@@ -58,11 +62,15 @@ export async function startAgentHttp(host: string, port: number, handlers: Agent
         );
         return;
       }
+      if (path === "/flows" && handlers.flows) {
+        handlers.flows(request, response, new URL(request.url ?? "/", "http://agent").searchParams);
+        return;
+      }
       if (path === "/healthz" || path === "/readyz") {
         const problem = path === "/healthz" ? handlers.unhealthy() : handlers.notReady();
         return problem === undefined ? send(200, "ok\n") : send(503, `${problem}\n`);
       }
-      send(404, "not found: /metrics, /healthz and /readyz are served\n");
+      send(404, `not found: /metrics, /healthz${handlers.flows ? ", /readyz and /flows are" : " and /readyz are"} served\n`);
     } catch (error) {
       log("error", "metrics request failed", { error: String(error) });
       if (!response.headersSent) send(500, "internal error\n");

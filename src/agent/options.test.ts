@@ -42,6 +42,7 @@ describe("parseAgentOptions", () => {
       peerGraceSeconds: 60,
       proxy: true,
       proxySyncIntervalMs: 1000,
+      flowBuffer: 4096,
       metricsAddress: { host: "127.0.0.1", port: 9656 },
       externalIpCidrs: [],
     } satisfies AgentOptions);
@@ -83,6 +84,7 @@ describe("parseAgentOptions", () => {
         logLevel: "debug",
         proxy: "false",
         proxySyncInterval: "0.25",
+        flowBuffer: "0",
         metricsBindAddress: "[fd00::1]:9100",
         externalIpCidrs: "198.19.0.0/24, fd00:198:19::/64",
       }),
@@ -106,6 +108,7 @@ describe("parseAgentOptions", () => {
       peerGraceSeconds: 3,
       proxy: false,
       proxySyncIntervalMs: 250,
+      flowBuffer: 0,
       metricsAddress: { host: "fd00::1", port: 9100 },
       externalIpCidrs: [parsePrefix("198.19.0.0/24"), parsePrefix("fd00:198:19::/64")],
     } satisfies AgentOptions);
@@ -151,6 +154,8 @@ describe("parseAgentOptions", () => {
     ["--proxy-sync-interval negative", { proxySyncInterval: "-1" }, /^--proxy-sync-interval "-1" is not a number of seconds from 0 to 60 \(at most 3 decimals, e\.g\. 0\.25\)$/],
     ["--proxy-sync-interval above a minute", { proxySyncInterval: "61" }, /^--proxy-sync-interval "61" is not a number of seconds from 0 to 60/],
     ["--proxy-sync-interval with a unit", { proxySyncInterval: "1s" }, /^--proxy-sync-interval "1s" is not a number of seconds from 0 to 60/],
+    ["--flow-buffer negative", { flowBuffer: "-1" }, /^--flow-buffer "-1" is not a whole number from 0 to 1000000$/],
+    ["--flow-buffer huge", { flowBuffer: "99999999999999999999" }, /^--flow-buffer "99999999999999999999" is not a whole number from 0 to 1000000$/],
     ["--metrics-bind-address without a port", { metricsBindAddress: "127.0.0.1" }, /^--metrics-bind-address "127\.0\.0\.1" is not HOST:PORT: expected an IPv4 address and port \(127\.0\.0\.1:9656\), \[IPv6\]:PORT \(\[::1\]:9656\), or off$/],
     ["--metrics-bind-address IPv6 without brackets", { metricsBindAddress: "::1:10249" }, /^--metrics-bind-address "::1:10249" is not HOST:PORT/],
     ["--metrics-bind-address a host name", { metricsBindAddress: "localhost:10249" }, /^--metrics-bind-address "localhost:10249" is not HOST:PORT/],

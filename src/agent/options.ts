@@ -48,6 +48,8 @@ export interface AgentOptions {
   readonly proxy: boolean;
   /** The least time between two syncs of the Service rules; changes made meanwhile go together. */
   readonly proxySyncIntervalMs: number;
+  /** Flow records the agent keeps (agent/flows.ts); 0: none, and no conntrack reader. */
+  readonly flowBuffer: number;
   /** Where /metrics, /healthz and /readyz are served; undefined: nowhere. */
   readonly metricsAddress?: { readonly host: string; readonly port: number };
   /** Where kube-proxy's /healthz and /livez are served for the proxy (kube-proxy's 10256); undefined: nowhere. */
@@ -80,6 +82,7 @@ export interface AgentFlags {
   logLevel: string;
   proxy: boolean | string;
   proxySyncInterval: string;
+  flowBuffer: string;
   metricsBindAddress: string;
   proxyHealthzBindAddress: string;
   proxyStatusBindAddress: string;
@@ -100,6 +103,7 @@ export const AGENT_DEFAULTS = {
   peerGrace: "60",
   logLevel: "info",
   proxySyncInterval: "1",
+  flowBuffer: "4096",
   metricsBindAddress: "127.0.0.1:9656",
   proxyHealthzBindAddress: "off",
   proxyStatusBindAddress: "off",
@@ -182,6 +186,7 @@ export function parseAgentOptions(flags: AgentFlags): AgentOptions {
     peerGraceSeconds,
     proxy,
     proxySyncIntervalMs: Math.round(Number(flags.proxySyncInterval) * 1000),
+    flowBuffer: integer("--flow-buffer", flags.flowBuffer, 0, 1_000_000),
     ...(metricsAddress ? { metricsAddress } : {}),
     // They speak for the agent's proxy: with --no-proxy, another proxy answers there.
     ...(proxyHealthzAddress && proxy ? { proxyHealthzAddress } : {}),

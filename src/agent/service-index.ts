@@ -99,6 +99,11 @@ export class ServiceIndex {
     return this.count;
   }
 
+  /** Every Service port as last worked out (by `all` or `changes`), without working out the marked ones. */
+  *workedOut(): Generator<ProxyServicePort> {
+    for (const ports of this.ports.values()) yield* ports;
+  }
+
   /** Every Service port with its endpoints; the Services marked since the last call are worked out again. */
   all(): ProxyServicePort[] {
     this.changes();

@@ -1,6 +1,7 @@
 /** The `trellis` command line. Each command family registers itself here. */
 import { Command, CommanderError } from "commander";
 import { registerAgentCommand } from "./agent.js";
+import { registerFlowsCommand } from "./flows.js";
 import { registerInstallCniCommand } from "./install-cni.js";
 import { registerLabCommands } from "./lab.js";
 import { registerNodeCommands } from "./node.js";
@@ -20,6 +21,7 @@ export async function runCli(argv: string[]): Promise<number> {
     .configureOutput({ writeErr: (text) => process.stderr.write(text) });
   // command registrations go here, one line per family
   registerAgentCommand(program);
+  registerFlowsCommand(program);
   registerInstallCniCommand(program);
   registerLabCommands(program);
   registerPlanCommands(program);

@@ -273,7 +273,7 @@ describe("desiredProxyRuleset", () => {
     assert.deepEqual(rules(t, "filter-output"), ["ct state new jump service-endpoints-check", "ct state new jump cluster-ips-check"]);
     assert.deepEqual(rules(t, "cluster-ips-check"), ["ip daddr @cluster-ips goto reject-chain", "ip daddr @service-cidrs drop"]);
     assert.deepEqual(elements(t, "cluster-ips"), { "10.96.0.10": "" });
-    assert.deepEqual(rules(t, "reject-chain"), ["meta l4proto tcp reject with tcp reset", "reject"]);
+    assert.deepEqual(rules(t, "reject-chain"), ['limit rate 100/second burst 200 packets log prefix "no-endpoints" group 2710', "meta l4proto tcp reject with tcp reset", "reject"]);
     assert.deepEqual(elements(t, "nodeport-ips"), { "198.18.0.1": "" });
     assert.deepEqual(elements(t, "pod-cidrs"), { "10.244.0.0/16": "" });
     assert.deepEqual(t.baseChains.get("nat-output"), { type: "nat", hook: "output", priority: -100 });
@@ -611,12 +611,12 @@ describe("desiredProxyRuleset", () => {
   it("counts chains, rules and elements per family", () => {
     // Catches: the sync metrics reporting one family, or rules instead of elements.
     const ruleset = desired([servicePort({ clusterIPs: ips("10.96.0.10", "fd00:10:96::a"), endpoints: [endpoint("10.244.1.5"), endpoint("fd00:10:244:1::5")] })]);
-    // 13 fixed chains with 22 rules (front 9, shard 4); svc (2 rules: masquerade off-cluster
+    // 13 fixed chains with 23 rules (front 9, shard 4); svc (2 rules: masquerade off-cluster
     // clients, DNAT); nodeport-ips in the front and the shard, the ClusterIP in cluster-ips,
     // pod-cidrs and one service-ips element in the shard.
     assert.deepEqual(proxyRulesetCounts(ruleset), [
-      { family: 4, chains: 14, rules: 24, elements: 5 },
-      { family: 6, chains: 14, rules: 24, elements: 5 },
+      { family: 4, chains: 14, rules: 25, elements: 5 },
+      { family: 6, chains: 14, rules: 25, elements: 5 },
     ]);
   });
 });

@@ -59,6 +59,13 @@ export function shardTableName(shard: number): string {
   return `${PROXY_TABLE}-${shard.toString(16)}`;
 }
 
+/** The nflog group the proxy logs connections it refuses for want of endpoints to (the agent's flow records read it). */
+export const SERVICE_NFLOG_GROUP = 2710;
+/** Their log prefix. */
+export const NO_ENDPOINTS_PREFIX = "no-endpoints";
+/** Refused packets a second logged at most (twice as many in a burst). */
+const SERVICE_LOG_RATE = 100;
+
 const REJECT = goto("reject-chain");
 const MARK_FOR_MASQUERADE: Statement = { statement: "verdict", verdict: jump("mark-for-masquerade") };
 
@@ -115,8 +122,13 @@ export function frontTable(family: Family, node: ProxyNode): TableDraft {
       rule([{ match: "in set", key: [addressField(family, "daddr")], set: "cluster-ips" }], { statement: "verdict", verdict: REJECT }),
       verdictRule([{ match: "in set", key: [addressField(family, "daddr")], set: "service-cidrs" }], drop),
     ]],
-    // A TCP client gets a reset and fails at once; UDP and SCTP get ICMP port unreachable.
-    ["reject-chain", [rule([{ match: "protocol", protocol: "tcp" }], { statement: "reject", tcpReset: true }), rule([], { statement: "reject" })]],
+    // A TCP client gets a reset and fails at once; UDP and SCTP get ICMP port unreachable. The
+    // first packets are logged for the flow records (a few a second: nothing reads them otherwise).
+    ["reject-chain", [
+      rule([], { statement: "limit", rate: SERVICE_LOG_RATE, burst: SERVICE_LOG_RATE * 2 }, { statement: "log", prefix: NO_ENDPOINTS_PREFIX, group: SERVICE_NFLOG_GROUP }),
+      rule([{ match: "protocol", protocol: "tcp" }], { statement: "reject", tcpReset: true }),
+      rule([], { statement: "reject" }),
+    ]],
     ["masquerading", [
       // Hairpin: a local endpoint reached through a Service from its own address must see
       // another source, or it would answer itself directly, past the DNAT.

@@ -25,6 +25,12 @@ export function runTrellis(args: readonly string[], timeout = 180_000, input?: s
   return spawnSync(TRELLIS, args, { encoding: "utf8", timeout, input });
 }
 
+/** `trellis apply` (or delete) of one object to a lab's store; fails the test when refused. */
+export function applyToStore(store: string, manifest: object, verb: "apply" | "delete" = "apply"): void {
+  const run = runTrellis([verb, "-f", "-", "--store", store], 60_000, JSON.stringify(manifest));
+  if (run.status !== 0) throw new Error(`trellis ${verb} failed: ${run.stderr}`);
+}
+
 /** Labs made by this test process, so `downAll` removes exactly them. */
 const made = new Set<string>();
 

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { formatIp } from "../net/ip.js";
-import { parseLine } from "./deny-log.js";
+import { parseLine } from "./nflog.js";
 
-describe("the deny log's reader lines", () => {
+describe("the nflog reader's lines", () => {
   // Catches a misread packet (addresses or ports swapped, a family taken for the other) and
   // anything else taken as a line: a prefix with spaces or a newline, short or long hex, numbers
   // out of range, fields missing or added.

@@ -1,0 +1,157 @@
+import assert from "node:assert/strict";
+import { createServer, request } from "node:http";
+import { connect } from "node:net";
+import { describe, it } from "node:test";
+import type { ConntrackEvent } from "../linux/conntrack-events.js";
+import { formatIp, parseIp, parsePrefix, type IpAddress } from "../net/ip.js";
+import { FOLLOWER_BOUND, FlowRecorder, flowsHandler, type FlowContext } from "./flows.js";
+
+const ip = parseIp;
+const PODS: Record<string, string> = { "10.244.0.2": "default/client", "10.244.1.5": "web/server-0", "fd00:10:244::2": "default/client" };
+const NODES: Record<string, string> = { "198.18.0.11": "node1", "198.18.0.12": "node2" };
+
+const context: FlowContext = {
+  nodeName: "node1",
+  ownPodCidrs: [parsePrefix("10.244.0.0/24"), parsePrefix("fd00:10:244::/64")],
+  clusterPrefixes: () => [parsePrefix("10.244.0.0/16"), parsePrefix("10.96.0.0/16"), parsePrefix("fd00:10:244::/56")],
+  pod: (address: IpAddress) => {
+    const name = PODS[formatIp(address)];
+    return name ? { namespace: name.split("/")[0], name: name.split("/")[1] } : undefined;
+  },
+  nodeAt: (address) => NODES[formatIp(address)],
+  service: (protocol, port, address) => {
+    if (!address) return protocol === "TCP" && port === 30080 ? "web/front" : undefined;
+    return formatIp(address) === "10.96.0.10" && protocol === "TCP" && port === 80 ? "web/front" : undefined;
+  },
+};
+
+function event(kind: ConntrackEvent["kind"], from: string, sport: number, to: string, dport: number, replyFrom = to, replyPort = dport, protocol = 6, status = 0): ConntrackEvent {
+  return {
+    kind, family: ip(from).family, protocol, original: { source: ip(from), sport, destination: ip(to), dport },
+    reply: { source: ip(replyFrom), sport: replyPort, destination: ip(from), dport: sport }, packets: [5, 3], bytes: [274, 164], status, id: 1,
+  };
+}
+
+describe("flow records from conntrack and the logs", () => {
+  const now = () => Date.parse("2026-12-08T10:00:00.000Z");
+
+  // Catches a Service's translation lost (the reply tuple ignored), a NodePort not named as its
+  // Service, counters on the wrong side, and the node's own traffic kept.
+  it("names the pods, the Service and the translation, and leaves the node's own traffic out", () => {
+    const recorder = new FlowRecorder(context, 16, now);
+    recorder.conntrack(event("new", "10.244.0.2", 40000, "10.96.0.10", 80, "10.244.1.5", 8080));
+    recorder.conntrack(event("destroy", "10.244.0.2", 40000, "10.96.0.10", 80, "10.244.1.5", 8080, 6, 1 << 1));
+    recorder.conntrack(event("new", "198.18.0.200", 5555, "198.18.0.11", 30080, "10.244.1.5", 8080));
+    recorder.conntrack(event("new", "198.18.0.11", 5000, "198.18.0.12", 2379));
+    recorder.conntrack(event("new", "10.244.1.5", 0, "10.244.0.2", 0, "10.244.0.2", 0, 1));
+    const [clusterIp, closed, nodePort, icmp, ...rest] = recorder.ring.recent({});
+    assert.deepEqual(rest, [], "node to node traffic left out");
+    assert.deepEqual(clusterIp, {
+      time: "2026-12-08T10:00:00.000Z", node: "node1", event: "new", verdict: "forwarded", protocol: "TCP",
+      source: { address: "10.244.0.2", port: 40000, pod: "default/client" },
+      destination: { address: "10.96.0.10", port: 80 },
+      translated: { address: "10.244.1.5", port: 8080, pod: "web/server-0" },
+      service: "web/front", direction: "egress",
+    });
+    assert.equal(closed.reason, "closed");
+    assert.deepEqual(closed.counters, { packetsSent: 5, bytesSent: 274, packetsReceived: 3, bytesReceived: 164 });
+    assert.equal(nodePort.service, "web/front");
+    assert.deepEqual(nodePort.destination, { address: "198.18.0.11", port: 30080, node: "node1" });
+    assert.equal(nodePort.direction, undefined, "the endpoint is on another node");
+    assert.deepEqual([icmp.protocol, icmp.source.port, icmp.direction, icmp.translated], ["ICMP", undefined, "ingress", undefined]);
+    assert.match(recorder.metrics(), /^trellis_flows_total\{verdict="forwarded"\} 4$/m);
+    assert.match(recorder.metrics(), /^trellis_flow_events_ignored_total 1$/m);
+  });
+
+  it("records denials with their policy and refusals with their Service", () => {
+    const recorder = new FlowRecorder(context, 16, now);
+    recorder.denied({ protocol: 17, from: ip("10.244.0.2"), sport: 1234, to: ip("10.244.1.5"), dport: 53, direction: "Ingress", policy: "NetworkPolicy web/deny" });
+    recorder.rejected({ protocol: 6, from: ip("10.244.0.2"), sport: 1235, to: ip("10.96.0.10"), dport: 80 });
+    recorder.rejected({ protocol: 6, from: ip("10.244.0.2"), sport: 1236, to: ip("10.96.0.10"), dport: 81 });
+    const [denied, rejected, noPort] = recorder.ring.recent({});
+    assert.deepEqual([denied.verdict, denied.event, denied.reason, denied.policy, denied.destination.pod], ["denied", "denied", "ingress policy", "NetworkPolicy web/deny", "web/server-0"]);
+    assert.deepEqual([rejected.verdict, rejected.reason, rejected.service], ["dropped", "no endpoints", "web/front"]);
+    assert.deepEqual([noPort.reason, noPort.service], ["no such Service port", undefined]);
+    assert.match(recorder.metrics(), /^trellis_flows_total\{verdict="dropped"\} 2$/m);
+  });
+});
+
+describe("/flows", () => {
+  const serve = (recorder: FlowRecorder) => {
+    const handler = flowsHandler(recorder, () => undefined);
+    const server = createServer((req, res) => handler(req, res, new URL(req.url!, "http://x").searchParams));
+    return new Promise<{ port: number; close(): void }>((resolve) => server.listen(0, "127.0.0.1", () => resolve({ port: (server.address() as { port: number }).port, close: () => (server.closeAllConnections(), server.close()) })));
+  };
+  const get = (port: number, path: string) => new Promise<{ status: number; body: string }>((resolve, reject) => {
+    request({ host: "127.0.0.1", port, path }, (res) => {
+      let body = "";
+      res.on("data", (chunk) => (body += chunk));
+      res.on("end", () => resolve({ status: res.statusCode!, body }));
+    }).on("error", reject).end();
+  });
+
+  // Catches unknown or repeated parameters taken silently, and a bad value answered with
+  // anything but a 400 that names it.
+  it("answers JSON lines by the filter, and 400 naming what is wrong", async () => {
+    const recorder = new FlowRecorder(context, 16);
+    recorder.denied({ protocol: 17, from: ip("10.244.0.2"), sport: 1, to: ip("10.244.1.5"), dport: 53, direction: "Ingress", policy: "NetworkPolicy web/deny" });
+    recorder.conntrack(event("new", "10.244.0.2", 40000, "10.96.0.10", 80, "10.244.1.5", 8080));
+    const server = await serve(recorder);
+    try {
+      const all = await get(server.port, "/flows");
+      assert.equal(all.status, 200);
+      assert.equal(all.body.trim().split("\n").length, 2);
+      const denied = await get(server.port, "/flows?verdict=denied&pod=web/server-0");
+      assert.deepEqual(denied.body.trim().split("\n").map((line) => JSON.parse(line).policy), ["NetworkPolicy web/deny"]);
+      assert.equal((await get(server.port, "/flows?limit=1")).body.trim().split("\n").length, 1);
+      for (const [path, message] of [
+        ["/flows?verdict=maybe", /^verdict "maybe" is not a verdict/],
+        ["/flows?color=red", /^"color" is not a parameter of \/flows: expected pod, namespace, service, verdict, since, limit, follow/],
+        ["/flows?pod=a/b&pod=c/d", /^pod is given more than once/],
+        ["/flows?limit=0", /^limit "0" is not a number of records from 1/],
+        ["/flows?follow=yes", /^follow "yes" is not true or false/],
+        ["/flows?since=%0a", /^since "\\n" is not a duration/],
+      ] as const) {
+        const answer = await get(server.port, path);
+        assert.equal(answer.status, 400, path);
+        assert.match(answer.body, message, path);
+      }
+    } finally {
+      server.close();
+    }
+  });
+
+  // Catches a follower that never reads growing the agent's memory without bound (records
+  // queued forever), drops uncounted, and followers beyond the cap kept.
+  it("holds at most its bound for a follower that does not read, and counts what it drops", async () => {
+    const recorder = new FlowRecorder(context, 64);
+    const server = await serve(recorder);
+    const stalled = connect(server.port, "127.0.0.1");
+    try {
+      stalled.write("GET /flows?follow=true HTTP/1.1\r\nhost: x\r\n\r\n");
+      stalled.pause();
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      // Far more than the socket's buffers and the bound together.
+      for (let i = 0; i < 60_000; i++) {
+        recorder.conntrack(event("new", "10.244.0.2", 1 + (i % 60000), "10.96.0.10", 80, "10.244.1.5", 8080));
+        if (i % 5_000 === 0) await new Promise((resolve) => setImmediate(resolve));
+      }
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      assert.match(recorder.metrics(), /^trellis_flow_followers 1$/m);
+      const dropped = Number(/^trellis_flow_follower_dropped_total (\d+)$/m.exec(recorder.metrics())![1]);
+      assert.ok(dropped > 60_000 - FOLLOWER_BOUND * 20, `most records dropped for the stalled follower: ${dropped}`);
+      // A follower that reads gets what comes.
+      const lines: string[] = [];
+      const reader = request({ host: "127.0.0.1", port: server.port, path: "/flows?follow=true&verdict=denied" }, (res) => res.on("data", (chunk: Buffer) => lines.push(...chunk.toString().split("\n").filter((line) => line.trim()))));
+      reader.end();
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      recorder.denied({ protocol: 6, from: ip("10.244.0.2"), sport: 9, to: ip("10.244.1.5"), dport: 80, direction: "Ingress", policy: "NetworkPolicy web/x" });
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      assert.deepEqual(lines.map((line) => JSON.parse(line).policy), ["NetworkPolicy web/x"]);
+      reader.destroy();
+    } finally {
+      stalled.destroy();
+      server.close();
+    }
+  });
+});
