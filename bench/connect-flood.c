@@ -7,6 +7,11 @@
  *     RATE datagrams a second, each to the next port from PORT on (a new flow each: conntrack
  *     keys UDP by ports too); past port 65535 from another socket (another source port), so
  *     that every datagram is a new flow.
+ *   connect-flood serve PORT SECONDS
+ *     accepts TCP connections on PORT (both families) and closes each at once, for SECONDS: the
+ *     other end of `tcp`, which a server slower to accept than the kernel is to connect would
+ *     turn into a measure of itself (its listen queue overflows, and a client waits a second to
+ *     send its SYN again).
  * Prints one JSON line: {"connections":N,"failures":N,"seconds":S}.
  */
 #define _GNU_SOURCE
@@ -59,7 +64,38 @@ static int flood_udp(struct sockaddr_storage *target, socklen_t length, int firs
   return 0;
 }
 
+static int serve(int port, double seconds) {
+  int fd = socket(AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int off = 0, on = 1;
+  setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+  struct sockaddr_in6 local = {.sin6_family = AF_INET6, .sin6_port = htons((unsigned short)port), .sin6_addr = IN6ADDR_ANY_INIT};
+  if (bind(fd, (struct sockaddr *)&local, sizeof local) < 0 || listen(fd, 65535) < 0) {
+    fprintf(stderr, "cannot listen on port %d: %s\n", port, strerror(errno));
+    return 2;
+  }
+  int epoll = epoll_create1(0);
+  struct epoll_event wanted = {.events = EPOLLIN, .data.fd = fd}, ready;
+  epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &wanted);
+  long accepted = 0;
+  double begin = now();
+  printf("ready\n");
+  fflush(stdout);
+  while (now() - begin < seconds) {
+    if (epoll_wait(epoll, &ready, 1, 100) <= 0) continue;
+    for (;;) {
+      int client = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+      if (client < 0) break;
+      close(client);
+      accepted++;
+    }
+  }
+  printf("{\"connections\":%ld,\"failures\":0,\"seconds\":%.3f}\n", accepted, now() - begin);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc == 4 && strcmp(argv[1], "serve") == 0) return serve(atoi(argv[2]), atof(argv[3]));
   if (argc != 6 || (strcmp(argv[1], "tcp") && strcmp(argv[1], "udp"))) {
     fprintf(stderr, "usage: connect-flood tcp HOST PORT SECONDS CONCURRENCY | connect-flood udp HOST PORT SECONDS RATE\n");
     return 2;

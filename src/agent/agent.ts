@@ -29,7 +29,7 @@ import { Foreground } from "./foreground.js";
 import { POLICY_LOG_RATE, POLICY_NFLOG_GROUP, startDenyLog, type DenyLog } from "./deny-log.js";
 import { FlowRecorder, flowsHandler, type FlowContext } from "./flows.js";
 import { keepOpen } from "./connection-limits.js";
-import { followConntrack } from "../linux/conntrack-events.js";
+import { followConntrack, KIND_LOST } from "../linux/conntrack-events.js";
 import { followNflog } from "../linux/nflog.js";
 import { NO_ENDPOINTS_PREFIX, SERVICE_NFLOG_GROUP } from "../dataplane/service-rules.js";
 import { ensureSysctl } from "../linux/sysctl.js";
@@ -160,20 +160,10 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     nodeName: selfEndpoint.name,
     ownPodCidrs: selfEndpoint.podCidrs,
     clusterPrefixes: () => [...feed.clusterPodCidrs, ...feed.serviceCidrs()],
-    pod: (address) => policy.podAt(address),
-    nodeAt: (address) => nodeAddresses().get(`${address.family} ${address.value}`),
-    service: (protocol, port, address) => proxy?.serviceAt(protocol, port, address),
+    pods: () => policy.knownPods(),
+    nodes: () => [selfEndpoint, ...feed.livePeers()],
+    services: () => proxy?.servicePorts() ?? { version: 0, ports: [] },
   }, log, proxy !== undefined) : undefined;
-  /** Every node's addresses, by address: built again at most once a second. */
-  let nodeAddressIndex: { built: number; index: Map<string, string> } | undefined;
-  const nodeAddresses = () => {
-    if (!nodeAddressIndex || Date.now() - nodeAddressIndex.built >= 1_000) {
-      const index = new Map<string, string>();
-      for (const node of [selfEndpoint, ...feed.livePeers()]) for (const address of node.addresses) index.set(`${address.family} ${address.value}`, node.name);
-      nodeAddressIndex = { built: Date.now(), index };
-    }
-    return nodeAddressIndex.index;
-  };
   // A pod's policy rules are in the kernel before its ADD answers (and go with its DEL).
   const policyHooks = {
     added: async (env: Readonly<Record<string, string>>, result: string) => {
@@ -482,10 +472,9 @@ function startFlows(capacity: number, reader: string, context: FlowContext, log:
   const events = followConntrack({
     reader,
     kinds: ["new", "update", "destroy"],
-    event: (event) => recorder.conntrack(event),
-    lost: () => {
-      recorder.eventsLost();
-      if (Date.now() - lostLoggedAt >= 60_000) {
+    record: (buffer, offset) => {
+      recorder.conntrack(buffer, offset);
+      if (buffer[offset] === KIND_LOST && Date.now() - lostLoggedAt >= 60_000) {
         lostLoggedAt = Date.now();
         log("warn", "conntrack events were lost: the flow reader fell behind (counted in trellis_flow_events_lost_total)", {});
       }

@@ -2,34 +2,31 @@ import assert from "node:assert/strict";
 import { createServer, request } from "node:http";
 import { connect } from "node:net";
 import { describe, it } from "node:test";
-import type { ConntrackEvent } from "../linux/conntrack-events.js";
-import { formatIp, parseIp, parsePrefix, type IpAddress } from "../net/ip.js";
+import { encodeConntrackRecord } from "../linux/conntrack-events.js";
+import { parseIp, parsePrefix } from "../net/ip.js";
 import { FOLLOWER_BOUND, FlowRecorder, flowsHandler, type FlowContext } from "./flows.js";
 
 const ip = parseIp;
-const PODS: Record<string, string> = { "10.244.0.2": "default/client", "10.244.1.5": "web/server-0", "fd00:10:244::2": "default/client" };
-const NODES: Record<string, string> = { "198.18.0.11": "node1", "198.18.0.12": "node2" };
+const PODS = [
+  { namespace: "default", name: "client", ips: [ip("10.244.0.2"), ip("fd00:10:244::2")] },
+  { namespace: "web", name: "server-0", ips: [ip("10.244.1.5")] },
+];
 
+let podsVersion = 1;
 const context: FlowContext = {
   nodeName: "node1",
   ownPodCidrs: [parsePrefix("10.244.0.0/24"), parsePrefix("fd00:10:244::/64")],
   clusterPrefixes: () => [parsePrefix("10.244.0.0/16"), parsePrefix("10.96.0.0/16"), parsePrefix("fd00:10:244::/56")],
-  pod: (address: IpAddress) => {
-    const name = PODS[formatIp(address)];
-    return name ? { namespace: name.split("/")[0], name: name.split("/")[1] } : undefined;
-  },
-  nodeAt: (address) => NODES[formatIp(address)],
-  service: (protocol, port, address) => {
-    if (!address) return protocol === "TCP" && port === 30080 ? "web/front" : undefined;
-    return formatIp(address) === "10.96.0.10" && protocol === "TCP" && port === 80 ? "web/front" : undefined;
-  },
+  pods: () => ({ version: podsVersion, pods: PODS }),
+  nodes: () => [{ name: "node1", addresses: [ip("198.18.0.11")] }, { name: "node2", addresses: [ip("198.18.0.12")] }],
+  services: () => ({ version: 1, ports: [{ namespace: "web", name: "front", protocol: "TCP", port: 80, nodePort: 30080, clusterIPs: [ip("10.96.0.10")], externalIPs: [], loadBalancerIPs: [] }] }),
 };
 
-function event(kind: ConntrackEvent["kind"], from: string, sport: number, to: string, dport: number, replyFrom = to, replyPort = dport, protocol = 6, status = 0): ConntrackEvent {
-  return {
-    kind, family: ip(from).family, protocol, original: { source: ip(from), sport, destination: ip(to), dport },
-    reply: { source: ip(replyFrom), sport: replyPort, destination: ip(from), dport: sport }, packets: [5, 3], bytes: [274, 164], status, id: 1,
-  };
+/** One conntrack record through the recorder, as the reader hands it on (at an offset inside a larger chunk). */
+function feed(recorder: FlowRecorder, kind: number, from: string, sport: number, to: string, dport: number, replyFrom = to, replySport = dport, protocol = 6, status = 0): void {
+  const record = encodeConntrackRecord({ kind, protocol, from, sport, to, dport, replyFrom, replySport, packets: [5, 3], bytes: [274, 164], status, id: 1 });
+  const chunk = Buffer.concat([Buffer.alloc(7), record]);
+  recorder.conntrack(chunk, 7);
 }
 
 describe("flow records from conntrack and the logs", () => {
@@ -39,11 +36,11 @@ describe("flow records from conntrack and the logs", () => {
   // Service, counters on the wrong side, and the node's own traffic kept.
   it("names the pods, the Service and the translation, and leaves the node's own traffic out", () => {
     const recorder = new FlowRecorder(context, 16, now);
-    recorder.conntrack(event("new", "10.244.0.2", 40000, "10.96.0.10", 80, "10.244.1.5", 8080));
-    recorder.conntrack(event("destroy", "10.244.0.2", 40000, "10.96.0.10", 80, "10.244.1.5", 8080, 6, 1 << 1));
-    recorder.conntrack(event("new", "198.18.0.200", 5555, "198.18.0.11", 30080, "10.244.1.5", 8080));
-    recorder.conntrack(event("new", "198.18.0.11", 5000, "198.18.0.12", 2379));
-    recorder.conntrack(event("new", "10.244.1.5", 0, "10.244.0.2", 0, "10.244.0.2", 0, 1));
+    feed(recorder, 1, "10.244.0.2", 40000, "10.96.0.10", 80, "10.244.1.5", 8080);
+    feed(recorder, 3, "10.244.0.2", 40000, "10.96.0.10", 80, "10.244.1.5", 8080, 6, 1 << 1);
+    feed(recorder, 1, "198.18.0.200", 5555, "198.18.0.11", 30080, "10.244.1.5", 8080);
+    feed(recorder, 1, "198.18.0.11", 5000, "198.18.0.12", 2379);
+    feed(recorder, 1, "10.244.1.5", 0, "10.244.0.2", 0, "10.244.0.2", 0, 1);
     const [clusterIp, closed, nodePort, icmp, ...rest] = recorder.ring.recent({});
     assert.deepEqual(rest, [], "node to node traffic left out");
     assert.deepEqual(clusterIp, {
@@ -60,7 +57,34 @@ describe("flow records from conntrack and the logs", () => {
     assert.equal(nodePort.direction, undefined, "the endpoint is on another node");
     assert.deepEqual([icmp.protocol, icmp.source.port, icmp.direction, icmp.translated], ["ICMP", undefined, "ingress", undefined]);
     assert.match(recorder.metrics(), /^trellis_flows_total\{verdict="forwarded"\} 4$/m);
+    assert.match(recorder.metrics(), /^trellis_flow_events_total\{event="new"\} 3$/m);
     assert.match(recorder.metrics(), /^trellis_flow_events_ignored_total 1$/m);
+    // IPv6, and a lost record counted.
+    feed(recorder, 2, "fd00:10:244::2", 1000, "fd00:10:244:1::9", 53, "fd00:10:244:1::9", 53, 17, 1 << 1);
+    assert.deepEqual(recorder.ring.recent({}).at(-1)!.source, { address: "fd00:10:244::2", port: 1000, pod: "default/client" });
+    const lost = Buffer.alloc(116);
+    lost[0] = 255;
+    recorder.conntrack(lost, 0);
+    assert.match(recorder.metrics(), /^trellis_flow_events_lost_total 1$/m);
+  });
+
+  // Catches names taken when the record is read rather than when the flow was seen (a pod gone
+  // since would lose its name, or a new pod at the address take it), and a ring slot reused
+  // with the names of the record before.
+  it("names a flow as the pods were when it was seen, across the ring's wrap", () => {
+    const recorder = new FlowRecorder(context, 2, now);
+    feed(recorder, 1, "10.244.0.2", 1, "10.244.1.5", 2);
+    podsVersion++;
+    const saved = PODS.pop()!;
+    try {
+      assert.equal(recorder.ring.recent({})[0].destination.pod, "web/server-0");
+      feed(recorder, 1, "10.244.0.2", 1, "10.244.1.5", 3);
+      feed(recorder, 1, "10.244.0.2", 1, "10.244.1.5", 4);
+      assert.deepEqual(recorder.ring.recent({}).map((flow) => [flow.destination.port, flow.destination.pod]), [[3, undefined], [4, undefined]]);
+    } finally {
+      PODS.push(saved);
+      podsVersion++;
+    }
   });
 
   it("records denials with their policy and refusals with their Service", () => {
@@ -95,7 +119,7 @@ describe("/flows", () => {
   it("answers JSON lines by the filter, and 400 naming what is wrong", async () => {
     const recorder = new FlowRecorder(context, 16);
     recorder.denied({ protocol: 17, from: ip("10.244.0.2"), sport: 1, to: ip("10.244.1.5"), dport: 53, direction: "Ingress", policy: "NetworkPolicy web/deny" });
-    recorder.conntrack(event("new", "10.244.0.2", 40000, "10.96.0.10", 80, "10.244.1.5", 8080));
+    feed(recorder, 1, "10.244.0.2", 40000, "10.96.0.10", 80, "10.244.1.5", 8080);
     const server = await serve(recorder);
     try {
       const all = await get(server.port, "/flows");
@@ -133,7 +157,7 @@ describe("/flows", () => {
       await new Promise((resolve) => setTimeout(resolve, 100));
       // Far more than the socket's buffers and the bound together.
       for (let i = 0; i < 60_000; i++) {
-        recorder.conntrack(event("new", "10.244.0.2", 1 + (i % 60000), "10.96.0.10", 80, "10.244.1.5", 8080));
+        feed(recorder, 1, "10.244.0.2", 1 + (i % 60000), "10.96.0.10", 80, "10.244.1.5", 8080);
         if (i % 5_000 === 0) await new Promise((resolve) => setImmediate(resolve));
       }
       await new Promise((resolve) => setTimeout(resolve, 200));

@@ -90,6 +90,8 @@ export class PolicyLoop {
   /** The pods of the last write, by address (`FAMILY VALUE`), made when first asked. */
   private podIndex: Map<string, PolicyPod> | undefined;
   private lastPods: readonly PolicyPod[] = [];
+  /** Changes with lastPods. */
+  private podsVersion = 0;
   private readonly syncDuration = new Histogram("trellis_sync_policy_rules_duration_seconds", "How long one write of the policy table took (compute, diff, netlink), those with nothing to write included.", SYNC_BUCKETS);
   /** A read of the kernel's counters under way, shared by the scrapes that ask meanwhile. */
   private readingCounters: Promise<Map<string, { packets: number; bytes: number }>> | undefined;
@@ -226,6 +228,11 @@ export class PolicyLoop {
     return this.denials.get(counter);
   }
 
+  /** Every pod as of the last write, and a number that changes when they do. */
+  knownPods(): { version: number; pods: readonly PolicyPod[] } {
+    return { version: this.podsVersion, pods: this.lastPods };
+  }
+
   /** The pod at `address` as of the last write. */
   podAt(address: IpAddress): PolicyPod | undefined {
     this.podIndex ??= new Map(this.lastPods.flatMap((pod) => pod.ips.map((ip) => [`${ip.family} ${ip.value}`, pod] as const)));
@@ -325,6 +332,7 @@ export class PolicyLoop {
   private async writeTable(): Promise<void> {
     const pods = this.podsNow();
     this.lastPods = pods;
+    this.podsVersion++;
     this.podIndex = undefined;
     const { table, denials } = policyRules({
       world: { namespaces: this.namespaces, nodes: this.nodesNow(), networkPolicies: [...this.networkPolicies.values()], clusterPolicies: [...this.clusterPolicies.values()] },

@@ -6,10 +6,10 @@
  * sync writes only what changed. Syncs are at least `minSyncIntervalMs` apart; changes made
  * meanwhile go in the next one together.
  */
-import { formatPrefix, type IpAddress, type IpPrefix } from "../net/ip.js";
+import { formatPrefix, type IpPrefix } from "../net/ip.js";
 import {
   proxyFullOpsByTable, proxyRulesetCounts, ProxyState, renderProxyFull, renderProxyOps,
-  type ProxyNode, type ProxyOp,
+  type ProxyNode, type ProxyOp, type ProxyServicePort,
 } from "../dataplane/service-proxy.js";
 import { staleUdpFlows, type StaleFlow } from "../dataplane/service-conntrack.js";
 import { deleteConntrack } from "../linux/conntrack.js";
@@ -70,12 +70,8 @@ export interface ServiceProxy {
   unhealthy(): string | undefined;
   /** Its metrics in Prometheus' text format. */
   metrics(): string;
-  /**
-   * `NAMESPACE/NAME` of the Service a connection to `address`:`port` reaches (a ClusterIP, an
-   * external or load-balancer address), or to `port` of this node's addresses (a NodePort,
-   * `address` undefined), as of the rules last written; undefined for none.
-   */
-  serviceAt(protocol: string, port: number, address?: IpAddress): string | undefined;
+  /** Every Service port as the rules were last worked out, and a number that changes with each sync (the flow records' index). */
+  servicePorts(): { readonly version: number; readonly ports: Iterable<ProxyServicePort> };
 }
 
 export interface ProxyStats {
@@ -217,8 +213,6 @@ export class ServiceProxyLoop implements ServiceProxy {
   private readonly syncDuration = new Histogram("trellis_sync_proxy_rules_duration_seconds", "How long one sync of the Service rules took (compute, render, nft, conntrack).", SYNC_BUCKETS);
   private readonly programming = new Histogram("trellis_network_programming_duration_seconds", "From a Service, EndpointSlice or Pod change written to the store to the rules for it in the kernel.", PROGRAMMING_BUCKETS);
   private failedSyncs = 0;
-  /** serviceAt's index: built again when asked after a sync (which works the changed Services out; one a second at most). */
-  private serviceLookup: { syncs: number; byAddress: Map<string, string>; byNodePort: Map<string, string> } | undefined;
   /** Syncs that wrote rules, by how. */
   private readonly writes = { netlink: 0, nft: 0 };
   private readonly stuckAfterSeconds: number;
@@ -315,18 +309,8 @@ export class ServiceProxyLoop implements ServiceProxy {
     await this.parts.healthChecks.update(new Map());
   }
 
-  serviceAt(protocol: string, port: number, address?: IpAddress): string | undefined {
-    if (this.serviceLookup?.syncs !== this.lastStats.syncs) {
-      const byAddress = new Map<string, string>();
-      const byNodePort = new Map<string, string>();
-      for (const port of this.index.workedOut()) {
-        const service = `${port.namespace}/${port.name}`;
-        for (const ip of [...port.clusterIPs, ...port.externalIPs, ...port.loadBalancerIPs]) byAddress.set(`${ip.family} ${ip.value} ${port.protocol} ${port.port}`, service);
-        if (port.nodePort !== undefined) byNodePort.set(`${port.protocol} ${port.nodePort}`, service);
-      }
-      this.serviceLookup = { syncs: this.lastStats.syncs, byAddress, byNodePort };
-    }
-    return address ? this.serviceLookup.byAddress.get(`${address.family} ${address.value} ${protocol} ${port}`) : this.serviceLookup.byNodePort.get(`${protocol} ${port}`);
+  servicePorts(): { version: number; ports: Iterable<ProxyServicePort> } {
+    return { version: this.lastStats.syncs, ports: this.index.workedOut() };
   }
 
   stats(): ProxyStats {

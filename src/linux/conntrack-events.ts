@@ -1,11 +1,25 @@
 /**
  * conntrack's events as they happen: `trellis-nft-batch --conntrack` listens to the network
- * namespace's new, update and destroy events over netlink and writes a line each; this starts it
- * (again, when it stops), parses the lines and hands on each event, and counts what was lost
- * (the kernel drops events while the reader falls behind, and says so; never silently).
+ * namespace's new, update and destroy events over netlink and writes a fixed-size binary record
+ * each (native/nft-batch.c, CONNTRACK_RECORD); this starts it (again, when it stops) and hands
+ * on each record where it lies in the stream, without copying or parsing it: a busy node makes
+ * tens of thousands a second. `decodeConntrackRecord` reads one whole.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
-import type { IpAddress } from "../net/ip.js";
+import { parseIp, type IpAddress } from "../net/ip.js";
+
+/** Bytes of one record (see native/nft-batch.c for the layout). */
+export const CONNTRACK_RECORD = 116;
+/** Where a record's fields are. */
+export const RECORD = {
+  kind: 0, family: 1, protocol: 2, status: 4, id: 8,
+  sport: 12, dport: 14, replySport: 16, replyDport: 18,
+  source: 20, destination: 36, replySource: 52, replyDestination: 68,
+  packetsOut: 84, bytesOut: 92, packetsBack: 100, bytesBack: 108,
+} as const;
+/** A record's kind: the kernel dropped events (at least one) because the reader was behind. */
+export const KIND_LOST = 255;
+export const KINDS = ["", "new", "update", "destroy"] as const;
 
 export type ConntrackEventKind = "new" | "update" | "destroy";
 
@@ -36,58 +50,84 @@ export interface ConntrackEvent {
 
 /** IPS_SEEN_REPLY: the connection was answered. */
 export const STATUS_SEEN_REPLY = 1 << 1;
-/** IPS_DST_NAT: its destination was translated (a Service's DNAT). */
-export const STATUS_DST_NAT = 1 << 5;
 
-const KINDS: ReadonlySet<string> = new Set(["new", "update", "destroy"]);
+/** The address at `at` of a record (family 4: its first 4 bytes). */
+export function recordAddress(buffer: Uint8Array, at: number, family: 4 | 6): IpAddress {
+  let value = 0n;
+  for (let i = 0; i < (family === 4 ? 4 : 16); i++) value = (value << 8n) | BigInt(buffer[at + i]);
+  return { family, value };
+}
 
-/** One line of `trellis-nft-batch --conntrack`; "lost" for the kernel's word that events were dropped; undefined for anything malformed. */
-export function parseConntrackLine(text: string): ConntrackEvent | "lost" | undefined {
-  if (text === "lost") return "lost";
-  const fields = text.split(" ");
-  if (fields.length !== 17 || !KINDS.has(fields[0])) return undefined;
-  const family = fields[1] === "4" ? 4 : fields[1] === "6" ? 6 : undefined;
-  if (!family) return undefined;
-  const hexLength = family === 4 ? 8 : 32;
-  const address = (hex: string): IpAddress | undefined => (hex.length === hexLength && /^[0-9a-f]+$/.test(hex) ? { family, value: BigInt(`0x${hex}`) } : undefined);
-  const number = (digits: string, max: number): number | undefined => {
-    if (!/^[0-9]{1,20}$/.test(digits)) return undefined;
-    const value = Number(digits);
-    return value <= max ? value : undefined;
+/** One whole record at `offset`; "lost" for the kernel's word that events were dropped; undefined for anything malformed. */
+export function decodeConntrackRecord(buffer: Buffer, offset = 0): ConntrackEvent | "lost" | undefined {
+  if (buffer.length - offset < CONNTRACK_RECORD) return undefined;
+  const kind = buffer[offset + RECORD.kind];
+  if (kind === KIND_LOST) return "lost";
+  const family = buffer[offset + RECORD.family];
+  if (kind < 1 || kind > 3 || (family !== 4 && family !== 6)) return undefined;
+  const tuple = (ports: number, addresses: number): ConntrackTuple => ({
+    source: recordAddress(buffer, offset + addresses, family),
+    sport: buffer.readUInt16LE(offset + ports),
+    destination: recordAddress(buffer, offset + addresses + 16, family),
+    dport: buffer.readUInt16LE(offset + ports + 2),
+  });
+  const counter = (at: number) => Number(buffer.readBigUInt64LE(offset + at));
+  return {
+    kind: KINDS[kind] as ConntrackEventKind,
+    family,
+    protocol: buffer[offset + RECORD.protocol],
+    original: tuple(RECORD.sport, RECORD.source),
+    reply: tuple(RECORD.replySport, RECORD.replySource),
+    packets: [counter(RECORD.packetsOut), counter(RECORD.packetsBack)],
+    bytes: [counter(RECORD.bytesOut), counter(RECORD.bytesBack)],
+    status: buffer.readUInt32LE(offset + RECORD.status),
+    id: buffer.readUInt32LE(offset + RECORD.id),
   };
-  const tuple = (at: number): ConntrackTuple | undefined => {
-    const source = address(fields[at]);
-    const sport = number(fields[at + 1], 65535);
-    const destination = address(fields[at + 2]);
-    const dport = number(fields[at + 3], 65535);
-    return source && destination && sport !== undefined && dport !== undefined ? { source, sport, destination, dport } : undefined;
+}
+
+/** A record laid out as native/nft-batch.c writes it, from text: for tests, which hold the decoder to the layout. */
+export function encodeConntrackRecord(fields: {
+  kind: number; protocol: number; from: string; sport: number; to: string; dport: number; replyFrom: string; replySport: number;
+  packets?: [number, number]; bytes?: [number, number]; status?: number; id?: number;
+}): Buffer {
+  const record = Buffer.alloc(CONNTRACK_RECORD);
+  const family = parseIp(fields.from).family;
+  const address = (text: string, at: number) => {
+    const { value } = parseIp(text);
+    const size = family === 4 ? 4 : 16;
+    for (let i = 0; i < size; i++) record[at + i] = Number((value >> BigInt(8 * (size - 1 - i))) & 255n);
   };
-  const protocol = number(fields[2], 255);
-  const original = tuple(3);
-  const reply = tuple(7);
-  const counts = fields.slice(11, 15).map((field) => number(field, Number.MAX_SAFE_INTEGER));
-  const status = number(fields[15], 0xffffffff);
-  const id = number(fields[16], 0xffffffff);
-  if (protocol === undefined || !original || !reply || counts.some((count) => count === undefined) || status === undefined || id === undefined) return undefined;
-  const [packetsOut, bytesOut, packetsBack, bytesBack] = counts as number[];
-  return { kind: fields[0] as ConntrackEventKind, family, protocol, original, reply, packets: [packetsOut, packetsBack], bytes: [bytesOut, bytesBack], status, id };
+  record[RECORD.kind] = fields.kind;
+  record[RECORD.family] = family;
+  record[RECORD.protocol] = fields.protocol;
+  record.writeUInt32LE(fields.status ?? 0, RECORD.status);
+  record.writeUInt32LE(fields.id ?? 0, RECORD.id);
+  record.writeUInt16LE(fields.sport, RECORD.sport);
+  record.writeUInt16LE(fields.dport, RECORD.dport);
+  record.writeUInt16LE(fields.replySport, RECORD.replySport);
+  record.writeUInt16LE(fields.sport, RECORD.replyDport);
+  address(fields.from, RECORD.source);
+  address(fields.to, RECORD.destination);
+  address(fields.replyFrom, RECORD.replySource);
+  address(fields.from, RECORD.replyDestination);
+  record.writeBigUInt64LE(BigInt(fields.packets?.[0] ?? 0), RECORD.packetsOut);
+  record.writeBigUInt64LE(BigInt(fields.bytes?.[0] ?? 0), RECORD.bytesOut);
+  record.writeBigUInt64LE(BigInt(fields.packets?.[1] ?? 0), RECORD.packetsBack);
+  record.writeBigUInt64LE(BigInt(fields.bytes?.[1] ?? 0), RECORD.bytesBack);
+  return record;
 }
 
 export interface ConntrackEventsOptions {
   /** trellis-nft-batch. */
   readonly reader: string;
   readonly kinds: readonly ConntrackEventKind[];
-  /** Each event, in the order the kernel sent them. */
-  event(event: ConntrackEvent): void;
-  /** The kernel dropped events (at least one) because the reader was behind. */
-  lost(): void;
+  /** Each record, in the order the kernel sent them, where it lies (valid only during the call); "lost" records included. */
+  record(buffer: Buffer, offset: number): void;
   /** The reader stopped (it is started again after `retryInMs`). */
   stopped(why: string, retryInMs: number): void;
 }
 
 export interface ConntrackEvents {
-  /** Lines of the reader that were not events (a bug in one side or the other). */
-  malformed(): number;
   stop(): void;
 }
 
@@ -97,28 +137,25 @@ export function followConntrack(options: ConntrackEventsOptions): ConntrackEvent
   let stopped = false;
   let retryMs = 1_000;
   let timer: NodeJS.Timeout | undefined;
-  let malformed = 0;
   const start = () => {
     if (stopped) return;
     // Its stdin stays open: the reader exits when it closes, so a kill -9 of the agent ends it too.
     const reader = spawn(options.reader, ["--conntrack", options.kinds.join(",")], { stdio: ["pipe", "pipe", "pipe"] });
     child = reader;
     let stderr = "";
-    let partial = "";
+    /** A record split between two chunks: its first part. */
+    let partial: Buffer | undefined;
     reader.stderr.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString("utf8")).slice(-1000)));
-    // Lines are split here rather than by readline: tens of thousands a second come in chunks.
     reader.stdout.on("data", (chunk: Buffer) => {
       retryMs = 1_000;
-      const text = partial + chunk.toString("latin1");
-      const lines = text.split("\n");
-      partial = lines.pop()!;
-      if (partial.length > 4096) partial = "";
-      for (const line of lines) {
-        const parsed = parseConntrackLine(line);
-        if (parsed === "lost") options.lost();
-        else if (parsed) options.event(parsed);
-        else malformed++;
+      let data = chunk;
+      if (partial) {
+        data = Buffer.concat([partial, chunk]);
+        partial = undefined;
       }
+      const whole = data.length - (data.length % CONNTRACK_RECORD);
+      for (let offset = 0; offset < whole; offset += CONNTRACK_RECORD) options.record(data, offset);
+      if (whole < data.length) partial = Buffer.from(data.subarray(whole));
     });
     reader.on("error", (error) => (stderr += String(error)));
     reader.on("close", (code) => {
@@ -131,7 +168,6 @@ export function followConntrack(options: ConntrackEventsOptions): ConntrackEvent
   };
   start();
   return {
-    malformed: () => malformed,
     stop() {
       stopped = true;
       clearTimeout(timer);
