@@ -30,6 +30,7 @@
 #include <string.h>
 #include <poll.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -617,6 +618,8 @@ static int nflog(const char *group_text) {
  *   84 packets, 92 bytes of the original direction, 100 packets, 108 bytes of the reply (u64 each)
  */
 #define CONNTRACK_RECORD 116
+/* How long the conntrack reader lets events gather once one came (see conntrack()). */
+#define GATHER_NS 5000000
 
 /* The addresses and ports of one conntrack tuple (CTA_TUPLE_ORIG or CTA_TUPLE_REPLY) into `record` at `at` (ports) and `address_at`; 0 when it is not whole. */
 static int read_tuple(const struct nlattr *nested, int family, unsigned char *record, size_t ports_at, size_t address_at, unsigned *protocol) {
@@ -709,8 +712,8 @@ static int conntrack_record(const struct nlmsghdr *message, unsigned char *recor
  * events only the one that says a connection was first answered is written (its status has
  * SEEN_REPLY but not yet ASSURED): a TCP connection makes five or more, one per state. When the
  * kernel had to drop events because this reader fell behind, a record of kind 255 says so.
- * Messages are taken up to 64 at a time and records written together. Runs until its input or
- * output closes.
+ * Once an event comes, the reader waits 5 ms for more, then takes them up to 64 at a time and
+ * writes their records together. Runs until its input or output closes.
  */
 static int conntrack(const char *events) {
   unsigned groups = 0;
@@ -759,6 +762,13 @@ static int conntrack(const char *events) {
       if (read(0, &byte, 1) <= 0) return 0;
     }
     if (!(waiting[0].revents & POLLIN)) continue;
+    /*
+     * Events come one at a time; woken for each, this reader would pay a wake-up, a read and a
+     * write (and the agent a wake-up) per event. It lets them gather for a moment instead, and
+     * takes what came in batches: a record is at most this much later.
+     */
+    struct timespec gather = {0, GATHER_NS};
+    nanosleep(&gather, NULL);
     /* Everything waiting, then one write. */
     for (;;) {
       int got = recvmmsg(fd, messages, BATCH, MSG_DONTWAIT, NULL);

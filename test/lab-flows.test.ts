@@ -54,6 +54,8 @@ describe("flow records on a lab", { timeout: 600_000 }, () => {
     const refused = all.filter((flow) => flow.verdict === "dropped");
     assert.ok(refused.some((flow) => flow.service === "default/empty" && flow.reason === "no endpoints" && flow.event === "rejected" && flow.source.pod !== undefined), refused.map(describeFlow).join("\n"));
     assert.ok(all.every((flow) => flow.verdict !== "forwarded" || flow.service !== "default/empty"), "nothing reached the Service without endpoints");
+    // The cluster's connections make only the events the records need (dataplane/flow-events.ts).
+    assert.match(labExec(name, "node1", ["nft", "list", "table", "inet", "trellis-flows"]), /ct state new ip saddr @cluster-4 ct event set new,destroy$/m);
     assert.match(metrics("node1"), /^trellis_flows_total\{verdict="forwarded"\} [1-9]\d*$/m);
     assert.match(metrics("node1"), /^trellis_flows_total\{verdict="dropped"\} [1-9]\d*$/m);
   });

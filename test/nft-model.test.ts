@@ -150,6 +150,9 @@ function inetTable(): Table {
       rule([{ match: "protocol", protocol: "udp" }], { statement: "counter", name: "denied-1" }, { statement: "limit", rate: 10, burst: 20 }, { statement: "log", prefix: "trellis-denied-1", group: 7 }),
       rule([{ match: "protocol", protocol: "udp" }], { statement: "counter", name: "denied-2" }, { statement: "verdict", verdict: drop }),
     ], { type: "filter", hook: "input", priority: 0 }],
+    ["flow-events", [
+      rule([{ match: "ct state", states: ["new"] }, { match: "in set", key: ["ip saddr"], set: "own4" }], { statement: "ct event", events: ["new", "reply", "destroy"] }),
+    ], { type: "filter", hook: "prerouting", priority: -150 }],
   ], [
     ["own4", newSet({ kind: "set", key: ["ipv4_addr"], flags: ["interval"] }, [{ key: [parsePrefix("10.244.0.0/24")] }])],
     ["own6", newSet({ kind: "set", key: ["ipv6_addr"], flags: ["interval"] }, [{ key: [parsePrefix("fd00:10:244::/64")] }])],
@@ -177,6 +180,7 @@ describe("nftables model: nft -f text and the netlink batch", () => {
     assert.match(text, /meta l4proto udp dnat ip to numgen random mod 3 map @targets/);
     assert.match(text, /meta l4proto udp counter name "denied-1" limit rate 10\/second burst 20 packets log prefix "trellis-denied-1" group 7/);
     assert.match(text, /counter denied-2 \{\n\t\tpackets 0 bytes 0\n\t\}/);
+    assert.match(text, /ct state new ip saddr @own4 ct event set new,destroy,reply/);
   });
 
   it("change named counters the same way: added with their rules, removed after them, kept counting otherwise", () => {

@@ -32,6 +32,9 @@ import { keepOpen } from "./connection-limits.js";
 import { followConntrack, KIND_LOST } from "../linux/conntrack-events.js";
 import { followNflog } from "../linux/nflog.js";
 import { NO_ENDPOINTS_PREFIX, SERVICE_NFLOG_GROUP } from "../dataplane/service-rules.js";
+import { FLOW_EVENTS_TABLE, flowEventsTable, type FlowEventKind } from "../dataplane/flow-events.js";
+import { deleteTable, tableOps } from "../nft/diff.js";
+import type { Table } from "../nft/model.js";
 import { ensureSysctl } from "../linux/sysctl.js";
 import { kubernetesPod, PolicyLoop, resultAddresses } from "./policy-loop.js";
 import { SyncRunner } from "./runner.js";
@@ -156,7 +159,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     });
   };
   // Flow records: conntrack's events of this namespace, read beside the netlink writer.
-  const flows = options.flowBuffer > 0 && agentWriter ? startFlows(options.flowBuffer, join(dirname(process.execPath), NFT_WRITER), {
+  const flows = options.flowBuffer > 0 && agentWriter ? startFlows(options.flowBuffer, options.flowEvents, join(dirname(process.execPath), NFT_WRITER), {
     nodeName: selfEndpoint.name,
     ownPodCidrs: selfEndpoint.podCidrs,
     clusterPrefixes: () => [...feed.clusterPodCidrs, ...feed.serviceCidrs()],
@@ -164,6 +167,29 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     nodes: () => [selfEndpoint, ...feed.livePeers()],
     services: () => proxy?.servicePorts() ?? { version: 0, ports: [] },
   }, log, proxy !== undefined) : undefined;
+  /**
+   * The events the cluster's connections make (dataplane/flow-events.ts), while flow records are
+   * kept: written when it differs from what was last written or is gone (deleted by hand); with
+   * flow records off, removed if it is there.
+   */
+  let flowEventsWritten: Table | undefined;
+  const syncFlowEvents = async () => {
+    if (!agentWriter) return;
+    try {
+      const present = (await agentWriter.listTables()).includes(`inet ${FLOW_EVENTS_TABLE}`);
+      const desired = flows ? flowEventsTable([...feed.clusterPodCidrs, ...feed.serviceCidrs()], options.flowEvents) : undefined;
+      // Not known to be as last written (a start, a failure): rewritten whole, or removed.
+      const ops = present && !flowEventsWritten && !desired ? deleteTable("inet", FLOW_EVENTS_TABLE, true) : tableOps(present ? flowEventsWritten : undefined, desired);
+      if (!ops.length) return;
+      await agentWriter.applyOps(ops);
+      flowEventsWritten = desired;
+      log("info", desired ? "flow events table written" : "flow events table removed", { table: `inet ${FLOW_EVENTS_TABLE}` });
+    } catch (error) {
+      flowEventsWritten = undefined;
+      log("error", "cannot write the flow events table; trying again at the next resync", { error: String(error) });
+    }
+  };
+  void syncFlowEvents();
   // A pod's policy rules are in the kernel before its ADD answers (and go with its DEL).
   const policyHooks = {
     added: async (env: Readonly<Record<string, string>>, result: string) => {
@@ -414,6 +440,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     proxy?.resync();
     policy.resync();
     void repairPodTables();
+    void syncFlowEvents();
   }, options.resyncSeconds * 1000));
   feed.follow({
     changed: (name) => requestSync(name === undefined, name),
@@ -423,6 +450,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
     },
     serviceCidrsChanged: () => {
       proxy?.setServiceCidrs(feed.serviceCidrs());
+      void syncFlowEvents();
       // The external-address policy and the masquerade exclusions name them too.
       requestSync(true);
     },
@@ -461,7 +489,7 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
  * bytes only where the namespace asks it to (nf_conntrack_acct, per network namespace): asked
  * here, as kube-proxy sets its own conntrack sysctls.
  */
-function startFlows(capacity: number, reader: string, context: FlowContext, log: Logger, proxy: boolean): { recorder: FlowRecorder; stop(): void } {
+function startFlows(capacity: number, kinds: readonly FlowEventKind[], reader: string, context: FlowContext, log: Logger, proxy: boolean): { recorder: FlowRecorder; stop(): void } {
   try {
     if (ensureSysctl("net.netfilter.nf_conntrack_acct", "1")) log("info", "conntrack counts bytes and packets per connection now, for flow records", { sysctl: "net.netfilter.nf_conntrack_acct=1" });
   } catch (error) {
@@ -471,7 +499,7 @@ function startFlows(capacity: number, reader: string, context: FlowContext, log:
   let lostLoggedAt = 0;
   const events = followConntrack({
     reader,
-    kinds: ["new", "update", "destroy"],
+    kinds,
     record: (buffer, offset) => {
       recorder.conntrack(buffer, offset);
       if (buffer[offset] === KIND_LOST && Date.now() - lostLoggedAt >= 60_000) {

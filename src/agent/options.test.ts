@@ -43,6 +43,7 @@ describe("parseAgentOptions", () => {
       proxy: true,
       proxySyncIntervalMs: 1000,
       flowBuffer: 4096,
+      flowEvents: ["new", "destroy"],
       metricsAddress: { host: "127.0.0.1", port: 9656 },
       externalIpCidrs: [],
     } satisfies AgentOptions);
@@ -85,6 +86,7 @@ describe("parseAgentOptions", () => {
         proxy: "false",
         proxySyncInterval: "0.25",
         flowBuffer: "0",
+        flowEvents: "new,update,destroy",
         metricsBindAddress: "[fd00::1]:9100",
         externalIpCidrs: "198.19.0.0/24, fd00:198:19::/64",
       }),
@@ -109,6 +111,7 @@ describe("parseAgentOptions", () => {
       proxy: false,
       proxySyncIntervalMs: 250,
       flowBuffer: 0,
+      flowEvents: ["new", "update", "destroy"],
       metricsAddress: { host: "fd00::1", port: 9100 },
       externalIpCidrs: [parsePrefix("198.19.0.0/24"), parsePrefix("fd00:198:19::/64")],
     } satisfies AgentOptions);
@@ -156,6 +159,9 @@ describe("parseAgentOptions", () => {
     ["--proxy-sync-interval with a unit", { proxySyncInterval: "1s" }, /^--proxy-sync-interval "1s" is not a number of seconds from 0 to 60/],
     ["--flow-buffer negative", { flowBuffer: "-1" }, /^--flow-buffer "-1" is not a whole number from 0 to 1000000$/],
     ["--flow-buffer huge", { flowBuffer: "99999999999999999999" }, /^--flow-buffer "99999999999999999999" is not a whole number from 0 to 1000000$/],
+    ["--flow-events without new", { flowEvents: "update,destroy" }, /^--flow-events "update,destroy" is not a list of conntrack events: expected new and any of update, destroy, comma-separated \(such as new,destroy\)$/],
+    ["--flow-events unknown", { flowEvents: "new,assured" }, /^--flow-events "new,assured" is not a list/],
+    ["--flow-events twice", { flowEvents: "new,new" }, /^--flow-events "new,new" is not a list/],
     ["--metrics-bind-address without a port", { metricsBindAddress: "127.0.0.1" }, /^--metrics-bind-address "127\.0\.0\.1" is not HOST:PORT: expected an IPv4 address and port \(127\.0\.0\.1:9656\), \[IPv6\]:PORT \(\[::1\]:9656\), or off$/],
     ["--metrics-bind-address IPv6 without brackets", { metricsBindAddress: "::1:10249" }, /^--metrics-bind-address "::1:10249" is not HOST:PORT/],
     ["--metrics-bind-address a host name", { metricsBindAddress: "localhost:10249" }, /^--metrics-bind-address "localhost:10249" is not HOST:PORT/],

@@ -6,6 +6,7 @@ import { hostname } from "node:os";
 import { isAbsolute } from "node:path";
 import { checkNodeName } from "../cluster/node-cidrs.js";
 import { ROUTING_MODES, type RoutingMode } from "../dataplane/node-network.js";
+import { FLOW_EVENT_KINDS, type FlowEventKind } from "../dataplane/flow-events.js";
 import { formatIp, formatPrefix, prefixesOverlap, tryParseInterfaceAddress, tryParseIp, type IpAddress, type IpPrefix } from "../net/ip.js";
 import { parseStoreSpec } from "../store/open.js";
 import { isValidLabelValue } from "../cluster/objects/syntax.js";
@@ -50,6 +51,8 @@ export interface AgentOptions {
   readonly proxySyncIntervalMs: number;
   /** Flow records the agent keeps (agent/flows.ts); 0: none, and no conntrack reader. */
   readonly flowBuffer: number;
+  /** conntrack's events the flow records come from. */
+  readonly flowEvents: readonly FlowEventKind[];
   /** Where /metrics, /healthz and /readyz are served; undefined: nowhere. */
   readonly metricsAddress?: { readonly host: string; readonly port: number };
   /** Where kube-proxy's /healthz and /livez are served for the proxy (kube-proxy's 10256); undefined: nowhere. */
@@ -83,6 +86,7 @@ export interface AgentFlags {
   proxy: boolean | string;
   proxySyncInterval: string;
   flowBuffer: string;
+  flowEvents: string;
   metricsBindAddress: string;
   proxyHealthzBindAddress: string;
   proxyStatusBindAddress: string;
@@ -104,6 +108,7 @@ export const AGENT_DEFAULTS = {
   logLevel: "info",
   proxySyncInterval: "1",
   flowBuffer: "4096",
+  flowEvents: "new,destroy",
   metricsBindAddress: "127.0.0.1:9656",
   proxyHealthzBindAddress: "off",
   proxyStatusBindAddress: "off",
@@ -187,12 +192,23 @@ export function parseAgentOptions(flags: AgentFlags): AgentOptions {
     proxy,
     proxySyncIntervalMs: Math.round(Number(flags.proxySyncInterval) * 1000),
     flowBuffer: integer("--flow-buffer", flags.flowBuffer, 0, 1_000_000),
+    flowEvents: parseFlowEvents(flags.flowEvents),
     ...(metricsAddress ? { metricsAddress } : {}),
     // They speak for the agent's proxy: with --no-proxy, another proxy answers there.
     ...(proxyHealthzAddress && proxy ? { proxyHealthzAddress } : {}),
     ...(proxyStatusAddress && proxy ? { proxyStatusAddress } : {}),
     externalIpCidrs,
   };
+}
+
+/** `--flow-events`: some of new, update and destroy, comma-separated, new among them. */
+function parseFlowEvents(text: string): FlowEventKind[] {
+  const kinds = text.split(",");
+  const allowed: readonly string[] = FLOW_EVENT_KINDS;
+  if (!kinds.includes("new") || kinds.some((kind, i) => !allowed.includes(kind) || kinds.indexOf(kind) !== i)) {
+    throw new Error(`--flow-events ${JSON.stringify(text)} is not a list of conntrack events: expected new and any of update, destroy, comma-separated (such as new,destroy)`);
+  }
+  return kinds as FlowEventKind[];
 }
 
 /** Most prefixes `--external-ip-cidrs` takes: far more than any cluster's pools. */

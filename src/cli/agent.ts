@@ -26,6 +26,7 @@ export function registerAgentCommand(program: Command): void {
     .addOption(new Option("--no-masquerade", "leave pod traffic leaving the cluster with the pod's address"))
     .addOption(new Option("--resync-interval <seconds>", "full resync period").env("TRELLIS_RESYNC_INTERVAL").default(AGENT_DEFAULTS.resyncInterval))
     .addOption(new Option("--flow-buffer <records>", "flow records kept for /flows and `trellis flows` (0: none, no conntrack reader)").env("TRELLIS_FLOW_BUFFER").default(AGENT_DEFAULTS.flowBuffer))
+    .addOption(new Option("--flow-events <events>", "conntrack's events flow records come from: new and any of update (first answered), destroy (ended, with counters)").env("TRELLIS_FLOW_EVENTS").default(AGENT_DEFAULTS.flowEvents))
     .addOption(new Option("--heartbeat-interval <seconds>", "how often the agent tells the store it is alive").env("TRELLIS_HEARTBEAT_INTERVAL").default(AGENT_DEFAULTS.heartbeatInterval))
     .addOption(new Option("--peer-grace <seconds>", "a peer whose heartbeat stops for this long loses its routes").env("TRELLIS_PEER_GRACE").default(AGENT_DEFAULTS.peerGrace))
     .addOption(new Option("--proxy", "implement Services with nftables (default)").env("TRELLIS_PROXY").default(true))

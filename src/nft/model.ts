@@ -23,6 +23,9 @@ export type Verdict =
   | { readonly verdict: "accept" | "drop" | "return" }
   | { readonly verdict: "jump" | "goto"; readonly chain: string };
 
+/** A conntrack event a connection may make (`ct event set`): what ctnetlink's listeners hear of it. */
+export type CtEvent = "new" | "related" | "destroy" | "reply";
+
 /** A conntrack state bit, as `ct state` names it. */
 export type CtState = "new" | "established" | "related" | "invalid" | "untracked";
 
@@ -76,7 +79,9 @@ export type Statement =
   /** `limit rate RATE/second burst BURST packets`: the rest of the rule runs only within the rate. */
   | { readonly statement: "limit"; readonly rate: number; readonly burst: number }
   /** `log prefix "PREFIX" group GROUP`: a copy of the packet's start to nflog group GROUP. */
-  | { readonly statement: "log"; readonly prefix: string; readonly group: number };
+  | { readonly statement: "log"; readonly prefix: string; readonly group: number }
+  /** `ct event set new,reply,destroy`: the only events the connection makes from now on. */
+  | { readonly statement: "ct event"; readonly events: readonly CtEvent[] };
 
 export interface Rule {
   readonly match: readonly Match[];

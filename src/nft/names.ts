@@ -59,3 +59,18 @@ export function checkRuleShape(rule: Rule): void {
     }
   }
 }
+
+/** conntrack's event bits (IPCT_*) of the events `ct event set` may name. */
+const CT_EVENT_BITS: Record<string, number> = { new: 1 << 0, related: 1 << 1, destroy: 1 << 2, reply: 1 << 3 };
+
+/** The mask of `ct event set`'s events; throws on none, an unknown one, or one named twice. */
+export function ctEventMask(events: readonly string[]): number {
+  let mask = 0;
+  for (const event of events) {
+    const bit = CT_EVENT_BITS[event];
+    if (bit === undefined || mask & bit) throw new Error(`ct event ${JSON.stringify(event)} is not one of ${Object.keys(CT_EVENT_BITS).join(", ")} (each once)`);
+    mask |= bit;
+  }
+  if (!mask) throw new Error("ct event set needs at least one event");
+  return mask;
+}

@@ -9,7 +9,7 @@ import { familyBits, type Family, type IpAddress, type IpPrefix } from "../net/i
 import {
   datumText, type BaseChain, type DataType, type Datum, type Element, type Field, type Match, type Op, type Rule, type SetDefinition, type TableFamily, type Verdict,
 } from "./model.js";
-import { checkInteger, checkLogPrefix, checkName, checkRuleShape } from "./names.js";
+import { checkInteger, checkLogPrefix, checkName, checkRuleShape, ctEventMask } from "./names.js";
 
 // linux/netfilter/nfnetlink.h, nf_tables.h, netlink.h
 const NFNL_SUBSYS_NFTABLES = 10;
@@ -319,6 +319,17 @@ function encodeRule(w: Writer, tableFamily: TableFamily, rule: Rule, setId: SetI
         });
         break;
       }
+      case "ct event":
+        // The mask into register 1, then `ct eventmask set` from it.
+        expr(w, "immediate", () => {
+          w.u32(1, 1);
+          w.nest(2, () => w.bytes(1, hostU32(ctEventMask(statement.events))));
+        });
+        expr(w, "ct", () => {
+          w.u32(2, NFT_CT_EVENTMASK);
+          w.u32(4, 1);
+        });
+        break;
       case "update": {
         load([statement.key]);
         checkName("set", statement.set);
@@ -572,6 +583,9 @@ function numgen(w: Writer, modulus: number): void {
     w.u32(4, 0);
   });
 }
+
+/** nft_ct_keys' NFT_CT_EVENTMASK. */
+const NFT_CT_EVENTMASK = 18;
 
 /** key 0: state, 2: status. */
 function ctLoad(w: Writer, key: number): void {

@@ -6,7 +6,7 @@ import { familyBits, formatIp, type IpAddress, type IpPrefix } from "../net/ip.j
 import {
   datumText, verdictText, type BaseChain, type Element, type Match, type Op, type Rule, type SetDefinition, type Statement, type TableFamily,
 } from "./model.js";
-import { checkInteger, checkLogPrefix, checkName, checkRuleShape } from "./names.js";
+import { checkInteger, checkLogPrefix, checkName, checkRuleShape, ctEventMask } from "./names.js";
 
 /** Steps as an `nft -f` script, one line each; "" for none (unless a header is given). */
 export function renderOps(ops: readonly Op[], header?: string): string {
@@ -132,6 +132,9 @@ function statementText(statement: Statement): string {
       return statement.fullyRandom ? "masquerade fully-random" : "masquerade";
     case "mark":
       return `meta mark set meta mark ${statement.op === "or" ? "|" : "^"} ${hex(statement.bits)}`;
+    case "ct event":
+      ctEventMask(statement.events);
+      return `ct event set ${statement.events.join(",")}`;
     case "update":
       return `update @${checkName("set", statement.set)} { ${statement.key} }`;
     case "dnat":
