@@ -18,6 +18,21 @@ if (process.version !== `v${pinned}`) {
   );
 }
 
+// The flow map's page script (src/ui/page/, with cytoscape) is bundled for the browser first, and
+// dist/trellis carries its text in place of src/ui/page-script.ts: the executable serves it with
+// nothing beside it and no network (Node's type stripping loads that file: it imports no Trellis code).
+const { bundlePageScript } = await import("../src/ui/page-script.ts");
+const pageScriptText = bundlePageScript();
+const uiPageScriptPlugin = {
+  name: "ui-page-script",
+  setup(build) {
+    build.onLoad({ filter: /src[\\/]ui[\\/]page-script\.ts$/ }, () => ({
+      contents: `export function pageScript() { return ${JSON.stringify(pageScriptText)}; }`,
+      loader: "js",
+    }));
+  },
+};
+
 mkdirSync("dist", { recursive: true });
 await build({
   entryPoints: ["src/main.ts"],
@@ -31,7 +46,7 @@ await build({
   minifyWhitespace: true,
   minifySyntax: true,
   logLevel: "warning",
-  plugins: [etcd3ProtoPlugin],
+  plugins: [etcd3ProtoPlugin, uiPageScriptPlugin],
 });
 
 // Built beside and renamed into place, so a running lab or test never execs half a binary.

@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 packages=(iproute2 nftables conntrack util-linux containerd runc containernetworking-plugins
   busybox-static etcd-server iperf3 iputils-ping procps gcc libc6-dev podman openssl
   # The userland of the lab's agnhost, glibc-dns-testing and nginx images (the e2e suite runs these).
-  dash netcat-openbsd curl wget bind9-dnsutils nginx-light)
+  dash netcat-openbsd curl wget bind9-dnsutils nginx-light
+  # The browser the tests drive headless against `trellis lab ui` (test/ui-browser.test.ts).
+  chromium)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

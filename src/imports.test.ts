@@ -13,7 +13,7 @@ const SRC = dirname(fileURLToPath(import.meta.url));
 
 /** The map's arrows; every part may import net and plan. */
 const ARROWS: Record<string, readonly string[]> = {
-  cli: ["agent", "lab", "cni", "cluster", "flows"],
+  cli: ["agent", "lab", "cni", "cluster", "flows", "ui"],
   agent: ["podnet", "dataplane", "linux", "kube", "cluster", "cni", "policy", "flows"],
   lab: ["linux", "kube", "cluster"],
   cni: ["podnet"],
@@ -22,6 +22,7 @@ const ARROWS: Record<string, readonly string[]> = {
   dataplane: ["nft"],
   policy: ["nft"],
   flows: ["cluster"],
+  ui: ["flows"],
   linux: ["nft"],
   cluster: ["store", "policy"],
   kube: [],

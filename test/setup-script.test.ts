@@ -18,7 +18,7 @@ const SCRIPT = join(import.meta.dirname, "..", "scripts", "setup-debian.sh");
 const PACKAGES = [
   "iproute2", "nftables", "conntrack", "util-linux", "containerd", "runc", "containernetworking-plugins",
   "busybox-static", "etcd-server", "iperf3", "iputils-ping", "procps", "gcc", "libc6-dev", "podman", "openssl",
-  "dash", "netcat-openbsd", "curl", "wget", "bind9-dnsutils", "nginx-light",
+  "dash", "netcat-openbsd", "curl", "wget", "bind9-dnsutils", "nginx-light", "chromium",
 ];
 /** Whatever could stop, disable or (re)start a service. */
 const SERVICE_TOOLS = ["systemctl", "service", "invoke-rc.d", "deb-systemd-invoke"];

@@ -8,7 +8,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { request as httpRequest, type ClientRequest } from "node:http";
 import { Option, type Command } from "commander";
-import { listNodes } from "../cluster/node-cidrs.js";
+import { listNodes, type NodeRecord } from "../cluster/node-cidrs.js";
 import { flowFilterQuery, parseFlowFilter, type FlowFilter } from "../flows/filter.js";
 import type { FlowRecord } from "../flows/record.js";
 import { flowRow, renderFlowTable } from "../flows/table.js";
@@ -262,15 +262,22 @@ export function registerFlowsCommand(program: Command): void {
 async function findAgents(flags: FlowsFlags): Promise<FlowAgent[]> {
   if (flags.agent !== undefined) return [{ node: new URL(parseAgentUrl(flags.agent)).host, url: parseAgentUrl(flags.agent) }];
   if (flags.lab !== undefined) return labFlowAgents(flags.lab);
-  if (!/^[0-9]{1,5}$/.test(flags.agentPort) || Number(flags.agentPort) < 1 || Number(flags.agentPort) > 65535) {
-    throw new Error(`--agent-port ${JSON.stringify(flags.agentPort)} is not a port from 1 to 65535`);
-  }
-  // The addresses each node's agent published for its peers: an agent is asked where its node is.
-  const nodes = await withStore(flags, undefined, (store) => listNodes(store));
+  parseAgentPort(flags.agentPort);
+  return storeFlowAgents(await withStore(flags, undefined, (store) => listNodes(store)), Number(flags.agentPort));
+}
+
+/** Each node's agent at the first address its agent published for its peers (an agent is asked where its node is), on `port`. */
+export function storeFlowAgents(nodes: readonly NodeRecord[], port: number): FlowAgent[] {
   return nodes.flatMap((node) => {
     const address = node.network?.addresses.map((text) => tryParseIp(text)).find((parsed) => parsed !== undefined);
     if (!address) return [];
     const host = formatIp(address);
-    return [{ node: node.name, url: `http://${address.family === 6 ? `[${host}]` : host}:${flags.agentPort}` }];
+    return [{ node: node.name, url: `http://${address.family === 6 ? `[${host}]` : host}:${port}` }];
   });
+}
+
+/** `--agent-port`, checked. */
+export function parseAgentPort(text: string): number {
+  if (!/^[0-9]{1,5}$/.test(text) || Number(text) < 1 || Number(text) > 65535) throw new Error(`--agent-port ${JSON.stringify(text)} is not a port from 1 to 65535`);
+  return Number(text);
 }

@@ -15,6 +15,7 @@ import { labStatus } from "../lab/status.js";
 import { checkLabName, DEFAULT_LAB_NAME, LAB_FAMILIES, LAB_MODES, MAX_NODES, MAX_PODS_PER_NODE, parseLabOptions, type LabOptionsText } from "../lab/topology.js";
 import { LabInterrupted, labUp } from "../lab/up.js";
 import { renderCheckReport, renderLabStatus } from "./lab-report.js";
+import { registerLabUiCommand } from "./ui.js";
 
 const out = (line: string) => process.stdout.write(`${line}\n`);
 
@@ -217,6 +218,7 @@ export function registerLabCommands(program: Command): void {
         process.once("SIGINT", resolve);
       });
     });
+  registerLabUiCommand(lab, currentLabState);
   lab
     .command("down")
     .description("remove everything the lab made: processes, pods (CNI DEL), namespaces, files; safe to repeat")

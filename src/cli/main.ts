@@ -11,6 +11,7 @@ import { registerPlanCommands } from "./plan.js";
 import { registerPodCommands } from "./pods.js";
 import { registerProbeCommands } from "./probe.js";
 import { registerServiceCommands } from "./service.js";
+import { registerUiCommand } from "./ui.js";
 import { registerVersionCommand } from "./version.js";
 
 export async function runCli(argv: string[]): Promise<number> {
@@ -31,6 +32,7 @@ export async function runCli(argv: string[]): Promise<number> {
   registerPolicyCommands(program);
   registerObjectCommands(program);
   registerServiceCommands(program);
+  registerUiCommand(program);
   registerVersionCommand(program);
   try {
     await program.parseAsync(argv, { from: "user" });
