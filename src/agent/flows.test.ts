@@ -4,7 +4,7 @@ import { connect } from "node:net";
 import { describe, it } from "node:test";
 import { encodeConntrackRecord } from "../linux/conntrack-events.js";
 import { parseIp, parsePrefix } from "../net/ip.js";
-import { FOLLOWER_BOUND, FlowRecorder, flowsHandler, type FlowContext } from "./flows.js";
+import { FOLLOWER_BOUND, FlowRecorder, flowsHandler, MAX_ANSWER, type FlowContext } from "./flows.js";
 
 const ip = parseIp;
 const PODS = [
@@ -140,6 +140,22 @@ describe("/flows", () => {
         assert.equal(answer.status, 400, path);
         assert.match(answer.body, message, path);
       }
+    } finally {
+      server.close();
+    }
+  });
+
+  // Catches an answer made whole from a ring of any size (a large --flow-buffer would stall the
+  // agent and hold its whole ring as text at once).
+  it("answers at most MAX_ANSWER records, the newest", async () => {
+    const recorder = new FlowRecorder(context, MAX_ANSWER + 500);
+    for (let i = 0; i < MAX_ANSWER + 200; i++) recorder.denied({ protocol: 6, from: ip("10.244.0.2"), sport: 1 + (i % 65000), to: ip("10.244.1.5"), dport: 80, direction: "Ingress", policy: `NetworkPolicy web/p${i}` });
+    const server = await serve(recorder);
+    try {
+      const lines = (await get(server.port, "/flows")).body.trim().split("\n");
+      assert.equal(lines.length, MAX_ANSWER);
+      assert.equal(JSON.parse(lines.at(-1)!).policy, `NetworkPolicy web/p${MAX_ANSWER + 199}`);
+      assert.equal((await get(server.port, `/flows?limit=${MAX_ANSWER * 2}`)).body.trim().split("\n").length, MAX_ANSWER);
     } finally {
       server.close();
     }

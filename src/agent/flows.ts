@@ -16,6 +16,8 @@ import { renderGauge } from "./metrics.js";
 export const DEFAULT_FLOW_BUFFER = 4_096;
 /** Records a follower of /flows may be behind by before the newest are dropped for it. */
 export const FOLLOWER_BOUND = 1_024;
+/** Records one answer of /flows holds at most (the newest): an answer is made whole before it is sent. */
+export const MAX_ANSWER = 10_000;
 /** Followers of /flows at once: one more closes the oldest. */
 export const MAX_FOLLOWERS = 8;
 /** A follower hears a blank line this often when no record comes, so a dead connection shows. */
@@ -369,7 +371,7 @@ export function flowsHandler(recorder: FlowRecorder, keep: (response: ServerResp
       response.end(`${message}\n`);
     };
     let filter: FlowFilter;
-    let limit = recorder.ring.capacity;
+    let limit = Math.min(recorder.ring.capacity, MAX_ANSWER);
     let follow = false;
     try {
       const known = new Set(["pod", "namespace", "service", "verdict", "since", "limit", "follow"]);
@@ -384,7 +386,7 @@ export function flowsHandler(recorder: FlowRecorder, keep: (response: ServerResp
       const limitText = query.get("limit");
       if (limitText !== null) {
         if (!/^[0-9]{1,9}$/.test(limitText) || Number(limitText) < 1) throw new Error(`limit ${JSON.stringify(limitText)} is not a number of records from 1`);
-        limit = Math.min(Number(limitText), recorder.ring.capacity);
+        limit = Math.min(Number(limitText), recorder.ring.capacity, MAX_ANSWER);
       }
       const followText = query.get("follow");
       if (followText !== null) {

@@ -191,7 +191,8 @@ export function parseAgentOptions(flags: AgentFlags): AgentOptions {
     peerGraceSeconds,
     proxy,
     proxySyncIntervalMs: Math.round(Number(flags.proxySyncInterval) * 1000),
-    flowBuffer: integer("--flow-buffer", flags.flowBuffer, 0, 1_000_000),
+    // A record's slot is some 170 bytes: 100,000 of them are 17 MiB.
+    flowBuffer: integer("--flow-buffer", flags.flowBuffer, 0, 100_000),
     flowEvents: parseFlowEvents(flags.flowEvents),
     ...(metricsAddress ? { metricsAddress } : {}),
     // They speak for the agent's proxy: with --no-proxy, another proxy answers there.
