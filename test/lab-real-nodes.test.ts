@@ -87,6 +87,12 @@ describe("lab up --kubelet: real kubelets and containerd, Trellis installed as a
     const check = labCheck(name);
     assert.deepEqual(failures(check), []);
     assert.ok(check.total >= 20, `${check.total} probes`);
+    // The agents in their DaemonSet pods keep flow records too (their conntrack reader and
+    // sysctl in the node's namespace), named with the kubelets' pods.
+    const flows = runTrellis(["flows", "--lab", name, "-o", "json"]);
+    assert.equal(flows.status, 0, flows.stderr);
+    const records = flows.stdout.split("\n").filter(Boolean).map((line) => JSON.parse(line) as { node: string; source: { pod?: string }; destination: { pod?: string } });
+    for (const node of ["node1", "node2"]) assert.ok(records.some((record) => record.node === node && record.source.pod !== undefined && record.destination.pod !== undefined), `${node}: ${records.length} records`);
   });
 
   it("a Deployment behind a Service, reached by name through CoreDNS from another pod with kubectl exec", async () => {

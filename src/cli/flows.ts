@@ -2,8 +2,8 @@
  * `trellis flows`: the flow records of every node's agent (its `/flows`), merged and ordered by
  * time, as a table like `hubble observe` or as JSON lines. The agents are found in a lab
  * (`--lab NAME`: each is asked inside its node's network namespace, where it listens on
- * loopback), in the cluster store (`--store`: each node's addresses, at `--agent-port`), or given
- * (`--agent URL`).
+ * loopback), in the cluster store (`--store`: each node's addresses, at `--agent-port`), on the
+ * API (`--kubeconfig`: each Node's InternalIP), or given (`--agent URL`).
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { request as httpRequest, type ClientRequest } from "node:http";
@@ -12,6 +12,9 @@ import { listNodes, type NodeRecord } from "../cluster/node-cidrs.js";
 import { flowFilterQuery, parseFlowFilter, type FlowFilter } from "../flows/filter.js";
 import type { FlowRecord } from "../flows/record.js";
 import { flowRow, renderFlowTable } from "../flows/table.js";
+import { KubeClient } from "../kube/client.js";
+import { loadKubeconfig } from "../kube/config.js";
+import type { KubeNode } from "../kube/nodes.js";
 import { selfInvocation } from "../lab/probe.js";
 import { formatIp, tryParseIp } from "../net/ip.js";
 import { labMemberNetns, requireLabState } from "../lab/state.js";
@@ -44,7 +47,8 @@ export function parseAgentUrl(text: string): string {
   } catch {
     url = undefined;
   }
-  if (!url || url.protocol !== "http:" || url.username || url.password || (url.pathname !== "/" && url.pathname !== "") || url.search || url.hash || !url.port) {
+  // The URL parser drops tabs, newlines and spaces at the ends silently: refused here instead.
+  if (!url || /[\s\x00-\x1f]/.test(text) || url.protocol !== "http:" || url.username || url.password || (url.pathname !== "/" && url.pathname !== "") || url.search || url.hash || !url.port) {
     throw new Error(`--agent ${JSON.stringify(text)} is not an agent's address: expected http://HOST:PORT, such as http://127.0.0.1:${DEFAULT_AGENT_PORT}`);
   }
   return `http://${url.host}`;
@@ -186,6 +190,7 @@ function parseRecord(line: string): FlowRecord | undefined {
 
 interface FlowsFlags extends ClusterOptions {
   lab?: string;
+  kubeconfig?: string;
   agent?: string;
   agentPort: string;
   follow?: boolean;
@@ -209,7 +214,8 @@ export function registerFlowsCommand(program: Command): void {
       .description("the flow records of every node's agent, merged by time: what each connection of the cluster's traffic did")
       .option("--lab <name>", "the agents of this lab")
       .option("--agent <url>", "one agent, at http://HOST:PORT")
-      .option("--agent-port <port>", "with --store: the port the agents serve /flows on", String(DEFAULT_AGENT_PORT))
+      .option("--kubeconfig <file>", "the agents of the Nodes of this cluster's API (at their InternalIPs)")
+      .option("--agent-port <port>", "with --store or --kubeconfig: the port the agents serve /flows on", String(DEFAULT_AGENT_PORT))
       .option("-f, --follow", "keep printing new records as they come")
       .option("--pod <namespace/name>", "flows from or to this pod")
       .option("--namespace <namespace>", "flows from or to a pod or Service of this namespace")
@@ -223,9 +229,9 @@ export function registerFlowsCommand(program: Command): void {
     const filter = parseFlowFilter(flags, Date.now());
     if (flags.output !== "table" && flags.output !== "json") throw new Error(`--output ${JSON.stringify(flags.output)} is not a format: expected table or json`);
     if (flags.limit !== undefined && (!/^[0-9]{1,9}$/.test(flags.limit) || Number(flags.limit) < 1)) throw new Error(`--limit ${JSON.stringify(flags.limit)} is not a number of records from 1`);
-    if ([flags.lab, flags.agent].filter((given) => given !== undefined).length > 1) throw new Error("flows: give one of --lab and --agent (or neither, for the cluster store's nodes)");
+    if ([flags.lab, flags.agent, flags.kubeconfig].filter((given) => given !== undefined).length > 1) throw new Error("flows: give one of --lab, --agent and --kubeconfig (or none, for the cluster store's nodes)");
     const agents = await findAgents(flags);
-    if (!agents.length) throw new Error("flows: no agents to ask: the store holds no nodes");
+    if (!agents.length) throw new Error(`flows: no agents to ask: ${flags.kubeconfig !== undefined ? "no Node has an InternalIP" : "the store holds no node an agent has run on"}`);
     const problem = (node: string, message: string) => process.stderr.write(`${node}: ${message}\n`);
     const limit = flags.limit === undefined ? undefined : Number(flags.limit);
     const print = (records: readonly FlowRecord[]) => {
@@ -262,8 +268,26 @@ export function registerFlowsCommand(program: Command): void {
 async function findAgents(flags: FlowsFlags): Promise<FlowAgent[]> {
   if (flags.agent !== undefined) return [{ node: new URL(parseAgentUrl(flags.agent)).host, url: parseAgentUrl(flags.agent) }];
   if (flags.lab !== undefined) return labFlowAgents(flags.lab);
-  parseAgentPort(flags.agentPort);
-  return storeFlowAgents(await withStore(flags, undefined, (store) => listNodes(store)), Number(flags.agentPort));
+  const port = parseAgentPort(flags.agentPort);
+  if (flags.kubeconfig !== undefined) {
+    const client = new KubeClient(loadKubeconfig(flags.kubeconfig));
+    try {
+      return kubeFlowAgents((await client.request<{ items: KubeNode[] }>("GET", "/api/v1/nodes")).items, port);
+    } finally {
+      client.close();
+    }
+  }
+  return storeFlowAgents(await withStore(flags, undefined, (store) => listNodes(store)), port);
+}
+
+/** Each Node's agent at its first InternalIP (hostNetwork: where the agent listens), on `port`. */
+export function kubeFlowAgents(nodes: readonly KubeNode[], port: number): FlowAgent[] {
+  return nodes.flatMap((node) => {
+    const address = (node.status?.addresses ?? []).filter((entry) => entry.type === "InternalIP").map((entry) => tryParseIp(entry.address ?? "")).find((parsed) => parsed !== undefined);
+    if (!address) return [];
+    const host = formatIp(address);
+    return [{ node: node.metadata.name, url: `http://${address.family === 6 ? `[${host}]` : host}:${port}` }];
+  });
 }
 
 /** Each node's agent at the first address its agent published for its peers (an agent is asked where its node is), on `port`. */
