@@ -166,6 +166,28 @@ describe("flow records on a lab", { timeout: 600_000 }, () => {
     await waitFor("recorded by the restarted agent", () => flows("--pod", "default/node1-pod1").some((flow) => flow.node === "node1" && flow.destination.address === pod0 && flow.event === "new"), 10_000);
   });
 
+  it("a reader killed with -9 is started again, and the flow events table deleted by hand comes back", async () => {
+    // Catches: flow records ending for good with their reader (no restart), and the events mask
+    // gone until the agent restarts (every TCP state change an event again).
+    const node2 = labStatus(name).nodes.find((node) => node.name === "node2")!;
+    const reader = () => spawnSync("pgrep", ["-P", String(node2.agentPid), "-f", "trellis-nft-batch --conntrack"]).stdout.toString().trim();
+    const first = reader();
+    assert.match(first, /^\d+$/);
+    process.kill(Number(first), "SIGKILL");
+    await waitFor("a new conntrack reader", () => /^\d+$/.test(reader()) && reader() !== first, 10_000);
+    const pod0 = labStatus(name).pods.find((pod) => pod.name === "node2-pod0")!.addresses[0];
+    labExec(name, "node1-pod0", ["bash", "-c", `exec 3<>/dev/tcp/${pod0}/7777 && echo after >&3 && exec 3>&-`]);
+    await waitFor("recorded by the new reader", () => flows("--pod", "default/node1-pod0").some((flow) => flow.node === "node2" && flow.destination.address === pod0 && Date.parse(flow.time) > Date.now() - 5_000), 10_000);
+    labExec(name, "node2", ["nft", "delete", "table", "inet", "trellis-flows"]);
+    await waitFor("the flow events table written again", () => {
+      try {
+        return /ct event set new,destroy/.test(labExec(name, "node2", ["nft", "list", "table", "inet", "trellis-flows"]));
+      } catch {
+        return false;
+      }
+    }, 15_000);
+  });
+
   it("lab down", () => {
     const down = runTrellis(["lab", "down", "--name", name]);
     assert.equal(down.status, 0, down.stderr);

@@ -181,7 +181,8 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
       // Not known to be as last written (a start, a failure): rewritten whole, or removed.
       const ops = present && !flowEventsWritten && !desired ? deleteTable("inet", FLOW_EVENTS_TABLE, true) : tableOps(present ? flowEventsWritten : undefined, desired);
       if (!ops.length) return;
-      await agentWriter.applyOps(ops);
+      // Through a writer that exits after it: the table changes with the cluster's CIDRs only.
+      await agentWriter.applyOnce(ops);
       flowEventsWritten = desired;
       log("info", desired ? "flow events table written" : "flow events table removed", { table: `inet ${FLOW_EVENTS_TABLE}` });
     } catch (error) {

@@ -107,6 +107,32 @@ export class NftBatchWriter {
   }
 
   /**
+   * Applies `ops` as one transaction through a writer of its own that exits after it (the
+   * program with the batch on stdin), not the one kept running: for a table written now and
+   * then (at start, on a rare change, when repaired), which is not worth a process kept for it.
+   */
+  async applyOnce(ops: readonly Op[], timeoutMs = NFT_APPLY_TIMEOUT_MS): Promise<void> {
+    const batch = await encodeBatchSliced(ops, undefined, this.pause);
+    await new Promise<void>((resolve, reject) => {
+      const child = spawn(this.path, [], { stdio: ["pipe", "ignore", "pipe"] });
+      let stderr = "";
+      const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+      child.stderr.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString("utf8")).slice(-4000)));
+      child.on("error", (error) => {
+        clearTimeout(timer);
+        reject(new NftWriteError(`${this.path}: ${error.message}`));
+      });
+      child.on("close", (code, signal) => {
+        clearTimeout(timer);
+        if (code === 0) resolve();
+        else reject(new NftWriteError(`${this.path} refused the batch (${signal ? `killed by ${signal}` : `exit ${code}`}): ${stderr.trim()}`));
+      });
+      child.stdin.on("error", () => undefined);
+      child.stdin.end(batch);
+    });
+  }
+
+  /**
    * The namespace's tables as `FAMILY NAME` (`ip trellis-proxy-3`), from one netlink dump of the
    * tables alone (`--tables`): `nft list tables` reads every chain, rule and set first, more than
    * 30 s at 10,000 Services. Rejects with the program's message when it cannot list.
