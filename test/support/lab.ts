@@ -9,6 +9,7 @@ import { TRELLIS } from "./trellis-cni.js";
 export interface LabStatus {
   name: string;
   store: string;
+  planFile: string;
   nodes: Array<{ name: string; netns: string; addresses: string[]; podCidrs: string[]; agentPid: number; agentRunning: boolean; agentLog: string; agentArgv: string[] }>;
   pods: Array<{ name: string; node: string; netns: string; addresses: string[] }>;
   external: { netns: string; addresses: string[] };
