@@ -4,7 +4,8 @@
  * change, only what differs), the store knows it is alive (`beat`), and the runtime finds the
  * node's CNI config. Watches only mark what changed; the sync does the work, on every change
  * and every resync interval, so a route deleted by hand comes back and a restart changes
- * nothing that was already right.
+ * nothing that was already right. Beside those: the Service proxy, the policy loop, and the
+ * flow records (agent/flows.ts) with the table that keeps their events few.
  */
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -158,8 +159,9 @@ async function runLoops(options: AgentOptions, log: Logger, feed: ClusterFeed, u
       ...(flows ? { seen: (packet, denial) => flows!.recorder.denied({ ...packet, ...(denial ? { direction: denial.direction, policy: denial.policy } : {}) }) } : {}),
     });
   };
-  // Flow records: conntrack's events of this namespace, read beside the netlink writer.
-  const flows = options.flowBuffer > 0 && agentWriter ? startFlows(options.flowBuffer, options.flowEvents, join(dirname(process.execPath), NFT_WRITER), {
+  // Flow records: conntrack's events of this namespace, read beside the netlink writer; served
+  // on the metrics address (none kept where nothing serves them).
+  const flows = options.flowBuffer > 0 && agentWriter && options.metricsAddress ? startFlows(options.flowBuffer, options.flowEvents, join(dirname(process.execPath), NFT_WRITER), {
     nodeName: selfEndpoint.name,
     ownPodCidrs: selfEndpoint.podCidrs,
     clusterPrefixes: () => [...feed.clusterPodCidrs, ...feed.serviceCidrs()],
