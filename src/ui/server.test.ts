@@ -294,6 +294,21 @@ describe("the flow map's server", () => {
     await closed;
   });
 
+  it("holds at most 256 connections at once, and still serves once a flood has gone", async () => {
+    // Catches: a local client opening connections without end holding the server's descriptors.
+    const server = await serve(fakeSource().source);
+    const sockets = Array.from({ length: 300 }, () => connect(server.port, "127.0.0.1"));
+    const closed = await Promise.all(sockets.map((socket) => new Promise<boolean>((resolve) => {
+      socket.on("error", () => resolve(true));
+      socket.on("close", () => resolve(true));
+      setTimeout(() => resolve(false), 1_000);
+    })));
+    assert.equal(closed.filter(Boolean).length, 300 - 256, "the ones past the cap closed at once");
+    for (const socket of sockets) socket.destroy();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.equal((await fetchText(server, "/api/topology")).status, 200);
+  });
+
   it("stops following the agents when closed", async () => {
     // Catches: `trellis ui` leaving its agents' followers (processes in the nodes' namespaces) behind.
     const fake = fakeSource();

@@ -52,6 +52,9 @@ export const UI_DEFAULTS = {
   maxConnections: MAX_CONNECTIONS,
 } as const;
 
+/** Connections the server holds at once (event clients among them). */
+const MAX_HTTP_CONNECTIONS = 256;
+
 /** Connections answered per flows request; the page shows the newest. */
 const MAX_FLOWS_ANSWER = 200;
 
@@ -223,6 +226,8 @@ export async function startUiServer(options: UiServerOptions): Promise<UiServer>
     }
   });
   server.maxHeadersCount = 50;
+  // A page is a few connections (its events, a request now and then); a flood is refused past this.
+  server.maxConnections = MAX_HTTP_CONNECTIONS;
   await new Promise<void>((resolve, reject) => {
     server.once("error", (error: NodeJS.ErrnoException) => {
       reject(new Error(`cannot serve the flow map on ${listenUrl(options.listen.host, options.listen.port)}: ${error.code === "EADDRINUSE" ? "the port is taken" : error.message}`));
