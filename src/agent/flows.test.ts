@@ -10,6 +10,8 @@ const ip = parseIp;
 const PODS = [
   { namespace: "default", name: "client", ips: [ip("10.244.0.2"), ip("fd00:10:244::2")] },
   { namespace: "web", name: "server-0", ips: [ip("10.244.1.5")] },
+  // A host-network pod (an agent's, kube-proxy's) has its node's address: flows there are the node's.
+  { namespace: "kube-system", name: "agent-x", ips: [ip("198.18.0.11")], hostNetwork: true },
 ];
 
 let podsVersion = 1;
@@ -53,7 +55,7 @@ describe("flow records from conntrack and the logs", () => {
     assert.equal(closed.reason, "closed");
     assert.deepEqual(closed.counters, { packetsSent: 5, bytesSent: 274, packetsReceived: 3, bytesReceived: 164 });
     assert.equal(nodePort.service, "web/front");
-    assert.deepEqual(nodePort.destination, { address: "198.18.0.11", port: 30080, node: "node1" });
+    assert.deepEqual(nodePort.destination, { address: "198.18.0.11", port: 30080, node: "node1" }, "the node's, not its host-network pod's");
     assert.equal(nodePort.direction, undefined, "the endpoint is on another node");
     assert.deepEqual([icmp.protocol, icmp.source.port, icmp.direction, icmp.translated], ["ICMP", undefined, "ingress", undefined]);
     assert.match(recorder.metrics(), /^trellis_flows_total\{verdict="forwarded"\} 4$/m);
@@ -75,14 +77,15 @@ describe("flow records from conntrack and the logs", () => {
     const recorder = new FlowRecorder(context, 2, now);
     feed(recorder, 1, "10.244.0.2", 1, "10.244.1.5", 2);
     podsVersion++;
-    const saved = PODS.pop()!;
+    const at = PODS.findIndex((pod) => pod.name === "server-0");
+    const [saved] = PODS.splice(at, 1);
     try {
       assert.equal(recorder.ring.recent({})[0].destination.pod, "web/server-0");
       feed(recorder, 1, "10.244.0.2", 1, "10.244.1.5", 3);
       feed(recorder, 1, "10.244.0.2", 1, "10.244.1.5", 4);
       assert.deepEqual(recorder.ring.recent({}).map((flow) => [flow.destination.port, flow.destination.pod]), [[3, undefined], [4, undefined]]);
     } finally {
-      PODS.push(saved);
+      PODS.splice(at, 0, saved);
       podsVersion++;
     }
   });

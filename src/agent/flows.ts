@@ -47,6 +47,8 @@ export interface FlowPod {
   readonly namespace: string;
   readonly name: string;
   readonly ips: readonly IpAddress[];
+  /** Its addresses are its node's: it names no flow (the node does). */
+  readonly hostNetwork?: boolean;
 }
 
 export interface FlowServicePort {
@@ -292,7 +294,7 @@ export class FlowRecorder {
     const { version, pods } = this.context.pods();
     if (this.podIndex?.version !== version) {
       const index = new Map<AddressKey, string>();
-      for (const pod of pods) for (const ip of pod.ips) index.set(keyOf(ip), `${pod.namespace}/${pod.name}`);
+      for (const pod of pods) if (!pod.hostNetwork) for (const ip of pod.ips) index.set(keyOf(ip), `${pod.namespace}/${pod.name}`);
       this.podIndex = { version, index };
     }
     return this.podIndex.index;
