@@ -9,6 +9,8 @@ import { parseFlowFilter, type FlowFilter, type FlowFilterInput } from "../flows
 import type { FlowEnd, FlowEvent, FlowRecord, FlowVerdict } from "../flows/record.js";
 import { FlowRing } from "../flows/ring.js";
 import { CONNTRACK_RECORD, KIND_LOST, KINDS, RECORD, STATUS_SEEN_REPLY, recordAddress } from "../linux/conntrack-events.js";
+import type { ProxyServicePort } from "../dataplane/service-port.js";
+import type { LoggedPacket } from "../linux/nflog.js";
 import { formatIp, prefixContains, type IpAddress, type IpPrefix } from "../net/ip.js";
 import { renderGauge } from "./metrics.js";
 
@@ -51,27 +53,11 @@ export interface FlowPod {
   readonly hostNetwork?: boolean;
 }
 
-export interface FlowServicePort {
-  readonly namespace: string;
-  readonly name: string;
-  readonly protocol: string;
-  readonly port: number;
-  readonly nodePort?: number;
-  readonly clusterIPs: readonly IpAddress[];
-  readonly externalIPs: readonly IpAddress[];
-  readonly loadBalancerIPs: readonly IpAddress[];
-}
+/** What the records need of a Service port (the proxy's, as worked out). */
+export type FlowServicePort = Pick<ProxyServicePort, "namespace" | "name" | "protocol" | "port" | "nodePort" | "clusterIPs" | "externalIPs" | "loadBalancerIPs">;
 
 /** A connection the policy table refused (its deny log), or the Service proxy did (its reject chain's log). */
-export interface LoggedConnection {
-  readonly protocol: number;
-  readonly from: IpAddress;
-  readonly sport: number;
-  readonly to: IpAddress;
-  readonly dport: number;
-  readonly direction?: string;
-  readonly policy?: string;
-}
+export type LoggedConnection = Omit<LoggedPacket, "prefix"> & { readonly direction?: string; readonly policy?: string };
 
 /** An address as the indexes key it: a number for IPv4, 32 hex digits for IPv6. */
 type AddressKey = number | string;
@@ -137,7 +123,7 @@ export class FlowRecorder {
   private leftOut = 0;
   private malformed = 0;
   followerDrops = 0;
-  private prefixes: { at: number; tests: readonly PrefixTest[]; own: readonly PrefixTest[] } | undefined;
+  private prefixes: { at: number; tests: readonly PrefixTest[] } | undefined;
   private podIndex: { version: number; index: Map<AddressKey, string> } | undefined;
   private nodeIndex: { at: number; index: Map<AddressKey, string> } | undefined;
   private serviceIndex: { version: number; byAddress: Map<string, string>; byNodePort: Map<number, string> } | undefined;
@@ -282,10 +268,10 @@ export class FlowRecorder {
     };
   }
 
-  private prefixesNow(): { tests: readonly PrefixTest[]; own: readonly PrefixTest[] } {
+  private prefixesNow(): { tests: readonly PrefixTest[] } {
     const now = this.now();
     if (!this.prefixes || now - this.prefixes.at >= REFRESH_MS) {
-      this.prefixes = { at: now, tests: this.context.clusterPrefixes().map(prefixTest), own: this.context.ownPodCidrs.map(prefixTest) };
+      this.prefixes = { at: now, tests: this.context.clusterPrefixes().map(prefixTest) };
     }
     return this.prefixes;
   }

@@ -16,7 +16,7 @@ import { KubeClient } from "../kube/client.js";
 import { loadKubeconfig } from "../kube/config.js";
 import type { KubeNode } from "../kube/nodes.js";
 import { selfInvocation } from "../lab/probe.js";
-import { formatIp, tryParseIp } from "../net/ip.js";
+import { formatIp, tryParseIp, type IpAddress } from "../net/ip.js";
 import { labMemberNetns, requireLabState } from "../lab/state.js";
 import { checkLabName } from "../lab/topology.js";
 import { withClusterOptions, withStore, type ClusterOptions } from "./cluster-options.js";
@@ -284,9 +284,7 @@ async function findAgents(flags: FlowsFlags): Promise<FlowAgent[]> {
 export function kubeFlowAgents(nodes: readonly KubeNode[], port: number): FlowAgent[] {
   return nodes.flatMap((node) => {
     const address = (node.status?.addresses ?? []).filter((entry) => entry.type === "InternalIP").map((entry) => tryParseIp(entry.address ?? "")).find((parsed) => parsed !== undefined);
-    if (!address) return [];
-    const host = formatIp(address);
-    return [{ node: node.metadata.name, url: `http://${address.family === 6 ? `[${host}]` : host}:${port}` }];
+    return address ? [{ node: node.metadata.name, url: agentUrl(address, port) }] : [];
   });
 }
 
@@ -294,10 +292,13 @@ export function kubeFlowAgents(nodes: readonly KubeNode[], port: number): FlowAg
 export function storeFlowAgents(nodes: readonly NodeRecord[], port: number): FlowAgent[] {
   return nodes.flatMap((node) => {
     const address = node.network?.addresses.map((text) => tryParseIp(text)).find((parsed) => parsed !== undefined);
-    if (!address) return [];
-    const host = formatIp(address);
-    return [{ node: node.name, url: `http://${address.family === 6 ? `[${host}]` : host}:${port}` }];
+    return address ? [{ node: node.name, url: agentUrl(address, port) }] : [];
   });
+}
+
+function agentUrl(address: IpAddress, port: number): string {
+  const host = formatIp(address);
+  return `http://${address.family === 6 ? `[${host}]` : host}:${port}`;
 }
 
 /** `--agent-port`, checked. */

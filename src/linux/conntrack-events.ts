@@ -5,8 +5,8 @@
  * on each record where it lies in the stream, without copying or parsing it: a busy node makes
  * tens of thousands a second. `decodeConntrackRecord` reads one whole.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
 import { parseIp, type IpAddress } from "../net/ip.js";
+import { keepReading, type KeptReader } from "./reader.js";
 
 /** Bytes of one record (see native/nft-batch.c for the layout). */
 export const CONNTRACK_RECORD = 116;
@@ -127,27 +127,14 @@ export interface ConntrackEventsOptions {
   stopped(why: string, retryInMs: number): void;
 }
 
-export interface ConntrackEvents {
-  stop(): void;
-}
+export type ConntrackEvents = KeptReader;
 
 /** Starts the reader in this process's network namespace; it runs (started again when it stops) until `stop`. */
 export function followConntrack(options: ConntrackEventsOptions): ConntrackEvents {
-  let child: ChildProcessWithoutNullStreams | undefined;
-  let stopped = false;
-  let retryMs = 1_000;
-  let timer: NodeJS.Timeout | undefined;
-  const start = () => {
-    if (stopped) return;
-    // Its stdin stays open: the reader exits when it closes, so a kill -9 of the agent ends it too.
-    const reader = spawn(options.reader, ["--conntrack", options.kinds.join(",")], { stdio: ["pipe", "pipe", "pipe"] });
-    child = reader;
-    let stderr = "";
+  return keepReading(options.reader, ["--conntrack", options.kinds.join(",")], () => {
     /** A record split between two chunks: its first part. */
     let partial: Buffer | undefined;
-    reader.stderr.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString("utf8")).slice(-1000)));
-    reader.stdout.on("data", (chunk: Buffer) => {
-      retryMs = 1_000;
+    return (chunk) => {
       let data = chunk;
       if (partial) {
         data = Buffer.concat([partial, chunk]);
@@ -156,23 +143,6 @@ export function followConntrack(options: ConntrackEventsOptions): ConntrackEvent
       const whole = data.length - (data.length % CONNTRACK_RECORD);
       for (let offset = 0; offset < whole; offset += CONNTRACK_RECORD) options.record(data, offset);
       if (whole < data.length) partial = Buffer.from(data.subarray(whole));
-    });
-    reader.on("error", (error) => (stderr += String(error)));
-    reader.on("close", (code) => {
-      if (child === reader) child = undefined;
-      if (stopped) return;
-      options.stopped(`exit ${code}: ${stderr.trim()}`, retryMs);
-      timer = setTimeout(start, retryMs);
-      retryMs = Math.min(retryMs * 2, 60_000);
-    });
-  };
-  start();
-  return {
-    stop() {
-      stopped = true;
-      clearTimeout(timer);
-      child?.kill();
-      child = undefined;
-    },
-  };
+    };
+  }, options.stopped);
 }

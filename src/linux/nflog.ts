@@ -4,9 +4,8 @@
  * packet handed on with the log prefix that named it. One reader per group and namespace: the
  * kernel gives a group to one socket.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
-import { createInterface } from "node:readline";
 import type { IpAddress } from "../net/ip.js";
+import { keepReading, type KeptReader } from "./reader.js";
 
 export interface LoggedPacket {
   readonly prefix: string;
@@ -32,44 +31,20 @@ export function parseLine(text: string): LoggedPacket | undefined {
   return { prefix, protocol: numbers[0], from: source, sport: numbers[1], to: destination, dport: numbers[2] };
 }
 
-export interface NflogReader {
-  stop(): void;
-}
+export type NflogReader = KeptReader;
 
 /** Reads nflog `group` until `stop`: each packet to `packet`; a stop of the reader to `stopped`, and it starts again after `retryInMs`. */
 export function followNflog(reader: string, group: number, packet: (packet: LoggedPacket) => void, stopped: (why: string, retryInMs: number) => void): NflogReader {
-  let child: ChildProcessWithoutNullStreams | undefined;
-  let done = false;
-  let retryMs = 1_000;
-  let timer: NodeJS.Timeout | undefined;
-  const start = () => {
-    if (done) return;
-    // Its stdin stays open: the reader exits when it closes, so a kill -9 of the agent frees the group at once.
-    const process = spawn(reader, ["--nflog", String(group)], { stdio: ["pipe", "pipe", "pipe"] });
-    child = process;
-    let stderr = "";
-    process.stderr.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString("utf8")).slice(-1000)));
-    createInterface({ input: process.stdout }).on("line", (text) => {
-      retryMs = 1_000;
-      const parsed = parseLine(text);
-      if (parsed) packet(parsed);
-    });
-    process.on("error", (error) => (stderr += String(error)));
-    process.on("close", (code) => {
-      if (child === process) child = undefined;
-      if (done) return;
-      stopped(`exit ${code}: ${stderr.trim()}`, retryMs);
-      timer = setTimeout(start, retryMs);
-      retryMs = Math.min(retryMs * 2, 60_000);
-    });
-  };
-  start();
-  return {
-    stop() {
-      done = true;
-      clearTimeout(timer);
-      child?.kill();
-      child = undefined;
-    },
-  };
+  return keepReading(reader, ["--nflog", String(group)], () => {
+    /** A line split between two chunks: its first part. */
+    let partial = "";
+    return (chunk) => {
+      const lines = (partial + chunk.toString("utf8")).split("\n");
+      partial = lines.pop()!.slice(0, 4096);
+      for (const line of lines) {
+        const parsed = parseLine(line);
+        if (parsed) packet(parsed);
+      }
+    };
+  }, stopped);
 }
